@@ -1,0 +1,233 @@
+//! The six `x-ratelimit-*` headers and `retry-after` / `retry-after-ms`, with reset
+//! values in Go's `time.Duration` string format (`1s`, `120ms`, `8.64s`, `6m0s`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
+pub const LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
+pub const REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
+pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
+pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
+pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+pub const RETRY_AFTER: &str = "retry-after";
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
+/// The rate-limit state a server reports. Every field is optional: servers send
+/// some, all or none of the headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    /// Time until the request bucket is full again (not the time to wait).
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
+}
+
+impl RateLimitInfo {
+    /// Reads the headers through a lookup function (so any header map type works).
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let dur = |name: &str| get(name).and_then(parse_go_duration);
+        Self {
+            limit_requests: num(LIMIT_REQUESTS),
+            remaining_requests: num(REMAINING_REQUESTS),
+            reset_requests: dur(RESET_REQUESTS),
+            limit_tokens: num(LIMIT_TOKENS),
+            remaining_tokens: num(REMAINING_TOKENS),
+            reset_tokens: dur(RESET_TOKENS),
+        }
+    }
+
+    /// True when no header was present.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The headers to send, for the fields that are set.
+    pub fn to_headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(6);
+        let mut num = |name, v: Option<u64>| {
+            if let Some(v) = v {
+                out.push((name, v.to_string()));
+            }
+        };
+        num(LIMIT_REQUESTS, self.limit_requests);
+        num(REMAINING_REQUESTS, self.remaining_requests);
+        num(LIMIT_TOKENS, self.limit_tokens);
+        num(REMAINING_TOKENS, self.remaining_tokens);
+        if let Some(d) = self.reset_requests {
+            out.push((RESET_REQUESTS, format_go_duration(d)));
+        }
+        if let Some(d) = self.reset_tokens {
+            out.push((RESET_TOKENS, format_go_duration(d)));
+        }
+        out
+    }
+}
+
+/// A server-directed retry delay: `retry-after-ms` (float milliseconds) first, then
+/// `retry-after` (float seconds). HTTP-date values are not interpreted. Negative or
+/// non-finite values are ignored.
+pub fn retry_after<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Duration> {
+    let parse = |v: &str, scale: f64| {
+        let f = v.trim().parse::<f64>().ok()?;
+        (f.is_finite() && f >= 0.0).then(|| Duration::from_secs_f64(f * scale))
+    };
+    get(RETRY_AFTER_MS)
+        .and_then(|v| parse(v, 0.001))
+        .or_else(|| get(RETRY_AFTER).and_then(|v| parse(v, 1.0)))
+}
+
+/// Formats a duration as Go's `time.Duration.String()` does: `0s`, `250µs`, `120ms`,
+/// `1.5s`, `6m0s`, `1h2m3s`.
+pub fn format_go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    if nanos < 1_000 {
+        let _ = write!(out, "{nanos}ns");
+    } else if nanos < 1_000_000 {
+        push_fraction(&mut out, nanos, 1_000);
+        out.push_str("µs");
+    } else if nanos < 1_000_000_000 {
+        push_fraction(&mut out, nanos, 1_000_000);
+        out.push_str("ms");
+    } else {
+        let secs = d.as_secs();
+        let (h, m) = (secs / 3600, (secs % 3600) / 60);
+        if h > 0 {
+            let _ = write!(out, "{h}h");
+        }
+        if h > 0 || m > 0 {
+            let _ = write!(out, "{m}m");
+        }
+        let sub = u128::from(secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
+        push_fraction(&mut out, sub, 1_000_000_000);
+        out.push('s');
+    }
+    out
+}
+
+/// Writes `value / unit` with the fraction's trailing zeros trimmed.
+fn push_fraction(out: &mut String, value: u128, unit: u128) {
+    let whole = value / unit;
+    let frac = value % unit;
+    let _ = write!(out, "{whole}");
+    if frac > 0 {
+        let width = unit.ilog10() as usize;
+        let digits = format!("{frac:0width$}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+}
+
+/// Parses a Go duration string (`1h2m3.5s`, `120ms`, `6m0s`, `0s`, `1.5µs`, `3us`).
+/// Returns `None` on anything else, including negative values.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_go() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(500), "500ns"),
+            (Duration::from_micros(250), "250µs"),
+            (Duration::from_millis(2), "2ms"),
+            (Duration::from_millis(120), "120ms"),
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(8640), "8.64s"),
+            (Duration::from_secs(360), "6m0s"),
+            (Duration::from_secs(3723), "1h2m3s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+        ];
+        for (d, s) in cases {
+            assert_eq!(format_go_duration(d), s);
+            assert_eq!(parse_go_duration(s), Some(d), "{s}");
+        }
+    }
+
+    #[test]
+    fn parses_composites_and_rejects_garbage() {
+        assert_eq!(
+            parse_go_duration("1m30.5s"),
+            Some(Duration::from_millis(90_500))
+        );
+        assert_eq!(parse_go_duration("3us"), Some(Duration::from_micros(3)));
+        for bad in ["", "s", "1x", "-1s", "1.2.3s", "abc"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_headers_and_retry_after_prefers_ms() {
+        let h = [
+            (LIMIT_REQUESTS, "5000"),
+            (REMAINING_REQUESTS, "4999"),
+            (RESET_REQUESTS, "12ms"),
+            (LIMIT_TOKENS, "2000000"),
+            (REMAINING_TOKENS, "1999000"),
+            (RESET_TOKENS, "6m0s"),
+            (RETRY_AFTER, "2"),
+            (RETRY_AFTER_MS, "150.5"),
+        ];
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        let info = RateLimitInfo::from_headers(get);
+        assert_eq!(info.remaining_requests, Some(4999));
+        assert_eq!(info.reset_tokens, Some(Duration::from_secs(360)));
+        assert_eq!(retry_after(get), Some(Duration::from_secs_f64(0.1505)));
+        let only_secs = |n: &str| (n == RETRY_AFTER).then_some("3");
+        assert_eq!(retry_after(only_secs), Some(Duration::from_secs(3)));
+        let negative = |n: &str| (n == RETRY_AFTER).then_some("-1");
+        assert_eq!(retry_after(negative), None);
+        let sent = info.to_headers();
+        let back = RateLimitInfo::from_headers(|n| {
+            sent.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+        });
+        assert_eq!(back, info);
+    }
+}
