@@ -63,8 +63,9 @@ class Mock:
             first = ""
         prefix = "listening on http://"
         if not first.startswith(prefix):
+            stderr = self.stderr()
             self.close()
-            raise RuntimeError(f"tollgate mock did not announce its address; first line {first!r}, stderr:\n{self.stderr()}")
+            raise RuntimeError(f"tollgate mock did not announce its address; first line {first!r}, stderr:\n{stderr}")
         self.addr = first[len(prefix):]
         self.root_url = f"http://{self.addr}"
         self.base_url = f"{self.root_url}/v1"
