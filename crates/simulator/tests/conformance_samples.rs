@@ -33,7 +33,8 @@ fn output_text(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
 }
 
-/// The minimal non-streamed Response body of OPENAI-WIRE.md section a.
+/// The minimal non-streamed Response body of OPENAI-WIRE.md section a,
+/// without its `"user": null` (the spec's `user` is a non-nullable string).
 fn response_body() -> Value {
     json!({
         "id": "resp_abc", "object": "response", "created_at": 1_741_476_542,
@@ -45,7 +46,7 @@ fn response_body() -> Value {
         "reasoning": {"effort": null, "summary": null},
         "store": true, "temperature": 1.0, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
-        "usage": usage(), "user": null, "metadata": {}
+        "usage": usage(), "metadata": {}
     })
 }
 
@@ -55,7 +56,8 @@ fn response_in_progress() -> Value {
     r["status"] = json!("in_progress");
     r["completed_at"] = Value::Null;
     r["output"] = json!([]);
-    r["usage"] = Value::Null;
+    // The spec's `usage` is not nullable: omit it rather than send null.
+    r.as_object_mut().unwrap().remove("usage");
     r
 }
 
@@ -164,7 +166,10 @@ fn chat_chunk(delta: Value, finish_reason: Value) -> Value {
 /// finish chunk (each with `usage: null`), then the usage-only chunk.
 fn chat_stream_chunks() -> Vec<Value> {
     let mut chunks = vec![
-        chat_chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null),
+        chat_chunk(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        ),
         chat_chunk(json!({"content": "Hi"}), Value::Null),
         chat_chunk(json!({}), json!("stop")),
     ];
@@ -180,11 +185,20 @@ fn chat_stream_chunks() -> Vec<Value> {
 
 fn chat_tool_call_chunks() -> Vec<Value> {
     vec![
-        chat_chunk(json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+        chat_chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
             "id": "call_abc", "type": "function",
-            "function": {"name": "get_weather", "arguments": ""}}]}), Value::Null),
-        chat_chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}), Value::Null),
-        chat_chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}), Value::Null),
+            "function": {"name": "get_weather", "arguments": ""}}]}),
+            Value::Null,
+        ),
+        chat_chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            Value::Null,
+        ),
+        chat_chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+            Value::Null,
+        ),
         chat_chunk(json!({}), json!("tool_calls")),
     ]
 }
@@ -211,9 +225,19 @@ fn embedding_response(embedding: Value) -> Value {
 }
 
 const MODERATION_CATEGORIES: [&str; 13] = [
-    "hate", "hate/threatening", "harassment", "harassment/threatening", "illicit",
-    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions",
-    "sexual", "sexual/minors", "violence", "violence/graphic",
+    "hate",
+    "hate/threatening",
+    "harassment",
+    "harassment/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
 ];
 
 fn moderation_response() -> Value {
@@ -222,7 +246,10 @@ fn moderation_response() -> Value {
     let mut applied = serde_json::Map::new();
     for c in MODERATION_CATEGORIES {
         categories.insert(c.to_owned(), json!(c == "violence"));
-        scores.insert(c.to_owned(), json!(if c == "violence" { 0.91 } else { 0.0001 }));
+        scores.insert(
+            c.to_owned(),
+            json!(if c == "violence" { 0.91 } else { 0.0001 }),
+        );
         applied.insert(c.to_owned(), json!(["text"]));
     }
     json!({"id": "modr-abc", "model": "omni-moderation-latest",
@@ -258,7 +285,10 @@ fn responses_bodies_validate() {
 
 #[test]
 fn responses_text_stream_events_validate() {
-    let names: Vec<&str> = text_stream_events().iter().map(assert_valid_response_event).collect();
+    let names: Vec<&str> = text_stream_events()
+        .iter()
+        .map(assert_valid_response_event)
+        .collect();
     assert_eq!(
         names,
         [
@@ -278,7 +308,10 @@ fn responses_text_stream_events_validate() {
 
 #[test]
 fn responses_function_call_stream_events_validate() {
-    let names: Vec<&str> = function_call_stream_events().iter().map(assert_valid_response_event).collect();
+    let names: Vec<&str> = function_call_stream_events()
+        .iter()
+        .map(assert_valid_response_event)
+        .collect();
     assert_eq!(
         names,
         [
@@ -300,16 +333,20 @@ fn responses_terminal_and_error_events_validate() {
     incomplete["status"] = json!("incomplete");
     incomplete["incomplete_details"] = json!({"reason": "max_output_tokens"});
     assert_eq!(
-        assert_valid_response_event(&json!({"type": "response.incomplete", "sequence_number": 9, "response": incomplete})),
+        assert_valid_response_event(
+            &json!({"type": "response.incomplete", "sequence_number": 9, "response": incomplete})
+        ),
         "ResponseIncompleteEvent"
     );
     let mut failed = response_body();
     failed["status"] = json!("failed");
     failed["output"] = json!([]);
-    failed["usage"] = Value::Null;
+    failed.as_object_mut().unwrap().remove("usage");
     failed["error"] = json!({"code": "server_error", "message": "The server had an error."});
     assert_eq!(
-        assert_valid_response_event(&json!({"type": "response.failed", "sequence_number": 3, "response": failed})),
+        assert_valid_response_event(
+            &json!({"type": "response.failed", "sequence_number": 3, "response": failed})
+        ),
         "ResponseFailedEvent"
     );
     assert_eq!(
@@ -323,7 +360,12 @@ fn responses_terminal_and_error_events_validate() {
 fn responses_sse_body_checks_framing_and_events() {
     let body: String = text_stream_events()
         .iter()
-        .map(|e| format!("event: {}\r\ndata: {e}\r\n\r\n", e["type"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "event: {}\r\ndata: {e}\r\n\r\n",
+                e["type"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(openapi::assert_valid_responses_sse(&body).len(), 10);
 }
@@ -351,13 +393,31 @@ fn chat_bodies_validate() {
 fn models_embeddings_moderations_errors_validate() {
     assert_valid("Model", &model());
     assert_valid("ListModelsResponse", &model_list());
-    assert_valid("CreateEmbeddingResponse", &embedding_response(json!([0.0123, -0.5, 0.25])));
-    // encoding_format: base64 puts a string where the float array goes.
-    assert_valid("CreateEmbeddingResponse", &embedding_response(json!("AAAAPwAAAL8AAIA+")));
+    assert_valid(
+        "CreateEmbeddingResponse",
+        &embedding_response(json!([0.0123, -0.5, 0.25])),
+    );
+    // encoding_format: base64 puts a string where the float array goes, which
+    // the spec's schema does not allow; the helper decodes it first.
+    assert_invalid(
+        "CreateEmbeddingResponse",
+        &embedding_response(json!("AAAAPwAAAL8AAIA+")),
+    );
+    assert_eq!(
+        openapi::assert_valid_embedding_response(&embedding_response(json!("AAAAPwAAAL8AAIA+"))),
+        [vec![0.5, -0.5, 0.25]]
+    );
+    assert_eq!(
+        openapi::assert_valid_embedding_response(&embedding_response(json!([0.5, 0.25]))),
+        [vec![0.5, 0.25]]
+    );
     assert_valid("CreateModerationResponse", &moderation_response());
     assert_valid("ErrorResponse", &error_body());
-    assert_valid("ErrorResponse", &json!({"error": {"message": "Incorrect API key provided: sk-x.",
-        "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}));
+    assert_valid(
+        "ErrorResponse",
+        &json!({"error": {"message": "Incorrect API key provided: sk-x.",
+        "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+    );
 }
 
 // ---------------------------------------------------------------- broken samples
@@ -365,13 +425,18 @@ fn models_embeddings_moderations_errors_validate() {
 /// Removes the value at `pointer` (parent must be an object) and returns the result.
 fn without(mut v: Value, pointer: &str) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
-    let removed = v.pointer_mut(parent).and_then(Value::as_object_mut).and_then(|o| o.remove(key));
+    let key = key.replace("~1", "/").replace("~0", "~");
+    let removed = v
+        .pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .and_then(|o| o.remove(&key));
     assert!(removed.is_some(), "sample has nothing at {pointer}");
     v
 }
 
 fn with(mut v: Value, pointer: &str, value: Value) -> Value {
-    *v.pointer_mut(pointer).unwrap_or_else(|| panic!("sample has nothing at {pointer}")) = value;
+    *v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("sample has nothing at {pointer}")) = value;
     v
 }
 
@@ -396,7 +461,11 @@ fn broken_responses_bodies_are_rejected() {
         &without(response_body(), "/usage/input_tokens_details/cached_tokens"),
         "cached_tokens",
     );
-    assert_rejected_mentioning("Response", &without(response_body(), "/tool_choice"), "tool_choice");
+    assert_rejected_mentioning(
+        "Response",
+        &without(response_body(), "/tool_choice"),
+        "tool_choice",
+    );
     assert_rejected_mentioning(
         "Response",
         &without(response_body(), "/output/0/content/0/logprobs"),
@@ -407,10 +476,18 @@ fn broken_responses_bodies_are_rejected() {
         &with(response_body(), "/usage/output_tokens", json!("3")),
         "/usage/output_tokens",
     );
-    assert_rejected_mentioning("Response", &with(response_body(), "/status", json!("done")), "/status");
     assert_rejected_mentioning(
         "Response",
-        &with(response_body(), "/incomplete_details", json!({"reason": "too_long"})),
+        &with(response_body(), "/status", json!("done")),
+        "/status",
+    );
+    assert_rejected_mentioning(
+        "Response",
+        &with(
+            response_body(),
+            "/incomplete_details",
+            json!({"reason": "too_long"}),
+        ),
         "/incomplete_details",
     );
 }
@@ -418,13 +495,21 @@ fn broken_responses_bodies_are_rejected() {
 #[test]
 fn broken_stream_events_are_rejected() {
     let delta = &text_stream_events()[4];
-    assert_rejected_mentioning("ResponseTextDeltaEvent", &without(delta.clone(), "/logprobs"), "logprobs");
+    assert_rejected_mentioning(
+        "ResponseTextDeltaEvent",
+        &without(delta.clone(), "/logprobs"),
+        "logprobs",
+    );
     assert_rejected_mentioning(
         "ResponseTextDeltaEvent",
         &without(delta.clone(), "/sequence_number"),
         "sequence_number",
     );
-    assert_rejected_mentioning("ResponseStreamEvent", &without(delta.clone(), "/logprobs"), "logprobs");
+    assert_rejected_mentioning(
+        "ResponseStreamEvent",
+        &without(delta.clone(), "/logprobs"),
+        "logprobs",
+    );
     assert_invalid(
         "ResponseStreamEvent",
         &with(delta.clone(), "/type", json!("response.output_text.deltas")),
@@ -436,7 +521,10 @@ fn broken_stream_events_are_rejected() {
         "name",
     );
     let created = &text_stream_events()[0];
-    assert_invalid("ResponseCreatedEvent", &without(created.clone(), "/response/tools"));
+    assert_invalid(
+        "ResponseCreatedEvent",
+        &without(created.clone(), "/response/tools"),
+    );
     assert_rejected_mentioning(
         "CreateChatCompletionStreamResponse",
         &without(chat_stream_chunks()[1].clone(), "/choices/0/finish_reason"),
@@ -461,10 +549,26 @@ fn broken_other_bodies_are_rejected() {
         &without(chat_completion(), "/usage/total_tokens"),
         "total_tokens",
     );
-    assert_rejected_mentioning("ErrorResponse", &without(error_body(), "/error/param"), "param");
-    assert_rejected_mentioning("ErrorResponse", &without(error_body(), "/error/code"), "code");
-    assert_rejected_mentioning("ListModelsResponse", &without(model_list(), "/data/0/owned_by"), "owned_by");
-    assert_rejected_mentioning("Model", &with(model(), "/object", json!("models")), "/object");
+    assert_rejected_mentioning(
+        "ErrorResponse",
+        &without(error_body(), "/error/param"),
+        "param",
+    );
+    assert_rejected_mentioning(
+        "ErrorResponse",
+        &without(error_body(), "/error/code"),
+        "code",
+    );
+    assert_rejected_mentioning(
+        "ListModelsResponse",
+        &without(model_list(), "/data/0/owned_by"),
+        "owned_by",
+    );
+    assert_rejected_mentioning(
+        "Model",
+        &with(model(), "/object", json!("models")),
+        "/object",
+    );
     assert_rejected_mentioning(
         "CreateEmbeddingResponse",
         &without(embedding_response(json!([0.5])), "/usage/prompt_tokens"),
@@ -472,12 +576,19 @@ fn broken_other_bodies_are_rejected() {
     );
     assert_rejected_mentioning(
         "CreateModerationResponse",
-        &without(moderation_response(), "/results/0/categories/illicit~1violent"),
+        &without(
+            moderation_response(),
+            "/results/0/categories/illicit~1violent",
+        ),
         "illicit/violent",
     );
     assert_rejected_mentioning(
         "CreateModerationResponse",
-        &with(moderation_response(), "/results/0/category_applied_input_types/hate", json!(["audio"])),
+        &with(
+            moderation_response(),
+            "/results/0/category_applied_input_types/hate",
+            json!(["audio"]),
+        ),
         "/hate",
     );
 }
@@ -485,14 +596,23 @@ fn broken_other_bodies_are_rejected() {
 #[test]
 #[should_panic(expected = "does not validate against #/components/schemas/Response")]
 fn assert_valid_panics_with_a_report() {
-    assert_valid("Response", &without(response_body(), "/usage/input_tokens_details"));
+    assert_valid(
+        "Response",
+        &without(response_body(), "/usage/input_tokens_details"),
+    );
 }
 
 #[test]
 fn unknown_event_types_have_no_schema() {
     let spec = Spec::load();
-    assert_eq!(spec.response_event_schema("response.output_text.delta"), Some("ResponseTextDeltaEvent"));
-    assert_eq!(spec.response_event_schema("error"), Some("ResponseErrorEvent"));
+    assert_eq!(
+        spec.response_event_schema("response.output_text.delta"),
+        Some("ResponseTextDeltaEvent")
+    );
+    assert_eq!(
+        spec.response_event_schema("error"),
+        Some("ResponseErrorEvent")
+    );
     assert_eq!(spec.response_event_schema("response.nope"), None);
 }
 
@@ -503,13 +623,25 @@ fn load_and_compile_time_is_reasonable() {
     let started = Instant::now();
     let spec = Spec::load();
     for name in [
-        "Response", "ResponseStreamEvent", "CreateChatCompletionResponse",
-        "CreateChatCompletionStreamResponse", "Model", "ListModelsResponse",
-        "CreateEmbeddingResponse", "CreateModerationResponse", "ErrorResponse",
+        "Response",
+        "ResponseStreamEvent",
+        "CreateChatCompletionResponse",
+        "CreateChatCompletionStreamResponse",
+        "Model",
+        "ListModelsResponse",
+        "CreateEmbeddingResponse",
+        "CreateModerationResponse",
+        "ErrorResponse",
     ] {
         spec.validator(name);
     }
     let elapsed = started.elapsed();
-    eprintln!("spec load {:?}; load + compile of 9 schemas {elapsed:?}", spec.load_time);
-    assert!(elapsed.as_secs() < 30, "loading and compiling the spec took {elapsed:?}");
+    eprintln!(
+        "spec load {:?}; load + compile of 9 schemas {elapsed:?}",
+        spec.load_time
+    );
+    assert!(
+        elapsed.as_secs() < 30,
+        "loading and compiling the spec took {elapsed:?}"
+    );
 }

@@ -17,7 +17,23 @@
 //! so every `$ref` inside the spec resolves within the same document. OpenAPI
 //! keywords (`discriminator`, `example`, `x-*`, …) are unknown keywords that
 //! JSON Schema ignores; `format` is an annotation (not asserted), as 2020-12
-//! specifies. Validators are compiled lazily and cached per schema name.
+//! specifies. The one exception is OpenAPI 3.0's `nullable: true`, which this
+//! 3.1 spec still uses ~110 times and which is translated to
+//! `anyOf: [schema, {type: "null"}]` at load time (see `translate_nullable`).
+//! Validators are compiled lazily and cached per schema name.
+//!
+//! # Where the spec is stricter than the live API
+//!
+//! The harness checks the spec as written, so the simulator must avoid a few
+//! things the live API does:
+//! - `Response.user` is a non-nullable string: omit `user` rather than send
+//!   `"user": null`.
+//! - `Response.usage` is not nullable: omit `usage` in the `response.created` /
+//!   `response.in_progress` snapshots rather than send `"usage": null`.
+//! - `Embedding.embedding` is only an array of numbers: a base64 answer
+//!   (`encoding_format: "base64"`) does not match it. Check those with
+//!   [`assert_valid_embedding_response`], which decodes the base64 (little-endian
+//!   f32) back into numbers before validating.
 //!
 //! The spec is found at `$TOLLGATE_OPENAPI_SPEC` if set, else at
 //! `<repository>/../shared/openai-openapi/openapi.yaml`.
@@ -71,7 +87,8 @@ const SPEC_URI: &str = "https://tollgate.invalid/openai-openapi/openapi.yaml";
 pub fn spec_path() -> PathBuf {
     let path = match std::env::var_os(SPEC_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/openai-openapi/openapi.yaml"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/openai-openapi/openapi.yaml"),
     };
     assert!(
         path.is_file(),
@@ -91,10 +108,47 @@ pub fn spec_document() -> &'static Value {
         let path = spec_path();
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let JsonFromYaml(doc) = serde_yaml_ng::from_str(&text)
+        let JsonFromYaml(mut doc) = serde_yaml_ng::from_str(&text)
             .unwrap_or_else(|e| panic!("parsing {} as YAML: {e}", path.display()));
+        translate_nullable(&mut doc);
         doc
     })
+}
+
+/// The spec is OpenAPI 3.1 but still says `nullable: true` (OpenAPI 3.0) in
+/// about a hundred places, e.g. chat chunks' `finish_reason` and `usage`. JSON
+/// Schema ignores that keyword, so it would reject the nulls the spec means to
+/// allow. Rewrite each `{…, nullable: true}` schema as
+/// `{anyOf: [{…}, {type: "null"}]}` (and drop `nullable: false`). Values that
+/// are data rather than schemas (`example`, `default`, `enum`, `x-*`, …) are
+/// left alone.
+fn translate_nullable(value: &mut Value) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(translate_nullable),
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                let is_data = matches!(
+                    key.as_str(),
+                    "example" | "examples" | "default" | "const" | "enum"
+                ) || key.starts_with("x-");
+                if !is_data {
+                    translate_nullable(child);
+                }
+            }
+            if let Some(Value::Bool(nullable)) = map.get("nullable") {
+                let nullable = *nullable;
+                map.remove("nullable");
+                if nullable {
+                    let inner = Value::Object(std::mem::take(map));
+                    map.insert(
+                        "anyOf".to_owned(),
+                        Value::Array(vec![inner, serde_json::json!({"type": "null"})]),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A YAML document read straight into a `serde_json::Value`. Neither
@@ -211,7 +265,8 @@ impl Spec {
 
     /// `#/components/schemas/<name>`, if the spec has it.
     pub fn schema(&self, name: &str) -> Option<&'static Value> {
-        self.document.pointer(&format!("/components/schemas/{}", escape_pointer(name)))
+        self.document
+            .pointer(&format!("/components/schemas/{}", escape_pointer(name)))
     }
 
     /// The compiled validator for `#/components/schemas/<name>`.
@@ -305,7 +360,10 @@ impl Spec {
 #[track_caller]
 pub fn assert_valid(schema_name: &str, instance: &Value) {
     if let Err(errors) = Spec::load().validate(schema_name, instance) {
-        panic!("{}", report(schema_name, instance, &errors, "does not validate against"));
+        panic!(
+            "{}",
+            report(schema_name, instance, &errors, "does not validate against")
+        );
     }
 }
 
@@ -321,6 +379,54 @@ pub fn assert_invalid(schema_name: &str, instance: &Value) -> Vec<String> {
         ),
         Err(errors) => errors,
     }
+}
+
+/// Validate a `/v1/embeddings` body against `CreateEmbeddingResponse`. The
+/// spec types `embedding` as an array of numbers only; a base64 `embedding`
+/// (what the SDKs ask for by default) is first decoded as little-endian f32
+/// values, so this also checks the base64 is well formed. Returns the
+/// embeddings as float vectors.
+#[track_caller]
+pub fn assert_valid_embedding_response(body: &Value) -> Vec<Vec<f32>> {
+    use base64::Engine as _;
+    let mut decoded = body.clone();
+    let mut vectors = Vec::new();
+    if let Some(items) = decoded.get_mut("data").and_then(Value::as_array_mut) {
+        for (i, item) in items.iter_mut().enumerate() {
+            let Some(embedding) = item.get_mut("embedding") else {
+                continue;
+            };
+            let floats: Vec<f32> = match &*embedding {
+                Value::String(b64) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap_or_else(|e| panic!("data[{i}].embedding is not valid base64: {e}"));
+                    assert!(
+                        bytes.len() % 4 == 0,
+                        "data[{i}].embedding: {} bytes of base64 is not a whole number of f32s",
+                        bytes.len()
+                    );
+                    let floats: Vec<f32> = bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    *embedding =
+                        Value::Array(floats.iter().map(|&f| Value::from(f64::from(f))).collect());
+                    floats
+                }
+                #[allow(clippy::cast_possible_truncation)]
+                Value::Array(numbers) => numbers
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|f| f as f32)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            vectors.push(floats);
+        }
+    }
+    assert_valid("CreateEmbeddingResponse", &decoded);
+    vectors
 }
 
 /// Validate one Responses stream event: against the specific schema for its
@@ -351,7 +457,9 @@ pub fn assert_valid_response_event(event: &Value) -> &'static str {
 pub fn assert_valid_responses_sse(body: &str) -> Vec<Value> {
     let mut events = Vec::new();
     for (i, frame) in sse_frames(body).into_iter().enumerate() {
-        let data = frame.data.unwrap_or_else(|| panic!("SSE frame {i} has no data: line"));
+        let data = frame
+            .data
+            .unwrap_or_else(|| panic!("SSE frame {i} has no data: line"));
         assert_ne!(data, "[DONE]", "Responses streams do not end with [DONE]");
         let event: Value = serde_json::from_str(&data)
             .unwrap_or_else(|e| panic!("SSE frame {i}: data is not JSON ({e}): {data}"));
@@ -381,13 +489,23 @@ pub fn assert_valid_responses_sse(body: &str) -> Vec<Value> {
 pub fn assert_valid_chat_sse(body: &str) -> Vec<Value> {
     let frames = sse_frames(body);
     let (last, chunks) = frames.split_last().expect("empty chat stream");
-    assert_eq!(last.data.as_deref(), Some("[DONE]"), "chat streams end with data: [DONE]");
+    assert_eq!(
+        last.data.as_deref(),
+        Some("[DONE]"),
+        "chat streams end with data: [DONE]"
+    );
     chunks
         .iter()
         .enumerate()
         .map(|(i, frame)| {
-            assert_eq!(frame.event, None, "chat SSE frame {i} must not have an event: line");
-            let data = frame.data.as_deref().unwrap_or_else(|| panic!("chat SSE frame {i}: no data"));
+            assert_eq!(
+                frame.event, None,
+                "chat SSE frame {i} must not have an event: line"
+            );
+            let data = frame
+                .data
+                .as_deref()
+                .unwrap_or_else(|| panic!("chat SSE frame {i}: no data"));
             let chunk: Value = serde_json::from_str(data)
                 .unwrap_or_else(|e| panic!("chat SSE frame {i}: data is not JSON ({e}): {data}"));
             assert_valid("CreateChatCompletionStreamResponse", &chunk);
@@ -480,7 +598,9 @@ fn describe(error: &ValidationError<'_>, depth: usize, lines: &mut Vec<String>) 
         error.evaluation_path().as_str()
     ));
     let context = match error.kind() {
-        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => context,
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            context
+        }
         _ => return,
     };
     if depth >= MAX_DEPTH {
