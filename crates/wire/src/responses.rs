@@ -223,9 +223,11 @@ pub struct Response {
     pub top_p: Option<f64>,
     #[serde(default)]
     pub truncation: Option<String>,
-    #[serde(default)]
+    /// Absent (not `null`) while in progress: the spec does not allow `null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ResponseUsage>,
-    #[serde(default)]
+    /// Absent when unset: the spec types it as a string, without `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
