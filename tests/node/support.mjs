@@ -29,7 +29,7 @@ export class Mock {
     return new OpenAI({ baseURL: this.baseURL, apiKey: API_KEY, timeout: 30_000, ...options });
   }
 
-  /** A raw HTTP call; resolves to { status, body } with the body parsed as JSON when there is one. */
+  /** A raw HTTP call; resolves to { status, body }, the body parsed as JSON, else as text, else null. */
   async http(method, path, body, headers = {}) {
     const init = { method, headers: { ...headers } };
     if (body !== undefined) {
@@ -38,7 +38,15 @@ export class Mock {
     }
     const res = await fetch(this.rootURL + path, init);
     const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : null };
+    let parsed = null;
+    if (text) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = text;
+      }
+    }
+    return { status: res.status, body: parsed };
   }
 
   async control(method, path, body) {

@@ -86,7 +86,7 @@ class Mock:
         return OpenAI(base_url=self.base_url, **kwargs)
 
     def http(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        """A raw HTTP call; returns (status, parsed JSON body or None)."""
+        """A raw HTTP call; returns (status, body parsed as JSON, else as text, else None)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.root_url + path, data=data, method=method)
         if data is not None:
@@ -98,7 +98,12 @@ class Mock:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()
-        return status, (json.loads(raw) if raw else None)
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         status, payload = self.http(method, path, body)
