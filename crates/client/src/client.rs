@@ -1,0 +1,787 @@
+//! `Client` and its builder: configuration, request assembly, the attempt that the
+//! retry loop repeats, and the raw pass-through call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::body::ByteStream;
+use crate::error::Error;
+use crate::meta::{ApiResponse, ResponseMeta};
+use crate::retry::{self, classify_status, Failure, RetryPolicy, Stop, Verdict};
+use crate::stream::{End, EventStream};
+
+/// The default base URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Headers that describe one connection, not the message: never forwarded by
+/// [`Client::raw`] in either direction (RFC 9110 §7.6.1), plus `host` and
+/// `content-length`, which the client sets for the upstream request (removed
+/// separately, request side only).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A client for an OpenAI-compatible API. Cheap to clone (the connection pool and
+/// configuration are shared); the `with_*` methods return a handle with per-call
+/// overrides and leave the original untouched.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    call: CallOptions,
+}
+
+/// Builds a [`Client`]. Every setting has a default; only the API key usually
+/// needs setting.
+pub struct ClientBuilder {
+    base_url: String,
+    api_key: Option<String>,
+    connect_timeout: Duration,
+    timeout: Duration,
+    retry: RetryPolicy,
+    headers: HeaderMap,
+    pool_idle_timeout: Option<Duration>,
+    pool_max_idle_per_host: usize,
+    user_agent: String,
+    use_system_proxy: bool,
+}
+
+/// An upstream answer passed through untouched: status, headers (minus hop-by-hop
+/// ones) and the body as a byte stream. Returned by [`Client::raw`] for every HTTP
+/// status, after retries.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub meta: ResponseMeta,
+    pub body: ByteStream,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    /// `Bearer <key>`, marked sensitive so `Debug` never shows it.
+    auth: Option<HeaderValue>,
+    headers: HeaderMap,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+#[derive(Clone, Default)]
+struct CallOptions {
+    deadline: Option<Deadline>,
+    max_retries: Option<u32>,
+    headers: HeaderMap,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    After(Duration),
+    At(Instant),
+}
+
+/// One request, ready to be sent as many times as the retry policy allows.
+struct Call {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+    label: String,
+}
+
+/// Why an attempt failed, kept for the error if it is the last one.
+#[derive(Debug)]
+enum Failed {
+    Transport {
+        error: reqwest::Error,
+        attempt: u32,
+    },
+    Status {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        attempt: u32,
+    },
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(600),
+            retry: RetryPolicy::default(),
+            headers: HeaderMap::new(),
+            pool_idle_timeout: Some(Duration::from_secs(90)),
+            pool_max_idle_per_host: usize::MAX,
+            user_agent: concat!("tollgate-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            use_system_proxy: true,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with every default and no API key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder configured from the environment: `OPENAI_API_KEY` (required),
+    /// `OPENAI_BASE_URL`, `OPENAI_ORG_ID` and `OPENAI_PROJECT_ID` (optional).
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_source(|name| std::env::var(name).ok())
+    }
+
+    /// [`ClientBuilder::from_env`] over any variable source, so tests need not touch
+    /// the process environment.
+    fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let key = get("OPENAI_API_KEY")
+            .ok_or_else(|| Error::Config("OPENAI_API_KEY is not set".to_owned()))?;
+        let mut b = Self::new().api_key(key);
+        if let Some(url) = get("OPENAI_BASE_URL") {
+            b = b.base_url(url);
+        }
+        for (var, header) in [
+            ("OPENAI_ORG_ID", "openai-organization"),
+            ("OPENAI_PROJECT_ID", "openai-project"),
+        ] {
+            if let Some(v) = get(var) {
+                let value = HeaderValue::from_str(v.trim())
+                    .map_err(|_| Error::Config(format!("{var} is not a valid header value")))?;
+                b.headers.insert(HeaderName::from_static(header), value);
+            }
+        }
+        Ok(b)
+    }
+
+    /// The API root, including its version path (default `https://api.openai.com/v1`).
+    /// Request paths such as `responses` are appended to it.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The key sent as `Authorization: Bearer <key>`. Never logged or displayed.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Time allowed to open a connection (TCP and TLS), per attempt. Default 5 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// The overall deadline of a call, counted from its start: every attempt, every
+    /// wait between attempts and reading the body (streams included). Default 600 s,
+    /// like the official SDKs. Override per call with [`Client::with_timeout`].
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// The retry policy (see [`RetryPolicy`] for the rules).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Shorthand for changing only `max_retries` of the retry policy.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.retry.max_retries = n;
+        self
+    }
+
+    /// A header sent with every request (replacing an earlier value of the same name).
+    pub fn default_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// How long an idle pooled connection is kept. Default 90 s; `None` keeps it.
+    pub fn pool_idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.pool_idle_timeout = d;
+        self
+    }
+
+    /// Most idle connections kept per host. Default unlimited.
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// The `User-Agent` header. Default `tollgate-client/<version>`.
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = ua.into();
+        self
+    }
+
+    /// Ignore `HTTP(S)_PROXY` environment variables (they are honoured by default).
+    pub fn no_proxy(mut self) -> Self {
+        self.use_system_proxy = false;
+        self
+    }
+
+    /// Builds the client. Fails on an invalid base URL or an API key that cannot be a
+    /// header value (the error never repeats the key).
+    pub fn build(self) -> Result<Client, Error> {
+        let base_url = self.base_url.trim().trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base_url)
+            .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::Config(format!(
+                "base URL {base_url:?} is not http(s)"
+            )));
+        }
+        let auth = match self.api_key {
+            Some(key) => {
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                        Error::Config(
+                            "the API key contains characters not allowed in a header".to_owned(),
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(self.user_agent);
+        if !self.use_system_proxy {
+            http = http.no_proxy();
+        }
+        let http = http
+            .build()
+            .map_err(|e| Error::Config(format!("could not build the HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                auth,
+                headers: self.headers,
+                timeout: self.timeout,
+                retry: self.retry,
+            }),
+            call: CallOptions::default(),
+        })
+    }
+}
+
+impl Client {
+    /// A builder with every default.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// A client for `https://api.openai.com/v1` with this key and every default.
+    pub fn new(api_key: impl Into<String>) -> Result<Self, Error> {
+        ClientBuilder::new().api_key(api_key).build()
+    }
+
+    /// A client configured from `OPENAI_API_KEY` (required), `OPENAI_BASE_URL`,
+    /// `OPENAI_ORG_ID` and `OPENAI_PROJECT_ID`.
+    pub fn from_env() -> Result<Self, Error> {
+        ClientBuilder::from_env()?.build()
+    }
+
+    /// The base URL requests go to (without a trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// A handle whose calls must finish within `d` of their start (all attempts,
+    /// waits and the body included). Replaces the client's timeout.
+    pub fn with_timeout(&self, d: Duration) -> Self {
+        let mut c = self.clone();
+        c.call.deadline = Some(Deadline::After(d));
+        c
+    }
+
+    /// A handle whose calls must finish by `at` — for a gateway, the deadline of the
+    /// request it is serving.
+    pub fn with_deadline(&self, at: std::time::Instant) -> Self {
+        let mut c = self.clone();
+        c.call.deadline = Some(Deadline::At(Instant::from_std(at)));
+        c
+    }
+
+    /// A handle with a different `max_retries`.
+    pub fn with_max_retries(&self, n: u32) -> Self {
+        let mut c = self.clone();
+        c.call.max_retries = Some(n);
+        c
+    }
+
+    /// A handle that adds (or replaces) one header on its typed calls.
+    pub fn with_header(&self, name: HeaderName, value: HeaderValue) -> Self {
+        let mut c = self.clone();
+        c.call.headers.insert(name, value);
+        c
+    }
+
+    /// Pass-through: sends `body` and `headers` untouched to `base_url + path` (path
+    /// may carry a query string), except that `Authorization` is replaced by the
+    /// client's key (or removed when it has none) and hop-by-hop headers are dropped.
+    /// Client default headers fill in names the caller did not send.
+    ///
+    /// Retries follow the same rules as typed calls, and happen before anything is
+    /// returned. After them, *every* HTTP answer — error statuses included — comes
+    /// back as a [`RawResponse`] with the upstream status, headers and bytes, so a
+    /// gateway can relay it as is. A 2xx body is streamed and never retried.
+    /// `Err` means there was no HTTP answer at all ([`Error::Timeout`],
+    /// [`Error::Connection`]).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<RawResponse, Error> {
+        let mut out = headers;
+        strip_hop_by_hop(&mut out);
+        out.remove(header::AUTHORIZATION);
+        out.remove(header::HOST);
+        out.remove(header::CONTENT_LENGTH);
+        for (name, value) in self.inner.headers.iter().chain(self.call.headers.iter()) {
+            if !out.contains_key(name) {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+        if let Some(auth) = &self.inner.auth {
+            out.insert(header::AUTHORIZATION, auth.clone());
+        }
+        let call = Call {
+            label: format!("{method} /{}", path_only(path)),
+            url: self.url(path),
+            method,
+            headers: out,
+            body: (!body.is_empty()).then_some(body),
+        };
+        let (started, deadline) = self.deadline();
+        let sent = retry::run(
+            &self.inner.retry,
+            self.max_retries(),
+            deadline,
+            &call.label,
+            |n| self.send(&call, n),
+        )
+        .await;
+        match sent {
+            Ok((response, attempts)) => {
+                let mut meta =
+                    ResponseMeta::new(response.status(), response.headers().clone(), attempts);
+                strip_hop_by_hop(&mut meta.headers);
+                let id = meta.request_id.clone();
+                let body = ByteStream::live(response, started, deadline, attempts, id);
+                Ok(RawResponse { meta, body })
+            }
+            Err(Stop::Failed(Failed::Status {
+                status,
+                headers,
+                body,
+                attempt,
+            })) => {
+                let mut meta = ResponseMeta::new(status, headers, attempt);
+                strip_hop_by_hop(&mut meta.headers);
+                let id = meta.request_id.clone();
+                Ok(RawResponse {
+                    meta,
+                    body: ByteStream::buffered(body, attempt, id),
+                })
+            }
+            Err(stop) => Err(stop_to_error(stop)),
+        }
+    }
+
+    /// A typed call with a JSON answer read in full (read failures are retried too:
+    /// nothing has reached the caller yet).
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<ApiResponse<T>, Error> {
+        let call = self.typed_call(method, path, body, "application/json");
+        let (_, deadline) = self.deadline();
+        let (status, headers, bytes, attempts) = retry::run(
+            &self.inner.retry,
+            self.max_retries(),
+            deadline,
+            &call.label,
+            |n| self.send_buffered(&call, n),
+        )
+        .await
+        .map_err(stop_to_error)?;
+        let meta = ResponseMeta::new(status, headers, attempts);
+        match serde_json::from_slice(&bytes) {
+            Ok(data) => Ok(ApiResponse { data, meta }),
+            Err(source) => Err(Error::Decode {
+                request_id: meta.request_id,
+                source,
+            }),
+        }
+    }
+
+    /// A typed streaming call: retried until the answer's head arrives, then handed
+    /// over as an event stream and never retried.
+    pub(crate) async fn event_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        end: End,
+        is_terminal: fn(&T) -> bool,
+    ) -> Result<EventStream<T>, Error> {
+        let call = self.typed_call(Method::POST, path, Some(body), "text/event-stream");
+        let (started, deadline) = self.deadline();
+        let (response, attempts) = retry::run(
+            &self.inner.retry,
+            self.max_retries(),
+            deadline,
+            &call.label,
+            |n| self.send(&call, n),
+        )
+        .await
+        .map_err(stop_to_error)?;
+        let meta = ResponseMeta::new(response.status(), response.headers().clone(), attempts);
+        let body = ByteStream::live(
+            response,
+            started,
+            deadline,
+            attempts,
+            meta.request_id.clone(),
+        );
+        Ok(EventStream::new(meta, body, end, is_terminal))
+    }
+
+    /// One attempt: sends the request; an error status is read in full and classified.
+    async fn send(
+        &self,
+        call: &Call,
+        attempt: u32,
+    ) -> Result<(reqwest::Response, u32), Failure<Failed>> {
+        let mut request = self
+            .inner
+            .http
+            .request(call.method.clone(), &call.url)
+            .headers(call.headers.clone());
+        if let Some(body) = &call.body {
+            request = request.body(body.clone());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::debug!(call = %call.label, attempt, error = %error, "no answer");
+                let verdict = if error.is_builder() {
+                    Verdict::Fatal
+                } else {
+                    Verdict::Retry { after: None }
+                };
+                return Err(Failure {
+                    error: Failed::Transport { error, attempt },
+                    verdict,
+                });
+            }
+        };
+        let status = response.status();
+        tracing::debug!(
+            call = %call.label,
+            attempt,
+            status = status.as_u16(),
+            request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+            "answer"
+        );
+        if status.is_success() {
+            return Ok((response, attempt));
+        }
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap_or_default();
+        let verdict = classify_status(status, &headers, &body);
+        Err(Failure {
+            error: Failed::Status {
+                status,
+                headers,
+                body,
+                attempt,
+            },
+            verdict,
+        })
+    }
+
+    /// One attempt that also reads a successful body in full.
+    async fn send_buffered(
+        &self,
+        call: &Call,
+        attempt: u32,
+    ) -> Result<(StatusCode, HeaderMap, Bytes, u32), Failure<Failed>> {
+        let (response, attempt) = self.send(call, attempt).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        match response.bytes().await {
+            Ok(body) => Ok((status, headers, body, attempt)),
+            Err(error) => {
+                tracing::debug!(call = %call.label, attempt, error = %error, "body read failed");
+                Err(Failure {
+                    error: Failed::Transport { error, attempt },
+                    verdict: Verdict::Retry { after: None },
+                })
+            }
+        }
+    }
+
+    fn typed_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        accept: &'static str,
+    ) -> Call {
+        let mut headers = self.inner.headers.clone();
+        for (name, value) in &self.call.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        if body.is_some() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if let Some(auth) = &self.inner.auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        Call {
+            label: format!("{method} /{}", path_only(path)),
+            url: self.url(path),
+            method,
+            headers,
+            body,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.inner.base_url, path.trim_start_matches('/'))
+    }
+
+    /// The call's start and deadline.
+    fn deadline(&self) -> (Instant, Instant) {
+        let now = Instant::now();
+        let deadline = match self.call.deadline {
+            Some(Deadline::At(at)) => at,
+            Some(Deadline::After(d)) => now + d,
+            None => now + self.inner.timeout,
+        };
+        (now, deadline)
+    }
+
+    fn max_retries(&self) -> u32 {
+        self.call
+            .max_retries
+            .unwrap_or(self.inner.retry.max_retries)
+    }
+}
+
+impl RawResponse {
+    /// The upstream status.
+    pub fn status(&self) -> StatusCode {
+        self.meta.status
+    }
+
+    /// The upstream headers, minus hop-by-hop ones.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.meta.headers
+    }
+
+    /// The upstream `x-request-id`.
+    pub fn request_id(&self) -> Option<&str> {
+        self.meta.request_id()
+    }
+
+    /// Attempts made.
+    pub fn attempts(&self) -> u32 {
+        self.meta.attempts
+    }
+
+    /// Reads the whole body.
+    pub async fn bytes(self) -> Result<Bytes, Error> {
+        self.body.collect().await
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base_url)
+            .field("api_key", &self.inner.auth.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.inner.timeout)
+            .field("retry", &self.inner.retry)
+            .field("deadline_override", &self.call.deadline)
+            .field("max_retries_override", &self.call.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stop_to_error(stop: Stop<Failed>) -> Error {
+    match stop {
+        Stop::Timeout { attempts, elapsed } => Error::Timeout { attempts, elapsed },
+        Stop::Failed(Failed::Transport { error, attempt }) => Error::Connection {
+            attempts: attempt,
+            source: error,
+        },
+        Stop::Failed(Failed::Status {
+            status,
+            headers,
+            body,
+            attempt,
+        }) => Error::from_status(status, headers, &body, attempt),
+    }
+}
+
+/// Drops hop-by-hop headers, including any named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The path without its query string, for logs (queries may carry anything).
+fn path_only(path: &str) -> &str {
+    let p = path.trim_start_matches('/');
+    p.split_once('?').map_or(p, |(p, _)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn from_env_requires_a_key_and_reads_the_base_url() {
+        let err = ClientBuilder::from_source(env(&[])).unwrap_err();
+        assert!(matches!(err, Error::Config(ref m) if m.contains("OPENAI_API_KEY")));
+        let err = ClientBuilder::from_source(env(&[("OPENAI_API_KEY", "  ")])).unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+
+        let c = ClientBuilder::from_source(env(&[
+            ("OPENAI_API_KEY", "sk-secret-123"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"),
+            ("OPENAI_PROJECT_ID", "proj_1"),
+        ]))
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:9/v1");
+        assert_eq!(c.url("/responses"), "http://127.0.0.1:9/v1/responses");
+        assert_eq!(c.inner.headers["openai-project"], "proj_1");
+
+        let c = ClientBuilder::from_source(env(&[("OPENAI_API_KEY", "k")]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.base_url(), DEFAULT_BASE_URL);
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug_output() {
+        let b = Client::builder().api_key("sk-secret-123");
+        assert!(!format!("{b:?}").contains("sk-secret"));
+        let c = b.build().unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        let call = c.typed_call(Method::GET, "models", None, "application/json");
+        assert!(!format!("{:?}", call.headers).contains("sk-secret"));
+        let err = Client::builder()
+            .api_key("sk-bad\nkey")
+            .build()
+            .unwrap_err();
+        assert!(!err.to_string().contains("sk-bad"));
+    }
+
+    #[test]
+    fn bad_base_urls_are_rejected() {
+        assert!(Client::builder().base_url("not a url").build().is_err());
+        assert!(Client::builder().base_url("ftp://x/v1").build().is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-stainless-lang", HeaderValue::from_static("python"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-stainless-lang"]);
+    }
+
+    #[test]
+    fn call_overrides_do_not_touch_the_original() {
+        let c = Client::new("k").unwrap();
+        let short = c.with_timeout(Duration::from_millis(5)).with_max_retries(0);
+        assert_eq!(short.max_retries(), 0);
+        assert_eq!(c.max_retries(), 2);
+        let (start, deadline) = short.deadline();
+        assert_eq!(deadline - start, Duration::from_millis(5));
+        let (start, deadline) = c.deadline();
+        assert_eq!(deadline - start, Duration::from_secs(600));
+        assert_eq!(path_only("/models?limit=2"), "models");
+    }
+}

@@ -1,0 +1,80 @@
+//! What every answer carries besides its body: status, headers, the upstream request
+//! id, the parsed rate-limit headers and how many attempts the call took.
+
+use std::ops::Deref;
+
+use http::{HeaderMap, StatusCode};
+use tollgate_wire::ratelimit::RateLimitInfo;
+
+/// Facts about the HTTP answer that ended a call (the last attempt's).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResponseMeta {
+    /// HTTP status of the last attempt.
+    pub status: StatusCode,
+    /// Response headers of the last attempt.
+    pub headers: HeaderMap,
+    /// The upstream `x-request-id`, if it sent one.
+    pub request_id: Option<String>,
+    /// The `x-ratelimit-*` headers, parsed.
+    pub rate_limit: RateLimitInfo,
+    /// Attempts made, the successful one included (1 = no retry).
+    pub attempts: u32,
+}
+
+/// A decoded body plus its [`ResponseMeta`]. Derefs to the body.
+#[derive(Debug, Clone)]
+pub struct ApiResponse<T> {
+    pub data: T,
+    pub meta: ResponseMeta,
+}
+
+impl ResponseMeta {
+    pub(crate) fn new(status: StatusCode, headers: HeaderMap, attempts: u32) -> Self {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request_id = get("x-request-id").map(str::to_owned);
+        let rate_limit = RateLimitInfo::from_headers(get);
+        Self {
+            status,
+            headers,
+            request_id,
+            rate_limit,
+            attempts,
+        }
+    }
+
+    /// The upstream `x-request-id`.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+}
+
+impl<T> ApiResponse<T> {
+    /// The upstream `x-request-id`.
+    pub fn request_id(&self) -> Option<&str> {
+        self.meta.request_id()
+    }
+
+    /// The parsed `x-ratelimit-*` headers.
+    pub fn rate_limit(&self) -> &RateLimitInfo {
+        &self.meta.rate_limit
+    }
+
+    /// Attempts made, the successful one included.
+    pub fn attempts(&self) -> u32 {
+        self.meta.attempts
+    }
+
+    /// The body, dropping the metadata.
+    pub fn into_inner(self) -> T {
+        self.data
+    }
+}
+
+impl<T> Deref for ApiResponse<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.data
+    }
+}
