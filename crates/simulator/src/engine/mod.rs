@@ -12,6 +12,21 @@ use tollgate_wire::responses::{CreateResponse, Response, StreamEvent};
 
 use crate::error::ApiError;
 
+mod chat;
+mod conversation;
+mod embeddings;
+mod moderation;
+mod responses;
+mod rng;
+mod schema;
+mod text;
+mod tokens;
+mod tools;
+mod validate;
+
+pub use schema::instance as schema_instance;
+pub use tokens::Encoding;
+
 /// The answer to a `POST /v1/responses`.
 #[derive(Debug, Clone)]
 pub struct ResponsesPlan {
@@ -35,30 +50,25 @@ pub struct ChatPlan {
 /// Validates a Responses request (unknown parameters, value ranges, `response_format`
 /// moved to `text.format`) and builds the answer. The model is known to exist.
 pub fn plan_response(req: &CreateResponse, now: i64) -> Result<ResponsesPlan, ApiError> {
-    let _ = (req, now);
-    Err(ApiError::invalid_request("not implemented", None, None))
+    responses::plan(req, now)
 }
 
 /// Validates a Chat request and builds the answer. The model is known to exist.
 pub fn plan_chat(req: &ChatCompletionRequest, now: i64) -> Result<ChatPlan, ApiError> {
-    let _ = (req, now);
-    Err(ApiError::invalid_request("not implemented", None, None))
+    chat::plan(req, now)
 }
 
 /// Builds embeddings of the model's real dimension, stable per input.
 pub fn embed(req: &EmbeddingRequest) -> Result<EmbeddingResponse, ApiError> {
-    let _ = req;
-    Err(ApiError::invalid_request("not implemented", None, None))
+    embeddings::embed(req)
 }
 
 /// Classifies the input with the documented keyword rules.
 pub fn moderate(req: &ModerationRequest) -> Result<ModerationResponse, ApiError> {
-    let _ = req;
-    Err(ApiError::invalid_request("not implemented", None, None))
+    moderation::moderate(req)
 }
 
 /// Tokens of `text` under the tokenizer of `model`'s family.
 pub fn count_tokens(model: &str, text: &str) -> usize {
-    let _ = model;
-    text.len() / 4
+    tokens::count(model, text)
 }
