@@ -501,3 +501,157 @@ fn singular(hint: &str) -> &str {
         .filter(|s| !s.is_empty())
         .unwrap_or(hint)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Asserts the instances for several seeds validate, formats asserted too.
+    fn assert_instances_valid(schema: &Value) -> Value {
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .unwrap();
+        for seed in 0..40 {
+            let v = instance(schema, seed);
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "seed {seed}: {v}\n{errors:?}");
+        }
+        instance(schema, 0)
+    }
+
+    #[test]
+    fn strict_schema_with_defs_nested_objects_arrays_enums_and_any_of() {
+        let schema = json!({
+            "type": "object",
+            "$defs": {
+                "address": {"type": "object", "properties": {
+                    "street": {"type": "string"}, "city": {"type": "string"},
+                    "zip": {"type": ["string", "null"], "pattern": "^.*$"}},
+                    "required": ["street", "city", "zip"], "additionalProperties": false},
+                "priority": {"type": "string", "enum": ["low", "medium", "high"]}
+            },
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer", "minimum": 18, "maximum": 99},
+                "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "priority": {"$ref": "#/$defs/priority"},
+                "home": {"$ref": "#/$defs/address"},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+                "contact": {"anyOf": [
+                    {"type": "object", "properties": {"email": {"type": "string", "format": "email"}},
+                     "required": ["email"], "additionalProperties": false},
+                    {"type": "null"}]},
+                "kind": {"const": "ticket"},
+                "created": {"type": "string", "format": "date-time"},
+                "due": {"type": "string", "format": "date"},
+                "id": {"type": "string", "format": "uuid"},
+                "done": {"type": "boolean"},
+                "nothing": {"type": "null"}
+            },
+            "required": ["name", "age", "score", "priority", "home", "tags", "contact", "kind",
+                         "created", "due", "id", "done", "nothing"],
+            "additionalProperties": false
+        });
+        let v = assert_instances_valid(&schema);
+        assert_eq!(v["kind"], "ticket");
+        assert!(v["contact"]["email"]
+            .as_str()
+            .is_some_and(|e| e.contains('@')));
+        assert!(
+            v["home"]["zip"].is_string(),
+            "Optional fields are filled: {v}"
+        );
+        assert_eq!(instance(&schema, 5), instance(&schema, 5));
+        assert_ne!(instance(&schema, 5), instance(&schema, 6));
+    }
+
+    #[test]
+    fn pydantic_style_and_draft_07_definitions() {
+        // What Pydantic emits for a model with an Optional and a nested list of models.
+        let schema = json!({
+            "$defs": {"Item": {"properties": {"sku": {"title": "Sku", "type": "string"},
+                                              "qty": {"title": "Qty", "type": "integer"}},
+                               "required": ["sku", "qty"], "title": "Item", "type": "object",
+                               "additionalProperties": false}},
+            "properties": {"items": {"items": {"$ref": "#/$defs/Item"}, "title": "Items", "type": "array"},
+                           "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Note"}},
+            "required": ["items", "note"], "title": "Order", "type": "object",
+            "additionalProperties": false
+        });
+        let v = assert_instances_valid(&schema);
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
+        let draft7 = json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "definitions": {"color": {"enum": ["red", "green"]}},
+            "type": "object",
+            "properties": {"c": {"$ref": "#/definitions/color"},
+                           "n": {"type": "number", "minimum": 5, "exclusiveMaximum": 6, "multipleOf": 0.5}},
+            "required": ["c", "n"]
+        });
+        let v = assert_instances_valid(&draft7);
+        assert!(v["n"] == 5.0 || v["n"] == 5.5, "{v}");
+    }
+
+    #[test]
+    fn all_of_one_of_lengths_counts_and_uniqueness() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "merged": {"allOf": [
+                    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                    {"properties": {"b": {"type": "integer", "multipleOf": 7}}, "required": ["b"]}]},
+                "either": {"oneOf": [{"type": "integer", "minimum": 1000}, {"type": "string", "maxLength": 2}]},
+                "code": {"type": "string", "minLength": 12, "maxLength": 12},
+                "short": {"type": "string", "maxLength": 3},
+                "set": {"type": "array", "items": {"enum": [1, 2, 3]}, "minItems": 3, "uniqueItems": true},
+                "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "boolean"}],
+                         "items": false},
+                "bag": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2},
+                "neg": {"type": "integer", "maximum": -10},
+                "ip": {"type": "string", "format": "ipv4"},
+                "when": {"type": "string", "format": "time"},
+                "site": {"type": "string", "format": "uri"}
+            },
+            "required": ["merged", "either", "code", "short", "set", "pair", "bag", "neg", "ip",
+                         "when", "site"]
+        });
+        let v = assert_instances_valid(&schema);
+        assert_eq!(v["pair"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["set"].as_array().map(Vec::len), Some(3));
+        assert!(v["merged"]["a"].is_string() && v["merged"]["b"].is_i64());
+    }
+
+    #[test]
+    fn recursive_schemas_terminate() {
+        let schema = json!({
+            "$defs": {"node": {"type": "object", "properties": {
+                "value": {"type": "integer"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                "parent": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}},
+                "required": ["value", "children", "parent"], "additionalProperties": false}},
+            "$ref": "#/$defs/node"
+        });
+        let v = assert_instances_valid(&schema);
+        assert!(v["children"].is_array());
+        let self_ref = json!({"type": "object", "properties": {"next": {"$ref": "#"}}});
+        assert_instances_valid(&self_ref);
+    }
+
+    #[test]
+    fn odd_schemas_still_give_something_valid() {
+        for schema in [
+            json!({}),
+            json!(true),
+            json!({"type": "string"}),
+            json!({"enum": [null]}),
+            json!({"type": ["integer", "null"]}),
+            json!({"minimum": 3}),
+            json!({"type": "array"}),
+            json!({"type": "object"}),
+        ] {
+            assert_instances_valid(&schema);
+        }
+    }
+}
