@@ -434,7 +434,7 @@ impl Client {
         .map_err(stop_to_error)?;
         let meta = ResponseMeta::new(status, headers, attempts);
         match serde_json::from_slice(&bytes) {
-            Ok(data) => Ok(ApiResponse { data, meta }),
+            Ok(body) => Ok(ApiResponse::new(body, meta)),
             Err(source) => Err(Error::Decode {
                 request_id: meta.request_id,
                 source,

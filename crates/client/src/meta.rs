@@ -22,11 +22,13 @@ pub struct ResponseMeta {
     pub attempts: u32,
 }
 
-/// A decoded body plus its [`ResponseMeta`]. Derefs to the body.
+/// A decoded body plus its [`ResponseMeta`]. Derefs to the body, so `resp.usage` or
+/// `resp.data` reach the body's own fields (the fields here are private so that they
+/// never shadow the body's).
 #[derive(Debug, Clone)]
 pub struct ApiResponse<T> {
-    pub data: T,
-    pub meta: ResponseMeta,
+    body: T,
+    meta: ResponseMeta,
 }
 
 impl ResponseMeta {
@@ -50,6 +52,15 @@ impl ResponseMeta {
 }
 
 impl<T> ApiResponse<T> {
+    pub(crate) fn new(body: T, meta: ResponseMeta) -> Self {
+        Self { body, meta }
+    }
+
+    /// Status, headers, request id, rate limits and attempts.
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
     /// The upstream `x-request-id`.
     pub fn request_id(&self) -> Option<&str> {
         self.meta.request_id()
@@ -67,7 +78,12 @@ impl<T> ApiResponse<T> {
 
     /// The body, dropping the metadata.
     pub fn into_inner(self) -> T {
-        self.data
+        self.body
+    }
+
+    /// The body and the metadata.
+    pub fn into_parts(self) -> (T, ResponseMeta) {
+        (self.body, self.meta)
     }
 }
 
@@ -75,6 +91,6 @@ impl<T> Deref for ApiResponse<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.data
+        &self.body
     }
 }
