@@ -101,6 +101,11 @@ where
         }
         if st.cut.is_some_and(|n| st.sent >= n) {
             st.done = true;
+            // hyper writes body frames that are ready at once in one go and flushes
+            // when the body is pending; an error before that flush would discard the
+            // head and the events already produced. Yield once so they reach the
+            // client, then fail.
+            tokio::task::yield_now().await;
             let cut = io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "stream cut by x-sim-stream-cut-after",
