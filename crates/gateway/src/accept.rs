@@ -1,0 +1,66 @@
+//! Stage 1, accept: the request id, and reading the body within the size and time
+//! limits (413 / 408 in OpenAI's shape).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::GatewayError;
+
+/// A new tollgate request id: `req_` + 32 hex, the shape OpenAI uses.
+pub fn request_id() -> String {
+    let n: u128 = rand::random();
+    format!("req_{n:032x}")
+}
+
+/// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
+/// than `timeout` to arrive.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError> {
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(GatewayError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        // The client went away or sent a malformed body.
+        Ok(Err(_)) => Err(GatewayError::InvalidJson {
+            detail: "the body could not be read".into(),
+        }),
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_openai_ones() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert!(id.starts_with("req_"));
+        assert_ne!(id, request_id());
+    }
+
+    #[tokio::test]
+    async fn body_limit_gives_413() {
+        let ok = read_body(Body::from("12345"), 5, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"12345");
+        let e = read_body(Body::from("123456"), 5, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e, GatewayError::BodyTooLarge { limit: 5 });
+    }
+}

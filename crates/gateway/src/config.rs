@@ -1,0 +1,358 @@
+//! Configuration in two steps: [`RawConfig`] is what `tollgate.toml` says (serde,
+//! unknown fields refused), [`Config`] is the checked result with every default
+//! filled in. `Config::try_from(raw)` reports every problem at once, each with its
+//! dotted path; parse errors carry the path too. Environment variables and flags are
+//! applied by the CLI onto the raw config before validation, so the precedence is
+//! flags > `TOLLGATE_*` variables > file > defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::SecretRef;
+
+/// `tollgate.toml` as written. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Directory of the embedded SQLite store (default `./tollgate-data`).
+    pub data_dir: Option<String>,
+    /// A database URL; overrides `data_dir` (`sqlite://PATH`).
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub usage: RawUsage,
+    #[serde(default)]
+    pub keys: RawKeys,
+}
+
+/// `[upstream]`: the OpenAI-compatible API tollgate forwards to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Base URL including `/v1` (default `https://api.openai.com/v1`).
+    pub url: Option<String>,
+    /// Secret reference of the provider key (default `env:OPENAI_API_KEY`).
+    pub api_key: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    /// Deadline for one proxied call, all attempts included.
+    pub timeout_ms: Option<u64>,
+    pub max_retries: Option<u32>,
+    pub retry_base_ms: Option<u64>,
+}
+
+/// `[server]`: HTTP limits and shutdown.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Largest request body accepted (default 8 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Time allowed for a client to send request headers, also the keep-alive idle
+    /// limit between requests (default 30 s).
+    pub header_timeout_ms: Option<u64>,
+    /// Time allowed to receive the request body (default 60 s).
+    pub body_timeout_ms: Option<u64>,
+    /// How long in-flight requests and streams may run after a shutdown signal.
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// `[usage]`: the usage-record queue and batch writer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub queue_capacity: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+}
+
+/// `[keys]`: the in-memory key cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// How often the server checks the store's key change counter (default 250 ms).
+    pub refresh_interval_ms: Option<u64>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub upstream: UpstreamConfig,
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub usage_queue_capacity: usize,
+    pub usage_batch_size: usize,
+    pub usage_flush_interval: Duration,
+    pub keys_refresh_interval: Duration,
+}
+
+/// Where and how to call the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub url: String,
+    pub api_key: SecretRef,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+}
+
+/// One configuration problem at a dotted path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl RawConfig {
+    /// Parses TOML; an error names the dotted path of the offending key.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigErrors> {
+        let de = toml::Deserializer::parse(s).map_err(|e| one("(file)", e.message()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "(root)".to_owned()
+            } else {
+                path
+            };
+            one(&path, e.inner().message())
+        })
+    }
+}
+
+impl Config {
+    /// Parses and validates a `tollgate.toml`.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigErrors> {
+        Self::try_from(RawConfig::from_toml_str(s)?)
+    }
+}
+
+fn one(path: &str, message: &str) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        path: path.to_owned(),
+        message: message.trim().to_owned(),
+    }])
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigErrors;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errors.push(ConfigError {
+                path: path.to_owned(),
+                message,
+            })
+        };
+
+        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            err(
+                "listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+
+        let url = raw
+            .upstream
+            .url
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            err(
+                "upstream.url",
+                format!("{url:?} must start with http:// or https://"),
+            );
+        }
+        let key_text = raw
+            .upstream
+            .api_key
+            .as_deref()
+            .unwrap_or("env:OPENAI_API_KEY");
+        let api_key = SecretRef::parse(key_text).unwrap_or_else(|e| {
+            // The value may be a pasted secret: never echo it.
+            err("upstream.api_key", e.to_string());
+            SecretRef::Env("OPENAI_API_KEY".into())
+        });
+        if let Some(db) = &raw.database_url {
+            if !db.starts_with("sqlite:") {
+                err(
+                    "database_url",
+                    "only sqlite://PATH is supported by this build".into(),
+                );
+            }
+        }
+
+        let mut positive = |path: &str, v: Option<u64>, default: u64| -> u64 {
+            match v {
+                Some(0) => {
+                    err(path, "must be greater than 0".into());
+                    default
+                }
+                Some(v) => v,
+                None => default,
+            }
+        };
+        let connect_timeout_ms = positive(
+            "upstream.connect_timeout_ms",
+            raw.upstream.connect_timeout_ms,
+            10_000,
+        );
+        let timeout_ms = positive("upstream.timeout_ms", raw.upstream.timeout_ms, 600_000);
+        let retry_base_ms = positive("upstream.retry_base_ms", raw.upstream.retry_base_ms, 200);
+        let max_body = positive(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+            8 * 1024 * 1024,
+        );
+        let header_ms = positive(
+            "server.header_timeout_ms",
+            raw.server.header_timeout_ms,
+            30_000,
+        );
+        let body_ms = positive("server.body_timeout_ms", raw.server.body_timeout_ms, 60_000);
+        let grace_ms = positive(
+            "server.shutdown_grace_ms",
+            raw.server.shutdown_grace_ms,
+            30_000,
+        );
+        let queue = positive(
+            "usage.queue_capacity",
+            raw.usage.queue_capacity.map(|v| v as u64),
+            10_000,
+        );
+        let batch = positive(
+            "usage.batch_size",
+            raw.usage.batch_size.map(|v| v as u64),
+            512,
+        );
+        let flush_ms = positive("usage.flush_interval_ms", raw.usage.flush_interval_ms, 100);
+        let refresh_ms = positive(
+            "keys.refresh_interval_ms",
+            raw.keys.refresh_interval_ms,
+            250,
+        );
+        if refresh_ms > 1_000 {
+            err(
+                "keys.refresh_interval_ms",
+                "must be at most 1000: revocations must take effect within a second".into(),
+            );
+        }
+        let max_retries = raw.upstream.max_retries.unwrap_or(2);
+        if max_retries > 10 {
+            err("upstream.max_retries", "must be at most 10".into());
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            listen,
+            data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data")),
+            database_url: raw.database_url,
+            upstream: UpstreamConfig {
+                url,
+                api_key,
+                connect_timeout: Duration::from_millis(connect_timeout_ms),
+                timeout: Duration::from_millis(timeout_ms),
+                max_retries,
+                retry_base: Duration::from_millis(retry_base_ms),
+            },
+            max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            header_timeout: Duration::from_millis(header_ms),
+            body_timeout: Duration::from_millis(body_ms),
+            shutdown_grace: Duration::from_millis(grace_ms),
+            usage_queue_capacity: usize::try_from(queue).unwrap_or(10_000),
+            usage_batch_size: usize::try_from(batch).unwrap_or(512),
+            usage_flush_interval: Duration::from_millis(flush_ms),
+            keys_refresh_interval: Duration::from_millis(refresh_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.upstream.url, "https://api.openai.com/v1");
+        assert_eq!(c.upstream.api_key, SecretRef::Env("OPENAI_API_KEY".into()));
+        assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.data_dir, PathBuf::from("./tollgate-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_dotted_path() {
+        let e = Config::from_toml_str("[upstream]\nurll = \"x\"\n").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].path, "upstream.urll");
+        assert!(e.0[0].message.contains("unknown field `urll`"), "{e}");
+
+        let e = Config::from_toml_str("[server]\nmax_body_bytes = \"big\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported_at_once_without_echoing_secrets() {
+        let toml = r#"
+            listen = "nowhere"
+            [upstream]
+            url = "ftp://x"
+            api_key = "sk-pasted-literal"
+            timeout_ms = 0
+            [keys]
+            refresh_interval_ms = 5000
+        "#;
+        let e = Config::from_toml_str(toml).unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listen",
+                "upstream.url",
+                "upstream.api_key",
+                "upstream.timeout_ms",
+                "keys.refresh_interval_ms"
+            ]
+        );
+        assert!(!e.to_string().contains("sk-pasted"));
+    }
+}

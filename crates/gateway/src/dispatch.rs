@@ -1,0 +1,241 @@
+//! Stage 7, dispatch: send the request upstream and relay the answer.
+//!
+//! The caller's headers go upstream except its credentials and the few that describe
+//! the caller's own connection or organisation; the provider key is substituted by
+//! the client. Retries happen inside the client, before the first byte reaches the
+//! caller. Upstream answers — error statuses included — are relayed with the
+//! upstream's status and body, tollgate's `x-request-id`, the upstream's id as
+//! `x-upstream-request-id`, and its `x-ratelimit-*` headers.
+//!
+//! Streams are relayed chunk by chunk as they arrive (nothing is buffered), through
+//! the account stage's tap; dropping the relayed body (the caller went away) drops
+//! the upstream body, which cancels the upstream request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::Stream;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use tollgate_client::{ByteStream, Error as ClientError, RawResponse};
+
+use crate::account::{self, StreamTap};
+use crate::error::GatewayError;
+use crate::preflight::{Endpoint, Preflight};
+use crate::record::RecordGuard;
+use crate::upstream::Upstream;
+
+/// The upstream's answer, ready to relay.
+pub type Reply = RawResponse;
+
+/// Request headers never forwarded: the caller's credentials (the provider key
+/// replaces them), the caller's OpenAI organisation/project (the provider key's own
+/// apply), cookies, and tollgate's own control headers.
+const DROP_REQUEST: [&str; 6] = [
+    "authorization",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "x-api-key",
+    "accept-encoding",
+];
+
+/// Response headers relayed from the upstream.
+const RELAY_RESPONSE: [&str; 13] = [
+    "content-type",
+    "openai-processing-ms",
+    "openai-version",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "www-authenticate",
+];
+
+/// Sends the request upstream (with retries) and returns its answer.
+pub async fn run(
+    upstream: &Upstream,
+    parts: &Parts,
+    preflight: &Preflight,
+) -> Result<Reply, GatewayError> {
+    let mut headers = parts.headers.clone();
+    for name in DROP_REQUEST {
+        headers.remove(name);
+    }
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-tollgate-"))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+    if preflight.body.is_empty() {
+        headers.remove(header::CONTENT_TYPE);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    // The upstream base URL already ends in /v1.
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    upstream
+        .client()
+        .raw(parts.method.clone(), path, headers, preflight.body.clone())
+        .await
+        .map_err(|e| match e {
+            ClientError::Timeout { attempts, .. } => GatewayError::UpstreamTimeout { attempts },
+            ClientError::Connection { attempts, .. } => {
+                GatewayError::UpstreamUnreachable { attempts }
+            }
+            other => {
+                tracing::warn!(error = %other, "upstream call failed");
+                GatewayError::UpstreamUnreachable { attempts: 1 }
+            }
+        })
+}
+
+/// Relays the answer to the caller, accounting usage and finishing the record.
+pub async fn relay(
+    endpoint: Endpoint,
+    preflight: &Preflight,
+    reply: Reply,
+    mut guard: RecordGuard,
+) -> Response {
+    let status = reply.status();
+    let rec = guard.record();
+    rec.status = status.as_u16();
+    rec.upstream_request_id = reply.request_id().map(str::to_owned);
+    rec.attempts = reply.attempts();
+    let headers = relay_headers(reply.headers());
+    let streaming = status.is_success() && preflight.stream;
+    if streaming {
+        let tap = StreamTap::new(endpoint, preflight.strip_stream_usage);
+        let body = Body::from_stream(Relay {
+            upstream: reply.body,
+            tap,
+            guard: Some(guard),
+        });
+        return (status, headers, body).into_response();
+    }
+    guard.mark_first_byte();
+    let bytes = match reply.body.collect().await {
+        Ok(b) => b,
+        Err(e) => {
+            let rec = guard.record();
+            rec.error_code = Some("upstream_body_failed".into());
+            rec.status = 502;
+            guard.finish().await;
+            tracing::warn!(error = %e, "reading the upstream body failed");
+            return GatewayError::UpstreamUnreachable { attempts: 1 }.into_response();
+        }
+    };
+    let observed = account::from_json_body(endpoint, &bytes);
+    observed.apply(guard.record());
+    if !status.is_success() {
+        guard.record().error_code = error_code(&bytes);
+    }
+    guard.finish().await;
+    (status, headers, bytes).into_response()
+}
+
+fn relay_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(RELAY_RESPONSE.len() + 1);
+    for name in RELAY_RESPONSE {
+        if let Some(v) = upstream.get(name) {
+            out.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Some(id) = upstream.get("x-request-id") {
+        out.insert(HeaderName::from_static("x-upstream-request-id"), id.clone());
+    }
+    if !out.contains_key(header::CONTENT_TYPE) {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    out
+}
+
+/// The `error.code` (or `error.type`) of an upstream error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    e.get("code")
+        .and_then(|c| c.as_str())
+        .or_else(|| e.get("type").and_then(|t| t.as_str()))
+        .map(str::to_owned)
+}
+
+/// The relayed stream body: upstream chunks through the tap, then the record.
+struct Relay {
+    upstream: ByteStream,
+    tap: StreamTap,
+    /// `Some` until the stream ends; dropping it early records a disconnect.
+    guard: Option<RecordGuard>,
+}
+
+impl Relay {
+    fn finish(&mut self, error: Option<&str>) {
+        if let Some(mut guard) = self.guard.take() {
+            self.tap.observed.apply(guard.record());
+            if let Some(code) = error {
+                guard.record().error_code = Some(code.to_owned());
+            }
+            guard.finish_now();
+        }
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            return match Pin::new(&mut this.upstream).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(g) = this.guard.as_mut() {
+                        g.mark_first_byte();
+                    }
+                    let out = this.tap.pass(chunk);
+                    // A chunk that completed no event (when re-framing) yields nothing.
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(out)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish(Some("upstream_stream_failed"));
+                    // Cut the caller's connection too, so it sees a broken stream
+                    // rather than a clean end without the terminal event.
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Ready(None) => {
+                    this.finish(None);
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            // The caller went away mid-stream: keep what was observed; the guard's
+            // own Drop marks the disconnect.
+            self.tap.observed.apply(guard.record());
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! `GatewayError`: every way tollgate itself refuses or fails a call, and the one place
+//! that turns it into an HTTP answer in OpenAI's error shape. Upstream errors are not
+//! here: they are passed through with the upstream's own status and body.
+//!
+//! The table of variants (status, type, code) is documented in `docs/errors.md` and
+//! guarded by a unit test below.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tollgate_wire::ErrorEnvelope;
+
+/// A refusal or failure decided by tollgate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("missing API key")]
+    MissingKey,
+    #[error("unknown API key")]
+    UnknownKey { prefix: String },
+    #[error("role {role} may not {action}")]
+    Forbidden { role: String, action: &'static str },
+    #[error("invalid URL")]
+    InvalidUrl { method: String, path: String },
+    #[error("request body too large")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("invalid JSON body")]
+    InvalidJson { detail: String },
+    #[error("invalid request")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("upstream unreachable")]
+    UpstreamUnreachable { attempts: u32 },
+    #[error("upstream timed out")]
+    UpstreamTimeout { attempts: u32 },
+    #[error("not ready")]
+    NotReady { reason: &'static str },
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingKey | Self::UnknownKey { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::InvalidUrl { .. } => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::InvalidJson { .. } | Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type`.
+    pub fn openai_type(&self) -> &'static str {
+        match self {
+            Self::Forbidden { .. } => "permission_error",
+            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
+                "server_error"
+            }
+            Self::NotReady { .. } => "service_unavailable_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's `code`.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingKey | Self::UnknownKey { .. } => Some("invalid_api_key"),
+            Self::Forbidden { .. } => Some("permission_denied"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::BodyTimeout => Some("request_timeout"),
+            Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
+            Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Self::NotReady { .. } => Some("not_ready"),
+            _ => None,
+        }
+    }
+
+    /// OpenAI's `param`.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { param, .. } => *param,
+            _ => None,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_key",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::Forbidden { .. } => "forbidden",
+            Self::InvalidUrl { .. } => "invalid_url",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::NotReady { .. } => "not_ready",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether the same request may succeed if retried unchanged.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::NotReady { .. }
+        )
+    }
+
+    /// The message a caller sees: what happened and what to do next. Never contains a
+    /// secret, a prompt or an internal detail.
+    pub fn message(&self) -> String {
+        match self {
+            Self::MissingKey => "You didn't provide an API key. Send your tollgate key in an \
+                Authorization header using Bearer auth (Authorization: Bearer tg-…). Create one with \
+                `tollgate keys create --project P --env E`."
+                .into(),
+            Self::UnknownKey { prefix } => format!(
+                "Incorrect API key provided: {prefix}. It is unknown, revoked or expired. Create a new \
+                 key with `tollgate keys create --project P --env E` (or rotate it) and send it as \
+                 Authorization: Bearer <key>."
+            ),
+            Self::Forbidden { role, action } => format!(
+                "This key's role ({role}) may not {action}. Use a key with the member or admin role."
+            ),
+            Self::InvalidUrl { method, path } => format!("Invalid URL ({method} {path})"),
+            Self::BodyTooLarge { limit } => format!(
+                "The request body is larger than this gateway accepts ({limit} bytes). Send a \
+                 smaller request, or raise server.max_body_bytes."
+            ),
+            Self::BodyTimeout => "The request body was not received in time. Check the client's \
+                network and retry."
+                .into(),
+            Self::InvalidJson { detail } => format!(
+                "We could not parse the JSON body of your request ({detail}). The API expects a JSON \
+                 payload with Content-Type: application/json."
+            ),
+            Self::InvalidRequest { message, .. } => message.clone(),
+            Self::UpstreamUnreachable { attempts } => format!(
+                "The upstream API could not be reached after {attempts} attempt(s). This is usually \
+                 temporary: retry with backoff."
+            ),
+            Self::UpstreamTimeout { attempts } => format!(
+                "The upstream API did not answer in time after {attempts} attempt(s). Retry, or ask \
+                 for fewer output tokens."
+            ),
+            Self::NotReady { reason } => format!("The gateway is not ready: {reason}. Retry shortly."),
+            Self::Internal => "The gateway had an internal error. Retry; if it persists, check the \
+                gateway's logs for this request id."
+                .into(),
+        }
+    }
+
+    /// The OpenAI error envelope.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope::new(
+            self.message(),
+            self.openai_type(),
+            self.param(),
+            self.code(),
+        )
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.envelope()).unwrap_or_default();
+        let mut res = (self.status(), body).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if matches!(self, Self::MissingKey | Self::UnknownKey { .. }) {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate\""),
+            );
+        }
+        // A wrong key or a refused role will not fix itself: stop the SDKs retrying.
+        let should_retry = if self.retryable() { "true" } else { "false" };
+        headers.insert("x-should-retry", HeaderValue::from_static(should_retry));
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table in docs/errors.md; keep both in step.
+    #[test]
+    fn error_table() {
+        let cases: Vec<(GatewayError, u16, &str, Option<&str>)> = vec![
+            (
+                GatewayError::MissingKey,
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            (
+                GatewayError::UnknownKey {
+                    prefix: "tg-dev-abc".into(),
+                },
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            (
+                GatewayError::Forbidden {
+                    role: "viewer".into(),
+                    action: "call models",
+                },
+                403,
+                "permission_error",
+                Some("permission_denied"),
+            ),
+            (
+                GatewayError::InvalidUrl {
+                    method: "GET".into(),
+                    path: "/v1/x".into(),
+                },
+                404,
+                "invalid_request_error",
+                None,
+            ),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                "invalid_request_error",
+                Some("request_too_large"),
+            ),
+            (
+                GatewayError::BodyTimeout,
+                408,
+                "invalid_request_error",
+                Some("request_timeout"),
+            ),
+            (
+                GatewayError::InvalidJson { detail: "x".into() },
+                400,
+                "invalid_request_error",
+                None,
+            ),
+            (
+                GatewayError::InvalidRequest {
+                    message: "m".into(),
+                    param: Some("model"),
+                },
+                400,
+                "invalid_request_error",
+                None,
+            ),
+            (
+                GatewayError::UpstreamUnreachable { attempts: 3 },
+                502,
+                "server_error",
+                Some("upstream_unreachable"),
+            ),
+            (
+                GatewayError::UpstreamTimeout { attempts: 1 },
+                504,
+                "server_error",
+                Some("upstream_timeout"),
+            ),
+            (
+                GatewayError::NotReady { reason: "x" },
+                503,
+                "service_unavailable_error",
+                Some("not_ready"),
+            ),
+            (GatewayError::Internal, 500, "server_error", None),
+        ];
+        for (e, status, kind, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert_eq!(e.openai_type(), kind, "{e:?}");
+            assert_eq!(e.code(), code, "{e:?}");
+            let v = serde_json::to_value(e.envelope()).unwrap();
+            for k in ["message", "type", "param", "code"] {
+                assert!(v["error"].get(k).is_some(), "{e:?} lacks {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn auth_errors_say_what_to_do_and_stop_sdk_retries() {
+        let res = GatewayError::UnknownKey {
+            prefix: "tg-dev-abc…".into(),
+        }
+        .into_response();
+        assert_eq!(res.headers()["x-should-retry"], "false");
+        assert!(GatewayError::MissingKey
+            .message()
+            .contains("tollgate keys create"));
+        let res = GatewayError::UpstreamTimeout { attempts: 2 }.into_response();
+        assert_eq!(res.headers()["x-should-retry"], "true");
+    }
+}

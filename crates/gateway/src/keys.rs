@@ -1,0 +1,221 @@
+//! Gateway keys: minting secrets, and the in-memory cache that authentication reads.
+//!
+//! A secret is `tg-<env>-` followed by 32 base62 characters (≈190 bits from the OS
+//! RNG). The store keeps only its SHA-256 digest and a display prefix. The server
+//! looks keys up by digest in a map held in memory; a background task polls the
+//! store's `keys_version` counter (every `keys.refresh_interval_ms`, 250 ms by
+//! default) and reloads the map when it moves, so a key revoked by the CLI or another
+//! replica stops working within that interval.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tollgate_store::{KeyRecord, NewKey, Role, Store, StoreError};
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const SECRET_CHARS: usize = 32;
+/// Characters of the random part kept in the display prefix.
+const PREFIX_CHARS: usize = 6;
+
+/// Who is calling: the resolved key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub project: String,
+    pub env: String,
+    pub role: Role,
+}
+
+/// A freshly minted key: the secret (shown once) and what the store keeps.
+#[derive(Debug)]
+pub struct MintedKey {
+    pub secret: String,
+    pub record: NewKey,
+}
+
+/// Mints a key for `project`/`env` with `role`.
+pub fn mint(project: &str, env: &str, role: Role, name: Option<String>, now_ms: i64) -> MintedKey {
+    let mut rng = rand::rng();
+    let random: String = (0..SECRET_CHARS)
+        .map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())]))
+        .collect();
+    let secret = format!("tg-{env}-{random}");
+    let prefix = format!("tg-{env}-{}", &random[..PREFIX_CHARS]);
+    let id_suffix: String = (0..16)
+        .map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())]))
+        .collect();
+    MintedKey {
+        record: NewKey {
+            id: format!("key_{id_suffix}"),
+            project: project.to_owned(),
+            env: env.to_owned(),
+            role,
+            name,
+            prefix,
+            digest_hex: digest_hex(&secret),
+            created_at_ms: now_ms,
+        },
+        secret,
+    }
+}
+
+/// Lowercase hex SHA-256 of a secret.
+pub fn digest_hex(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in d {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The keys a server accepts, by digest. Lookups never touch the store.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    by_digest: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
+}
+
+impl KeyCache {
+    /// Resolves a presented secret. Looking up by digest means the map never holds a
+    /// secret, and timing reveals nothing about one.
+    pub fn lookup(&self, secret: &str) -> Option<Arc<Principal>> {
+        self.by_digest.read().get(&digest(secret)).cloned()
+    }
+
+    /// Replaces the whole set with the active keys given.
+    pub fn replace(&self, keys: &[KeyRecord]) {
+        let map = keys
+            .iter()
+            .filter_map(|k| {
+                let d = parse_hex32(&k.digest_hex)?;
+                Some((
+                    d,
+                    Arc::new(Principal {
+                        key_id: k.id.clone(),
+                        project: k.project.clone(),
+                        env: k.env.clone(),
+                        role: k.role,
+                    }),
+                ))
+            })
+            .collect();
+        *self.by_digest.write() = map;
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_digest.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Loads the cache now and returns the version it reflects.
+pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
+    let version = store.keys_version().await?;
+    cache.replace(&store.active_keys().await?);
+    Ok(version)
+}
+
+/// Keeps `cache` in step with the store until `stop` fires: polls the change counter
+/// and reloads on change. Store errors are logged and retried on the next tick; the
+/// cache keeps its last good content meanwhile.
+pub async fn watch(
+    cache: Arc<KeyCache>,
+    store: Store,
+    mut version: i64,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.keys_version().await {
+            Ok(v) if v == version => {}
+            Ok(v) => match store.active_keys().await {
+                Ok(keys) => {
+                    cache.replace(&keys);
+                    tracing::info!(keys = keys.len(), version = v, "key cache reloaded");
+                    version = v;
+                }
+                Err(e) => tracing::warn!(error = %e, "key cache reload failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "key version check failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_keys_have_the_env_prefix_enough_entropy_and_a_matching_digest() {
+        let a = mint("shop", "dev", Role::Member, None, 1);
+        let b = mint("shop", "dev", Role::Member, None, 1);
+        assert!(a.secret.starts_with("tg-dev-"));
+        assert_eq!(a.secret.len(), "tg-dev-".len() + SECRET_CHARS);
+        // 32 base62 characters carry 32 * log2(62) ≈ 190 bits.
+        assert!((SECRET_CHARS as f64) * 62f64.log2() >= 128.0);
+        assert_ne!(a.secret, b.secret);
+        assert_ne!(a.record.id, b.record.id);
+        assert!(a.secret.starts_with(&a.record.prefix));
+        assert!(!a.record.prefix.contains(&a.secret[12..]));
+        assert_eq!(a.record.digest_hex, digest_hex(&a.secret));
+        assert_eq!(parse_hex32(&a.record.digest_hex), Some(digest(&a.secret)));
+    }
+
+    #[test]
+    fn cache_resolves_only_known_secrets() {
+        let m = mint("shop", "prod", Role::Admin, Some("ci".into()), 1);
+        let record = KeyRecord {
+            id: m.record.id.clone(),
+            project: "shop".into(),
+            env: "prod".into(),
+            role: Role::Admin,
+            name: None,
+            prefix: m.record.prefix.clone(),
+            digest_hex: m.record.digest_hex.clone(),
+            created_at_ms: 1,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+            revoke_reason: None,
+        };
+        let cache = KeyCache::default();
+        cache.replace(&[record]);
+        let p = cache.lookup(&m.secret).unwrap();
+        assert_eq!(p.key_id, m.record.id);
+        assert_eq!(p.env, "prod");
+        assert!(cache.lookup("tg-prod-wrong").is_none());
+        cache.replace(&[]);
+        assert!(cache.lookup(&m.secret).is_none());
+    }
+}

@@ -1,0 +1,37 @@
+//! The tollgate gateway: an OpenAI-compatible server that authenticates callers with
+//! tollgate keys, forwards to the upstream with the provider key, streams, and records
+//! the usage of every call.
+//!
+//! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
+//! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
+//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`] and [`secret`] support it.
+
+pub mod accept;
+pub mod account;
+pub mod admit;
+pub mod authenticate;
+pub mod cache;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod keys;
+pub mod moderate;
+pub mod pipeline;
+pub mod preflight;
+pub mod record;
+pub mod secret;
+pub mod server;
+pub mod upstream;
+
+pub use config::{Config, RawConfig};
+pub use error::GatewayError;
+pub use server::{serve, Gateway, ServeReport};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] tollgate_store::StoreError),
+    #[error("upstream client: {0}")]
+    Upstream(String),
+}

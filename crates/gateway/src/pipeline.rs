@@ -1,0 +1,119 @@
+//! The request lifecycle, in order, as one function per stage (see DESIGN.md):
+//!
+//! | # | stage        | module           | may end the call with              |
+//! |---|--------------|------------------|------------------------------------|
+//! | 1 | accept       | `accept`         | 404 invalid URL, 413, 408          |
+//! | 2 | authenticate | `authenticate`   | 401 `invalid_api_key`, 403         |
+//! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
+//! | 4 | admit        | `admit`          | (no-op until limits land)          |
+//! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
+//! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
+//! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
+//! | 8 | account      | `account`        | —                                  |
+//! | 9 | record       | `record`         | —                                  |
+//!
+//! A [`RecordGuard`] is taken as soon as the request is known to be a proxied one, so
+//! every outcome below — refusal, upstream error, success, client disconnect — leaves
+//! exactly one usage record. Every response carries tollgate's `x-request-id`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Request};
+use tollgate_store::UsageRecord;
+
+use crate::error::GatewayError;
+use crate::preflight::{Endpoint, Preflight};
+use crate::record::RecordGuard;
+use crate::server::Gateway;
+use crate::{accept, admit, authenticate, cache, dispatch, moderate, preflight};
+
+/// The handler for every path but the health endpoints.
+pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    let request_id = accept::request_id();
+    let mut res = match Endpoint::route(req.method(), req.uri().path()) {
+        Some(endpoint) => proxy(&gw, endpoint, &request_id, req).await,
+        None => GatewayError::InvalidUrl {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+        }
+        .into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// Runs the stages for a proxied endpoint and records the outcome.
+async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<Body>) -> Response {
+    let mut guard = RecordGuard::new(
+        gw.usage.clone(),
+        UsageRecord {
+            request_id: request_id.to_owned(),
+            endpoint: endpoint.label().to_owned(),
+            created_at_ms: accept::now_ms(),
+            ..UsageRecord::default()
+        },
+    );
+    match stages(gw, endpoint, req, &mut guard).await {
+        Ok(Outcome::Upstream(preflight, reply)) => {
+            dispatch::relay(endpoint, &preflight, *reply, guard).await
+        }
+        Ok(Outcome::Served(res)) => {
+            guard.record().status = res.status().as_u16();
+            guard.finish().await;
+            res
+        }
+        Err(e) => {
+            let rec = guard.record();
+            rec.status = e.status().as_u16();
+            rec.error_code = Some(e.code().unwrap_or(e.kind()).to_owned());
+            guard.finish().await;
+            e.into_response()
+        }
+    }
+}
+
+/// How stages 1–7 ended when nothing refused the call.
+enum Outcome {
+    /// The upstream answered; relay it (stages 8 and 9 run as it is relayed).
+    Upstream(Preflight, Box<dispatch::Reply>),
+    /// Answered without the upstream (the cache stage, once it exists).
+    Served(Response),
+}
+
+/// Stages 1–7.
+async fn stages(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    req: Request<Body>,
+    guard: &mut RecordGuard,
+) -> Result<Outcome, GatewayError> {
+    let (parts, body) = req.into_parts();
+
+    let principal = authenticate::run(&gw.keys, &parts.headers, authenticate::Action::CallModels)?;
+    let rec = guard.record();
+    rec.key_id = Some(principal.key_id.clone());
+    rec.project = Some(principal.project.clone());
+    rec.env = Some(principal.env.clone());
+
+    let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
+    let model_in_path =
+        (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
+    let preflight = preflight::run(endpoint, body, model_in_path)?;
+    let rec = guard.record();
+    rec.model_requested.clone_from(&preflight.model);
+    rec.streamed = preflight.stream;
+
+    admit::run(&principal, &preflight)?;
+    if let Some(hit) = cache::lookup(&principal, &preflight) {
+        return Ok(Outcome::Served(hit));
+    }
+    moderate::run(&principal, &preflight)?;
+
+    let reply = dispatch::run(&gw.upstream, &parts, &preflight).await?;
+    Ok(Outcome::Upstream(preflight, Box::new(reply)))
+}

@@ -1,0 +1,216 @@
+//! Stage 9, record: one usage record per proxied request, whatever its outcome,
+//! written asynchronously in batches.
+//!
+//! Records go through a bounded queue to one writer task that inserts whatever has
+//! queued up as a single transaction. Nothing is dropped:
+//! - the request path awaits queue capacity when the queue is full (back-pressure);
+//! - a [`RecordGuard`] dropped without being finished (client disconnect, panic, a
+//!   cancelled future) enqueues its record from `Drop`, spawning a task that waits for
+//!   capacity if the queue is full;
+//! - a failed database write is retried with backoff, keeping the batch;
+//! - the writer stops only when every sender is gone and the queue is empty, so
+//!   awaiting it at shutdown flushes everything.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tollgate_store::{Store, UsageRecord};
+
+/// Where the pipeline sends usage records. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct UsageSink {
+    tx: mpsc::Sender<UsageRecord>,
+}
+
+impl UsageSink {
+    /// Starts the writer; returns the sink and the writer's handle, which completes
+    /// once every sink clone is dropped and the queue is flushed.
+    pub fn start(store: Store, capacity: usize, batch_size: usize) -> (Self, JoinHandle<u64>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1)));
+        (Self { tx }, writer)
+    }
+
+    /// Enqueues, waiting for capacity when the queue is full.
+    pub async fn send(&self, record: UsageRecord) {
+        if let Err(e) = self.tx.send(record).await {
+            // Only possible if the writer task died; say so loudly.
+            tracing::error!(request_id = %e.0.request_id, "usage writer is gone; record lost");
+        }
+    }
+
+    /// Enqueues without waiting (for `Drop` and stream ends): if the queue is full a
+    /// task takes over the wait, and keeps the writer open until it has sent.
+    pub fn send_now(&self, record: UsageRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            let _ = tx.send(record).await;
+                        });
+                    }
+                    Err(_) => {
+                        tracing::error!(request_id = %record.request_id, "no runtime; usage record lost")
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(record)) => {
+                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
+            }
+        }
+    }
+}
+
+/// The writer loop; returns how many records it wrote.
+async fn write_batches(
+    store: Store,
+    mut rx: mpsc::Receiver<UsageRecord>,
+    batch_size: usize,
+) -> u64 {
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut written = 0u64;
+    while rx.recv_many(&mut batch, batch_size).await > 0 {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match store.insert_usage(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, records = batch.len(), "usage write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        written += batch.len() as u64;
+        batch.clear();
+    }
+    written
+}
+
+/// Holds a request's usage record from the start of the pipeline and makes sure it is
+/// sent exactly once: by [`RecordGuard::finish`] / [`RecordGuard::finish_now`], or
+/// from `Drop` (then marked as a client disconnect).
+#[derive(Debug)]
+pub struct RecordGuard {
+    record: Option<UsageRecord>,
+    sink: UsageSink,
+    started: Instant,
+}
+
+impl RecordGuard {
+    pub fn new(sink: UsageSink, record: UsageRecord) -> Self {
+        Self {
+            record: Some(record),
+            sink,
+            started: Instant::now(),
+        }
+    }
+
+    /// The record being filled in.
+    pub fn record(&mut self) -> &mut UsageRecord {
+        // The record is only taken when the guard is consumed.
+        self.record.get_or_insert_with(UsageRecord::default)
+    }
+
+    /// When the request began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Marks the time to first byte, once.
+    pub fn mark_first_byte(&mut self) {
+        let ms = elapsed_ms(self.started);
+        let rec = self.record();
+        if rec.ttfb_ms.is_none() {
+            rec.ttfb_ms = Some(ms);
+        }
+    }
+
+    /// Sends the record, waiting for queue capacity (back-pressure).
+    pub async fn finish(mut self) {
+        if let Some(rec) = self.take() {
+            self.sink.send(rec).await;
+        }
+    }
+
+    /// Sends the record without waiting.
+    pub fn finish_now(mut self) {
+        if let Some(rec) = self.take() {
+            self.sink.send_now(rec);
+        }
+    }
+
+    fn take(&mut self) -> Option<UsageRecord> {
+        let mut rec = self.record.take()?;
+        rec.latency_ms = elapsed_ms(self.started);
+        Some(rec)
+    }
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.take() {
+            rec.client_disconnected = true;
+            if rec.status == 0 || rec.status < 400 {
+                // Nginx's convention for "client closed request".
+                rec.status = 499;
+            }
+            self.sink.send_now(rec);
+        }
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> UsageRecord {
+        UsageRecord {
+            request_id: id.into(),
+            endpoint: "/v1/responses".into(),
+            status: 200,
+            created_at_ms: 1,
+            ..UsageRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_lost_through_a_tiny_queue_and_dropped_guards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_data_dir(dir.path()).await.unwrap();
+        let (sink, writer) = UsageSink::start(store.clone(), 2, 3);
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let sink = sink.clone();
+            tasks.push(tokio::spawn(async move {
+                let guard = RecordGuard::new(sink, rec(&format!("req_{i}")));
+                match i % 3 {
+                    0 => guard.finish().await,
+                    1 => guard.finish_now(),
+                    _ => drop(guard),
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(sink);
+        assert_eq!(writer.await.unwrap(), 50);
+        let records = store.usage_records(0).await.unwrap();
+        assert_eq!(records.len(), 50);
+        let dropped = records.iter().filter(|r| r.client_disconnected).count();
+        assert_eq!(dropped, (0..50).filter(|i| i % 3 == 2).count());
+        assert!(records
+            .iter()
+            .filter(|r| r.client_disconnected)
+            .all(|r| r.status == 499));
+    }
+}

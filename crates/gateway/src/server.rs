@@ -1,0 +1,194 @@
+//! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz` and `/readyz`,
+//! and graceful shutdown.
+//!
+//! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
+//! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
+//! them as disconnected); stop the key watcher; drop the last usage senders and wait
+//! for the writer to flush every queued record.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tollgate_store::Store;
+
+use crate::config::Config;
+use crate::keys::{self, KeyCache};
+use crate::pipeline;
+use crate::record::UsageSink;
+use crate::secret::Secret;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, shared by all of them.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    pub keys: Arc<KeyCache>,
+    pub store: Store,
+    pub usage: UsageSink,
+    pub upstream: Upstream,
+}
+
+/// Counts of what a finished server did, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Usage records written by the writer over the server's life.
+    pub usage_records_written: u64,
+}
+
+/// Builds the router: health endpoints, and every other path through the pipeline.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(pipeline::handle)
+        .with_state(gateway)
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    let store_ok = gw.store.ping().await.is_ok();
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if store_ok { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "upstream": gw.upstream.base_url(),
+        "keys": gw.keys.len(),
+    });
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    provider_key: Secret,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<ServeReport, crate::StartError> {
+    let keys = Arc::new(KeyCache::default());
+    let version = keys::load(&keys, &store).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(keys::watch(
+        keys.clone(),
+        store.clone(),
+        version,
+        config.keys_refresh_interval,
+        stop_rx,
+    ));
+    let (usage, writer) = UsageSink::start(
+        store.clone(),
+        config.usage_queue_capacity,
+        config.usage_batch_size,
+    );
+    let upstream = Upstream::new(&config.upstream, provider_key)?;
+    let grace = config.shutdown_grace;
+    let header_timeout = config.header_timeout;
+    let gateway = Arc::new(Gateway {
+        config,
+        keys,
+        store,
+        usage,
+        upstream,
+    });
+
+    accept_loop(listener, router(gateway), header_timeout, grace, shutdown).await;
+
+    let _ = stop_tx.send(true);
+    let _ = watcher.await;
+    // The router (and with it the last usage sender) is gone: the writer drains and ends.
+    let written = writer.await.unwrap_or(0);
+    tracing::info!(usage_records = written, "gateway stopped");
+    Ok(ServeReport {
+        usage_records_written: written,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, req.map(Body::new)).await }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        connections.spawn(graceful.watch(conn));
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    drop(app);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(open = connections.len(), "shutdown grace period over; closing remaining connections");
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// The peer address of a request, when it came through [`serve`].
+pub fn peer_addr(req: &Request<Body>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}

@@ -1,0 +1,438 @@
+//! The gateway end to end: a real server on 127.0.0.1:0 in front of the simulator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::{eventually, start, start_with};
+use tollgate_store::Role;
+use tollgate_wire::sse::SseDecoder;
+
+async fn error_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_response_goes_through_with_the_provider_key_and_ids() {
+    let mut h = start().await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "Say hi", "max_output_tokens": 64}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let headers = res.headers().clone();
+    let own_id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(own_id.starts_with("req_") && own_id.len() == 36, "{own_id}");
+    let upstream_id = headers["x-upstream-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(own_id, upstream_id);
+    assert!(headers.contains_key("x-ratelimit-remaining-requests"));
+    assert!(headers.contains_key("x-ratelimit-reset-tokens"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "response");
+
+    // The simulator only accepts the provider key, so a 200 proves substitution; the
+    // tollgate key itself never reached it.
+    let seen = h.sim_requests().await;
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].to_string().contains(&h.key));
+
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.request_id, own_id);
+    assert_eq!(r.upstream_request_id.as_deref(), Some(upstream_id.as_str()));
+    assert_eq!(r.response_id.as_deref(), body["id"].as_str());
+    assert_eq!(r.key_id.as_deref(), Some(h.key_id.as_str()));
+    assert_eq!(
+        (r.project.as_deref(), r.env.as_deref()),
+        (Some("shop"), Some("dev"))
+    );
+    assert_eq!(r.model_requested.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(r.model_served.as_deref(), body["model"].as_str());
+    assert_eq!(
+        r.input_tokens,
+        body["usage"]["input_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        r.output_tokens,
+        body["usage"]["output_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        r.total_tokens,
+        body["usage"]["total_tokens"].as_u64().unwrap()
+    );
+    assert_eq!((r.status, r.attempts, r.streamed), (200, 1, false));
+    assert!(r.ttfb_ms.is_some());
+}
+
+#[tokio::test]
+async fn bad_keys_get_401_with_advice_and_viewers_403() {
+    let h = start().await;
+    let body = json!({"model": "gpt-4o-mini", "input": "hi"});
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("x-request-id"));
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 401);
+    assert_eq!(e["error"]["code"], "invalid_api_key");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tollgate keys create"));
+    for k in ["message", "type", "param", "code"] {
+        assert!(e["error"].get(k).is_some());
+    }
+
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth("tg-dev-0000000000000000000000000000000")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 401);
+    assert!(!e
+        .to_string()
+        .contains("tg-dev-0000000000000000000000000000000"));
+
+    let (viewer, _) = h.mint("dev", Role::Viewer).await;
+    // The cache refresh picks the new key up.
+    let ok = eventually(Duration::from_secs(2), || {
+        let req = h
+            .http
+            .post(h.url("/v1/responses"))
+            .bearer_auth(&viewer)
+            .json(&body)
+            .send();
+        async move { req.await.unwrap().status() == 403 }
+    })
+    .await;
+    assert!(ok.is_some(), "viewer key was not refused with 403");
+    assert!(
+        h.sim_requests().await.is_empty(),
+        "nothing refused reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_a_second() {
+    let h = start().await;
+    let call = || {
+        h.post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+        )
+        .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert!(h
+        .store
+        .revoke_key(&h.key_id, Some("test"), support::now_ms())
+        .await
+        .unwrap());
+    let took = eventually(Duration::from_secs(1), || async {
+        call().await.unwrap().status() == 401
+    })
+    .await;
+    assert!(took.is_some(), "revoked key still accepted after 1 s");
+}
+
+#[tokio::test]
+async fn unknown_paths_bad_json_and_big_bodies_are_refused_in_openai_shape() {
+    let h = start_with(|c| c.server.max_body_bytes = Some(1024)).await;
+    let res = h
+        .http
+        .get(h.url("/v1/files"))
+        .bearer_auth(&h.key)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["message"], "Invalid URL (GET /v1/files)");
+
+    let res = h
+        .http
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth(&h.key)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+
+    let big = "x".repeat(2048);
+    let res = h
+        .post("/v1/responses", json!({"model": "gpt-4o", "input": big}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 413);
+    assert_eq!(e["error"]["code"], "request_too_large");
+    assert!(h.sim_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_fields_reach_the_upstream_byte_for_byte() {
+    let h = start().await;
+    let raw = r#"{"model":"gpt-4o-mini","input":"hi","metadata":{"a":"b"},"store":false,  "prompt_cache_key":"k1"}"#;
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(&h.key)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = h.sim_requests().await;
+    assert_eq!(seen[0]["body"], serde_json::from_str::<Value>(raw).unwrap());
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_their_status_and_body_after_retries() {
+    let mut h = start().await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+        )
+        .header("x-sim-status", "429")
+        .header("x-sim-retry-after-ms", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("x-upstream-request-id"));
+    let e: Value = res.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+    // Default policy: 2 retries.
+    assert_eq!(h.sim_requests().await.len(), 3);
+
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "no-such-model", "input": "hi"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["code"], "model_not_found");
+
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 2);
+    assert_eq!((records[0].status, records[0].attempts), (429, 3));
+    assert_eq!(
+        records[0].error_code.as_deref(),
+        Some("rate_limit_exceeded")
+    );
+    assert_eq!(records[1].error_code.as_deref(), Some("model_not_found"));
+}
+
+/// Collects an SSE body into (event name, JSON data) pairs.
+async fn sse_events(res: reqwest::Response) -> Vec<(Option<String>, String)> {
+    let mut dec = SseDecoder::new();
+    let mut out = Vec::new();
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        for ev in dec.push(&chunk.unwrap()) {
+            out.push((ev.event, ev.data));
+        }
+    }
+    out
+}
+
+/// Removes what differs between two runs of the same request (ids, timestamps).
+fn scrub(data: &str) -> Value {
+    let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+        return Value::String(data.to_owned());
+    };
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, val) in m.iter_mut() {
+                    if [
+                        "id",
+                        "item_id",
+                        "created",
+                        "created_at",
+                        "completed_at",
+                        "call_id",
+                        "system_fingerprint",
+                        "obfuscation",
+                    ]
+                    .contains(&k.as_str())
+                    {
+                        *val = Value::Null;
+                    } else {
+                        walk(val);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+#[tokio::test]
+async fn streams_are_relayed_event_for_event_and_accounted() {
+    let mut h = start().await;
+    let direct = reqwest::Client::new();
+    let cases = [
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "Tell me a story", "stream": true}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hello there"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hello there"}]}),
+        ),
+    ];
+    for (path, body) in &cases {
+        let via = sse_events(h.post(path, body.clone()).send().await.unwrap()).await;
+        let straight = sse_events(
+            direct
+                .post(format!(
+                    "{}{}",
+                    h.sim.base_url(),
+                    path.trim_start_matches("/v1")
+                ))
+                .bearer_auth(support::PROVIDER_KEY)
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(via.len() > 3, "{path}: {via:?}");
+        let a: Vec<_> = via.iter().map(|(e, d)| (e.clone(), scrub(d))).collect();
+        let b: Vec<_> = straight
+            .iter()
+            .map(|(e, d)| (e.clone(), scrub(d)))
+            .collect();
+        assert_eq!(a, b, "{path} {body}");
+    }
+    // The chat stream without include_usage carried no usage at all.
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert!(r.streamed);
+        assert!(r.output_tokens > 0 && r.input_tokens > 0, "{r:?}");
+        assert_eq!(r.total_tokens, r.input_tokens + r.output_tokens);
+        assert!(r.model_served.is_some());
+    }
+    // The simulator was asked for usage on the plain chat stream.
+    let seen = h.sim_requests().await;
+    let chat_bodies: Vec<_> = seen
+        .iter()
+        .filter(|r| r["path"] == "/v1/chat/completions")
+        .collect();
+    // Order: via tollgate, then direct, per case.
+    assert_eq!(
+        chat_bodies[0]["body"]["stream_options"]["include_usage"],
+        true
+    );
+    assert!(chat_bodies[1]["body"].get("stream_options").is_none());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_recorded_and_cancels_upstream() {
+    let mut h = start().await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "Write a long essay", "stream": true}),
+        )
+        .header("x-sim-stream-interval-ms", "50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(body);
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert!(records[0].client_disconnected);
+    assert_eq!(records[0].status, 499);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_under_load_loses_no_record() {
+    let mut h = start_with(|c| {
+        c.usage.queue_capacity = Some(4);
+        c.usage.batch_size = Some(3);
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let req = if i % 2 == 0 {
+            h.post("/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("q{i}")}]}))
+        } else {
+            h.post(
+                "/v1/embeddings",
+                json!({"model": "text-embedding-3-small", "input": format!("t{i}")}),
+            )
+        };
+        tasks.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 40);
+    let report = h.stop().await;
+    assert_eq!(report.usage_records_written, 40);
+    let records = h.store.usage_records(0).await.unwrap();
+    assert_eq!(records.len(), 40);
+    assert!(records.iter().all(|r| r.input_tokens > 0));
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let h = start().await;
+    let res = h.http.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["store"], "ok");
+}

@@ -1,0 +1,383 @@
+//! The SQLite backend: one file (`tollgate.db`) in WAL mode, embedded migrations.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::model::{
+    KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+};
+use crate::{Result, StoreError};
+
+/// Migrations in order; `version` is the index + 1.
+const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
+
+const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
+                           last_used_at_ms, revoked_at_ms, revoke_reason";
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens `tollgate.db` in `dir`, creating the directory and the file if needed.
+    pub async fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Self::open_file(&dir.join("tollgate.db")).await
+    }
+
+    /// Opens a database file, creating it if needed, and runs the migrations.
+    pub async fn open_file(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)")
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ensure_project(&self, name: &str) -> Result<Project> {
+        sqlx::query("INSERT OR IGNORE INTO projects (id, name, created_at_ms) VALUES (?, ?, ?)")
+            .bind(format!("proj_{name}"))
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
+    }
+
+    pub async fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
+        let row = sqlx::query("SELECT id, name, created_at_ms FROM projects WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Project {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let project: Option<String> =
+            sqlx::query_scalar("SELECT name FROM projects WHERE name = ?")
+                .bind(&key.project)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if project.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "project {:?} (create it first)",
+                key.project
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO keys (id, project, env, role, name, prefix, digest_hex, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.project)
+        .bind(&key.env)
+        .bind(key.role.as_str())
+        .bind(&key.name)
+        .bind(&key.prefix)
+        .bind(&key.digest_hex)
+        .bind(key.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.key_by_id(&key.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("key {}", key.id)))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at_ms DESC, id");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("key {id}")));
+        }
+        let changed = sqlx::query(
+            "UPDATE keys SET revoked_at_ms = ?, revoke_reason = ? \
+             WHERE id = ? AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            bump_keys_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    pub async fn active_keys(&self) -> Result<Vec<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn keys_version(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'keys_version'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            insert_usage_row(&mut tx, r).await?;
+        }
+        // last_used comes from the batch, so the request path never writes to keys.
+        for r in records {
+            if let Some(key_id) = &r.key_id {
+                sqlx::query(
+                    "UPDATE keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) \
+                     WHERE id = ?",
+                )
+                .bind(r.created_at_ms)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<Vec<UsageTotals>> {
+        let group = match filter.group {
+            UsageGroup::Key => "COALESCE(key_id, '-')",
+            UsageGroup::Project => "COALESCE(project, '-') || '/' || COALESCE(env, '-')",
+            UsageGroup::Model => "COALESCE(model_served, model_requested, '-')",
+            UsageGroup::Day => "strftime('%Y-%m-%d', created_at_ms / 1000, 'unixepoch')",
+        };
+        let sql = format!(
+            "SELECT {group} AS grp, COUNT(*) AS requests, \
+             SUM(CASE WHEN status >= 400 OR client_disconnected = 1 THEN 1 ELSE 0 END) AS errors, \
+             SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
+             SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
+             SUM(reasoning_tokens) AS reasoning_tokens \
+             FROM usage WHERE created_at_ms >= ? GROUP BY grp ORDER BY grp"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(filter.since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageTotals {
+                    group: r.try_get("grp")?,
+                    requests: get_u64(r, "requests")?,
+                    errors: get_u64(r, "errors")?,
+                    input_tokens: get_u64(r, "input_tokens")?,
+                    output_tokens: get_u64(r, "output_tokens")?,
+                    total_tokens: get_u64(r, "total_tokens")?,
+                    cached_tokens: get_u64(r, "cached_tokens")?,
+                    reasoning_tokens: get_u64(r, "reasoning_tokens")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn usage_records(&self, since_ms: i64) -> Result<Vec<UsageRecord>> {
+        let rows = sqlx::query("SELECT * FROM usage WHERE created_at_ms >= ? ORDER BY id")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(usage_from_row).collect()
+    }
+}
+
+async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+    sqlx::query("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_usage_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    r: &UsageRecord,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, env, \
+         endpoint, model_requested, model_served, status, error_code, input_tokens, output_tokens, \
+         total_tokens, cached_tokens, reasoning_tokens, streamed, client_disconnected, attempts, \
+         ttfb_ms, latency_ms, created_at_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&r.request_id)
+    .bind(&r.upstream_request_id)
+    .bind(&r.response_id)
+    .bind(&r.key_id)
+    .bind(&r.project)
+    .bind(&r.env)
+    .bind(&r.endpoint)
+    .bind(&r.model_requested)
+    .bind(&r.model_served)
+    .bind(i64::from(r.status))
+    .bind(&r.error_code)
+    .bind(to_i64(r.input_tokens))
+    .bind(to_i64(r.output_tokens))
+    .bind(to_i64(r.total_tokens))
+    .bind(to_i64(r.cached_tokens))
+    .bind(to_i64(r.reasoning_tokens))
+    .bind(r.streamed)
+    .bind(r.client_disconnected)
+    .bind(i64::from(r.attempts))
+    .bind(r.ttfb_ms.map(to_i64))
+    .bind(to_i64(r.latency_ms))
+    .bind(r.created_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn key_from_row(r: &SqliteRow) -> Result<KeyRecord> {
+    let role: String = r.try_get("role")?;
+    Ok(KeyRecord {
+        id: r.try_get("id")?,
+        project: r.try_get("project")?,
+        env: r.try_get("env")?,
+        role: Role::from_str(&role).map_err(StoreError::Invalid)?,
+        name: r.try_get("name")?,
+        prefix: r.try_get("prefix")?,
+        digest_hex: r.try_get("digest_hex")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        last_used_at_ms: r.try_get("last_used_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+        revoke_reason: r.try_get("revoke_reason")?,
+    })
+}
+
+fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
+    let status: i64 = r.try_get("status")?;
+    let attempts: i64 = r.try_get("attempts")?;
+    let ttfb: Option<i64> = r.try_get("ttfb_ms")?;
+    Ok(UsageRecord {
+        request_id: r.try_get("request_id")?,
+        upstream_request_id: r.try_get("upstream_request_id")?,
+        response_id: r.try_get("response_id")?,
+        key_id: r.try_get("key_id")?,
+        project: r.try_get("project")?,
+        env: r.try_get("env")?,
+        endpoint: r.try_get("endpoint")?,
+        model_requested: r.try_get("model_requested")?,
+        model_served: r.try_get("model_served")?,
+        status: u16::try_from(status).unwrap_or(0),
+        error_code: r.try_get("error_code")?,
+        input_tokens: get_u64(r, "input_tokens")?,
+        output_tokens: get_u64(r, "output_tokens")?,
+        total_tokens: get_u64(r, "total_tokens")?,
+        cached_tokens: get_u64(r, "cached_tokens")?,
+        reasoning_tokens: get_u64(r, "reasoning_tokens")?,
+        streamed: r.try_get("streamed")?,
+        client_disconnected: r.try_get("client_disconnected")?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        ttfb_ms: ttfb.map(|v| u64::try_from(v).unwrap_or(0)),
+        latency_ms: get_u64(r, "latency_ms")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+    })
+}
+
+fn get_u64(r: &SqliteRow, col: &str) -> Result<u64> {
+    let v: Option<i64> = r.try_get(col)?;
+    Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
