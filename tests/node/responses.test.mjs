@@ -141,3 +141,19 @@ test('responses.parse with zodTextFormat', async () => {
   assert.equal(record.body.text.format.type, 'json_schema');
   assert.equal(record.body.text.format.strict, true);
 });
+
+test('raw response headers via withResponse()', async () => {
+  const { data, response } = await client.responses.create({ model: MODEL, input: 'hi' }).withResponse();
+
+  assert.equal(response.status, 200);
+  assert.ok(response.headers.get('content-type').startsWith('application/json'));
+  assert.match(response.headers.get('x-request-id'), /^req_/);
+  assert.equal(response.headers.get('openai-version'), '2020-10-01');
+  assert.ok(Number(response.headers.get('openai-processing-ms')) >= 0);
+  for (const kind of ['requests', 'tokens']) {
+    assert.ok(Number(response.headers.get(`x-ratelimit-limit-${kind}`)) > 0);
+    assert.ok(Number(response.headers.get(`x-ratelimit-remaining-${kind}`)) >= 0);
+    assert.match(response.headers.get(`x-ratelimit-reset-${kind}`), /^(\d+h)?(\d+m)?([\d.]+m?s)?$/);
+  }
+  assert.equal(data.status, 'completed');
+});

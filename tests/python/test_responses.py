@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from openai import OpenAI
 from openai.types.responses import Response
 
@@ -117,3 +119,18 @@ def test_parse_with_pydantic_text_format(sim, client: OpenAI) -> None:
     (record,) = sim.recorded("/v1/responses")
     fmt = record["body"]["text"]["format"]
     assert fmt["type"] == "json_schema" and fmt["strict"] is True
+
+
+def test_raw_response_headers(client: OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model=MODEL, input="hi")
+
+    assert raw.status_code == 200
+    assert raw.headers["content-type"].startswith("application/json")
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["openai-version"] == "2020-10-01"
+    assert int(raw.headers["openai-processing-ms"]) >= 0
+    for kind in ("requests", "tokens"):
+        assert int(raw.headers[f"x-ratelimit-limit-{kind}"]) > 0
+        assert int(raw.headers[f"x-ratelimit-remaining-{kind}"]) >= 0
+        assert re.fullmatch(r"(\d+h)?(\d+m)?([\d.]+m?s)?", raw.headers[f"x-ratelimit-reset-{kind}"])
+    assert raw.parse().status == "completed"
