@@ -68,6 +68,17 @@ test('embeddings: SDK default asks for base64, gets 1536 floats', async () => {
   assert.equal(result.usage.total_tokens, result.usage.prompt_tokens);
 });
 
+test('embeddings: base64 string on the wire, decoded by the SDK', async () => {
+  const request = { model: EMBEDDING_MODEL, input: 'The quick brown fox' };
+  const raw = await (await client.embeddings.create(request).asResponse()).json();
+  const wire = raw.data[0].embedding;
+  assert.equal(typeof wire, 'string', 'asked for base64, the answer must be a base64 string');
+  const bytes = Buffer.from(wire, 'base64');
+  assert.equal(bytes.length, 1536 * 4);
+  const floats = Array.from(new Float32Array(bytes.buffer, bytes.byteOffset, 1536));
+  assert.deepEqual(floats, await embed(request.input));
+});
+
 test('embeddings: stable per input, different across inputs', async () => {
   const a1 = await embed('tollgate');
   const a2 = await embed('tollgate');

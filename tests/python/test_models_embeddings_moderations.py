@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import struct
 
 import pytest
 from openai import NotFoundError, OpenAI
@@ -48,6 +51,15 @@ def test_embeddings_default_base64(sim, client: OpenAI) -> None:
     assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-3)
     assert result.usage.prompt_tokens > 0
     assert result.usage.total_tokens == result.usage.prompt_tokens
+
+
+def test_embeddings_base64_on_the_wire(client: OpenAI) -> None:
+    raw = client.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input="The quick brown fox")
+
+    wire = json.loads(raw.text)["data"][0]["embedding"]
+    assert isinstance(wire, str), "asked for base64, the answer must be a base64 string"
+    floats = struct.unpack("<1536f", base64.b64decode(wire))
+    assert list(floats) == raw.parse().data[0].embedding
 
 
 def test_embeddings_stable_per_input(client: OpenAI) -> None:
