@@ -230,7 +230,7 @@ where
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
             Err(_) => {
-                tracing::debug!(call = label, attempt = n, "deadline passed during attempt");
+                tracing::debug!(call = %label, attempt = n, "deadline passed during attempt");
                 return Err(Stop::Timeout {
                     attempts: n,
                     elapsed: started.elapsed(),
@@ -240,12 +240,12 @@ where
         let unit: f64 = rand::random();
         let Some(delay) = policy.next_delay(max_retries, n - 1, failure.verdict, waited, unit)
         else {
-            tracing::debug!(call = label, attempt = n, verdict = ?failure.verdict, "not retrying");
+            tracing::debug!(call = %label, attempt = n, verdict = ?failure.verdict, "not retrying");
             return Err(Stop::Failed(failure.error));
         };
         if Instant::now() + delay >= deadline {
             tracing::debug!(
-                call = label,
+                call = %label,
                 attempt = n,
                 delay_ms = delay.as_millis() as u64,
                 "next retry would pass the deadline; giving up"
@@ -253,7 +253,7 @@ where
             return Err(Stop::Failed(failure.error));
         }
         tracing::debug!(
-            call = label,
+            call = %label,
             attempt = n,
             delay_ms = delay.as_millis() as u64,
             "retrying"
