@@ -2,7 +2,12 @@
 //! parses arguments, sets up logging (to stderr: stdout belongs to the commands) and
 //! dispatches.
 
+mod config_cmd;
+mod keys;
 mod mock;
+mod serve;
+mod state;
+mod usage;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -17,6 +22,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway (`--demo`: against the built-in simulator, with a demo key).
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke gateway keys.
+    Keys(keys::KeysArgs),
+    /// Usage totals from the records of every proxied call.
+    Usage(usage::UsageArgs),
+    /// Validate a configuration file.
+    Config(config_cmd::ConfigArgs),
     /// Run the OpenAI-compatible simulator (see docs/simulator.md).
     Mock(mock::MockArgs),
 }
@@ -32,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Keys(args) => keys::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
+        Command::Config(args) => config_cmd::run(args),
         Command::Mock(args) => mock::run(args).await,
     }
 }

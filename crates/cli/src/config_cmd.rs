@@ -1,0 +1,42 @@
+//! `tollgate config check FILE`: validate a configuration without starting anything.
+//! Every problem is reported with its dotted path; the exit status is non-zero when
+//! there is one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use tollgate_gateway::Config;
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a tollgate.toml.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Check { file } => {
+            let raw = crate::state::read_config(&file)?;
+            let config = Config::try_from(raw).map_err(|e| {
+                anyhow::anyhow!("invalid configuration in {}:\n{e}", file.display())
+            })?;
+            println!(
+                "{}: ok (listen {}, upstream {}, provider key from {})",
+                file.display(),
+                config.listen,
+                config.upstream.url,
+                config.upstream.api_key
+            );
+            Ok(())
+        }
+    }
+}

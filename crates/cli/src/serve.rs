@@ -1,0 +1,199 @@
+//! `tollgate serve`: run the gateway. With `--demo`, the built-in simulator runs
+//! in-process as the upstream and a demo project and key are created (or reused), so a
+//! newcomer sees tollgate work without a provider key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+use tollgate_gateway::config::RawConfig;
+use tollgate_gateway::keys;
+use tollgate_gateway::secret::{Secret, SecretRef};
+use tollgate_gateway::Config;
+use tollgate_store::{Role, Store};
+
+use crate::state::{self, StateArgs};
+
+/// Options of `tollgate serve`. Each has a `TOLLGATE_*` variable; flags win over
+/// variables, variables over the config file, the file over the defaults.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "TOLLGATE_LISTEN")]
+    listen: Option<String>,
+    /// Base URL of the upstream API, including /v1 [default: https://api.openai.com/v1].
+    #[arg(long, env = "TOLLGATE_UPSTREAM_URL")]
+    upstream_url: Option<String>,
+    /// Secret reference of the provider key: env:NAME, file:/path or exec:command
+    /// [default: env:OPENAI_API_KEY].
+    #[arg(long, env = "TOLLGATE_UPSTREAM_API_KEY")]
+    upstream_api_key: Option<String>,
+    /// Run against the built-in simulator with a demo project and key.
+    #[arg(long)]
+    demo: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+/// The demo project, environment and the file that keeps its key between runs.
+const DEMO_PROJECT: &str = "demo";
+const DEMO_ENV: &str = "dev";
+const DEMO_KEY_FILE: &str = "demo-key";
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.state.config {
+        Some(path) => state::read_config(path)?,
+        None => RawConfig::default(),
+    };
+    args.state.apply(&mut raw);
+    if args.listen.is_some() {
+        raw.listen.clone_from(&args.listen);
+    }
+    if args.upstream_url.is_some() {
+        raw.upstream.url.clone_from(&args.upstream_url);
+    }
+    if args.upstream_api_key.is_some() {
+        raw.upstream.api_key.clone_from(&args.upstream_api_key);
+    }
+
+    // In demo mode the simulator is the upstream and holds a key made up right here.
+    let demo = if args.demo {
+        let provider_key = format!(
+            "sk-demo-{}",
+            keys::mint("x", "x", Role::Member, None, 0).secret
+        );
+        let sim = tollgate_simulator::spawn(tollgate_simulator::SimConfig {
+            api_keys: Some(vec![provider_key.clone()]),
+            ..Default::default()
+        })
+        .await
+        .context("starting the built-in simulator")?;
+        raw.upstream.url = Some(sim.base_url());
+        Some((sim, Secret::new(provider_key)))
+    } else {
+        None
+    };
+
+    let config =
+        Config::try_from(raw).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let provider_key = match &demo {
+        Some((_, key)) => key.clone(),
+        None => resolve_provider_key(&config.upstream.api_key)?,
+    };
+    let store = state::open_store(&config.data_dir, config.database_url.as_deref()).await?;
+    let demo_key = match &demo {
+        Some(_) => Some(demo_key(&store, &config.data_dir).await?),
+        None => None,
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    if let Some(key) = &demo_key {
+        print_demo_banner(&addr.to_string(), key);
+    }
+    tracing::info!(upstream = %config.upstream.url, data = %config.data_dir.display(), "tollgate serving");
+
+    let report = tollgate_gateway::serve(
+        listener,
+        config,
+        store,
+        provider_key,
+        crate::shutdown_signal(),
+    )
+    .await
+    .context("gateway failed")?;
+    tracing::info!(
+        usage_records = report.usage_records_written,
+        "tollgate stopped"
+    );
+    if let Some((sim, _)) = demo {
+        let _ = sim.shutdown().await;
+    }
+    Ok(())
+}
+
+fn resolve_provider_key(reference: &SecretRef) -> anyhow::Result<Secret> {
+    reference.resolve().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the provider key from {reference}: {e}.\n\
+             Set it (e.g. export OPENAI_API_KEY=…), point --upstream-api-key at another \
+             reference (env:NAME, file:/path, exec:command), or try `tollgate serve --demo`."
+        )
+    })
+}
+
+/// Reuses the demo key kept in the data directory if the store still accepts it,
+/// otherwise mints a new one. The file holds a key that only reaches the in-process
+/// simulator; it is written with mode 0600.
+async fn demo_key(store: &Store, data_dir: &Path) -> anyhow::Result<String> {
+    store.ensure_project(DEMO_PROJECT).await?;
+    let path: PathBuf = data_dir.join(DEMO_KEY_FILE);
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let saved = saved.trim().to_owned();
+        let digest = keys::digest_hex(&saved);
+        if store
+            .active_keys()
+            .await?
+            .iter()
+            .any(|k| k.digest_hex == digest)
+        {
+            return Ok(saved);
+        }
+    }
+    let minted = keys::mint(
+        DEMO_PROJECT,
+        DEMO_ENV,
+        Role::Member,
+        Some("demo".into()),
+        state::now_ms(),
+    );
+    store.insert_key(&minted.record).await?;
+    write_private(&path, &minted.secret)?;
+    Ok(minted.secret)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn print_demo_banner(addr: &str, key: &str) {
+    println!(
+        r#"
+tollgate demo: the built-in simulator is the upstream; no provider key needed.
+
+  API key:  {key}
+  Base URL: http://{addr}/v1
+
+Try it:
+
+  curl http://{addr}/v1/responses \
+    -H "Authorization: Bearer {key}" \
+    -H "Content-Type: application/json" \
+    -d '{{"model": "gpt-4o-mini", "input": "Say hello in five words.", "max_output_tokens": 64}}'
+
+Or from Python (pip install openai):
+
+  from openai import OpenAI
+  client = OpenAI(base_url="http://{addr}/v1", api_key="{key}")
+  r = client.responses.create(model="gpt-4o-mini", input="Say hello in five words.")
+  print(r.output_text, r.usage)
+
+Usage so far: tollgate usage --data-dir <this data dir>. Stop with Ctrl-C."#
+    );
+}

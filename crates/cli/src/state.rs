@@ -1,0 +1,165 @@
+//! Where a command finds tollgate's state: `--config`, `--data-dir`, `--database-url`
+//! (with their `TOLLGATE_*` variables), shared by `serve`, `keys` and `usage`. The CLI
+//! works directly on the store, so it can run beside a live server.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use tollgate_gateway::config::RawConfig;
+use tollgate_store::Store;
+
+/// Options that locate the state.
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// tollgate.toml to read (optional; every setting has a default).
+    #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded SQLite store [default: ./tollgate-data].
+    #[arg(long, env = "TOLLGATE_DATA_DIR", global = true)]
+    pub data_dir: Option<String>,
+    /// Database URL instead of the data directory (sqlite://PATH).
+    #[arg(long, env = "TOLLGATE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+impl StateArgs {
+    /// Lays the flags over a raw config.
+    pub fn apply(&self, raw: &mut RawConfig) {
+        if self.data_dir.is_some() {
+            raw.data_dir.clone_from(&self.data_dir);
+        }
+        if self.database_url.is_some() {
+            raw.database_url.clone_from(&self.database_url);
+        }
+    }
+
+    /// Opens the store these options point at (config file included).
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let mut raw = match &self.config {
+            Some(path) => read_config(path)?,
+            None => RawConfig::default(),
+        };
+        self.apply(&mut raw);
+        let dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data"));
+        open_store(&dir, raw.database_url.as_deref()).await
+    }
+}
+
+/// Reads and parses a config file (validation happens later, once flags are applied).
+pub fn read_config(path: &Path) -> anyhow::Result<RawConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    RawConfig::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid configuration in {}:\n{e}", path.display()))
+}
+
+/// Opens the store: the database URL if given, else SQLite in the data directory.
+pub async fn open_store(data_dir: &Path, database_url: Option<&str>) -> anyhow::Result<Store> {
+    let store = match database_url {
+        Some(url) => Store::open_url(url).await,
+        None => Store::open_data_dir(data_dir).await,
+    };
+    store.with_context(|| match database_url {
+        Some(_) => "cannot open the database".to_owned(),
+        None => format!("cannot open the store in {}", data_dir.display()),
+    })
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Prints rows as an aligned text table.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Formats unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Parses `30s`, `15m`, `24h`, `7d` into milliseconds.
+pub fn parse_span_ms(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => anyhow::bail!("{s:?} is not a duration like 30m, 24h or 7d"),
+    };
+    Ok(n.saturating_mul(unit_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_dates_and_parses_spans() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_ms(1_709_251_200_000), "2024-03-01 00:00:00");
+        assert_eq!(
+            format_ms(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+        assert_eq!(parse_span_ms("24h").unwrap(), 86_400_000);
+        assert_eq!(parse_span_ms("7d").unwrap(), 604_800_000);
+        assert!(parse_span_ms("7w").is_err());
+        assert!(parse_span_ms("h").is_err());
+    }
+}
