@@ -16,7 +16,7 @@ use tollgate_wire::chat::{
 use super::conversation::Conversation;
 use super::rng::{derive, hash_str};
 use super::tokens::Encoding;
-use super::{schema, text, tools, validate, ChatPlan};
+use super::{reasoning, schema, text, tools, validate, ChatPlan};
 use crate::error::ApiError;
 use crate::ids::new_id;
 
@@ -62,7 +62,10 @@ const ROLES: &[&str] = &[
 struct Answer {
     content: Option<String>,
     call: Option<ToolCall>,
+    /// Visible output tokens.
     tokens: usize,
+    /// Hidden reasoning tokens spent before the visible output.
+    reasoning: usize,
     finish_reason: &'static str,
 }
 
@@ -77,11 +80,24 @@ pub fn plan(req: &ChatCompletionRequest, now: i64) -> Result<ChatPlan, ApiError>
         .or(req.max_tokens)
         .map(|l| l as usize);
     let n = req.n.unwrap_or(1).max(1);
+    let effort = req.extra.get("reasoning_effort").and_then(Value::as_str);
     let answers = (0..n)
-        .map(|i| answer(req, &convo, derive(seed, &i.to_string()), encoding, limit))
-        .collect::<Result<Vec<_>, _>>()?;
-    let completion_tokens: usize = answers.iter().map(|a| a.tokens).sum();
-    let usage = usage(convo.input_tokens(), completion_tokens as u64);
+        .map(|i| {
+            let seed = derive(seed, &i.to_string());
+            let thinking = reasoning::tokens(&req.model, effort, seed);
+            let (spent, visible) = reasoning::split(thinking, limit);
+            let mut a = answer(req, &convo, seed, encoding, visible)?;
+            a.reasoning = spent;
+            Ok(a)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let reasoning_tokens: usize = answers.iter().map(|a| a.reasoning).sum();
+    let visible_tokens: usize = answers.iter().map(|a| a.tokens).sum();
+    let usage = usage(
+        convo.input_tokens(),
+        (reasoning_tokens + visible_tokens) as u64,
+        reasoning_tokens as u64,
+    );
     let head = Head {
         id: new_id("chatcmpl-", 29),
         created: now,
@@ -222,6 +238,16 @@ fn answer(
         None => (s.to_owned(), encoding.count(s)),
     };
     let chosen = tools::choose(&functions, req.tool_choice.as_ref())?;
+    if limit == Some(0) {
+        // Reasoning used the whole budget: nothing visible, as on the live API.
+        return Ok(Answer {
+            content: Some(String::new()),
+            call: None,
+            tokens: 0,
+            reasoning: 0,
+            finish_reason: "length",
+        });
+    }
     if let (Some(f), None) = (chosen, &convo.tool_result) {
         let call = tools::call(f, seed);
         let (arguments, tokens) = fit(&call.arguments);
@@ -237,16 +263,18 @@ fn answer(
                 },
             }),
             tokens,
+            reasoning: 0,
             finish_reason: if cut { "length" } else { "tool_calls" },
         });
     }
-    let full = answer_text(req, convo, seed);
+    let full = before_stop(answer_text(req, convo, seed), req.stop.as_ref());
     let (content, tokens) = fit(&full);
     let cut = content.len() < full.len();
     Ok(Answer {
         content: Some(content),
         call: None,
         tokens,
+        reasoning: 0,
         finish_reason: if cut { "length" } else { "stop" },
     })
 }
@@ -266,13 +294,36 @@ fn answer_text(req: &ChatCompletionRequest, convo: &Conversation, seed: u64) -> 
     }
 }
 
-fn usage(prompt_tokens: u64, completion_tokens: u64) -> CompletionUsage {
+/// `text` up to the first `stop` sequence (a string or a list of strings); the
+/// sequence itself is not returned, as with the API, and the finish reason stays
+/// `stop`.
+fn before_stop(mut text: String, stop: Option<&Value>) -> String {
+    let sequences: Vec<&str> = match stop {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let cut = sequences
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s))
+        .min();
+    if let Some(at) = cut {
+        text.truncate(at);
+    }
+    text
+}
+
+fn usage(prompt_tokens: u64, completion_tokens: u64, reasoning_tokens: u64) -> CompletionUsage {
     CompletionUsage {
         prompt_tokens,
         completion_tokens,
         total_tokens: prompt_tokens + completion_tokens,
         prompt_tokens_details: Some(PromptTokensDetails::default()),
-        completion_tokens_details: Some(CompletionTokensDetails::default()),
+        completion_tokens_details: Some(CompletionTokensDetails {
+            reasoning_tokens,
+            ..CompletionTokensDetails::default()
+        }),
     }
 }
 
@@ -602,6 +653,39 @@ mod tests {
             legacy.completion.choices[0].finish_reason.as_deref(),
             Some("length")
         );
+    }
+
+    #[test]
+    fn reasoning_models_spend_reasoning_tokens_first() {
+        let p = plan_of(json!({"model": "o3", "messages": user("Prove it")}));
+        let u = p.completion.usage.unwrap();
+        let r = u.completion_tokens_details.unwrap().reasoning_tokens;
+        assert!(r >= 128);
+        let content = p.completion.choices[0].message.content.clone().unwrap();
+        let visible = super::super::count_tokens("o3", &content) as u64;
+        assert_eq!(u.completion_tokens, r + visible);
+        let starved = plan_of(json!({"model": "o3", "messages": user("Prove it"),
+                                     "max_completion_tokens": 50}));
+        let choice = &starved.completion.choices[0];
+        assert_eq!(choice.message.content.as_deref(), Some(""));
+        assert_eq!(choice.finish_reason.as_deref(), Some("length"));
+        assert_eq!(starved.completion.usage.unwrap().completion_tokens, 50);
+    }
+
+    #[test]
+    fn stop_sequences_end_the_text_early() {
+        let full = plan_of(json!({"model": "gpt-4o", "messages": user("Tell me about sailing")}));
+        let text = full.completion.choices[0].message.content.clone().unwrap();
+        let stop = text.split(' ').nth(3).unwrap().to_owned();
+        let cut = plan_of(
+            json!({"model": "gpt-4o", "messages": user("Tell me about sailing"),
+                                 "stop": ["zzz", stop]}),
+        );
+        let choice = &cut.completion.choices[0];
+        let content = choice.message.content.clone().unwrap();
+        assert!(text.starts_with(&content) && content.len() < text.len());
+        assert!(!content.contains(&stop));
+        assert_eq!(choice.finish_reason.as_deref(), Some("stop"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod chat;
 mod conversation;
 mod embeddings;
 mod moderation;
+mod reasoning;
 mod responses;
 mod rng;
 mod schema;

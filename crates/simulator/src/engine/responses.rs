@@ -13,7 +13,7 @@ use tollgate_wire::responses::{
 use super::conversation::{output_text, Conversation};
 use super::rng::{derive, hash_str};
 use super::tokens::Encoding;
-use super::{schema, text, tools, validate, ResponsesPlan};
+use super::{reasoning, schema, text, tools, validate, ResponsesPlan};
 use crate::error::ApiError;
 use crate::ids::new_id;
 
@@ -49,13 +49,34 @@ pub fn plan(req: &CreateResponse, now: i64) -> Result<ResponsesPlan, ApiError> {
     let encoding = Encoding::for_model(model);
     let convo = read_conversation(req, encoding)?;
     let answer = decide(req, &convo)?;
+    let effort = req
+        .reasoning
+        .as_ref()
+        .and_then(|r| r.get("effort"))
+        .and_then(Value::as_str);
+    let thinking = reasoning::tokens(model, effort, hash_str(&convo.transcript));
     let limit = req.max_output_tokens.map(|l| l as usize);
-    let (item, output_tokens, cut) = build_item(answer, encoding, limit);
+    let (reasoning_tokens, visible_limit) = reasoning::split(thinking, limit);
+
+    let mut output = Vec::new();
+    if reasoning::is_reasoning_model(model) {
+        output.push(reasoning_item());
+    }
+    let (item, visible_tokens, cut) = build_item(answer, encoding, visible_limit);
+    // A limit used up by reasoning leaves no message at all, as on the live API.
+    let cut = cut || visible_limit == Some(0);
+    if visible_limit != Some(0) {
+        output.push(item);
+    }
 
     let shell = shell(req, model, now);
     let mut response = shell.clone();
-    response.output = vec![item.clone()];
-    response.usage = Some(usage(convo.input_tokens(), output_tokens as u64));
+    response.output = output;
+    response.usage = Some(usage(
+        convo.input_tokens(),
+        (reasoning_tokens + visible_tokens) as u64,
+        reasoning_tokens as u64,
+    ));
     if cut {
         response.status = ResponseStatus::Incomplete;
         response.incomplete_details = Some(IncompleteDetails {
@@ -65,8 +86,13 @@ pub fn plan(req: &CreateResponse, now: i64) -> Result<ResponsesPlan, ApiError> {
         response.status = ResponseStatus::Completed;
         response.completed_at = Some(now);
     }
-    let events = stream_events(shell, &response, &item, encoding);
+    let events = stream_events(shell, &response, encoding);
     Ok(ResponsesPlan { response, events })
+}
+
+/// The (empty-summary) reasoning item a reasoning model puts first.
+fn reasoning_item() -> OutputItem {
+    OutputItem::Other(json!({"type": "reasoning", "id": new_id("rs_", 48), "summary": []}))
 }
 
 fn validate_request(req: &CreateResponse) -> Result<(), ApiError> {
@@ -276,12 +302,12 @@ fn build_item(
     }
 }
 
-fn usage(input_tokens: u64, output_tokens: u64) -> ResponseUsage {
+fn usage(input_tokens: u64, output_tokens: u64, reasoning_tokens: u64) -> ResponseUsage {
     ResponseUsage {
         input_tokens,
         input_tokens_details: InputTokensDetails::default(),
         output_tokens,
-        output_tokens_details: OutputTokensDetails::default(),
+        output_tokens_details: OutputTokensDetails { reasoning_tokens },
         total_tokens: input_tokens + output_tokens,
     }
 }
@@ -326,7 +352,7 @@ fn shell(req: &CreateResponse, model: &str, now: i64) -> Response {
         output: Vec::new(),
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
         previous_response_id: req.previous_response_id.clone(),
-        reasoning: Some(reasoning_echo(req.reasoning.as_ref())),
+        reasoning: Some(reasoning_echo(req.reasoning.as_ref(), model)),
         store: Some(req.store.unwrap_or(true)),
         temperature: Some(req.temperature.unwrap_or(1.0)),
         text: Some(text_echo(req)),
@@ -341,9 +367,11 @@ fn shell(req: &CreateResponse, model: &str, now: i64) -> Response {
     }
 }
 
-/// `{"effort": null, "summary": null}` with whatever the request set laid over it.
-fn reasoning_echo(requested: Option<&Value>) -> Value {
-    let mut echo = json!({"effort": null, "summary": null});
+/// `{"effort": null, "summary": null}` (effort `medium` for reasoning models) with
+/// whatever the request set laid over it.
+fn reasoning_echo(requested: Option<&Value>, model: &str) -> Value {
+    let effort = reasoning::is_reasoning_model(model).then_some(reasoning::DEFAULT_EFFORT);
+    let mut echo = json!({"effort": effort, "summary": null});
     if let (Some(Value::Object(set)), Value::Object(out)) = (requested, &mut echo) {
         for (k, v) in set {
             out.insert(k.clone(), v.clone());
@@ -387,19 +415,19 @@ fn tools_echo(req: &CreateResponse) -> Vec<Value> {
 }
 
 /// Stream events in the order of OPENAI-WIRE.md section b, numbered from 0.
-fn stream_events(
-    shell: Response,
-    done: &Response,
-    item: &OutputItem,
-    encoding: Encoding,
-) -> Vec<StreamEvent> {
+fn stream_events(shell: Response, done: &Response, encoding: Encoding) -> Vec<StreamEvent> {
     let mut ev = Events::default();
     ev.push(|seq| StreamEvent::Created(snapshot(seq, shell.clone())));
     ev.push(|seq| StreamEvent::InProgress(snapshot(seq, shell)));
-    match item {
-        OutputItem::Message(m) => message_events(&mut ev, m, encoding),
-        OutputItem::FunctionCall(c) => call_events(&mut ev, c, encoding),
-        OutputItem::Other(_) => {}
+    for (item, index) in done.output.iter().zip(0u32..) {
+        match item {
+            OutputItem::Message(m) => message_events(&mut ev, m, index, encoding),
+            OutputItem::FunctionCall(c) => call_events(&mut ev, c, index, encoding),
+            OutputItem::Other(_) => {
+                ev.push(|seq| StreamEvent::OutputItemAdded(item_event(seq, index, item.clone())));
+                ev.push(|seq| StreamEvent::OutputItemDone(item_event(seq, index, item.clone())));
+            }
+        }
     }
     let done = done.clone();
     if done.status == ResponseStatus::Incomplete {
@@ -430,7 +458,7 @@ fn snapshot(sequence_number: u64, response: Response) -> ResponseSnapshot {
     }
 }
 
-fn message_events(ev: &mut Events, done: &OutputMessage, encoding: Encoding) {
+fn message_events(ev: &mut Events, done: &OutputMessage, index: u32, encoding: Encoding) {
     let text = match done.content.first() {
         Some(OutputContent::OutputText(t)) => t.text.clone(),
         _ => String::new(),
@@ -449,18 +477,20 @@ fn message_events(ev: &mut Events, done: &OutputMessage, encoding: Encoding) {
     let part_event = |seq: u64, text: &str| ContentPartEvent {
         sequence_number: seq,
         item_id: id.clone(),
-        output_index: 0,
+        output_index: index,
         content_index: 0,
         part: part(text),
     };
-    ev.push(|seq| StreamEvent::OutputItemAdded(item_event(seq, OutputItem::Message(started))));
+    ev.push(|seq| {
+        StreamEvent::OutputItemAdded(item_event(seq, index, OutputItem::Message(started)))
+    });
     ev.push(|seq| StreamEvent::ContentPartAdded(part_event(seq, "")));
     for delta in encoding.pieces(&text) {
         ev.push(|seq| {
             StreamEvent::OutputTextDelta(TextDeltaEvent {
                 sequence_number: seq,
                 item_id: id.clone(),
-                output_index: 0,
+                output_index: index,
                 content_index: 0,
                 delta,
                 logprobs: Vec::new(),
@@ -471,28 +501,32 @@ fn message_events(ev: &mut Events, done: &OutputMessage, encoding: Encoding) {
         StreamEvent::OutputTextDone(TextDoneEvent {
             sequence_number: seq,
             item_id: id.clone(),
-            output_index: 0,
+            output_index: index,
             content_index: 0,
             text: text.clone(),
             logprobs: Vec::new(),
         })
     });
     ev.push(|seq| StreamEvent::ContentPartDone(part_event(seq, &text)));
-    ev.push(|seq| StreamEvent::OutputItemDone(item_event(seq, OutputItem::Message(done.clone()))));
+    ev.push(|seq| {
+        StreamEvent::OutputItemDone(item_event(seq, index, OutputItem::Message(done.clone())))
+    });
 }
 
-fn call_events(ev: &mut Events, done: &FunctionCall, encoding: Encoding) {
+fn call_events(ev: &mut Events, done: &FunctionCall, index: u32, encoding: Encoding) {
     let id = done.id.clone().unwrap_or_default();
     let mut started = done.clone();
     started.status = Some(ItemStatus::InProgress);
     started.arguments = String::new();
-    ev.push(|seq| StreamEvent::OutputItemAdded(item_event(seq, OutputItem::FunctionCall(started))));
+    ev.push(|seq| {
+        StreamEvent::OutputItemAdded(item_event(seq, index, OutputItem::FunctionCall(started)))
+    });
     for delta in encoding.pieces(&done.arguments) {
         ev.push(|seq| {
             StreamEvent::FunctionCallArgumentsDelta(ArgumentsDeltaEvent {
                 sequence_number: seq,
                 item_id: id.clone(),
-                output_index: 0,
+                output_index: index,
                 delta,
             })
         });
@@ -501,20 +535,24 @@ fn call_events(ev: &mut Events, done: &FunctionCall, encoding: Encoding) {
         StreamEvent::FunctionCallArgumentsDone(ArgumentsDoneEvent {
             sequence_number: seq,
             item_id: id.clone(),
-            output_index: 0,
+            output_index: index,
             name: Some(done.name.clone()),
             arguments: done.arguments.clone(),
         })
     });
     ev.push(|seq| {
-        StreamEvent::OutputItemDone(item_event(seq, OutputItem::FunctionCall(done.clone())))
+        StreamEvent::OutputItemDone(item_event(
+            seq,
+            index,
+            OutputItem::FunctionCall(done.clone()),
+        ))
     });
 }
 
-fn item_event(sequence_number: u64, item: OutputItem) -> OutputItemEvent {
+fn item_event(sequence_number: u64, output_index: u32, item: OutputItem) -> OutputItemEvent {
     OutputItemEvent {
         sequence_number,
-        output_index: 0,
+        output_index,
         item,
     }
 }
@@ -698,6 +736,50 @@ mod tests {
             Some("response.incomplete")
         );
         assert_eq!(r.max_output_tokens, Some(16));
+    }
+
+    #[test]
+    fn reasoning_models_put_a_reasoning_item_first() {
+        let p =
+            plan_of(json!({"model": "o4-mini", "input": "Why is the sky blue?", "stream": true}));
+        let r = &p.response;
+        assert_eq!(r.output.len(), 2);
+        assert!(matches!(&r.output[0], OutputItem::Other(v) if v["type"] == "reasoning"));
+        assert!(matches!(r.output[1], OutputItem::Message(_)));
+        let usage = r.usage.unwrap();
+        let reasoning = usage.output_tokens_details.reasoning_tokens;
+        assert!(reasoning >= 128);
+        let visible = super::super::count_tokens("o4-mini", &r.output_text()) as u64;
+        assert_eq!(usage.output_tokens, reasoning + visible);
+        assert_eq!(
+            serde_json::to_value(r).unwrap()["reasoning"]["effort"],
+            "medium"
+        );
+        assert_eq!(
+            event_types(&p)[2..4],
+            ["response.output_item.added", "response.output_item.done"]
+        );
+        let StreamEvent::OutputItemAdded(added) = &p.events[4] else {
+            panic!("message added")
+        };
+        assert_eq!(added.output_index, 1);
+        for (i, e) in p.events.iter().enumerate() {
+            assert_eq!(e.sequence_number(), Some(i as u64));
+        }
+
+        // A limit smaller than the reasoning leaves no message.
+        let starved =
+            plan_of(json!({"model": "o4-mini", "input": "Why?", "max_output_tokens": 16}));
+        assert_eq!(starved.response.status, ResponseStatus::Incomplete);
+        assert_eq!(starved.response.output.len(), 1);
+        let usage = starved.response.usage.unwrap();
+        assert_eq!(
+            (
+                usage.output_tokens,
+                usage.output_tokens_details.reasoning_tokens
+            ),
+            (16, 16)
+        );
     }
 
     #[test]
