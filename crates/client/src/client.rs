@@ -21,9 +21,8 @@ use crate::stream::{End, EventStream};
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// Headers that describe one connection, not the message: never forwarded by
-/// [`Client::raw`] in either direction (RFC 9110 §7.6.1), plus `host` and
-/// `content-length`, which the client sets for the upstream request (removed
-/// separately, request side only).
+/// [`Client::raw`] in either direction (RFC 9110 §7.6.1). On the request side `host`
+/// and `content-length` are dropped too: the client sets them for the upstream.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -770,6 +769,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-stainless-lang"]);
+    }
+
+    #[test]
+    fn handles_and_streams_can_cross_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Client>();
+        send_sync::<Error>();
+        send::<RawResponse>();
+        send::<crate::ResponseStream>();
+        send::<crate::ChatStream>();
     }
 
     #[test]
