@@ -70,7 +70,6 @@ pub struct RawServer {
 pub struct RawUsage {
     pub queue_capacity: Option<usize>,
     pub batch_size: Option<usize>,
-    pub flush_interval_ms: Option<u64>,
 }
 
 /// `[keys]`: the in-memory key cache.
@@ -94,7 +93,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub usage_queue_capacity: usize,
     pub usage_batch_size: usize,
-    pub usage_flush_interval: Duration,
     pub keys_refresh_interval: Duration,
 }
 
@@ -261,7 +259,6 @@ impl TryFrom<RawConfig> for Config {
             raw.usage.batch_size.map(|v| v as u64),
             512,
         );
-        let flush_ms = positive("usage.flush_interval_ms", raw.usage.flush_interval_ms, 100);
         let refresh_ms = positive(
             "keys.refresh_interval_ms",
             raw.keys.refresh_interval_ms,
@@ -299,7 +296,6 @@ impl TryFrom<RawConfig> for Config {
             shutdown_grace: Duration::from_millis(grace_ms),
             usage_queue_capacity: usize::try_from(queue).unwrap_or(10_000),
             usage_batch_size: usize::try_from(batch).unwrap_or(512),
-            usage_flush_interval: Duration::from_millis(flush_ms),
             keys_refresh_interval: Duration::from_millis(refresh_ms),
         })
     }
@@ -317,6 +313,14 @@ mod tests {
         assert_eq!(c.upstream.api_key, SecretRef::Env("OPENAI_API_KEY".into()));
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(c.data_dir, PathBuf::from("./tollgate-data"));
+    }
+
+    #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let example = include_str!("../../../docs/tollgate.example.toml");
+        let c = Config::from_toml_str(example).unwrap();
+        let d = Config::from_toml_str("").unwrap();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
     }
 
     #[test]

@@ -168,10 +168,20 @@ async fn accept_loop(
             let mut app = app.clone();
             async move { tower_service::Service::call(&mut app, req.map(Body::new)).await }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        connections.spawn(graceful.watch(conn));
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        connections.spawn(async move {
+            // Protocol detection waits for the first bytes without a timer of its own,
+            // so a connection that never speaks is closed here; after the first request
+            // hyper's header timer covers idle keep-alive.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ok(()),
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
     }

@@ -436,3 +436,44 @@ async fn health_endpoints_answer() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["store"], "ok");
 }
+
+#[tokio::test]
+async fn idle_and_slow_header_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_with(|c| c.server.header_timeout_ms = Some(200)).await;
+    // Silent after connecting: closed once the header timeout passes.
+    let mut idle = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection stayed open: {n:?}"
+    );
+    // Idle after a first request on a kept-alive connection: closed as well.
+    let mut kept = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match kept.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(closed, Ok(true), "kept-alive idle connection stayed open");
+    // Headers started but never finished: closed too.
+    let mut slow = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(_)) | Ok(Err(_))),
+        "slow-header connection stayed open"
+    );
+}
