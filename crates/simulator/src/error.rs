@@ -28,7 +28,11 @@ impl ApiError {
     }
 
     /// 400 `invalid_request_error`.
-    pub fn invalid_request(message: impl Into<String>, param: Option<&str>, code: Option<&str>) -> Self {
+    pub fn invalid_request(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> Self {
         Self::new(400, message, "invalid_request_error", param, code)
     }
 
