@@ -477,3 +477,96 @@ async fn idle_and_slow_header_connections_are_closed() {
         "slow-header connection stayed open"
     );
 }
+
+#[tokio::test]
+async fn a_mixed_run_leaves_exactly_one_record_per_request_with_its_tokens() {
+    let mut h = start().await;
+    // Plain.
+    let plain: Value = h
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Streamed, with the usage the caller asked for.
+    let streamed = sse_events(
+        h.post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": "two"}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    let usage_chunk: Value = serde_json::from_str(&streamed[streamed.len() - 2].1).unwrap();
+    // Failed upstream.
+    let failed = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "three"}),
+        )
+        .header("x-sim-status", "400")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 400);
+    // Client gone mid-stream.
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "four", "stream": true}),
+        )
+        .header("x-sim-stream-interval-ms", "40")
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    // Refused by tollgate.
+    let refused = h
+        .http
+        .post(h.url("/v1/responses"))
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 5, "{records:#?}");
+    let by_status = |s: u16| records.iter().filter(|r| r.status == s).collect::<Vec<_>>();
+    let ok = by_status(200);
+    assert_eq!(ok.len(), 2);
+    assert_eq!(
+        ok[0].total_tokens,
+        plain["usage"]["total_tokens"].as_u64().unwrap()
+    );
+    assert!(!ok[0].streamed);
+    assert!(ok[1].streamed);
+    assert_eq!(
+        ok[1].input_tokens,
+        usage_chunk["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        ok[1].output_tokens,
+        usage_chunk["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let bad = by_status(400);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].total_tokens, 0);
+    let gone = by_status(499);
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].client_disconnected && gone[0].streamed);
+    let unauth = by_status(401);
+    assert_eq!(unauth.len(), 1);
+    assert_eq!(unauth[0].key_id, None);
+    assert_eq!(unauth[0].error_code.as_deref(), Some("invalid_api_key"));
+}
