@@ -59,9 +59,20 @@ impl StreamControl {
     }
 }
 
+/// One SSE event, serialised straight into its frame. Compact JSON never contains a
+/// raw newline, so a single `data:` line is always right (what `write_event` would
+/// produce, without the intermediate string).
 fn json_event<T: Serialize>(event: Option<&str>, value: &T) -> Result<Bytes, io::Error> {
-    let data = serde_json::to_string(value).map_err(io::Error::other)?;
-    Ok(Bytes::from(encode_event(event, &data)))
+    let mut out = Vec::with_capacity(512);
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut out, value).map_err(io::Error::other)?;
+    out.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(out))
 }
 
 /// The streaming body: `items` encoded one by one, then `trailer` as a data line,
@@ -135,4 +146,20 @@ where
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_event_matches_the_wire_encoder() {
+        let value =
+            serde_json::json!({"type": "response.output_text.delta", "delta": "two\nlines"});
+        let ours = json_event(Some("response.output_text.delta"), &value).unwrap();
+        let reference = encode_event(Some("response.output_text.delta"), &value.to_string());
+        assert_eq!(ours.as_ref(), reference.as_slice());
+        let data_only = json_event(None, &value).unwrap();
+        assert!(data_only.starts_with(b"data: {") && data_only.ends_with(b"}\n\n"));
+    }
 }
