@@ -165,3 +165,33 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
     assert!(store.project_by_name("shop").await.unwrap().is_some());
     store.ping().await.unwrap();
 }
+
+/// Regression: a deferred transaction that read before writing failed at once with
+/// "database is locked" when another connection wrote in between.
+#[tokio::test]
+async fn concurrent_writers_on_one_file_do_not_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open_data_dir(dir.path()).await.unwrap();
+    let b = Store::open_data_dir(dir.path()).await.unwrap();
+    a.ensure_project("shop").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let id = format!("key_{i}");
+            store
+                .insert_key(&new_key(&id, "shop", &format!("{i:064x}")))
+                .await?;
+            store
+                .insert_usage(&[usage(&format!("req_{i}"), &id, "gpt-4o", 1, 1, 1)])
+                .await?;
+            store.revoke_key(&id, None, 2).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(a.list_keys().await.unwrap().len(), 40);
+    assert!(b.active_keys().await.unwrap().is_empty());
+    assert_eq!(a.usage_records(0).await.unwrap().len(), 40);
+}

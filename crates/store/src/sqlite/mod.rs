@@ -55,7 +55,7 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
@@ -80,6 +80,13 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`). A
+    /// deferred one that reads first would fail with SQLITE_BUSY, without waiting,
+    /// when another connection writes in between; this one waits `busy_timeout`.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -115,7 +122,7 @@ impl SqliteStore {
     }
 
     pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let project: Option<String> =
             sqlx::query_scalar("SELECT name FROM projects WHERE name = ?")
                 .bind(&key.project)
@@ -166,7 +173,7 @@ impl SqliteStore {
     }
 
     pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT id FROM keys WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -208,7 +215,7 @@ impl SqliteStore {
     }
 
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for r in records {
             insert_usage_row(&mut tx, r).await?;
         }
