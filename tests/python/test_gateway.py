@@ -26,8 +26,16 @@ from openai import (
     RateLimitError,
 )
 
-from conftest import GATEWAY_UPSTREAM_ATTEMPTS, Gateway, Mock, SessionGateway, start_gateway
-from support import LONG_PROMPT, MODEL, TICKET_PROMPT, TICKET_SCHEMA, parse_ticket
+from conftest import GATEWAY_UPSTREAM_ATTEMPTS, PROVIDER_KEY, Gateway, Mock, SessionGateway, start_gateway
+from support import (
+    LONG_PROMPT,
+    MODEL,
+    TICKET_PROMPT,
+    TICKET_SCHEMA,
+    WEATHER_QUESTION,
+    WEATHER_TOOL_RESPONSES,
+    parse_ticket,
+)
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 REVOCATION_DEADLINE_S = 1.0
@@ -118,8 +126,6 @@ def test_missing_key_is_401_invalid_api_key(sim: Mock, gateway: Gateway) -> None
 
 def test_provider_key_is_not_accepted_by_the_gateway(sim: Mock, gateway: Gateway) -> None:
     # The provider key means nothing to the gateway: callers need a tollgate key.
-    from conftest import PROVIDER_KEY
-
     with pytest.raises(AuthenticationError):
         gateway.client(PROVIDER_KEY, max_retries=0).models.list()
     assert sim.recorded() == []
@@ -273,8 +279,6 @@ def test_responses_stream_fidelity(mock: Mock, member: OpenAI) -> None:
 
 
 def test_responses_tool_stream_fidelity(mock: Mock, member: OpenAI) -> None:
-    from support import WEATHER_QUESTION, WEATHER_TOOL_RESPONSES
-
     request: dict[str, Any] = {
         "model": MODEL,
         "input": WEATHER_QUESTION,
