@@ -1,9 +1,13 @@
-//! Contract tests with the official OpenAI SDKs, unmodified, against `tollgate mock`.
+//! Contract tests with the official OpenAI SDKs, unmodified, against `tollgate mock` and
+//! through `tollgate serve`.
 //!
 //! The suites live in `tests/python` (pytest, the pinned `openai` package in `.venv`) and
-//! `tests/node` (`node --test`, the pinned `openai` npm package); each starts the
-//! `tollgate` binary built for this test run (`TOLLGATE_BIN`) on an ephemeral port.
-//! `scripts/setup` installs both SDKs; `scripts/test` runs it before `cargo test`.
+//! `tests/node` (`node --test`, the pinned `openai` npm package). Every endpoint test runs
+//! twice: SDK → simulator, and SDK → gateway → simulator; gateway-only tests cover keys,
+//! roles, revocation, retries, stream fidelity and usage records. Each suite starts the
+//! `tollgate` binary built for this test run (`TOLLGATE_BIN`) on ephemeral ports, with a
+//! fresh temporary data directory per gateway. `scripts/setup` installs both SDKs;
+//! `scripts/test` runs it before `cargo test`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
