@@ -87,13 +87,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let data_dir_arg = config.data_dir.display().to_string();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     if let Some(key) = &demo_key {
-        print_demo_banner(&addr.to_string(), key);
+        print_demo_banner(&addr.to_string(), key, &data_dir_arg);
     }
     tracing::info!(upstream = %config.upstream.url, data = %config.data_dir.display(), "tollgate serving");
 
@@ -172,7 +173,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_demo_banner(addr: &str, key: &str) {
+fn print_demo_banner(addr: &str, key: &str, data_dir: &str) {
     println!(
         r#"
 tollgate demo: the built-in simulator is the upstream; no provider key needed.
@@ -194,6 +195,6 @@ Or from Python (pip install openai):
   r = client.responses.create(model="gpt-4o-mini", input="Say hello in five words.")
   print(r.output_text, r.usage)
 
-Usage so far: tollgate usage --data-dir <this data dir>. Stop with Ctrl-C."#
+Usage so far: tollgate usage --data-dir {data_dir}. Stop with Ctrl-C."#
     );
 }

@@ -17,20 +17,18 @@ pub enum Action {
     CallModels,
 }
 
-/// Resolves the caller and checks its role allows `action`.
-pub fn run(
-    keys: &KeyCache,
-    headers: &HeaderMap,
-    action: Action,
-) -> Result<Arc<Principal>, GatewayError> {
+/// Resolves the caller from its bearer key.
+pub fn run(keys: &KeyCache, headers: &HeaderMap) -> Result<Arc<Principal>, GatewayError> {
     let secret = bearer(headers).ok_or(GatewayError::MissingKey)?;
-    let principal = keys
-        .lookup(secret)
-        .ok_or_else(|| GatewayError::UnknownKey {
-            prefix: display_prefix(secret),
-        })?;
+    keys.lookup(secret).ok_or_else(|| GatewayError::UnknownKey {
+        prefix: display_prefix(secret),
+    })
+}
+
+/// Checks the caller's role allows `action`.
+pub fn authorize(principal: &Principal, action: Action) -> Result<(), GatewayError> {
     match (action, principal.role) {
-        (Action::CallModels, Role::Admin | Role::Member) => Ok(principal),
+        (Action::CallModels, Role::Admin | Role::Member) => Ok(()),
         (Action::CallModels, Role::Viewer) => Err(GatewayError::Forbidden {
             role: principal.role.to_string(),
             action: "call models",
@@ -76,9 +74,8 @@ mod tests {
     #[test]
     fn missing_unknown_and_viewer_are_refused() {
         let cache = KeyCache::default();
-        let h = HeaderMap::new();
         assert_eq!(
-            run(&cache, &h, Action::CallModels),
+            run(&cache, &HeaderMap::new()),
             Err(GatewayError::MissingKey)
         );
         let mut h = HeaderMap::new();
@@ -87,8 +84,23 @@ mod tests {
             "Bearer tg-dev-nope-nope-nope".parse().unwrap(),
         );
         assert!(matches!(
-            run(&cache, &h, Action::CallModels),
+            run(&cache, &h),
             Err(GatewayError::UnknownKey { .. })
         ));
+        let viewer = Principal {
+            key_id: "key_1".into(),
+            project: "p".into(),
+            env: "dev".into(),
+            role: Role::Viewer,
+        };
+        assert!(matches!(
+            authorize(&viewer, Action::CallModels),
+            Err(GatewayError::Forbidden { .. })
+        ));
+        let member = Principal {
+            role: Role::Member,
+            ..viewer
+        };
+        assert_eq!(authorize(&member, Action::CallModels), Ok(()));
     }
 }

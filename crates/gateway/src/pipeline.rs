@@ -94,11 +94,12 @@ async fn stages(
 ) -> Result<Outcome, GatewayError> {
     let (parts, body) = req.into_parts();
 
-    let principal = authenticate::run(&gw.keys, &parts.headers, authenticate::Action::CallModels)?;
+    let principal = authenticate::run(&gw.keys, &parts.headers)?;
     let rec = guard.record();
     rec.key_id = Some(principal.key_id.clone());
     rec.project = Some(principal.project.clone());
     rec.env = Some(principal.env.clone());
+    authenticate::authorize(&principal, authenticate::Action::CallModels)?;
 
     let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
     let model_in_path =

@@ -78,7 +78,7 @@ async fn a_response_goes_through_with_the_provider_key_and_ids() {
 
 #[tokio::test]
 async fn bad_keys_get_401_with_advice_and_viewers_403() {
-    let h = start().await;
+    let mut h = start().await;
     let body = json!({"model": "gpt-4o-mini", "input": "hi"});
     let res = h
         .http
@@ -114,7 +114,7 @@ async fn bad_keys_get_401_with_advice_and_viewers_403() {
         .to_string()
         .contains("tg-dev-0000000000000000000000000000000"));
 
-    let (viewer, _) = h.mint("dev", Role::Viewer).await;
+    let (viewer, viewer_id) = h.mint("dev", Role::Viewer).await;
     // The cache refresh picks the new key up.
     let ok = eventually(Duration::from_secs(2), || {
         let req = h
@@ -131,6 +131,12 @@ async fn bad_keys_get_401_with_advice_and_viewers_403() {
         h.sim_requests().await.is_empty(),
         "nothing refused reached the upstream"
     );
+    let records = h.stop_and_records().await;
+    let forbidden: Vec<_> = records.iter().filter(|r| r.status == 403).collect();
+    assert!(!forbidden.is_empty());
+    assert!(forbidden
+        .iter()
+        .all(|r| r.key_id.as_deref() == Some(viewer_id.as_str())));
 }
 
 #[tokio::test]
