@@ -65,6 +65,10 @@ impl UsageSink {
     }
 }
 
+/// How long the writer keeps gathering records after the first of a batch, so a
+/// steady trickle becomes a few transactions a second rather than one per request.
+const COALESCE: Duration = Duration::from_millis(50);
+
 /// The writer loop; returns how many records it wrote.
 async fn write_batches(
     store: Store,
@@ -74,6 +78,15 @@ async fn write_batches(
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
     while rx.recv_many(&mut batch, batch_size).await > 0 {
+        let window = tokio::time::Instant::now() + COALESCE;
+        while batch.len() < batch_size {
+            let room = batch_size - batch.len();
+            match tokio::time::timeout_at(window, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                // Window over, or every sender gone: write what we have.
+                _ => break,
+            }
+        }
         let mut delay = Duration::from_millis(50);
         loop {
             match store.insert_usage(&batch).await {
