@@ -1,0 +1,445 @@
+#!/usr/bin/env bash
+# tollgate benchmark: the upstream directly, nginx as a bare reverse proxy, and tollgate
+# (authentication and usage records on), each at a fixed concurrency and at a fixed
+# rate. See bench/README.md for what is measured and how to read it.
+#
+# Everything runs on 127.0.0.1, on ports chosen at run time; every process the script
+# starts is stopped on exit and its temporary directory removed. Knobs (environment):
+#
+#   BENCH_CONNECTIONS=32   connections of the fixed-concurrency run
+#   BENCH_DURATION=15      seconds measured at fixed concurrency (after BENCH_WARMUP)
+#   BENCH_WARMUP=3         seconds of warm-up before each measured run (not counted)
+#   BENCH_RATE=200         requests/s of the fixed-rate run
+#   BENCH_RATE_DURATION=20 seconds measured at the fixed rate (after BENCH_WARMUP)
+#   BENCH_THREADS=2        load-generator threads at fixed concurrency
+#   BENCH_NGINX_WORKERS=auto  worker_processes of both nginx instances
+#   BENCH_SIMULATOR=1      also measure `tollgate mock` directly (0 to skip)
+#   BENCH_MAX_LOAD=1.5     wait (up to BENCH_LOAD_WAIT s, default 300) until the 1-min
+#                          load average is below this before measuring
+#   BENCH_NO_INSTALL=1     never call apt-get (fail if a tool is missing)
+#   BENCH_NO_BUILD=1       use the existing target/release/tollgate
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+OUT_DIR="$HERE/out"
+
+CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+DURATION="${BENCH_DURATION:-15}"
+WARMUP="${BENCH_WARMUP:-3}"
+RATE="${BENCH_RATE:-200}"
+RATE_DURATION="${BENCH_RATE_DURATION:-20}"
+THREADS="${BENCH_THREADS:-2}"
+NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
+SIMULATOR="${BENCH_SIMULATOR:-1}"
+MAX_LOAD="${BENCH_MAX_LOAD:-1.5}"
+LOAD_WAIT="${BENCH_LOAD_WAIT:-300}"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes and cleanup
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")"
+chmod 755 "$TMP" # nginx workers may run as nobody
+PIDS=()
+
+stop_pid() {
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    for pid in "${PIDS[@]:-}"; do
+        [[ -n "$pid" ]] && stop_pid "$pid"
+    done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- tools
+SUDO=""
+[[ "$(id -u)" -eq 0 ]] || SUDO="sudo"
+
+apt_candidate() { # prints the candidate version of a Debian package, or nothing
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2 }'
+}
+
+APT_UPDATED=0
+apt_install() {
+    [[ "${BENCH_NO_INSTALL:-0}" == 1 ]] && die "missing $* (BENCH_NO_INSTALL=1)"
+    if [[ "$APT_UPDATED" == 0 ]]; then
+        log "apt-get update"
+        $SUDO apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+}
+
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    if [[ -n "$(apt_candidate nginx-light)" ]]; then apt_install nginx-light; else apt_install nginx; fi
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+# Fixed-concurrency tool: oha when Debian has it, else wrk.
+LOADGEN=""
+if command -v oha >/dev/null 2>&1; then
+    LOADGEN=oha
+elif command -v wrk >/dev/null 2>&1; then
+    LOADGEN=wrk
+elif [[ -n "$(apt_candidate oha)" ]]; then
+    apt_install oha && LOADGEN=oha
+else
+    apt_install wrk && LOADGEN=wrk
+fi
+command -v "$LOADGEN" >/dev/null 2>&1 || die "no load generator (oha or wrk) available"
+command -v curl >/dev/null 2>&1 || apt_install curl
+command -v python3 >/dev/null 2>&1 || apt_install python3
+
+# Fixed-rate tool: Debian has neither wrk2 nor (in bookworm) oha, and wrk has no rate
+# option, so a small std-only Rust program does it (bench/fixed_rate.rs).
+FIXED_RATE="$TMP/fixed_rate"
+log "building bench/fixed_rate.rs"
+rustc -O --edition 2021 "$HERE/fixed_rate.rs" -o "$FIXED_RATE"
+
+# ---------------------------------------------------------------- tollgate
+if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+    log "cargo build --release -p tollgate"
+    (cd "$ROOT" && cargo build --release -p tollgate >&2)
+fi
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TOLLGATE="$TARGET_DIR/release/tollgate"
+[[ -x "$TOLLGATE" ]] || die "$TOLLGATE not found"
+
+# ---------------------------------------------------------------- machine quiet?
+load1() { cut -d' ' -f1 /proc/loadavg; }
+waited=0
+while awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; do
+    if (( waited >= LOAD_WAIT )); then
+        log "load average still $(load1) after ${waited}s; measuring anyway (figures will be pessimistic)"
+        break
+    fi
+    log "load average $(load1) > $MAX_LOAD (something else is busy); waiting…"
+    sleep 15
+    waited=$((waited + 15))
+done
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------- payloads
+# A realistic small non-streaming Chat Completions answer (no single quotes or `$`:
+# it is inlined into nginx's `return`).
+UPSTREAM_BODY='{"id":"chatcmpl-bench000000000000000000001","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":9,"total_tokens":30,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench00001"}'
+REQUEST_BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in five words."}],"max_tokens":64}'
+printf '%s' "$REQUEST_BODY" >"$TMP/request.json"
+PROVIDER_KEY="sk-bench-provider-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_http() { # url: wait up to 10 s for any HTTP answer
+    local i
+    for i in $(seq 1 100); do
+        curl -s -o /dev/null -m 1 "$1" && return 0
+        sleep 0.1
+    done
+    die "nothing answers at $1"
+}
+
+wait_listening() { # file: wait up to 20 s for "listening on http://ADDR"; prints ADDR
+    local i addr
+    for i in $(seq 1 200); do
+        addr="$(sed -n '1s#^listening on http://##p' "$1" 2>/dev/null || true)"
+        if [[ -n "$addr" ]]; then printf '%s\n' "$addr"; return 0; fi
+        sleep 0.1
+    done
+    die "no 'listening on' line in $1"
+}
+
+NGINX_USER=""
+[[ "$(id -u)" -eq 0 ]] && NGINX_USER="user nobody nogroup;"
+
+nginx_conf() { # name port server-block
+    local name="$1" port="$2" server="$3" dir="$TMP/$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+$NGINX_USER
+worker_processes $NGINX_WORKERS;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    $server
+}
+EOF
+}
+
+# 1. The upstream: a fixed body, as cheap as an HTTP answer gets.
+UP_PORT="$(free_port)"
+nginx_conf upstream "$UP_PORT" "
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location = /v1/chat/completions {
+            default_type application/json;
+            add_header x-request-id req_upstream_bench;
+            return 200 '$UPSTREAM_BODY';
+        }
+        location / { return 404; }
+    }"
+"$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' 2>>"$TMP/upstream/error.log" &
+UP_PID=$!
+PIDS+=("$UP_PID")
+
+# 2. nginx as a bare reverse proxy in front of it (keep-alive upstream connections; it
+#    swaps the credential as any gateway would, and does nothing else).
+PX_PORT="$(free_port)"
+nginx_conf proxy "$PX_PORT" "
+    upstream llm { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$PX_PORT;
+        location / {
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Authorization \"Bearer $PROVIDER_KEY\";
+        }
+    }"
+"$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g 'daemon off;' 2>>"$TMP/proxy/error.log" &
+PX_PID=$!
+PIDS+=("$PX_PID")
+
+wait_http "http://127.0.0.1:$UP_PORT/"
+wait_http "http://127.0.0.1:$PX_PORT/"
+
+# 3. tollgate, release build, fresh data directory, one key.
+DATA="$TMP/tollgate-data"
+mkdir -p "$DATA"
+KEY_JSON="$("$TOLLGATE" keys create --project bench --env prod --name bench --json --data-dir "$DATA")"
+GATEWAY_KEY="$(printf '%s' "$KEY_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+BENCH_PROVIDER_KEY="$PROVIDER_KEY" "$TOLLGATE" serve \
+    --listen 127.0.0.1:0 \
+    --upstream-url "http://127.0.0.1:$UP_PORT/v1" \
+    --upstream-api-key env:BENCH_PROVIDER_KEY \
+    --data-dir "$DATA" >"$TMP/tollgate.out" 2>"$TMP/tollgate.err" &
+TG_PID=$!
+PIDS+=("$TG_PID")
+TG_ADDR="$(wait_listening "$TMP/tollgate.out")"
+
+# 4. Optionally the simulator, measured directly (it is an upstream, not a proxy).
+SIM_ADDR=""
+if [[ "$SIMULATOR" == 1 ]]; then
+    "$TOLLGATE" mock --listen 127.0.0.1:0 >"$TMP/mock.out" 2>"$TMP/mock.err" &
+    SIM_PID=$!
+    PIDS+=("$SIM_PID")
+    SIM_ADDR="$(wait_listening "$TMP/mock.out")"
+fi
+
+# Smoke test: each target answers the benchmark request with 200.
+smoke() { # addr
+    local code
+    code="$(curl -s -o "$TMP/smoke.json" -w '%{http_code}' -m 5 \
+        -H "Authorization: Bearer $GATEWAY_KEY" -H 'Content-Type: application/json' \
+        --data-binary @"$TMP/request.json" "http://$1/v1/chat/completions")"
+    [[ "$code" == 200 ]] || die "http://$1/v1/chat/completions answered $code: $(head -c 300 "$TMP/smoke.json")"
+}
+smoke "127.0.0.1:$UP_PORT"
+smoke "127.0.0.1:$PX_PORT"
+smoke "$TG_ADDR"
+[[ -n "$SIM_ADDR" ]] && smoke "$SIM_ADDR"
+
+# ---------------------------------------------------------------- measuring helpers
+CLK_TCK="$(getconf CLK_TCK)"
+
+proc_tree() { # pid → the pid and its direct children (nginx master + workers)
+    printf '%s\n' "$1"
+    pgrep -P "$1" || true
+}
+
+cpu_ticks() { # pids… → utime+stime summed, in clock ticks
+    local total=0 pid t
+    for pid in "$@"; do
+        t="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }')" || t=0
+        total=$((total + ${t:-0}))
+    done
+    printf '%s\n' "$total"
+}
+
+peak_rss_kb() { # pids… → VmHWM summed, in kB
+    local total=0 pid v
+    for pid in "$@"; do
+        v="$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)" || v=0
+        total=$((total + ${v:-0}))
+    done
+    printf '%s\n' "$total"
+}
+
+cat >"$TMP/post.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $GATEWAY_KEY"
+wrk.body = '$REQUEST_BODY'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d errors=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+EOF
+
+# Fixed concurrency: prints "requests duration_us errors p50_us p99_us".
+run_concurrency() { # addr seconds
+    local url="http://$1/v1/chat/completions" secs="$2"
+    if [[ "$LOADGEN" == wrk ]]; then
+        timeout $((secs + 30)) wrk -t "$THREADS" -c "$CONNECTIONS" -d "${secs}s" --timeout 10s \
+            -s "$TMP/post.lua" "$url" >"$TMP/wrk.out" 2>&1 || die "wrk failed: $(cat "$TMP/wrk.out")"
+        sed -n 's/^RESULT //p' "$TMP/wrk.out" |
+            sed -E 's/requests=([0-9]+) duration_us=([0-9]+) errors=([0-9]+) p50_us=([0-9]+) p99_us=([0-9]+)/\1 \2 \3 \4 \5/'
+    else
+        timeout $((secs + 30)) oha --no-tui --output-format json -z "${secs}s" -c "$CONNECTIONS" \
+            -m POST -H "Authorization: Bearer $GATEWAY_KEY" -H 'Content-Type: application/json' \
+            -D "$TMP/request.json" "$url" >"$TMP/oha.json" 2>"$TMP/oha.err" || die "oha failed: $(cat "$TMP/oha.err")"
+        python3 - "$TMP/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2"))
+total = sum(codes.values()) + sum(d.get("errorDistribution", {}).values())
+print(ok, int(s["total"] * 1e6), total - ok, int(p["p50"] * 1e6), int(p["p99"] * 1e6))
+PY
+    fi
+}
+
+# Fixed rate: prints the fixed_rate key=value line.
+run_rate() { # addr
+    timeout $((WARMUP + RATE_DURATION + 30)) "$FIXED_RATE" --addr "$1" --path /v1/chat/completions \
+        --rate "$RATE" --duration "$RATE_DURATION" --warmup "$WARMUP" --connections 8 \
+        --body-file "$TMP/request.json" --header "Authorization: Bearer $GATEWAY_KEY"
+}
+
+kv() { # line key → value
+    printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+declare -A R # results: R[target,field]
+
+measure() { # name addr server-pid
+    local name="$1" addr="$2" pid="$3" pids c0 c1 line
+    mapfile -t pids < <(proc_tree "$pid")
+    log "$name: warm-up ${WARMUP}s, then ${DURATION}s at $CONNECTIONS connections (load $(load1))"
+    line="$(run_concurrency "$addr" "$WARMUP")"
+    read -r "R[$name,warm]" _ <<<"$line"
+    c0="$(cpu_ticks "${pids[@]}")"
+    line="$(run_concurrency "$addr" "$DURATION")"
+    read -r "R[$name,req]" "R[$name,dur]" "R[$name,err]" "R[$name,p50]" "R[$name,p99]" <<<"$line"
+    [[ -n "${R[$name,p99]:-}" ]] || die "$name: no result from $LOADGEN"
+    c1="$(cpu_ticks "${pids[@]}")"
+    R[$name,cpu_sat]=$((c1 - c0))
+    log "$name: ${RATE} req/s for ${RATE_DURATION}s after ${WARMUP}s warm-up (load $(load1))"
+    c0="$(cpu_ticks "${pids[@]}")"
+    line="$(run_rate "$addr")"
+    [[ "$line" == sent=* ]] || die "$name: no result from fixed_rate"
+    c1="$(cpu_ticks "${pids[@]}")"
+    R[$name,cpu_rate]=$((c1 - c0))
+    R[$name,rate_sent]="$(kv "$line" sent)"
+    R[$name,rate_ok]="$(kv "$line" ok)"
+    R[$name,rate_err]="$(kv "$line" errors)"
+    R[$name,rate]="$(kv "$line" rate)"
+    R[$name,rp50]="$(kv "$line" p50_us)"
+    R[$name,rp99]="$(kv "$line" p99_us)"
+    R[$name,rp999]="$(kv "$line" p999_us)"
+    R[$name,rss]="$(peak_rss_kb "${pids[@]}")"
+    log "$name: $(( R[$name,req] * 1000000 / R[$name,dur] )) req/s; at ${RATE}/s p50 ${R[$name,rp50]}us p99 ${R[$name,rp99]}us"
+}
+
+TARGETS=(direct nginx tollgate)
+declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [simulator]="simulator direct (tollgate mock)")
+measure direct "127.0.0.1:$UP_PORT" "$UP_PID"
+measure nginx "127.0.0.1:$PX_PORT" "$PX_PID"
+measure tollgate "$TG_ADDR" "$TG_PID"
+if [[ -n "$SIM_ADDR" ]]; then
+    measure simulator "$SIM_ADDR" "$SIM_PID"
+    TARGETS+=(simulator)
+fi
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Usage records: stop tollgate gracefully (it flushes the queue), then count them.
+TG_COUNTED=$(( 1 + R[tollgate,warm] + R[tollgate,req] + R[tollgate,rate_sent] ))
+stop_pid "$TG_PID"
+USAGE="$("$TOLLGATE" usage --by project --json --data-dir "$DATA" 2>/dev/null | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+print(sum(r["requests"] for r in rows), sum(r["errors"] for r in rows))' 2>/dev/null || echo "? ?")"
+USAGE_RECORDS="${USAGE% *}"
+USAGE_ERRORS="${USAGE#* }"
+TG_LOG_LINES="$(wc -l <"$TMP/tollgate.err")"
+
+# ---------------------------------------------------------------- report
+f1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
+f2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
+us_ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
+signed_ms() { awk -v x="$1" 'BEGIN { printf "%+.3f", x / 1000 }'; }
+
+rps() { awk -v r="${R[$1,req]}" -v d="${R[$1,dur]}" 'BEGIN { printf "%.0f", r * 1e6 / d }'; }
+cpu_per_1k() { # ticks requests → ms of CPU per 1000 requests
+    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t * 1000 / hz / n * 1000; else print "—" }'
+}
+
+REPORT="$TMP/report.md"
+{
+    echo "## tollgate benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) CPU ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r)."
+    echo "Load generator and servers share these CPUs. Load average before: $LOAD_BEFORE; after: $LOAD_AFTER."
+    echo "Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(if [[ $LOADGEN == wrk ]]; then wrk -v 2>&1 | head -1 | cut -d' ' -f1-2; else oha --version; fi), fixed_rate (bench/fixed_rate.rs, $(rustc --version | cut -d' ' -f1-2)), $("$TOLLGATE" --version 2>/dev/null || echo tollgate)."
+    echo
+    echo "Fixed concurrency: $CONNECTIONS connections, $THREADS threads, ${DURATION}s after ${WARMUP}s warm-up. Fixed rate: $RATE req/s for ${RATE_DURATION}s after ${WARMUP}s warm-up, 8 connections."
+    echo
+    echo "| target | req/s @c$CONNECTIONS | p50 ms | p99 ms | errors | p50 ms @${RATE}/s | p99 ms @${RATE}/s | added p50 ms | added p99 ms | CPU ms/1k req (c$CONNECTIONS) | CPU ms/1k req (${RATE}/s) | peak RSS MB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for t in "${TARGETS[@]}"; do
+        if [[ "$t" == direct || "$t" == simulator ]]; then added50="—"; added99="—"; else
+            added50="$(signed_ms $(( R[$t,rp50] - R[direct,rp50] )))"
+            added99="$(signed_ms $(( R[$t,rp99] - R[direct,rp99] )))"
+        fi
+        echo "| ${LABEL[$t]} | $(rps "$t") | $(us_ms "${R[$t,p50]}") | $(us_ms "${R[$t,p99]}") | $(( R[$t,err] + R[$t,rate_err] )) | $(us_ms "${R[$t,rp50]}") | $(us_ms "${R[$t,rp99]}") | $added50 | $added99 | $(cpu_per_1k "${R[$t,cpu_sat]}" "${R[$t,req]}") | $(cpu_per_1k "${R[$t,cpu_rate]}" "${R[$t,rate_sent]}") | $(f1 "$(awk -v k="${R[$t,rss]}" 'BEGIN { print k / 1024 }')") |"
+    done
+    echo
+    ratio="$(awk -v a="$(rps tollgate)" -v b="$(rps nginx)" 'BEGIN { printf "%.2f", a / b }')"
+    add99="$(( R[tollgate,rp99] - R[direct,rp99] ))"
+    rss_mb="$(awk -v k="${R[tollgate,rss]}" 'BEGIN { printf "%.1f", k / 1024 }')"
+    verdict() { if awk "BEGIN { exit !($1) }"; then echo met; else echo MISSED; fi; }
+    echo "| target (issue 3) | goal | measured | |"
+    echo "|---|---|---|---|"
+    echo "| throughput vs nginx proxy | ≥ 0.80× | $ratio× | $(verdict "$ratio >= 0.8") |"
+    echo "| added p99 at ${RATE} req/s | ≤ 0.500 ms | $(signed_ms "$add99") ms | $(verdict "$add99 <= 500") |"
+    echo "| peak RSS | ≤ 64 MB | $rss_mb MB | $(verdict "$rss_mb <= 64") |"
+    echo
+    echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr."
+    echo
+    echo "CPU is the server's own (nginx: master + workers; tollgate: the process), from /proc/PID/stat over the measured run; the load generator's and the upstream's CPU are not included. Peak RSS is VmHWM (summed over nginx's processes)."
+} >"$REPORT"
+
+mkdir -p "$OUT_DIR"
+cp "$REPORT" "$OUT_DIR/latest.md"
+cat "$REPORT"
+log "written to $OUT_DIR/latest.md"
