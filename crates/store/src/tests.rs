@@ -195,3 +195,24 @@ async fn concurrent_writers_on_one_file_do_not_fail() {
     assert!(b.active_keys().await.unwrap().is_empty());
     assert_eq!(a.usage_records(0).await.unwrap().len(), 40);
 }
+
+#[tokio::test]
+async fn a_large_batch_spans_several_insert_statements() {
+    let (_dir, store) = fresh().await;
+    let batch: Vec<_> = (0..600)
+        .map(|i| {
+            usage(
+                &format!("req_{i}"),
+                "key_x",
+                "gpt-4o",
+                i,
+                1,
+                i64::from(i as i32),
+            )
+        })
+        .collect();
+    store.insert_usage(&batch).await.unwrap();
+    let back = store.usage_records(0).await.unwrap();
+    assert_eq!(back.len(), 600);
+    assert_eq!(back, batch);
+}

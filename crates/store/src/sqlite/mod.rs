@@ -216,9 +216,7 @@ impl SqliteStore {
 
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for r in records {
-            insert_usage_row(&mut tx, r).await?;
-        }
+        insert_usage_rows(&mut tx, records).await?;
         // last_used comes from the batch, so the request path never writes to keys.
         for r in records {
             if let Some(key_id) = &r.key_id {
@@ -287,42 +285,49 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Resu
     Ok(())
 }
 
-async fn insert_usage_row(
+/// Rows per INSERT statement: 22 columns each stays well under SQLite's limit of
+/// 32 766 bound parameters.
+const USAGE_ROWS_PER_INSERT: usize = 256;
+
+/// Inserts records with multi-row INSERT statements (one round trip per chunk).
+async fn insert_usage_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    r: &UsageRecord,
+    records: &[UsageRecord],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, env, \
-         endpoint, model_requested, model_served, status, error_code, input_tokens, output_tokens, \
-         total_tokens, cached_tokens, reasoning_tokens, streamed, client_disconnected, attempts, \
-         ttfb_ms, latency_ms, created_at_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(&r.request_id)
-    .bind(&r.upstream_request_id)
-    .bind(&r.response_id)
-    .bind(&r.key_id)
-    .bind(&r.project)
-    .bind(&r.env)
-    .bind(&r.endpoint)
-    .bind(&r.model_requested)
-    .bind(&r.model_served)
-    .bind(i64::from(r.status))
-    .bind(&r.error_code)
-    .bind(to_i64(r.input_tokens))
-    .bind(to_i64(r.output_tokens))
-    .bind(to_i64(r.total_tokens))
-    .bind(to_i64(r.cached_tokens))
-    .bind(to_i64(r.reasoning_tokens))
-    .bind(r.streamed)
-    .bind(r.client_disconnected)
-    .bind(i64::from(r.attempts))
-    .bind(r.ttfb_ms.map(to_i64))
-    .bind(to_i64(r.latency_ms))
-    .bind(r.created_at_ms)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in records.chunks(USAGE_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
+             env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
+             output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
+             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.request_id.clone())
+                .push_bind(r.upstream_request_id.clone())
+                .push_bind(r.response_id.clone())
+                .push_bind(r.key_id.clone())
+                .push_bind(r.project.clone())
+                .push_bind(r.env.clone())
+                .push_bind(r.endpoint.clone())
+                .push_bind(r.model_requested.clone())
+                .push_bind(r.model_served.clone())
+                .push_bind(i64::from(r.status))
+                .push_bind(r.error_code.clone())
+                .push_bind(to_i64(r.input_tokens))
+                .push_bind(to_i64(r.output_tokens))
+                .push_bind(to_i64(r.total_tokens))
+                .push_bind(to_i64(r.cached_tokens))
+                .push_bind(to_i64(r.reasoning_tokens))
+                .push_bind(r.streamed)
+                .push_bind(r.client_disconnected)
+                .push_bind(i64::from(r.attempts))
+                .push_bind(r.ttfb_ms.map(to_i64))
+                .push_bind(to_i64(r.latency_ms))
+                .push_bind(r.created_at_ms);
+        });
+        q.push(" ON CONFLICT (request_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
