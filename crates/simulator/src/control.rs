@@ -116,6 +116,15 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/_sim/faults", post(queue_faults).delete(clear_faults))
         .route("/_sim/requests", get(list_requests).delete(clear_requests))
         .route("/_sim/reset", post(reset))
+        .route("/_sim/stats", get(stats))
+}
+
+/// `GET /_sim/stats`: how streams ended.
+async fn stats(State(state): State<Arc<SimState>>) -> Response {
+    json_value(&json!({
+        "streams_completed": state.streams.completed(),
+        "streams_abandoned": state.streams.abandoned(),
+    }))
 }
 
 async fn queue_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response {

@@ -88,7 +88,11 @@ fn responses(call: &mut Call<'_>) -> Result<Response, ApiError> {
     call.admit(key, model, req.max_output_tokens.unwrap_or(0))?;
     let plan = engine::plan_response(&req, ids::unix_now())?;
     if req.stream == Some(true) {
-        Ok(stream::responses(plan.events, call.stream))
+        Ok(stream::responses(
+            plan.events,
+            call.stream,
+            call.state.streams.clone(),
+        ))
     } else {
         Ok(json_ok(&plan.response))
     }
@@ -102,7 +106,11 @@ fn chat(call: &mut Call<'_>) -> Result<Response, ApiError> {
     call.admit(key, &req.model, max_output)?;
     let plan = engine::plan_chat(&req, ids::unix_now())?;
     if req.stream == Some(true) {
-        Ok(stream::chat(plan.chunks, call.stream))
+        Ok(stream::chat(
+            plan.chunks,
+            call.stream,
+            call.state.streams.clone(),
+        ))
     } else {
         Ok(json_ok(&plan.completion))
     }

@@ -68,6 +68,8 @@ pub struct SimState {
     pub(crate) limits: Limits,
     pub(crate) faults: FaultQueue,
     pub(crate) log: RequestLog,
+    /// How streams ended (`GET /_sim/stats`).
+    pub streams: Arc<crate::stream::StreamStats>,
 }
 
 impl SimState {
@@ -94,6 +96,7 @@ impl SimState {
             limits: Limits::new(config.rpm, config.tpm),
             faults: FaultQueue::default(),
             log: RequestLog::default(),
+            streams: Arc::default(),
         })
     }
 

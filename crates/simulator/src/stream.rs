@@ -6,6 +6,8 @@
 //! final chunk: the client sees an incomplete body, not a clean end).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -30,9 +32,51 @@ pub struct StreamControl {
     pub cut_after: Option<u64>,
 }
 
+/// How streams ended: sent to the end, or dropped before (the client went away, or a
+/// cut). `GET /_sim/stats` reports them, so tests can see that a gateway cancelled an
+/// upstream stream when its own client left.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    completed: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+impl StreamStats {
+    /// Streams sent to the end.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Streams whose body was dropped before the end.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one stream's outcome when the body is dropped.
+struct Outcome {
+    stats: Arc<StreamStats>,
+    finished: bool,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let counter = if self.finished {
+            &self.stats.completed
+        } else {
+            &self.stats.abandoned
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A Responses stream: every event with its `event:` line; the last event is the
 /// terminal one.
-pub fn responses(events: Vec<StreamEvent>, ctl: StreamControl) -> Response {
+pub fn responses(
+    events: Vec<StreamEvent>,
+    ctl: StreamControl,
+    stats: Arc<StreamStats>,
+) -> Response {
     let terminal_index = events.len().saturating_sub(1) as u64;
     let encode = |e: &StreamEvent| json_event(Some(e.event_type()), e);
     sse(
@@ -41,14 +85,26 @@ pub fn responses(events: Vec<StreamEvent>, ctl: StreamControl) -> Response {
         None,
         ctl.limit(terminal_index),
         ctl.interval,
+        stats,
     )
 }
 
 /// A Chat stream: data-only chunks, then `data: [DONE]`.
-pub fn chat(chunks: Vec<ChatCompletionChunk>, ctl: StreamControl) -> Response {
+pub fn chat(
+    chunks: Vec<ChatCompletionChunk>,
+    ctl: StreamControl,
+    stats: Arc<StreamStats>,
+) -> Response {
     let n = chunks.len() as u64;
     let encode = |c: &ChatCompletionChunk| json_event(None, c);
-    sse(chunks, encode, Some(DONE), ctl.limit(n), ctl.interval)
+    sse(
+        chunks,
+        encode,
+        Some(DONE),
+        ctl.limit(n),
+        ctl.interval,
+        stats,
+    )
 }
 
 impl StreamControl {
@@ -83,6 +139,7 @@ fn sse<T, F>(
     trailer: Option<&'static str>,
     cut: Option<u64>,
     interval: Option<Duration>,
+    stats: Arc<StreamStats>,
 ) -> Response
 where
     T: Send + 'static,
@@ -96,6 +153,7 @@ where
         cut: Option<u64>,
         interval: Option<Duration>,
         done: bool,
+        outcome: Outcome,
     }
     let state = St {
         items: items.into_iter(),
@@ -105,6 +163,10 @@ where
         cut,
         interval,
         done: false,
+        outcome: Outcome {
+            stats,
+            finished: false,
+        },
     };
     let body = stream::unfold(state, |mut st| async move {
         if st.done {
@@ -132,7 +194,12 @@ where
             Some(item) => (st.encode)(&item),
             None => match st.trailer.take() {
                 Some(data) => Ok(Bytes::from(encode_event(None, data))),
-                None => return None,
+                None => {
+                    st.outcome.finished = true;
+                    // Dropping the state now counts the stream as completed.
+                    drop(st);
+                    return None;
+                }
             },
         };
         st.sent += 1;
