@@ -2,15 +2,19 @@
 //! prefixes only, never secrets) and usage records.
 //!
 //! [`Store`] is the one handle the gateway and the CLI use. SQLite (a file under the
-//! data directory, WAL mode) is the default backend; the type is an enum over backends
-//! so PostgreSQL slots in beside it. Migrations are embedded and run at open.
+//! data directory, WAL mode) is the default backend; PostgreSQL is chosen by a
+//! `postgres://` URL, and several servers may share one such database. The type is an
+//! enum over backends, one method per operation. Each backend embeds its own
+//! migrations and runs them at open.
 //!
 //! Key changes bump a `keys_version` counter in the same transaction, so a running
 //! server can notice a revocation made by another process (the CLI, another replica)
 //! by polling one integer.
 
 mod model;
+mod postgres;
 mod sqlite;
+pub mod testing;
 
 use std::path::Path;
 
@@ -42,6 +46,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 impl Store {
@@ -50,7 +55,9 @@ impl Store {
         Ok(Self::Sqlite(sqlite::SqliteStore::open(data_dir).await?))
     }
 
-    /// Opens a store from a database URL (`sqlite://path`).
+    /// Opens a store from a database URL: `sqlite://PATH`, or
+    /// `postgres://USER@HOST:PORT/DB` (also `postgresql://`, with libpq-style
+    /// parameters such as `options=-c search_path=SCHEMA`).
     pub async fn open_url(url: &str) -> Result<Self> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -60,8 +67,11 @@ impl Store {
                 sqlite::SqliteStore::open_file(Path::new(path)).await?,
             ));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(postgres::PostgresStore::open(url).await?));
+        }
         Err(StoreError::Invalid(format!(
-            "unsupported database URL scheme in {:?}: use sqlite://PATH",
+            "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
             url.split(':').next().unwrap_or_default()
         )))
     }
@@ -70,6 +80,7 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         match self {
             Self::Sqlite(s) => s.ping().await,
+            Self::Postgres(s) => s.ping().await,
         }
     }
 
@@ -78,6 +89,7 @@ impl Store {
         validate_name("project", name)?;
         match self {
             Self::Sqlite(s) => s.ensure_project(name).await,
+            Self::Postgres(s) => s.ensure_project(name).await,
         }
     }
 
@@ -85,6 +97,7 @@ impl Store {
     pub async fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
         match self {
             Self::Sqlite(s) => s.project_by_name(name).await,
+            Self::Postgres(s) => s.project_by_name(name).await,
         }
     }
 
@@ -93,6 +106,7 @@ impl Store {
         validate_name("environment", &key.env)?;
         match self {
             Self::Sqlite(s) => s.insert_key(key).await,
+            Self::Postgres(s) => s.insert_key(key).await,
         }
     }
 
@@ -100,6 +114,7 @@ impl Store {
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
         match self {
             Self::Sqlite(s) => s.list_keys().await,
+            Self::Postgres(s) => s.list_keys().await,
         }
     }
 
@@ -107,6 +122,7 @@ impl Store {
     pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
         match self {
             Self::Sqlite(s) => s.key_by_id(id).await,
+            Self::Postgres(s) => s.key_by_id(id).await,
         }
     }
 
@@ -114,6 +130,7 @@ impl Store {
     pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
         match self {
             Self::Sqlite(s) => s.revoke_key(id, reason, now_ms).await,
+            Self::Postgres(s) => s.revoke_key(id, reason, now_ms).await,
         }
     }
 
@@ -121,6 +138,7 @@ impl Store {
     pub async fn active_keys(&self) -> Result<Vec<KeyRecord>> {
         match self {
             Self::Sqlite(s) => s.active_keys().await,
+            Self::Postgres(s) => s.active_keys().await,
         }
     }
 
@@ -128,6 +146,7 @@ impl Store {
     pub async fn keys_version(&self) -> Result<i64> {
         match self {
             Self::Sqlite(s) => s.keys_version().await,
+            Self::Postgres(s) => s.keys_version().await,
         }
     }
 
@@ -139,6 +158,7 @@ impl Store {
         }
         match self {
             Self::Sqlite(s) => s.insert_usage(records).await,
+            Self::Postgres(s) => s.insert_usage(records).await,
         }
     }
 
@@ -146,6 +166,7 @@ impl Store {
     pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<Vec<UsageTotals>> {
         match self {
             Self::Sqlite(s) => s.usage_totals(filter).await,
+            Self::Postgres(s) => s.usage_totals(filter).await,
         }
     }
 
@@ -153,6 +174,7 @@ impl Store {
     pub async fn usage_records(&self, since_ms: i64) -> Result<Vec<UsageRecord>> {
         match self {
             Self::Sqlite(s) => s.usage_records(since_ms).await,
+            Self::Postgres(s) => s.usage_records(since_ms).await,
         }
     }
 }
@@ -172,6 +194,19 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
             "invalid {what} name {name:?}: use 1-64 lowercase letters, digits, '-' or '_'"
         )))
     }
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Token counts and durations are u64 in records, BIGINT (i64) in both databases.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

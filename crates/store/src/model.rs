@@ -1,5 +1,6 @@
 //! The records the store keeps, independent of the backend.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -170,4 +171,42 @@ pub struct UsageTotals {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+}
+
+/// The newest `created_at_ms` of each key in a usage batch, ordered by key id: the
+/// writer issues one `last_used` update per key rather than one per record, and the
+/// fixed order means two concurrent batches lock key rows in the same order (no
+/// deadlock on PostgreSQL).
+pub(crate) fn last_used_by_key(records: &[UsageRecord]) -> Vec<(&str, i64)> {
+    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in records {
+        if let Some(key_id) = r.key_id.as_deref() {
+            let at = newest.entry(key_id).or_insert(r.created_at_ms);
+            *at = (*at).max(r.created_at_ms);
+        }
+    }
+    newest.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_used_is_the_newest_record_per_key() {
+        let rec = |key: Option<&str>, at: i64| UsageRecord {
+            key_id: key.map(str::to_owned),
+            created_at_ms: at,
+            ..UsageRecord::default()
+        };
+        let batch = [
+            rec(Some("key_b"), 5),
+            rec(Some("key_a"), 9),
+            rec(None, 100),
+            rec(Some("key_b"), 7),
+            rec(Some("key_a"), 3),
+        ];
+        assert_eq!(last_used_by_key(&batch), vec![("key_a", 9), ("key_b", 7)]);
+        assert!(last_used_by_key(&[]).is_empty());
+    }
 }

@@ -1,12 +1,80 @@
-//! Store behaviour, run against a fresh SQLite file per test.
+//! Store behaviour, one suite run against both backends: each scenario is a function
+//! over a [`TestDb`], and `both_backends!` makes a `sqlite::` test (a fresh file) and a
+//! `postgres::` test (a fresh schema on the test server) of it. The PostgreSQL tests
+//! fail, never skip, when the server cannot be reached.
 
 use super::*;
+use crate::testing::PgSchema;
 
-async fn fresh() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_data_dir(dir.path()).await.unwrap();
-    (dir, store)
+/// An empty database a scenario can open handles on.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgSchema),
 }
+
+impl TestDb {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Self {
+        match PgSchema::create().await {
+            Ok(schema) => Self::Postgres(schema),
+            Err(e) => panic!("PostgreSQL store tests cannot run: {e}"),
+        }
+    }
+
+    /// A new handle on this database (a second one models another process).
+    async fn open(&self) -> Store {
+        match self {
+            Self::Sqlite(dir) => Store::open_data_dir(dir.path()).await.unwrap(),
+            Self::Postgres(schema) => schema.open().await.unwrap(),
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Self::Postgres(schema) = self {
+            schema.drop_schema().await.unwrap();
+        }
+    }
+}
+
+/// Generates `sqlite::NAME` and `postgres::NAME` tests from `async fn NAME(&TestDb)`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::sqlite();
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    keys_round_trip_and_revocation_bumps_the_version,
+    a_key_needs_an_existing_project_and_a_unique_digest,
+    usage_batches_are_written_once_and_totalled,
+    usage_totals_group_by_key_project_and_day,
+    reopening_keeps_data_and_does_not_rerun_migrations,
+    processes_opening_at_once_migrate_once,
+    concurrent_writers_on_one_database_do_not_fail,
+    a_large_batch_spans_several_insert_statements,
+);
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
     NewKey {
@@ -48,9 +116,8 @@ fn usage(
     }
 }
 
-#[tokio::test]
-async fn keys_round_trip_and_revocation_bumps_the_version() {
-    let (_dir, store) = fresh().await;
+async fn keys_round_trip_and_revocation_bumps_the_version(db: &TestDb) {
+    let store = db.open().await;
     store.ensure_project("shop").await.unwrap();
     // Idempotent.
     let p = store.ensure_project("shop").await.unwrap();
@@ -82,9 +149,8 @@ async fn keys_round_trip_and_revocation_bumps_the_version() {
     ));
 }
 
-#[tokio::test]
-async fn a_key_needs_an_existing_project_and_a_unique_digest() {
-    let (_dir, store) = fresh().await;
+async fn a_key_needs_an_existing_project_and_a_unique_digest(db: &TestDb) {
+    let store = db.open().await;
     assert!(matches!(
         store.insert_key(&new_key("key_1", "nope", "aa")).await,
         Err(StoreError::NotFound(_))
@@ -104,9 +170,8 @@ async fn a_key_needs_an_existing_project_and_a_unique_digest() {
     ));
 }
 
-#[tokio::test]
-async fn usage_batches_are_written_once_and_totalled() {
-    let (_dir, store) = fresh().await;
+async fn usage_batches_are_written_once_and_totalled(db: &TestDb) {
+    let store = db.open().await;
     store.ensure_project("shop").await.unwrap();
     store
         .insert_key(&new_key("key_1", "shop", "aa"))
@@ -154,25 +219,22 @@ async fn usage_batches_are_written_once_and_totalled() {
     assert_eq!(k.last_used_at_ms, Some(86_400_500));
 }
 
-#[tokio::test]
-async fn reopening_keeps_data_and_does_not_rerun_migrations() {
-    let dir = tempfile::tempdir().unwrap();
+async fn reopening_keeps_data_and_does_not_rerun_migrations(db: &TestDb) {
     {
-        let store = Store::open_data_dir(dir.path()).await.unwrap();
+        let store = db.open().await;
         store.ensure_project("shop").await.unwrap();
     }
-    let store = Store::open_data_dir(dir.path()).await.unwrap();
+    let store = db.open().await;
     assert!(store.project_by_name("shop").await.unwrap().is_some());
     store.ping().await.unwrap();
 }
 
-/// Regression: a deferred transaction that read before writing failed at once with
-/// "database is locked" when another connection wrote in between.
-#[tokio::test]
-async fn concurrent_writers_on_one_file_do_not_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Store::open_data_dir(dir.path()).await.unwrap();
-    let b = Store::open_data_dir(dir.path()).await.unwrap();
+/// Regression: a deferred SQLite transaction that read before writing failed at once
+/// with "database is locked" when another connection wrote in between. Two handles
+/// model two processes on one database.
+async fn concurrent_writers_on_one_database_do_not_fail(db: &TestDb) {
+    let a = db.open().await;
+    let b = db.open().await;
     a.ensure_project("shop").await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -196,9 +258,8 @@ async fn concurrent_writers_on_one_file_do_not_fail() {
     assert_eq!(a.usage_records(0).await.unwrap().len(), 40);
 }
 
-#[tokio::test]
-async fn a_large_batch_spans_several_insert_statements() {
-    let (_dir, store) = fresh().await;
+async fn a_large_batch_spans_several_insert_statements(db: &TestDb) {
+    let store = db.open().await;
     let batch: Vec<_> = (0..600)
         .map(|i| {
             usage(
@@ -215,4 +276,87 @@ async fn a_large_batch_spans_several_insert_statements() {
     let back = store.usage_records(0).await.unwrap();
     assert_eq!(back.len(), 600);
     assert_eq!(back, batch);
+}
+
+async fn usage_totals_group_by_key_project_and_day(db: &TestDb) {
+    let store = db.open().await;
+    let mut failed = usage("req_3", "key_2", "gpt-4o", 4, 0, 2 * 86_400_000 + 1);
+    failed.status = 502;
+    let mut gone = usage("req_4", "key_1", "gpt-4o", 1, 1, 2 * 86_400_000 + 2);
+    gone.client_disconnected = true;
+    gone.env = None;
+    let mut anonymous = usage("req_5", "key_1", "gpt-4o", 0, 0, 1);
+    anonymous.key_id = None;
+    anonymous.project = None;
+    anonymous.model_served = None;
+    anonymous.model_requested = None;
+    anonymous.cached_tokens = 3;
+    anonymous.reasoning_tokens = 2;
+    let batch = vec![
+        usage("req_1", "key_1", "gpt-4o", 10, 5, 86_400_000),
+        usage("req_2", "key_2", "gpt-4o", 7, 3, 86_400_500),
+        failed,
+        gone,
+        anonymous,
+    ];
+    store.insert_usage(&batch).await.unwrap();
+    let totals = |group| {
+        let store = store.clone();
+        async move {
+            store
+                .usage_totals(&UsageFilter { group, since_ms: 0 })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| (t.group, t.requests, t.errors, t.total_tokens))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        totals(UsageGroup::Key).await,
+        vec![
+            ("-".to_owned(), 1, 0, 0),
+            ("key_1".to_owned(), 2, 1, 17),
+            ("key_2".to_owned(), 2, 1, 14),
+        ]
+    );
+    assert_eq!(
+        totals(UsageGroup::Project).await,
+        vec![
+            ("-/dev".to_owned(), 1, 0, 0),
+            ("shop/-".to_owned(), 1, 1, 2),
+            ("shop/dev".to_owned(), 3, 1, 29),
+        ]
+    );
+    assert_eq!(
+        totals(UsageGroup::Day).await,
+        vec![
+            ("1970-01-01".to_owned(), 1, 0, 0),
+            ("1970-01-02".to_owned(), 2, 0, 25),
+            ("1970-01-03".to_owned(), 2, 2, 6),
+        ]
+    );
+    let by_model = store
+        .usage_totals(&UsageFilter {
+            group: UsageGroup::Model,
+            since_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_model[0].group, "-");
+    assert_eq!(by_model[0].cached_tokens, 3);
+    assert_eq!(by_model[0].reasoning_tokens, 2);
+    assert_eq!(by_model[1].group, "gpt-4o-2024-08-06");
+    assert_eq!(by_model[1].requests, 4);
+    assert_eq!(by_model[1].input_tokens, 22);
+    assert_eq!(by_model[1].output_tokens, 9);
+}
+
+/// Two processes starting on an empty database at the same moment: one migrates,
+/// the other waits for it (PostgreSQL: the advisory lock) and finds the work done.
+async fn processes_opening_at_once_migrate_once(db: &TestDb) {
+    let (a, b) = tokio::join!(db.open(), db.open());
+    a.ensure_project("shop").await.unwrap();
+    assert!(b.project_by_name("shop").await.unwrap().is_some());
+    assert_eq!(b.keys_version().await.unwrap(), 0);
 }

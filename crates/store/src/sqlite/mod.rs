@@ -11,9 +11,10 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::{
-    KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    last_used_by_key, KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals,
 };
-use crate::{Result, StoreError};
+use crate::{now_ms, to_i64, Result, StoreError};
 
 /// Migrations in order; `version` is the index + 1.
 const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
@@ -218,17 +219,15 @@ impl SqliteStore {
         let mut tx = self.write_tx().await?;
         insert_usage_rows(&mut tx, records).await?;
         // last_used comes from the batch, so the request path never writes to keys.
-        for r in records {
-            if let Some(key_id) = &r.key_id {
-                sqlx::query(
-                    "UPDATE keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) \
-                     WHERE id = ?",
-                )
-                .bind(r.created_at_ms)
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-            }
+        for (key_id, at_ms) in last_used_by_key(records) {
+            sqlx::query(
+                "UPDATE keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) \
+                 WHERE id = ?",
+            )
+            .bind(at_ms)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -381,15 +380,4 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
 fn get_u64(r: &SqliteRow, col: &str) -> Result<u64> {
     let v: Option<i64> = r.try_get(col)?;
     Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -1,0 +1,393 @@
+//! The PostgreSQL backend: chosen by a `postgres://` URL, embedded migrations run at
+//! open under a transaction-scoped advisory lock, so several replicas starting at once
+//! migrate exactly once.
+//!
+//! Behaviour matches the SQLite backend method for method (the same test suite runs
+//! against both). Text ordering uses `COLLATE "C"` so results sort byte-wise, as in
+//! SQLite, whatever the database's collation.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::model::{
+    last_used_by_key, KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals,
+};
+use crate::{now_ms, to_i64, Result, StoreError};
+
+/// Migrations in order; `version` is the index + 1.
+const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
+
+/// The advisory lock taken while migrating: any constant unique to tollgate will do
+/// ("tollgate" in ASCII). It is database-wide, so schemas in one database migrate one
+/// after the other, which costs nothing.
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
+
+const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
+                           last_used_at_ms, revoked_at_ms, revoke_reason";
+
+/// Connections per process: the request path never touches the database, so a few
+/// serve the usage writer, the keys watcher and readiness checks.
+const MAX_CONNECTIONS: u32 = 8;
+
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, libpq-style parameters such
+    /// as `options=-c search_path=…` included) and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Taken before anything else, so a second process waits here rather than
+        // racing on CREATE TABLE; released at commit or rollback.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ensure_project(&self, name: &str) -> Result<Project> {
+        sqlx::query(
+            "INSERT INTO projects (id, name, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(format!("proj_{name}"))
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
+    }
+
+    pub async fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
+        let row = sqlx::query("SELECT id, name, created_at_ms FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Project {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                created_at_ms: r.try_get("created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let project: Option<String> =
+            sqlx::query_scalar("SELECT name FROM projects WHERE name = $1")
+                .bind(&key.project)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if project.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "project {:?} (create it first)",
+                key.project
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO keys (id, project, env, role, name, prefix, digest_hex, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&key.id)
+        .bind(&key.project)
+        .bind(&key.env)
+        .bind(key.role.as_str())
+        .bind(&key.name)
+        .bind(&key.prefix)
+        .bind(&key.digest_hex)
+        .bind(key.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.key_by_id(&key.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("key {}", key.id)))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at_ms DESC, id COLLATE \"C\"");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("key {id}")));
+        }
+        // Under READ COMMITTED the WHERE is re-checked once the row lock is held, so
+        // of two concurrent revocations exactly one reports a change.
+        let changed = sqlx::query(
+            "UPDATE keys SET revoked_at_ms = $1, revoke_reason = $2 \
+             WHERE id = $3 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            bump_keys_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    pub async fn active_keys(&self) -> Result<Vec<KeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn keys_version(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'keys_version'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_usage_rows(&mut tx, records).await?;
+        // last_used comes from the batch, so the request path never writes to keys.
+        for (key_id, at_ms) in last_used_by_key(records) {
+            sqlx::query(
+                "UPDATE keys SET last_used_at_ms = GREATEST(COALESCE(last_used_at_ms, 0), $1) \
+                 WHERE id = $2",
+            )
+            .bind(at_ms)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<Vec<UsageTotals>> {
+        let group = match filter.group {
+            UsageGroup::Key => "COALESCE(key_id, '-')",
+            UsageGroup::Project => "COALESCE(project, '-') || '/' || COALESCE(env, '-')",
+            UsageGroup::Model => "COALESCE(model_served, model_requested, '-')",
+            UsageGroup::Day => {
+                "to_char(to_timestamp(created_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
+        };
+        // SUM over BIGINT is NUMERIC in PostgreSQL; cast back so it decodes as i64.
+        let sql = format!(
+            "SELECT ({group}) COLLATE \"C\" AS grp, COUNT(*) AS requests, \
+             SUM(CASE WHEN status >= 400 OR client_disconnected THEN 1 ELSE 0 END)::BIGINT \
+             AS errors, \
+             SUM(input_tokens)::BIGINT AS input_tokens, \
+             SUM(output_tokens)::BIGINT AS output_tokens, \
+             SUM(total_tokens)::BIGINT AS total_tokens, \
+             SUM(cached_tokens)::BIGINT AS cached_tokens, \
+             SUM(reasoning_tokens)::BIGINT AS reasoning_tokens \
+             FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(filter.since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageTotals {
+                    group: r.try_get("grp")?,
+                    requests: get_u64(r, "requests")?,
+                    errors: get_u64(r, "errors")?,
+                    input_tokens: get_u64(r, "input_tokens")?,
+                    output_tokens: get_u64(r, "output_tokens")?,
+                    total_tokens: get_u64(r, "total_tokens")?,
+                    cached_tokens: get_u64(r, "cached_tokens")?,
+                    reasoning_tokens: get_u64(r, "reasoning_tokens")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn usage_records(&self, since_ms: i64) -> Result<Vec<UsageRecord>> {
+        let rows = sqlx::query("SELECT * FROM usage WHERE created_at_ms >= $1 ORDER BY id")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(usage_from_row).collect()
+    }
+}
+
+async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
+    sqlx::query("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Rows per INSERT statement: 22 columns each stays well under PostgreSQL's limit of
+/// 65 535 bound parameters.
+const USAGE_ROWS_PER_INSERT: usize = 256;
+
+/// Inserts records with multi-row INSERT statements (one round trip per chunk); a
+/// replayed record (same `request_id`) is skipped.
+async fn insert_usage_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    records: &[UsageRecord],
+) -> Result<()> {
+    for chunk in records.chunks(USAGE_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
+             env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
+             output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
+             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.request_id.clone())
+                .push_bind(r.upstream_request_id.clone())
+                .push_bind(r.response_id.clone())
+                .push_bind(r.key_id.clone())
+                .push_bind(r.project.clone())
+                .push_bind(r.env.clone())
+                .push_bind(r.endpoint.clone())
+                .push_bind(r.model_requested.clone())
+                .push_bind(r.model_served.clone())
+                .push_bind(i32::from(r.status))
+                .push_bind(r.error_code.clone())
+                .push_bind(to_i64(r.input_tokens))
+                .push_bind(to_i64(r.output_tokens))
+                .push_bind(to_i64(r.total_tokens))
+                .push_bind(to_i64(r.cached_tokens))
+                .push_bind(to_i64(r.reasoning_tokens))
+                .push_bind(r.streamed)
+                .push_bind(r.client_disconnected)
+                .push_bind(i32::try_from(r.attempts).unwrap_or(i32::MAX))
+                .push_bind(r.ttfb_ms.map(to_i64))
+                .push_bind(to_i64(r.latency_ms))
+                .push_bind(r.created_at_ms);
+        });
+        q.push(" ON CONFLICT (request_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn key_from_row(r: &PgRow) -> Result<KeyRecord> {
+    let role: String = r.try_get("role")?;
+    Ok(KeyRecord {
+        id: r.try_get("id")?,
+        project: r.try_get("project")?,
+        env: r.try_get("env")?,
+        role: Role::from_str(&role).map_err(StoreError::Invalid)?,
+        name: r.try_get("name")?,
+        prefix: r.try_get("prefix")?,
+        digest_hex: r.try_get("digest_hex")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        last_used_at_ms: r.try_get("last_used_at_ms")?,
+        revoked_at_ms: r.try_get("revoked_at_ms")?,
+        revoke_reason: r.try_get("revoke_reason")?,
+    })
+}
+
+fn usage_from_row(r: &PgRow) -> Result<UsageRecord> {
+    let status: i32 = r.try_get("status")?;
+    let attempts: i32 = r.try_get("attempts")?;
+    let ttfb: Option<i64> = r.try_get("ttfb_ms")?;
+    Ok(UsageRecord {
+        request_id: r.try_get("request_id")?,
+        upstream_request_id: r.try_get("upstream_request_id")?,
+        response_id: r.try_get("response_id")?,
+        key_id: r.try_get("key_id")?,
+        project: r.try_get("project")?,
+        env: r.try_get("env")?,
+        endpoint: r.try_get("endpoint")?,
+        model_requested: r.try_get("model_requested")?,
+        model_served: r.try_get("model_served")?,
+        status: u16::try_from(status).unwrap_or(0),
+        error_code: r.try_get("error_code")?,
+        input_tokens: get_u64(r, "input_tokens")?,
+        output_tokens: get_u64(r, "output_tokens")?,
+        total_tokens: get_u64(r, "total_tokens")?,
+        cached_tokens: get_u64(r, "cached_tokens")?,
+        reasoning_tokens: get_u64(r, "reasoning_tokens")?,
+        streamed: r.try_get("streamed")?,
+        client_disconnected: r.try_get("client_disconnected")?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        ttfb_ms: ttfb.map(|v| u64::try_from(v).unwrap_or(0)),
+        latency_ms: get_u64(r, "latency_ms")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+    })
+}
+
+fn get_u64(r: &PgRow, col: &str) -> Result<u64> {
+    let v: Option<i64> = r.try_get(col)?;
+    Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+}
