@@ -14,6 +14,10 @@ use serde::Deserialize;
 
 use crate::secret::SecretRef;
 
+/// The `database_url` schemes the store opens: SQLite, or a PostgreSQL database that
+/// several servers may share.
+const DATABASE_SCHEMES: &[&str] = &["sqlite:", "postgres://", "postgresql://"];
+
 /// `tollgate.toml` as written. Every field is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +26,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// Directory of the embedded SQLite store (default `./tollgate-data`).
     pub data_dir: Option<String>,
-    /// A database URL; overrides `data_dir` (`sqlite://PATH`).
+    /// A database URL; overrides `data_dir` (`sqlite://PATH` or
+    /// `postgres://USER@HOST:PORT/DB`).
     pub database_url: Option<String>,
     #[serde(default)]
     pub upstream: RawUpstream,
@@ -208,10 +213,12 @@ impl TryFrom<RawConfig> for Config {
             SecretRef::Env("OPENAI_API_KEY".into())
         });
         if let Some(db) = &raw.database_url {
-            if !db.starts_with("sqlite:") {
+            // The URL itself is not echoed: a PostgreSQL one may carry a password.
+            if !DATABASE_SCHEMES.iter().any(|s| db.starts_with(s)) {
                 err(
                     "database_url",
-                    "only sqlite://PATH is supported by this build".into(),
+                    "unsupported database: use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+                        .into(),
                 );
             }
         }
@@ -358,5 +365,22 @@ mod tests {
             ]
         );
         assert!(!e.to_string().contains("sk-pasted"));
+    }
+
+    #[test]
+    fn database_urls_are_sqlite_or_postgres_and_never_echoed() {
+        for url in [
+            "sqlite:///var/lib/tollgate/tollgate.db",
+            "postgres://tollgate@127.0.0.1:5432/tollgate",
+            "postgresql://tollgate:pw@db.internal/tollgate",
+        ] {
+            let c = Config::from_toml_str(&format!("database_url = {url:?}")).unwrap();
+            assert_eq!(c.database_url.as_deref(), Some(url));
+        }
+        let e = Config::from_toml_str("database_url = \"mysql://root:hunter2@db/x\"").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].path, "database_url");
+        assert!(e.0[0].message.contains("postgres://"), "{e}");
+        assert!(!e.to_string().contains("hunter2"));
     }
 }
