@@ -360,3 +360,27 @@ async fn processes_opening_at_once_migrate_once(db: &TestDb) {
     assert!(b.project_by_name("shop").await.unwrap().is_some());
     assert_eq!(b.keys_version().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn database_urls_choose_the_backend_and_errors_name_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    assert!(matches!(
+        Store::open_url(&url).await.unwrap(),
+        Store::Sqlite(_)
+    ));
+    let Err(StoreError::Invalid(e)) = Store::open_url("mysql://root:hunter2@db/x").await else {
+        panic!("mysql:// accepted");
+    };
+    assert!(e.contains("postgres://") && !e.contains("hunter2"), "{e}");
+
+    // Nothing listens on port 1: the real cause comes back at once, not a pool timeout.
+    let started = std::time::Instant::now();
+    let e = Store::open_url("postgresql://postgres:hunter2@127.0.0.1:1/test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{e}");
+    assert!(e.contains("refused"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+}

@@ -9,8 +9,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::model::{
     last_used_by_key, KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord,
@@ -33,6 +33,9 @@ const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, cre
 /// serve the usage writer, the keys watcher and readiness checks.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// How long opening the store, or waiting for a pooled connection, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -43,48 +46,27 @@ impl PostgresStore {
     /// as `options=-c search_path=…` included) and runs the migrations.
     pub async fn open(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
+        // Migrate over one plain connection first: it fails at once with the real
+        // cause (refused, authentication, unknown database), where a pool would retry
+        // until its timeout and report only that it timed out.
+        let connect = PgConnection::connect_with(&options);
+        let Ok(conn) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
+            return Err(StoreError::Invalid(format!(
+                "cannot connect to PostgreSQL at {}:{} within {} s",
+                options.get_host(),
+                options.get_port(),
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        };
+        let mut conn = conn?;
+        migrate(&mut conn).await?;
+        conn.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // Taken before anything else, so a second process waits here rather than
-        // racing on CREATE TABLE; released at commit or rollback.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-             (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-                .fetch_one(&mut *tx)
-                .await?;
-        for (i, sql) in MIGRATIONS.iter().enumerate() {
-            let version = i as i64 + 1;
-            if version <= current {
-                continue;
-            }
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
-                .bind(version)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(Self { pool })
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -284,6 +266,45 @@ impl PostgresStore {
             .await?;
         rows.iter().map(usage_from_row).collect()
     }
+}
+
+/// Runs the migrations not yet recorded in `schema_migrations`, in one transaction.
+async fn migrate(conn: &mut PgConnection) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    // Taken before anything else, so a second process waits here rather than
+    // racing on CREATE TABLE; released at commit or rollback.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // Quiet the "already exists, skipping" notice of every later start.
+    sqlx::query("SET LOCAL client_min_messages TO warning")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations \
+         (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
