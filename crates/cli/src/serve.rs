@@ -96,7 +96,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = &demo_key {
         print_demo_banner(&addr.to_string(), key, &data_dir_arg);
     }
-    tracing::info!(upstream = %config.upstream.url, data = %config.data_dir.display(), "tollgate serving");
+    let state_at = match &config.database_url {
+        Some(_) => "database URL".to_owned(),
+        None => config.data_dir.display().to_string(),
+    };
+    tracing::info!(upstream = %config.upstream.url, state = %state_at, "tollgate serving");
 
     let report = tollgate_gateway::serve(
         listener,
@@ -132,6 +136,9 @@ fn resolve_provider_key(reference: &SecretRef) -> anyhow::Result<Secret> {
 /// simulator; it is written with mode 0600.
 async fn demo_key(store: &Store, data_dir: &Path) -> anyhow::Result<String> {
     store.ensure_project(DEMO_PROJECT).await?;
+    // With a database URL nothing else creates the data directory.
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path: PathBuf = data_dir.join(DEMO_KEY_FILE);
     if let Ok(saved) = std::fs::read_to_string(&path) {
         let saved = saved.trim().to_owned();

@@ -18,7 +18,7 @@ pub struct StateArgs {
     /// Directory of the embedded SQLite store [default: ./tollgate-data].
     #[arg(long, env = "TOLLGATE_DATA_DIR", global = true)]
     pub data_dir: Option<String>,
-    /// Database URL instead of the data directory (sqlite://PATH).
+    /// Database URL instead of the data directory: postgres://… or sqlite://PATH.
     #[arg(long, env = "TOLLGATE_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 }

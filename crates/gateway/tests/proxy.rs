@@ -351,17 +351,7 @@ async fn streams_are_relayed_event_for_event_and_accounted() {
             .collect();
         assert_eq!(a, b, "{path} {body}");
     }
-    let stats: Value = h
-        .http
-        .get(format!("{}/_sim/stats", h.sim.root_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["streams_completed"], 6, "{stats}");
-    assert_eq!(stats["streams_abandoned"], 0, "{stats}");
+    assert_eq!(h.sim_streams().await, (6, 0));
     let records = h.stop_and_records().await;
     assert_eq!(records.len(), 3);
     for r in &records {
@@ -403,27 +393,12 @@ async fn a_client_that_disconnects_mid_stream_is_recorded_and_cancels_upstream()
     drop(body);
     // The upstream stream (at least 20 events, 200 ms apart) is dropped long before it
     // could have finished: the gateway cancelled it.
-    let sim_stats = || async {
-        let v: Value = h
-            .http
-            .get(format!("{}/_sim/stats", h.sim.root_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (
-            v["streams_abandoned"].as_u64().unwrap(),
-            v["streams_completed"].as_u64().unwrap(),
-        )
-    };
     let cancelled = eventually(Duration::from_secs(2), || async {
-        sim_stats().await.0 == 1
+        h.sim_streams().await.1 == 1
     })
     .await;
     assert!(cancelled.is_some(), "upstream stream was not cancelled");
-    assert_eq!(sim_stats().await.1, 0);
+    assert_eq!(h.sim_streams().await.0, 0);
     let records = h.stop_and_records().await;
     assert_eq!(records.len(), 1);
     assert!(records[0].client_disconnected);

@@ -98,18 +98,31 @@ impl Harness {
         (m.secret, m.record.id)
     }
 
-    /// Requests the simulator received, as JSON.
-    pub async fn sim_requests(&self) -> Vec<serde_json::Value> {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/_sim/requests", self.sim.root_url()))
+    /// A control-API answer of the simulator (`/_sim/...`), as JSON.
+    pub async fn sim_get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.sim.root_url()))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Requests the simulator received, as JSON.
+    pub async fn sim_requests(&self) -> Vec<serde_json::Value> {
+        let v = self.sim_get("/_sim/requests").await;
         v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// How the simulator's streams ended: (completed, abandoned).
+    pub async fn sim_streams(&self) -> (u64, u64) {
+        let v = self.sim_get("/_sim/stats").await;
+        (
+            v["streams_completed"].as_u64().unwrap(),
+            v["streams_abandoned"].as_u64().unwrap(),
+        )
     }
 
     /// Stops the gateway gracefully and returns its report.
