@@ -112,7 +112,7 @@ fn key_json(k: &KeyRecord) -> serde_json::Value {
     serde_json::json!({
         "id": k.id, "prefix": k.prefix, "project": k.project, "env": k.env, "role": k.role,
         "name": k.name, "created_at_ms": k.created_at_ms, "last_used_at_ms": k.last_used_at_ms,
-        "state": k.state(), "revoked_at_ms": k.revoked_at_ms, "revoke_reason": k.revoke_reason,
+        "state": k.state(state::now_ms()), "revoked_at_ms": k.revoked_at_ms, "revoke_reason": k.revoke_reason,
     })
 }
 
@@ -129,7 +129,7 @@ fn print_keys(keys: &[KeyRecord]) {
                 state::format_ms(k.created_at_ms),
                 k.last_used_at_ms
                     .map_or_else(|| "never".into(), state::format_ms),
-                k.state().to_string(),
+                k.state(state::now_ms()).to_string(),
             ]
         })
         .collect();

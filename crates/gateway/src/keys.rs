@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tollgate_store::{KeyRecord, NewKey, Role, Store, StoreError};
+use tollgate_store::{KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS};
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const SECRET_CHARS: usize = 32;
@@ -38,7 +38,8 @@ pub struct MintedKey {
     pub record: NewKey,
 }
 
-/// Mints a key for `project`/`env` with `role`.
+/// Mints a key for `project`/`env` with `role`, expiring after the default maximum
+/// age (set `record.expires_at_ms` for another lifetime).
 pub fn mint(project: &str, env: &str, role: Role, name: Option<String>, now_ms: i64) -> MintedKey {
     let mut rng = rand::rng();
     let random: String = (0..SECRET_CHARS)
@@ -59,6 +60,7 @@ pub fn mint(project: &str, env: &str, role: Role, name: Option<String>, now_ms: 
             prefix,
             digest_hex: digest_hex(&secret),
             created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(DEFAULT_MAX_KEY_AGE_MS),
         },
         secret,
     }
@@ -208,6 +210,11 @@ mod tests {
             last_used_at_ms: None,
             revoked_at_ms: None,
             revoke_reason: None,
+            expires_at_ms: m.record.expires_at_ms,
+            suspended_at_ms: None,
+            suspend_reason: None,
+            rotated_to: None,
+            retire_at_ms: None,
         };
         let cache = KeyCache::default();
         cache.replace(&[record]);

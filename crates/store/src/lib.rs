@@ -19,7 +19,8 @@ pub mod testing;
 use std::path::Path;
 
 pub use model::{
-    KeyRecord, KeyState, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    Actor, AuditEntry, KeyRecord, KeyState, NewAudit, NewKey, Project, Role, UsageFilter,
+    UsageGroup, UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -84,12 +85,18 @@ impl Store {
         }
     }
 
-    /// Creates a project if it does not exist and returns it.
+    /// Creates a project if it does not exist and returns it (audited as `system`).
     pub async fn ensure_project(&self, name: &str) -> Result<Project> {
+        self.ensure_project_as(name, &Actor::system()).await
+    }
+
+    /// Creates a project if it does not exist and returns it; a creation writes an
+    /// audit row in the same transaction.
+    pub async fn ensure_project_as(&self, name: &str, actor: &Actor) -> Result<Project> {
         validate_name("project", name)?;
         match self {
-            Self::Sqlite(s) => s.ensure_project(name).await,
-            Self::Postgres(s) => s.ensure_project(name).await,
+            Self::Sqlite(s) => s.ensure_project(name, actor).await,
+            Self::Postgres(s) => s.ensure_project(name, actor).await,
         }
     }
 
@@ -101,12 +108,50 @@ impl Store {
         }
     }
 
-    /// Stores a new key (its digest and prefix) and bumps the keys version.
-    pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
-        validate_name("environment", &key.env)?;
+    /// Sets (or, with `None`, clears back to the 90-day default) the longest lifetime
+    /// of the project's new keys.
+    pub async fn set_project_max_key_age(
+        &self,
+        name: &str,
+        max_key_age_ms: Option<i64>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        if max_key_age_ms.is_some_and(|ms| ms <= 0) {
+            return Err(StoreError::Invalid(
+                "the maximum key age must be positive".into(),
+            ));
+        }
         match self {
-            Self::Sqlite(s) => s.insert_key(key).await,
-            Self::Postgres(s) => s.insert_key(key).await,
+            Self::Sqlite(s) => {
+                s.set_project_max_key_age(name, max_key_age_ms, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.set_project_max_key_age(name, max_key_age_ms, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// Stores a new key (its digest and prefix) and bumps the keys version (audited
+    /// as `system`).
+    pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
+        self.insert_key_as(key, &Actor::system()).await
+    }
+
+    /// Stores a new key, bumps the keys version and writes the audit row, in one
+    /// transaction.
+    pub async fn insert_key_as(&self, key: &NewKey, actor: &Actor) -> Result<KeyRecord> {
+        validate_name("environment", &key.env)?;
+        if key.expires_at_ms <= key.created_at_ms {
+            return Err(StoreError::Invalid(
+                "a key must expire after it is created".into(),
+            ));
+        }
+        match self {
+            Self::Sqlite(s) => s.insert_key(key, actor).await,
+            Self::Postgres(s) => s.insert_key(key, actor).await,
         }
     }
 
@@ -126,15 +171,111 @@ impl Store {
         }
     }
 
-    /// Revokes a key at once; returns false if it was already revoked.
+    /// Revokes a key at once; returns false if it was already revoked (audited as
+    /// `system`).
     pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
+        self.revoke_key_as(id, reason, now_ms, &Actor::system())
+            .await
+    }
+
+    /// Revokes a key at once; returns false if it was already revoked. A revocation
+    /// bumps the keys version and writes its audit row in the same transaction.
+    pub async fn revoke_key_as(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
         match self {
-            Self::Sqlite(s) => s.revoke_key(id, reason, now_ms).await,
-            Self::Postgres(s) => s.revoke_key(id, reason, now_ms).await,
+            Self::Sqlite(s) => s.revoke_key(id, reason, now_ms, actor).await,
+            Self::Postgres(s) => s.revoke_key(id, reason, now_ms, actor).await,
         }
     }
 
-    /// The keys a server may accept (not revoked), for the in-memory cache.
+    /// Rotates key `id`: inserts `successor` (which must have the same project,
+    /// environment and role) and ends the old key's life at `now_ms + grace_ms`, in one
+    /// transaction. Refuses revoked and already-rotated keys. Returns the successor.
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        successor: &NewKey,
+        grace_ms: i64,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<KeyRecord> {
+        if grace_ms < 0 {
+            return Err(StoreError::Invalid(
+                "the grace period cannot be negative".into(),
+            ));
+        }
+        if successor.expires_at_ms <= successor.created_at_ms {
+            return Err(StoreError::Invalid(
+                "a key must expire after it is created".into(),
+            ));
+        }
+        match self {
+            Self::Sqlite(s) => s.rotate_key(id, successor, grace_ms, now_ms, actor).await,
+            Self::Postgres(s) => s.rotate_key(id, successor, grace_ms, now_ms, actor).await,
+        }
+    }
+
+    /// Suspends a key (refused by servers until resumed); false if it was already
+    /// suspended. A revoked key cannot be suspended.
+    pub async fn suspend_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.suspend_key(id, reason, now_ms, actor).await,
+            Self::Postgres(s) => s.suspend_key(id, reason, now_ms, actor).await,
+        }
+    }
+
+    /// Resumes a suspended key; false if it was not suspended.
+    pub async fn resume_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.resume_key(id, reason, now_ms, actor).await,
+            Self::Postgres(s) => s.resume_key(id, reason, now_ms, actor).await,
+        }
+    }
+
+    /// Keys not revoked and not used since `cutoff_ms`: never used and created before
+    /// it, or last used before it. Oldest first.
+    pub async fn keys_unused_since(&self, cutoff_ms: i64) -> Result<Vec<KeyRecord>> {
+        match self {
+            Self::Sqlite(s) => s.keys_unused_since(cutoff_ms).await,
+            Self::Postgres(s) => s.keys_unused_since(cutoff_ms).await,
+        }
+    }
+
+    /// Appends one audit row on its own (for actions that change nothing else).
+    pub async fn insert_audit(&self, entry: &NewAudit) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.insert_audit(entry).await,
+            Self::Postgres(s) => s.insert_audit(entry).await,
+        }
+    }
+
+    /// Audit rows at or after `since_ms`, oldest first, at most `limit`.
+    pub async fn list_audit(&self, since_ms: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        match self {
+            Self::Sqlite(s) => s.list_audit(since_ms, limit).await,
+            Self::Postgres(s) => s.list_audit(since_ms, limit).await,
+        }
+    }
+
+    /// The keys a server may need to recognise (not revoked; expired, suspended and
+    /// rotated included, so it can say why it refuses them), for the in-memory cache.
     pub async fn active_keys(&self) -> Result<Vec<KeyRecord>> {
         match self {
             Self::Sqlite(s) => s.active_keys().await,
@@ -194,6 +335,11 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
             "invalid {what} name {name:?}: use 1-64 lowercase letters, digits, '-' or '_'"
         )))
     }
+}
+
+/// The audit detail for a change: a JSON object as text.
+pub(crate) fn detail(value: serde_json::Value) -> String {
+    value.to_string()
 }
 
 /// Unix milliseconds now.

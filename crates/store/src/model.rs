@@ -12,6 +12,71 @@ pub struct Project {
     pub id: String,
     pub name: String,
     pub created_at_ms: i64,
+    /// The longest lifetime a new key of this project may have; `None` means
+    /// [`DEFAULT_MAX_KEY_AGE_MS`].
+    pub max_key_age_ms: Option<i64>,
+}
+
+/// A key's default (and, unless the project says otherwise, longest) lifetime: 90 days.
+pub const DEFAULT_MAX_KEY_AGE_MS: i64 = 90 * DAY_MS;
+
+/// Keys expiring within this window are due for rotation: 14 days.
+pub const ROTATION_WARNING_MS: i64 = 14 * DAY_MS;
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Project {
+    /// The project's maximum key age, or the default.
+    pub fn effective_max_key_age_ms(&self) -> i64 {
+        self.max_key_age_ms.unwrap_or(DEFAULT_MAX_KEY_AGE_MS)
+    }
+}
+
+/// Who made a change and through what, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `cli:alice`, `key:key_…`, `system`.
+    pub actor: String,
+    /// `cli`, `admin-api`, `gateway`, …
+    pub source: String,
+}
+
+impl Actor {
+    pub fn new(actor: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Changes made by tollgate itself (start-up, the demo key, tests).
+    pub fn system() -> Self {
+        Self::new("system", "system")
+    }
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudit {
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// A JSON object as text; never a secret.
+    pub detail: String,
+    pub source: String,
+}
+
+/// One row of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub source: String,
 }
 
 /// What a key may do.
@@ -69,22 +134,40 @@ pub struct NewKey {
     /// Lowercase hex SHA-256 of the full secret.
     pub digest_hex: String,
     pub created_at_ms: i64,
+    /// When the key stops working (unix ms).
+    pub expires_at_ms: i64,
 }
 
-/// Lifecycle state of a key.
+/// Lifecycle state of a key at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Active,
+    /// Rotated, and still accepted until its grace period ends.
+    Retiring,
+    /// Rotated, and its grace period has ended.
+    Retired,
+    Suspended,
+    Expired,
     Revoked,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Retiring => "retiring",
+            Self::Retired => "retired",
+            Self::Suspended => "suspended",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
 }
 
 impl fmt::Display for KeyState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Active => "active",
-            Self::Revoked => "revoked",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -103,15 +186,41 @@ pub struct KeyRecord {
     pub last_used_at_ms: Option<i64>,
     pub revoked_at_ms: Option<i64>,
     pub revoke_reason: Option<String>,
+    pub expires_at_ms: i64,
+    pub suspended_at_ms: Option<i64>,
+    pub suspend_reason: Option<String>,
+    /// The successor's id, once rotated.
+    pub rotated_to: Option<String>,
+    /// End of the grace period of a rotated key.
+    pub retire_at_ms: Option<i64>,
 }
 
 impl KeyRecord {
-    pub fn state(&self) -> KeyState {
+    /// The key's state at `now_ms`. Revocation wins over everything, then a finished
+    /// rotation, expiry, suspension, and a rotation still in its grace period.
+    pub fn state(&self, now_ms: i64) -> KeyState {
         if self.revoked_at_ms.is_some() {
             KeyState::Revoked
+        } else if self.retire_at_ms.is_some_and(|at| now_ms >= at) {
+            KeyState::Retired
+        } else if now_ms >= self.expires_at_ms {
+            KeyState::Expired
+        } else if self.suspended_at_ms.is_some() {
+            KeyState::Suspended
+        } else if self.rotated_to.is_some() {
+            KeyState::Retiring
         } else {
             KeyState::Active
         }
+    }
+
+    /// Whether the key should be rotated soon: not yet rotated, revoked or expired,
+    /// and expiring within [`ROTATION_WARNING_MS`].
+    pub fn due_for_rotation(&self, now_ms: i64) -> bool {
+        self.revoked_at_ms.is_none()
+            && self.rotated_to.is_none()
+            && now_ms < self.expires_at_ms
+            && self.expires_at_ms - now_ms <= ROTATION_WARNING_MS
     }
 }
 
@@ -173,6 +282,28 @@ pub struct UsageTotals {
     pub reasoning_tokens: u64,
 }
 
+/// Why `old` cannot be rotated into `successor`, if it cannot.
+pub(crate) fn check_rotation(old: &KeyRecord, successor: &NewKey) -> crate::Result<()> {
+    if old.revoked_at_ms.is_some() {
+        return Err(crate::StoreError::Invalid(format!(
+            "key {} is revoked: create a new key instead",
+            old.id
+        )));
+    }
+    if let Some(next) = &old.rotated_to {
+        return Err(crate::StoreError::Conflict(format!(
+            "key {} was already rotated (its successor is {next})",
+            old.id
+        )));
+    }
+    if successor.project != old.project || successor.env != old.env || successor.role != old.role {
+        return Err(crate::StoreError::Invalid(
+            "a successor must have the same project, environment and role".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The newest `created_at_ms` of each key in a usage batch, ordered by key id: the
 /// writer issues one `last_used` update per key rather than one per record, and the
 /// fixed order means two concurrent batches lock key rows in the same order (no
@@ -191,6 +322,51 @@ pub(crate) fn last_used_by_key(records: &[UsageRecord]) -> Vec<(&str, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_states_follow_time_and_lifecycle_fields() {
+        let k = KeyRecord {
+            id: "key_1".into(),
+            project: "p".into(),
+            env: "dev".into(),
+            role: Role::Member,
+            name: None,
+            prefix: "tg-dev-x".into(),
+            digest_hex: String::new(),
+            created_at_ms: 0,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+            revoke_reason: None,
+            expires_at_ms: 30 * DAY_MS,
+            suspended_at_ms: None,
+            suspend_reason: None,
+            rotated_to: None,
+            retire_at_ms: None,
+        };
+        assert_eq!(k.state(0), KeyState::Active);
+        assert!(!k.due_for_rotation(0));
+        assert!(k.due_for_rotation(16 * DAY_MS));
+        assert_eq!(k.state(30 * DAY_MS), KeyState::Expired);
+        assert!(!k.due_for_rotation(30 * DAY_MS));
+        let suspended = KeyRecord {
+            suspended_at_ms: Some(1),
+            ..k.clone()
+        };
+        assert_eq!(suspended.state(2), KeyState::Suspended);
+        let rotated = KeyRecord {
+            rotated_to: Some("key_2".into()),
+            retire_at_ms: Some(100),
+            ..k.clone()
+        };
+        assert_eq!(rotated.state(99), KeyState::Retiring);
+        assert_eq!(rotated.state(100), KeyState::Retired);
+        assert!(!rotated.due_for_rotation(16 * DAY_MS));
+        let revoked = KeyRecord {
+            revoked_at_ms: Some(1),
+            ..rotated
+        };
+        assert_eq!(revoked.state(2), KeyState::Revoked);
+    }
 
     #[test]
     fn last_used_is_the_newest_record_per_key() {

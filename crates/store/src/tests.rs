@@ -74,6 +74,12 @@ both_backends!(
     processes_opening_at_once_migrate_once,
     concurrent_writers_on_one_database_do_not_fail,
     a_large_batch_spans_several_insert_statements,
+    keys_carry_expiry_and_projects_a_max_key_age,
+    rotation_issues_a_successor_and_retires_the_old_key,
+    rotate_is_atomic,
+    suspension_and_resumption_bump_the_version,
+    unused_keys_are_found_by_last_use_or_creation,
+    audit_rows_are_written_and_never_updated_or_deleted,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -86,8 +92,15 @@ fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
         prefix: "tg-dev-abcd".into(),
         digest_hex: digest.into(),
         created_at_ms: 1_000,
+        expires_at_ms: 1_000 + DEFAULT_MAX_KEY_AGE_MS,
     }
 }
+
+fn cli() -> Actor {
+    Actor::new("cli:alice", "cli")
+}
+
+const DAY: i64 = 86_400_000;
 
 fn usage(
     request_id: &str,
@@ -128,7 +141,7 @@ async fn keys_round_trip_and_revocation_bumps_the_version(db: &TestDb) {
         .insert_key(&new_key("key_1", "shop", "aa"))
         .await
         .unwrap();
-    assert_eq!(k.state(), KeyState::Active);
+    assert_eq!(k.state(2_000), KeyState::Active);
     let v1 = store.keys_version().await.unwrap();
     assert!(v1 > v0);
     assert_eq!(store.active_keys().await.unwrap().len(), 1);
@@ -141,7 +154,7 @@ async fn keys_round_trip_and_revocation_bumps_the_version(db: &TestDb) {
     assert!(store.keys_version().await.unwrap() > v1);
     assert!(store.active_keys().await.unwrap().is_empty());
     let k = store.key_by_id("key_1").await.unwrap().unwrap();
-    assert_eq!(k.state(), KeyState::Revoked);
+    assert_eq!(k.state(6_000), KeyState::Revoked);
     assert_eq!(k.revoke_reason.as_deref(), Some("leaked"));
     assert!(matches!(
         store.revoke_key("key_missing", None, 1).await,
@@ -383,4 +396,353 @@ async fn database_urls_choose_the_backend_and_errors_name_the_cause() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{e}");
     assert!(e.contains("refused"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
+}
+
+async fn keys_carry_expiry_and_projects_a_max_key_age(db: &TestDb) {
+    let store = db.open().await;
+    let p = store.ensure_project_as("shop", &cli()).await.unwrap();
+    assert_eq!(p.max_key_age_ms, None);
+    assert_eq!(p.effective_max_key_age_ms(), DEFAULT_MAX_KEY_AGE_MS);
+    let p = store
+        .set_project_max_key_age("shop", Some(30 * DAY), 2_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.effective_max_key_age_ms(), 30 * DAY);
+    assert!(matches!(
+        store
+            .set_project_max_key_age("nope", Some(DAY), 2_000, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .set_project_max_key_age("shop", Some(0), 2_000, &cli())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut k = new_key("key_1", "shop", "aa");
+    k.expires_at_ms = 1_000 + 30 * DAY;
+    let rec = store.insert_key_as(&k, &cli()).await.unwrap();
+    assert_eq!(rec.expires_at_ms, 1_000 + 30 * DAY);
+    assert_eq!(rec.state(1_000 + 30 * DAY), KeyState::Expired);
+    assert!(rec.due_for_rotation(1_000 + 20 * DAY));
+    let mut bad = new_key("key_2", "shop", "bb");
+    bad.expires_at_ms = bad.created_at_ms;
+    assert!(matches!(
+        store.insert_key(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Expired keys stay in the cache set, so servers can say why they refuse them.
+    assert_eq!(store.active_keys().await.unwrap().len(), 1);
+}
+
+fn successor_of(old: &str, id: &str, digest: &str, now: i64) -> NewKey {
+    let _ = old;
+    NewKey {
+        created_at_ms: now,
+        expires_at_ms: now + DEFAULT_MAX_KEY_AGE_MS,
+        ..new_key(id, "shop", digest)
+    }
+}
+
+async fn rotation_issues_a_successor_and_retires_the_old_key(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.keys_version().await.unwrap();
+    let next = store
+        .rotate_key(
+            "key_1",
+            &successor_of("key_1", "key_2", "bb", 5_000),
+            1_000,
+            5_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.id, "key_2");
+    assert_eq!(next.name.as_deref(), Some("ci"));
+    assert_eq!(next.state(5_000), KeyState::Active);
+    assert!(store.keys_version().await.unwrap() > v0);
+    let old = store.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(old.rotated_to.as_deref(), Some("key_2"));
+    assert_eq!(old.retire_at_ms, Some(6_000));
+    assert_eq!(old.state(5_999), KeyState::Retiring);
+    assert_eq!(old.state(6_000), KeyState::Retired);
+    // Rotating again, or rotating a revoked key, is refused.
+    assert!(matches!(
+        store
+            .rotate_key(
+                "key_1",
+                &successor_of("key_1", "key_3", "cc", 7_000),
+                0,
+                7_000,
+                &cli()
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.revoke_key("key_2", None, 8_000).await.unwrap();
+    assert!(matches!(
+        store
+            .rotate_key(
+                "key_2",
+                &successor_of("key_2", "key_3", "cc", 9_000),
+                0,
+                9_000,
+                &cli()
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .rotate_key(
+                "key_missing",
+                &successor_of("key_missing", "key_3", "cc", 9_000),
+                0,
+                9_000,
+                &cli()
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A successor in another environment is refused.
+    store
+        .insert_key(&new_key("key_4", "shop", "dd"))
+        .await
+        .unwrap();
+    let mut other_env = successor_of("key_4", "key_5", "ee", 9_000);
+    other_env.env = "prod".into();
+    assert!(matches!(
+        store
+            .rotate_key("key_4", &other_env, 0, 9_000, &cli())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(store.key_by_id("key_3").await.unwrap().is_none());
+    assert!(store.key_by_id("key_5").await.unwrap().is_none());
+}
+
+/// The successor's insert fails (its digest is taken): the old key must be left
+/// exactly as it was, with no version bump and no audit row.
+async fn rotate_is_atomic(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    store
+        .insert_key(&new_key("key_2", "shop", "bb"))
+        .await
+        .unwrap();
+    let before = store.key_by_id("key_1").await.unwrap().unwrap();
+    let v0 = store.keys_version().await.unwrap();
+    let audit0 = store.list_audit(0, 1_000).await.unwrap();
+    let clash = successor_of("key_1", "key_3", "bb", 5_000);
+    assert!(store
+        .rotate_key("key_1", &clash, 1_000, 5_000, &cli())
+        .await
+        .is_err());
+    assert_eq!(store.key_by_id("key_1").await.unwrap().unwrap(), before);
+    assert!(store.key_by_id("key_3").await.unwrap().is_none());
+    assert_eq!(store.keys_version().await.unwrap(), v0);
+    assert_eq!(store.list_audit(0, 1_000).await.unwrap(), audit0);
+    // And the same rotation with a fresh digest then succeeds.
+    store
+        .rotate_key(
+            "key_1",
+            &successor_of("key_1", "key_3", "cc", 5_000),
+            0,
+            5_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    let old = store.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(old.state(5_000), KeyState::Retired);
+}
+
+async fn suspension_and_resumption_bump_the_version(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.keys_version().await.unwrap();
+    assert!(store
+        .suspend_key("key_1", Some("odd traffic"), 2_000, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .suspend_key("key_1", None, 2_500, &cli())
+        .await
+        .unwrap());
+    let v1 = store.keys_version().await.unwrap();
+    assert!(v1 > v0);
+    let k = store.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(k.state(3_000), KeyState::Suspended);
+    assert_eq!(k.suspend_reason.as_deref(), Some("odd traffic"));
+    assert!(store
+        .resume_key("key_1", Some("checked"), 4_000, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .resume_key("key_1", None, 4_500, &cli())
+        .await
+        .unwrap());
+    assert!(store.keys_version().await.unwrap() > v1);
+    let k = store.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(k.state(5_000), KeyState::Active);
+    assert_eq!(k.suspend_reason, None);
+    assert!(matches!(
+        store.suspend_key("key_missing", None, 1, &cli()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.revoke_key("key_1", None, 6_000).await.unwrap();
+    assert!(matches!(
+        store.suspend_key("key_1", None, 7_000, &cli()).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn unused_keys_are_found_by_last_use_or_creation(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    let at = |id: &str, digest: &str, created: i64| NewKey {
+        created_at_ms: created,
+        expires_at_ms: created + DEFAULT_MAX_KEY_AGE_MS,
+        ..new_key(id, "shop", digest)
+    };
+    // Never used, old; never used, new; used long ago; used recently; revoked.
+    store.insert_key(&at("key_old", "aa", 1_000)).await.unwrap();
+    store.insert_key(&at("key_new", "bb", 9_000)).await.unwrap();
+    store
+        .insert_key(&at("key_stale", "cc", 1_000))
+        .await
+        .unwrap();
+    store
+        .insert_key(&at("key_busy", "dd", 1_000))
+        .await
+        .unwrap();
+    store
+        .insert_key(&at("key_gone", "ee", 1_000))
+        .await
+        .unwrap();
+    store
+        .insert_usage(&[
+            usage("req_1", "key_stale", "gpt-4o", 1, 1, 2_000),
+            usage("req_2", "key_busy", "gpt-4o", 1, 1, 8_000),
+        ])
+        .await
+        .unwrap();
+    store.revoke_key("key_gone", None, 3_000).await.unwrap();
+    let ids: Vec<String> = store
+        .keys_unused_since(5_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, vec!["key_old".to_owned(), "key_stale".to_owned()]);
+}
+
+async fn audit_rows_are_written_and_never_updated_or_deleted(db: &TestDb) {
+    let store = db.open().await;
+    let a = cli();
+    store.ensure_project_as("shop", &a).await.unwrap();
+    // Creating an existing project changes nothing and writes nothing.
+    store.ensure_project_as("shop", &a).await.unwrap();
+    let mut snapshots = vec![store.list_audit(0, 1_000).await.unwrap()];
+    store
+        .insert_key_as(&new_key("key_1", "shop", "aa"), &a)
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store
+        .set_project_max_key_age("shop", Some(DAY), 2_000, &a)
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store
+        .suspend_key("key_1", Some("why"), 3_000, &a)
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store.resume_key("key_1", None, 4_000, &a).await.unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store
+        .rotate_key(
+            "key_1",
+            &successor_of("key_1", "key_2", "bb", 5_000),
+            0,
+            5_000,
+            &a,
+        )
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store
+        .revoke_key_as("key_2", Some("done"), 6_000, &a)
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+    store
+        .insert_audit(&NewAudit {
+            at_ms: 7_000,
+            actor: "cli:alice".into(),
+            action: "keys.prune".into(),
+            target: "shop".into(),
+            detail: "{}".into(),
+            source: "cli".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .insert_usage(&[usage("req_1", "key_2", "gpt-4o", 1, 1, 7_500)])
+        .await
+        .unwrap();
+    snapshots.push(store.list_audit(0, 1_000).await.unwrap());
+
+    // Each change appended exactly one row and left every earlier row as it was.
+    for pair in snapshots.windows(2) {
+        assert_eq!(pair[1].len(), pair[0].len() + 1);
+        assert_eq!(&pair[1][..pair[0].len()], &pair[0][..]);
+    }
+    let all = snapshots.last().unwrap();
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "project.create",
+            "key.create",
+            "project.set_max_key_age",
+            "key.suspend",
+            "key.resume",
+            "key.rotate",
+            "key.revoke",
+            "keys.prune",
+        ]
+    );
+    assert!(all
+        .iter()
+        .all(|e| e.actor == "cli:alice" && e.source == "cli"));
+    for e in all {
+        assert!(serde_json::from_str::<serde_json::Value>(&e.detail)
+            .unwrap()
+            .is_object());
+    }
+    assert_eq!(all[5].target, "key_1");
+    assert!(all[5].detail.contains("key_2"));
+    // `since` and `limit` narrow the listing.
+    let since: Vec<AuditEntry> = all.iter().filter(|e| e.at_ms >= 5_000).cloned().collect();
+    assert_eq!(store.list_audit(5_000, 1_000).await.unwrap(), since);
+    assert_eq!(store.list_audit(0, 2).await.unwrap().len(), 2);
+    // A second handle (another process) sees the same log.
+    assert_eq!(&db.open().await.list_audit(0, 1_000).await.unwrap(), all);
 }

@@ -10,17 +10,28 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, KeyRecord, NewKey, Project, Role, UsageFilter, UsageGroup, UsageRecord,
-    UsageTotals,
+    last_used_by_key, Actor, AuditEntry, KeyRecord, NewAudit, NewKey, Project, Role, UsageFilter,
+    UsageGroup, UsageRecord, UsageTotals,
 };
-use crate::{now_ms, to_i64, Result, StoreError};
+use crate::{detail, now_ms, to_i64, Result, StoreError};
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 /// Migrations in order; `version` is the index + 1.
-const MIGRATIONS: &[&str] = &[include_str!("0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("0001_init.sql"),
+    include_str!("0002_lifecycle.sql"),
+];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
-                           last_used_at_ms, revoked_at_ms, revoke_reason";
+                           last_used_at_ms, revoked_at_ms, revoke_reason, expires_at_ms, \
+                           suspended_at_ms, suspend_reason, rotated_to, retire_at_ms";
+
+const PROJECT_COLUMNS: &str = "id, name, created_at_ms, max_key_age_ms";
+
+const AUDIT_COLUMNS: &str = "id, at_ms, actor, action, target, detail, source";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -95,60 +106,70 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn ensure_project(&self, name: &str) -> Result<Project> {
-        sqlx::query("INSERT OR IGNORE INTO projects (id, name, created_at_ms) VALUES (?, ?, ?)")
-            .bind(format!("proj_{name}"))
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+    pub async fn ensure_project(&self, name: &str, actor: &Actor) -> Result<Project> {
+        let mut tx = self.write_tx().await?;
+        let at = now_ms();
+        let created = sqlx::query(
+            "INSERT OR IGNORE INTO projects (id, name, created_at_ms) VALUES (?, ?, ?)",
+        )
+        .bind(format!("proj_{name}"))
+        .bind(name)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if created > 0 {
+            let d = detail(serde_json::json!({}));
+            audit(&mut tx, actor, at, "project.create", name, &d).await?;
+        }
+        tx.commit().await?;
         self.project_by_name(name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("project {name}")))
     }
 
     pub async fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
-        let row = sqlx::query("SELECT id, name, created_at_ms FROM projects WHERE name = ?")
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?");
+        let row = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(Project {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                created_at_ms: r.try_get("created_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(project_from_row).transpose()
     }
 
-    pub async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord> {
+    pub async fn set_project_max_key_age(
+        &self,
+        name: &str,
+        max_key_age_ms: Option<i64>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
         let mut tx = self.write_tx().await?;
-        let project: Option<String> =
-            sqlx::query_scalar("SELECT name FROM projects WHERE name = ?")
-                .bind(&key.project)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if project.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "project {:?} (create it first)",
-                key.project
-            )));
+        let changed = sqlx::query("UPDATE projects SET max_key_age_ms = ? WHERE name = ?")
+            .bind(max_key_age_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("project {name:?}")));
         }
-        sqlx::query(
-            "INSERT INTO keys (id, project, env, role, name, prefix, digest_hex, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.project)
-        .bind(&key.env)
-        .bind(key.role.as_str())
-        .bind(&key.name)
-        .bind(&key.prefix)
-        .bind(&key.digest_hex)
-        .bind(key.created_at_ms)
-        .execute(&mut *tx)
-        .await?;
+        let d = detail(serde_json::json!({ "max_key_age_ms": max_key_age_ms }));
+        audit(&mut tx, actor, now_ms, "project.set_max_key_age", name, &d).await?;
+        tx.commit().await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+    }
+
+    pub async fn insert_key(&self, key: &NewKey, actor: &Actor) -> Result<KeyRecord> {
+        let mut tx = self.write_tx().await?;
+        insert_key_row(&mut tx, key).await?;
+        let d = detail(serde_json::json!({
+            "project": key.project, "env": key.env, "role": key.role,
+            "prefix": key.prefix, "expires_at_ms": key.expires_at_ms,
+        }));
+        audit(&mut tx, actor, key.created_at_ms, "key.create", &key.id, &d).await?;
         bump_keys_version(&mut tx).await?;
         tx.commit().await?;
         self.key_by_id(&key.id)
@@ -173,15 +194,15 @@ impl SqliteStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
-    pub async fn revoke_key(&self, id: &str, reason: Option<&str>, now_ms: i64) -> Result<bool> {
+    pub async fn revoke_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(format!("key {id}")));
-        }
+        key_in_tx(&mut tx, id).await?;
         let changed = sqlx::query(
             "UPDATE keys SET revoked_at_ms = ?, revoke_reason = ? \
              WHERE id = ? AND revoked_at_ms IS NULL",
@@ -193,10 +214,164 @@ impl SqliteStore {
         .await?
         .rows_affected();
         if changed > 0 {
+            let d = detail(serde_json::json!({ "reason": reason }));
+            audit(&mut tx, actor, now_ms, "key.revoke", id, &d).await?;
             bump_keys_version(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(changed > 0)
+    }
+
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        successor: &NewKey,
+        grace_ms: i64,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<KeyRecord> {
+        let mut tx = self.write_tx().await?;
+        let old = key_in_tx(&mut tx, id).await?;
+        check_rotation(&old, successor)?;
+        let retire_at = now_ms.saturating_add(grace_ms);
+        let changed = sqlx::query(
+            "UPDATE keys SET rotated_to = ?, retire_at_ms = ? \
+             WHERE id = ? AND revoked_at_ms IS NULL AND rotated_to IS NULL",
+        )
+        .bind(&successor.id)
+        .bind(retire_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::Conflict(format!(
+                "key {id} was rotated or revoked meanwhile"
+            )));
+        }
+        insert_key_row(&mut tx, successor).await?;
+        let d = detail(serde_json::json!({
+            "successor": successor.id, "grace_ms": grace_ms, "retire_at_ms": retire_at,
+            "successor_expires_at_ms": successor.expires_at_ms,
+        }));
+        audit(&mut tx, actor, now_ms, "key.rotate", id, &d).await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.key_by_id(&successor.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("key {}", successor.id)))
+    }
+
+    pub async fn suspend_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let key = key_in_tx(&mut tx, id).await?;
+        if key.revoked_at_ms.is_some() {
+            return Err(StoreError::Invalid(format!("key {id} is revoked")));
+        }
+        let changed = sqlx::query(
+            "UPDATE keys SET suspended_at_ms = ?, suspend_reason = ? \
+             WHERE id = ? AND suspended_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            let d = detail(serde_json::json!({ "reason": reason }));
+            audit(&mut tx, actor, now_ms, "key.suspend", id, &d).await?;
+            bump_keys_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    pub async fn resume_key(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let key = key_in_tx(&mut tx, id).await?;
+        if key.revoked_at_ms.is_some() {
+            return Err(StoreError::Invalid(format!("key {id} is revoked")));
+        }
+        let changed = sqlx::query(
+            "UPDATE keys SET suspended_at_ms = NULL, suspend_reason = NULL \
+             WHERE id = ? AND suspended_at_ms IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            let d = detail(serde_json::json!({ "reason": reason }));
+            audit(&mut tx, actor, now_ms, "key.resume", id, &d).await?;
+            bump_keys_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    pub async fn keys_unused_since(&self, cutoff_ms: i64) -> Result<Vec<KeyRecord>> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at_ms IS NULL AND \
+             ((last_used_at_ms IS NULL AND created_at_ms < ?) OR last_used_at_ms < ?) \
+             ORDER BY created_at_ms, id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(cutoff_ms)
+            .bind(cutoff_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn insert_audit(&self, entry: &NewAudit) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let actor = Actor::new(entry.actor.clone(), entry.source.clone());
+        audit(
+            &mut tx,
+            &actor,
+            entry.at_ms,
+            &entry.action,
+            &entry.target,
+            &entry.detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_audit(&self, since_ms: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ms >= ? ORDER BY id LIMIT ?");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at_ms: r.try_get("at_ms")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: r.try_get("detail")?,
+                    source: r.try_get("source")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn active_keys(&self) -> Result<Vec<KeyRecord>> {
@@ -277,6 +452,82 @@ impl SqliteStore {
     }
 }
 
+/// Inserts a key row after checking its project exists.
+async fn insert_key_row(tx: &mut Tx, key: &NewKey) -> Result<()> {
+    let project: Option<String> = sqlx::query_scalar("SELECT name FROM projects WHERE name = ?")
+        .bind(&key.project)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if project.is_none() {
+        return Err(StoreError::NotFound(format!(
+            "project {:?} (create it first)",
+            key.project
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO keys (id, project, env, role, name, prefix, digest_hex, created_at_ms, \
+         expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.id)
+    .bind(&key.project)
+    .bind(&key.env)
+    .bind(key.role.as_str())
+    .bind(&key.name)
+    .bind(&key.prefix)
+    .bind(&key.digest_hex)
+    .bind(key.created_at_ms)
+    .bind(key.expires_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The key `id` as this transaction sees it, or NotFound.
+async fn key_in_tx(tx: &mut Tx, id: &str) -> Result<KeyRecord> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref()
+        .map(key_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("key {id}")))
+}
+
+/// Appends an audit row inside the caller's transaction.
+async fn audit(
+    tx: &mut Tx,
+    actor: &Actor,
+    at_ms: i64,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit (at_ms, actor, action, target, detail, source) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(at_ms)
+    .bind(&actor.actor)
+    .bind(action)
+    .bind(target)
+    .bind(detail)
+    .bind(&actor.source)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn project_from_row(r: &SqliteRow) -> Result<Project> {
+    Ok(Project {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        max_key_age_ms: r.try_get("max_key_age_ms")?,
+    })
+}
+
 async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
     sqlx::query("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
         .execute(&mut **tx)
@@ -344,6 +595,11 @@ fn key_from_row(r: &SqliteRow) -> Result<KeyRecord> {
         last_used_at_ms: r.try_get("last_used_at_ms")?,
         revoked_at_ms: r.try_get("revoked_at_ms")?,
         revoke_reason: r.try_get("revoke_reason")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        suspended_at_ms: r.try_get("suspended_at_ms")?,
+        suspend_reason: r.try_get("suspend_reason")?,
+        rotated_to: r.try_get("rotated_to")?,
+        retire_at_ms: r.try_get("retire_at_ms")?,
     })
 }
 
