@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::anomaly::AnomalyConfig;
 use crate::secret::SecretRef;
 
 /// The `database_url` schemes the store opens: SQLite, or a PostgreSQL database that
@@ -37,6 +38,8 @@ pub struct RawConfig {
     pub usage: RawUsage,
     #[serde(default)]
     pub keys: RawKeys,
+    #[serde(default)]
+    pub anomaly: RawAnomaly,
 }
 
 /// `[upstream]`: the OpenAI-compatible API tollgate forwards to.
@@ -85,6 +88,31 @@ pub struct RawKeys {
     pub refresh_interval_ms: Option<u64>,
 }
 
+/// `[anomaly]`: anomaly detection on key usage (see `anomaly`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// A minute's count must exceed this many times the key's baseline (default 5).
+    pub rate_factor: Option<u32>,
+    /// ... and be at least this many requests (default 100).
+    pub min_requests_per_min: Option<u64>,
+    /// ... or tokens (default 100 000).
+    pub min_tokens_per_min: Option<u64>,
+    /// Closed minutes of a key before any rate flag (default 5; 0 only for tests).
+    pub warmup_minutes: Option<u32>,
+    /// Minutes a key must have been seen before a new client IP range is flagged
+    /// (default 10).
+    pub new_range_after_minutes: Option<u32>,
+    /// One flag per key per kind within this many minutes (default 10).
+    pub cooldown_minutes: Option<u32>,
+    /// Where to POST each flag as JSON (default: nowhere).
+    pub webhook_url: Option<String>,
+    /// Refuse a flagged key in this process at once (default false).
+    pub auto_suspend: Option<bool>,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -99,6 +127,7 @@ pub struct Config {
     pub usage_queue_capacity: usize,
     pub usage_batch_size: usize,
     pub keys_refresh_interval: Duration,
+    pub anomaly: AnomalyConfig,
 }
 
 /// Where and how to call the upstream.
@@ -277,6 +306,7 @@ impl TryFrom<RawConfig> for Config {
                 "must be at most 1000: revocations must take effect within a second".into(),
             );
         }
+        let anomaly = anomaly_config(&raw.anomaly, &mut err);
         let max_retries = raw.upstream.max_retries.unwrap_or(2);
         if max_retries > 10 {
             err("upstream.max_retries", "must be at most 10".into());
@@ -304,7 +334,61 @@ impl TryFrom<RawConfig> for Config {
             usage_queue_capacity: usize::try_from(queue).unwrap_or(10_000),
             usage_batch_size: usize::try_from(batch).unwrap_or(512),
             keys_refresh_interval: Duration::from_millis(refresh_ms),
+            anomaly,
         })
+    }
+}
+
+/// Checks `[anomaly]`, filling in defaults.
+fn anomaly_config(raw: &RawAnomaly, err: &mut impl FnMut(&str, String)) -> AnomalyConfig {
+    let d = AnomalyConfig::default();
+    let rate_factor = raw.rate_factor.unwrap_or(d.rate_factor);
+    if rate_factor < 2 {
+        err("anomaly.rate_factor", "must be at least 2".into());
+    }
+    let mut at_least_one = |path: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => {
+            err(path, "must be greater than 0".into());
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let min_requests = at_least_one(
+        "anomaly.min_requests_per_min",
+        raw.min_requests_per_min,
+        d.min_requests_per_min,
+    );
+    let min_tokens = at_least_one(
+        "anomaly.min_tokens_per_min",
+        raw.min_tokens_per_min,
+        d.min_tokens_per_min,
+    );
+    let cooldown = at_least_one(
+        "anomaly.cooldown_minutes",
+        raw.cooldown_minutes.map(u64::from),
+        u64::from(d.cooldown_minutes),
+    );
+    if let Some(url) = &raw.webhook_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            err(
+                "anomaly.webhook_url",
+                "must start with http:// or https://".into(),
+            );
+        }
+    }
+    AnomalyConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        rate_factor,
+        min_requests_per_min: min_requests,
+        min_tokens_per_min: min_tokens,
+        warmup_minutes: raw.warmup_minutes.unwrap_or(d.warmup_minutes),
+        new_range_after_minutes: raw
+            .new_range_after_minutes
+            .unwrap_or(d.new_range_after_minutes),
+        cooldown_minutes: u32::try_from(cooldown).unwrap_or(d.cooldown_minutes),
+        webhook_url: raw.webhook_url.clone(),
+        auto_suspend: raw.auto_suspend.unwrap_or(d.auto_suspend),
     }
 }
 
@@ -365,6 +449,35 @@ mod tests {
             ]
         );
         assert!(!e.to_string().contains("sk-pasted"));
+    }
+
+    #[test]
+    fn anomaly_settings_default_and_are_checked() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.anomaly, AnomalyConfig::default());
+        let c = Config::from_toml_str(
+            "[anomaly]\nwarmup_minutes = 0\nmin_requests_per_min = 20\nauto_suspend = true\n\
+             webhook_url = \"http://127.0.0.1:9/hook\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.anomaly.warmup_minutes, 0);
+        assert_eq!(c.anomaly.min_requests_per_min, 20);
+        assert!(c.anomaly.auto_suspend);
+        let e = Config::from_toml_str(
+            "[anomaly]\nrate_factor = 1\ncooldown_minutes = 0\nwebhook_url = \"x\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "anomaly.rate_factor",
+                "anomaly.cooldown_minutes",
+                "anomaly.webhook_url"
+            ]
+        );
+        let e = Config::from_toml_str("[anomaly]\nfactor = 5\n").unwrap_err();
+        assert_eq!(e.0[0].path, "anomaly.factor");
     }
 
     #[test]

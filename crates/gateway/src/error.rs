@@ -18,6 +18,9 @@ pub enum GatewayError {
     UnknownKey { prefix: String },
     #[error("role {role} may not {action}")]
     Forbidden { role: String, action: &'static str },
+    /// Refused by this process after anomaly detection flagged the key (`anomaly`).
+    #[error("key suspended for unusual usage")]
+    KeySuspended { reason: &'static str },
     #[error("invalid URL")]
     InvalidUrl { method: String, path: String },
     #[error("request body too large")]
@@ -46,6 +49,7 @@ impl GatewayError {
         match self {
             Self::MissingKey | Self::UnknownKey { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::KeySuspended { .. } => StatusCode::FORBIDDEN,
             Self::InvalidUrl { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -60,7 +64,7 @@ impl GatewayError {
     /// OpenAI's `type`.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::Forbidden { .. } => "permission_error",
+            Self::Forbidden { .. } | Self::KeySuspended { .. } => "permission_error",
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
@@ -74,6 +78,7 @@ impl GatewayError {
         match self {
             Self::MissingKey | Self::UnknownKey { .. } => Some("invalid_api_key"),
             Self::Forbidden { .. } => Some("permission_denied"),
+            Self::KeySuspended { .. } => Some("key_suspended"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
             Self::BodyTimeout => Some("request_timeout"),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
@@ -97,6 +102,7 @@ impl GatewayError {
             Self::MissingKey => "missing_key",
             Self::UnknownKey { .. } => "unknown_key",
             Self::Forbidden { .. } => "forbidden",
+            Self::KeySuspended { .. } => "key_suspended",
             Self::InvalidUrl { .. } => "invalid_url",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout => "body_timeout",
@@ -132,6 +138,11 @@ impl GatewayError {
             ),
             Self::Forbidden { role, action } => format!(
                 "This key's role ({role}) may not {action}. Use a key with the member or admin role."
+            ),
+            Self::KeySuspended { reason } => format!(
+                "This API key was suspended for unusual usage ({reason}) detected by the gateway. \
+                 Ask an admin of its project to review the key's recent usage and resume it \
+                 (`tollgate keys resume KEY_ID`), or rotate it if it may have leaked."
             ),
             Self::InvalidUrl { method, path } => format!("Invalid URL ({method} {path})"),
             Self::BodyTooLarge { limit } => format!(
@@ -225,6 +236,14 @@ mod tests {
                 403,
                 "permission_error",
                 Some("permission_denied"),
+            ),
+            (
+                GatewayError::KeySuspended {
+                    reason: "request_rate",
+                },
+                403,
+                "permission_error",
+                Some("key_suspended"),
             ),
             (
                 GatewayError::InvalidUrl {

@@ -4,11 +4,12 @@
 //!
 //! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
 //! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
-//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`] and [`secret`] support it.
+//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`], [`secret`] and [`anomaly`] support it.
 
 pub mod accept;
 pub mod account;
 pub mod admit;
+pub mod anomaly;
 pub mod authenticate;
 pub mod cache;
 pub mod config;
