@@ -4,6 +4,7 @@
 //! |---|--------------|------------------|------------------------------------|
 //! | 1 | accept       | `accept`         | 404 invalid URL, 413, 408          |
 //! | 2 | authenticate | `authenticate`   | 401 `invalid_api_key`, 403         |
+//! |   | (anomaly)    | `anomaly`        | 403 `key_suspended`                |
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
 //! | 4 | admit        | `admit`          | (no-op until limits land)          |
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
@@ -27,7 +28,7 @@ use tollgate_store::UsageRecord;
 use crate::error::GatewayError;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
-use crate::server::Gateway;
+use crate::server::{self, Gateway};
 use crate::{accept, admit, authenticate, cache, dispatch, moderate, preflight};
 
 /// The handler for every path but the health endpoints.
@@ -92,6 +93,7 @@ async fn stages(
     req: Request<Body>,
     guard: &mut RecordGuard,
 ) -> Result<Outcome, GatewayError> {
+    let peer = server::peer_addr(&req).map(|a| a.ip());
     let (parts, body) = req.into_parts();
 
     let principal = authenticate::run(&gw.keys, &parts.headers)?;
@@ -100,6 +102,9 @@ async fn stages(
     rec.project = Some(principal.project.clone());
     rec.env = Some(principal.env.clone());
     authenticate::authorize(&principal, authenticate::Action::CallModels)?;
+    let (key, project, env) = (&principal.key_id, &principal.project, &principal.env);
+    gw.anomaly
+        .observe_request(key, project, env, peer, accept::now_ms())?;
 
     let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
     let model_in_path =

@@ -13,14 +13,20 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tollgate_store::{Store, UsageRecord};
+
+use crate::anomaly::Detector;
 
 /// Where the pipeline sends usage records. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UsageSink {
     tx: mpsc::Sender<UsageRecord>,
+    /// Told each finished call's tokens (anomaly detection).
+    anomaly: Option<Arc<Detector>>,
 }
 
 impl UsageSink {
@@ -29,7 +35,19 @@ impl UsageSink {
     pub fn start(store: Store, capacity: usize, batch_size: usize) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1)));
-        (Self { tx }, writer)
+        (Self { tx, anomaly: None }, writer)
+    }
+
+    /// Also reports each finished call's tokens to `detector`.
+    pub fn with_anomaly(mut self, detector: Arc<Detector>) -> Self {
+        self.anomaly = Some(detector);
+        self
+    }
+
+    fn observe(&self, rec: &UsageRecord) {
+        if let (Some(d), Some(key_id)) = (&self.anomaly, &rec.key_id) {
+            d.observe_tokens(key_id, rec.total_tokens, crate::accept::now_ms());
+        }
     }
 
     /// Enqueues, waiting for capacity when the queue is full.
@@ -160,6 +178,7 @@ impl RecordGuard {
     fn take(&mut self) -> Option<UsageRecord> {
         let mut rec = self.record.take()?;
         rec.latency_ms = elapsed_ms(self.started);
+        self.sink.observe(&rec);
         Some(rec)
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tollgate_store::Store;
 
+use crate::anomaly::Detector;
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
 use crate::pipeline;
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub store: Store,
     pub usage: UsageSink,
     pub upstream: Upstream,
+    /// Anomaly detection on key usage.
+    pub anomaly: Arc<Detector>,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -111,6 +114,10 @@ pub async fn serve(
         config.usage_batch_size,
     );
     let upstream = Upstream::new(&config.upstream, provider_key)?;
+    let (anomaly, webhook) =
+        Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;
+    let anomaly = Arc::new(anomaly);
+    let usage = usage.with_anomaly(anomaly.clone());
     let grace = config.shutdown_grace;
     let header_timeout = config.header_timeout;
     let gateway = Arc::new(Gateway {
@@ -119,6 +126,7 @@ pub async fn serve(
         store,
         usage,
         upstream,
+        anomaly,
     });
 
     accept_loop(listener, router(gateway), header_timeout, grace, shutdown).await;
@@ -127,6 +135,10 @@ pub async fn serve(
     let _ = watcher.await;
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);
+    // The detector went with the router: the webhook task sends what is queued, briefly.
+    if let Some(webhook) = webhook {
+        let _ = tokio::time::timeout(grace, webhook).await;
+    }
     tracing::info!(usage_records = written, "gateway stopped");
     Ok(ServeReport {
         usage_records_written: written,

@@ -1,0 +1,172 @@
+//! Anomaly detection end to end: a real gateway in front of the simulator, with a
+//! tiny warm-up and minimum, and a webhook receiver on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use support::{eventually, start_with, Harness};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tollgate_store::Role;
+
+/// A webhook receiver: every JSON body POSTed to `/hook` comes out of the receiver.
+async fn webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<Value>>, Json(v): Json<Value>| async move {
+                    let _ = tx.send(v);
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("webhook within 10 s")
+        .unwrap()
+}
+
+async fn models(h: &Harness, key: &str) -> (u16, Value) {
+    let res = h
+        .http
+        .get(h.url("/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn start(url: String, auto_suspend: bool) -> Harness {
+    start_with(|raw| {
+        raw.anomaly.warmup_minutes = Some(0);
+        raw.anomaly.min_requests_per_min = Some(20);
+        raw.anomaly.rate_factor = Some(5);
+        raw.anomaly.auto_suspend = Some(auto_suspend);
+        raw.anomaly.webhook_url = Some(url);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn steady_traffic_passes_and_a_burst_gets_the_key_suspended_within_seconds() {
+    let (url, mut events) = webhook().await;
+    let mut h = start(url, true).await;
+    let key = h.key.clone();
+
+    // Steady: below the minimum, so never flagged (auto-suspend would refuse it).
+    for _ in 0..5 {
+        assert_eq!(models(&h, &key).await.0, 200);
+    }
+    assert!(events.try_recv().is_err());
+
+    // Burst: a minute boundary may fall inside it, so up to 200 requests; the earlier
+    // minute holds at most 19, so its baseline keeps the threshold under 100.
+    let burst = Instant::now();
+    let mut refused = None;
+    for i in 0..200 {
+        let (status, body) = models(&h, &key).await;
+        if status != 200 {
+            refused = Some((i, status, body));
+            break;
+        }
+    }
+    let (i, status, body) = refused.expect("the burst is refused");
+    assert!(
+        burst.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        burst.elapsed()
+    );
+    assert!(i < 100, "refused after {i} burst requests");
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "key_suspended");
+    assert_eq!(body["error"]["type"], "permission_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unusual usage"), "{message}");
+    assert!(message.contains("resume"), "{message}");
+    assert!(!message.contains(&key));
+
+    // Still refused; another key of the project is not.
+    assert_eq!(models(&h, &key).await.0, 403);
+    let (other, _) = h.mint("dev", Role::Member).await;
+    // (Once the key cache has picked the new key up.)
+    let served = eventually(Duration::from_secs(5), || async {
+        models(&h, &other).await.0 == 200
+    })
+    .await;
+    assert!(served.is_some(), "another key of the project is served");
+
+    let event = next_event(&mut events).await;
+    assert_eq!(event["event"], "key_anomaly");
+    assert_eq!(event["key_id"], h.key_id.as_str());
+    assert_eq!(event["project"], "shop");
+    assert_eq!(event["env"], "dev");
+    assert_eq!(event["kind"], "request_rate");
+    assert_eq!(event["action"], "suspend");
+    assert!(event["current"].as_u64().unwrap() >= 20);
+    assert!(event["baseline"].is_number());
+    assert!(event["at"].is_i64());
+    assert!(!event.to_string().contains(&key));
+
+    // Refusals are recorded against the key like any other.
+    let records = h.stop_and_records().await;
+    assert!(records
+        .iter()
+        .any(|r| r.status == 403 && r.error_code.as_deref() == Some("key_suspended")));
+}
+
+#[tokio::test]
+async fn without_auto_suspend_a_burst_is_only_reported_once() {
+    let (url, mut events) = webhook().await;
+    let mut h = start(url, false).await;
+    let key = h.key.clone();
+    for _ in 0..200 {
+        assert_eq!(models(&h, &key).await.0, 200);
+    }
+    let event = next_event(&mut events).await;
+    assert_eq!(event["kind"], "request_rate");
+    assert_eq!(event["action"], "notify");
+    h.stop().await;
+    // Stopping drained the webhook queue: one flag per cooldown, even across a minute
+    // boundary inside the burst.
+    assert!(events.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_call_s_tokens_count_towards_the_token_rate() {
+    let (url, mut events) = webhook().await;
+    let mut h = start_with(|raw| {
+        raw.anomaly.warmup_minutes = Some(0);
+        raw.anomaly.min_tokens_per_min = Some(1);
+        raw.anomaly.webhook_url = Some(url);
+    })
+    .await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "Say hi", "max_output_tokens": 64}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let event = next_event(&mut events).await;
+    assert_eq!(event["kind"], "token_rate");
+    assert!(event["current"].as_u64().unwrap() > 0);
+    h.stop().await;
+}
