@@ -1,6 +1,10 @@
 //! Stage 2, authenticate: `Authorization: Bearer <tollgate key>` → [`Principal`], from
 //! the in-memory key cache only (no store access on the request path). The caller's
 //! key never goes upstream: dispatch substitutes the provider key.
+//!
+//! A known key is then checked against the clock: a rotated key whose grace period
+//! has ended, an expired key (401, saying how to rotate) and a suspended key (403,
+//! saying who may resume it) are refused.
 
 use std::sync::Arc;
 
@@ -8,7 +12,7 @@ use http::HeaderMap;
 use tollgate_store::Role;
 
 use crate::error::GatewayError;
-use crate::keys::{KeyCache, Principal};
+use crate::keys::{CachedKey, KeyCache, Principal};
 
 /// What the caller wants to do, for the role check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +21,45 @@ pub enum Action {
     CallModels,
 }
 
-/// Resolves the caller from its bearer key.
+/// Resolves the caller from its bearer key, now.
 pub fn run(keys: &KeyCache, headers: &HeaderMap) -> Result<Arc<Principal>, GatewayError> {
+    run_at(keys, headers, crate::accept::now_ms())
+}
+
+/// Resolves the caller from its bearer key at `now_ms`.
+pub fn run_at(
+    keys: &KeyCache,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<Arc<Principal>, GatewayError> {
     let secret = bearer(headers).ok_or(GatewayError::MissingKey)?;
-    keys.lookup(secret).ok_or_else(|| GatewayError::UnknownKey {
-        prefix: display_prefix(secret),
-    })
+    let key = keys
+        .lookup(secret)
+        .ok_or_else(|| GatewayError::UnknownKey {
+            prefix: display_prefix(secret),
+        })?;
+    check_lifecycle(&key, now_ms)?;
+    Ok(key.principal.clone())
+}
+
+/// Refuses a key whose rotation grace has ended, that has expired, or is suspended.
+fn check_lifecycle(key: &CachedKey, now_ms: i64) -> Result<(), GatewayError> {
+    let key_id = || key.principal.key_id.clone();
+    if let (Some(successor), Some(retire_at)) = (&key.rotated_to, key.retire_at_ms) {
+        if now_ms >= retire_at {
+            return Err(GatewayError::RotatedKey {
+                key_id: key_id(),
+                successor: successor.clone(),
+            });
+        }
+    }
+    if now_ms >= key.expires_at_ms {
+        return Err(GatewayError::ExpiredKey { key_id: key_id() });
+    }
+    if key.suspended {
+        return Err(GatewayError::SuspendedKey { key_id: key_id() });
+    }
+    Ok(())
 }
 
 /// Checks the caller's role allows `action`.
@@ -102,5 +139,48 @@ mod tests {
             ..viewer
         };
         assert_eq!(authorize(&member, Action::CallModels), Ok(()));
+    }
+
+    #[test]
+    fn expired_suspended_and_retired_keys_are_refused_by_the_clock() {
+        let key = CachedKey {
+            principal: Arc::new(Principal {
+                key_id: "key_1".into(),
+                project: "p".into(),
+                env: "dev".into(),
+                role: Role::Member,
+            }),
+            prefix: "tg-dev-x".into(),
+            expires_at_ms: 1_000,
+            suspended: false,
+            rotated_to: None,
+            retire_at_ms: None,
+        };
+        assert_eq!(check_lifecycle(&key, 999), Ok(()));
+        assert!(matches!(
+            check_lifecycle(&key, 1_000),
+            Err(GatewayError::ExpiredKey { .. })
+        ));
+        let suspended = CachedKey {
+            suspended: true,
+            ..key.clone()
+        };
+        assert!(matches!(
+            check_lifecycle(&suspended, 10),
+            Err(GatewayError::SuspendedKey { .. })
+        ));
+        let rotated = CachedKey {
+            rotated_to: Some("key_2".into()),
+            retire_at_ms: Some(500),
+            ..key
+        };
+        assert_eq!(check_lifecycle(&rotated, 499), Ok(()));
+        assert_eq!(
+            check_lifecycle(&rotated, 500),
+            Err(GatewayError::RotatedKey {
+                key_id: "key_1".into(),
+                successor: "key_2".into()
+            })
+        );
     }
 }

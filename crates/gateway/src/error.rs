@@ -21,6 +21,15 @@ pub enum GatewayError {
     /// Refused by this process after anomaly detection flagged the key (`anomaly`).
     #[error("key suspended for unusual usage")]
     KeySuspended { reason: &'static str },
+    /// The key's expiry has passed.
+    #[error("API key expired")]
+    ExpiredKey { key_id: String },
+    /// The key was rotated and its grace period has ended.
+    #[error("API key rotated")]
+    RotatedKey { key_id: String, successor: String },
+    /// The key was suspended in the store (`tollgate keys suspend`).
+    #[error("API key suspended")]
+    SuspendedKey { key_id: String },
     #[error("invalid URL")]
     InvalidUrl { method: String, path: String },
     #[error("request body too large")]
@@ -47,7 +56,11 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingKey | Self::UnknownKey { .. } => StatusCode::UNAUTHORIZED,
+            Self::MissingKey
+            | Self::UnknownKey { .. }
+            | Self::ExpiredKey { .. }
+            | Self::RotatedKey { .. } => StatusCode::UNAUTHORIZED,
+            Self::SuspendedKey { .. } => StatusCode::FORBIDDEN,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::KeySuspended { .. } => StatusCode::FORBIDDEN,
             Self::InvalidUrl { .. } => StatusCode::NOT_FOUND,
@@ -64,7 +77,9 @@ impl GatewayError {
     /// OpenAI's `type`.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::Forbidden { .. } | Self::KeySuspended { .. } => "permission_error",
+            Self::Forbidden { .. } | Self::KeySuspended { .. } | Self::SuspendedKey { .. } => {
+                "permission_error"
+            }
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
@@ -76,7 +91,11 @@ impl GatewayError {
     /// OpenAI's `code`.
     pub fn code(&self) -> Option<&'static str> {
         match self {
-            Self::MissingKey | Self::UnknownKey { .. } => Some("invalid_api_key"),
+            Self::MissingKey
+            | Self::UnknownKey { .. }
+            | Self::ExpiredKey { .. }
+            | Self::RotatedKey { .. } => Some("invalid_api_key"),
+            Self::SuspendedKey { .. } => Some("key_suspended"),
             Self::Forbidden { .. } => Some("permission_denied"),
             Self::KeySuspended { .. } => Some("key_suspended"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
@@ -102,6 +121,9 @@ impl GatewayError {
             Self::MissingKey => "missing_key",
             Self::UnknownKey { .. } => "unknown_key",
             Self::Forbidden { .. } => "forbidden",
+            Self::ExpiredKey { .. } => "key_expired",
+            Self::RotatedKey { .. } => "key_rotated",
+            Self::SuspendedKey { .. } => "key_suspended",
             Self::KeySuspended { .. } => "key_suspended",
             Self::InvalidUrl { .. } => "invalid_url",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -143,6 +165,18 @@ impl GatewayError {
                 "This API key was suspended for unusual usage ({reason}) detected by the gateway. \
                  Ask an admin of its project to review the key's recent usage and resume it \
                  (`tollgate keys resume KEY_ID`), or rotate it if it may have leaked."
+            ),
+            Self::ExpiredKey { key_id } => format!(
+                "This API key ({key_id}) has expired. Rotate it with `tollgate keys rotate \
+                 {key_id}` and send the new key as Authorization: Bearer <key>."
+            ),
+            Self::RotatedKey { key_id, successor } => format!(
+                "This API key ({key_id}) was rotated and its grace period has ended; use its \
+                 successor ({successor}) instead."
+            ),
+            Self::SuspendedKey { key_id } => format!(
+                "This API key ({key_id}) is suspended. An admin of its project can resume it \
+                 with `tollgate keys resume {key_id}` (the reason is in `tollgate audit`)."
             ),
             Self::InvalidUrl { method, path } => format!("Invalid URL ({method} {path})"),
             Self::BodyTooLarge { limit } => format!(
@@ -192,7 +226,13 @@ impl IntoResponse for GatewayError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, Self::MissingKey | Self::UnknownKey { .. }) {
+        if matches!(
+            self,
+            Self::MissingKey
+                | Self::UnknownKey { .. }
+                | Self::ExpiredKey { .. }
+                | Self::RotatedKey { .. }
+        ) {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tollgate\""),
@@ -240,6 +280,31 @@ mod tests {
             (
                 GatewayError::KeySuspended {
                     reason: "request_rate",
+                },
+                403,
+                "permission_error",
+                Some("key_suspended"),
+            ),
+            (
+                GatewayError::ExpiredKey {
+                    key_id: "key_1".into(),
+                },
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            (
+                GatewayError::RotatedKey {
+                    key_id: "key_1".into(),
+                    successor: "key_2".into(),
+                },
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            (
+                GatewayError::SuspendedKey {
+                    key_id: "key_1".into(),
                 },
                 403,
                 "permission_error",
@@ -322,6 +387,21 @@ mod tests {
         assert!(GatewayError::MissingKey
             .message()
             .contains("tollgate keys create"));
+        let expired = GatewayError::ExpiredKey {
+            key_id: "key_1".into(),
+        };
+        assert!(expired.message().contains("tollgate keys rotate key_1"));
+        assert_eq!(expired.into_response().headers()["x-should-retry"], "false");
+        let rotated = GatewayError::RotatedKey {
+            key_id: "key_1".into(),
+            successor: "key_2".into(),
+        };
+        assert!(rotated.message().contains("rotated"));
+        assert!(rotated.message().contains("successor (key_2)"));
+        let suspended = GatewayError::SuspendedKey {
+            key_id: "key_1".into(),
+        };
+        assert!(suspended.message().contains("tollgate keys resume key_1"));
         let res = GatewayError::UpstreamTimeout { attempts: 2 }.into_response();
         assert_eq!(res.headers()["x-should-retry"], "true");
     }

@@ -6,6 +6,12 @@
 //! store's `keys_version` counter (every `keys.refresh_interval_ms`, 250 ms by
 //! default) and reloads the map when it moves, so a key revoked by the CLI or another
 //! replica stops working within that interval.
+//!
+//! The cache holds every key not revoked, with its expiry, suspension and rotation
+//! times, so authentication can tell an expired, suspended or rotated key from an
+//! unknown one and say what to do, against the clock, without the store. Beside the
+//! poller, a second loop logs a warning once a day for each key due for rotation
+//! (expiring within 14 days); it only reads the cache.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +21,9 @@ use parking_lot::RwLock;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tollgate_store::{KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS};
+use tollgate_store::{
+    KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
+};
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const SECRET_CHARS: usize = 32;
@@ -30,6 +38,25 @@ pub struct Principal {
     pub env: String,
     pub role: Role,
 }
+
+/// A cached key: who it speaks for, and the times that decide whether it still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedKey {
+    pub principal: Arc<Principal>,
+    /// The non-secret display prefix (`tg-dev-AbC1`).
+    pub prefix: String,
+    pub expires_at_ms: i64,
+    pub suspended: bool,
+    /// The successor's id, once rotated.
+    pub rotated_to: Option<String>,
+    /// End of a rotated key's grace period.
+    pub retire_at_ms: Option<i64>,
+}
+
+/// How often the rotation reminder looks at the cache.
+const ROTATION_CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// A key due for rotation is named in the log at most this often.
+const ROTATION_WARNING_REPEAT_MS: i64 = 86_400_000;
 
 /// A freshly minted key: the secret (shown once) and what the store keeps.
 #[derive(Debug)]
@@ -94,37 +121,49 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The keys a server accepts, by digest. Lookups never touch the store.
+/// The keys a server knows (all but revoked ones), by digest. Lookups never touch the
+/// store.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    by_digest: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
+    by_digest: RwLock<HashMap<[u8; 32], Arc<CachedKey>>>,
 }
 
 impl KeyCache {
-    /// Resolves a presented secret. Looking up by digest means the map never holds a
-    /// secret, and timing reveals nothing about one.
-    pub fn lookup(&self, secret: &str) -> Option<Arc<Principal>> {
+    /// Resolves a presented secret to its cached key, whatever its state: the caller
+    /// checks expiry, suspension and rotation. Looking up by digest means the map
+    /// never holds a secret, and timing reveals nothing about one.
+    pub fn lookup(&self, secret: &str) -> Option<Arc<CachedKey>> {
         self.by_digest.read().get(&digest(secret)).cloned()
     }
 
-    /// Replaces the whole set with the active keys given.
+    /// Replaces the whole set with the keys given (revoked ones are skipped).
     pub fn replace(&self, keys: &[KeyRecord]) {
         let map = keys
             .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| {
                 let d = parse_hex32(&k.digest_hex)?;
-                Some((
-                    d,
-                    Arc::new(Principal {
-                        key_id: k.id.clone(),
-                        project: k.project.clone(),
-                        env: k.env.clone(),
-                        role: k.role,
-                    }),
-                ))
+                Some((d, Arc::new(cached(k))))
             })
             .collect();
         *self.by_digest.write() = map;
+    }
+
+    /// Keys not rotated, suspended or expired that expire within 14 days of `now_ms`.
+    pub fn due_for_rotation(&self, now_ms: i64) -> Vec<Arc<CachedKey>> {
+        let mut due: Vec<Arc<CachedKey>> = self
+            .by_digest
+            .read()
+            .values()
+            .filter(|k| {
+                k.rotated_to.is_none()
+                    && now_ms < k.expires_at_ms
+                    && k.expires_at_ms - now_ms <= ROTATION_WARNING_MS
+            })
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| a.principal.key_id.cmp(&b.principal.key_id));
+        due
     }
 
     pub fn len(&self) -> usize {
@@ -133,6 +172,22 @@ impl KeyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn cached(k: &KeyRecord) -> CachedKey {
+    CachedKey {
+        principal: Arc::new(Principal {
+            key_id: k.id.clone(),
+            project: k.project.clone(),
+            env: k.env.clone(),
+            role: k.role,
+        }),
+        prefix: k.prefix.clone(),
+        expires_at_ms: k.expires_at_ms,
+        suspended: k.suspended_at_ms.is_some(),
+        rotated_to: k.rotated_to.clone(),
+        retire_at_ms: k.retire_at_ms,
     }
 }
 
@@ -145,8 +200,21 @@ pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
 
 /// Keeps `cache` in step with the store until `stop` fires: polls the change counter
 /// and reloads on change. Store errors are logged and retried on the next tick; the
-/// cache keeps its last good content meanwhile.
+/// cache keeps its last good content meanwhile. Beside it runs the rotation reminder.
 pub async fn watch(
+    cache: Arc<KeyCache>,
+    store: Store,
+    version: i64,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    tokio::join!(
+        poll(cache.clone(), store, version, every, stop.clone()),
+        remind_rotation(cache, ROTATION_CHECK_EVERY, stop),
+    );
+}
+
+async fn poll(
     cache: Arc<KeyCache>,
     store: Store,
     mut version: i64,
@@ -173,6 +241,60 @@ pub async fn watch(
             Err(e) => tracing::warn!(error = %e, "key version check failed"),
         }
     }
+}
+
+/// Logs a warning for each key due for rotation, at start and then at most once a
+/// day per key. Reads the cache only: no store access, no writes.
+async fn remind_rotation(cache: Arc<KeyCache>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut warned: HashMap<String, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = now_ms();
+        for key in to_remind(&cache.due_for_rotation(now), now, &mut warned) {
+            let p = &key.principal;
+            tracing::warn!(
+                key_id = %p.key_id,
+                project = %p.project,
+                env = %p.env,
+                expires_in_hours = (key.expires_at_ms - now) / 3_600_000,
+                "key due for rotation: run `tollgate keys rotate {}`",
+                p.key_id
+            );
+        }
+    }
+}
+
+/// The due keys not named within the last day; remembers that they now are, and
+/// forgets keys no longer due.
+fn to_remind(
+    due: &[Arc<CachedKey>],
+    now_ms: i64,
+    warned: &mut HashMap<String, i64>,
+) -> Vec<Arc<CachedKey>> {
+    warned.retain(|id, _| due.iter().any(|k| &k.principal.key_id == id));
+    due.iter()
+        .filter(|k| {
+            let last = warned.get(&k.principal.key_id).copied();
+            if last.is_some_and(|at| now_ms - at < ROTATION_WARNING_REPEAT_MS) {
+                return false;
+            }
+            warned.insert(k.principal.key_id.clone(), now_ms);
+            true
+        })
+        .cloned()
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -219,10 +341,60 @@ mod tests {
         let cache = KeyCache::default();
         cache.replace(&[record]);
         let p = cache.lookup(&m.secret).unwrap();
-        assert_eq!(p.key_id, m.record.id);
-        assert_eq!(p.env, "prod");
+        assert_eq!(p.principal.key_id, m.record.id);
+        assert_eq!(p.principal.env, "prod");
         assert!(cache.lookup("tg-prod-wrong").is_none());
         cache.replace(&[]);
         assert!(cache.lookup(&m.secret).is_none());
+    }
+
+    #[test]
+    fn rotation_reminders_name_each_due_key_once_a_day() {
+        let day = 86_400_000;
+        let record = |id: &str, digest: String, expires: i64| KeyRecord {
+            id: id.into(),
+            project: "shop".into(),
+            env: "dev".into(),
+            role: Role::Member,
+            name: None,
+            prefix: "tg-dev-x".into(),
+            digest_hex: digest,
+            created_at_ms: 0,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+            revoke_reason: None,
+            expires_at_ms: expires,
+            suspended_at_ms: None,
+            suspend_reason: None,
+            rotated_to: None,
+            retire_at_ms: None,
+        };
+        let soon = mint("shop", "dev", Role::Member, None, 0);
+        let later = mint("shop", "dev", Role::Member, None, 0);
+        let cache = KeyCache::default();
+        cache.replace(&[
+            record("key_soon", soon.record.digest_hex, 20 * day),
+            record("key_later", later.record.digest_hex, 90 * day),
+        ]);
+        let mut warned = HashMap::new();
+        let ids = |v: Vec<Arc<CachedKey>>| -> Vec<String> {
+            v.iter().map(|k| k.principal.key_id.clone()).collect()
+        };
+        let now = 10 * day;
+        assert_eq!(
+            ids(to_remind(&cache.due_for_rotation(now), now, &mut warned)),
+            vec!["key_soon"]
+        );
+        // An hour later: already named today.
+        let now = now + 3_600_000;
+        assert!(to_remind(&cache.due_for_rotation(now), now, &mut warned).is_empty());
+        // A day later: named again.
+        let now = 11 * day;
+        assert_eq!(
+            ids(to_remind(&cache.due_for_rotation(now), now, &mut warned)),
+            vec!["key_soon"]
+        );
+        // Expired keys are not due for rotation any more.
+        assert!(cache.due_for_rotation(20 * day).is_empty());
     }
 }
