@@ -177,7 +177,9 @@ export class DataDir {
       args.push('--role', role);
     }
     const key = JSON.parse(this.cli(...args));
-    assert.deepEqual(Object.keys(key).sort(), ['env', 'id', 'key', 'prefix', 'project', 'role']);
+    assert.deepEqual(Object.keys(key).sort(), [
+      'env', 'expires_at_ms', 'id', 'key', 'prefix', 'project', 'role',
+    ]);
     assert.ok(key.key.startsWith(`tg-${env}-`) && key.key.startsWith(key.prefix), JSON.stringify(key));
     return key;
   }

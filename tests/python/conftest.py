@@ -197,7 +197,9 @@ class DataDir:
         if role is not None:
             args += ["--role", role]
         key = json.loads(self.cli(*args))
-        assert set(key) == {"id", "key", "prefix", "project", "env", "role"}, key
+        assert set(key) == {
+            "id", "key", "prefix", "project", "env", "role", "expires_at_ms",
+        }, key
         assert key["key"].startswith(key["prefix"]) and key["key"].startswith(f"tg-{env}-"), key
         return key
 

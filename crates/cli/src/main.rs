@@ -2,9 +2,11 @@
 //! parses arguments, sets up logging (to stderr: stdout belongs to the commands) and
 //! dispatches.
 
+mod audit;
 mod config_cmd;
 mod keys;
 mod mock;
+mod projects;
 mod serve;
 mod state;
 mod usage;
@@ -24,8 +26,12 @@ struct Cli {
 enum Command {
     /// Run the gateway (`--demo`: against the built-in simulator, with a demo key).
     Serve(serve::ServeArgs),
-    /// Create, list and revoke gateway keys.
+    /// Gateway keys over their life: create, list, rotate, suspend, resume, revoke, prune.
     Keys(keys::KeysArgs),
+    /// Project settings that govern keys.
+    Projects(projects::ProjectsArgs),
+    /// The audit log of key and project changes.
+    Audit(audit::AuditArgs),
     /// Usage totals from the records of every proxied call.
     Usage(usage::UsageArgs),
     /// Validate a configuration file.
@@ -47,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Keys(args) => keys::run(args).await,
+        Command::Projects(args) => projects::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Config(args) => config_cmd::run(args),
         Command::Mock(args) => mock::run(args).await,

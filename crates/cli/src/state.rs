@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use tollgate_gateway::config::RawConfig;
-use tollgate_store::Store;
+use tollgate_store::{Actor, Store};
 
 /// Options that locate the state.
 #[derive(Debug, Args, Clone)]
@@ -72,6 +72,25 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Who the CLI acts as in the audit log: `cli:$USER` (`cli:root` when unset).
+pub fn actor() -> Actor {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "root".into());
+    Actor::new(format!("cli:{user}"), "cli")
+}
+
+/// Formats milliseconds as the largest whole unit: `90d`, `36h`, `15m`, `30s`.
+pub fn format_span_ms(ms: i64) -> String {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{}s", ms / 1000)
 }
 
 /// Prints rows as an aligned text table.
@@ -161,5 +180,9 @@ mod tests {
         assert_eq!(parse_span_ms("7d").unwrap(), 604_800_000);
         assert!(parse_span_ms("7w").is_err());
         assert!(parse_span_ms("h").is_err());
+        assert!(parse_span_ms("").is_err());
+        assert!(parse_span_ms("-3d").is_err());
+        assert_eq!(format_span_ms(90 * 86_400_000), "90d");
+        assert_eq!(format_span_ms(36 * 3_600_000), "36h");
     }
 }

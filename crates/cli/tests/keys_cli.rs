@@ -1,0 +1,214 @@
+//! `tollgate keys|projects|audit` as a user runs them: the built binary on a fresh data
+//! directory. Bad input (malformed durations, unknown ids, lifetimes beyond the
+//! project's maximum) fails with a clear message, a non-zero exit and no change.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tollgate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_DATA_DIR", dir)
+        .env("USER", "alice")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = tollgate(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str], needle: &str) {
+    let out = tollgate(dir, args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{args:?}: {err}");
+}
+
+#[test]
+fn keys_over_their_life_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let k = json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--expires-in",
+            "10d",
+            "--json",
+        ],
+    );
+    let id = k["id"].as_str().unwrap().to_owned();
+    let secret = k["key"].as_str().unwrap().to_owned();
+
+    // Listed with its expiry, and marked due for rotation (10 days < 14).
+    let list = json(dir, &["keys", "list", "--json"]);
+    assert_eq!(list[0]["due_for_rotation"], true);
+    let table = String::from_utf8(tollgate(dir, &["keys", "list"]).stdout).unwrap();
+    assert!(
+        table.contains("EXPIRES") && table.contains("rotate soon"),
+        "{table}"
+    );
+
+    // Bad input changes nothing.
+    let audit_before = json(dir, &["audit", "--json"]);
+    fails(
+        dir,
+        &["keys", "rotate", &id, "--grace", "1y"],
+        "not a duration",
+    );
+    fails(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--expires-in",
+            "x",
+        ],
+        "not a duration",
+    );
+    fails(dir, &["keys", "rotate", "key_nope"], "unknown key id");
+    fails(
+        dir,
+        &["keys", "suspend", "key_nope", "--reason", "x"],
+        "unknown key id",
+    );
+    fails(dir, &["keys", "resume", "key_nope"], "unknown key id");
+    fails(dir, &["keys", "revoke", "key_nope"], "unknown key id");
+    fails(
+        dir,
+        &["keys", "prune", "--unused-for", "soon"],
+        "not a duration",
+    );
+    fails(
+        dir,
+        &["projects", "set-max-key-age", "nope", "30d"],
+        "unknown project",
+    );
+    fails(
+        dir,
+        &["projects", "set-max-key-age", "shop", "30"],
+        "not a duration",
+    );
+    fails(dir, &["audit", "--since", "yesterday"], "not a duration");
+    assert_eq!(json(dir, &["audit", "--json"]), audit_before);
+    assert_eq!(json(dir, &["keys", "list", "--json"]), list);
+
+    // The project's maximum key age bounds new keys.
+    let p = json(
+        dir,
+        &["projects", "set-max-key-age", "shop", "30d", "--json"],
+    );
+    assert_eq!(p["max_key_age_ms"], 30 * 86_400_000_i64);
+    fails(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--expires-in",
+            "31d",
+        ],
+        "maximum key age",
+    );
+
+    // Rotate prints the successor's secret once; rotating again is refused.
+    let r = json(dir, &["keys", "rotate", &id, "--grace", "1h", "--json"]);
+    let next_secret = r["key"].as_str().unwrap().to_owned();
+    assert_ne!(next_secret, secret);
+    fails(dir, &["keys", "rotate", &id], "already rotated");
+
+    // Suspend, resume, revoke.
+    let next_id = r["id"].as_str().unwrap().to_owned();
+    let s = json(
+        dir,
+        &["keys", "suspend", &next_id, "--reason", "check", "--json"],
+    );
+    assert_eq!(s["changed"], true);
+    let s = json(dir, &["keys", "resume", &next_id, "--json"]);
+    assert_eq!(s["changed"], true);
+    let s = json(
+        dir,
+        &["keys", "revoke", &next_id, "--reason", "done", "--json"],
+    );
+    assert_eq!(s["changed"], true);
+
+    // Prune: a dry run changes nothing; then the unused old key is revoked.
+    let dry = json(
+        dir,
+        &["keys", "prune", "--unused-for", "1s", "--dry-run", "--json"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dry = if dry["keys"].as_array().unwrap().is_empty() {
+        json(
+            dir,
+            &["keys", "prune", "--unused-for", "1s", "--dry-run", "--json"],
+        )
+    } else {
+        dry
+    };
+    assert!(dry["revoked"].as_array().unwrap().is_empty());
+    let pruned = json(dir, &["keys", "prune", "--unused-for", "1s", "--json"]);
+    assert_eq!(pruned["revoked"][0], id.as_str());
+
+    // Every change is in the audit log, by cli:alice, and no secret is.
+    let audit = json(dir, &["audit", "--since", "1h", "--json"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "project.create",
+            "key.create",
+            "project.set_max_key_age",
+            "key.rotate",
+            "key.suspend",
+            "key.resume",
+            "key.revoke",
+            "key.revoke",
+            "keys.prune",
+        ]
+    );
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"] == "cli:alice" && e["source"] == "cli"));
+    let text = audit.to_string();
+    for s in [&secret, &next_secret] {
+        assert!(
+            !text.contains(&s["tg-dev-".len()..]),
+            "a secret is in the audit log"
+        );
+    }
+    let table = String::from_utf8(tollgate(dir, &["audit"]).stdout).unwrap();
+    assert!(table.contains("key.rotate"), "{table}");
+}
