@@ -32,6 +32,24 @@ impl TestDb {
         }
     }
 
+    /// Runs one SQL statement on a plain connection of its own, past the store's
+    /// methods (to show what the database itself allows).
+    async fn raw_execute(&self, sql: &'static str) -> Result<u64, sqlx::Error> {
+        use sqlx::Connection as _;
+        match self {
+            Self::Sqlite(dir) => {
+                let path = dir.path().join("tollgate.db");
+                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+            Self::Postgres(schema) => {
+                let mut conn = sqlx::PgConnection::connect(&schema.url()).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+        }
+    }
+
     async fn cleanup(self) {
         if let Self::Postgres(schema) = self {
             schema.drop_schema().await.unwrap();
@@ -80,6 +98,7 @@ both_backends!(
     suspension_and_resumption_bump_the_version,
     unused_keys_are_found_by_last_use_or_creation,
     audit_rows_are_written_and_never_updated_or_deleted,
+    the_database_refuses_to_change_or_remove_audit_rows,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -745,4 +764,17 @@ async fn audit_rows_are_written_and_never_updated_or_deleted(db: &TestDb) {
     assert_eq!(store.list_audit(0, 2).await.unwrap().len(), 2);
     // A second handle (another process) sees the same log.
     assert_eq!(&db.open().await.list_audit(0, 1_000).await.unwrap(), all);
+}
+
+async fn the_database_refuses_to_change_or_remove_audit_rows(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project_as("shop", &cli()).await.unwrap();
+    let before = store.list_audit(0, 100).await.unwrap();
+    assert_eq!(before.len(), 1);
+    assert!(db
+        .raw_execute("UPDATE audit SET actor = 'someone else'")
+        .await
+        .is_err());
+    assert!(db.raw_execute("DELETE FROM audit").await.is_err());
+    assert_eq!(store.list_audit(0, 100).await.unwrap(), before);
 }
