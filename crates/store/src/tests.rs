@@ -34,6 +34,35 @@ impl TestDb {
 
     /// Runs one SQL statement on a plain connection of its own, past the store's
     /// methods (to show what the database itself allows).
+    /// Runs a script of several statements on a plain connection of its own.
+    async fn raw_script(&self, sql: &str) -> Result<(), sqlx::Error> {
+        use sqlx::Connection as _;
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Sqlite(dir) => {
+                let path = dir.path().join("tollgate.db");
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true);
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+                sqlx::raw_sql(sql).execute(&mut conn).await?;
+            }
+            Self::Postgres(schema) => {
+                let mut conn = sqlx::PgConnection::connect(&schema.url()).await?;
+                sqlx::raw_sql(sql).execute(&mut conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first migration, as an older tollgate left the database.
+    fn first_migration(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => include_str!("sqlite/0001_init.sql"),
+            Self::Postgres(_) => include_str!("postgres/0001_init.sql"),
+        }
+    }
+
     async fn raw_execute(&self, sql: &'static str) -> Result<u64, sqlx::Error> {
         use sqlx::Connection as _;
         match self {
@@ -99,6 +128,8 @@ both_backends!(
     unused_keys_are_found_by_last_use_or_creation,
     audit_rows_are_written_and_never_updated_or_deleted,
     the_database_refuses_to_change_or_remove_audit_rows,
+    keys_made_before_expiry_existed_get_created_plus_90_days,
+    of_two_concurrent_rotations_of_one_key_exactly_one_wins,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -777,4 +808,55 @@ async fn the_database_refuses_to_change_or_remove_audit_rows(db: &TestDb) {
         .is_err());
     assert!(db.raw_execute("DELETE FROM audit").await.is_err());
     assert_eq!(store.list_audit(0, 100).await.unwrap(), before);
+}
+
+async fn keys_made_before_expiry_existed_get_created_plus_90_days(db: &TestDb) {
+    // A database as migration 1 left it, with one key.
+    db.raw_script(db.first_migration()).await.unwrap();
+    db.raw_script(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL); \
+         INSERT INTO schema_migrations (version, applied_at_ms) VALUES (1, 0); \
+         INSERT INTO projects (id, name, created_at_ms) VALUES ('proj_shop', 'shop', 0); \
+         INSERT INTO keys (id, project, env, role, prefix, digest_hex, created_at_ms) \
+         VALUES ('key_old', 'shop', 'dev', 'member', 'tg-dev-x', 'aa', 5000);",
+    )
+    .await
+    .unwrap();
+    let store = db.open().await;
+    let k = store.key_by_id("key_old").await.unwrap().unwrap();
+    assert_eq!(k.expires_at_ms, 5_000 + DEFAULT_MAX_KEY_AGE_MS);
+    assert_eq!(k.state(6_000), KeyState::Active);
+    let p = store.project_by_name("shop").await.unwrap().unwrap();
+    assert_eq!(p.max_key_age_ms, None);
+    assert!(store.list_audit(0, 10).await.unwrap().is_empty());
+}
+
+async fn of_two_concurrent_rotations_of_one_key_exactly_one_wins(db: &TestDb) {
+    let a = db.open().await;
+    let b = db.open().await;
+    a.ensure_project("shop").await.unwrap();
+    a.insert_key(&new_key("key_1", "shop", "aa")).await.unwrap();
+    let (next_a, next_b) = (
+        successor_of("key_1", "key_a", "bb", 5_000),
+        successor_of("key_1", "key_b", "cc", 5_000),
+    );
+    let actor = cli();
+    let (ra, rb) = tokio::join!(
+        a.rotate_key("key_1", &next_a, 0, 5_000, &actor),
+        b.rotate_key("key_1", &next_b, 0, 5_000, &actor),
+    );
+    assert!(ra.is_ok() != rb.is_ok(), "{ra:?} / {rb:?}");
+    let winner = if ra.is_ok() { "key_a" } else { "key_b" };
+    let loser = if ra.is_ok() { "key_b" } else { "key_a" };
+    let old = a.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(old.rotated_to.as_deref(), Some(winner));
+    assert!(a.key_by_id(loser).await.unwrap().is_none());
+    let rotations = a
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "key.rotate")
+        .count();
+    assert_eq!(rotations, 1);
 }
