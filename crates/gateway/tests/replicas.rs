@@ -2,7 +2,8 @@
 //! in-process on 127.0.0.1:0 with its own store handle (its own connection pool, as a
 //! separate `tollgate serve` would have), both in front of one simulator, both on one
 //! fresh schema of the test server (`TOLLGATE_TEST_POSTGRES_URL`). The test fails,
-//! never skips, when that server cannot be reached.
+//! never skips, when that server cannot be reached. A key created, revoked, suspended,
+//! resumed or rotated through any handle is honoured by both within a second.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -22,7 +23,7 @@ use tollgate_gateway::{Config, ServeReport, StartError};
 use tollgate_simulator::server::spawn;
 use tollgate_simulator::SimConfig;
 use tollgate_store::testing::PgSchema;
-use tollgate_store::{Role, Store};
+use tollgate_store::{Actor, Role, Store};
 
 /// The bound every replica must honour a key change within.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -165,4 +166,82 @@ async fn two_replicas_on_one_postgres_database_agree_on_keys_within_a_second() {
     let key_row = admin.key_by_id(&minted.record.id).await.unwrap().unwrap();
     assert!(key_row.last_used_at_ms.is_some());
     schema.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_honour_a_suspension_and_a_rotation_within_a_second() {
+    let schema = match PgSchema::create().await {
+        Ok(schema) => schema,
+        Err(e) => panic!("the PostgreSQL replica test cannot run: {e}"),
+    };
+    let sim = spawn(SimConfig {
+        api_keys: Some(vec![PROVIDER_KEY.to_owned()]),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = schema.open().await.unwrap();
+    admin.ensure_project("shop").await.unwrap();
+    let minted = keys::mint("shop", "dev", Role::Member, Some("app".into()), now_ms());
+    admin.insert_key(&minted.record).await.unwrap();
+    let mut a = Replica::start(&schema.url(), sim.base_url()).await;
+    let mut b = Replica::start(&schema.url(), sim.base_url()).await;
+    let http = reqwest::Client::new();
+    let key = minted.secret.as_str();
+    assert_eq!(a.call(&http, key).await.0, 200);
+    assert_eq!(b.call(&http, key).await.0, 200);
+    let actor = Actor::new("cli:test", "cli");
+
+    // Suspended through A's handle: both refuse it, then both accept it once resumed.
+    a.store
+        .suspend_key(&minted.record.id, Some("check"), now_ms(), &actor)
+        .await
+        .unwrap();
+    assert!(
+        both_answer(&a, &b, &http, key, 403).await,
+        "suspension not honoured by both"
+    );
+    b.store
+        .resume_key(&minted.record.id, None, now_ms(), &actor)
+        .await
+        .unwrap();
+    assert!(
+        both_answer(&a, &b, &http, key, 200).await,
+        "resumption not honoured by both"
+    );
+
+    // Rotated through B's handle with no grace: both accept the successor and refuse
+    // the old key.
+    let next = keys::mint("shop", "dev", Role::Member, Some("app".into()), now_ms());
+    b.store
+        .rotate_key(&minted.record.id, &next.record, 0, now_ms(), &actor)
+        .await
+        .unwrap();
+    assert!(
+        both_answer(&a, &b, &http, &next.secret, 200).await,
+        "successor not accepted by both"
+    );
+    assert!(
+        both_answer(&a, &b, &http, key, 401).await,
+        "rotated key still accepted"
+    );
+
+    a.stop().await;
+    b.stop().await;
+    schema.drop_schema().await.unwrap();
+}
+
+/// Whether both replicas answer `status` to `key` within [`WITHIN`].
+async fn both_answer(
+    a: &Replica,
+    b: &Replica,
+    http: &reqwest::Client,
+    key: &str,
+    status: u16,
+) -> bool {
+    eventually(WITHIN, || async {
+        a.call(http, key).await.0 == status && b.call(http, key).await.0 == status
+    })
+    .await
+    .is_some()
 }
