@@ -122,43 +122,15 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::Suspend { id, reason, json } => {
             let store = args.state.open().await?;
-            known(&store, &id).await?;
-            let now = state::now_ms();
-            let changed = store
-                .suspend_key(&id, Some(&reason), now, &state::actor())
-                .await?;
-            let what = if changed {
-                "Suspended. Running servers refuse it within a second; resume it with `tollgate keys resume ID`."
-            } else {
-                "Already suspended."
-            };
-            report(&id, "suspend", changed, what, json)
+            change(&store, &id, Change::Suspend(&reason), json).await
         }
         KeysCommand::Resume { id, reason, json } => {
             let store = args.state.open().await?;
-            known(&store, &id).await?;
-            let changed = store
-                .resume_key(&id, reason.as_deref(), state::now_ms(), &state::actor())
-                .await?;
-            let what = if changed {
-                "Resumed. Running servers accept it again within a second."
-            } else {
-                "It was not suspended."
-            };
-            report(&id, "resume", changed, what, json)
+            change(&store, &id, Change::Resume(reason.as_deref()), json).await
         }
         KeysCommand::Revoke { id, reason, json } => {
             let store = args.state.open().await?;
-            known(&store, &id).await?;
-            let changed = store
-                .revoke_key_as(&id, reason.as_deref(), state::now_ms(), &state::actor())
-                .await?;
-            let what = if changed {
-                "Revoked. Running servers refuse it within a second."
-            } else {
-                "It was already revoked."
-            };
-            report(&id, "revoke", changed, what, json)
+            change(&store, &id, Change::Revoke(reason.as_deref()), json).await
         }
         KeysCommand::Prune {
             unused_for,
@@ -176,6 +148,46 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// A change of state that needs only the key id and a reason.
+enum Change<'a> {
+    Suspend(&'a str),
+    Resume(Option<&'a str>),
+    Revoke(Option<&'a str>),
+}
+
+async fn change(store: &Store, id: &str, change: Change<'_>, json: bool) -> anyhow::Result<()> {
+    known(store, id).await?;
+    let (now, actor) = (state::now_ms(), state::actor());
+    let (action, changed, done, noop) = match change {
+        Change::Suspend(reason) => (
+            "suspend",
+            store.suspend_key(id, Some(reason), now, &actor).await?,
+            "Suspended. Running servers refuse it within a second; resume it with \
+             `tollgate keys resume ID`.",
+            "Already suspended.",
+        ),
+        Change::Resume(reason) => (
+            "resume",
+            store.resume_key(id, reason, now, &actor).await?,
+            "Resumed. Running servers accept it again within a second.",
+            "It was not suspended.",
+        ),
+        Change::Revoke(reason) => (
+            "revoke",
+            store.revoke_key_as(id, reason, now, &actor).await?,
+            "Revoked. Running servers refuse it within a second.",
+            "It was already revoked.",
+        ),
+    };
+    if json {
+        let out = serde_json::json!({ "id": id, "action": action, "changed": changed });
+        println!("{out}");
+    } else {
+        println!("{id}: {}", if changed { done } else { noop });
+    }
+    Ok(())
 }
 
 async fn create(
@@ -345,16 +357,6 @@ fn positive_span(s: &str) -> anyhow::Result<i64> {
     let ms = state::parse_span_ms(s)?;
     anyhow::ensure!(ms > 0, "{s:?} must be longer than zero");
     Ok(ms)
-}
-
-fn report(id: &str, action: &str, changed: bool, what: &str, json: bool) -> anyhow::Result<()> {
-    if json {
-        let out = serde_json::json!({ "id": id, "action": action, "changed": changed });
-        println!("{out}");
-    } else {
-        println!("{id}: {what}");
-    }
-    Ok(())
 }
 
 fn print_secret(secret: &str) {
