@@ -258,8 +258,16 @@ impl Store {
         }
     }
 
-    /// Appends one audit row on its own (for actions that change nothing else).
+    /// Appends one audit row on its own (for actions that change nothing else). The
+    /// detail must be a JSON object.
     pub async fn insert_audit(&self, entry: &NewAudit) -> Result<()> {
+        let is_object =
+            serde_json::from_str::<serde_json::Value>(&entry.detail).is_ok_and(|v| v.is_object());
+        if !is_object || entry.action.is_empty() || entry.actor.is_empty() {
+            return Err(StoreError::Invalid(
+                "an audit entry needs an actor, an action and a JSON object as detail".into(),
+            ));
+        }
         match self {
             Self::Sqlite(s) => s.insert_audit(entry).await,
             Self::Postgres(s) => s.insert_audit(entry).await,

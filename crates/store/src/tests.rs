@@ -753,6 +753,18 @@ async fn audit_rows_are_written_and_never_updated_or_deleted(db: &TestDb) {
         })
         .await
         .unwrap();
+    let bad = NewAudit {
+        at_ms: 7_000,
+        actor: "cli:alice".into(),
+        action: "keys.prune".into(),
+        target: "shop".into(),
+        detail: "not json".into(),
+        source: "cli".into(),
+    };
+    assert!(matches!(
+        store.insert_audit(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
     store
         .insert_usage(&[usage("req_1", "key_2", "gpt-4o", 1, 1, 7_500)])
         .await
