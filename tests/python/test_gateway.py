@@ -1,13 +1,14 @@
 """What only the gateway does, through the official Python SDK (SDK → tollgate serve → simulator).
 
 The guide's two request templates, the errors tollgate decides itself (missing, unknown,
-revoked key; viewer role), upstream errors after the gateway's retries, key revocation
-through the CLI while the server runs, stream fidelity against the simulator, and the
+revoked key; viewer role), upstream errors after the gateway's retries, key revocation,
+expiry, rotation with a grace period and suspension through the CLI while the server runs, stream fidelity against the simulator, and the
 usage records a known set of calls leaves behind.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -246,6 +247,75 @@ def test_key_created_while_running_works_within_one_second(gateway: Gateway) -> 
     took = poll_until(lambda: calls_succeed(client), REVOCATION_DEADLINE_S)
 
     assert took is not None, "a key created with `tollgate keys create` was not accepted within 1s"
+
+
+# --- keys over their life: expiry, rotation with a grace period, suspension -----------------------
+
+
+def test_expired_key_is_authentication_error_saying_how_to_rotate(gateway: Gateway) -> None:
+    key = json.loads(
+        gateway.data.cli(
+            "keys", "create", "--project", "lifecycle", "--env", "dev", "--expires-in", "2s", "--json"
+        )
+    )
+    client = gateway.client(key["key"], max_retries=0)
+    assert poll_until(lambda: calls_succeed(client), REVOCATION_DEADLINE_S) is not None
+
+    took = poll_until(lambda: not calls_succeed(client), 2.0 + REVOCATION_DEADLINE_S)
+
+    assert took is not None, "a key still worked a second after it expired"
+    with pytest.raises(AuthenticationError) as info:
+        client.responses.create(model=MODEL, input="hi")
+    assert info.value.code == "invalid_api_key"
+    assert "expired" in info.value.message
+    assert f"tollgate keys rotate {key['id']}" in info.value.message
+
+
+def test_rotated_key_works_through_its_grace_period_then_stops(gateway: Gateway) -> None:
+    old = gateway.data.create_key(project="lifecycle")
+    old_client = gateway.client(old["key"], max_retries=0)
+    assert poll_until(lambda: calls_succeed(old_client), REVOCATION_DEADLINE_S) is not None
+
+    new = json.loads(gateway.data.cli("keys", "rotate", old["id"], "--grace", "2s", "--json"))
+    new_client = gateway.client(new["key"], max_retries=0)
+
+    # The overlap: the successor is accepted within a second while the old key still works.
+    assert poll_until(lambda: calls_succeed(new_client), REVOCATION_DEADLINE_S) is not None
+    assert calls_succeed(old_client), "the old key must keep working during its grace period"
+    took = poll_until(lambda: not calls_succeed(old_client), 2.0 + REVOCATION_DEADLINE_S)
+    assert took is not None, "a rotated key still worked a second after its grace period"
+    with pytest.raises(AuthenticationError) as info:
+        old_client.responses.create(model=MODEL, input="hi")
+    assert "rotated" in info.value.message and new["id"] in info.value.message
+    assert calls_succeed(new_client)
+
+
+def test_suspended_key_is_permission_denied_until_resumed(gateway: Gateway) -> None:
+    key = gateway.data.create_key(project="lifecycle")
+    client = gateway.client(key["key"], max_retries=0)
+    assert poll_until(lambda: calls_succeed(client), REVOCATION_DEADLINE_S) is not None
+
+    gateway.data.cli("keys", "suspend", key["id"], "--reason", "contract test")
+
+    def refused() -> bool:
+        try:
+            client.models.retrieve("gpt-4o")
+        except PermissionDeniedError as e:
+            return e.code == "key_suspended"
+        return False
+
+    assert poll_until(refused, REVOCATION_DEADLINE_S) is not None, "a suspended key still worked after 1s"
+    gateway.data.cli("keys", "resume", key["id"])
+
+    def accepted() -> bool:
+        try:
+            client.models.retrieve("gpt-4o")
+        except PermissionDeniedError:
+            return False
+        return True
+
+    took = poll_until(accepted, REVOCATION_DEADLINE_S)
+    assert took is not None, "a resumed key was still refused after 1s"
 
 
 # --- stream fidelity: through the gateway the SDK sees what it sees from the simulator ---------
