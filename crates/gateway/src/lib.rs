@@ -10,6 +10,7 @@ pub mod accept;
 pub mod account;
 pub mod admit;
 pub mod anomaly;
+pub mod anomaly_store;
 pub mod authenticate;
 pub mod cache;
 pub mod config;

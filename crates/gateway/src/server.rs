@@ -118,6 +118,12 @@ pub async fn serve(
         Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;
     let anomaly = Arc::new(anomaly);
     let usage = usage.with_anomaly(anomaly.clone());
+    let flag_writer = tokio::spawn(crate::anomaly_store::persist(
+        anomaly.clone(),
+        keys.clone(),
+        store.clone(),
+        stop_tx.subscribe(),
+    ));
     let grace = config.shutdown_grace;
     let header_timeout = config.header_timeout;
     let gateway = Arc::new(Gateway {
@@ -133,6 +139,7 @@ pub async fn serve(
 
     let _ = stop_tx.send(true);
     let _ = watcher.await;
+    let _ = flag_writer.await;
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);
     // The detector went with the router: the webhook task sends what is queued, briefly.

@@ -123,6 +123,37 @@ async fn steady_traffic_passes_and_a_burst_gets_the_key_suspended_within_seconds
     assert!(event["at"].is_i64());
     assert!(!event.to_string().contains(&key));
 
+    // The suspension is made durable in the store (so every replica and a restart
+    // honour it), with an audit entry for the flag; resuming it there brings the key back.
+    let durable = eventually(Duration::from_secs(2), || async {
+        let k = h.store.key_by_id(&h.key_id).await.unwrap().unwrap();
+        k.suspended_at_ms.is_some()
+    })
+    .await;
+    assert!(
+        durable.is_some(),
+        "the flagged key was not suspended in the store"
+    );
+    let audit = h.store.list_audit(0, 100).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "key.anomaly_flagged" && a.target == h.key_id));
+    assert!(!audit.iter().any(|a| a.detail.contains(&key)));
+    let actor = tollgate_store::Actor::new("cli:test", "cli");
+    assert!(h
+        .store
+        .resume_key(&h.key_id, Some("checked"), support::now_ms(), &actor)
+        .await
+        .unwrap());
+    let back = eventually(Duration::from_secs(1), || async {
+        models(&h, &key).await.0 == 200
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "a resumed key is served again within a second"
+    );
+
     // Refusals are recorded against the key like any other.
     let records = h.stop_and_records().await;
     assert!(records
