@@ -51,6 +51,12 @@ pub enum GatewayError {
     NotReady { reason: &'static str },
     #[error("internal error")]
     Internal,
+    /// The key's role may not use this part of the admin API.
+    #[error("role {role} may not {action} over the admin API")]
+    AdminForbidden { role: String, action: &'static str },
+    /// An admin API object that does not exist in the caller's project.
+    #[error("{what} not found")]
+    NotFound { what: &'static str, id: String },
 }
 
 impl GatewayError {
@@ -71,15 +77,18 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
         }
     }
 
     /// OpenAI's `type`.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::Forbidden { .. } | Self::KeySuspended { .. } | Self::SuspendedKey { .. } => {
-                "permission_error"
-            }
+            Self::Forbidden { .. }
+            | Self::KeySuspended { .. }
+            | Self::SuspendedKey { .. }
+            | Self::AdminForbidden { .. } => "permission_error",
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
@@ -103,6 +112,8 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::NotReady { .. } => Some("not_ready"),
+            Self::AdminForbidden { .. } => Some("permission_denied"),
+            Self::NotFound { .. } => Some("not_found"),
             _ => None,
         }
     }
@@ -134,6 +145,8 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::NotReady { .. } => "not_ready",
             Self::Internal => "internal",
+            Self::AdminForbidden { .. } => "admin_forbidden",
+            Self::NotFound { .. } => "not_found",
         }
     }
 
@@ -203,6 +216,13 @@ impl GatewayError {
             Self::Internal => "The gateway had an internal error. Retry; if it persists, check the \
                 gateway's logs for this request id."
                 .into(),
+            Self::AdminForbidden { role, action } => format!(
+                "This key's role ({role}) may not {action} over the admin API. Use a key with \
+                 the admin role of this project (see docs/admin-api.md)."
+            ),
+            Self::NotFound { what, id } => {
+                format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/keys.")
+            }
         }
     }
 
@@ -365,6 +385,24 @@ mod tests {
                 Some("not_ready"),
             ),
             (GatewayError::Internal, 500, "server_error", None),
+            (
+                GatewayError::AdminForbidden {
+                    role: "viewer".into(),
+                    action: "create or change keys",
+                },
+                403,
+                "permission_error",
+                Some("permission_denied"),
+            ),
+            (
+                GatewayError::NotFound {
+                    what: "key",
+                    id: "key_x".into(),
+                },
+                404,
+                "invalid_request_error",
+                Some("not_found"),
+            ),
         ];
         for (e, status, kind, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

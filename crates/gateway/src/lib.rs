@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod account;
+pub mod admin;
 pub mod admit;
 pub mod anomaly;
 pub mod anomaly_store;

@@ -57,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::admin::routes())
         .fallback(pipeline::handle)
         .with_state(gateway)
 }

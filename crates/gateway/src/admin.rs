@@ -1,0 +1,658 @@
+//! The admin HTTP API under `/admin/v1/...`: gateway keys over their whole life, usage
+//! totals and the audit log, in JSON, authenticated with tollgate keys. It sits beside
+//! the proxy pipeline, not in it: admin calls are not model calls, so they leave no
+//! usage record; every change they make is audited by the store, in the same
+//! transaction, as `key:<caller key id>` from `admin-api <peer ip>`.
+//!
+//! Every operation is scoped to the caller's own project: a key of another project is
+//! answered like an unknown one (404), so ids cannot be probed across projects. Roles
+//! (see `docs/admin-api.md`): `admin` may do everything; `viewer` may read key
+//! metadata and usage; `member` may only read its own key's usage. Bad input is
+//! refused (400, naming the field) before the store is touched.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::{HeaderMap, Request, StatusCode, Uri};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tollgate_store::{Actor, KeyRecord, Role, StoreError, UsageTotals, DEFAULT_MAX_KEY_AGE_MS};
+
+use crate::accept::now_ms;
+use crate::error::GatewayError;
+use crate::keys::{self, Principal};
+use crate::server::{self, Gateway};
+
+/// Every (method, path) the admin API serves; `docs/admin-openapi.yaml` lists the same.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/admin/v1/keys"),
+    ("get", "/admin/v1/keys"),
+    ("get", "/admin/v1/keys/{id}"),
+    ("post", "/admin/v1/keys/{id}/rotate"),
+    ("post", "/admin/v1/keys/{id}/revoke"),
+    ("post", "/admin/v1/keys/{id}/suspend"),
+    ("post", "/admin/v1/keys/{id}/resume"),
+    ("get", "/admin/v1/usage"),
+    ("get", "/admin/v1/audit"),
+];
+
+/// Longest `name` or `reason` accepted, in characters.
+const MAX_TEXT_CHARS: usize = 200;
+/// Largest admin request body.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most audit entries one call returns.
+const MAX_AUDIT_LIMIT: i64 = 1000;
+
+/// The admin routes, to merge into the server's router.
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/admin/v1/keys", post(create_key).get(list_keys))
+        .route("/admin/v1/keys/{id}", get(show_key))
+        .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/v1/keys/{id}/suspend", post(suspend_key))
+        .route("/admin/v1/keys/{id}/resume", post(resume_key))
+        .route("/admin/v1/usage", get(usage))
+        .route("/admin/v1/audit", get(audit))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    env: String,
+    role: Option<String>,
+    name: Option<String>,
+    expires_in: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    by: Option<String>,
+    since: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+/// What an admin call wants to do, for the role check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminAction {
+    /// Read usage (a member: only its own key's).
+    ReadUsage,
+    /// Read key metadata and the audit log of the project.
+    ReadKeys,
+    /// Create, rotate, revoke, suspend or resume keys.
+    ChangeKeys,
+}
+
+impl AdminAction {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::ReadUsage => "read usage",
+            Self::ReadKeys => "read key metadata or the audit log",
+            Self::ChangeKeys => "create or change keys",
+        }
+    }
+}
+
+/// The caller, authenticated and allowed `action`.
+fn caller(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    action: AdminAction,
+) -> Result<Arc<Principal>, GatewayError> {
+    let p = crate::authenticate::run(&gw.keys, headers)?;
+    let allowed = matches!(
+        (p.role, action),
+        (Role::Admin, _)
+            | (Role::Viewer, AdminAction::ReadUsage | AdminAction::ReadKeys)
+            | (Role::Member, AdminAction::ReadUsage)
+    );
+    if allowed {
+        Ok(p)
+    } else {
+        Err(GatewayError::AdminForbidden {
+            role: p.role.to_string(),
+            action: action.describe(),
+        })
+    }
+}
+
+/// The audit actor for a change made by `p` from the request's peer.
+fn actor(p: &Principal, req: &Request<Body>) -> Actor {
+    let ip = server::peer_addr(req).map_or_else(|| "unknown".into(), |a| a.ip().to_string());
+    Actor::new(format!("key:{}", p.key_id), format!("admin-api {ip}"))
+}
+
+/// The key `id` if it belongs to the caller's project; 404 otherwise.
+async fn own_key(gw: &Gateway, p: &Principal, id: &str) -> Result<KeyRecord, GatewayError> {
+    match gw.store.key_by_id(id).await.map_err(store_error)? {
+        Some(k) if k.project == p.project => Ok(k),
+        _ => Err(GatewayError::NotFound {
+            what: "key",
+            id: id.to_owned(),
+        }),
+    }
+}
+
+async fn create_key(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    reply(create_key_inner(&gw, req).await, StatusCode::CREATED)
+}
+
+async fn create_key_inner(gw: &Gateway, req: Request<Body>) -> Result<Value, GatewayError> {
+    let p = caller(gw, req.headers(), AdminAction::ChangeKeys)?;
+    let actor = actor(&p, &req);
+    let body: CreateBody = read_body(req, false).await?;
+    check_env(&body.env)?;
+    let role = match body.role.as_deref() {
+        None => Role::Member,
+        Some(r) => r.parse::<Role>().map_err(|e| invalid(e, "role"))?,
+    };
+    check_text(body.name.as_deref(), "name")?;
+    let expires_in = body
+        .expires_in
+        .as_deref()
+        .map(|s| positive_span(s, "expires_in"))
+        .transpose()?;
+    let max_age = gw
+        .store
+        .project_by_name(&p.project)
+        .await
+        .map_err(store_error)?
+        .map_or(DEFAULT_MAX_KEY_AGE_MS, |pr| pr.effective_max_key_age_ms());
+    let lifetime = expires_in.unwrap_or(max_age);
+    if lifetime > max_age {
+        return Err(invalid(
+            format!(
+                "expires_in is beyond project {:?}'s maximum key age ({} ms): ask for less",
+                p.project, max_age
+            ),
+            "expires_in",
+        ));
+    }
+    let now = now_ms();
+    let mut minted = keys::mint(&p.project, &body.env, role, body.name, now);
+    minted.record.expires_at_ms = now.saturating_add(lifetime);
+    let rec = gw
+        .store
+        .insert_key_as(&minted.record, &actor)
+        .await
+        .map_err(store_error)?;
+    Ok(json!({
+        "id": rec.id, "key": minted.secret, "prefix": rec.prefix,
+        "project": rec.project, "env": rec.env, "role": rec.role,
+        "name": rec.name, "expires_at_ms": rec.expires_at_ms,
+    }))
+}
+
+async fn list_keys(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadKeys)?;
+        let now = now_ms();
+        let keys = gw.store.list_keys().await.map_err(store_error)?;
+        let data: Vec<Value> = keys
+            .iter()
+            .filter(|k| k.project == p.project)
+            .map(|k| key_json(k, now))
+            .collect();
+        Ok(json!({ "object": "list", "data": data }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn show_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadKeys)?;
+        Ok(key_json(&own_key(&gw, &p, &id).await?, now_ms()))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn rotate_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    reply(rotate_key_inner(&gw, &id, req).await, StatusCode::OK)
+}
+
+async fn rotate_key_inner(
+    gw: &Gateway,
+    id: &str,
+    req: Request<Body>,
+) -> Result<Value, GatewayError> {
+    let p = caller(gw, req.headers(), AdminAction::ChangeKeys)?;
+    let actor = actor(&p, &req);
+    let body: RotateBody = read_body(req, true).await?;
+    let grace_ms = span_ms(body.grace.as_deref().unwrap_or("24h"), "grace")?;
+    let old = own_key(gw, &p, id).await?;
+    let max_age = gw
+        .store
+        .project_by_name(&old.project)
+        .await
+        .map_err(store_error)?
+        .map_or(DEFAULT_MAX_KEY_AGE_MS, |pr| pr.effective_max_key_age_ms());
+    let now = now_ms();
+    let mut minted = keys::mint(&old.project, &old.env, old.role, old.name.clone(), now);
+    minted.record.expires_at_ms = now.saturating_add(max_age);
+    let next = gw
+        .store
+        .rotate_key(id, &minted.record, grace_ms, now, &actor)
+        .await
+        .map_err(store_error)?;
+    Ok(json!({
+        "id": next.id, "key": minted.secret, "prefix": next.prefix,
+        "project": next.project, "env": next.env, "role": next.role,
+        "name": next.name, "expires_at_ms": next.expires_at_ms,
+        "predecessor": id, "predecessor_retires_at_ms": now.saturating_add(grace_ms),
+    }))
+}
+
+/// A change of state that needs only the key id and a reason.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Revoke,
+    Suspend,
+    Resume,
+}
+
+async fn revoke_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    reply(change(&gw, &id, Change::Revoke, req).await, StatusCode::OK)
+}
+
+async fn suspend_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    reply(change(&gw, &id, Change::Suspend, req).await, StatusCode::OK)
+}
+
+async fn resume_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    reply(change(&gw, &id, Change::Resume, req).await, StatusCode::OK)
+}
+
+async fn change(
+    gw: &Gateway,
+    id: &str,
+    change: Change,
+    req: Request<Body>,
+) -> Result<Value, GatewayError> {
+    let p = caller(gw, req.headers(), AdminAction::ChangeKeys)?;
+    let actor = actor(&p, &req);
+    let body: ReasonBody = read_body(req, true).await?;
+    check_text(body.reason.as_deref(), "reason")?;
+    own_key(gw, &p, id).await?;
+    let (now, reason) = (now_ms(), body.reason.as_deref());
+    let (action, changed) = match change {
+        Change::Revoke => (
+            "revoke",
+            gw.store.revoke_key_as(id, reason, now, &actor).await,
+        ),
+        Change::Suspend => (
+            "suspend",
+            gw.store.suspend_key(id, reason, now, &actor).await,
+        ),
+        Change::Resume => ("resume", gw.store.resume_key(id, reason, now, &actor).await),
+    };
+    let changed = changed.map_err(store_error)?;
+    let key = own_key(gw, &p, id).await?;
+    Ok(json!({
+        "id": id, "action": action, "changed": changed, "state": key.state(now_ms()),
+    }))
+}
+
+async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadUsage)?;
+        let q: UsageQuery = read_query(&uri)?;
+        let by = q.by.as_deref().unwrap_or("key");
+        if !matches!(by, "key" | "model" | "day") {
+            return Err(invalid(
+                format!("unknown grouping {by:?}: use key, model or day"),
+                "by",
+            ));
+        }
+        let since_ms = now_ms() - positive_span(q.since.as_deref().unwrap_or("24h"), "since")?;
+        let records = gw
+            .store
+            .usage_records(since_ms)
+            .await
+            .map_err(store_error)?;
+        // The store's totals have no project filter: group the project's records here.
+        let own_only = p.role == Role::Member;
+        let mut groups: BTreeMap<String, UsageTotals> = BTreeMap::new();
+        for r in records.iter().filter(|r| {
+            r.project.as_deref() == Some(p.project.as_str())
+                && (!own_only || r.key_id.as_deref() == Some(p.key_id.as_str()))
+        }) {
+            let group = match by {
+                "key" => r.key_id.clone().unwrap_or_default(),
+                "model" => r
+                    .model_served
+                    .clone()
+                    .or_else(|| r.model_requested.clone())
+                    .unwrap_or_default(),
+                _ => day_of(r.created_at_ms),
+            };
+            let t = groups.entry(group.clone()).or_insert_with(|| UsageTotals {
+                group,
+                requests: 0,
+                errors: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                total_tokens: 0,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+            });
+            t.requests += 1;
+            t.errors += u64::from(r.status >= 400);
+            t.input_tokens += r.input_tokens;
+            t.output_tokens += r.output_tokens;
+            t.total_tokens += r.total_tokens;
+            t.cached_tokens += r.cached_tokens;
+            t.reasoning_tokens += r.reasoning_tokens;
+        }
+        let data: Vec<UsageTotals> = groups.into_values().collect();
+        Ok(json!({
+            "object": "list", "project": p.project, "by": by, "since_ms": since_ms,
+            "data": data,
+        }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadKeys)?;
+        let q: AuditQuery = read_query(&uri)?;
+        let since_ms = now_ms() - positive_span(q.since.as_deref().unwrap_or("24h"), "since")?;
+        let limit = match q.limit.as_deref() {
+            None => 100,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=MAX_AUDIT_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        format!("limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}"),
+                        "limit",
+                    ))
+                }
+            },
+        };
+        // The audit log has no project column: keep the rows about the project itself
+        // or one of its keys.
+        let ours: HashSet<String> = gw
+            .store
+            .list_keys()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|k| k.project == p.project)
+            .map(|k| k.id)
+            .collect();
+        let entries = gw
+            .store
+            .list_audit(since_ms, i64::MAX)
+            .await
+            .map_err(store_error)?;
+        let data: Vec<Value> = entries
+            .iter()
+            .filter(|e| e.target == p.project || ours.contains(&e.target))
+            .take(usize::try_from(limit).unwrap_or(100))
+            .map(|e| {
+                json!({
+                    "id": e.id, "at_ms": e.at_ms, "actor": e.actor, "action": e.action,
+                    "target": e.target,
+                    "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null),
+                    "source": e.source,
+                })
+            })
+            .collect();
+        Ok(json!({ "object": "list", "data": data }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+fn reply(result: Result<Value, GatewayError>, ok: StatusCode) -> Response {
+    match result {
+        Ok(v) => (ok, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Key metadata: never the digest, never a secret.
+fn key_json(k: &KeyRecord, now: i64) -> Value {
+    json!({
+        "id": k.id, "prefix": k.prefix, "project": k.project, "env": k.env, "role": k.role,
+        "name": k.name, "created_at_ms": k.created_at_ms, "last_used_at_ms": k.last_used_at_ms,
+        "expires_at_ms": k.expires_at_ms, "state": k.state(now),
+        "due_for_rotation": k.due_for_rotation(now),
+        "revoked_at_ms": k.revoked_at_ms, "revoke_reason": k.revoke_reason,
+        "suspended_at_ms": k.suspended_at_ms, "suspend_reason": k.suspend_reason,
+        "rotated_to": k.rotated_to, "retire_at_ms": k.retire_at_ms,
+    })
+}
+
+/// Reads a JSON body into `T`; an empty body counts as `{}` when `empty_ok`.
+async fn read_body<T: serde::de::DeserializeOwned>(
+    req: Request<Body>,
+    empty_ok: bool,
+) -> Result<T, GatewayError> {
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| GatewayError::BodyTooLarge {
+            limit: MAX_BODY_BYTES,
+        })?;
+    let text: &[u8] = if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text).map_err(|e| GatewayError::InvalidRequest {
+        message: format!("invalid request body: {e}"),
+        param: None,
+    })
+}
+
+fn read_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T, GatewayError> {
+    let Some(q) = uri.query() else {
+        return Ok(T::default());
+    };
+    serde_urlencoded_like(q)
+}
+
+/// Parses a query string into `T` through a JSON object of strings.
+fn serde_urlencoded_like<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, GatewayError> {
+    let mut map = serde_json::Map::new();
+    for pair in q.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| GatewayError::InvalidRequest {
+        message: format!("invalid query: {e}"),
+        param: None,
+    })
+}
+
+fn invalid(message: impl Into<String>, param: &'static str) -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: message.into(),
+        param: Some(param),
+    }
+}
+
+/// Environment names: 1–64 of `[a-z0-9_-]`, starting alphanumeric (as the store).
+fn check_env(env: &str) -> Result<(), GatewayError> {
+    let ok = !env.is_empty()
+        && env.len() <= 64
+        && env.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && env
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("invalid env name {env:?}: use 1-64 lowercase letters, digits, '-' or '_'"),
+            "env",
+        ))
+    }
+}
+
+fn check_text(text: Option<&str>, param: &'static str) -> Result<(), GatewayError> {
+    match text {
+        Some(t) if t.chars().count() > MAX_TEXT_CHARS => Err(invalid(
+            format!("{param} is longer than {MAX_TEXT_CHARS} characters"),
+            param,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A duration like `30s`, `15m`, `24h` or `7d`, in milliseconds (zero allowed).
+fn span_ms(s: &str, param: &'static str) -> Result<i64, GatewayError> {
+    let bad = || {
+        invalid(
+            format!("{param} {s:?} is not a duration like 30m, 24h or 7d"),
+            param,
+        )
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(n.saturating_mul(unit_ms))
+}
+
+/// A duration that must be longer than zero.
+fn positive_span(s: &str, param: &'static str) -> Result<i64, GatewayError> {
+    let ms = span_ms(s, param)?;
+    if ms > 0 {
+        Ok(ms)
+    } else {
+        Err(invalid(format!("{param} must be longer than zero"), param))
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix millisecond time.
+fn day_of(ms: i64) -> String {
+    // Howard Hinnant's civil-from-days.
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Store failures as answers: a refused change is bad input, a lost row is 404.
+fn store_error(e: StoreError) -> GatewayError {
+    match e {
+        StoreError::Invalid(m) | StoreError::Conflict(m) => GatewayError::InvalidRequest {
+            message: m,
+            param: None,
+        },
+        StoreError::NotFound(m) => GatewayError::NotFound {
+            what: "resource",
+            id: m,
+        },
+        other => {
+            tracing::error!(error = %other, "admin API store failure");
+            GatewayError::Internal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_days_and_text_limits() {
+        assert_eq!(span_ms("24h", "grace"), Ok(86_400_000));
+        assert_eq!(span_ms("0s", "grace"), Ok(0));
+        assert!(span_ms("7w", "grace").is_err());
+        assert!(span_ms("-3d", "grace").is_err());
+        assert!(span_ms("", "grace").is_err());
+        assert!(span_ms("30", "grace").is_err());
+        assert!(positive_span("0s", "since").is_err());
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(1_709_251_200_000), "2024-03-01");
+        assert!(check_env("prod").is_ok());
+        assert!(check_env("Prod!").is_err());
+        assert!(check_text(Some(&"x".repeat(201)), "name").is_err());
+        assert!(check_text(Some(&"x".repeat(200)), "name").is_ok());
+    }
+
+    /// `docs/admin-openapi.yaml` describes exactly the routes served.
+    #[test]
+    fn openapi_lists_every_route() {
+        let text = include_str!("../../../docs/admin-openapi.yaml");
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+        assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_mapping().unwrap() {
+            for (method, _) in item.as_mapping().unwrap() {
+                documented.push((
+                    method.as_str().unwrap().to_owned(),
+                    path.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}

@@ -1,0 +1,384 @@
+//! The admin HTTP API end to end: key changes made over it are honoured by the running
+//! gateway within a second, roles are enforced (403), other projects' keys are
+//! invisible (404), bad input is refused (400) without touching the store, and every
+//! change is audited with the caller's key id and address, never a secret.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, start, Harness};
+use tollgate_gateway::admin::ROUTES;
+use tollgate_gateway::keys;
+use tollgate_store::Role;
+
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// An admin call with `secret`: status and body.
+async fn admin(
+    h: &Harness,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = match method {
+        "post" => h.http.post(h.url(path)),
+        _ => h.http.get(h.url(path)),
+    }
+    .bearer_auth(secret);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// The status of one model call with `secret`.
+async fn call(h: &Harness, secret: &str) -> u16 {
+    h.http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(secret)
+        .json(&json!({"model": "gpt-4o-mini", "input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls until a model call with `secret` answers `status`.
+async fn honoured(h: &Harness, secret: &str, status: u16) -> bool {
+    eventually(WITHIN, || async { call(h, secret).await == status })
+        .await
+        .is_some()
+}
+
+/// Mints a key of `role` in the harness project and waits until the gateway knows it.
+async fn key(h: &Harness, role: Role) -> (String, String) {
+    let (secret, id) = h.mint("dev", role).await;
+    let known = eventually(Duration::from_secs(2), || async {
+        admin(h, &secret, "get", "/admin/v1/usage", None).await.0 != 401
+    })
+    .await;
+    assert!(known.is_some(), "the gateway never learnt the new key");
+    (secret, id)
+}
+
+#[tokio::test]
+async fn an_admin_manages_a_key_over_its_whole_life_and_the_gateway_honours_each_step() {
+    let h = start().await;
+    let (admin_key, admin_id) = key(&h, Role::Admin).await;
+
+    let (s, created) = admin(
+        &h,
+        &admin_key,
+        "post",
+        "/admin/v1/keys",
+        Some(json!({"env": "prod", "name": "checkout", "expires_in": "30d"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["project"], "shop");
+    assert_eq!(created["env"], "prod");
+    assert_eq!(created["role"], "member");
+    let (id, secret) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    assert!(secret.starts_with("tg-prod-"));
+    assert!(honoured(&h, &secret, 200).await, "created key not accepted");
+
+    let (s, listed) = admin(&h, &admin_key, "get", "/admin/v1/keys", None).await;
+    assert_eq!(s, 200);
+    let text = listed.to_string();
+    assert!(text.contains(&id));
+    assert!(!text.contains(&secret) && !text.contains("digest"));
+    let (s, shown) = admin(&h, &admin_key, "get", &format!("/admin/v1/keys/{id}"), None).await;
+    assert_eq!((s, shown["state"].as_str()), (200, Some("active")));
+
+    let path = |op: &str| format!("/admin/v1/keys/{id}/{op}");
+    let (s, body) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &path("suspend"),
+        Some(json!({"reason": "leak?"})),
+    )
+    .await;
+    assert_eq!((s, body["changed"].as_bool()), (200, Some(true)), "{body}");
+    assert!(honoured(&h, &secret, 403).await, "suspension not honoured");
+    let (s, _) = admin(&h, &admin_key, "post", &path("resume"), None).await;
+    assert_eq!(s, 200);
+    assert!(honoured(&h, &secret, 200).await, "resumption not honoured");
+
+    let (s, rotated) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &path("rotate"),
+        Some(json!({"grace": "0s"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{rotated}");
+    assert_eq!(rotated["predecessor"], id.as_str());
+    let successor = rotated["key"].as_str().unwrap().to_owned();
+    let successor_id = rotated["id"].as_str().unwrap().to_owned();
+    assert!(
+        honoured(&h, &secret, 401).await,
+        "rotated key still accepted"
+    );
+    assert!(
+        honoured(&h, &successor, 200).await,
+        "successor not accepted"
+    );
+
+    let (s, _) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &format!("/admin/v1/keys/{successor_id}/revoke"),
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        honoured(&h, &successor, 401).await,
+        "revocation not honoured"
+    );
+
+    // Audited as the caller's key from its address; no secret anywhere in the log.
+    let (s, audit) = admin(
+        &h,
+        &admin_key,
+        "get",
+        "/admin/v1/audit?since=1h&limit=1000",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ours: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == format!("key:{admin_id}").as_str())
+        .collect();
+    let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in [
+        "key.create",
+        "key.suspend",
+        "key.resume",
+        "key.rotate",
+        "key.revoke",
+    ] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    assert!(ours.iter().all(|e| e["source"] == "admin-api 127.0.0.1"));
+    let rows = format!("{:?}", h.store.list_audit(0, 10_000).await.unwrap());
+    for s in [&secret, &successor, &admin_key, &h.key] {
+        assert!(!rows.contains(s.as_str()), "a secret is in the audit log");
+    }
+    // Admin calls are not model calls: usage holds only the model calls above.
+    let records = format!("{:?}", h.store.usage_records(0).await.unwrap());
+    assert!(!records.contains("/admin/"));
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_cannot_change_and_a_member_reads_only_its_own_usage() {
+    let h = start().await;
+    let (viewer, _) = key(&h, Role::Viewer).await;
+    let (member, member_id) = (h.key.clone(), h.key_id.clone());
+    let (_, other_id) = key(&h, Role::Member).await;
+    assert_eq!(call(&h, &member).await, 200);
+
+    for (method, path) in ROUTES {
+        let path = path.replace("{id}", &other_id);
+        let body = (*method == "post").then(|| json!({"env": "dev"}));
+        let (s, v) = admin(&h, &viewer, method, &path, body.clone()).await;
+        let (ms, mv) = admin(&h, &member, method, &path, body).await;
+        if *method == "get" {
+            assert_eq!(s, 200, "viewer {method} {path}: {v}");
+        } else {
+            assert_eq!(s, 403, "viewer {method} {path}: {v}");
+            assert_eq!(v["error"]["code"], "permission_denied");
+        }
+        if path.starts_with("/admin/v1/usage") {
+            assert_eq!(ms, 200, "member {path}: {mv}");
+        } else {
+            assert_eq!(ms, 403, "member {method} {path}: {mv}");
+            assert_eq!(mv["error"]["type"], "permission_error");
+        }
+    }
+    // Usage is written in the background: wait for the member's call to land.
+    let landed = eventually(Duration::from_secs(3), || async {
+        let (_, u) = admin(&h, &viewer, "get", "/admin/v1/usage?by=key", None).await;
+        u["data"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    assert!(landed.is_some(), "usage never recorded");
+    let (_, usage) = admin(&h, &member, "get", "/admin/v1/usage?by=key", None).await;
+    let groups: Vec<&str> = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, vec![member_id.as_str()]);
+    let (_, usage) = admin(&h, &viewer, "get", "/admin/v1/usage?by=model", None).await;
+    assert_eq!(usage["data"][0]["requests"], 1, "{usage}");
+}
+
+#[tokio::test]
+async fn another_projects_keys_are_not_found() {
+    let h = start().await;
+    let (admin_key, _) = key(&h, Role::Admin).await;
+    h.store.ensure_project("rival").await.unwrap();
+    let m = keys::mint("rival", "dev", Role::Member, None, support::now_ms());
+    h.store.insert_key(&m.record).await.unwrap();
+    let id = m.record.id;
+    for (method, path) in ROUTES.iter().filter(|(_, p)| p.contains("{id}")) {
+        let path = path.replace("{id}", &id);
+        let (s, v) = admin(&h, &admin_key, method, &path, None).await;
+        assert_eq!(s, 404, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "not_found");
+    }
+    let (_, listed) = admin(&h, &admin_key, "get", "/admin/v1/keys", None).await;
+    assert!(!listed.to_string().contains(&id));
+    assert_eq!(
+        h.store.key_by_id(&id).await.unwrap().unwrap().revoked_at_ms,
+        None
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
+    let h = start().await;
+    let (admin_key, _) = key(&h, Role::Admin).await;
+    let id = h.key_id.clone();
+    let long = "x".repeat(201);
+    let cases: Vec<(&str, String, Value, Option<&str>)> = vec![
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "Prod!"}),
+            Some("env"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "expires_in": "3 weeks"}),
+            Some("expires_in"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "expires_in": "0d"}),
+            Some("expires_in"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "expires_in": "365d"}),
+            Some("expires_in"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "role": "root"}),
+            Some("role"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "name": long}),
+            Some("name"),
+        ),
+        (
+            "post",
+            "/admin/v1/keys".into(),
+            json!({"env": "dev", "project": "rival"}),
+            None,
+        ),
+        ("post", "/admin/v1/keys".into(), json!({}), None),
+        (
+            "post",
+            format!("/admin/v1/keys/{id}/rotate"),
+            json!({"grace": "1y"}),
+            Some("grace"),
+        ),
+        (
+            "post",
+            format!("/admin/v1/keys/{id}/revoke"),
+            json!({"reason": long}),
+            Some("reason"),
+        ),
+        (
+            "post",
+            format!("/admin/v1/keys/{id}/suspend"),
+            json!({"why": "x"}),
+            None,
+        ),
+        (
+            "get",
+            "/admin/v1/usage?by=week".into(),
+            Value::Null,
+            Some("by"),
+        ),
+        (
+            "get",
+            "/admin/v1/usage?since=soon".into(),
+            Value::Null,
+            Some("since"),
+        ),
+        (
+            "get",
+            "/admin/v1/audit?limit=0".into(),
+            Value::Null,
+            Some("limit"),
+        ),
+        (
+            "get",
+            "/admin/v1/audit?colour=red".into(),
+            Value::Null,
+            None,
+        ),
+    ];
+    let keys_before = h.store.list_keys().await.unwrap();
+    let audit_before = h.store.list_audit(0, 10_000).await.unwrap();
+    for (method, path, body, param) in cases {
+        let body = (method == "post").then_some(body);
+        let (s, v) = admin(&h, &admin_key, method, &path, body).await;
+        assert_eq!(s, 400, "{method} {path}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"].as_str(), param, "{path}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, _) = admin(
+        &h,
+        &admin_key,
+        "post",
+        "/admin/v1/keys/key_nope/revoke",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(h.store.list_keys().await.unwrap(), keys_before);
+    assert_eq!(h.store.list_audit(0, 10_000).await.unwrap(), audit_before);
+}
+
+#[tokio::test]
+async fn every_admin_route_is_served_and_needs_a_key() {
+    let h = start().await;
+    for (method, path) in ROUTES {
+        let path = path.replace("{id}", "key_x");
+        let req = match *method {
+            "post" => h.http.post(h.url(&path)),
+            _ => h.http.get(h.url(&path)),
+        };
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{method} {path}");
+    }
+}
