@@ -59,6 +59,17 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/admin/v1/keys/{id}/resume", post(resume_key))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/audit", get(audit))
+        .method_not_allowed_fallback(wrong_method)
+}
+
+/// A known admin path with another method: OpenAI's `Invalid URL` answer, not axum's
+/// bare 405.
+async fn wrong_method(method: http::Method, uri: Uri) -> Response {
+    GatewayError::InvalidUrl {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -381,4 +381,16 @@ async fn every_admin_route_is_served_and_needs_a_key() {
         let res = req.send().await.unwrap();
         assert_eq!(res.status().as_u16(), 401, "{method} {path}");
     }
+    // A known path with another method, and an unknown admin path: OpenAI's Invalid URL.
+    for res in [
+        h.http.delete(h.url("/admin/v1/keys")).send().await.unwrap(),
+        h.http.get(h.url("/admin/v1/nothing")).send().await.unwrap(),
+    ] {
+        assert_eq!(res.status().as_u16(), 404);
+        let v: Value = res.json().await.unwrap();
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid URL"));
+    }
 }
