@@ -19,8 +19,9 @@ pub mod testing;
 use std::path::Path;
 
 pub use model::{
-    Actor, AuditEntry, KeyRecord, KeyState, NewAudit, NewKey, Project, Role, UsageFilter,
-    UsageGroup, UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
+    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, NewAudit, NewKey, Project,
+    ProjectDetail, ProjectEnv, ProjectSummary, Role, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -132,6 +133,180 @@ impl Store {
                     .await
             }
         }
+    }
+
+    /// Creates a project, optionally with a default provider credential (a secret
+    /// reference); Conflict if it exists.
+    pub async fn create_project(
+        &self,
+        name: &str,
+        upstream_api_key: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        validate_name("project", name)?;
+        if let Some(r) = upstream_api_key {
+            validate_secret_ref(r)?;
+        }
+        match self {
+            Self::Sqlite(s) => {
+                s.create_project(name, upstream_api_key, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.create_project(name, upstream_api_key, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// Every project by name, with the number of its keys that are not revoked.
+    pub async fn list_projects(&self) -> Result<Vec<ProjectSummary>> {
+        let projects = match self {
+            Self::Sqlite(s) => s.list_projects().await?,
+            Self::Postgres(s) => s.list_projects().await?,
+        };
+        let keys = self.active_keys().await?;
+        Ok(projects
+            .into_iter()
+            .map(|project| {
+                let active_keys = keys.iter().filter(|k| k.project == project.name).count();
+                ProjectSummary {
+                    project,
+                    active_keys: active_keys as u64,
+                }
+            })
+            .collect())
+    }
+
+    /// A project with its environments: those with a row (a credential set or
+    /// cleared) and those known only from keys that are not revoked.
+    pub async fn project_detail(&self, name: &str) -> Result<ProjectDetail> {
+        let project = self
+            .project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))?;
+        let rows = match self {
+            Self::Sqlite(s) => s.project_envs(name).await?,
+            Self::Postgres(s) => s.project_envs(name).await?,
+        };
+        let keys: Vec<KeyRecord> = self
+            .active_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.project == name)
+            .collect();
+        let mut envs: std::collections::BTreeMap<String, ProjectEnv> = rows
+            .into_iter()
+            .map(|(env, upstream_api_key, created_at_ms)| {
+                let e = ProjectEnv {
+                    env: env.clone(),
+                    upstream_api_key,
+                    created_at_ms: Some(created_at_ms),
+                    active_keys: 0,
+                };
+                (env, e)
+            })
+            .collect();
+        for k in &keys {
+            envs.entry(k.env.clone())
+                .or_insert_with(|| ProjectEnv {
+                    env: k.env.clone(),
+                    upstream_api_key: None,
+                    created_at_ms: None,
+                    active_keys: 0,
+                })
+                .active_keys += 1;
+        }
+        Ok(ProjectDetail {
+            project,
+            active_keys: keys.len() as u64,
+            envs: envs.into_values().collect(),
+        })
+    }
+
+    /// Deletes a project and its environments; refused (Conflict) while it has keys
+    /// that are not revoked. Its revoked keys go with it; audit rows stay.
+    pub async fn delete_project(&self, name: &str, now_ms: i64, actor: &Actor) -> Result<()> {
+        match self {
+            Self::Sqlite(s) => s.delete_project(name, now_ms, actor).await,
+            Self::Postgres(s) => s.delete_project(name, now_ms, actor).await,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) a project's default provider credential: a secret
+    /// reference, never a value. Bumps the keys version so servers reload it.
+    pub async fn set_project_credential(
+        &self,
+        name: &str,
+        reference: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        if let Some(r) = reference {
+            validate_secret_ref(r)?;
+        }
+        match self {
+            Self::Sqlite(s) => {
+                s.set_project_credential(name, reference, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.set_project_credential(name, reference, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// Sets (or clears) one environment's provider credential, creating the
+    /// environment if needed. Bumps the keys version so servers reload it.
+    pub async fn set_env_credential(
+        &self,
+        name: &str,
+        env: &str,
+        reference: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<()> {
+        validate_name("environment", env)?;
+        if let Some(r) = reference {
+            validate_secret_ref(r)?;
+        }
+        match self {
+            Self::Sqlite(s) => {
+                s.set_env_credential(name, env, reference, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.set_env_credential(name, env, reference, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// The provider credential reference for calls of `project`/`env`: the
+    /// environment's, else the project's default; `None` means the global default.
+    pub async fn credential_refs(&self) -> Result<CredentialRefs> {
+        let projects = match self {
+            Self::Sqlite(s) => s.list_projects().await?,
+            Self::Postgres(s) => s.list_projects().await?,
+        };
+        let mut refs = CredentialRefs::default();
+        for p in projects {
+            let rows = match self {
+                Self::Sqlite(s) => s.project_envs(&p.name).await?,
+                Self::Postgres(s) => s.project_envs(&p.name).await?,
+            };
+            for (env, r, _) in rows {
+                if let Some(r) = r {
+                    refs.envs.insert((p.name.clone(), env), r);
+                }
+            }
+            if let Some(r) = p.upstream_api_key {
+                refs.projects.insert(p.name, r);
+            }
+        }
+        Ok(refs)
     }
 
     /// Stores a new key (its digest and prefix) and bumps the keys version (audited
@@ -342,6 +517,31 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
         Err(StoreError::Invalid(format!(
             "invalid {what} name {name:?}: use 1-64 lowercase letters, digits, '-' or '_'"
         )))
+    }
+}
+
+/// A provider credential is stored as a secret reference, never as a value:
+/// `env:NAME` (an environment variable name), `file:PATH` or `exec:COMMAND`, at most
+/// 512 characters without control characters.
+pub fn validate_secret_ref(reference: &str) -> Result<()> {
+    let body = ["env:", "file:", "exec:"]
+        .iter()
+        .find_map(|scheme| reference.strip_prefix(scheme));
+    let env_name_ok = reference
+        .strip_prefix("env:")
+        .is_none_or(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let ok = body.is_some_and(|b| !b.trim().is_empty())
+        && env_name_ok
+        && reference.len() <= 512
+        && !reference.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "a provider credential must be a secret reference: env:NAME, file:PATH or \
+             exec:COMMAND (never the key itself)"
+                .into(),
+        ))
     }
 }
 

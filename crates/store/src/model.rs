@@ -15,6 +15,58 @@ pub struct Project {
     /// The longest lifetime a new key of this project may have; `None` means
     /// [`DEFAULT_MAX_KEY_AGE_MS`].
     pub max_key_age_ms: Option<i64>,
+    /// The project's default provider credential: a secret reference (`env:NAME`,
+    /// `file:PATH`, `exec:CMD`), never a secret value. `None` means the gateway's
+    /// global `upstream.api_key`.
+    pub upstream_api_key: Option<String>,
+}
+
+/// A project with the number of its keys that are not revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectSummary {
+    #[serde(flatten)]
+    pub project: Project,
+    pub active_keys: u64,
+}
+
+/// One environment of a project: its provider credential reference, if set, and how
+/// many keys that are not revoked it has. `created_at_ms` is `None` for an
+/// environment known only from its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectEnv {
+    pub env: String,
+    pub upstream_api_key: Option<String>,
+    pub created_at_ms: Option<i64>,
+    pub active_keys: u64,
+}
+
+/// A project with its environments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectDetail {
+    #[serde(flatten)]
+    pub project: Project,
+    pub active_keys: u64,
+    pub envs: Vec<ProjectEnv>,
+}
+
+/// Every stored provider credential reference, for the gateway's resolution chain:
+/// an environment's reference, else its project's, else the global default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialRefs {
+    /// (project, env) → reference.
+    pub envs: BTreeMap<(String, String), String>,
+    /// project → default reference.
+    pub projects: BTreeMap<String, String>,
+}
+
+impl CredentialRefs {
+    /// The reference calls of `project`/`env` use; `None` means the global default.
+    pub fn for_key(&self, project: &str, env: &str) -> Option<&str> {
+        self.envs
+            .get(&(project.to_owned(), env.to_owned()))
+            .or_else(|| self.projects.get(project))
+            .map(String::as_str)
+    }
 }
 
 /// A key's default (and, unless the project says otherwise, longest) lifetime: 90 days.

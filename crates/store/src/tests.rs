@@ -130,6 +130,8 @@ both_backends!(
     the_database_refuses_to_change_or_remove_audit_rows,
     keys_made_before_expiry_existed_get_created_plus_90_days,
     of_two_concurrent_rotations_of_one_key_exactly_one_wins,
+    projects_are_created_listed_shown_and_deleted,
+    provider_credentials_are_references_resolved_env_then_project,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -871,4 +873,182 @@ async fn of_two_concurrent_rotations_of_one_key_exactly_one_wins(db: &TestDb) {
         .filter(|e| e.action == "key.rotate")
         .count();
     assert_eq!(rotations, 1);
+}
+
+async fn projects_are_created_listed_shown_and_deleted(db: &TestDb) {
+    let store = db.open().await;
+    let v0 = store.keys_version().await.unwrap();
+    let p = store
+        .create_project("shop", Some("env:OPENAI_KEY_SHOP"), 1_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.upstream_api_key.as_deref(), Some("env:OPENAI_KEY_SHOP"));
+    assert!(store.keys_version().await.unwrap() > v0);
+    assert!(matches!(
+        store.create_project("shop", None, 1_000, &cli()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.create_project("Bad Name", None, 1_000, &cli()).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store
+        .create_project("blog", None, 1_000, &cli())
+        .await
+        .unwrap();
+    store
+        .insert_key(&new_key("k1", "shop", "d1"))
+        .await
+        .unwrap();
+    store
+        .insert_key(&new_key("k2", "shop", "d2"))
+        .await
+        .unwrap();
+
+    let list = store.list_projects().await.unwrap();
+    let counts: Vec<(&str, u64)> = list
+        .iter()
+        .map(|p| (p.project.name.as_str(), p.active_keys))
+        .collect();
+    assert_eq!(counts, vec![("blog", 0), ("shop", 2)]);
+
+    store
+        .set_env_credential(
+            "shop",
+            "prod",
+            Some("file:/run/secrets/prod"),
+            2_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    let d = store.project_detail("shop").await.unwrap();
+    assert_eq!(d.active_keys, 2);
+    let envs: Vec<(&str, Option<&str>, u64)> = d
+        .envs
+        .iter()
+        .map(|e| (e.env.as_str(), e.upstream_api_key.as_deref(), e.active_keys))
+        .collect();
+    assert_eq!(
+        envs,
+        vec![
+            ("dev", None, 2),
+            ("prod", Some("file:/run/secrets/prod"), 0)
+        ]
+    );
+    assert!(matches!(
+        store.project_detail("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Refused while a key is live; nothing changes.
+    let err = store
+        .delete_project("shop", 3_000, &cli())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("not revoked"), "{err}");
+    assert!(store.project_by_name("shop").await.unwrap().is_some());
+
+    store.revoke_key("k1", None, 3_000).await.unwrap();
+    store.revoke_key("k2", None, 3_000).await.unwrap();
+    let v1 = store.keys_version().await.unwrap();
+    store.delete_project("shop", 4_000, &cli()).await.unwrap();
+    assert!(store.keys_version().await.unwrap() > v1);
+    assert!(store.project_by_name("shop").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_project("shop", 4_000, &cli()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // The name can be used again, with no environments left over.
+    store
+        .create_project("shop", None, 5_000, &cli())
+        .await
+        .unwrap();
+    assert!(store.project_detail("shop").await.unwrap().envs.is_empty());
+
+    let actions: Vec<(String, String)> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action.starts_with("project."))
+        .map(|a| (a.action, a.target))
+        .collect();
+    assert!(actions.contains(&("project.delete".into(), "shop".into())));
+    assert!(actions.contains(&("project.set_env_credential".into(), "shop/prod".into())));
+}
+
+async fn provider_credentials_are_references_resolved_env_then_project(db: &TestDb) {
+    let store = db.open().await;
+    store
+        .create_project("shop", None, 1_000, &cli())
+        .await
+        .unwrap();
+    for bad in ["sk-live-1234", "env:", "env:A B", "http://x", "file:"] {
+        let before = store.keys_version().await.unwrap();
+        assert!(
+            matches!(
+                store
+                    .set_project_credential("shop", Some(bad), 2_000, &cli())
+                    .await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad}"
+        );
+        assert!(matches!(
+            store
+                .set_env_credential("shop", "dev", Some(bad), 2_000, &cli())
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.keys_version().await.unwrap(), before);
+    }
+    // A refused value never reaches the audit log.
+    let audit = store.list_audit(0, 100).await.unwrap();
+    assert!(audit.iter().all(|a| !a.detail.contains("sk-live")));
+    assert!(matches!(
+        store
+            .set_env_credential("nope", "dev", Some("env:X"), 2_000, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert_eq!(
+        store
+            .credential_refs()
+            .await
+            .unwrap()
+            .for_key("shop", "dev"),
+        None
+    );
+    let v = store.keys_version().await.unwrap();
+    store
+        .set_project_credential("shop", Some("env:SHOP_DEFAULT"), 2_000, &cli())
+        .await
+        .unwrap();
+    store
+        .set_env_credential("shop", "prod", Some("exec:vault read prod"), 2_000, &cli())
+        .await
+        .unwrap();
+    assert!(store.keys_version().await.unwrap() >= v + 2);
+    let refs = store.credential_refs().await.unwrap();
+    assert_eq!(refs.for_key("shop", "dev"), Some("env:SHOP_DEFAULT"));
+    assert_eq!(refs.for_key("shop", "prod"), Some("exec:vault read prod"));
+    assert_eq!(refs.for_key("blog", "prod"), None);
+
+    // Clearing the environment's reference falls back to the project's.
+    store
+        .set_env_credential("shop", "prod", None, 3_000, &cli())
+        .await
+        .unwrap();
+    store
+        .set_project_credential("shop", None, 3_000, &cli())
+        .await
+        .unwrap();
+    let refs = store.credential_refs().await.unwrap();
+    assert_eq!(refs.for_key("shop", "prod"), None);
+    let d = store.project_detail("shop").await.unwrap();
+    assert_eq!(d.envs.len(), 1);
+    assert_eq!(d.envs[0].upstream_api_key, None);
 }

@@ -23,13 +23,14 @@ type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 const MIGRATIONS: &[&str] = &[
     include_str!("0001_init.sql"),
     include_str!("0002_lifecycle.sql"),
+    include_str!("0003_credentials.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
                            last_used_at_ms, revoked_at_ms, revoke_reason, expires_at_ms, \
                            suspended_at_ms, suspend_reason, rotated_to, retire_at_ms";
 
-const PROJECT_COLUMNS: &str = "id, name, created_at_ms, max_key_age_ms";
+const PROJECT_COLUMNS: &str = "id, name, created_at_ms, max_key_age_ms, upstream_api_key";
 
 const AUDIT_COLUMNS: &str = "id, at_ms, actor, action, target, detail, source";
 
@@ -160,6 +161,165 @@ impl SqliteStore {
         self.project_by_name(name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+    }
+
+    pub async fn create_project(
+        &self,
+        name: &str,
+        upstream_api_key: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        let mut tx = self.write_tx().await?;
+        let created = sqlx::query(
+            "INSERT INTO projects (id, name, created_at_ms, upstream_api_key) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(format!("proj_{name}"))
+        .bind(name)
+        .bind(now_ms)
+        .bind(upstream_api_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if created == 0 {
+            return Err(StoreError::Conflict(format!("project {name:?} exists")));
+        }
+        let d = detail(serde_json::json!({ "upstream_api_key": upstream_api_key }));
+        audit(&mut tx, actor, now_ms, "project.create", name, &d).await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+    }
+
+    pub async fn list_projects(&self) -> Result<Vec<Project>> {
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    /// The project's environment rows: (env, credential reference, created_at_ms).
+    pub async fn project_envs(&self, name: &str) -> Result<Vec<(String, Option<String>, i64)>> {
+        let rows = sqlx::query(
+            "SELECT env, upstream_api_key, created_at_ms FROM project_envs \
+             WHERE project = ? ORDER BY env",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("env")?,
+                    r.try_get("upstream_api_key")?,
+                    r.try_get("created_at_ms")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn delete_project(&self, name: &str, now_ms: i64, actor: &Actor) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, name).await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keys WHERE project = ? AND revoked_at_ms IS NULL",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if live > 0 {
+            return Err(StoreError::Conflict(format!(
+                "project {name:?} still has {live} key(s) that are not revoked; revoke them first"
+            )));
+        }
+        // Revoked keys go with the project; the audit log keeps their history.
+        let revoked = sqlx::query("DELETE FROM keys WHERE project = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let envs = sqlx::query("DELETE FROM project_envs WHERE project = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM projects WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let d =
+            detail(serde_json::json!({ "revoked_keys_removed": revoked, "envs_removed": envs }));
+        audit(&mut tx, actor, now_ms, "project.delete", name, &d).await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_project_credential(
+        &self,
+        name: &str,
+        reference: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        let mut tx = self.write_tx().await?;
+        let changed = sqlx::query("UPDATE projects SET upstream_api_key = ? WHERE name = ?")
+            .bind(reference)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("project {name:?}")));
+        }
+        let d = detail(serde_json::json!({ "upstream_api_key": reference }));
+        audit(&mut tx, actor, now_ms, "project.set_credential", name, &d).await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+    }
+
+    pub async fn set_env_credential(
+        &self,
+        name: &str,
+        env: &str,
+        reference: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, name).await?;
+        sqlx::query(
+            "INSERT INTO project_envs (project, env, upstream_api_key, created_at_ms) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (project, env) \
+             DO UPDATE SET upstream_api_key = excluded.upstream_api_key",
+        )
+        .bind(name)
+        .bind(env)
+        .bind(reference)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let target = format!("{name}/{env}");
+        let d = detail(serde_json::json!({ "upstream_api_key": reference }));
+        audit(
+            &mut tx,
+            actor,
+            now_ms,
+            "project.set_env_credential",
+            &target,
+            &d,
+        )
+        .await?;
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn insert_key(&self, key: &NewKey, actor: &Actor) -> Result<KeyRecord> {
@@ -495,6 +655,17 @@ async fn key_in_tx(tx: &mut Tx, id: &str) -> Result<KeyRecord> {
         .ok_or_else(|| StoreError::NotFound(format!("key {id}")))
 }
 
+/// Fails with NotFound unless the project exists (as this transaction sees it).
+async fn project_in_tx(tx: &mut Tx, name: &str) -> Result<()> {
+    let found: Option<String> = sqlx::query_scalar("SELECT name FROM projects WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+}
+
 /// Appends an audit row inside the caller's transaction.
 async fn audit(
     tx: &mut Tx,
@@ -525,6 +696,7 @@ fn project_from_row(r: &SqliteRow) -> Result<Project> {
         name: r.try_get("name")?,
         created_at_ms: r.try_get("created_at_ms")?,
         max_key_age_ms: r.try_get("max_key_age_ms")?,
+        upstream_api_key: r.try_get("upstream_api_key")?,
     })
 }
 
