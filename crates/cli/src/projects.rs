@@ -1,5 +1,7 @@
-//! `tollgate projects set-max-key-age`: project settings that govern keys, straight on
-//! the store and written to the audit log.
+//! `tollgate projects create|list|show|delete|set-credential|set-max-key-age`: projects,
+//! their environments and provider credentials, straight on the store and written to
+//! the audit log. Credentials are secret references (`env:NAME`, `file:PATH`,
+//! `exec:CMD`) the server resolves; the CLI never reads or prints a secret value.
 
 use clap::{Args, Subcommand};
 
@@ -15,6 +17,55 @@ pub struct ProjectsArgs {
 
 #[derive(Debug, Subcommand)]
 enum ProjectsCommand {
+    /// Create a project, optionally with its default provider credential.
+    Create {
+        /// The project's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// A secret reference for the provider key: env:NAME, file:PATH or exec:CMD.
+        #[arg(long = "upstream-api-key", value_name = "REF")]
+        upstream_api_key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List projects with their number of keys that are not revoked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a project: its environments, their credential references and keys.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a project and its environments (refused while it has keys that are not
+    /// revoked).
+    Delete {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set or clear the provider credential of a project (its default) or of one of
+    /// its environments.
+    SetCredential {
+        name: String,
+        /// The environment; without it, the project's default is set.
+        #[arg(long)]
+        env: Option<String>,
+        /// A secret reference: env:NAME, file:PATH or exec:CMD.
+        #[arg(
+            long = "ref",
+            value_name = "REF",
+            required_unless_present = "clear",
+            conflicts_with = "clear"
+        )]
+        reference: Option<String>,
+        /// Clear it (fall back to the project default, then the global one).
+        #[arg(long)]
+        clear: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the longest lifetime of the project's new keys (30d, 12h, …; `default` for
     /// 90d). Existing keys keep their expiry.
     SetMaxKeyAge {
@@ -29,6 +80,136 @@ enum ProjectsCommand {
 
 pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
     match args.command {
+        ProjectsCommand::Create {
+            name,
+            upstream_api_key,
+            json,
+        } => {
+            let store = args.state.open().await?;
+            let p = store
+                .create_project(
+                    &name,
+                    upstream_api_key.as_deref(),
+                    state::now_ms(),
+                    &state::actor(),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!(
+                    "Created project {} (provider credential: {}).",
+                    p.name,
+                    credential_label(p.upstream_api_key.as_deref(), "global default")
+                );
+            }
+            Ok(())
+        }
+        ProjectsCommand::List { json } => {
+            let store = args.state.open().await?;
+            let list = store.list_projects().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.project.name.clone(),
+                            p.active_keys.to_string(),
+                            credential_label(p.project.upstream_api_key.as_deref(), "-"),
+                            state::format_ms(p.project.created_at_ms),
+                        ]
+                    })
+                    .collect();
+                state::print_table(&["PROJECT", "KEYS", "CREDENTIAL", "CREATED"], &rows);
+            }
+            Ok(())
+        }
+        ProjectsCommand::Show { name, json } => {
+            let store = args.state.open().await?;
+            let d = store.project_detail(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                let default = credential_label(d.project.upstream_api_key.as_deref(), "-");
+                println!(
+                    "Project {}: {} key(s) not revoked",
+                    d.project.name, d.active_keys
+                );
+                println!("Default provider credential: {default}");
+                println!(
+                    "Maximum key age: {}",
+                    state::format_span_ms(d.project.effective_max_key_age_ms())
+                );
+                println!();
+                let rows: Vec<Vec<String>> = d
+                    .envs
+                    .iter()
+                    .map(|e| {
+                        let used = match (&e.upstream_api_key, &d.project.upstream_api_key) {
+                            (Some(r), _) => r.clone(),
+                            (None, Some(r)) => format!("{r} (project default)"),
+                            (None, None) => "(global default)".to_owned(),
+                        };
+                        vec![e.env.clone(), e.active_keys.to_string(), used]
+                    })
+                    .collect();
+                state::print_table(&["ENV", "KEYS", "CREDENTIAL"], &rows);
+            }
+            Ok(())
+        }
+        ProjectsCommand::Delete { name, json } => {
+            let store = args.state.open().await?;
+            store
+                .delete_project(&name, state::now_ms(), &state::actor())
+                .await?;
+            if json {
+                println!("{}", serde_json::json!({ "name": name, "deleted": true }));
+            } else {
+                println!("Deleted project {name}.");
+            }
+            Ok(())
+        }
+        ProjectsCommand::SetCredential {
+            name,
+            env,
+            reference,
+            clear,
+            json,
+        } => {
+            let reference = if clear { None } else { reference };
+            let store = args.state.open().await?;
+            let (now, actor) = (state::now_ms(), state::actor());
+            match &env {
+                Some(env) => {
+                    store
+                        .set_env_credential(&name, env, reference.as_deref(), now, &actor)
+                        .await?
+                }
+                None => {
+                    store
+                        .set_project_credential(&name, reference.as_deref(), now, &actor)
+                        .await?;
+                }
+            }
+            if json {
+                let out = serde_json::json!({
+                    "name": name, "env": env, "upstream_api_key": reference,
+                });
+                println!("{out}");
+            } else {
+                let scope = env.map_or_else(
+                    || format!("project {name} (default)"),
+                    |e| format!("{name}/{e}"),
+                );
+                match reference {
+                    Some(r) => println!("Provider credential of {scope}: {r}"),
+                    None => println!("Provider credential of {scope} cleared."),
+                }
+            }
+            Ok(())
+        }
         ProjectsCommand::SetMaxKeyAge { name, age, json } => {
             let age_ms = if age == "default" {
                 None
@@ -66,4 +247,9 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A credential reference as shown to humans (the reference, never a value).
+fn credential_label(reference: Option<&str>, unset: &str) -> String {
+    reference.unwrap_or(unset).to_owned()
 }

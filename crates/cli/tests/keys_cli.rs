@@ -212,3 +212,108 @@ fn keys_over_their_life_from_the_command_line() {
     let table = String::from_utf8(tollgate(dir, &["audit"]).stdout).unwrap();
     assert!(table.contains("key.rotate"), "{table}");
 }
+
+#[test]
+fn projects_and_provider_credentials_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = json(
+        dir,
+        &[
+            "projects",
+            "create",
+            "shop",
+            "--upstream-api-key",
+            "env:OPENAI_KEY_SHOP",
+            "--json",
+        ],
+    );
+    assert_eq!(p["name"], "shop");
+    assert_eq!(p["upstream_api_key"], "env:OPENAI_KEY_SHOP");
+    fails(dir, &["projects", "create", "shop"], "exists");
+    fails(
+        dir,
+        &[
+            "projects",
+            "create",
+            "blog",
+            "--upstream-api-key",
+            "sk-live-123",
+        ],
+        "secret reference",
+    );
+    json(dir, &["projects", "create", "blog", "--json"]);
+    json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--json",
+        ],
+    );
+    json(
+        dir,
+        &[
+            "projects",
+            "set-credential",
+            "shop",
+            "--env",
+            "prod",
+            "--ref",
+            "file:/run/secrets/prod",
+            "--json",
+        ],
+    );
+    let list = json(dir, &["projects", "list", "--json"]);
+    let names: Vec<(&str, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["active_keys"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&("shop", 1)) && names.contains(&("blog", 0)),
+        "{list}"
+    );
+    let show = json(dir, &["projects", "show", "shop", "--json"]);
+    let envs = show["envs"].as_array().unwrap();
+    assert_eq!(envs.len(), 2, "{show}");
+    assert_eq!(envs[1]["env"], "prod");
+    assert_eq!(envs[1]["upstream_api_key"], "file:/run/secrets/prod");
+    let table = tollgate(dir, &["projects", "show", "shop"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("env:OPENAI_KEY_SHOP (project default)"),
+        "{table}"
+    );
+
+    json(
+        dir,
+        &[
+            "projects",
+            "set-credential",
+            "shop",
+            "--env",
+            "prod",
+            "--clear",
+            "--json",
+        ],
+    );
+    let show = json(dir, &["projects", "show", "shop", "--json"]);
+    assert_eq!(show["envs"][1]["upstream_api_key"], Value::Null);
+    fails(dir, &["projects", "set-credential", "shop"], "--ref");
+    fails(dir, &["projects", "delete", "shop"], "not revoked");
+    fails(dir, &["projects", "show", "nope"], "nope");
+    json(dir, &["projects", "delete", "blog", "--json"]);
+    let list = json(dir, &["projects", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
