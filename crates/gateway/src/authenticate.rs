@@ -129,6 +129,7 @@ mod tests {
             project: "p".into(),
             env: "dev".into(),
             role: Role::Viewer,
+            upstream_ref: None,
         };
         assert!(matches!(
             authorize(&viewer, Action::CallModels),
@@ -149,6 +150,7 @@ mod tests {
                 project: "p".into(),
                 env: "dev".into(),
                 role: Role::Member,
+                upstream_ref: None,
             }),
             prefix: "tg-dev-x".into(),
             expires_at_ms: 1_000,

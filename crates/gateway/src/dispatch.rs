@@ -24,6 +24,7 @@ use tollgate_client::{ByteStream, Error as ClientError, RawResponse};
 
 use crate::account::{self, StreamTap};
 use crate::error::GatewayError;
+use crate::keys::Principal;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::upstream::Upstream;
@@ -63,6 +64,7 @@ const RELAY_RESPONSE: [&str; 13] = [
 /// Sends the request upstream (with retries) and returns its answer.
 pub async fn run(
     upstream: &Upstream,
+    principal: &Principal,
     parts: &Parts,
     preflight: &Preflight,
 ) -> Result<Reply, GatewayError> {
@@ -87,8 +89,17 @@ pub async fn run(
         .map_or(parts.uri.path(), |p| p.as_str());
     // The upstream base URL already ends in /v1.
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    upstream
-        .client()
+    // The caller's project/environment credential, resolved when the key cache
+    // loaded; an unreadable one refuses the call before anything goes upstream.
+    let client = upstream.client_for(principal).inspect_err(|_| {
+        tracing::warn!(
+            project = %principal.project,
+            env = %principal.env,
+            reference = principal.upstream_ref.as_deref().unwrap_or("-"),
+            "provider credential unavailable for this call"
+        );
+    })?;
+    client
         .raw(parts.method.clone(), path, headers, preflight.body.clone())
         .await
         .map_err(|e| match e {

@@ -57,6 +57,11 @@ pub enum GatewayError {
     /// An admin API object that does not exist in the caller's project.
     #[error("{what} not found")]
     NotFound { what: &'static str, id: String },
+    /// The provider credential chosen for the key's project and environment is a
+    /// secret reference this server could not read. Carries the reference (never a
+    /// value) for the log; the caller's message names only the project and env.
+    #[error("provider credential unavailable")]
+    CredentialUnavailable { project: String, env: String },
 }
 
 impl GatewayError {
@@ -79,6 +84,7 @@ impl GatewayError {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -92,7 +98,9 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
-            Self::NotReady { .. } => "service_unavailable_error",
+            Self::NotReady { .. } | Self::CredentialUnavailable { .. } => {
+                "service_unavailable_error"
+            }
             _ => "invalid_request_error",
         }
     }
@@ -114,6 +122,7 @@ impl GatewayError {
             Self::NotReady { .. } => Some("not_ready"),
             Self::AdminForbidden { .. } => Some("permission_denied"),
             Self::NotFound { .. } => Some("not_found"),
+            Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
             _ => None,
         }
     }
@@ -147,6 +156,7 @@ impl GatewayError {
             Self::Internal => "internal",
             Self::AdminForbidden { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
+            Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
         }
     }
 
@@ -223,6 +233,11 @@ impl GatewayError {
             Self::NotFound { what, id } => {
                 format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/keys.")
             }
+            Self::CredentialUnavailable { project, env } => format!(
+                "The provider credential of project {project:?} (environment {env:?}) cannot be \
+                 read by the gateway, so the call was not sent. Ask an admin to check the \
+                 reference with `tollgate projects show {project}` and the gateway's logs."
+            ),
         }
     }
 
@@ -402,6 +417,15 @@ mod tests {
                 404,
                 "invalid_request_error",
                 Some("not_found"),
+            ),
+            (
+                GatewayError::CredentialUnavailable {
+                    project: "shop".into(),
+                    env: "prod".into(),
+                },
+                503,
+                "service_unavailable_error",
+                Some("provider_credential_unavailable"),
             ),
         ];
         for (e, status, kind, code) in cases {

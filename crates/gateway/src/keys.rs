@@ -12,8 +12,13 @@
 //! unknown one and say what to do, against the clock, without the store. Beside the
 //! poller, a second loop logs a warning once a day for each key due for rotation
 //! (expiring within 14 days); it only reads the cache.
+//!
+//! Each load also picks every key's provider credential (its project/environment's
+//! reference, else the project's, else none for the global one) and has the
+//! [`Upstream`] resolve the references in use before the new map goes live, so
+//! requests never read a secret. Credential changes bump `keys_version` too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +27,11 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tollgate_store::{
-    KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
+    CredentialRefs, KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS,
+    ROTATION_WARNING_MS,
 };
+
+use crate::upstream::Upstream;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const SECRET_CHARS: usize = 32;
@@ -37,6 +45,8 @@ pub struct Principal {
     pub project: String,
     pub env: String,
     pub role: Role,
+    /// The provider credential reference its calls use (`None`: the global one).
+    pub upstream_ref: Option<String>,
 }
 
 /// A cached key: who it speaks for, and the times that decide whether it still works.
@@ -126,6 +136,8 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 #[derive(Debug, Default)]
 pub struct KeyCache {
     by_digest: RwLock<HashMap<[u8; 32], Arc<CachedKey>>>,
+    /// Resolves the provider credentials of the keys on each load (none in unit tests).
+    upstream: Option<Upstream>,
 }
 
 impl KeyCache {
@@ -136,14 +148,30 @@ impl KeyCache {
         self.by_digest.read().get(&digest(secret)).cloned()
     }
 
-    /// Replaces the whole set with the keys given (revoked ones are skipped).
+    /// An empty cache whose loads resolve provider credentials through `upstream`.
+    pub fn with_upstream(upstream: Upstream) -> Self {
+        Self {
+            by_digest: RwLock::default(),
+            upstream: Some(upstream),
+        }
+    }
+
+    /// Replaces the whole set with the keys given (revoked ones are skipped); every
+    /// key uses the global provider credential.
     pub fn replace(&self, keys: &[KeyRecord]) {
+        self.replace_with_refs(keys, &CredentialRefs::default());
+    }
+
+    /// Replaces the whole set with the keys given (revoked ones are skipped), each
+    /// carrying the provider credential reference `refs` chooses for it.
+    pub fn replace_with_refs(&self, keys: &[KeyRecord], refs: &CredentialRefs) {
         let map = keys
             .iter()
             .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| {
                 let d = parse_hex32(&k.digest_hex)?;
-                Some((d, Arc::new(cached(k))))
+                let r = refs.for_key(&k.project, &k.env).map(str::to_owned);
+                Some((d, Arc::new(cached(k, r))))
             })
             .collect();
         *self.by_digest.write() = map;
@@ -175,13 +203,14 @@ impl KeyCache {
     }
 }
 
-fn cached(k: &KeyRecord) -> CachedKey {
+fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
     CachedKey {
         principal: Arc::new(Principal {
             key_id: k.id.clone(),
             project: k.project.clone(),
             env: k.env.clone(),
             role: k.role,
+            upstream_ref,
         }),
         prefix: k.prefix.clone(),
         expires_at_ms: k.expires_at_ms,
@@ -194,8 +223,27 @@ fn cached(k: &KeyRecord) -> CachedKey {
 /// Loads the cache now and returns the version it reflects.
 pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
     let version = store.keys_version().await?;
-    cache.replace(&store.active_keys().await?);
+    reload(cache, store).await?;
     Ok(version)
+}
+
+/// Reads the keys and credential references, resolves the references in use (on a
+/// blocking thread: files and commands), then swaps the map. Returns the key count.
+async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
+    let keys = store.active_keys().await?;
+    let refs = store.credential_refs().await?;
+    if let Some(upstream) = cache.upstream.clone() {
+        let used: BTreeSet<String> = keys
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
+            .filter_map(|k| refs.for_key(&k.project, &k.env).map(str::to_owned))
+            .collect();
+        if let Err(e) = tokio::task::spawn_blocking(move || upstream.resolve_refs(&used)).await {
+            tracing::error!(error = %e, "resolving provider credentials failed");
+        }
+    }
+    cache.replace_with_refs(&keys, &refs);
+    Ok(keys.len())
 }
 
 /// Keeps `cache` in step with the store until `stop` fires: polls the change counter
@@ -230,10 +278,9 @@ async fn poll(
         }
         match store.keys_version().await {
             Ok(v) if v == version => {}
-            Ok(v) => match store.active_keys().await {
+            Ok(v) => match reload(&cache, &store).await {
                 Ok(keys) => {
-                    cache.replace(&keys);
-                    tracing::info!(keys = keys.len(), version = v, "key cache reloaded");
+                    tracing::info!(keys, version = v, "key cache reloaded");
                     version = v;
                 }
                 Err(e) => tracing::warn!(error = %e, "key cache reload failed"),

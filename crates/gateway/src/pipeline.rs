@@ -120,6 +120,6 @@ async fn stages(
     }
     moderate::run(&principal, &preflight)?;
 
-    let reply = dispatch::run(&gw.upstream, &parts, &preflight).await?;
+    let reply = dispatch::run(&gw.upstream, &principal, &parts, &preflight).await?;
     Ok(Outcome::Upstream(preflight, Box::new(reply)))
 }

@@ -99,7 +99,8 @@ pub async fn serve(
     provider_key: Secret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<ServeReport, crate::StartError> {
-    let keys = Arc::new(KeyCache::default());
+    let upstream = Upstream::new(&config.upstream, provider_key)?;
+    let keys = Arc::new(KeyCache::with_upstream(upstream.clone()));
     let version = keys::load(&keys, &store).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(keys::watch(
@@ -114,7 +115,6 @@ pub async fn serve(
         config.usage_queue_capacity,
         config.usage_batch_size,
     );
-    let upstream = Upstream::new(&config.upstream, provider_key)?;
     let (anomaly, webhook) =
         Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;
     let anomaly = Arc::new(anomaly);

@@ -1,47 +1,117 @@
-//! The upstream: one OpenAI-compatible base URL and its provider key, reached through
-//! the `tollgate-client` crate (pooling, timeouts, retries with backoff that honour
-//! `Retry-After`, all before the first byte reaches the caller).
+//! The upstream: one OpenAI-compatible base URL, reached through the `tollgate-client`
+//! crate (pooling, timeouts, retries with backoff that honour `Retry-After`, all before
+//! the first byte reaches the caller), with one client per provider credential.
+//!
+//! The global `upstream.api_key` has its client from start-up. Projects and their
+//! environments may name other credentials (secret references, see
+//! `docs/gateway.md`); those are resolved off the request path, whenever the key cache
+//! loads ([`Upstream::resolve_refs`]), and kept in a map reference → client that
+//! requests only read. A reference that cannot be read is logged by reference, never
+//! by value, and calls that need it are refused with
+//! [`GatewayError::CredentialUnavailable`].
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use tollgate_client::{Client, RetryPolicy};
 
 use crate::config::UpstreamConfig;
-use crate::secret::Secret;
+use crate::error::GatewayError;
+use crate::keys::Principal;
+use crate::secret::{Secret, SecretRef};
 
-/// A configured upstream.
+/// A configured upstream; clones share the credential map.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    cfg: UpstreamConfig,
     client: Client,
+    /// Reference → its client, or `None` when the reference could not be read.
+    by_ref: Arc<RwLock<HashMap<String, Option<Client>>>>,
 }
 
 impl Upstream {
     /// Builds the upstream client. The provider key lives only inside the client,
     /// which redacts it from `Debug`.
     pub fn new(cfg: &UpstreamConfig, key: Secret) -> Result<Self, crate::StartError> {
-        let retry = RetryPolicy::default()
-            .with_max_retries(cfg.max_retries)
-            .with_base_delay(cfg.retry_base)
-            .with_max_delay(Duration::from_secs(8));
-        let client = Client::builder()
-            .base_url(cfg.url.clone())
-            .api_key(key.expose())
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.timeout)
-            .retry_policy(retry)
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| crate::StartError::Upstream(e.to_string()))?;
-        Ok(Self { client })
+        let client = build(cfg, &key).map_err(crate::StartError::Upstream)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            client,
+            by_ref: Arc::default(),
+        })
     }
 
-    /// The client, for dispatch.
+    /// The client for the global credential.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The client a caller's calls use: its project/environment credential if one was
+    /// chosen, else the global one. Reads the map only.
+    pub fn client_for(&self, principal: &Principal) -> Result<Client, GatewayError> {
+        let Some(reference) = principal.upstream_ref.as_deref() else {
+            return Ok(self.client.clone());
+        };
+        match self.by_ref.read().get(reference) {
+            Some(Some(client)) => Ok(client.clone()),
+            _ => Err(GatewayError::CredentialUnavailable {
+                project: principal.project.clone(),
+                env: principal.env.clone(),
+            }),
+        }
+    }
+
+    /// Resolves every reference given (re-reading each, so a secret changed behind
+    /// its reference is picked up on the next key change) and forgets the others.
+    /// Blocking (files, commands): call it off the request path.
+    pub fn resolve_refs(&self, refs: &BTreeSet<String>) {
+        let resolved: HashMap<String, Option<Client>> = refs
+            .iter()
+            .map(|r| (r.clone(), self.resolve_one(r)))
+            .collect();
+        *self.by_ref.write() = resolved;
+    }
+
+    fn resolve_one(&self, reference: &str) -> Option<Client> {
+        let secret = SecretRef::parse(reference).and_then(|r| r.resolve());
+        let result = secret
+            .map_err(|e| e.to_string())
+            .and_then(|s| build(&self.cfg, &s));
+        match result {
+            Ok(client) => Some(client),
+            Err(error) => {
+                // The error names the reference (an env var name, a path, a command),
+                // never the value.
+                tracing::error!(
+                    reference = %reference,
+                    error = %error,
+                    "a provider credential reference cannot be read; calls that use it get 503"
+                );
+                None
+            }
+        }
     }
 
     /// The base URL, e.g. `https://api.openai.com/v1`.
     pub fn base_url(&self) -> &str {
         self.client.base_url()
     }
+}
+
+fn build(cfg: &UpstreamConfig, key: &Secret) -> Result<Client, String> {
+    let retry = RetryPolicy::default()
+        .with_max_retries(cfg.max_retries)
+        .with_base_delay(cfg.retry_base)
+        .with_max_delay(Duration::from_secs(8));
+    Client::builder()
+        .base_url(cfg.url.clone())
+        .api_key(key.expose())
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.timeout)
+        .retry_policy(retry)
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
 }

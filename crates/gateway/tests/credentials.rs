@@ -1,0 +1,132 @@
+//! Provider credentials per project and environment: a call uses its environment's
+//! credential, else its project's, else the global one; a change made in the store
+//! reaches the running gateway within a second; an unreadable reference answers 503
+//! `provider_credential_unavailable`; no credential value shows in bodies, usage
+//! records or the audit log.
+//!
+//! The simulator accepts only the right provider key, so which credential a call used
+//! shows as the upstream's 401 (a wrong one) or a 200 (the right one).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{eventually, Harness, PROVIDER_KEY};
+use tollgate_store::{Actor, Role};
+
+const WRONG_KEY: &str = "sk-wrong-prod-credential-0123456789";
+
+async fn status(h: &Harness, secret: &str) -> (u16, String) {
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(secret)
+        .json(&json!({"model": "gpt-4o-mini", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+fn admin() -> Actor {
+    Actor::new("cli:test", "cli")
+}
+
+#[tokio::test]
+async fn each_environment_uses_its_own_provider_credential() {
+    let mut h = support::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let right = dir.path().join("right");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&right, PROVIDER_KEY).unwrap();
+    std::fs::write(&wrong, WRONG_KEY).unwrap();
+    let right_ref = format!("file:{}", right.display());
+    let wrong_ref = format!("file:{}", wrong.display());
+    let (prod, _) = h.mint("prod", Role::Member).await;
+    let dev = h.key.clone();
+    // The new key reaches the cache on the next poll; until then it is unknown.
+    let took = eventually(Duration::from_secs(1), || async {
+        status(&h, &prod).await.0 == 200
+    })
+    .await;
+    assert!(took.is_some(), "the global credential");
+
+    // Project default: the wrong key; dev's own: the right one.
+    let now = support::now_ms();
+    h.store
+        .set_project_credential("shop", Some(&wrong_ref), now, &admin())
+        .await
+        .unwrap();
+    h.store
+        .set_env_credential("shop", "dev", Some(&right_ref), now, &admin())
+        .await
+        .unwrap();
+    // Two changes, two versions: a reload may fall between them, so wait for both.
+    let took = eventually(Duration::from_secs(1), || async {
+        status(&h, &prod).await.0 == 401 && status(&h, &dev).await.0 == 200
+    })
+    .await;
+    assert!(took.is_some(), "prod did not switch to the project default");
+    assert_eq!(status(&h, &dev).await.0, 200, "dev uses its own credential");
+    let (code, body) = status(&h, &prod).await;
+    assert_eq!(code, 401, "{body}");
+
+    // prod gets the right credential: it works within a second.
+    h.store
+        .set_env_credential(
+            "shop",
+            "prod",
+            Some(&right_ref),
+            support::now_ms(),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let took = eventually(Duration::from_secs(1), || async {
+        status(&h, &prod).await.0 == 200
+    })
+    .await;
+    assert!(took.is_some(), "prod's new credential was not picked up");
+
+    // An unreadable reference: 503, naming the project, never a value.
+    let missing = format!("file:{}", dir.path().join("missing").display());
+    h.store
+        .set_env_credential("shop", "prod", Some(&missing), support::now_ms(), &admin())
+        .await
+        .unwrap();
+    let took = eventually(Duration::from_secs(1), || async {
+        status(&h, &prod).await.0 == 503
+    })
+    .await;
+    assert!(took.is_some(), "an unreadable credential did not give 503");
+    let (_, body) = status(&h, &prod).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "provider_credential_unavailable");
+    assert_eq!(v["error"]["type"], "service_unavailable_error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("shop"));
+    assert_eq!(status(&h, &dev).await.0, 200, "dev is unaffected");
+
+    // Cleared: prod falls back to the project default (the wrong key) again.
+    h.store
+        .set_env_credential("shop", "prod", None, support::now_ms(), &admin())
+        .await
+        .unwrap();
+    let took = eventually(Duration::from_secs(1), || async {
+        status(&h, &prod).await.0 == 401
+    })
+    .await;
+    assert!(took.is_some());
+
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    let records = h.stop_and_records().await;
+    assert!(records
+        .iter()
+        .any(|r| r.status == 503
+            && r.error_code.as_deref() == Some("provider_credential_unavailable")));
+    let everything = format!("{records:?} {audit:?} {body}");
+    for secret in [PROVIDER_KEY, WRONG_KEY] {
+        assert!(!everything.contains(secret), "a provider key leaked");
+    }
+}
