@@ -9,6 +9,10 @@
 //! (see `docs/admin-api.md`): `admin` may do everything; `viewer` may read key
 //! metadata and usage; `member` may only read its own key's usage. Bad input is
 //! refused (400, naming the field) before the store is touched.
+//!
+//! The project itself can be read (`GET /admin/v1/project`: its environments and the
+//! provider credential REFERENCE each uses, never a secret), and an admin can set an
+//! environment's credential reference.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use http::{HeaderMap, Request, StatusCode, Uri};
 use serde::Deserialize;
@@ -39,6 +43,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/v1/keys/{id}/resume"),
     ("get", "/admin/v1/usage"),
     ("get", "/admin/v1/audit"),
+    ("get", "/admin/v1/project"),
+    ("put", "/admin/v1/project/envs/{env}/credential"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.
@@ -59,6 +65,11 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/admin/v1/keys/{id}/resume", post(resume_key))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/project", get(show_project))
+        .route(
+            "/admin/v1/project/envs/{env}/credential",
+            put(set_env_credential),
+        )
         .method_not_allowed_fallback(wrong_method)
 }
 
@@ -116,6 +127,8 @@ enum AdminAction {
     ReadKeys,
     /// Create, rotate, revoke, suspend or resume keys.
     ChangeKeys,
+    /// Change the project's settings (provider credentials).
+    ChangeProject,
 }
 
 impl AdminAction {
@@ -124,6 +137,7 @@ impl AdminAction {
             Self::ReadUsage => "read usage",
             Self::ReadKeys => "read key metadata or the audit log",
             Self::ChangeKeys => "create or change keys",
+            Self::ChangeProject => "change the project's provider credentials",
         }
     }
 }
@@ -410,6 +424,89 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
     reply(result, StatusCode::OK)
 }
 
+async fn show_project(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadKeys)?;
+        project_json(&gw, &p.project).await
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+/// The caller's project: its default credential reference and its environments, each
+/// with the reference its calls use and where that comes from. References only.
+async fn project_json(gw: &Gateway, project: &str) -> Result<Value, GatewayError> {
+    let d = gw
+        .store
+        .project_detail(project)
+        .await
+        .map_err(store_error)?;
+    let default = d.project.upstream_api_key.clone();
+    let envs: Vec<Value> = d
+        .envs
+        .iter()
+        .map(|e| {
+            let (used, from) = match (&e.upstream_api_key, &default) {
+                (Some(r), _) => (Some(r.clone()), "environment"),
+                (None, Some(r)) => (Some(r.clone()), "project"),
+                (None, None) => (None, "global"),
+            };
+            json!({
+                "env": e.env, "upstream_api_key": e.upstream_api_key,
+                "credential_used": used, "credential_source": from,
+                "active_keys": e.active_keys,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "object": "project", "name": d.project.name,
+        "created_at_ms": d.project.created_at_ms,
+        "max_key_age_ms": d.project.effective_max_key_age_ms(),
+        "upstream_api_key": default, "active_keys": d.active_keys, "envs": envs,
+    }))
+}
+
+async fn set_env_credential(
+    State(gw): State<Arc<Gateway>>,
+    Path(env): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    let result = async {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeProject)?;
+        let actor = actor(&p, &req);
+        check_env(&env)?;
+        let body: serde_json::Map<String, Value> = read_body(req, false).await?;
+        if let Some(other) = body.keys().find(|k| k.as_str() != "ref") {
+            return Err(invalid(
+                format!("unknown field {other:?}: the body is {{\"ref\": \"env:NAME\" | null}}"),
+                "ref",
+            ));
+        }
+        let reference = match body.get("ref") {
+            Some(Value::String(r)) => Some(r.as_str()),
+            Some(Value::Null) => None,
+            _ => {
+                return Err(invalid(
+                    "ref is required: a secret reference (env:NAME, file:PATH, exec:COMMAND) \
+                     or null to clear it",
+                    "ref",
+                ))
+            }
+        };
+        if let Some(r) = reference {
+            // The message never echoes the value: it may be a pasted secret.
+            tollgate_store::validate_secret_ref(r).map_err(|e| invalid(e.to_string(), "ref"))?;
+        }
+        gw.store
+            .set_env_credential(&p.project, &env, reference, now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        project_json(&gw, &p.project).await
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
 async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let p = caller(&gw, &headers, AdminAction::ReadKeys)?;
@@ -445,7 +542,13 @@ async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             .map_err(store_error)?;
         let data: Vec<Value> = entries
             .iter()
-            .filter(|e| e.target == p.project || ours.contains(&e.target))
+            .filter(|e| {
+                e.target == p.project
+                    || ours.contains(&e.target)
+                    || e.target
+                        .strip_prefix(p.project.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
             .take(usize::try_from(limit).unwrap_or(100))
             .map(|e| {
                 json!({

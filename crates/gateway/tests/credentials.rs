@@ -130,3 +130,95 @@ async fn each_environment_uses_its_own_provider_credential() {
         assert!(!everything.contains(secret), "a provider key leaked");
     }
 }
+
+#[tokio::test]
+async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
+    let mut h = support::start().await;
+    let (admin_key, _) = h.mint("ops", Role::Admin).await;
+    let (viewer_key, _) = h.mint("ops", Role::Viewer).await;
+    let get = |key: String| {
+        let h = &h;
+        async move {
+            let res = h
+                .http
+                .get(h.url("/admin/v1/project"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let put = |key: String, body: serde_json::Value| {
+        let h = &h;
+        async move {
+            let res = h
+                .http
+                .put(h.url("/admin/v1/project/envs/prod/credential"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let took = eventually(Duration::from_secs(1), || async {
+        get(viewer_key.clone()).await.0 == 200
+    })
+    .await;
+    assert!(took.is_some());
+    assert_eq!(get(h.key.clone()).await.0, 403, "a member may not read it");
+
+    let (code, body) = put(viewer_key.clone(), json!({"ref": "env:OPENAI_KEY_PROD"})).await;
+    assert_eq!(code, 403, "{body}");
+    let version = h.store.keys_version().await.unwrap();
+    for bad in [
+        json!({"ref": WRONG_KEY}),
+        json!({}),
+        json!({"ref": "env:X", "extra": 1}),
+    ] {
+        let (code, body) = put(admin_key.clone(), bad.clone()).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(!body.contains(WRONG_KEY), "the value was echoed: {body}");
+    }
+    assert_eq!(
+        h.store.keys_version().await.unwrap(),
+        version,
+        "store changed"
+    );
+
+    let (code, body) = put(admin_key.clone(), json!({"ref": "env:OPENAI_KEY_PROD"})).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = get(viewer_key.clone()).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["name"], "shop");
+    let prod = v["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["env"] == "prod")
+        .unwrap();
+    assert_eq!(prod["credential_used"], "env:OPENAI_KEY_PROD");
+    assert_eq!(prod["credential_source"], "environment");
+    let dev = v["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["env"] == "dev")
+        .unwrap();
+    assert_eq!(dev["credential_source"], "global");
+
+    let (code, _) = put(admin_key.clone(), json!({"ref": null})).await;
+    assert_eq!(code, 200);
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    let changes: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "project.set_env_credential")
+        .collect();
+    assert_eq!(changes.len(), 2);
+    assert!(changes.iter().all(|a| a.target == "shop/prod"
+        && a.source.starts_with("admin-api")
+        && a.actor.starts_with("key:")));
+    h.stop().await;
+}
