@@ -103,6 +103,23 @@ fn no_secret_appears_in_logs_audit_records_or_errors() {
         ],
     ));
 
+    // prod calls go through the environment's own provider credential.
+    let prod_key_file = dir.join("prod-provider-key");
+    std::fs::write(&prod_key_file, PROVIDER_KEY).unwrap();
+    let prod_ref = format!("file:{}", prod_key_file.display());
+    cli(
+        &data,
+        &[
+            "projects",
+            "set-credential",
+            "shop",
+            "--env",
+            "prod",
+            "--ref",
+            &prod_ref,
+        ],
+    );
+
     let log_path = dir.join("serve.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let (mut serve, addr) = start(
@@ -140,6 +157,7 @@ fn no_secret_appears_in_logs_audit_records_or_errors() {
     answers.push(http(&addr, "/v1/responses", Some(PROVIDER_KEY), call));
     answers.push(http(&addr, "/v1/responses", None, call));
     assert!(answers[0].starts_with("HTTP/1.1 200"), "{}", answers[0]);
+    assert!(answers[2].starts_with("HTTP/1.1 200"), "{}", answers[2]);
     assert!(answers[3].starts_with("HTTP/1.1 401"), "{}", answers[3]);
     assert!(answers[4].starts_with("HTTP/1.1 401"), "{}", answers[4]);
 
@@ -177,6 +195,10 @@ fn no_secret_appears_in_logs_audit_records_or_errors() {
         ("server log", std::fs::read_to_string(&log_path).unwrap()),
         ("audit", cli(&data, &["audit", "--json"])),
         ("keys list", cli(&data, &["keys", "list", "--json"])),
+        (
+            "projects",
+            cli(&data, &["projects", "show", "shop", "--json"]),
+        ),
         ("usage", cli(&data, &["usage", "--by", "key", "--json"])),
         ("error and success bodies", answers.join("\n")),
     ];
@@ -186,7 +208,8 @@ fn no_secret_appears_in_logs_audit_records_or_errors() {
         "the log was captured"
     );
     assert!(haystacks[1].1.contains("key.rotate") || haystacks[1].1.contains("rotate"));
-    assert!(haystacks[5].1.contains("req_"), "usage records were read");
+    assert!(haystacks[6].1.contains("req_"), "usage records were read");
+    assert!(haystacks[3].1.contains(&prod_ref), "the reference is shown");
     for (what, text) in &haystacks {
         for secret in [
             first.as_str(),
