@@ -291,22 +291,20 @@ impl Store {
             Self::Sqlite(s) => s.list_projects().await?,
             Self::Postgres(s) => s.list_projects().await?,
         };
-        let mut refs = CredentialRefs::default();
-        for p in projects {
-            let rows = match self {
-                Self::Sqlite(s) => s.project_envs(&p.name).await?,
-                Self::Postgres(s) => s.project_envs(&p.name).await?,
-            };
-            for (env, r, _) in rows {
-                if let Some(r) = r {
-                    refs.envs.insert((p.name.clone(), env), r);
-                }
-            }
-            if let Some(r) = p.upstream_api_key {
-                refs.projects.insert(p.name, r);
-            }
-        }
-        Ok(refs)
+        let envs = match self {
+            Self::Sqlite(s) => s.env_credentials().await?,
+            Self::Postgres(s) => s.env_credentials().await?,
+        };
+        Ok(CredentialRefs {
+            envs: envs
+                .into_iter()
+                .map(|(project, env, r)| ((project, env), r))
+                .collect(),
+            projects: projects
+                .into_iter()
+                .filter_map(|p| Some((p.name, p.upstream_api_key?)))
+                .collect(),
+        })
     }
 
     /// Stores a new key (its digest and prefix) and bumps the keys version (audited

@@ -201,6 +201,25 @@ impl PostgresStore {
             .collect()
     }
 
+    /// Every environment's credential reference: (project, env, reference).
+    pub async fn env_credentials(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT project, env, upstream_api_key FROM project_envs \
+             WHERE upstream_api_key IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("project")?,
+                    r.try_get("env")?,
+                    r.try_get("upstream_api_key")?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn delete_project(&self, name: &str, now_ms: i64, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         project_in_tx(&mut tx, name).await?;
