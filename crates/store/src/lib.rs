@@ -16,6 +16,7 @@ mod postgres;
 mod sqlite;
 pub mod testing;
 
+use model::KeyChange;
 use std::path::Path;
 
 pub use model::{
@@ -360,10 +361,8 @@ impl Store {
         now_ms: i64,
         actor: &Actor,
     ) -> Result<bool> {
-        match self {
-            Self::Sqlite(s) => s.revoke_key(id, reason, now_ms, actor).await,
-            Self::Postgres(s) => s.revoke_key(id, reason, now_ms, actor).await,
-        }
+        self.change_key(id, KeyChange::Revoke, reason, now_ms, actor)
+            .await
     }
 
     /// Rotates key `id`: inserts `successor` (which must have the same project,
@@ -402,10 +401,8 @@ impl Store {
         now_ms: i64,
         actor: &Actor,
     ) -> Result<bool> {
-        match self {
-            Self::Sqlite(s) => s.suspend_key(id, reason, now_ms, actor).await,
-            Self::Postgres(s) => s.suspend_key(id, reason, now_ms, actor).await,
-        }
+        self.change_key(id, KeyChange::Suspend, reason, now_ms, actor)
+            .await
     }
 
     /// Resumes a suspended key; false if it was not suspended.
@@ -416,9 +413,21 @@ impl Store {
         now_ms: i64,
         actor: &Actor,
     ) -> Result<bool> {
+        self.change_key(id, KeyChange::Resume, reason, now_ms, actor)
+            .await
+    }
+
+    async fn change_key(
+        &self,
+        id: &str,
+        change: KeyChange,
+        reason: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
         match self {
-            Self::Sqlite(s) => s.resume_key(id, reason, now_ms, actor).await,
-            Self::Postgres(s) => s.resume_key(id, reason, now_ms, actor).await,
+            Self::Sqlite(s) => s.change_key(id, change, reason, now_ms, actor).await,
+            Self::Postgres(s) => s.change_key(id, change, reason, now_ms, actor).await,
         }
     }
 

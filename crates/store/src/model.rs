@@ -438,3 +438,34 @@ mod tests {
         assert!(last_used_by_key(&[]).is_empty());
     }
 }
+
+/// A key change that only sets or clears columns when its condition holds: revoking,
+/// suspending and resuming. Both backends run it the same way — the update, its audit
+/// row and the keys_version bump in one transaction — with their own SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyChange {
+    Revoke,
+    Suspend,
+    Resume,
+}
+
+impl KeyChange {
+    /// The audit action.
+    pub(crate) fn action(self) -> &'static str {
+        match self {
+            Self::Revoke => "key.revoke",
+            Self::Suspend => "key.suspend",
+            Self::Resume => "key.resume",
+        }
+    }
+
+    /// Whether a revoked key is refused (revoking one again is a no-op instead).
+    pub(crate) fn refuses_revoked(self) -> bool {
+        !matches!(self, Self::Revoke)
+    }
+
+    /// Whether the update binds the time and the reason before the id.
+    pub(crate) fn binds_time_and_reason(self) -> bool {
+        !matches!(self, Self::Resume)
+    }
+}

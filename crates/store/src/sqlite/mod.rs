@@ -12,8 +12,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, Actor, AuditEntry, KeyRecord, NewAudit, NewKey, Project, Role, UsageFilter,
-    UsageGroup, UsageRecord, UsageTotals,
+    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, NewAudit, NewKey, Project, Role,
+    UsageFilter, UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -373,28 +373,33 @@ impl SqliteStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
-    pub async fn revoke_key(
+    /// Revokes, suspends or resumes a key; false if it was already in that state.
+    pub(crate) async fn change_key(
         &self,
         id: &str,
+        change: KeyChange,
         reason: Option<&str>,
         now_ms: i64,
         actor: &Actor,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        key_in_tx(&mut tx, id).await?;
-        let changed = sqlx::query(
-            "UPDATE keys SET revoked_at_ms = ?, revoke_reason = ? \
-             WHERE id = ? AND revoked_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let key = key_in_tx(&mut tx, id).await?;
+        if change.refuses_revoked() && key.revoked_at_ms.is_some() {
+            return Err(StoreError::Invalid(format!("key {id} is revoked")));
+        }
+        let sql = match change {
+            KeyChange::Revoke => "UPDATE keys SET revoked_at_ms = ?, revoke_reason = ? WHERE id = ? AND revoked_at_ms IS NULL",
+            KeyChange::Suspend => "UPDATE keys SET suspended_at_ms = ?, suspend_reason = ? WHERE id = ? AND suspended_at_ms IS NULL",
+            KeyChange::Resume => "UPDATE keys SET suspended_at_ms = NULL, suspend_reason = NULL WHERE id = ? AND suspended_at_ms IS NOT NULL",
+        };
+        let mut query = sqlx::query(sql);
+        if change.binds_time_and_reason() {
+            query = query.bind(now_ms).bind(reason);
+        }
+        let changed = query.bind(id).execute(&mut *tx).await?.rows_affected();
         if changed > 0 {
             let d = detail(serde_json::json!({ "reason": reason }));
-            audit(&mut tx, actor, now_ms, "key.revoke", id, &d).await?;
+            audit(&mut tx, actor, now_ms, change.action(), id, &d).await?;
             bump_keys_version(&mut tx).await?;
         }
         tx.commit().await?;
@@ -439,66 +444,6 @@ impl SqliteStore {
         self.key_by_id(&successor.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("key {}", successor.id)))
-    }
-
-    pub async fn suspend_key(
-        &self,
-        id: &str,
-        reason: Option<&str>,
-        now_ms: i64,
-        actor: &Actor,
-    ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let key = key_in_tx(&mut tx, id).await?;
-        if key.revoked_at_ms.is_some() {
-            return Err(StoreError::Invalid(format!("key {id} is revoked")));
-        }
-        let changed = sqlx::query(
-            "UPDATE keys SET suspended_at_ms = ?, suspend_reason = ? \
-             WHERE id = ? AND suspended_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed > 0 {
-            let d = detail(serde_json::json!({ "reason": reason }));
-            audit(&mut tx, actor, now_ms, "key.suspend", id, &d).await?;
-            bump_keys_version(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(changed > 0)
-    }
-
-    pub async fn resume_key(
-        &self,
-        id: &str,
-        reason: Option<&str>,
-        now_ms: i64,
-        actor: &Actor,
-    ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let key = key_in_tx(&mut tx, id).await?;
-        if key.revoked_at_ms.is_some() {
-            return Err(StoreError::Invalid(format!("key {id} is revoked")));
-        }
-        let changed = sqlx::query(
-            "UPDATE keys SET suspended_at_ms = NULL, suspend_reason = NULL \
-             WHERE id = ? AND suspended_at_ms IS NOT NULL",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed > 0 {
-            let d = detail(serde_json::json!({ "reason": reason }));
-            audit(&mut tx, actor, now_ms, "key.resume", id, &d).await?;
-            bump_keys_version(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(changed > 0)
     }
 
     pub async fn keys_unused_since(&self, cutoff_ms: i64) -> Result<Vec<KeyRecord>> {
