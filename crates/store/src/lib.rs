@@ -20,9 +20,10 @@ use model::KeyChange;
 use std::path::Path;
 
 pub use model::{
-    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, NewAudit, NewKey, Project,
+    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, NewAudit, NewKey, NewProject, Project,
     ProjectDetail, ProjectEnv, ProjectSummary, Role, UsageFilter, UsageGroup, UsageRecord,
-    UsageTotals, DEFAULT_MAX_KEY_AGE_MS, ROTATION_WARNING_MS,
+    UsageTotals, DEFAULT_MAX_KEY_AGE_MS, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX,
+    ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -95,7 +96,10 @@ impl Store {
     /// Creates a project if it does not exist and returns it; a creation writes an
     /// audit row in the same transaction.
     pub async fn ensure_project_as(&self, name: &str, actor: &Actor) -> Result<Project> {
-        validate_name("project", name)?;
+        // The one reserved project that may be created: on demand, for gateway admins.
+        if name != GATEWAY_PROJECT {
+            validate_project_name(name)?;
+        }
         match self {
             Self::Sqlite(s) => s.ensure_project(name, actor).await,
             Self::Postgres(s) => s.ensure_project(name, actor).await,
@@ -145,19 +149,65 @@ impl Store {
         now_ms: i64,
         actor: &Actor,
     ) -> Result<Project> {
-        validate_name("project", name)?;
-        if let Some(r) = upstream_api_key {
+        let settings = NewProject {
+            upstream_api_key: upstream_api_key.map(str::to_owned),
+            ..NewProject::default()
+        };
+        self.create_project_with(name, &settings, now_ms, actor)
+            .await
+    }
+
+    /// Creates a project with its settings, audited, in one transaction; Conflict if
+    /// it exists, Invalid for a bad or reserved name or setting (nothing is written).
+    pub async fn create_project_with(
+        &self,
+        name: &str,
+        settings: &NewProject,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        validate_project_name(name)?;
+        if let Some(r) = &settings.upstream_api_key {
             validate_secret_ref(r)?;
         }
+        if settings.max_key_age_ms.is_some_and(|ms| ms <= 0) {
+            return Err(StoreError::Invalid(
+                "the maximum key age must be positive".into(),
+            ));
+        }
+        match self {
+            Self::Sqlite(s) => s.create_project(name, settings, now_ms, actor).await,
+            Self::Postgres(s) => s.create_project(name, settings, now_ms, actor).await,
+        }
+    }
+
+    /// Sets (or, with `None`, clears back to the gateway's `anomaly.auto_suspend`)
+    /// whether anomaly detection suspends the project's flagged keys. Audited, and
+    /// bumps the keys version so running servers pick it up with their key cache.
+    pub async fn set_project_anomaly_auto_suspend(
+        &self,
+        name: &str,
+        auto_suspend: Option<bool>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
         match self {
             Self::Sqlite(s) => {
-                s.create_project(name, upstream_api_key, now_ms, actor)
+                s.set_project_anomaly_auto_suspend(name, auto_suspend, now_ms, actor)
                     .await
             }
             Self::Postgres(s) => {
-                s.create_project(name, upstream_api_key, now_ms, actor)
+                s.set_project_anomaly_auto_suspend(name, auto_suspend, now_ms, actor)
                     .await
             }
+        }
+    }
+
+    /// Every project's own settings, by name (no key counts: for the key cache).
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        match self {
+            Self::Sqlite(s) => s.list_projects().await,
+            Self::Postgres(s) => s.list_projects().await,
         }
     }
 
@@ -525,6 +575,17 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
             "invalid {what} name {name:?}: use 1-64 lowercase letters, digits, '-' or '_'"
         )))
     }
+}
+
+/// A project name a user may create: a valid name not starting with the reserved
+/// prefix `_` (which [`validate_name`] refuses anyway; this says why).
+pub fn validate_project_name(name: &str) -> Result<()> {
+    if name.starts_with(RESERVED_PROJECT_PREFIX) {
+        return Err(StoreError::Invalid(format!(
+            "project name {name:?} is reserved: names starting with '_' belong to tollgate"
+        )));
+    }
+    validate_name("project", name)
 }
 
 /// A provider credential is stored as a secret reference, never as a value:

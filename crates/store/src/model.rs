@@ -19,7 +19,28 @@ pub struct Project {
     /// `file:PATH`, `exec:CMD`), never a secret value. `None` means the gateway's
     /// global `upstream.api_key`.
     pub upstream_api_key: Option<String>,
+    /// Whether anomaly detection suspends this project's flagged keys; `None` follows
+    /// the gateway's `anomaly.auto_suspend`.
+    pub anomaly_auto_suspend: Option<bool>,
 }
+
+/// The settings a new project starts with; `None` everywhere means the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewProject {
+    /// The default provider credential: a secret reference, never a value.
+    pub upstream_api_key: Option<String>,
+    /// The longest lifetime of the project's new keys (`None`: 90 days).
+    pub max_key_age_ms: Option<i64>,
+    /// Anomaly auto-suspend for the project (`None`: the gateway's setting).
+    pub anomaly_auto_suspend: Option<bool>,
+}
+
+/// Project names starting with this are reserved for tollgate itself.
+pub const RESERVED_PROJECT_PREFIX: &str = "_";
+
+/// The reserved project whose `admin` keys administer the whole gateway (every
+/// project) over the admin API. Created on demand when a key is made for it.
+pub const GATEWAY_PROJECT: &str = "_gateway";
 
 /// A project with the number of its keys that are not revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

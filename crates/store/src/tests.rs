@@ -132,6 +132,8 @@ both_backends!(
     of_two_concurrent_rotations_of_one_key_exactly_one_wins,
     projects_are_created_listed_shown_and_deleted,
     provider_credentials_are_references_resolved_env_then_project,
+    projects_carry_their_own_anomaly_auto_suspend_choice,
+    reserved_project_names_are_refused_except_the_gateway_project_on_demand,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -1051,4 +1053,106 @@ async fn provider_credentials_are_references_resolved_env_then_project(db: &Test
     let d = store.project_detail("shop").await.unwrap();
     assert_eq!(d.envs.len(), 1);
     assert_eq!(d.envs[0].upstream_api_key, None);
+}
+
+async fn projects_carry_their_own_anomaly_auto_suspend_choice(db: &TestDb) {
+    let store = db.open().await;
+    let settings = NewProject {
+        upstream_api_key: None,
+        max_key_age_ms: Some(7 * DAY),
+        anomaly_auto_suspend: Some(true),
+    };
+    let p = store
+        .create_project_with("shop", &settings, 1_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.anomaly_auto_suspend, Some(true));
+    assert_eq!(p.max_key_age_ms, Some(7 * DAY));
+    let blog = store
+        .create_project("blog", None, 1_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        blog.anomaly_auto_suspend, None,
+        "unset: the gateway's setting"
+    );
+
+    // A change is audited and bumps the keys version (servers reload settings with keys).
+    let v0 = store.keys_version().await.unwrap();
+    let p = store
+        .set_project_anomaly_auto_suspend("blog", Some(false), 2_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.anomaly_auto_suspend, Some(false));
+    assert!(store.keys_version().await.unwrap() > v0);
+    let p = store
+        .set_project_anomaly_auto_suspend("shop", None, 3_000, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.anomaly_auto_suspend, None);
+    let all: Vec<(String, Option<bool>)> = store
+        .projects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.anomaly_auto_suspend))
+        .collect();
+    assert_eq!(
+        all,
+        vec![("blog".into(), Some(false)), ("shop".into(), None)]
+    );
+
+    // Unknown project: NotFound, nothing written.
+    let v1 = store.keys_version().await.unwrap();
+    let audit_before = store.list_audit(0, 1000).await.unwrap().len();
+    assert!(matches!(
+        store
+            .set_project_anomaly_auto_suspend("nope", Some(true), 4_000, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.keys_version().await.unwrap(), v1);
+    assert_eq!(store.list_audit(0, 1000).await.unwrap().len(), audit_before);
+
+    let audit = store.list_audit(0, 1000).await.unwrap();
+    let changes: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|a| a.action == "project.set_anomaly_auto_suspend")
+        .map(|a| (a.target.as_str(), a.detail.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("blog", r#"{"anomaly_auto_suspend":false}"#),
+            ("shop", r#"{"anomaly_auto_suspend":null}"#)
+        ]
+    );
+    let created = audit
+        .iter()
+        .find(|a| a.action == "project.create" && a.target == "shop")
+        .unwrap();
+    assert!(created.detail.contains(r#""anomaly_auto_suspend":true"#));
+}
+
+async fn reserved_project_names_are_refused_except_the_gateway_project_on_demand(db: &TestDb) {
+    let store = db.open().await;
+    for name in [GATEWAY_PROJECT, "_other"] {
+        let err = store
+            .create_project(name, None, 1_000, &cli())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("reserved"), "{err}");
+    }
+    assert!(matches!(
+        store.ensure_project_as("_other", &cli()).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(store.projects().await.unwrap().is_empty());
+    // The gateway project is made on demand (for its admin keys).
+    let p = store
+        .ensure_project_as(GATEWAY_PROJECT, &cli())
+        .await
+        .unwrap();
+    assert_eq!(p.name, GATEWAY_PROJECT);
 }

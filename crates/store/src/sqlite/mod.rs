@@ -12,8 +12,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, NewAudit, NewKey, Project, Role,
-    UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, NewAudit, NewKey, NewProject,
+    Project, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -24,13 +24,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0001_init.sql"),
     include_str!("0002_lifecycle.sql"),
     include_str!("0003_credentials.sql"),
+    include_str!("0004_project_anomaly.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
                            last_used_at_ms, revoked_at_ms, revoke_reason, expires_at_ms, \
                            suspended_at_ms, suspend_reason, rotated_to, retire_at_ms";
 
-const PROJECT_COLUMNS: &str = "id, name, created_at_ms, max_key_age_ms, upstream_api_key";
+const PROJECT_COLUMNS: &str =
+    "id, name, created_at_ms, max_key_age_ms, upstream_api_key, anomaly_auto_suspend";
 
 const AUDIT_COLUMNS: &str = "id, at_ms, actor, action, target, detail, source";
 
@@ -163,29 +165,63 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
     }
 
+    pub async fn set_project_anomaly_auto_suspend(
+        &self,
+        name: &str,
+        auto_suspend: Option<bool>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
+        let mut tx = self.write_tx().await?;
+        let changed = sqlx::query("UPDATE projects SET anomaly_auto_suspend = ? WHERE name = ?")
+            .bind(auto_suspend)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("project {name:?}")));
+        }
+        let d = detail(serde_json::json!({ "anomaly_auto_suspend": auto_suspend }));
+        let action = "project.set_anomaly_auto_suspend";
+        audit(&mut tx, actor, now_ms, action, name, &d).await?;
+        // Servers learn project settings with their key cache.
+        bump_keys_version(&mut tx).await?;
+        tx.commit().await?;
+        self.project_by_name(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
+    }
+
     pub async fn create_project(
         &self,
         name: &str,
-        upstream_api_key: Option<&str>,
+        settings: &NewProject,
         now_ms: i64,
         actor: &Actor,
     ) -> Result<Project> {
         let mut tx = self.write_tx().await?;
         let created = sqlx::query(
-            "INSERT INTO projects (id, name, created_at_ms, upstream_api_key) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO projects (id, name, created_at_ms, upstream_api_key, max_key_age_ms, \
+             anomaly_auto_suspend) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         )
         .bind(format!("proj_{name}"))
         .bind(name)
         .bind(now_ms)
-        .bind(upstream_api_key)
+        .bind(settings.upstream_api_key.as_deref())
+        .bind(settings.max_key_age_ms)
+        .bind(settings.anomaly_auto_suspend)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if created == 0 {
             return Err(StoreError::Conflict(format!("project {name:?} exists")));
         }
-        let d = detail(serde_json::json!({ "upstream_api_key": upstream_api_key }));
+        let d = detail(serde_json::json!({
+            "upstream_api_key": settings.upstream_api_key,
+            "max_key_age_ms": settings.max_key_age_ms,
+            "anomaly_auto_suspend": settings.anomaly_auto_suspend,
+        }));
         audit(&mut tx, actor, now_ms, "project.create", name, &d).await?;
         bump_keys_version(&mut tx).await?;
         tx.commit().await?;
@@ -661,6 +697,7 @@ fn project_from_row(r: &SqliteRow) -> Result<Project> {
         created_at_ms: r.try_get("created_at_ms")?,
         max_key_age_ms: r.try_get("max_key_age_ms")?,
         upstream_api_key: r.try_get("upstream_api_key")?,
+        anomaly_auto_suspend: r.try_get("anomaly_auto_suspend")?,
     })
 }
 
