@@ -21,6 +21,7 @@ import pytest
 from openai import (
     APIStatusError,
     AuthenticationError,
+    BadRequestError,
     NotFoundError,
     OpenAI,
     PermissionDeniedError,
@@ -316,6 +317,44 @@ def test_suspended_key_is_permission_denied_until_resumed(gateway: Gateway) -> N
 
     took = poll_until(accepted, REVOCATION_DEADLINE_S)
     assert took is not None, "a resumed key was still refused after 1s"
+
+
+def test_admin_api_wrong_role_and_bad_input_through_the_sdk(gateway: Gateway) -> None:
+    """The admin API speaks OpenAI's error shape, so the SDK's generic requests raise its usual
+    classes: a project's admin is refused gateway-wide routes (403), a gateway admin's bad
+    input is a 400 that changes nothing."""
+    root = gateway.root_url
+    project_admin = gateway.data.create_key(project="governed", role="admin")
+    gateway_admin = gateway.data.create_key(project="_gateway", env="prod", role="admin")
+    mine = gateway.client(project_admin["key"], max_retries=2)
+    gw = gateway.client(gateway_admin["key"], max_retries=2)
+
+    def known(client: OpenAI) -> bool:
+        try:
+            client.get(f"{root}/admin/v1/project", cast_to=object)
+        except AuthenticationError:
+            return False
+        return True
+
+    for client in (mine, gw):
+        assert poll_until(lambda: known(client), REVOCATION_DEADLINE_S) is not None
+
+    with pytest.raises(PermissionDeniedError) as denied:
+        mine.post(f"{root}/admin/v1/projects", cast_to=object, body={"name": "sdk-made"})
+    assert denied.value.status_code == 403
+    assert denied.value.code == "permission_denied"
+    assert denied.value.type == "permission_error"
+    assert denied.value.response.headers["x-should-retry"] == "false"
+
+    created = gw.post(f"{root}/admin/v1/projects", cast_to=object, body={"name": "sdk-made"})
+    assert created["name"] == "sdk-made"
+    for body in ({"name": "sdk-made"}, {"name": "_mine"}, {"name": "x" * 65}):
+        with pytest.raises(BadRequestError) as bad:
+            gw.post(f"{root}/admin/v1/projects", cast_to=object, body=body)
+        assert bad.value.param == "name"
+    listed = gw.get(f"{root}/admin/v1/projects", cast_to=object)
+    names = [p["name"] for p in listed["data"]]
+    assert names.count("sdk-made") == 1 and "_mine" not in names
 
 
 # --- stream fidelity: through the gateway the SDK sees what it sees from the simulator ---------

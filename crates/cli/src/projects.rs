@@ -1,9 +1,11 @@
-//! `tollgate projects create|list|show|delete|set-credential|set-max-key-age`: projects,
-//! their environments and provider credentials, straight on the store and written to
-//! the audit log. Credentials are secret references (`env:NAME`, `file:PATH`,
+//! `tollgate projects create|list|show|delete|set-credential|set-max-key-age|
+//! set-anomaly-auto-suspend`: projects, their environments, provider credentials and
+//! settings, straight on the store and written to the audit log. Names starting with
+//! `_` are reserved (`_gateway` holds the gateway-wide admin keys). Credentials are secret references (`env:NAME`, `file:PATH`,
 //! `exec:CMD`) the server resolves; the CLI never reads or prints a secret value.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use tollgate_store::NewProject;
 
 use crate::state::{self, StateArgs};
 
@@ -24,6 +26,10 @@ enum ProjectsCommand {
         /// A secret reference for the provider key: env:NAME, file:PATH or exec:CMD.
         #[arg(long = "upstream-api-key", value_name = "REF")]
         upstream_api_key: Option<String>,
+        /// Suspend the project's keys flagged by anomaly detection (`default`: follow
+        /// the gateway's `anomaly.auto_suspend`).
+        #[arg(long = "anomaly-auto-suspend", value_enum, default_value_t = Switch::Default)]
+        anomaly_auto_suspend: Switch,
         #[arg(long)]
         json: bool,
     },
@@ -76,6 +82,36 @@ enum ProjectsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Choose whether anomaly detection suspends the project's flagged keys: on, off,
+    /// or default (the gateway's `anomaly.auto_suspend`). Running servers apply it
+    /// within a second.
+    SetAnomalyAutoSuspend {
+        /// The project's name.
+        name: String,
+        #[arg(value_enum)]
+        value: Switch,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A per-project on/off choice that may defer to the gateway's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+    /// Follow the gateway's configuration.
+    Default,
+}
+
+impl Switch {
+    fn choice(self) -> Option<bool> {
+        match self {
+            Self::On => Some(true),
+            Self::Off => Some(false),
+            Self::Default => None,
+        }
+    }
 }
 
 pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
@@ -83,24 +119,26 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
         ProjectsCommand::Create {
             name,
             upstream_api_key,
+            anomaly_auto_suspend,
             json,
         } => {
             let store = args.state.open().await?;
+            let settings = NewProject {
+                upstream_api_key,
+                max_key_age_ms: None,
+                anomaly_auto_suspend: anomaly_auto_suspend.choice(),
+            };
             let p = store
-                .create_project(
-                    &name,
-                    upstream_api_key.as_deref(),
-                    state::now_ms(),
-                    &state::actor(),
-                )
+                .create_project_with(&name, &settings, state::now_ms(), &state::actor())
                 .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
                 println!(
-                    "Created project {} (provider credential: {}).",
+                    "Created project {} (provider credential: {}; anomaly auto-suspend: {}).",
                     p.name,
-                    credential_label(p.upstream_api_key.as_deref(), "global default")
+                    credential_label(p.upstream_api_key.as_deref(), "global default"),
+                    auto_suspend_label(p.anomaly_auto_suspend)
                 );
             }
             Ok(())
@@ -118,11 +156,15 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
                             p.project.name.clone(),
                             p.active_keys.to_string(),
                             credential_label(p.project.upstream_api_key.as_deref(), "-"),
+                            auto_suspend_label(p.project.anomaly_auto_suspend).to_owned(),
                             state::format_ms(p.project.created_at_ms),
                         ]
                     })
                     .collect();
-                state::print_table(&["PROJECT", "KEYS", "CREDENTIAL", "CREATED"], &rows);
+                state::print_table(
+                    &["PROJECT", "KEYS", "CREDENTIAL", "AUTO-SUSPEND", "CREATED"],
+                    &rows,
+                );
             }
             Ok(())
         }
@@ -141,6 +183,10 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
                 println!(
                     "Maximum key age: {}",
                     state::format_span_ms(d.project.effective_max_key_age_ms())
+                );
+                println!(
+                    "Anomaly auto-suspend: {}",
+                    auto_suspend_label(d.project.anomaly_auto_suspend)
                 );
                 println!();
                 let rows: Vec<Vec<String>> = d
@@ -210,6 +256,9 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ProjectsCommand::SetAnomalyAutoSuspend { name, value, json } => {
+            set_anomaly_auto_suspend(&args.state, &name, value, json).await
+        }
         ProjectsCommand::SetMaxKeyAge { name, age, json } => {
             let age_ms = if age == "default" {
                 None
@@ -247,6 +296,44 @@ pub async fn run(args: ProjectsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A project's auto-suspend choice as shown to humans.
+fn auto_suspend_label(choice: Option<bool>) -> &'static str {
+    match choice {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "gateway default",
+    }
+}
+
+/// `projects set-anomaly-auto-suspend`.
+async fn set_anomaly_auto_suspend(
+    state: &StateArgs,
+    name: &str,
+    value: Switch,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = state.open().await?;
+    if store.project_by_name(name).await?.is_none() {
+        anyhow::bail!("unknown project {name:?}");
+    }
+    let p = store
+        .set_project_anomaly_auto_suspend(name, value.choice(), state::now_ms(), &state::actor())
+        .await?;
+    if json {
+        let out = serde_json::json!({
+            "name": p.name, "anomaly_auto_suspend": p.anomaly_auto_suspend,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "Project {}: anomaly auto-suspend {}.",
+            p.name,
+            auto_suspend_label(p.anomaly_auto_suspend)
+        );
+    }
+    Ok(())
 }
 
 /// A credential reference as shown to humans (the reference, never a value).

@@ -317,3 +317,111 @@ fn projects_and_provider_credentials_from_the_command_line() {
     let list = json(dir, &["projects", "list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn anomaly_auto_suspend_per_project_and_reserved_names_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = json(
+        dir,
+        &[
+            "projects",
+            "create",
+            "shop",
+            "--anomaly-auto-suspend",
+            "on",
+            "--json",
+        ],
+    );
+    assert_eq!(p["anomaly_auto_suspend"], true);
+    let p = json(dir, &["projects", "create", "blog", "--json"]);
+    assert_eq!(p["anomaly_auto_suspend"], Value::Null);
+
+    let out = json(
+        dir,
+        &[
+            "projects",
+            "set-anomaly-auto-suspend",
+            "blog",
+            "off",
+            "--json",
+        ],
+    );
+    assert_eq!(out["anomaly_auto_suspend"], false);
+    let show = json(dir, &["projects", "show", "blog", "--json"]);
+    assert_eq!(show["anomaly_auto_suspend"], false);
+    let list = json(dir, &["projects", "list", "--json"]);
+    let choices: Vec<(&str, &Value)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), &p["anomaly_auto_suspend"]))
+        .collect();
+    assert_eq!(
+        choices,
+        vec![("blog", &Value::Bool(false)), ("shop", &Value::Bool(true))]
+    );
+    let table = String::from_utf8(tollgate(dir, &["projects", "list"]).stdout).unwrap();
+    assert!(table.contains("AUTO-SUSPEND"), "{table}");
+    let shown = String::from_utf8(tollgate(dir, &["projects", "show", "shop"]).stdout).unwrap();
+    assert!(shown.contains("Anomaly auto-suspend: on"), "{shown}");
+    json(
+        dir,
+        &[
+            "projects",
+            "set-anomaly-auto-suspend",
+            "shop",
+            "default",
+            "--json",
+        ],
+    );
+    let show = json(dir, &["projects", "show", "shop", "--json"]);
+    assert_eq!(show["anomaly_auto_suspend"], Value::Null);
+
+    // Bad input changes nothing.
+    let audit_before = json(dir, &["audit", "--json"]);
+    fails(
+        dir,
+        &["projects", "set-anomaly-auto-suspend", "nope", "on"],
+        "unknown project",
+    );
+    fails(
+        dir,
+        &["projects", "set-anomaly-auto-suspend", "shop", "maybe"],
+        "invalid value",
+    );
+    fails(dir, &["projects", "create", "_mine"], "reserved");
+    fails(dir, &["projects", "create", "_gateway"], "reserved");
+    fails(
+        dir,
+        &["keys", "create", "--project", "_other", "--env", "prod"],
+        "reserved",
+    );
+    assert_eq!(json(dir, &["audit", "--json"]), audit_before);
+
+    // The gateway project is created on demand for its admin keys.
+    let k = json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "_gateway",
+            "--env",
+            "prod",
+            "--role",
+            "admin",
+            "--json",
+        ],
+    );
+    assert_eq!(k["project"], "_gateway");
+    let audit = json(dir, &["audit", "--json"]);
+    let actions: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap(), a["target"].as_str().unwrap()))
+        .collect();
+    assert!(actions.contains(&("project.set_anomaly_auto_suspend", "blog")));
+    assert!(actions.contains(&("project.create", "_gateway")));
+}

@@ -12,7 +12,10 @@
 //!
 //! The project itself can be read (`GET /admin/v1/project`: its environments and the
 //! provider credential REFERENCE each uses, never a secret), and an admin can set an
-//! environment's credential reference.
+//! environment's credential reference and the project's anomaly auto-suspend.
+//!
+//! Projects themselves (`/admin/v1/projects…`) are managed gateway-wide by keys of the
+//! reserved `_gateway` project: see [`crate::admin_projects`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -45,6 +48,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/audit"),
     ("get", "/admin/v1/project"),
     ("put", "/admin/v1/project/envs/{env}/credential"),
+    // Project settings and gateway-wide project management (admin_projects.rs).
+    ("patch", "/admin/v1/project"),
+    ("post", "/admin/v1/projects"),
+    ("get", "/admin/v1/projects"),
+    ("get", "/admin/v1/projects/{name}"),
+    ("patch", "/admin/v1/projects/{name}"),
+    ("delete", "/admin/v1/projects/{name}"),
+    ("post", "/admin/v1/projects/{name}/keys"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.
@@ -65,11 +76,15 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/admin/v1/keys/{id}/resume", post(resume_key))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/audit", get(audit))
-        .route("/admin/v1/project", get(show_project))
+        .route(
+            "/admin/v1/project",
+            get(show_project).patch(crate::admin_projects::patch_own_project),
+        )
         .route(
             "/admin/v1/project/envs/{env}/credential",
             put(set_env_credential),
         )
+        .merge(crate::admin_projects::routes())
         .method_not_allowed_fallback(wrong_method)
 }
 
@@ -83,9 +98,10 @@ async fn wrong_method(method: http::Method, uri: Uri) -> Response {
     .into_response()
 }
 
+/// The body of a key creation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     env: String,
     role: Option<String>,
     name: Option<String>,
@@ -120,14 +136,14 @@ struct AuditQuery {
 
 /// What an admin call wants to do, for the role check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AdminAction {
+pub(crate) enum AdminAction {
     /// Read usage (a member: only its own key's).
     ReadUsage,
     /// Read key metadata and the audit log of the project.
     ReadKeys,
     /// Create, rotate, revoke, suspend or resume keys.
     ChangeKeys,
-    /// Change the project's settings (provider credentials).
+    /// Change the project's settings (provider credentials, anomaly auto-suspend).
     ChangeProject,
 }
 
@@ -137,13 +153,13 @@ impl AdminAction {
             Self::ReadUsage => "read usage",
             Self::ReadKeys => "read key metadata or the audit log",
             Self::ChangeKeys => "create or change keys",
-            Self::ChangeProject => "change the project's provider credentials",
+            Self::ChangeProject => "change the project's settings",
         }
     }
 }
 
 /// The caller, authenticated and allowed `action`.
-fn caller(
+pub(crate) fn caller(
     gw: &Gateway,
     headers: &HeaderMap,
     action: AdminAction,
@@ -166,7 +182,7 @@ fn caller(
 }
 
 /// The audit actor for a change made by `p` from the request's peer.
-fn actor(p: &Principal, req: &Request<Body>) -> Actor {
+pub(crate) fn actor(p: &Principal, req: &Request<Body>) -> Actor {
     let ip = server::peer_addr(req).map_or_else(|| "unknown".into(), |a| a.ip().to_string());
     Actor::new(format!("key:{}", p.key_id), format!("admin-api {ip}"))
 }
@@ -190,6 +206,17 @@ async fn create_key_inner(gw: &Gateway, req: Request<Body>) -> Result<Value, Gat
     let p = caller(gw, req.headers(), AdminAction::ChangeKeys)?;
     let actor = actor(&p, &req);
     let body: CreateBody = read_body(req, false).await?;
+    create_key_in(gw, &p.project, &actor, body).await
+}
+
+/// Mints a key in `project` as `body` asks (within the project's maximum key age)
+/// and returns it with its secret, shown this once.
+pub(crate) async fn create_key_in(
+    gw: &Gateway,
+    project: &str,
+    actor: &Actor,
+    body: CreateBody,
+) -> Result<Value, GatewayError> {
     check_env(&body.env)?;
     let role = match body.role.as_deref() {
         None => Role::Member,
@@ -203,7 +230,7 @@ async fn create_key_inner(gw: &Gateway, req: Request<Body>) -> Result<Value, Gat
         .transpose()?;
     let max_age = gw
         .store
-        .project_by_name(&p.project)
+        .project_by_name(project)
         .await
         .map_err(store_error)?
         .map_or(DEFAULT_MAX_KEY_AGE_MS, |pr| pr.effective_max_key_age_ms());
@@ -211,18 +238,18 @@ async fn create_key_inner(gw: &Gateway, req: Request<Body>) -> Result<Value, Gat
     if lifetime > max_age {
         return Err(invalid(
             format!(
-                "expires_in is beyond project {:?}'s maximum key age ({} ms): ask for less",
-                p.project, max_age
+                "expires_in is beyond project {project:?}'s maximum key age ({max_age} ms): \
+                 ask for less"
             ),
             "expires_in",
         ));
     }
     let now = now_ms();
-    let mut minted = keys::mint(&p.project, &body.env, role, body.name, now);
+    let mut minted = keys::mint(project, &body.env, role, body.name, now);
     minted.record.expires_at_ms = now.saturating_add(lifetime);
     let rec = gw
         .store
-        .insert_key_as(&minted.record, &actor)
+        .insert_key_as(&minted.record, actor)
         .await
         .map_err(store_error)?;
     Ok(json!({
@@ -433,9 +460,10 @@ async fn show_project(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     reply(result, StatusCode::OK)
 }
 
-/// The caller's project: its default credential reference and its environments, each
-/// with the reference its calls use and where that comes from. References only.
-async fn project_json(gw: &Gateway, project: &str) -> Result<Value, GatewayError> {
+/// A project: its default credential reference and its environments, each with the
+/// reference its calls use and where that comes from (references only), and its
+/// anomaly auto-suspend (its own choice, and the one in effect).
+pub(crate) async fn project_json(gw: &Gateway, project: &str) -> Result<Value, GatewayError> {
     let d = gw
         .store
         .project_detail(project)
@@ -462,6 +490,9 @@ async fn project_json(gw: &Gateway, project: &str) -> Result<Value, GatewayError
         "object": "project", "name": d.project.name,
         "created_at_ms": d.project.created_at_ms,
         "max_key_age_ms": d.project.effective_max_key_age_ms(),
+        "anomaly_auto_suspend": d.project.anomaly_auto_suspend,
+        "anomaly_auto_suspend_effective": d.project.anomaly_auto_suspend
+            .unwrap_or(gw.config.anomaly.auto_suspend),
         "upstream_api_key": default, "active_keys": d.active_keys, "envs": envs,
     }))
 }
@@ -565,7 +596,7 @@ async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
     reply(result, StatusCode::OK)
 }
 
-fn reply(result: Result<Value, GatewayError>, ok: StatusCode) -> Response {
+pub(crate) fn reply(result: Result<Value, GatewayError>, ok: StatusCode) -> Response {
     match result {
         Ok(v) => (ok, axum::Json(v)).into_response(),
         Err(e) => e.into_response(),
@@ -586,7 +617,7 @@ fn key_json(k: &KeyRecord, now: i64) -> Value {
 }
 
 /// Reads a JSON body into `T`; an empty body counts as `{}` when `empty_ok`.
-async fn read_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
     req: Request<Body>,
     empty_ok: bool,
 ) -> Result<T, GatewayError> {
@@ -626,7 +657,7 @@ fn serde_urlencoded_like<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, G
     })
 }
 
-fn invalid(message: impl Into<String>, param: &'static str) -> GatewayError {
+pub(crate) fn invalid(message: impl Into<String>, param: &'static str) -> GatewayError {
     GatewayError::InvalidRequest {
         message: message.into(),
         param: Some(param),
@@ -683,7 +714,7 @@ fn span_ms(s: &str, param: &'static str) -> Result<i64, GatewayError> {
 }
 
 /// A duration that must be longer than zero.
-fn positive_span(s: &str, param: &'static str) -> Result<i64, GatewayError> {
+pub(crate) fn positive_span(s: &str, param: &'static str) -> Result<i64, GatewayError> {
     let ms = span_ms(s, param)?;
     if ms > 0 {
         Ok(ms)
@@ -708,7 +739,7 @@ fn day_of(ms: i64) -> String {
 }
 
 /// Store failures as answers: a refused change is bad input, a lost row is 404.
-fn store_error(e: StoreError) -> GatewayError {
+pub(crate) fn store_error(e: StoreError) -> GatewayError {
     match e {
         StoreError::Invalid(m) | StoreError::Conflict(m) => GatewayError::InvalidRequest {
             message: m,

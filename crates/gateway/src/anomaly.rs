@@ -16,11 +16,16 @@
 //! range flag until `new_range_after_minutes`; each kind of flag fires at most once per
 //! key per `cooldown_minutes`.
 //!
-//! A flag is logged (`tracing::warn!`, never a secret or a prompt), counted
-//! ([`Detector::flagged_total`]), published to [`Detector::flags`] subscribers (where a
-//! later step writes the audit entry and suspends the key in the store), optionally
-//! POSTed to a webhook from a background task, and — with `auto_suspend` — the key is
-//! refused by this process at once ([`GatewayError::KeySuspended`]).
+//! A flag is logged (`tracing::warn!`, never a secret or a prompt), counted per kind
+//! ([`Detector::flagged_total`], [`Detector::flagged_by_kind`], exported by
+//! `crate::metrics`), published to [`Detector::flags`] subscribers (where a later step
+//! writes the audit entry and suspends the key in the store), optionally POSTed to a
+//! webhook from a background task, and — when auto-suspend applies to the key's
+//! project — the key is refused by this process at once ([`GatewayError::KeySuspended`]).
+//!
+//! Auto-suspend is decided per project: a project's own choice (stored with the
+//! project, loaded by the key cache into a [`ProjectPolicy`]) wins; a project without
+//! one follows `anomaly.auto_suspend`. It is looked up only when a flag is raised.
 //!
 //! Cost: one observation is O(1) — a hash into one of [`SHARDS`] mutex-guarded maps,
 //! held for a few arithmetic steps and never across an await. Memory is bounded: at
@@ -32,11 +37,12 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -99,6 +105,25 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// Each project's own auto-suspend choice, as last loaded from the store by the key
+/// cache; a project not in it follows the gateway's `anomaly.auto_suspend`.
+#[derive(Debug, Default)]
+pub struct ProjectPolicy {
+    auto_suspend: RwLock<HashMap<String, bool>>,
+}
+
+impl ProjectPolicy {
+    /// Replaces every project's choice (projects without one are left out).
+    pub fn replace(&self, choices: HashMap<String, bool>) {
+        *self.auto_suspend.write() = choices;
+    }
+
+    /// The project's own choice, if it made one.
+    pub fn auto_suspend(&self, project: &str) -> Option<bool> {
+        self.auto_suspend.read().get(project).copied()
+    }
+}
+
 /// What was unusual.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AnomalyKind {
@@ -108,6 +133,9 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
+    /// Every kind, in [`AnomalyKind::index`] order.
+    pub const ALL: [Self; 3] = [Self::RequestRate, Self::TokenRate, Self::NewIpRange];
+
     /// A short label for logs, metrics and the webhook.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,8 +210,13 @@ impl AnomalyFlag {
 /// The detector: shared by every request of one gateway process.
 pub struct Detector {
     config: AnomalyConfig,
+    /// Per-project auto-suspend choices (shared with the key cache, which fills it).
+    policy: Arc<ProjectPolicy>,
     shards: Vec<Mutex<Shard>>,
-    flagged: AtomicU64,
+    /// Flags raised, per [`AnomalyKind::index`].
+    flagged: [AtomicU64; 3],
+    /// Flags that suspended their key.
+    suspended: AtomicU64,
     webhook_dropped: AtomicU64,
     flags_tx: broadcast::Sender<AnomalyFlag>,
     webhook_tx: Option<mpsc::Sender<AnomalyFlag>>,
@@ -245,8 +278,10 @@ impl Detector {
         let (flags_tx, _) = broadcast::channel(64);
         Self {
             config,
+            policy: Arc::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            flagged: AtomicU64::new(0),
+            flagged: Default::default(),
+            suspended: AtomicU64::new(0),
             webhook_dropped: AtomicU64::new(0),
             flags_tx,
             webhook_tx: None,
@@ -268,14 +303,38 @@ impl Detector {
         Ok((detector, Some(task)))
     }
 
+    /// Decides auto-suspend per project from `policy` (see [`ProjectPolicy`]).
+    pub fn with_project_policy(mut self, policy: Arc<ProjectPolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// The settings.
     pub fn config(&self) -> &AnomalyConfig {
         &self.config
     }
 
+    /// Whether a flag of a key of `project` suspends the key: the project's own
+    /// choice, else `anomaly.auto_suspend`.
+    pub fn auto_suspends(&self, project: &str) -> bool {
+        self.policy
+            .auto_suspend(project)
+            .unwrap_or(self.config.auto_suspend)
+    }
+
     /// Flags raised since start.
     pub fn flagged_total(&self) -> u64 {
-        self.flagged.load(Ordering::Relaxed)
+        self.flagged.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Flags of one kind raised since start.
+    pub fn flagged_by_kind(&self, kind: AnomalyKind) -> u64 {
+        self.flagged[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Flags since start that suspended their key (auto-suspend).
+    pub fn suspended_total(&self) -> u64 {
+        self.suspended.load(Ordering::Relaxed)
     }
 
     /// Webhook deliveries dropped because the queue was full.
@@ -470,7 +529,7 @@ impl Detector {
             return None;
         }
         *last = Some(now_ms);
-        let action = if self.config.auto_suspend {
+        let action = if self.auto_suspends(&state.project) {
             state.suspended = Some(kind);
             AnomalyAction::Suspend
         } else {
@@ -491,7 +550,10 @@ impl Detector {
 
     /// Logs, counts, publishes and queues the webhook; never waits.
     fn raise(&self, flag: AnomalyFlag) {
-        self.flagged.fetch_add(1, Ordering::Relaxed);
+        self.flagged[flag.kind.index()].fetch_add(1, Ordering::Relaxed);
+        if flag.action == AnomalyAction::Suspend {
+            self.suspended.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(
             key_id = %flag.key_id,
             project = %flag.project,
@@ -829,6 +891,42 @@ mod tests {
         assert!(request(&d, at(30, 0)).is_err());
         assert!(d.resume(KEY));
         assert!(request(&d, at(30, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_project_s_own_choice_overrides_the_global_auto_suspend() {
+        let policy = Arc::new(ProjectPolicy::default());
+        let d = detector(|c| {
+            c.auto_suspend = false;
+            c.warmup_minutes = 0;
+            c.min_requests_per_min = 5;
+        })
+        .with_project_policy(policy.clone());
+        policy.replace(HashMap::from([("strict".to_owned(), true)]));
+        assert!(d.auto_suspends("strict"));
+        assert!(!d.auto_suspends("relaxed"), "no choice: the global setting");
+        let burst = |key: &str, project: &str| {
+            (0..5)
+                .map(|i| d.observe_request(key, project, "prod", None, at(0, i)))
+                .filter(Result::is_err)
+                .count()
+        };
+        assert_eq!(
+            burst("key_strict", "strict"),
+            1,
+            "the 5th request is refused"
+        );
+        assert!(d.is_suspended("key_strict"));
+        assert_eq!(burst("key_relaxed", "relaxed"), 0);
+        assert!(!d.is_suspended("key_relaxed"));
+        assert_eq!(d.flagged_by_kind(AnomalyKind::RequestRate), 2);
+        assert_eq!(d.flagged_by_kind(AnomalyKind::NewIpRange), 0);
+        assert_eq!(d.suspended_total(), 1);
+        // A project may also opt out of a global auto-suspend.
+        let d = detector(|c| c.auto_suspend = true).with_project_policy(policy.clone());
+        policy.replace(HashMap::from([("relaxed".to_owned(), false)]));
+        assert!(!d.auto_suspends("relaxed"));
+        assert!(d.auto_suspends("other"));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub enum GatewayError {
     /// The key's role may not use this part of the admin API.
     #[error("role {role} may not {action} over the admin API")]
     AdminForbidden { role: String, action: &'static str },
+    /// A gateway-wide admin operation (projects) asked by a key that is not an admin
+    /// (or, to read, a viewer) of the reserved `_gateway` project.
+    #[error("gateway admin only")]
+    GatewayAdminOnly { action: &'static str },
     /// An admin API object that does not exist in the caller's project.
     #[error("{what} not found")]
     NotFound { what: &'static str, id: String },
@@ -82,7 +86,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::AdminForbidden { .. } => StatusCode::FORBIDDEN,
+            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -94,7 +98,8 @@ impl GatewayError {
             Self::Forbidden { .. }
             | Self::KeySuspended { .. }
             | Self::SuspendedKey { .. }
-            | Self::AdminForbidden { .. } => "permission_error",
+            | Self::AdminForbidden { .. }
+            | Self::GatewayAdminOnly { .. } => "permission_error",
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
@@ -120,7 +125,9 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::NotReady { .. } => Some("not_ready"),
-            Self::AdminForbidden { .. } => Some("permission_denied"),
+            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => {
+                Some("permission_denied")
+            }
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
             _ => None,
@@ -154,7 +161,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::NotReady { .. } => "not_ready",
             Self::Internal => "internal",
-            Self::AdminForbidden { .. } => "admin_forbidden",
+            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
         }
@@ -230,6 +237,14 @@ impl GatewayError {
                 "This key's role ({role}) may not {action} over the admin API. Use a key with \
                  the admin role of this project (see docs/admin-api.md)."
             ),
+            Self::GatewayAdminOnly { action } => format!(
+                "Only a key of the reserved _gateway project (role admin; viewer to read) may \
+                 {action} over the admin API; this key belongs to a project. Create one with \
+                 `tollgate keys create --project _gateway --env prod --role admin`."
+            ),
+            Self::NotFound { what: "project", id } => {
+                format!("No project {id:?}. List projects with GET /admin/v1/projects.")
+            }
             Self::NotFound { what, id } => {
                 format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/keys.")
             }
@@ -404,6 +419,14 @@ mod tests {
                 GatewayError::AdminForbidden {
                     role: "viewer".into(),
                     action: "create or change keys",
+                },
+                403,
+                "permission_error",
+                Some("permission_denied"),
+            ),
+            (
+                GatewayError::GatewayAdminOnly {
+                    action: "manage projects",
                 },
                 403,
                 "permission_error",

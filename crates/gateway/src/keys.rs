@@ -17,6 +17,10 @@
 //! reference, else the project's, else none for the global one) and has the
 //! [`Upstream`] resolve the references in use before the new map goes live, so
 //! requests never read a secret. Credential changes bump `keys_version` too.
+//!
+//! Each load also refreshes the projects' own anomaly auto-suspend choices in the
+//! shared [`ProjectPolicy`] the anomaly detector reads; changing one bumps
+//! `keys_version`, so it takes effect within one poll interval, without a restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,6 +35,7 @@ use tollgate_store::{
     ROTATION_WARNING_MS,
 };
 
+use crate::anomaly::ProjectPolicy;
 use crate::upstream::Upstream;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -138,6 +143,8 @@ pub struct KeyCache {
     by_digest: RwLock<HashMap<[u8; 32], Arc<CachedKey>>>,
     /// Resolves the provider credentials of the keys on each load (none in unit tests).
     upstream: Option<Upstream>,
+    /// The projects' auto-suspend choices, refreshed on each load.
+    anomaly_policy: Arc<ProjectPolicy>,
 }
 
 impl KeyCache {
@@ -153,7 +160,14 @@ impl KeyCache {
         Self {
             by_digest: RwLock::default(),
             upstream: Some(upstream),
+            anomaly_policy: Arc::default(),
         }
+    }
+
+    /// The projects' anomaly auto-suspend choices this cache keeps current, for the
+    /// detector ([`crate::anomaly::Detector::with_project_policy`]).
+    pub fn anomaly_policy(&self) -> Arc<ProjectPolicy> {
+        self.anomaly_policy.clone()
     }
 
     /// Replaces the whole set with the keys given (revoked ones are skipped); every
@@ -232,6 +246,12 @@ pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
 async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
     let keys = store.active_keys().await?;
     let refs = store.credential_refs().await?;
+    let auto_suspend = store
+        .projects()
+        .await?
+        .into_iter()
+        .filter_map(|p| Some((p.name, p.anomaly_auto_suspend?)))
+        .collect();
     if let Some(upstream) = cache.upstream.clone() {
         let used: BTreeSet<String> = keys
             .iter()
@@ -243,6 +263,7 @@ async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
         }
     }
     cache.replace_with_refs(&keys, &refs);
+    cache.anomaly_policy.replace(auto_suspend);
     Ok(keys.len())
 }
 

@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod account;
 pub mod admin;
+pub mod admin_projects;
 pub mod admit;
 pub mod anomaly;
 pub mod anomaly_store;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod moderate;
 pub mod pipeline;
 pub mod preflight;

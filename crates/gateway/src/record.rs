@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -27,6 +28,8 @@ pub struct UsageSink {
     tx: mpsc::Sender<UsageRecord>,
     /// Told each finished call's tokens (anomaly detection).
     anomaly: Option<Arc<Detector>>,
+    /// Records the writer has written so far (for `/metrics`).
+    written: Arc<AtomicU64>,
 }
 
 impl UsageSink {
@@ -34,8 +37,29 @@ impl UsageSink {
     /// once every sink clone is dropped and the queue is flushed.
     pub fn start(store: Store, capacity: usize, batch_size: usize) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1)));
-        (Self { tx, anomaly: None }, writer)
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1), written.clone()));
+        let sink = Self {
+            tx,
+            anomaly: None,
+            written,
+        };
+        (sink, writer)
+    }
+
+    /// Records written to the store so far.
+    pub fn records_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The queue's capacity.
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
     }
 
     /// Also reports each finished call's tokens to `detector`.
@@ -92,6 +116,7 @@ async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
+    counter: Arc<AtomicU64>,
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
@@ -117,6 +142,7 @@ async fn write_batches(
             }
         }
         written += batch.len() as u64;
+        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
     }
     written

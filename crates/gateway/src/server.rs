@@ -1,5 +1,5 @@
-//! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz` and `/readyz`,
-//! and graceful shutdown.
+//! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz`, `/readyz` and
+//! `/metrics` (see [`crate::metrics`]), and graceful shutdown.
 //!
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
@@ -57,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::handler))
         .merge(crate::admin::routes())
         .fallback(pipeline::handle)
         .with_state(gateway)
@@ -117,7 +118,7 @@ pub async fn serve(
     );
     let (anomaly, webhook) =
         Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;
-    let anomaly = Arc::new(anomaly);
+    let anomaly = Arc::new(anomaly.with_project_policy(keys.anomaly_policy()));
     let usage = usage.with_anomaly(anomaly.clone());
     let flag_writer = tokio::spawn(crate::anomaly_store::persist(
         anomaly.clone(),

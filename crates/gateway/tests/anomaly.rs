@@ -201,3 +201,157 @@ async fn a_call_s_tokens_count_towards_the_token_rate() {
     assert!(event["current"].as_u64().unwrap() > 0);
     h.stop().await;
 }
+
+/// Mints a key in `project` and waits until the gateway serves it.
+async fn served_key(h: &Harness, project: &str) -> (String, String) {
+    let m = tollgate_gateway::keys::mint(project, "prod", Role::Member, None, support::now_ms());
+    h.store.insert_key(&m.record).await.unwrap();
+    let served = eventually(Duration::from_secs(5), || async {
+        models(h, &m.secret).await.0 == 200
+    })
+    .await;
+    assert!(served.is_some(), "the gateway never served the new key");
+    (m.secret, m.record.id)
+}
+
+/// Up to `n` calls in a row; the index, status and body of the first refusal.
+async fn burst(h: &Harness, key: &str, n: usize) -> Option<(usize, u16, Value)> {
+    for i in 0..n {
+        let (status, body) = models(h, key).await;
+        if status != 200 {
+            return Some((i, status, body));
+        }
+    }
+    None
+}
+
+/// `GET /metrics` over HTTP: the content type and the text.
+async fn scrape(h: &Harness) -> (String, String) {
+    let res = h.http.get(h.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    (ct, res.text().await.unwrap())
+}
+
+/// The value of the sample `series` (name and labels, as written) in `text`.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn auto_suspend_is_chosen_per_project_and_a_change_applies_without_a_restart() {
+    let (url, mut events) = webhook().await;
+    // The gateway-wide default is off; project "strict" turns it on for itself.
+    let h = start(url, false).await;
+    let cli = tollgate_store::Actor::new("cli:test", "cli");
+    let on = tollgate_store::NewProject {
+        anomaly_auto_suspend: Some(true),
+        ..Default::default()
+    };
+    let now = support::now_ms();
+    h.store
+        .create_project_with("strict", &on, now, &cli)
+        .await
+        .unwrap();
+    h.store
+        .create_project("relaxed", None, now, &cli)
+        .await
+        .unwrap();
+    let (strict, strict_id) = served_key(&h, "strict").await;
+    let (relaxed, relaxed_id) = served_key(&h, "relaxed").await;
+    let (_, before) = scrape(&h).await;
+    let flags = r#"tollgate_anomaly_flags_total{reason="request_rate"}"#;
+    assert_eq!(sample(&before, flags), 0);
+
+    let (i, status, body) = burst(&h, &strict, 200)
+        .await
+        .expect("strict's key is refused");
+    assert!(i < 100, "refused after {i} burst requests");
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "key_suspended");
+    assert!(
+        burst(&h, &relaxed, 200).await.is_none(),
+        "relaxed's key is only flagged"
+    );
+
+    let mut actions = vec![];
+    for _ in 0..2 {
+        let e = next_event(&mut events).await;
+        actions.push((
+            e["key_id"].as_str().unwrap().to_owned(),
+            e["action"].as_str().unwrap().to_owned(),
+        ));
+    }
+    actions.sort();
+    let mut expected = vec![
+        (strict_id.clone(), "suspend".to_owned()),
+        (relaxed_id.clone(), "notify".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(actions, expected);
+    let suspended = |id: String| {
+        let store = h.store.clone();
+        async move {
+            let k = store.key_by_id(&id).await.unwrap().unwrap();
+            k.suspended_at_ms.is_some()
+        }
+    };
+    let durable = eventually(Duration::from_secs(2), || suspended(strict_id.clone())).await;
+    assert!(durable.is_some(), "strict's key is suspended in the store");
+    assert!(!suspended(relaxed_id.clone()).await);
+
+    // The flags show on /metrics, scraped over HTTP; no secret is there.
+    let (content_type, after) = scrape(&h).await;
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    assert_eq!(sample(&after, flags), 2);
+    assert_eq!(
+        sample(&after, "tollgate_keys_suspended_by_anomaly_total"),
+        1
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"tollgate_anomaly_flags_total{reason="new_ip_range"}"#
+        ),
+        0
+    );
+    assert!(!after.contains(&strict) && !after.contains(&relaxed));
+    assert!(!after.contains(&strict_id) && !after.contains("relaxed"));
+    assert!(after.contains("# TYPE tollgate_usage_queue_depth gauge"));
+    let written = eventually(Duration::from_secs(2), || async {
+        sample(&scrape(&h).await.1, "tollgate_usage_records_written_total") >= 200
+    })
+    .await;
+    assert!(written.is_some(), "usage records written are counted");
+
+    // Turning "relaxed" on takes effect with the key cache, no restart: a fresh key
+    // (the first one is in its flag cool-down) is now suspended by its burst.
+    h.store
+        .set_project_anomaly_auto_suspend("relaxed", Some(true), support::now_ms(), &cli)
+        .await
+        .unwrap();
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "project.set_anomaly_auto_suspend"
+            && a.target == "relaxed"
+            && a.actor == "cli:test"));
+    let (fresh, _) = served_key(&h, "relaxed").await;
+    let (i, status, _) = burst(&h, &fresh, 200).await.expect("now refused");
+    assert!(i < 100, "refused after {i} burst requests");
+    assert_eq!(status, 403);
+    assert_eq!(
+        sample(
+            &scrape(&h).await.1,
+            "tollgate_keys_suspended_by_anomaly_total"
+        ),
+        2
+    );
+}

@@ -1,0 +1,160 @@
+//! `GET /metrics`: the gateway's counters and gauges in the Prometheus text exposition
+//! format (version 0.0.4), written by hand — a few lines of text do not need a crate.
+//!
+//! Nothing here is on the request path: every value is an atomic that its owner
+//! (the anomaly detector, the usage writer, …) already keeps, read only when scraped.
+//! Labels are bounded (an anomaly kind, never a key id, a project or user text), and
+//! no value is a secret, so the endpoint needs no key.
+//!
+//! To add a metric: give its owner an atomic and a getter, then add one
+//! [`Exposition::counter`] or [`Exposition::gauge`] call to [`render`] (and a line to
+//! the table in `docs/gateway.md`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use crate::anomaly::AnomalyKind;
+use crate::server::Gateway;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves [`render`].
+pub async fn handler(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&gw),
+    )
+        .into_response()
+}
+
+/// Every metric of the gateway, as exposition text.
+pub fn render(gw: &Gateway) -> String {
+    let mut out = Exposition::default();
+    let anomaly = &gw.anomaly;
+    let flags: Vec<(Vec<(&str, &str)>, u64)> = AnomalyKind::ALL
+        .iter()
+        .map(|&k| (vec![("reason", k.as_str())], anomaly.flagged_by_kind(k)))
+        .collect();
+    out.counter(
+        "tollgate_anomaly_flags_total",
+        "Keys flagged by anomaly detection, by reason.",
+        &flags,
+    );
+    out.counter(
+        "tollgate_keys_suspended_by_anomaly_total",
+        "Keys suspended automatically after an anomaly flag.",
+        &[(vec![], anomaly.suspended_total())],
+    );
+    out.counter(
+        "tollgate_anomaly_webhook_dropped_total",
+        "Anomaly webhook deliveries dropped because their queue was full.",
+        &[(vec![], anomaly.webhook_dropped_total())],
+    );
+    out.counter(
+        "tollgate_usage_records_written_total",
+        "Usage records written to the store.",
+        &[(vec![], gw.usage.records_written())],
+    );
+    out.gauge(
+        "tollgate_usage_queue_depth",
+        "Usage records queued for the writer.",
+        &[(vec![], gw.usage.queue_depth() as u64)],
+    );
+    out.gauge(
+        "tollgate_usage_queue_capacity",
+        "Capacity of the usage record queue.",
+        &[(vec![], gw.usage.queue_capacity() as u64)],
+    );
+    out.gauge(
+        "tollgate_keys_cached",
+        "Gateway keys in the in-memory key cache (all but revoked ones).",
+        &[(vec![], gw.keys.len() as u64)],
+    );
+    out.finish()
+}
+
+/// One sample: its label pairs (bounded values only) and its value.
+pub type Sample<'a> = (Vec<(&'a str, &'a str)>, u64);
+
+/// A text exposition being written: one `# HELP`/`# TYPE` header per family, then its
+/// samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// A monotonically increasing count (its name ends in `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, samples: &[Sample<'_>]) {
+        self.family(name, "counter", help, samples);
+    }
+
+    /// A value that goes up and down.
+    pub fn gauge(&mut self, name: &str, help: &str, samples: &[Sample<'_>]) {
+        self.family(name, "gauge", help, samples);
+    }
+
+    /// The finished text.
+    pub fn finish(self) -> String {
+        self.text
+    }
+
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[Sample<'_>]) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.text, "# HELP {name} {}", escape(help, false));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            self.text.push_str(name);
+            if !labels.is_empty() {
+                let pairs: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v, true)))
+                    .collect();
+                let _ = write!(self.text, "{{{}}}", pairs.join(","));
+            }
+            let _ = writeln!(self.text, " {value}");
+        }
+    }
+}
+
+/// Escapes `\` and newlines (and, in label values, `"`), as the format asks.
+fn escape(text: &str, label_value: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if label_value => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_have_help_type_and_escaped_labels() {
+        let mut e = Exposition::default();
+        e.counter(
+            "x_total",
+            "Things.\nMore",
+            &[(vec![("reason", "a\"b")], 3), (vec![("reason", "c")], 0)],
+        );
+        e.gauge("y", "Depth.", &[(vec![], 7)]);
+        assert_eq!(
+            e.finish(),
+            "# HELP x_total Things.\\nMore\n# TYPE x_total counter\n\
+             x_total{reason=\"a\\\"b\"} 3\nx_total{reason=\"c\"} 0\n\
+             # HELP y Depth.\n# TYPE y gauge\ny 7\n"
+        );
+    }
+}
