@@ -173,15 +173,35 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     let (code, body) = put(viewer_key.clone(), json!({"ref": "env:OPENAI_KEY_PROD"})).await;
     assert_eq!(code, 403, "{body}");
     let version = h.store.keys_version().await.unwrap();
+    let oversized = format!("env:{}", "A".repeat(600));
+    let audit_before = h.store.list_audit(0, 10_000).await.unwrap();
     for bad in [
         json!({"ref": WRONG_KEY}),
         json!({}),
         json!({"ref": "env:X", "extra": 1}),
+        json!({"ref": 5}),
+        json!({"ref": oversized}),
     ] {
         let (code, body) = put(admin_key.clone(), bad.clone()).await;
         assert_eq!(code, 400, "{bad}: {body}");
         assert!(!body.contains(WRONG_KEY), "the value was echoed: {body}");
+        assert!(!body.contains(&oversized), "the value was echoed: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["param"], "ref", "{bad}: {body}");
     }
+    // A bad environment name in the path.
+    let res = h
+        .http
+        .put(h.url("/admin/v1/project/envs/Prod!/credential"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"ref": "env:OPENAI_KEY_PROD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "env");
+    assert_eq!(h.store.list_audit(0, 10_000).await.unwrap(), audit_before);
     assert_eq!(
         h.store.keys_version().await.unwrap(),
         version,
