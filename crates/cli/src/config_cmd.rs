@@ -19,16 +19,28 @@ enum ConfigCommand {
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Print the result as JSON (problems still go to stderr with a non-zero exit).
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file } => {
+        ConfigCommand::Check { file, json } => {
             let raw = crate::state::read_config(&file)?;
             let config = Config::try_from(raw).map_err(|e| {
                 anyhow::anyhow!("invalid configuration in {}:\n{e}", file.display())
             })?;
+            if json {
+                let out = serde_json::json!({
+                    "file": file.display().to_string(), "ok": true,
+                    "listen": config.listen.to_string(), "upstream": config.upstream.url,
+                    "provider_key_from": config.upstream.api_key.to_string(),
+                });
+                println!("{out}");
+                return Ok(());
+            }
             println!(
                 "{}: ok (listen {}, upstream {}, provider key from {})",
                 file.display(),

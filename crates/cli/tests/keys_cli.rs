@@ -425,3 +425,25 @@ fn anomaly_auto_suspend_per_project_and_reserved_names_from_the_command_line() {
     assert!(actions.contains(&("project.set_anomaly_auto_suspend", "blog")));
     assert!(actions.contains(&("project.create", "_gateway")));
 }
+
+#[test]
+fn config_check_speaks_json_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tollgate.toml");
+    std::fs::write(&file, "[upstream]\nretry_base_ms = 10\n").unwrap();
+    let out = json(
+        tmp.path(),
+        &["config", "check", file.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(out["ok"], true);
+    assert!(
+        out["listen"].is_string() && out["upstream"].is_string(),
+        "{out}"
+    );
+    std::fs::write(&file, "[upstream]\nretry_base_ms = \"soon\"\n").unwrap();
+    fails(
+        tmp.path(),
+        &["config", "check", file.to_str().unwrap(), "--json"],
+        "retry_base_ms",
+    );
+}
