@@ -1,7 +1,8 @@
 """What only the gateway does, through the official Python SDK (SDK → tollgate serve → simulator).
 
 The guide's two request templates, the errors tollgate decides itself (missing, unknown,
-revoked key; viewer role), upstream errors after the gateway's retries, key revocation,
+revoked key; viewer role; a project admin on the gateway-wide admin routes), upstream errors after
+the gateway's retries, key revocation,
 expiry, rotation with a grace period and suspension through the CLI while the server runs, stream fidelity against the simulator, and the
 usage records a known set of calls leaves behind.
 """
