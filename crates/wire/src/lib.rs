@@ -1,5 +1,6 @@
 //! OpenAI wire format: serde types for requests, responses, stream events and errors,
-//! plus the SSE codec and the rate-limit header format. Serde only, no I/O.
+//! plus the SSE codec and the rate-limit header format. Serde only, no I/O; with the
+//! `tokens` feature, token counting with the real tokenizer of each model family.
 //!
 //! Request types preserve fields they do not know in an `extra` map (flattened), so a
 //! gateway that parses and re-serialises a body never drops a field. Response types do
@@ -13,6 +14,8 @@ pub mod moderations;
 pub mod ratelimit;
 pub mod responses;
 pub mod sse;
+#[cfg(feature = "tokens")]
+pub mod tokens;
 
 mod serde_util;
 

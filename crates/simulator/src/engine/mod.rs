@@ -10,6 +10,8 @@ use tollgate_wire::embeddings::{EmbeddingRequest, EmbeddingResponse};
 use tollgate_wire::moderations::{ModerationRequest, ModerationResponse};
 use tollgate_wire::responses::{CreateResponse, Response, StreamEvent};
 
+use tollgate_wire::tokens;
+
 use crate::error::ApiError;
 
 mod chat;
@@ -21,7 +23,6 @@ mod responses;
 mod rng;
 mod schema;
 mod text;
-mod tokens;
 mod tools;
 mod validate;
 

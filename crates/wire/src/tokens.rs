@@ -1,5 +1,7 @@
-//! Tokenizers: which BPE a model family uses, token counts, cutting text to a token
-//! budget, and splitting text into per-token pieces for stream deltas.
+//! Tokenizers (the `tokens` feature): which BPE a model family uses, token counts,
+//! cutting text to a token budget, splitting text into per-token pieces for stream
+//! deltas, and an estimate of a request body's input tokens. The simulator counts its
+//! usage with it; the gateway estimates what a request will cost before sending it.
 //!
 //! Each BPE is built once per process (building one parses a ~4 MB vocabulary) and
 //! shared. Text is encoded as ordinary text, so a prompt that contains
@@ -9,7 +11,7 @@ use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
 
-/// The BPE vocabularies the simulator counts with.
+/// The BPE vocabularies tollgate counts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     /// gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o-series, chatgpt-4o, omni-moderation, and
@@ -116,6 +118,74 @@ pub fn count(model: &str, text: &str) -> usize {
     Encoding::for_model(model).count(text)
 }
 
+/// Tokens the chat format adds around every message (OpenAI's published recipe).
+const PER_MESSAGE: usize = 3;
+/// Tokens that prime the assistant's reply.
+const REPLY_PRIMING: usize = 3;
+/// Members whose string values are structure, not text the model reads.
+const NOT_TEXT: [&str; 8] = [
+    "type",
+    "role",
+    "id",
+    "call_id",
+    "status",
+    "detail",
+    "image_url",
+    "file_id",
+];
+
+/// An estimate of the input tokens of a request body for `model`: the text of
+/// `instructions`, `input` (Responses and Embeddings: a string, strings, or items) and
+/// `messages` (Chat), each item costing its text plus the chat format's few tokens,
+/// and the JSON of offered `tools`. Pre-tokenised embedding inputs count one per id.
+/// An estimate, not the upstream's count: callers reserve with it and settle with the
+/// real usage.
+pub fn estimate_input(model: &str, body: &serde_json::Value) -> usize {
+    let enc = Encoding::for_model(model);
+    let mut n = 0;
+    if let Some(s) = body.get("instructions").and_then(|v| v.as_str()) {
+        n += PER_MESSAGE + enc.count(s);
+    }
+    for member in ["input", "messages"] {
+        match body.get(member) {
+            // A bare string is one user message ("user" is one token).
+            Some(serde_json::Value::String(s)) => n += PER_MESSAGE + 1 + enc.count(s),
+            Some(serde_json::Value::Array(items)) => {
+                for item in items {
+                    n += match item {
+                        serde_json::Value::Number(_) => 1,
+                        serde_json::Value::String(s) => enc.count(s),
+                        serde_json::Value::Array(ids) => ids.len(),
+                        other => PER_MESSAGE + text_tokens(enc, other),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
+        n += enc.count(&tools.to_string());
+    }
+    n + REPLY_PRIMING
+}
+
+/// Tokens of every text string inside `v` (and of a message's role).
+fn text_tokens(enc: Encoding, v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::String(s) => enc.count(s),
+        serde_json::Value::Array(a) => a.iter().map(|x| text_tokens(enc, x)).sum(),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, x)| match (k.as_str(), x) {
+                ("role", serde_json::Value::String(r)) => enc.count(r),
+                (k, _) if NOT_TEXT.contains(&k) => 0,
+                _ => text_tokens(enc, x),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// About four characters per token: used only if a vocabulary failed to load.
 fn estimate(text: &str) -> usize {
     text.chars().count().div_ceil(4)
@@ -174,6 +244,32 @@ mod tests {
             assert!(text.starts_with(&cut));
             assert_eq!(enc.truncate("short", 16), ("short".to_owned(), 1));
         }
+    }
+
+    #[test]
+    fn request_estimates_count_the_text_the_model_reads() {
+        let chat = serde_json::json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "hello world"},
+                {"role": "user", "content": [{"type": "text", "text": "hello world"}]}
+            ]
+        });
+        let per = PER_MESSAGE + count("gpt-4o", "system") + 2;
+        let user = PER_MESSAGE + count("gpt-4o", "user") + 2;
+        assert_eq!(estimate_input("gpt-4o", &chat), per + user + REPLY_PRIMING);
+        let resp = serde_json::json!({"model": "gpt-4o", "input": "hello world", "instructions": "hello world"});
+        assert_eq!(
+            estimate_input("gpt-4o", &resp),
+            (PER_MESSAGE + 2) + (PER_MESSAGE + 1 + 2) + REPLY_PRIMING
+        );
+        let emb = serde_json::json!({"input": [[1, 2, 3], "hello world"]});
+        assert_eq!(
+            estimate_input("text-embedding-3-small", &emb),
+            3 + 2 + REPLY_PRIMING
+        );
+        let long = serde_json::json!({"input": "word ".repeat(500)});
+        assert!(estimate_input("gpt-4o", &long) >= 500);
     }
 
     #[test]
