@@ -9,7 +9,8 @@
 //!
 //! Key changes bump a `keys_version` counter in the same transaction, so a running
 //! server can notice a revocation made by another process (the CLI, another replica)
-//! by polling one integer.
+//! by polling one integer. Rate-limit rules have a sibling counter, `limits_version`,
+//! so a rule change reloads only the rules, not the keys and their credentials.
 
 mod model;
 mod postgres;
@@ -20,10 +21,10 @@ use model::KeyChange;
 use std::path::Path;
 
 pub use model::{
-    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, NewAudit, NewKey, NewProject, Project,
-    ProjectDetail, ProjectEnv, ProjectSummary, Role, UsageFilter, UsageGroup, UsageRecord,
-    UsageTotals, DEFAULT_MAX_KEY_AGE_MS, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX,
-    ROTATION_WARNING_MS,
+    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, LimitScope, NewAudit, NewKey,
+    NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv,
+    ProjectSummary, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    DEFAULT_MAX_KEY_AGE_MS, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -531,6 +532,110 @@ impl Store {
         }
     }
 
+    /// Sets the rate limits of a scope, replacing the rule's limits if it exists: at
+    /// least one of `rpm` / `tpm`, each positive. The project must exist, and a key
+    /// named must belong to it. Audited and `limits_version` bumped in the same
+    /// transaction.
+    pub async fn set_rate_limit(
+        &self,
+        scope: &LimitScope,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<RateLimitRule> {
+        validate_scope(scope)?;
+        if rpm.is_none() && tpm.is_none() {
+            return Err(StoreError::Invalid(
+                "a rate limit needs --rpm, --tpm or both".into(),
+            ));
+        }
+        for (name, v) in [("rpm", rpm), ("tpm", tpm)] {
+            if v.is_some_and(|v| v == 0 || i64::try_from(v).is_err()) {
+                return Err(StoreError::Invalid(format!(
+                    "{name} must be a positive whole number"
+                )));
+            }
+        }
+        match self {
+            Self::Sqlite(s) => s.set_rate_limit(scope, rpm, tpm, now_ms, actor).await,
+            Self::Postgres(s) => s.set_rate_limit(scope, rpm, tpm, now_ms, actor).await,
+        }
+    }
+
+    /// Removes the rule of exactly this scope; false if there was none. Audited and
+    /// `limits_version` bumped in the same transaction.
+    pub async fn clear_rate_limit(
+        &self,
+        scope: &LimitScope,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        validate_scope(scope)?;
+        match self {
+            Self::Sqlite(s) => s.clear_rate_limit(scope, now_ms, actor).await,
+            Self::Postgres(s) => s.clear_rate_limit(scope, now_ms, actor).await,
+        }
+    }
+
+    /// The rules of one project, or of every project, ordered by scope.
+    pub async fn list_rate_limits(&self, project: Option<&str>) -> Result<Vec<RateLimitRule>> {
+        match self {
+            Self::Sqlite(s) => s.list_rate_limits(project).await,
+            Self::Postgres(s) => s.list_rate_limits(project).await,
+        }
+    }
+
+    /// The change counter of the rate-limit rules; it grows on every rule change.
+    pub async fn limits_version(&self) -> Result<i64> {
+        match self {
+            Self::Sqlite(s) => s.limits_version().await,
+            Self::Postgres(s) => s.limits_version().await,
+        }
+    }
+
+    /// Sets the output caps of a project (`key_id` `None`) or of one of its keys,
+    /// replacing any it had. At least one cap; positive token counts, a default not
+    /// above the maximum, temperatures within 0–2 with min ≤ max (both or neither).
+    /// Audited and `limits_version` bumped in the same transaction.
+    pub async fn set_output_cap(
+        &self,
+        project: &str,
+        key_id: Option<&str>,
+        cap: &OutputCap,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<OutputCapRule> {
+        validate_name("project", project)?;
+        validate_cap(cap)?;
+        match self {
+            Self::Sqlite(s) => s.set_output_cap(project, key_id, cap, now_ms, actor).await,
+            Self::Postgres(s) => s.set_output_cap(project, key_id, cap, now_ms, actor).await,
+        }
+    }
+
+    /// Removes the output caps of a project or key; false if there were none.
+    pub async fn clear_output_cap(
+        &self,
+        project: &str,
+        key_id: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.clear_output_cap(project, key_id, now_ms, actor).await,
+            Self::Postgres(s) => s.clear_output_cap(project, key_id, now_ms, actor).await,
+        }
+    }
+
+    /// The output caps of one project, or of every project.
+    pub async fn list_output_caps(&self, project: Option<&str>) -> Result<Vec<OutputCapRule>> {
+        match self {
+            Self::Sqlite(s) => s.list_output_caps(project).await,
+            Self::Postgres(s) => s.list_output_caps(project).await,
+        }
+    }
+
     /// Writes a batch of usage records in one transaction and updates the keys'
     /// `last_used` from them.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
@@ -586,6 +691,62 @@ pub fn validate_project_name(name: &str) -> Result<()> {
         )));
     }
     validate_name("project", name)
+}
+
+/// A scope's parts: a valid project and environment name, a non-empty key id and
+/// model of printable characters.
+fn validate_scope(scope: &LimitScope) -> Result<()> {
+    validate_name("project", &scope.project)?;
+    if let Some(env) = &scope.env {
+        validate_name("environment", env)?;
+    }
+    for (what, part) in [("key id", &scope.key_id), ("model", &scope.model)] {
+        if part
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.len() > 200 || p.chars().any(char::is_control))
+        {
+            return Err(StoreError::Invalid(format!(
+                "invalid {what} in a rate limit: 1-200 printable characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Output caps that make sense: something capped, positive counts, a default within
+/// the maximum, a temperature range inside OpenAI's 0–2.
+fn validate_cap(cap: &OutputCap) -> Result<()> {
+    let invalid = |m: &str| Err(StoreError::Invalid(m.to_owned()));
+    let any = cap.max_output_tokens.is_some()
+        || cap.default_output_tokens.is_some()
+        || cap.temperature_min.is_some()
+        || cap.temperature_max.is_some();
+    if !any {
+        return invalid("set a maximum, a default output or a temperature range");
+    }
+    for v in [cap.max_output_tokens, cap.default_output_tokens]
+        .into_iter()
+        .flatten()
+    {
+        if v == 0 || i64::try_from(v).is_err() {
+            return invalid("output token counts must be positive whole numbers");
+        }
+    }
+    if let (Some(d), Some(m)) = (cap.default_output_tokens, cap.max_output_tokens) {
+        if d > m {
+            return invalid("the default output must not exceed the maximum");
+        }
+    }
+    match (cap.temperature_min, cap.temperature_max) {
+        (None, None) => Ok(()),
+        (Some(lo), Some(hi))
+            if (0.0..=2.0).contains(&lo) && (0.0..=2.0).contains(&hi) && lo <= hi =>
+        {
+            Ok(())
+        }
+        (Some(_), Some(_)) => invalid("a temperature range is MIN..MAX within 0 to 2"),
+        _ => invalid("a temperature range needs both a minimum and a maximum"),
+    }
 }
 
 /// A provider credential is stored as a secret reference, never as a value:

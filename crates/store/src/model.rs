@@ -70,6 +70,121 @@ pub struct ProjectDetail {
     pub envs: Vec<ProjectEnv>,
 }
 
+/// Which requests a rate-limit rule governs: those of `project`, narrowed to an
+/// environment, a key and a model where these are set (`None`: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct LimitScope {
+    pub project: String,
+    pub env: Option<String>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+}
+
+impl LimitScope {
+    /// Whether a request of this key, project, environment and model is governed.
+    /// Models match exactly (`gpt-4o` does not cover `gpt-4o-mini`).
+    pub fn matches(&self, project: &str, env: &str, key_id: &str, model: Option<&str>) -> bool {
+        self.project == project
+            && self.env.as_deref().is_none_or(|e| e == env)
+            && self.key_id.as_deref().is_none_or(|k| k == key_id)
+            && self.model.as_deref().is_none_or(|m| Some(m) == model)
+    }
+
+    /// `project/env/key/model`, with `*` for "any": the audit target.
+    pub fn target(&self) -> String {
+        let part = |p: &Option<String>| p.clone().unwrap_or_else(|| "*".to_owned());
+        format!(
+            "{}/{}/{}/{}",
+            self.project,
+            part(&self.env),
+            part(&self.key_id),
+            part(&self.model)
+        )
+    }
+}
+
+impl fmt::Display for LimitScope {
+    /// `project shop, env prod, key key_x, model gpt-4o` (only the parts set).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "project {}", self.project)?;
+        for (name, part) in [
+            ("env", &self.env),
+            ("key", &self.key_id),
+            ("model", &self.model),
+        ] {
+            if let Some(v) = part {
+                write!(f, ", {name} {v}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored rate-limit rule: requests and/or tokens per minute for a scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimitRule {
+    #[serde(flatten)]
+    pub scope: LimitScope,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What a request above an output cap gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverCap {
+    /// The request's maximum is lowered to the cap.
+    #[default]
+    Clamp,
+    /// The request is refused with 400.
+    Refuse,
+}
+
+impl OverCap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clamp => "clamp",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+impl FromStr for OverCap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "clamp" => Ok(Self::Clamp),
+            "refuse" => Ok(Self::Refuse),
+            other => Err(format!("{other:?} is not clamp or refuse")),
+        }
+    }
+}
+
+/// Output caps: the largest output a request may ask for, what happens above it, a
+/// default when a request asks for none, and the temperatures allowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct OutputCap {
+    pub max_output_tokens: Option<u64>,
+    pub over: OverCap,
+    pub default_output_tokens: Option<u64>,
+    pub temperature_min: Option<f64>,
+    pub temperature_max: Option<f64>,
+}
+
+/// Stored output caps of a project (`key_id` `None`) or of one of its keys (which
+/// then replace the project's for that key).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputCapRule {
+    pub project: String,
+    pub key_id: Option<String>,
+    #[serde(flatten)]
+    pub cap: OutputCap,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Every stored provider credential reference, for the gateway's resolution chain:
 /// an environment's reference, else its project's, else the global default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -134,6 +134,9 @@ both_backends!(
     provider_credentials_are_references_resolved_env_then_project,
     projects_carry_their_own_anomaly_auto_suspend_choice,
     reserved_project_names_are_refused_except_the_gateway_project_on_demand,
+    rate_limits_are_set_replaced_listed_cleared_and_audited,
+    rate_limits_are_refused_when_invalid_and_leave_nothing_behind,
+    output_caps_are_set_per_project_and_key_listed_and_cleared,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -1155,4 +1158,294 @@ async fn reserved_project_names_are_refused_except_the_gateway_project_on_demand
         .await
         .unwrap();
     assert_eq!(p.name, GATEWAY_PROJECT);
+}
+
+fn scope(project: &str, env: Option<&str>, key: Option<&str>, model: Option<&str>) -> LimitScope {
+    LimitScope {
+        project: project.into(),
+        env: env.map(Into::into),
+        key_id: key.map(Into::into),
+        model: model.map(Into::into),
+    }
+}
+
+async fn rate_limits_are_set_replaced_listed_cleared_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store.ensure_project("blog").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+    let keys_v0 = store.keys_version().await.unwrap();
+
+    let whole = scope("shop", None, None, None);
+    let narrow = scope("shop", Some("prod"), Some("key_1"), Some("gpt-4o"));
+    let r = store
+        .set_rate_limit(&whole, Some(500), None, 10, &cli())
+        .await
+        .unwrap();
+    assert_eq!((r.rpm, r.tpm, r.created_at_ms), (Some(500), None, 10));
+    store
+        .set_rate_limit(&narrow, None, Some(200_000), 11, &cli())
+        .await
+        .unwrap();
+    store
+        .set_rate_limit(
+            &scope("blog", None, None, Some("gpt-4o-mini")),
+            Some(3),
+            Some(9),
+            12,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    let v1 = store.limits_version().await.unwrap();
+    assert_eq!(v1, v0 + 3, "each change bumps the limits version once");
+    assert_eq!(
+        store.keys_version().await.unwrap(),
+        keys_v0,
+        "keys untouched"
+    );
+
+    // Setting an existing scope replaces its limits; the creation time stays.
+    let r = store
+        .set_rate_limit(&whole, Some(60), Some(1_000), 20, &cli())
+        .await
+        .unwrap();
+    assert_eq!((r.rpm, r.tpm), (Some(60), Some(1_000)));
+    assert_eq!((r.created_at_ms, r.updated_at_ms), (10, 20));
+
+    let shop = store.list_rate_limits(Some("shop")).await.unwrap();
+    assert_eq!(
+        shop.iter().map(|r| r.scope.clone()).collect::<Vec<_>>(),
+        vec![whole.clone(), narrow.clone()],
+        "ordered by scope, '' (any) first"
+    );
+    assert_eq!(shop[1].tpm, Some(200_000));
+    assert_eq!(shop[1].rpm, None);
+    assert_eq!(store.list_rate_limits(None).await.unwrap().len(), 3);
+    // A second handle (another process) sees the same rules.
+    let other = db.open().await;
+    assert_eq!(other.list_rate_limits(Some("shop")).await.unwrap(), shop);
+
+    assert!(store.clear_rate_limit(&narrow, 30, &cli()).await.unwrap());
+    assert!(!store.clear_rate_limit(&narrow, 31, &cli()).await.unwrap());
+    assert_eq!(store.list_rate_limits(Some("shop")).await.unwrap().len(), 1);
+    assert_eq!(store.limits_version().await.unwrap(), v1 + 2);
+
+    let audit = store.list_audit(0, 100).await.unwrap();
+    let limits: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|a| a.action.starts_with("limits."))
+        .map(|a| (a.action.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(
+        limits,
+        vec![
+            ("limits.set", "shop/*/*/*"),
+            ("limits.set", "shop/prod/key_1/gpt-4o"),
+            ("limits.set", "blog/*/*/gpt-4o-mini"),
+            ("limits.set", "shop/*/*/*"),
+            ("limits.clear", "shop/prod/key_1/gpt-4o"),
+        ]
+    );
+    assert!(audit.iter().any(|a| a.detail.contains("\"tpm\":1000")));
+
+    // Deleting a project takes its rules with it.
+    store.delete_project("blog", 40, &cli()).await.unwrap();
+    assert!(store
+        .list_rate_limits(Some("blog"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn rate_limits_are_refused_when_invalid_and_leave_nothing_behind(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store.ensure_project("blog").await.unwrap();
+    store
+        .insert_key(&new_key("key_blog", "blog", "bb"))
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+    let invalid = |r: Result<RateLimitRule>| matches!(r, Err(StoreError::Invalid(_)));
+    let s = scope("shop", None, None, None);
+    assert!(invalid(
+        store.set_rate_limit(&s, None, None, 1, &cli()).await
+    ));
+    assert!(invalid(
+        store.set_rate_limit(&s, Some(0), None, 1, &cli()).await
+    ));
+    assert!(invalid(
+        store
+            .set_rate_limit(&s, None, Some(u64::MAX), 1, &cli())
+            .await
+    ));
+    assert!(invalid(
+        store
+            .set_rate_limit(
+                &scope("shop", Some("Prod!"), None, None),
+                Some(1),
+                None,
+                1,
+                &cli()
+            )
+            .await
+    ));
+    assert!(invalid(
+        store
+            .set_rate_limit(
+                &scope("shop", None, None, Some("")),
+                Some(1),
+                None,
+                1,
+                &cli()
+            )
+            .await
+    ));
+    assert!(matches!(
+        store
+            .set_rate_limit(&scope("nope", None, None, None), Some(1), None, 1, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A key of another project cannot be named.
+    assert!(matches!(
+        store
+            .set_rate_limit(
+                &scope("shop", None, Some("key_blog"), None),
+                Some(1),
+                None,
+                1,
+                &cli()
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.list_rate_limits(None).await.unwrap().is_empty());
+    assert_eq!(store.limits_version().await.unwrap(), v0);
+    assert!(!store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.action.starts_with("limits.")));
+}
+
+async fn output_caps_are_set_per_project_and_key_listed_and_cleared(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store.ensure_project("blog").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+    let project_cap = OutputCap {
+        max_output_tokens: Some(1_000),
+        over: OverCap::Refuse,
+        default_output_tokens: Some(200),
+        temperature_min: Some(0.0),
+        temperature_max: Some(1.2),
+    };
+    let r = store
+        .set_output_cap("shop", None, &project_cap, 10, &cli())
+        .await
+        .unwrap();
+    assert_eq!((r.key_id.clone(), r.cap), (None, project_cap));
+    let key_cap = OutputCap {
+        max_output_tokens: Some(50),
+        ..OutputCap::default()
+    };
+    store
+        .set_output_cap("shop", Some("key_1"), &key_cap, 11, &cli())
+        .await
+        .unwrap();
+    // Replacing keeps the creation time.
+    let r = store
+        .set_output_cap("shop", Some("key_1"), &key_cap, 12, &cli())
+        .await
+        .unwrap();
+    assert_eq!((r.created_at_ms, r.updated_at_ms), (11, 12));
+    let caps = store.list_output_caps(Some("shop")).await.unwrap();
+    assert_eq!(caps.len(), 2);
+    assert_eq!(caps[0].key_id, None);
+    assert_eq!(caps[1].key_id.as_deref(), Some("key_1"));
+    assert_eq!(caps[1].cap.over, OverCap::Clamp);
+    assert_eq!(store.limits_version().await.unwrap(), v0 + 3);
+
+    let invalid = |r: Result<OutputCapRule>| matches!(r, Err(StoreError::Invalid(_)));
+    let bad = [
+        OutputCap::default(),
+        OutputCap {
+            max_output_tokens: Some(0),
+            ..OutputCap::default()
+        },
+        OutputCap {
+            max_output_tokens: Some(10),
+            default_output_tokens: Some(20),
+            ..OutputCap::default()
+        },
+        OutputCap {
+            temperature_min: Some(1.0),
+            ..OutputCap::default()
+        },
+        OutputCap {
+            temperature_min: Some(1.5),
+            temperature_max: Some(1.0),
+            ..OutputCap::default()
+        },
+        OutputCap {
+            temperature_min: Some(0.0),
+            temperature_max: Some(3.0),
+            ..OutputCap::default()
+        },
+    ];
+    for cap in bad {
+        assert!(
+            invalid(store.set_output_cap("shop", None, &cap, 20, &cli()).await),
+            "{cap:?}"
+        );
+    }
+    assert!(matches!(
+        store
+            .set_output_cap("blog", Some("key_1"), &key_cap, 20, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.limits_version().await.unwrap(),
+        v0 + 3,
+        "refusals change nothing"
+    );
+
+    assert!(store
+        .clear_output_cap("shop", Some("key_1"), 30, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .clear_output_cap("shop", Some("key_1"), 31, &cli())
+        .await
+        .unwrap());
+    assert_eq!(store.list_output_caps(None).await.unwrap().len(), 1);
+    let actions: Vec<String> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action.starts_with("caps."))
+        .map(|a| format!("{} {}", a.action, a.target))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "caps.set shop/*",
+            "caps.set shop/key_1",
+            "caps.set shop/key_1",
+            "caps.clear shop/key_1"
+        ]
+    );
 }

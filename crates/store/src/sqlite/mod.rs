@@ -12,8 +12,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, NewAudit, NewKey, NewProject,
-    Project, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, LimitScope, NewAudit, NewKey,
+    NewProject, OutputCap, OutputCapRule, OverCap, Project, RateLimitRule, Role, UsageFilter,
+    UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0002_lifecycle.sql"),
     include_str!("0003_credentials.sql"),
     include_str!("0004_project_anomaly.sql"),
+    include_str!("0005_limits.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -302,12 +304,26 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let limits = sqlx::query("DELETE FROM rate_limits WHERE project = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let caps = sqlx::query("DELETE FROM output_caps WHERE project = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if limits + caps > 0 {
+            bump_limits_version(&mut tx).await?;
+        }
         sqlx::query("DELETE FROM projects WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let d =
-            detail(serde_json::json!({ "revoked_keys_removed": revoked, "envs_removed": envs }));
+        let d = detail(
+            serde_json::json!({ "revoked_keys_removed": revoked, "envs_removed": envs, "limits_removed": limits }),
+        );
         audit(&mut tx, actor, now_ms, "project.delete", name, &d).await?;
         bump_keys_version(&mut tx).await?;
         tx.commit().await?;
@@ -548,6 +564,206 @@ impl SqliteStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    pub async fn set_rate_limit(
+        &self,
+        scope: &LimitScope,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<RateLimitRule> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, &scope.project).await?;
+        if let Some(key_id) = &scope.key_id {
+            let owner: Option<String> = sqlx::query_scalar("SELECT project FROM keys WHERE id = ?")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if owner.as_deref() != Some(scope.project.as_str()) {
+                return Err(StoreError::NotFound(format!(
+                    "key {key_id:?} in project {:?}",
+                    scope.project
+                )));
+            }
+        }
+        let (env, key_id, model) = scope_columns(scope);
+        sqlx::query(
+            "INSERT INTO rate_limits (project, env, key_id, model, rpm, tpm, created_at_ms, updated_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, env, key_id, model) \
+             DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&scope.project)
+        .bind(env)
+        .bind(key_id)
+        .bind(model)
+        .bind(rpm.map(to_i64))
+        .bind(tpm.map(to_i64))
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let d = detail(serde_json::json!({ "rpm": rpm, "tpm": tpm }));
+        audit(&mut tx, actor, now_ms, "limits.set", &scope.target(), &d).await?;
+        bump_limits_version(&mut tx).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LIMIT_COLUMNS} FROM rate_limits \
+             WHERE project = ? AND env = ? AND key_id = ? AND model = ?"
+        )))
+        .bind(&scope.project)
+        .bind(env)
+        .bind(key_id)
+        .bind(model)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rule = limit_from_row(&row)?;
+        tx.commit().await?;
+        Ok(rule)
+    }
+
+    pub async fn clear_rate_limit(
+        &self,
+        scope: &LimitScope,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let (env, key_id, model) = scope_columns(scope);
+        let removed = sqlx::query(
+            "DELETE FROM rate_limits \
+             WHERE project = ? AND env = ? AND key_id = ? AND model = ?",
+        )
+        .bind(&scope.project)
+        .bind(env)
+        .bind(key_id)
+        .bind(model)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        let d = detail(serde_json::json!({}));
+        audit(&mut tx, actor, now_ms, "limits.clear", &scope.target(), &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_rate_limits(&self, project: Option<&str>) -> Result<Vec<RateLimitRule>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LIMIT_COLUMNS} FROM rate_limits WHERE (? IS NULL OR project = ?) \
+             ORDER BY project, env, key_id, model"
+        )))
+        .bind(project)
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(limit_from_row).collect()
+    }
+
+    pub async fn limits_version(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'limits_version'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_output_cap(
+        &self,
+        project: &str,
+        key_id: Option<&str>,
+        cap: &OutputCap,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<OutputCapRule> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, project).await?;
+        if let Some(key_id) = key_id {
+            let owner: Option<String> = sqlx::query_scalar("SELECT project FROM keys WHERE id = ?")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if owner.as_deref() != Some(project) {
+                return Err(StoreError::NotFound(format!(
+                    "key {key_id:?} in project {project:?}"
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO output_caps (project, key_id, max_output_tokens, over_cap, \
+             default_output_tokens, temperature_min, temperature_max, created_at_ms, updated_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (project, key_id) DO UPDATE SET \
+             max_output_tokens = excluded.max_output_tokens, over_cap = excluded.over_cap, \
+             default_output_tokens = excluded.default_output_tokens, \
+             temperature_min = excluded.temperature_min, temperature_max = excluded.temperature_max, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(project)
+        .bind(key_id.unwrap_or(""))
+        .bind(cap.max_output_tokens.map(to_i64))
+        .bind(cap.over.as_str())
+        .bind(cap.default_output_tokens.map(to_i64))
+        .bind(cap.temperature_min)
+        .bind(cap.temperature_max)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let target = format!("{project}/{}", key_id.unwrap_or("*"));
+        let d = detail(serde_json::json!(cap));
+        audit(&mut tx, actor, now_ms, "caps.set", &target, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CAP_COLUMNS} FROM output_caps WHERE project = ? AND key_id = ?"
+        )))
+        .bind(project)
+        .bind(key_id.unwrap_or(""))
+        .fetch_one(&mut *tx)
+        .await?;
+        let rule = cap_from_row(&row)?;
+        tx.commit().await?;
+        Ok(rule)
+    }
+
+    pub async fn clear_output_cap(
+        &self,
+        project: &str,
+        key_id: Option<&str>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let removed = sqlx::query("DELETE FROM output_caps WHERE project = ? AND key_id = ?")
+            .bind(project)
+            .bind(key_id.unwrap_or(""))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        let target = format!("{project}/{}", key_id.unwrap_or("*"));
+        let d = detail(serde_json::json!({}));
+        audit(&mut tx, actor, now_ms, "caps.clear", &target, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_output_caps(&self, project: Option<&str>) -> Result<Vec<OutputCapRule>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CAP_COLUMNS} FROM output_caps WHERE (? IS NULL OR project = ?) \
+             ORDER BY project, key_id"
+        )))
+        .bind(project)
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cap_from_row).collect()
     }
 
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
@@ -809,4 +1025,70 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
 fn get_u64(r: &SqliteRow, col: &str) -> Result<u64> {
     let v: Option<i64> = r.try_get(col)?;
     Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+}
+
+const LIMIT_COLUMNS: &str = "project, env, key_id, model, rpm, tpm, created_at_ms, updated_at_ms";
+
+/// The stored form of a scope: '' for "any".
+fn scope_columns(scope: &LimitScope) -> (&str, &str, &str) {
+    (
+        scope.env.as_deref().unwrap_or(""),
+        scope.key_id.as_deref().unwrap_or(""),
+        scope.model.as_deref().unwrap_or(""),
+    )
+}
+
+fn limit_from_row(r: &SqliteRow) -> Result<RateLimitRule> {
+    let any = |col: &str| -> Result<Option<String>> {
+        let v: String = r.try_get(col)?;
+        Ok((!v.is_empty()).then_some(v))
+    };
+    let per_minute = |col: &str| -> Result<Option<u64>> {
+        let v: Option<i64> = r.try_get(col)?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    };
+    Ok(RateLimitRule {
+        scope: LimitScope {
+            project: r.try_get("project")?,
+            env: any("env")?,
+            key_id: any("key_id")?,
+            model: any("model")?,
+        },
+        rpm: per_minute("rpm")?,
+        tpm: per_minute("tpm")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+async fn bump_limits_version(tx: &mut Tx) -> Result<()> {
+    sqlx::query("UPDATE meta SET value = value + 1 WHERE name = 'limits_version'")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const CAP_COLUMNS: &str = "project, key_id, max_output_tokens, over_cap, default_output_tokens, \
+                           temperature_min, temperature_max, created_at_ms, updated_at_ms";
+
+fn cap_from_row(r: &SqliteRow) -> Result<OutputCapRule> {
+    let tokens = |col: &str| -> Result<Option<u64>> {
+        let v: Option<i64> = r.try_get(col)?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    };
+    let key_id: String = r.try_get("key_id")?;
+    let over: String = r.try_get("over_cap")?;
+    Ok(OutputCapRule {
+        project: r.try_get("project")?,
+        key_id: (!key_id.is_empty()).then_some(key_id),
+        cap: OutputCap {
+            max_output_tokens: tokens("max_output_tokens")?,
+            over: over.parse::<OverCap>().map_err(StoreError::Invalid)?,
+            default_output_tokens: tokens("default_output_tokens")?,
+            temperature_min: r.try_get("temperature_min")?,
+            temperature_max: r.try_get("temperature_max")?,
+        },
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
 }
