@@ -3,8 +3,10 @@
 //! dispatches.
 
 mod audit;
+mod caps;
 mod config_cmd;
 mod keys;
+mod limits;
 mod mock;
 mod projects;
 mod serve;
@@ -30,6 +32,10 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Project settings that govern keys.
     Projects(projects::ProjectsArgs),
+    /// Rate limits (requests and tokens per minute) per project, env, key and model.
+    Limits(limits::LimitsArgs),
+    /// Output caps (max output tokens, a default, a temperature range) per project or key.
+    Caps(caps::CapsArgs),
     /// The audit log of key and project changes.
     Audit(audit::AuditArgs),
     /// Usage totals from the records of every proxied call.
@@ -54,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Projects(args) => projects::run(args).await,
+        Command::Limits(args) => limits::run(args).await,
+        Command::Caps(args) => caps::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Config(args) => config_cmd::run(args),

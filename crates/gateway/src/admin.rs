@@ -10,6 +10,10 @@
 //! metadata and usage; `member` may only read its own key's usage. Bad input is
 //! refused (400, naming the field) before the store is touched.
 //!
+//! Rate-limit rules and output caps of the caller's project can be read by every role
+//! and set or cleared by its admins (`/admin/v1/limits`, `/admin/v1/caps`); servers
+//! pick changes up within a second.
+//!
 //! The project itself can be read (`GET /admin/v1/project`: its environments and the
 //! provider credential REFERENCE each uses, never a secret), and an admin can set an
 //! environment's credential reference and the project's anomaly auto-suspend.
@@ -56,6 +60,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/admin/v1/projects/{name}"),
     ("delete", "/admin/v1/projects/{name}"),
     ("post", "/admin/v1/projects/{name}/keys"),
+    ("get", "/admin/v1/limits"),
+    ("put", "/admin/v1/limits"),
+    ("delete", "/admin/v1/limits"),
+    ("get", "/admin/v1/caps"),
+    ("put", "/admin/v1/caps"),
+    ("delete", "/admin/v1/caps"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.
@@ -85,6 +95,14 @@ pub fn routes() -> Router<Arc<Gateway>> {
             put(set_env_credential),
         )
         .merge(crate::admin_projects::routes())
+        .route(
+            "/admin/v1/limits",
+            get(list_limits).put(set_limit).delete(clear_limit),
+        )
+        .route(
+            "/admin/v1/caps",
+            get(list_caps).put(set_cap).delete(clear_cap),
+        )
         .method_not_allowed_fallback(wrong_method)
 }
 
@@ -145,6 +163,10 @@ pub(crate) enum AdminAction {
     ChangeKeys,
     /// Change the project's settings (provider credentials, anomaly auto-suspend).
     ChangeProject,
+    /// Read the project's rate limits (every role: callers should know their limits).
+    ReadLimits,
+    /// Set or clear the project's rate limits.
+    ChangeLimits,
 }
 
 impl AdminAction {
@@ -154,6 +176,8 @@ impl AdminAction {
             Self::ReadKeys => "read key metadata or the audit log",
             Self::ChangeKeys => "create or change keys",
             Self::ChangeProject => "change the project's settings",
+            Self::ReadLimits => "read the project's rate limits and output caps",
+            Self::ChangeLimits => "set or clear the project's rate limits or output caps",
         }
     }
 }
@@ -170,6 +194,7 @@ pub(crate) fn caller(
         (Role::Admin, _)
             | (Role::Viewer, AdminAction::ReadUsage | AdminAction::ReadKeys)
             | (Role::Member, AdminAction::ReadUsage)
+            | (_, AdminAction::ReadLimits)
     );
     if allowed {
         Ok(p)
@@ -591,6 +616,193 @@ async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             })
             .collect();
         Ok(json!({ "object": "list", "data": data }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+/// A rate-limit rule's scope within the caller's project (body of PUT, query of
+/// DELETE): absent parts mean "any".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitBody {
+    env: Option<String>,
+    key_id: Option<String>,
+    model: Option<String>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    env: Option<String>,
+    key_id: Option<String>,
+    model: Option<String>,
+}
+
+fn limit_scope(
+    project: &str,
+    env: Option<String>,
+    key_id: Option<String>,
+    model: Option<String>,
+) -> Result<tollgate_store::LimitScope, GatewayError> {
+    if let Some(env) = &env {
+        check_env(env)?;
+    }
+    check_text(key_id.as_deref(), "key_id")?;
+    check_text(model.as_deref(), "model")?;
+    Ok(tollgate_store::LimitScope {
+        project: project.to_owned(),
+        env,
+        key_id,
+        model,
+    })
+}
+
+async fn list_limits(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadLimits)?;
+        let rules = gw
+            .store
+            .list_rate_limits(Some(&p.project))
+            .await
+            .map_err(store_error)?;
+        Ok(json!({ "object": "list", "data": rules }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn set_limit(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    let result = async {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeLimits)?;
+        let actor = actor(&p, &req);
+        let b: LimitBody = read_body(req, false).await?;
+        if b.rpm.is_none() && b.tpm.is_none() {
+            return Err(invalid("set rpm, tpm or both (positive integers)", "rpm"));
+        }
+        for (name, v) in [("rpm", b.rpm), ("tpm", b.tpm)] {
+            if v == Some(0) {
+                return Err(invalid(format!("{name} must be a positive integer"), name));
+            }
+        }
+        let scope = limit_scope(&p.project, b.env, b.key_id, b.model)?;
+        let rule = gw
+            .store
+            .set_rate_limit(&scope, b.rpm, b.tpm, now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        serde_json::to_value(rule).map_err(|_| GatewayError::Internal)
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn clear_limit(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    // `move`: the request (whose body is not `Sync`) must not be borrowed across awaits.
+    let result = async move {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeLimits)?;
+        let actor = actor(&p, &req);
+        let q: LimitQuery = read_query(req.uri())?;
+        let scope = limit_scope(&p.project, q.env, q.key_id, q.model)?;
+        let target = scope.target();
+        if !gw
+            .store
+            .clear_rate_limit(&scope, now_ms(), &actor)
+            .await
+            .map_err(store_error)?
+        {
+            return Err(GatewayError::NotFound {
+                what: "rate limit",
+                id: target,
+            });
+        }
+        Ok(json!({ "object": "rate_limit", "scope": scope, "deleted": true }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+/// Output caps of the caller's project (no `key_id`) or of one of its keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapBody {
+    key_id: Option<String>,
+    max_output_tokens: Option<u64>,
+    over: Option<String>,
+    default_output_tokens: Option<u64>,
+    temperature_min: Option<f64>,
+    temperature_max: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapQuery {
+    key_id: Option<String>,
+}
+
+async fn list_caps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let p = caller(&gw, &headers, AdminAction::ReadLimits)?;
+        let caps = gw
+            .store
+            .list_output_caps(Some(&p.project))
+            .await
+            .map_err(store_error)?;
+        Ok(json!({ "object": "list", "data": caps }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn set_cap(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    let result = async {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeLimits)?;
+        let actor = actor(&p, &req);
+        let b: CapBody = read_body(req, false).await?;
+        check_text(b.key_id.as_deref(), "key_id")?;
+        let over = match b.over.as_deref() {
+            None => tollgate_store::OverCap::Clamp,
+            Some(o) => o.parse().map_err(|e: String| invalid(e, "over"))?,
+        };
+        let cap = tollgate_store::OutputCap {
+            max_output_tokens: b.max_output_tokens,
+            over,
+            default_output_tokens: b.default_output_tokens,
+            temperature_min: b.temperature_min,
+            temperature_max: b.temperature_max,
+        };
+        let rule = gw
+            .store
+            .set_output_cap(&p.project, b.key_id.as_deref(), &cap, now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        serde_json::to_value(rule).map_err(|_| GatewayError::Internal)
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn clear_cap(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
+    // `move`: the request (whose body is not `Sync`) must not be borrowed across awaits.
+    let result = async move {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeLimits)?;
+        let actor = actor(&p, &req);
+        let q: CapQuery = read_query(req.uri())?;
+        check_text(q.key_id.as_deref(), "key_id")?;
+        let cleared = gw
+            .store
+            .clear_output_cap(&p.project, q.key_id.as_deref(), now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        if !cleared {
+            return Err(GatewayError::NotFound {
+                what: "output cap",
+                id: format!("{}/{}", p.project, q.key_id.as_deref().unwrap_or("*")),
+            });
+        }
+        Ok(json!({ "object": "output_cap", "project": p.project, "key_id": q.key_id, "deleted": true }))
     }
     .await;
     reply(result, StatusCode::OK)

@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub keys: RawKeys,
     #[serde(default)]
     pub anomaly: RawAnomaly,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 /// `[upstream]`: the OpenAI-compatible API tollgate forwards to.
@@ -88,6 +90,16 @@ pub struct RawKeys {
     pub refresh_interval_ms: Option<u64>,
 }
 
+/// `[limits]`: rate limits (the rules themselves live in the store).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Output tokens reserved for a request that sets no `max_output_tokens` /
+    /// `max_completion_tokens` / `max_tokens`, when a tokens-per-minute rule governs
+    /// it (default 4096). Settled against the real usage afterwards.
+    pub default_output_tokens: Option<u64>,
+}
+
 /// `[anomaly]`: anomaly detection on key usage (see `anomaly`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,8 +138,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub usage_queue_capacity: usize,
     pub usage_batch_size: usize,
+    /// Also how often the rate-limit rules' change counter is polled.
     pub keys_refresh_interval: Duration,
     pub anomaly: AnomalyConfig,
+    /// Output tokens reserved when a request sets no maximum (`[limits]`).
+    pub default_output_tokens: u64,
 }
 
 /// Where and how to call the upstream.
@@ -300,6 +315,11 @@ impl TryFrom<RawConfig> for Config {
             raw.keys.refresh_interval_ms,
             250,
         );
+        let default_output_tokens = positive(
+            "limits.default_output_tokens",
+            raw.limits.default_output_tokens,
+            4096,
+        );
         if refresh_ms > 1_000 {
             err(
                 "keys.refresh_interval_ms",
@@ -335,6 +355,7 @@ impl TryFrom<RawConfig> for Config {
             usage_batch_size: usize::try_from(batch).unwrap_or(512),
             keys_refresh_interval: Duration::from_millis(refresh_ms),
             anomaly,
+            default_output_tokens,
         })
     }
 }

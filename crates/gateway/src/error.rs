@@ -7,7 +7,10 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tollgate_wire::ratelimit::{self, RateLimitInfo};
 use tollgate_wire::ErrorEnvelope;
+
+use crate::limits::Dimension;
 
 /// A refusal or failure decided by tollgate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +69,29 @@ pub enum GatewayError {
     /// value) for the log; the caller's message names only the project and env.
     #[error("provider credential unavailable")]
     CredentialUnavailable { project: String, env: String },
+    /// A rate-limit rule has no room for the request now (`admit`).
+    #[error("rate limit reached")]
+    RateLimited {
+        dimension: Dimension,
+        model: String,
+        /// The rule's scope, as `project shop, env prod, model gpt-4o`.
+        scope: String,
+        limit: u64,
+        used: u64,
+        requested: u64,
+        /// Exact time until the bucket holds what was requested.
+        retry_after: std::time::Duration,
+        headers: RateLimitInfo,
+    },
+    /// The request's token estimate is above a TPM limit: it can never pass.
+    #[error("request too large for a tokens-per-minute limit")]
+    RequestExceedsLimit {
+        model: String,
+        scope: String,
+        limit: u64,
+        requested: u64,
+        headers: RateLimitInfo,
+    },
 }
 
 impl GatewayError {
@@ -89,6 +115,9 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } | Self::RequestExceedsLimit { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -106,6 +135,8 @@ impl GatewayError {
             Self::NotReady { .. } | Self::CredentialUnavailable { .. } => {
                 "service_unavailable_error"
             }
+            Self::RateLimited { dimension, .. } => dimension.openai_type(),
+            Self::RequestExceedsLimit { .. } => Dimension::Tokens.openai_type(),
             _ => "invalid_request_error",
         }
     }
@@ -130,6 +161,9 @@ impl GatewayError {
             }
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
+            Self::RateLimited { .. } | Self::RequestExceedsLimit { .. } => {
+                Some("rate_limit_exceeded")
+            }
             _ => None,
         }
     }
@@ -164,6 +198,8 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::RequestExceedsLimit { .. } => "request_exceeds_limit",
         }
     }
 
@@ -171,7 +207,10 @@ impl GatewayError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::NotReady { .. }
+            Self::UpstreamUnreachable { .. }
+                | Self::UpstreamTimeout { .. }
+                | Self::NotReady { .. }
+                | Self::RateLimited { .. }
         )
     }
 
@@ -246,12 +285,46 @@ impl GatewayError {
                 format!("No project {id:?}. List projects with GET /admin/v1/projects.")
             }
             Self::NotFound { what, id } => {
-                format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/keys.")
+                let list = match *what {
+                    "rate limit" => "limits",
+                    "output cap" => "caps",
+                    _ => "keys",
+                };
+                format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/{list}.")
             }
             Self::CredentialUnavailable { project, env } => format!(
                 "The provider credential of project {project:?} (environment {env:?}) cannot be \
                  read by the gateway, so the call was not sent. Ask an admin to check the \
                  reference with `tollgate projects show {project}` and the gateway's logs."
+            ),
+            Self::RateLimited {
+                dimension,
+                model,
+                scope,
+                limit,
+                used,
+                requested,
+                retry_after,
+                ..
+            } => format!(
+                "Rate limit reached for {model} on {} by the limit of {scope}: Limit {limit}, \
+                 Used {used}, Requested {requested}. Please try again in {}. A project admin \
+                 can review the limits with `tollgate limits list`.",
+                dimension.per_min(),
+                ratelimit::format_go_duration(crate::admit::round_up_ms(*retry_after)),
+            ),
+            Self::RequestExceedsLimit {
+                model,
+                scope,
+                limit,
+                requested,
+                ..
+            } => format!(
+                "Request too large for {model} on tokens per min (TPM) by the limit of {scope}: \
+                 Limit {limit}, Requested {requested} (input plus the output tokens allowed). \
+                 Retrying will not help: send less input, set a lower max_output_tokens \
+                 (max_completion_tokens / max_tokens on Chat), or ask a project admin to raise \
+                 the limit."
             ),
         }
     }
@@ -291,8 +364,45 @@ impl IntoResponse for GatewayError {
         // A wrong key or a refused role will not fix itself: stop the SDKs retrying.
         let should_retry = if self.retryable() { "true" } else { "false" };
         headers.insert("x-should-retry", HeaderValue::from_static(should_retry));
+        rate_limit_headers(&self, headers);
         res.extensions_mut().insert(self);
         res
+    }
+}
+
+/// A rate-limit refusal's headers: the six `x-ratelimit-*`, and on a retryable one
+/// `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the exact wait).
+fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
+    let (info, wait) = match e {
+        GatewayError::RateLimited {
+            headers,
+            retry_after,
+            ..
+        } => (headers, Some(*retry_after)),
+        GatewayError::RequestExceedsLimit { headers, .. } => (headers, None),
+        _ => return,
+    };
+    insert_rate_limit_info(headers, info);
+    if let Some(wait) = wait {
+        let ms = wait.as_micros().div_ceil(1000).max(1);
+        let secs = ms.div_ceil(1000).max(1);
+        for (name, v) in [
+            (ratelimit::RETRY_AFTER, secs.to_string()),
+            (ratelimit::RETRY_AFTER_MS, ms.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
+/// Writes the `x-ratelimit-*` headers `info` has, replacing any already there.
+pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInfo) {
+    for (name, v) in info.to_headers() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(name, v);
+        }
     }
 }
 
@@ -450,6 +560,48 @@ mod tests {
                 "service_unavailable_error",
                 Some("provider_credential_unavailable"),
             ),
+            (
+                GatewayError::RateLimited {
+                    dimension: Dimension::Requests,
+                    model: "gpt-4o".into(),
+                    scope: "project shop".into(),
+                    limit: 1,
+                    used: 1,
+                    requested: 1,
+                    retry_after: std::time::Duration::from_millis(1500),
+                    headers: RateLimitInfo::default(),
+                },
+                429,
+                "requests",
+                Some("rate_limit_exceeded"),
+            ),
+            (
+                GatewayError::RateLimited {
+                    dimension: Dimension::Tokens,
+                    model: "gpt-4o".into(),
+                    scope: "project shop".into(),
+                    limit: 100,
+                    used: 90,
+                    requested: 20,
+                    retry_after: std::time::Duration::from_millis(1500),
+                    headers: RateLimitInfo::default(),
+                },
+                429,
+                "tokens",
+                Some("rate_limit_exceeded"),
+            ),
+            (
+                GatewayError::RequestExceedsLimit {
+                    model: "gpt-4o".into(),
+                    scope: "project shop".into(),
+                    limit: 100,
+                    requested: 200,
+                    headers: RateLimitInfo::default(),
+                },
+                429,
+                "tokens",
+                Some("rate_limit_exceeded"),
+            ),
         ];
         for (e, status, kind, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");
@@ -489,5 +641,54 @@ mod tests {
         assert!(suspended.message().contains("tollgate keys resume key_1"));
         let res = GatewayError::UpstreamTimeout { attempts: 2 }.into_response();
         assert_eq!(res.headers()["x-should-retry"], "true");
+    }
+
+    #[test]
+    fn rate_limit_refusals_carry_the_wait_and_the_six_headers() {
+        let info = RateLimitInfo {
+            limit_requests: Some(60),
+            remaining_requests: Some(0),
+            reset_requests: Some(std::time::Duration::from_secs(60)),
+            limit_tokens: Some(1000),
+            remaining_tokens: Some(400),
+            reset_tokens: Some(std::time::Duration::from_millis(36_000)),
+        };
+        let e = GatewayError::RateLimited {
+            dimension: Dimension::Requests,
+            model: "gpt-4o".into(),
+            scope: "project shop, env prod".into(),
+            limit: 60,
+            used: 60,
+            requested: 1,
+            retry_after: std::time::Duration::from_micros(1_000_001),
+            headers: info,
+        };
+        assert!(
+            e.message().contains("Please try again in 1.001s"),
+            "{}",
+            e.message()
+        );
+        let res = e.into_response();
+        let h = res.headers();
+        assert_eq!(h["retry-after-ms"], "1001");
+        assert_eq!(h["retry-after"], "2");
+        assert_eq!(h["x-should-retry"], "true");
+        assert_eq!(h["x-ratelimit-limit-requests"], "60");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1m0s");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "400");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "36s");
+        let never = GatewayError::RequestExceedsLimit {
+            model: "gpt-4o".into(),
+            scope: "project shop".into(),
+            limit: 100,
+            requested: 200,
+            headers: info,
+        };
+        assert!(never.message().contains("Retrying will not help"));
+        let res = never.into_response();
+        assert_eq!(res.headers()["x-should-retry"], "false");
+        assert!(res.headers().get("retry-after").is_none());
+        assert_eq!(res.headers()["x-ratelimit-limit-tokens"], "1000");
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
 //! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
-//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`], [`secret`] and [`anomaly`] support it.
+//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`], [`limits`], [`secret`] and [`anomaly`]
+//! support it.
 
 pub mod accept;
 pub mod account;
@@ -15,10 +16,12 @@ pub mod anomaly;
 pub mod anomaly_store;
 pub mod authenticate;
 pub mod cache;
+pub mod caps;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod moderate;
 pub mod pipeline;

@@ -6,7 +6,8 @@
 //! | 2 | authenticate | `authenticate`   | 401 `invalid_api_key`, 403         |
 //! |   | (anomaly)    | `anomaly`        | 403 `key_suspended`                |
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
-//! | 4 | admit        | `admit`          | (no-op until limits land)          |
+//! |   | (caps)       | `caps`           | 400 output or temperature cap      |
+//! | 4 | admit        | `admit`          | 429 `rate_limit_exceeded`          |
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
@@ -15,7 +16,9 @@
 //!
 //! A [`RecordGuard`] is taken as soon as the request is known to be a proxied one, so
 //! every outcome below — refusal, upstream error, success, client disconnect — leaves
-//! exactly one usage record. Every response carries tollgate's `x-request-id`.
+//! exactly one usage record. Every response carries tollgate's `x-request-id`, and
+//! every response to a call a rate-limit rule governs carries that rule's
+//! `x-ratelimit-*` headers (set by admit, whatever happens after).
 
 use std::sync::Arc;
 
@@ -29,7 +32,7 @@ use crate::error::GatewayError;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
-use crate::{accept, admit, authenticate, cache, dispatch, moderate, preflight};
+use crate::{accept, admit, authenticate, cache, caps, dispatch, moderate, preflight};
 
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
@@ -59,7 +62,8 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
             ..UsageRecord::default()
         },
     );
-    match stages(gw, endpoint, req, &mut guard).await {
+    let mut limit_headers = tollgate_wire::ratelimit::RateLimitInfo::default();
+    let mut res = match stages(gw, endpoint, req, &mut guard, &mut limit_headers).await {
         Ok(Outcome::Upstream(preflight, reply)) => {
             dispatch::relay(endpoint, &preflight, *reply, guard).await
         }
@@ -75,7 +79,11 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
             guard.finish().await;
             e.into_response()
         }
+    };
+    if !limit_headers.is_empty() {
+        crate::error::insert_rate_limit_info(res.headers_mut(), &limit_headers);
     }
+    res
 }
 
 /// How stages 1–7 ended when nothing refused the call.
@@ -92,6 +100,7 @@ async fn stages(
     endpoint: Endpoint,
     req: Request<Body>,
     guard: &mut RecordGuard,
+    limit_headers: &mut tollgate_wire::ratelimit::RateLimitInfo,
 ) -> Result<Outcome, GatewayError> {
     let peer = server::peer_addr(&req).map(|a| a.ip());
     let (parts, body) = req.into_parts();
@@ -110,11 +119,20 @@ async fn stages(
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
     let preflight = preflight::run(endpoint, body, model_in_path)?;
+    let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
     let rec = guard.record();
     rec.model_requested.clone_from(&preflight.model);
     rec.streamed = preflight.stream;
 
-    admit::run(&principal, &preflight)?;
+    let admission = admit::run(
+        &gw.limits,
+        endpoint,
+        &principal,
+        &preflight,
+        gw.config.default_output_tokens,
+    )?;
+    *limit_headers = admission.headers;
+    guard.hold(admission.reservation);
     if let Some(hit) = cache::lookup(&principal, &preflight) {
         return Ok(Outcome::Served(hit));
     }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tollgate_store::{Store, UsageRecord};
 
+use crate::admit::Reservation;
 use crate::anomaly::Detector;
 
 /// Where the pipeline sends usage records. Cheap to clone.
@@ -156,6 +157,8 @@ pub struct RecordGuard {
     record: Option<UsageRecord>,
     sink: UsageSink,
     started: Instant,
+    /// Rate-limit tokens to settle against the finished record (admit stage).
+    reservation: Option<Reservation>,
 }
 
 impl RecordGuard {
@@ -164,7 +167,14 @@ impl RecordGuard {
             record: Some(record),
             sink,
             started: Instant::now(),
+            reservation: None,
         }
+    }
+
+    /// Keeps the admit stage's reservation until the record is finished, whichever
+    /// way that happens, and settles it then.
+    pub fn hold(&mut self, reservation: Option<Reservation>) {
+        self.reservation = reservation;
     }
 
     /// The record being filled in.
@@ -204,6 +214,9 @@ impl RecordGuard {
     fn take(&mut self) -> Option<UsageRecord> {
         let mut rec = self.record.take()?;
         rec.latency_ms = elapsed_ms(self.started);
+        if let Some(r) = self.reservation.take() {
+            r.settle(&rec);
+        }
         self.sink.observe(&rec);
         Some(rec)
     }

@@ -3,7 +3,7 @@
 //!
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
-//! them as disconnected); stop the key watcher; drop the last usage senders and wait
+//! them as disconnected); stop the key and rate-limit watchers; drop the last usage senders and wait
 //! for the writer to flush every queued record.
 
 use std::future::Future;
@@ -28,6 +28,7 @@ use tollgate_store::Store;
 use crate::anomaly::Detector;
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
+use crate::limits::{self, Limits};
 use crate::pipeline;
 use crate::record::UsageSink;
 use crate::secret::Secret;
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// Anomaly detection on key usage.
     pub anomaly: Arc<Detector>,
+    /// Rate-limit rules and their counters.
+    pub limits: Arc<Limits>,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -111,6 +114,15 @@ pub async fn serve(
         config.keys_refresh_interval,
         stop_rx,
     ));
+    let limits = Arc::new(Limits::default());
+    let limits_version = limits::load(&limits, &store).await?;
+    let limits_watcher = tokio::spawn(limits::watch(
+        limits.clone(),
+        store.clone(),
+        limits_version,
+        config.keys_refresh_interval,
+        stop_tx.subscribe(),
+    ));
     let (usage, writer) = UsageSink::start(
         store.clone(),
         config.usage_queue_capacity,
@@ -135,12 +147,14 @@ pub async fn serve(
         usage,
         upstream,
         anomaly,
+        limits,
     });
 
     accept_loop(listener, router(gateway), header_timeout, grace, shutdown).await;
 
     let _ = stop_tx.send(true);
     let _ = watcher.await;
+    let _ = limits_watcher.await;
     let _ = flag_writer.await;
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);

@@ -207,7 +207,10 @@ async fn a_viewer_reads_but_cannot_change_and_a_member_reads_only_its_own_usage(
             assert_eq!(s, 403, "viewer {method} {path}: {v}");
             assert_eq!(v["error"]["code"], "permission_denied");
         }
-        if path.starts_with("/admin/v1/usage") {
+        // Members read usage (their own) and the limits and caps they are under.
+        let member_reads = path.starts_with("/admin/v1/usage")
+            || (*method == "get" && (path == "/admin/v1/limits" || path == "/admin/v1/caps"));
+        if member_reads {
             assert_eq!(ms, 200, "member {path}: {mv}");
         } else {
             assert_eq!(ms, 403, "member {method} {path}: {mv}");
@@ -393,4 +396,151 @@ async fn every_admin_route_is_served_and_needs_a_key() {
             .unwrap()
             .starts_with("Invalid URL"));
     }
+}
+
+#[tokio::test]
+async fn admins_set_rate_limits_and_caps_every_role_reads_them_and_the_gateway_honours_them() {
+    let h = start().await;
+    let (admin_key, admin_id) = key(&h, Role::Admin).await;
+    let (viewer, _) = key(&h, Role::Viewer).await;
+    let member = h.key.clone();
+
+    let rule = json!({"env": "dev", "model": "gpt-4o-mini", "rpm": 1});
+    let (s, v) = admin(
+        &h,
+        &admin_key,
+        "put",
+        "/admin/v1/limits",
+        Some(rule.clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["project"],
+            &v["env"],
+            &v["model"],
+            &v["key_id"],
+            &v["rpm"],
+            &v["tpm"]
+        ),
+        (
+            &json!("shop"),
+            &json!("dev"),
+            &json!("gpt-4o-mini"),
+            &Value::Null,
+            &json!(1),
+            &Value::Null
+        )
+    );
+    for k in [&member, &viewer, &admin_key] {
+        let (s, v) = admin(&h, k, "get", "/admin/v1/limits", None).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    }
+    for k in [&member, &viewer] {
+        let (s, v) = admin(&h, k, "put", "/admin/v1/limits", Some(rule.clone())).await;
+        assert_eq!(s, 403);
+        assert_eq!(v["error"]["code"], "permission_denied");
+        let (s, _) = admin(&h, k, "delete", "/admin/v1/limits?env=dev", None).await;
+        assert_eq!(s, 403);
+    }
+    // Bad input is a 400 naming the field, and changes nothing.
+    for (body, param) in [
+        (json!({"rpm": 0}), Value::from("rpm")),
+        (json!({"env": "dev"}), Value::from("rpm")),
+        (json!({"env": "Dev!", "rpm": 1}), Value::from("env")),
+        (json!({"rpm": 1, "burst": 2}), Value::Null),
+    ] {
+        let (s, v) = admin(
+            &h,
+            &admin_key,
+            "put",
+            "/admin/v1/limits",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}");
+    }
+    let (s, _) = admin(
+        &h,
+        &admin_key,
+        "put",
+        "/admin/v1/limits",
+        Some(json!({"key_id": "key_elsewhere", "rpm": 1})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(h.store.list_rate_limits(None).await.unwrap().len(), 1);
+
+    // The running gateway applies the rule: one request a minute for the mini model.
+    assert!(honoured(&h, &member, 429).await);
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    let set = audit.iter().find(|a| a.action == "limits.set").unwrap();
+    assert_eq!(set.actor, format!("key:{admin_id}"));
+    assert_eq!(set.target, "shop/dev/*/gpt-4o-mini");
+
+    let (s, _) = admin(
+        &h,
+        &admin_key,
+        "delete",
+        "/admin/v1/limits?env=dev&model=gpt-4o-mini",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = admin(
+        &h,
+        &admin_key,
+        "delete",
+        "/admin/v1/limits?env=dev&model=gpt-4o-mini",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/admin/v1/limits"));
+    assert!(honoured(&h, &member, 200).await);
+
+    // Output caps: the same roles.
+    let cap = json!({"max_output_tokens": 64, "over": "refuse", "temperature_min": 0.0, "temperature_max": 1.0});
+    let (s, v) = admin(&h, &viewer, "put", "/admin/v1/caps", Some(cap.clone())).await;
+    assert_eq!((s, &v["error"]["code"]), (403, &json!("permission_denied")));
+    let (s, v) = admin(&h, &admin_key, "put", "/admin/v1/caps", Some(cap)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["over"], &v["max_output_tokens"], &v["key_id"]),
+        (&json!("refuse"), &json!(64), &Value::Null)
+    );
+    let (s, v) = admin(
+        &h,
+        &admin_key,
+        "put",
+        "/admin/v1/caps",
+        Some(json!({"over": "sometimes", "max_output_tokens": 1})),
+    )
+    .await;
+    assert_eq!((s, &v["error"]["param"]), (400, &json!("over")));
+    let (s, v) = admin(&h, &member, "get", "/admin/v1/caps", None).await;
+    assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 1));
+    let refused = eventually(WITHIN, || async {
+        let res = h
+            .post(
+                "/v1/responses",
+                json!({"model": "gpt-4o", "input": "hi", "max_output_tokens": 65}),
+            )
+            .send()
+            .await
+            .unwrap();
+        res.status() == 400
+    })
+    .await;
+    assert!(refused.is_some(), "the cap was not applied within a second");
+    let (s, _) = admin(&h, &admin_key, "delete", "/admin/v1/caps", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = admin(&h, &admin_key, "delete", "/admin/v1/caps", None).await;
+    assert_eq!(s, 404);
 }

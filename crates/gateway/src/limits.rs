@@ -1,0 +1,603 @@
+//! Rate limits' and output caps' state, read by stages 3 (caps) and 4 (admit): the
+//! rules and caps from the store, held in memory, and the token buckets that count
+//! against the rules.
+//!
+//! Rules and caps: every one of the store, indexed by project. A background task polls
+//! the store's `limits_version` counter (a sibling of `keys_version`, at the key
+//! cache's `keys.refresh_interval_ms`) and swaps in the new set when it moves, so a
+//! change made with the CLI or the admin API takes effect within that interval,
+//! without a restart. With none stored, a request costs one check of an empty set.
+//!
+//! Buckets: one per rule and dimension (requests, tokens), with capacity the
+//! per-minute limit, refilled continuously at limit/60 s. A bucket's level may go
+//! below zero when a call used more tokens than it reserved (the debt is paid back by
+//! the refill), so token accounting is exact over time. Levels are kept in units of
+//! 1/60 000 000 of a token, so a refill of `limit` units per microsecond is exact
+//! integer arithmetic and a wait time is exact to the microsecond.
+//!
+//! [`Counters`] is the counting backend: every admission is one all-or-nothing call
+//! over the buckets a request touches ([`Counters::take`]) and every settlement one
+//! [`Counters::adjust`]. The in-memory backend serves a single replica; a Redis one
+//! (issue 5, section 6) runs the same arithmetic in a Lua script, one round trip per
+//! call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tollgate_store::{LimitScope, OutputCap, OutputCapRule, RateLimitRule, Store, StoreError};
+
+/// Bucket units per token (per request): a minute in microseconds.
+const UNITS: i128 = 60_000_000;
+
+/// What a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    Requests,
+    Tokens,
+}
+
+impl Dimension {
+    /// OpenAI's error `type` for a refusal on this dimension.
+    pub fn openai_type(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+        }
+    }
+
+    /// `requests per min (RPM)` / `tokens per min (TPM)`, as OpenAI's messages say.
+    pub fn per_min(self) -> &'static str {
+        match self {
+            Self::Requests => "requests per min (RPM)",
+            Self::Tokens => "tokens per min (TPM)",
+        }
+    }
+}
+
+/// One bucket: a rule's scope and the dimension it counts.
+pub type BucketKey = (Arc<LimitScope>, Dimension);
+
+/// One bucket an admission asks for: which, its per-minute limit, how much to take.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    pub key: BucketKey,
+    pub limit: u64,
+    pub amount: u64,
+}
+
+/// A bucket's state as a caller may see it (after the admission, when it passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    pub limit: u64,
+    /// Whole units left now (0 when in debt).
+    pub remaining: u64,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// Why [`Counters::take`] refused: the demand that must wait longest, and how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// Index into the demands.
+    pub index: usize,
+    /// Time until that bucket holds the amount asked for.
+    pub wait: Duration,
+    /// Every demanded bucket's state, untouched.
+    pub states: Vec<BucketState>,
+}
+
+/// The counting backend.
+#[derive(Debug)]
+pub enum Counters {
+    /// In this process (a single replica).
+    Memory(MemoryCounters),
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::Memory(MemoryCounters::default())
+    }
+}
+
+impl Counters {
+    /// Takes every demand's amount, or none if any bucket lacks it.
+    pub fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
+        match self {
+            Self::Memory(m) => m.take(demands, now),
+        }
+    }
+
+    /// The buckets' states now, taking nothing.
+    pub fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
+        match self {
+            Self::Memory(m) => m.peek(demands, now),
+        }
+    }
+
+    /// Gives back (`delta > 0`) or charges more (`delta < 0`) on one bucket: a
+    /// settlement. A bucket never holds more than its limit.
+    pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
+        match self {
+            Self::Memory(m) => m.adjust(key, limit, delta, now),
+        }
+    }
+
+    /// Forgets the buckets of rules that no longer exist.
+    fn retain(&self, rules: &RuleSet) {
+        match self {
+            Self::Memory(m) => m.retain(rules),
+        }
+    }
+}
+
+/// Buckets in a map behind one lock: an admission holds it for a few hundred
+/// nanoseconds, and only requests that some rule governs take it.
+#[derive(Debug, Default)]
+pub struct MemoryCounters {
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Units available at `at` (may be negative: a debt).
+    level: i128,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(limit: u64, now: Instant) -> Self {
+        Self {
+            level: i128::from(limit) * UNITS,
+            at: now,
+        }
+    }
+
+    /// Refills up to `now` (capacity: the limit, which may have changed).
+    fn refill(&mut self, limit: u64, now: Instant) {
+        let cap = i128::from(limit) * UNITS;
+        let us = i128::try_from(now.saturating_duration_since(self.at).as_micros()).unwrap_or(0);
+        self.level = (self.level + us * i128::from(limit)).min(cap);
+        self.at = self.at.max(now);
+    }
+
+    /// Time until the level reaches `amount` whole units.
+    fn wait_for(&self, limit: u64, amount: u64) -> Duration {
+        let deficit = i128::from(amount) * UNITS - self.level;
+        if deficit <= 0 || limit == 0 {
+            return Duration::ZERO;
+        }
+        let us = (deficit + i128::from(limit) - 1) / i128::from(limit);
+        Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+    }
+
+    fn state(&self, limit: u64) -> BucketState {
+        BucketState {
+            limit,
+            remaining: u64::try_from(self.level.max(0) / UNITS).unwrap_or(0),
+            reset: self.wait_for(limit, limit),
+        }
+    }
+}
+
+impl MemoryCounters {
+    fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
+        let mut buckets = self.buckets.lock();
+        let mut worst: Option<(usize, Duration)> = None;
+        for (i, d) in demands.iter().enumerate() {
+            let b = buckets
+                .entry(d.key.clone())
+                .or_insert_with(|| Bucket::full(d.limit, now));
+            b.refill(d.limit, now);
+            let wait = b.wait_for(d.limit, d.amount);
+            if !wait.is_zero() && worst.is_none_or(|(_, w)| wait > w) {
+                worst = Some((i, wait));
+            }
+        }
+        let states = |buckets: &HashMap<BucketKey, Bucket>| {
+            demands
+                .iter()
+                .map(|d| {
+                    buckets.get(&d.key).map_or(
+                        BucketState {
+                            limit: d.limit,
+                            remaining: d.limit,
+                            reset: Duration::ZERO,
+                        },
+                        |b| b.state(d.limit),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Some((index, wait)) = worst {
+            return Err(Denied {
+                index,
+                wait,
+                states: states(&*buckets),
+            });
+        }
+        for d in demands {
+            if let Some(b) = buckets.get_mut(&d.key) {
+                b.level -= i128::from(d.amount) * UNITS;
+            }
+        }
+        Ok(states(&*buckets))
+    }
+
+    fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
+        let buckets = self.buckets.lock();
+        demands
+            .iter()
+            .map(|d| match buckets.get(&d.key) {
+                Some(b) => {
+                    let mut b = *b;
+                    b.refill(d.limit, now);
+                    b.state(d.limit)
+                }
+                None => Bucket::full(d.limit, now).state(d.limit),
+            })
+            .collect()
+    }
+
+    fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
+        let mut buckets = self.buckets.lock();
+        let b = buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::full(limit, now));
+        b.refill(limit, now);
+        let cap = i128::from(limit) * UNITS;
+        b.level = (b.level + i128::from(delta) * UNITS).min(cap);
+    }
+
+    fn retain(&self, rules: &RuleSet) {
+        self.buckets
+            .lock()
+            .retain(|(scope, _), _| rules.contains(scope));
+    }
+}
+
+/// A rule as the limiter uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub scope: Arc<LimitScope>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+/// Every rule and output cap, by project.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    by_project: HashMap<String, Vec<Rule>>,
+    caps: HashMap<String, ProjectCaps>,
+}
+
+/// A project's output caps: its own, and its keys' (which replace it for them).
+#[derive(Debug, Default)]
+struct ProjectCaps {
+    project: Option<OutputCap>,
+    keys: HashMap<String, OutputCap>,
+}
+
+impl RuleSet {
+    /// Builds the set from the store's rules and caps.
+    pub fn new(rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) -> Self {
+        let mut by_cap_project: HashMap<String, ProjectCaps> = HashMap::new();
+        for c in caps {
+            let entry = by_cap_project.entry(c.project).or_default();
+            match c.key_id {
+                Some(k) => {
+                    entry.keys.insert(k, c.cap);
+                }
+                None => entry.project = Some(c.cap),
+            }
+        }
+        let mut by_project: HashMap<String, Vec<Rule>> = HashMap::new();
+        for r in rules {
+            by_project
+                .entry(r.scope.project.clone())
+                .or_default()
+                .push(Rule {
+                    scope: Arc::new(r.scope),
+                    rpm: r.rpm,
+                    tpm: r.tpm,
+                });
+        }
+        Self {
+            by_project,
+            caps: by_cap_project,
+        }
+    }
+
+    /// The output caps of a key: its own, else its project's.
+    pub fn cap_for(&self, project: &str, key_id: &str) -> Option<OutputCap> {
+        let p = self.caps.get(project)?;
+        p.keys.get(key_id).copied().or(p.project)
+    }
+
+    /// The rules governing a request (every one must admit it).
+    pub fn matching(
+        &self,
+        project: &str,
+        env: &str,
+        key_id: &str,
+        model: Option<&str>,
+    ) -> Vec<Rule> {
+        self.by_project.get(project).map_or_else(Vec::new, |rules| {
+            rules
+                .iter()
+                .filter(|r| r.scope.matches(project, env, key_id, model))
+                .cloned()
+                .collect()
+        })
+    }
+
+    fn contains(&self, scope: &LimitScope) -> bool {
+        self.by_project
+            .get(&scope.project)
+            .is_some_and(|rules| rules.iter().any(|r| *r.scope == *scope))
+    }
+
+    /// No rule and no cap at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_project.is_empty() && self.caps.is_empty()
+    }
+}
+
+/// The rules and counters a server admits with.
+#[derive(Debug, Default)]
+pub struct Limits {
+    rules: RwLock<Arc<RuleSet>>,
+    pub counters: Counters,
+}
+
+impl Limits {
+    /// The current rules (a cheap clone of a shared set).
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().clone()
+    }
+
+    /// Swaps in new rules and caps and forgets the buckets of removed rules. A rule
+    /// whose limit changed keeps its bucket (capped at the new limit).
+    pub fn replace(&self, rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) {
+        let set = Arc::new(RuleSet::new(rules, caps));
+        self.counters.retain(&set);
+        *self.rules.write() = set;
+    }
+}
+
+/// Loads the rules and caps now and returns the version they reflect.
+pub async fn load(limits: &Limits, store: &Store) -> Result<i64, StoreError> {
+    let version = store.limits_version().await?;
+    reload(limits, store).await?;
+    Ok(version)
+}
+
+async fn reload(limits: &Limits, store: &Store) -> Result<usize, StoreError> {
+    let rules = store.list_rate_limits(None).await?;
+    let caps = store.list_output_caps(None).await?;
+    let n = rules.len() + caps.len();
+    limits.replace(rules, caps);
+    Ok(n)
+}
+
+/// Keeps `limits` in step with the store until `stop` fires: polls `limits_version`
+/// every `every` and reloads on change. Store errors are logged and retried on the
+/// next tick; the last good rules stay in force meanwhile.
+pub async fn watch(
+    limits: Arc<Limits>,
+    store: Store,
+    mut version: i64,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.limits_version().await {
+            Ok(v) if v == version => {}
+            Ok(v) => match reload(&limits, &store).await {
+                Ok(n) => {
+                    tracing::info!(rules_and_caps = n, version = v, "rate limits reloaded");
+                    version = v;
+                }
+                Err(e) => tracing::warn!(error = %e, "rate limit reload failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "rate limit version check failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(model: Option<&str>) -> Arc<LimitScope> {
+        Arc::new(LimitScope {
+            project: "shop".into(),
+            env: None,
+            key_id: None,
+            model: model.map(Into::into),
+        })
+    }
+
+    fn demand(s: &Arc<LimitScope>, dim: Dimension, limit: u64, amount: u64) -> Demand {
+        Demand {
+            key: (s.clone(), dim),
+            limit,
+            amount,
+        }
+    }
+
+    #[test]
+    fn a_bucket_holds_its_limit_and_refills_continuously() {
+        let c = Counters::default();
+        let s = scope(None);
+        let t0 = Instant::now();
+        // 60 per minute: one per second.
+        for i in 0..60 {
+            let st = c
+                .take(&[demand(&s, Dimension::Requests, 60, 1)], t0)
+                .unwrap();
+            assert_eq!(st[0].remaining, 59 - i);
+        }
+        let denied = c
+            .take(&[demand(&s, Dimension::Requests, 60, 1)], t0)
+            .unwrap_err();
+        assert_eq!(
+            denied.wait,
+            Duration::from_secs(1),
+            "exact time to one request"
+        );
+        assert_eq!(denied.states[0].remaining, 0);
+        assert_eq!(denied.states[0].reset, Duration::from_secs(60));
+        // Half a second later: half a request, still refused, half a second to go.
+        let t = t0 + Duration::from_millis(500);
+        let denied = c
+            .take(&[demand(&s, Dimension::Requests, 60, 1)], t)
+            .unwrap_err();
+        assert_eq!(denied.wait, Duration::from_millis(500));
+        let t = t0 + Duration::from_secs(1);
+        let st = c
+            .take(&[demand(&s, Dimension::Requests, 60, 1)], t)
+            .unwrap();
+        assert_eq!(st[0].remaining, 0);
+        // Never above capacity, however long idle.
+        let t = t0 + Duration::from_secs(3600);
+        let st = c
+            .take(&[demand(&s, Dimension::Requests, 60, 1)], t)
+            .unwrap();
+        assert_eq!(st[0].remaining, 59);
+    }
+
+    #[test]
+    fn admission_is_all_or_nothing_and_the_longest_wait_wins() {
+        let c = Counters::default();
+        let (a, b) = (scope(None), scope(Some("gpt-4o")));
+        let t0 = Instant::now();
+        let both = |n: u64| {
+            vec![
+                demand(&a, Dimension::Tokens, 600, n),
+                demand(&b, Dimension::Tokens, 6_000, n),
+            ]
+        };
+        c.take(&both(500), t0).unwrap();
+        // `a` has 100 left: 200 is refused and `b` keeps what it had.
+        let denied = c.take(&both(200), t0).unwrap_err();
+        assert_eq!(denied.index, 0);
+        // 100 missing at 10 tokens/s.
+        assert_eq!(denied.wait, Duration::from_secs(10));
+        assert_eq!(denied.states[1].remaining, 5_500);
+        let st = c.take(&both(100), t0).unwrap();
+        assert_eq!((st[0].remaining, st[1].remaining), (0, 5_400));
+    }
+
+    #[test]
+    fn settlements_refund_or_charge_and_debt_delays_the_next_call() {
+        let c = Counters::default();
+        let s = scope(None);
+        let key = (s.clone(), Dimension::Tokens);
+        let t0 = Instant::now();
+        c.take(&[demand(&s, Dimension::Tokens, 6_000, 1_000)], t0)
+            .unwrap();
+        // Used 400 of the 1000 reserved: 600 come back.
+        c.adjust(&key, 6_000, 600, t0);
+        let st = c
+            .take(&[demand(&s, Dimension::Tokens, 6_000, 0)], t0)
+            .unwrap();
+        assert_eq!(st[0].remaining, 5_600);
+        // A call that used 7000 more than it reserved leaves a debt of 1400.
+        c.adjust(&key, 6_000, -7_000, t0);
+        let denied = c
+            .take(&[demand(&s, Dimension::Tokens, 6_000, 100)], t0)
+            .unwrap_err();
+        // 1500 tokens at 100 tokens/s.
+        assert_eq!(denied.wait, Duration::from_secs(15));
+        // Refunds never lift a bucket over its limit.
+        c.adjust(&key, 6_000, 1_000_000, t0);
+        let st = c
+            .take(&[demand(&s, Dimension::Tokens, 6_000, 0)], t0)
+            .unwrap();
+        assert_eq!(st[0].remaining, 6_000);
+    }
+
+    #[test]
+    fn rules_match_by_scope_and_removed_rules_lose_their_buckets() {
+        let rule = |env: Option<&str>, key: Option<&str>, model: Option<&str>| RateLimitRule {
+            scope: LimitScope {
+                project: "shop".into(),
+                env: env.map(Into::into),
+                key_id: key.map(Into::into),
+                model: model.map(Into::into),
+            },
+            rpm: Some(10),
+            tpm: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let limits = Limits::default();
+        limits.replace(
+            vec![
+                rule(None, None, None),
+                rule(Some("prod"), None, None),
+                rule(None, Some("key_1"), Some("gpt-4o")),
+            ],
+            vec![],
+        );
+        let rules = limits.rules();
+        let n = |env, key, model| rules.matching("shop", env, key, model).len();
+        assert_eq!(n("prod", "key_1", Some("gpt-4o")), 3);
+        assert_eq!(n("dev", "key_1", Some("gpt-4o")), 2);
+        assert_eq!(n("dev", "key_1", Some("gpt-4o-mini")), 1);
+        assert_eq!(n("dev", "key_2", None), 1);
+        assert!(rules.matching("blog", "prod", "key_1", None).is_empty());
+
+        let t0 = Instant::now();
+        let whole = rules.matching("shop", "dev", "key_2", None)[0]
+            .scope
+            .clone();
+        limits
+            .counters
+            .take(&[demand(&whole, Dimension::Requests, 10, 10)], t0)
+            .unwrap();
+        // Same rule reloaded with a new limit: the bucket stays (nothing refilled).
+        limits.replace(vec![rule(None, None, None)], vec![]);
+        assert!(limits
+            .counters
+            .take(&[demand(&whole, Dimension::Requests, 20, 1)], t0)
+            .is_err());
+        // Rule gone and back: a fresh, full bucket.
+        limits.replace(vec![], vec![]);
+        assert!(limits.rules().is_empty());
+        limits.replace(vec![rule(None, None, None)], vec![]);
+        assert!(limits
+            .counters
+            .take(&[demand(&whole, Dimension::Requests, 10, 10)], t0)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_keys_caps_replace_its_projects() {
+        let cap = |max: u64| OutputCap {
+            max_output_tokens: Some(max),
+            ..OutputCap::default()
+        };
+        let rule = |key: Option<&str>, max: u64| OutputCapRule {
+            project: "shop".into(),
+            key_id: key.map(Into::into),
+            cap: cap(max),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let set = RuleSet::new(vec![], vec![rule(None, 100), rule(Some("key_1"), 10)]);
+        assert!(!set.is_empty());
+        assert_eq!(set.cap_for("shop", "key_1"), Some(cap(10)));
+        assert_eq!(set.cap_for("shop", "key_2"), Some(cap(100)));
+        assert_eq!(set.cap_for("blog", "key_1"), None);
+    }
+}
