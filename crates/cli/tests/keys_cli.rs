@@ -447,3 +447,199 @@ fn config_check_speaks_json_too() {
         "retry_base_ms",
     );
 }
+
+#[test]
+fn rate_limits_and_output_caps_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    json(dir, &["projects", "create", "shop", "--json"]);
+    let key = json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "prod",
+            "--json",
+        ],
+    );
+    let key_id = key["id"].as_str().unwrap();
+
+    let rule = json(
+        dir,
+        &[
+            "limits",
+            "set",
+            "--project",
+            "shop",
+            "--env",
+            "prod",
+            "--model",
+            "gpt-4o",
+            "--rpm",
+            "500",
+            "--tpm",
+            "200000",
+            "--json",
+        ],
+    );
+    assert_eq!(rule["env"], "prod");
+    assert_eq!(rule["model"], "gpt-4o");
+    assert_eq!(rule["key_id"], Value::Null);
+    assert_eq!(
+        (rule["rpm"].as_u64(), rule["tpm"].as_u64()),
+        (Some(500), Some(200_000))
+    );
+    json(
+        dir,
+        &[
+            "limits",
+            "set",
+            "--project",
+            "shop",
+            "--key",
+            key_id,
+            "--tpm",
+            "1000",
+            "--json",
+        ],
+    );
+    let list = json(dir, &["limits", "list", "--project", "shop", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let table = tollgate(dir, &["limits", "list"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("gpt-4o") && text.contains("200000"), "{text}");
+
+    fails(dir, &["limits", "set", "--project", "shop"], "--rpm");
+    fails(
+        dir,
+        &["limits", "set", "--project", "shop", "--rpm", "0"],
+        "positive",
+    );
+    fails(
+        dir,
+        &["limits", "set", "--project", "nope", "--rpm", "1"],
+        "nope",
+    );
+    fails(
+        dir,
+        &["limits", "clear", "--project", "shop", "--env", "dev"],
+        "no rate limit",
+    );
+    let cleared = json(
+        dir,
+        &[
+            "limits",
+            "clear",
+            "--project",
+            "shop",
+            "--env",
+            "prod",
+            "--model",
+            "gpt-4o",
+            "--json",
+        ],
+    );
+    assert_eq!(cleared["cleared"], true);
+    assert_eq!(
+        json(dir, &["limits", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let cap = json(
+        dir,
+        &[
+            "caps",
+            "set",
+            "--project",
+            "shop",
+            "--max-output-tokens",
+            "1000",
+            "--over",
+            "refuse",
+            "--default-output-tokens",
+            "256",
+            "--temperature",
+            "0..1.2",
+            "--json",
+        ],
+    );
+    assert_eq!(cap["over"], "refuse");
+    assert_eq!(cap["temperature_max"], 1.2);
+    fails(
+        dir,
+        &[
+            "caps",
+            "set",
+            "--project",
+            "shop",
+            "--temperature",
+            "1.5..1",
+        ],
+        "temperature",
+    );
+    fails(
+        dir,
+        &[
+            "caps",
+            "set",
+            "--project",
+            "shop",
+            "--max-output-tokens",
+            "10",
+            "--default-output-tokens",
+            "20",
+        ],
+        "default",
+    );
+    json(
+        dir,
+        &[
+            "caps",
+            "set",
+            "--project",
+            "shop",
+            "--key",
+            key_id,
+            "--max-output-tokens",
+            "50",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        json(dir, &["caps", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let cleared = json(
+        dir,
+        &[
+            "caps",
+            "clear",
+            "--project",
+            "shop",
+            "--key",
+            key_id,
+            "--json",
+        ],
+    );
+    assert_eq!(cleared["cleared"], true);
+    fails(
+        dir,
+        &["caps", "clear", "--project", "shop", "--key", key_id],
+        "no output caps",
+    );
+
+    let audit = tollgate(dir, &["audit", "--since", "1h"]);
+    let text = String::from_utf8_lossy(&audit.stdout);
+    for action in ["limits.set", "limits.clear", "caps.set", "caps.clear"] {
+        assert!(text.contains(action), "{action} not audited: {text}");
+    }
+}

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tollgate_store::UsageRecord;
 use tollgate_wire::ratelimit::RateLimitInfo;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RateRefusal};
 use crate::keys::Principal;
 use crate::limits::{BucketKey, BucketState, Demand, Dimension, Limits, Rule};
 use crate::preflight::{Endpoint, Preflight};
@@ -81,13 +81,16 @@ pub fn run(
         .find(|d| d.key.1 == Dimension::Tokens && d.amount > d.limit)
     {
         let states = limits.counters.peek(&demands, Instant::now());
-        return Err(GatewayError::RequestExceedsLimit {
+        return Err(GatewayError::RequestExceedsLimit(Box::new(RateRefusal {
+            dimension: Dimension::Tokens,
             model,
             scope: d.key.0.to_string(),
             limit: d.limit,
+            used: 0,
             requested: d.amount,
+            retry_after: Duration::ZERO,
             headers: headers(&demands, &states),
-        });
+        })));
     }
     let now = Instant::now();
     match limits.counters.take(&demands, now) {
@@ -109,7 +112,7 @@ pub fn run(
         Err(denied) => {
             let d = &demands[denied.index];
             let st = denied.states[denied.index];
-            Err(GatewayError::RateLimited {
+            Err(GatewayError::RateLimited(Box::new(RateRefusal {
                 dimension: d.key.1,
                 model,
                 scope: d.key.0.to_string(),
@@ -118,7 +121,7 @@ pub fn run(
                 requested: d.amount,
                 retry_after: denied.wait,
                 headers: headers(&demands, &denied.states),
-            })
+            })))
         }
     }
 }
@@ -353,23 +356,16 @@ mod tests {
         let l = limits(&[(Some("gpt-4o"), Some(1), None), (None, Some(100), None)]);
         run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
         let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap_err();
-        let GatewayError::RateLimited {
-            dimension,
-            limit,
-            used,
-            requested,
-            retry_after,
-            headers,
-            ..
-        } = &e
-        else {
+        let GatewayError::RateLimited(r) = &e else {
             panic!("{e:?}");
         };
-        assert_eq!(*dimension, Dimension::Requests);
-        assert_eq!((*limit, *used, *requested), (1, 1, 1));
-        assert!(*retry_after > Duration::from_secs(59) && *retry_after <= Duration::from_secs(60));
-        assert_eq!(headers.remaining_requests, Some(0));
-        assert_eq!(headers.limit_requests, Some(1));
+        assert_eq!(r.dimension, Dimension::Requests);
+        assert_eq!((r.limit, r.used, r.requested), (1, 1, 1));
+        assert!(
+            r.retry_after > Duration::from_secs(59) && r.retry_after <= Duration::from_secs(60)
+        );
+        assert_eq!(r.headers.remaining_requests, Some(0));
+        assert_eq!(r.headers.limit_requests, Some(1));
         let m = e.message();
         assert!(m.contains("requests per min (RPM)"), "{m}");
         assert!(m.contains("model gpt-4o"), "{m}");
@@ -386,10 +382,7 @@ mod tests {
         let l = limits(&[(None, None, Some(50))]);
         let big = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":100}"#);
         let e = run(&l, Endpoint::Responses, &principal(), &big, 4096).unwrap_err();
-        assert!(matches!(
-            e,
-            GatewayError::RequestExceedsLimit { limit: 50, .. }
-        ));
+        assert!(matches!(&e, GatewayError::RequestExceedsLimit(r) if r.limit == 50));
         assert!(!e.retryable());
         // Nothing was taken.
         let small = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":1}"#);

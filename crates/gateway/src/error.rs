@@ -71,27 +71,25 @@ pub enum GatewayError {
     CredentialUnavailable { project: String, env: String },
     /// A rate-limit rule has no room for the request now (`admit`).
     #[error("rate limit reached")]
-    RateLimited {
-        dimension: Dimension,
-        model: String,
-        /// The rule's scope, as `project shop, env prod, model gpt-4o`.
-        scope: String,
-        limit: u64,
-        used: u64,
-        requested: u64,
-        /// Exact time until the bucket holds what was requested.
-        retry_after: std::time::Duration,
-        headers: RateLimitInfo,
-    },
+    RateLimited(Box<RateRefusal>),
     /// The request's token estimate is above a TPM limit: it can never pass.
     #[error("request too large for a tokens-per-minute limit")]
-    RequestExceedsLimit {
-        model: String,
-        scope: String,
-        limit: u64,
-        requested: u64,
-        headers: RateLimitInfo,
-    },
+    RequestExceedsLimit(Box<RateRefusal>),
+}
+
+/// What a rate-limit refusal says (boxed in [`GatewayError`]: large, and rare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRefusal {
+    pub dimension: Dimension,
+    pub model: String,
+    /// The rule's scope, as `project shop, env prod, model gpt-4o`.
+    pub scope: String,
+    pub limit: u64,
+    pub used: u64,
+    pub requested: u64,
+    /// Exact time until the bucket holds what was requested (zero when it never will).
+    pub retry_after: std::time::Duration,
+    pub headers: RateLimitInfo,
 }
 
 impl GatewayError {
@@ -115,9 +113,7 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } | Self::RequestExceedsLimit { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited(_) | Self::RequestExceedsLimit(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -135,8 +131,8 @@ impl GatewayError {
             Self::NotReady { .. } | Self::CredentialUnavailable { .. } => {
                 "service_unavailable_error"
             }
-            Self::RateLimited { dimension, .. } => dimension.openai_type(),
-            Self::RequestExceedsLimit { .. } => Dimension::Tokens.openai_type(),
+            Self::RateLimited(r) => r.dimension.openai_type(),
+            Self::RequestExceedsLimit(_) => Dimension::Tokens.openai_type(),
             _ => "invalid_request_error",
         }
     }
@@ -161,9 +157,7 @@ impl GatewayError {
             }
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
-            Self::RateLimited { .. } | Self::RequestExceedsLimit { .. } => {
-                Some("rate_limit_exceeded")
-            }
+            Self::RateLimited(_) | Self::RequestExceedsLimit(_) => Some("rate_limit_exceeded"),
             _ => None,
         }
     }
@@ -198,8 +192,8 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::RequestExceedsLimit { .. } => "request_exceeds_limit",
+            Self::RateLimited(_) => "rate_limited",
+            Self::RequestExceedsLimit(_) => "request_exceeds_limit",
         }
     }
 
@@ -210,7 +204,7 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
                 | Self::UpstreamTimeout { .. }
                 | Self::NotReady { .. }
-                | Self::RateLimited { .. }
+                | Self::RateLimited(_)
         )
     }
 
@@ -297,34 +291,24 @@ impl GatewayError {
                  read by the gateway, so the call was not sent. Ask an admin to check the \
                  reference with `tollgate projects show {project}` and the gateway's logs."
             ),
-            Self::RateLimited {
-                dimension,
-                model,
-                scope,
-                limit,
-                used,
-                requested,
-                retry_after,
-                ..
-            } => format!(
-                "Rate limit reached for {model} on {} by the limit of {scope}: Limit {limit}, \
-                 Used {used}, Requested {requested}. Please try again in {}. A project admin \
-                 can review the limits with `tollgate limits list`.",
-                dimension.per_min(),
-                ratelimit::format_go_duration(crate::admit::round_up_ms(*retry_after)),
+            Self::RateLimited(r) => format!(
+                "Rate limit reached for {} on {} by the limit of {}: Limit {}, Used {}, \
+                 Requested {}. Please try again in {}. A project admin can review the limits \
+                 with `tollgate limits list`.",
+                r.model,
+                r.dimension.per_min(),
+                r.scope,
+                r.limit,
+                r.used,
+                r.requested,
+                ratelimit::format_go_duration(crate::admit::round_up_ms(r.retry_after)),
             ),
-            Self::RequestExceedsLimit {
-                model,
-                scope,
-                limit,
-                requested,
-                ..
-            } => format!(
-                "Request too large for {model} on tokens per min (TPM) by the limit of {scope}: \
-                 Limit {limit}, Requested {requested} (input plus the output tokens allowed). \
-                 Retrying will not help: send less input, set a lower max_output_tokens \
-                 (max_completion_tokens / max_tokens on Chat), or ask a project admin to raise \
-                 the limit."
+            Self::RequestExceedsLimit(r) => format!(
+                "Request too large for {} on tokens per min (TPM) by the limit of {}: Limit {}, \
+                 Requested {} (input plus the output tokens allowed). Retrying will not help: \
+                 send less input, set a lower max_output_tokens (max_completion_tokens / \
+                 max_tokens on Chat), or ask a project admin to raise the limit.",
+                r.model, r.scope, r.limit, r.requested
             ),
         }
     }
@@ -374,12 +358,8 @@ impl IntoResponse for GatewayError {
 /// `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the exact wait).
 fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
     let (info, wait) = match e {
-        GatewayError::RateLimited {
-            headers,
-            retry_after,
-            ..
-        } => (headers, Some(*retry_after)),
-        GatewayError::RequestExceedsLimit { headers, .. } => (headers, None),
+        GatewayError::RateLimited(r) => (&r.headers, Some(r.retry_after)),
+        GatewayError::RequestExceedsLimit(r) => (&r.headers, None),
         _ => return,
     };
     insert_rate_limit_info(headers, info);
@@ -409,6 +389,19 @@ pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(dimension: Dimension) -> RateRefusal {
+        RateRefusal {
+            dimension,
+            model: "gpt-4o".into(),
+            scope: "project shop".into(),
+            limit: 100,
+            used: 90,
+            requested: 20,
+            retry_after: std::time::Duration::from_millis(1500),
+            headers: RateLimitInfo::default(),
+        }
+    }
 
     /// The table in docs/errors.md; keep both in step.
     #[test]
@@ -561,43 +554,19 @@ mod tests {
                 Some("provider_credential_unavailable"),
             ),
             (
-                GatewayError::RateLimited {
-                    dimension: Dimension::Requests,
-                    model: "gpt-4o".into(),
-                    scope: "project shop".into(),
-                    limit: 1,
-                    used: 1,
-                    requested: 1,
-                    retry_after: std::time::Duration::from_millis(1500),
-                    headers: RateLimitInfo::default(),
-                },
+                GatewayError::RateLimited(Box::new(refusal(Dimension::Requests))),
                 429,
                 "requests",
                 Some("rate_limit_exceeded"),
             ),
             (
-                GatewayError::RateLimited {
-                    dimension: Dimension::Tokens,
-                    model: "gpt-4o".into(),
-                    scope: "project shop".into(),
-                    limit: 100,
-                    used: 90,
-                    requested: 20,
-                    retry_after: std::time::Duration::from_millis(1500),
-                    headers: RateLimitInfo::default(),
-                },
+                GatewayError::RateLimited(Box::new(refusal(Dimension::Tokens))),
                 429,
                 "tokens",
                 Some("rate_limit_exceeded"),
             ),
             (
-                GatewayError::RequestExceedsLimit {
-                    model: "gpt-4o".into(),
-                    scope: "project shop".into(),
-                    limit: 100,
-                    requested: 200,
-                    headers: RateLimitInfo::default(),
-                },
+                GatewayError::RequestExceedsLimit(Box::new(refusal(Dimension::Tokens))),
                 429,
                 "tokens",
                 Some("rate_limit_exceeded"),
@@ -653,16 +622,13 @@ mod tests {
             remaining_tokens: Some(400),
             reset_tokens: Some(std::time::Duration::from_millis(36_000)),
         };
-        let e = GatewayError::RateLimited {
-            dimension: Dimension::Requests,
-            model: "gpt-4o".into(),
-            scope: "project shop, env prod".into(),
+        let e = GatewayError::RateLimited(Box::new(RateRefusal {
             limit: 60,
             used: 60,
-            requested: 1,
             retry_after: std::time::Duration::from_micros(1_000_001),
             headers: info,
-        };
+            ..refusal(Dimension::Requests)
+        }));
         assert!(
             e.message().contains("Please try again in 1.001s"),
             "{}",
@@ -678,13 +644,12 @@ mod tests {
         assert_eq!(h["x-ratelimit-reset-requests"], "1m0s");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "400");
         assert_eq!(h["x-ratelimit-reset-tokens"], "36s");
-        let never = GatewayError::RequestExceedsLimit {
-            model: "gpt-4o".into(),
-            scope: "project shop".into(),
+        let never = GatewayError::RequestExceedsLimit(Box::new(RateRefusal {
             limit: 100,
             requested: 200,
             headers: info,
-        };
+            ..refusal(Dimension::Tokens)
+        }));
         assert!(never.message().contains("Retrying will not help"));
         let res = never.into_response();
         assert_eq!(res.headers()["x-should-retry"], "false");

@@ -215,7 +215,7 @@ impl MemoryCounters {
             return Err(Denied {
                 index,
                 wait,
-                states: states(&*buckets),
+                states: states(&buckets),
             });
         }
         for d in demands {
@@ -223,7 +223,7 @@ impl MemoryCounters {
                 b.level -= i128::from(d.amount) * UNITS;
             }
         }
-        Ok(states(&*buckets))
+        Ok(states(&buckets))
     }
 
     fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
