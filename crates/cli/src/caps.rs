@@ -4,7 +4,7 @@
 //! servers pick a change up within `keys.refresh_interval_ms`.
 
 use clap::{Args, Subcommand};
-use tollgate_store::{OutputCap, OutputCapRule, OverCap};
+use tollgate_store::{OutputCap, OutputCapRule, OverCap, Store};
 
 use crate::state::{self, StateArgs};
 
@@ -85,85 +85,93 @@ pub async fn run(args: CapsArgs) -> anyhow::Result<()> {
                 temperature_min,
                 temperature_max,
             };
-            let rule = store
-                .set_output_cap(
-                    &project,
-                    key_id.as_deref(),
-                    &cap,
-                    state::now_ms(),
-                    &state::actor(),
-                )
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rule)?);
-            } else {
-                println!("Output caps of {}: {}.", owner(&rule), describe(&rule.cap));
-            }
+            set(&store, &project, key_id.as_deref(), &cap, json).await
         }
-        CapsCommand::List { project, json } => {
-            let caps = store.list_output_caps(project.as_deref()).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&caps)?);
-            } else {
-                let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-                let rows: Vec<Vec<String>> = caps
-                    .iter()
-                    .map(|r| {
-                        let temp = match (r.cap.temperature_min, r.cap.temperature_max) {
-                            (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
-                            _ => "-".to_owned(),
-                        };
-                        vec![
-                            r.project.clone(),
-                            r.key_id.clone().unwrap_or_else(|| "*".to_owned()),
-                            opt(r.cap.max_output_tokens),
-                            r.cap.over.as_str().to_owned(),
-                            opt(r.cap.default_output_tokens),
-                            temp,
-                        ]
-                    })
-                    .collect();
-                state::print_table(
-                    &[
-                        "PROJECT",
-                        "KEY",
-                        "MAX OUTPUT",
-                        "OVER",
-                        "DEFAULT",
-                        "TEMPERATURE",
-                    ],
-                    &rows,
-                );
-            }
-        }
+        CapsCommand::List { project, json } => list(&store, project.as_deref(), json).await,
         CapsCommand::Clear {
             project,
             key_id,
             json,
-        } => {
-            let removed = store
-                .clear_output_cap(
-                    &project,
-                    key_id.as_deref(),
-                    state::now_ms(),
-                    &state::actor(),
-                )
-                .await?;
-            let who = key_id.as_deref().map_or_else(
-                || format!("project {project}"),
-                |k| format!("key {k} of project {project}"),
-            );
-            if json {
-                let out = serde_json::json!({
-                    "project": project, "key_id": key_id, "cleared": removed,
-                });
-                println!("{out}");
-            } else if removed {
-                println!("Output caps of {who} cleared.");
-            } else {
-                anyhow::bail!("{who} has no output caps; see `tollgate caps list`");
-            }
-        }
+        } => clear(&store, &project, key_id.as_deref(), json).await,
+    }
+}
+
+async fn set(
+    store: &Store,
+    project: &str,
+    key_id: Option<&str>,
+    cap: &OutputCap,
+    json: bool,
+) -> anyhow::Result<()> {
+    let rule = store
+        .set_output_cap(project, key_id, cap, state::now_ms(), &state::actor())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rule)?);
+    } else {
+        println!("Output caps of {}: {}.", owner(&rule), describe(&rule.cap));
+    }
+    Ok(())
+}
+
+async fn list(store: &Store, project: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let caps = store.list_output_caps(project).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&caps)?);
+        return Ok(());
+    }
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = caps
+        .iter()
+        .map(|r| {
+            let temp = match (r.cap.temperature_min, r.cap.temperature_max) {
+                (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                _ => "-".to_owned(),
+            };
+            vec![
+                r.project.clone(),
+                r.key_id.clone().unwrap_or_else(|| "*".to_owned()),
+                opt(r.cap.max_output_tokens),
+                r.cap.over.as_str().to_owned(),
+                opt(r.cap.default_output_tokens),
+                temp,
+            ]
+        })
+        .collect();
+    state::print_table(
+        &[
+            "PROJECT",
+            "KEY",
+            "MAX OUTPUT",
+            "OVER",
+            "DEFAULT",
+            "TEMPERATURE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn clear(
+    store: &Store,
+    project: &str,
+    key_id: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let removed = store
+        .clear_output_cap(project, key_id, state::now_ms(), &state::actor())
+        .await?;
+    let who = key_id.map_or_else(
+        || format!("project {project}"),
+        |k| format!("key {k} of project {project}"),
+    );
+    if json {
+        let out = serde_json::json!({ "project": project, "key_id": key_id, "cleared": removed });
+        println!("{out}");
+    } else if removed {
+        println!("Output caps of {who} cleared.");
+    } else {
+        anyhow::bail!("{who} has no output caps; see `tollgate caps list`");
     }
     Ok(())
 }

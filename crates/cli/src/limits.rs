@@ -4,7 +4,7 @@
 //! `keys.refresh_interval_ms` (they poll the store's `limits_version`).
 
 use clap::{Args, Subcommand};
-use tollgate_store::{LimitScope, RateLimitRule};
+use tollgate_store::{LimitScope, RateLimitRule, Store};
 
 use crate::state::{self, StateArgs};
 
@@ -95,33 +95,7 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<()> {
                 println!("Rate limit of {}: {}.", rule.scope, limits_label(&rule));
             }
         }
-        LimitsCommand::List { project, json } => {
-            let rules = store.list_rate_limits(project.as_deref()).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rules)?);
-            } else {
-                let any = |p: &Option<String>| p.clone().unwrap_or_else(|| "*".to_owned());
-                let per_min = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-                let rows: Vec<Vec<String>> = rules
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.scope.project.clone(),
-                            any(&r.scope.env),
-                            any(&r.scope.key_id),
-                            any(&r.scope.model),
-                            per_min(r.rpm),
-                            per_min(r.tpm),
-                            state::format_ms(r.updated_at_ms),
-                        ]
-                    })
-                    .collect();
-                state::print_table(
-                    &["PROJECT", "ENV", "KEY", "MODEL", "RPM", "TPM", "UPDATED"],
-                    &rows,
-                );
-            }
-        }
+        LimitsCommand::List { project, json } => list(&store, project.as_deref(), json).await?,
         LimitsCommand::Clear { scope, json } => {
             let scope = scope.scope();
             let removed = store
@@ -139,6 +113,35 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn list(store: &Store, project: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let rules = store.list_rate_limits(project).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rules)?);
+        return Ok(());
+    }
+    let any = |p: &Option<String>| p.clone().unwrap_or_else(|| "*".to_owned());
+    let per_min = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.scope.project.clone(),
+                any(&r.scope.env),
+                any(&r.scope.key_id),
+                any(&r.scope.model),
+                per_min(r.rpm),
+                per_min(r.tpm),
+                state::format_ms(r.updated_at_ms),
+            ]
+        })
+        .collect();
+    state::print_table(
+        &["PROJECT", "ENV", "KEY", "MODEL", "RPM", "TPM", "UPDATED"],
+        &rows,
+    );
     Ok(())
 }
 

@@ -74,26 +74,41 @@ pub fn run(
     } else {
         0
     };
-    let model = model.unwrap_or("this model").to_owned();
-    let demands = demands(&rules, tokens);
+    let model = model.unwrap_or("this model");
+    take(limits, &demands(&rules, tokens), tokens, model)
+}
+
+/// Takes every demand from the counters, or refuses with what the caller needs to
+/// know: which limit, how much was used and asked, and how long to wait.
+fn take(
+    limits: &Arc<Limits>,
+    demands: &[Demand],
+    tokens: u64,
+    model: &str,
+) -> Result<Admission, GatewayError> {
+    let refusal = |d: &Demand, used: u64, wait: Duration, states: &[BucketState]| RateRefusal {
+        dimension: d.key.1,
+        model: model.to_owned(),
+        scope: d.key.0.to_string(),
+        limit: d.limit,
+        used,
+        requested: d.amount,
+        retry_after: wait,
+        headers: headers(demands, states),
+    };
     if let Some(d) = demands
         .iter()
         .find(|d| d.key.1 == Dimension::Tokens && d.amount > d.limit)
     {
-        let states = limits.counters.peek(&demands, Instant::now());
-        return Err(GatewayError::RequestExceedsLimit(Box::new(RateRefusal {
-            dimension: Dimension::Tokens,
-            model,
-            scope: d.key.0.to_string(),
-            limit: d.limit,
-            used: 0,
-            requested: d.amount,
-            retry_after: Duration::ZERO,
-            headers: headers(&demands, &states),
-        })));
+        let states = limits.counters.peek(demands, Instant::now());
+        return Err(GatewayError::RequestExceedsLimit(Box::new(refusal(
+            d,
+            0,
+            Duration::ZERO,
+            &states,
+        ))));
     }
-    let now = Instant::now();
-    match limits.counters.take(&demands, now) {
+    match limits.counters.take(demands, Instant::now()) {
         Ok(states) => {
             let buckets: Vec<(BucketKey, u64)> = demands
                 .iter()
@@ -101,7 +116,7 @@ pub fn run(
                 .map(|d| (d.key.clone(), d.limit))
                 .collect();
             Ok(Admission {
-                headers: headers(&demands, &states),
+                headers: headers(demands, &states),
                 reservation: (!buckets.is_empty()).then(|| Reservation {
                     limits: limits.clone(),
                     buckets,
@@ -111,17 +126,15 @@ pub fn run(
         }
         Err(denied) => {
             let d = &demands[denied.index];
-            let st = denied.states[denied.index];
-            Err(GatewayError::RateLimited(Box::new(RateRefusal {
-                dimension: d.key.1,
-                model,
-                scope: d.key.0.to_string(),
-                limit: d.limit,
-                used: d.limit.saturating_sub(st.remaining),
-                requested: d.amount,
-                retry_after: denied.wait,
-                headers: headers(&demands, &denied.states),
-            })))
+            let used = d
+                .limit
+                .saturating_sub(denied.states[denied.index].remaining);
+            Err(GatewayError::RateLimited(Box::new(refusal(
+                d,
+                used,
+                denied.wait,
+                &denied.states,
+            ))))
         }
     }
 }
