@@ -47,7 +47,8 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Issue a successor (same project, environment, role and name; printed once) and
+    /// Issue a successor (same project, environment, role, name and the key's own
+    /// limits and caps; printed once) and
     /// retire this key when the grace period ends.
     Rotate {
         /// The key id (key_…), as `keys list` shows it.

@@ -137,6 +137,7 @@ both_backends!(
     rate_limits_are_set_replaced_listed_cleared_and_audited,
     rate_limits_are_refused_when_invalid_and_leave_nothing_behind,
     output_caps_are_set_per_project_and_key_listed_and_cleared,
+    a_successor_inherits_the_keys_own_limits_and_caps,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -1448,4 +1449,102 @@ async fn output_caps_are_set_per_project_and_key_listed_and_cleared(db: &TestDb)
             "caps.clear shop/key_1"
         ]
     );
+}
+
+/// Rotation issues a successor "with the same limits": the old key's own rate-limit
+/// rules and output caps are copied to it in the rotation's transaction (and the
+/// limits version moves so servers pick them up); project-wide rules are untouched.
+async fn a_successor_inherits_the_keys_own_limits_and_caps(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let scope = |key: Option<&str>, model: Option<&str>| LimitScope {
+        project: "shop".into(),
+        env: None,
+        key_id: key.map(str::to_owned),
+        model: model.map(str::to_owned),
+    };
+    store
+        .set_rate_limit(&scope(Some("key_1"), None), Some(30), None, 10, &cli())
+        .await
+        .unwrap();
+    store
+        .set_rate_limit(
+            &scope(Some("key_1"), Some("gpt-4o")),
+            None,
+            Some(9_000),
+            11,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    store
+        .set_rate_limit(&scope(None, None), Some(600), None, 12, &cli())
+        .await
+        .unwrap();
+    let cap = OutputCap {
+        max_output_tokens: Some(64),
+        ..OutputCap::default()
+    };
+    store
+        .set_output_cap("shop", Some("key_1"), &cap, 13, &cli())
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+
+    store
+        .rotate_key(
+            "key_1",
+            &successor_of("key_1", "key_2", "bb", 5_000),
+            1_000,
+            5_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+
+    assert!(store.limits_version().await.unwrap() > v0);
+    let rules = store.list_rate_limits(Some("shop")).await.unwrap();
+    let of = |key: &str| -> Vec<(Option<String>, Option<u64>, Option<u64>)> {
+        rules
+            .iter()
+            .filter(|r| r.scope.key_id.as_deref() == Some(key))
+            .map(|r| (r.scope.model.clone(), r.rpm, r.tpm))
+            .collect()
+    };
+    assert_eq!(of("key_2"), of("key_1"));
+    assert_eq!(of("key_2").len(), 2);
+    assert!(rules
+        .iter()
+        .filter(|r| r.scope.key_id.as_deref() == Some("key_2"))
+        .all(|r| r.created_at_ms == 5_000));
+    // The project-wide rule is not duplicated.
+    assert_eq!(rules.iter().filter(|r| r.scope.key_id.is_none()).count(), 1);
+    let caps = store.list_output_caps(Some("shop")).await.unwrap();
+    let successor_cap = caps
+        .iter()
+        .find(|c| c.key_id.as_deref() == Some("key_2"))
+        .expect("the successor has the key's cap");
+    assert_eq!(successor_cap.cap, cap);
+
+    // A key without rules of its own rotates without touching the limits version.
+    store
+        .insert_key(&new_key("key_3", "shop", "cc"))
+        .await
+        .unwrap();
+    let v1 = store.limits_version().await.unwrap();
+    store
+        .rotate_key(
+            "key_3",
+            &successor_of("key_3", "key_4", "dd", 6_000),
+            0,
+            6_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.limits_version().await.unwrap(), v1);
 }

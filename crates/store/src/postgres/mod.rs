@@ -466,6 +466,28 @@ impl PostgresStore {
             )));
         }
         insert_key_row(&mut tx, successor).await?;
+        // The successor inherits the key's own rate limits and output caps.
+        let mut inherited = 0;
+        for sql in [
+            "INSERT INTO rate_limits (project, env, key_id, model, rpm, tpm, created_at_ms, updated_at_ms) \
+         SELECT project, env, $1, model, rpm, tpm, $2, $3 FROM rate_limits WHERE key_id = $4",
+            "INSERT INTO output_caps (project, key_id, max_output_tokens, over_cap, default_output_tokens, \
+         temperature_min, temperature_max, created_at_ms, updated_at_ms) \
+         SELECT project, $1, max_output_tokens, over_cap, default_output_tokens, \
+         temperature_min, temperature_max, $2, $3 FROM output_caps WHERE key_id = $4",
+        ] {
+            inherited += sqlx::query(sql)
+                .bind(&successor.id)
+                .bind(now_ms)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if inherited > 0 {
+            bump_limits_version(&mut tx).await?;
+        }
         let d = detail(serde_json::json!({
             "successor": successor.id, "grace_ms": grace_ms, "retire_at_ms": retire_at,
             "successor_expires_at_ms": successor.expires_at_ms,
