@@ -12,8 +12,9 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::Error;
+use crate::transport::BoxError;
 
-type LiveBody = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type LiveBody = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
 /// The body of an answer, chunk by chunk, as the server sent it.
 pub struct ByteStream {
@@ -39,8 +40,20 @@ impl ByteStream {
         attempts: u32,
         request_id: Option<String>,
     ) -> Self {
+        let body = response.bytes_stream().map(|r| r.map_err(BoxError::from));
+        Self::from_stream(Box::pin(body), started, deadline, attempts, request_id)
+    }
+
+    /// Any live body stream, cut at `deadline`.
+    pub(crate) fn from_stream(
+        body: LiveBody,
+        started: Instant,
+        deadline: Instant,
+        attempts: u32,
+        request_id: Option<String>,
+    ) -> Self {
         Self {
-            source: Source::Live(Box::pin(response.bytes_stream())),
+            source: Source::Live(body),
             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             started,
             attempts,
@@ -85,7 +98,7 @@ impl ByteStream {
         self.deadline = None;
     }
 
-    fn cut(&mut self, source: reqwest::Error) -> Error {
+    fn cut(&mut self, source: BoxError) -> Error {
         self.finish();
         Error::Stream {
             message: "connection failed while reading the body".to_owned(),

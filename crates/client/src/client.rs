@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::meta::{ApiResponse, ResponseMeta};
 use crate::retry::{self, classify_status, Failure, RetryPolicy, Stop, Verdict};
 use crate::stream::{End, EventStream};
+use crate::transport::{BoxError, PooledBody, SendError, Transport};
 
 /// The default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -70,6 +71,9 @@ pub struct RawResponse {
 
 struct Inner {
     http: reqwest::Client,
+    /// The raw pass-through's own transport; `None` when a system proxy applies
+    /// (then raw calls go through `http`, which honours it).
+    direct: Option<Arc<Transport>>,
     base_url: String,
     /// `Bearer <key>`, marked sensitive so `Debug` never shows it.
     auth: Option<HeaderValue>,
@@ -104,7 +108,7 @@ struct Call {
 #[derive(Debug)]
 enum Failed {
     Transport {
-        error: reqwest::Error,
+        error: BoxError,
         attempt: u32,
     },
     Status {
@@ -260,6 +264,19 @@ impl ClientBuilder {
             }
             None => None,
         };
+        let direct = if self.use_system_proxy && system_proxy_set(parsed.scheme() == "https") {
+            None
+        } else {
+            let t = Transport::new(
+                &base_url,
+                self.connect_timeout,
+                self.pool_idle_timeout,
+                self.pool_max_idle_per_host,
+                &self.user_agent,
+            )
+            .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
+            Some(Arc::new(t))
+        };
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(self.pool_idle_timeout)
@@ -275,6 +292,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                direct,
                 base_url,
                 auth,
                 headers: self.headers,
@@ -369,6 +387,9 @@ impl Client {
         if let Some(auth) = &self.inner.auth {
             out.insert(header::AUTHORIZATION, auth.clone());
         }
+        if let Some(direct) = &self.inner.direct {
+            return self.raw_direct(direct, method, path, out, body).await;
+        }
         let call = Call {
             label: format!("{method} /{}", path_only(path)),
             url: self.url(path),
@@ -410,6 +431,104 @@ impl Client {
             }
             Err(stop) => Err(stop_to_error(stop)),
         }
+    }
+
+    /// [`Client::raw`] over the in-task transport: same retries, same answers.
+    async fn raw_direct(
+        &self,
+        direct: &Arc<Transport>,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<RawResponse, Error> {
+        let label = path_only(path);
+        let (started, deadline) = self.deadline();
+        let sent = retry::run(
+            &self.inner.retry,
+            self.max_retries(),
+            deadline,
+            label,
+            |n| self.send_direct(direct, &method, path, &headers, &body, n),
+        )
+        .await;
+        match sent {
+            Ok((response, attempts)) => {
+                let (parts, live) = response.into_parts();
+                let mut meta = ResponseMeta::new(parts.status, parts.headers, attempts);
+                strip_hop_by_hop(&mut meta.headers);
+                let id = meta.request_id.clone();
+                let body = ByteStream::from_stream(Box::pin(live), started, deadline, attempts, id);
+                Ok(RawResponse { meta, body })
+            }
+            Err(Stop::Failed(Failed::Status {
+                status,
+                headers,
+                body,
+                attempt,
+            })) => {
+                let mut meta = ResponseMeta::new(status, headers, attempt);
+                strip_hop_by_hop(&mut meta.headers);
+                let id = meta.request_id.clone();
+                Ok(RawResponse {
+                    meta,
+                    body: ByteStream::buffered(body, attempt, id),
+                })
+            }
+            Err(stop) => Err(stop_to_error(stop)),
+        }
+    }
+
+    /// One raw attempt over the in-task transport; an error status is read in full
+    /// and classified.
+    async fn send_direct(
+        &self,
+        direct: &Arc<Transport>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        attempt: u32,
+    ) -> Result<(http::Response<PooledBody>, u32), Failure<Failed>> {
+        let transport = |error| Failure {
+            error: Failed::Transport { error, attempt },
+            verdict: Verdict::Retry { after: None },
+        };
+        let request = direct
+            .request(method.clone(), path, headers.clone(), body.clone())
+            .map_err(|error| Failure {
+                error: Failed::Transport { error, attempt },
+                verdict: Verdict::Fatal,
+            })?;
+        let response = direct
+            .send(request)
+            .await
+            .map_err(|SendError { error, .. }| {
+                tracing::debug!(call = %path_only(path), attempt, error = %error, "no answer");
+                transport(error)
+            })?;
+        let status = response.status();
+        tracing::debug!(
+            call = %path_only(path),
+            attempt,
+            status = status.as_u16(),
+            "answer"
+        );
+        if status.is_success() {
+            return Ok((response, attempt));
+        }
+        let (parts, live) = response.into_parts();
+        let body = read_all(live).await.unwrap_or_default();
+        let verdict = classify_status(status, &parts.headers, &body);
+        Err(Failure {
+            error: Failed::Status {
+                status,
+                headers: parts.headers,
+                body,
+                attempt,
+            },
+            verdict,
+        })
     }
 
     /// A typed call with a JSON answer read in full (read failures are retried too:
@@ -496,7 +615,10 @@ impl Client {
                     Verdict::Retry { after: None }
                 };
                 return Err(Failure {
-                    error: Failed::Transport { error, attempt },
+                    error: Failed::Transport {
+                        error: Box::new(error),
+                        attempt,
+                    },
                     verdict,
                 });
             }
@@ -540,7 +662,10 @@ impl Client {
             Err(error) => {
                 tracing::debug!(call = %call.label, attempt, error = %error, "body read failed");
                 Err(Failure {
-                    error: Failed::Transport { error, attempt },
+                    error: Failed::Transport {
+                        error: Box::new(error),
+                        attempt,
+                    },
                     verdict: Verdict::Retry { after: None },
                 })
             }
@@ -665,6 +790,28 @@ fn stop_to_error(stop: Stop<Failed>) -> Error {
             attempt,
         }) => Error::from_status(status, headers, &body, attempt),
     }
+}
+
+/// Whether `HTTP(S)_PROXY` / `ALL_PROXY` (either case) would apply to the base URL.
+fn system_proxy_set(https: bool) -> bool {
+    let names: [&str; 4] = if https {
+        ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    names
+        .iter()
+        .any(|n| std::env::var_os(n).is_some_and(|v| !v.is_empty()))
+}
+
+/// Reads a whole body from the in-task transport.
+async fn read_all(mut body: PooledBody) -> Result<Bytes, BoxError> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Drops hop-by-hop headers, including any named in `Connection`.

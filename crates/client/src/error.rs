@@ -54,7 +54,7 @@ pub enum Error {
     Connection {
         attempts: u32,
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A 2xx body (or a stream event) that is not the expected JSON.
     #[error("could not decode the response: {source}")]
@@ -72,7 +72,7 @@ pub enum Error {
         error: Option<Box<ErrorBody>>,
         request_id: Option<String>,
         #[source]
-        source: Option<reqwest::Error>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The client could not be built (missing key, bad base URL or header).
     #[error("invalid client configuration: {0}")]

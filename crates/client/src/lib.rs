@@ -61,6 +61,7 @@ mod error;
 mod meta;
 mod retry;
 mod stream;
+mod transport;
 
 pub use api::{Chat, Embeddings, Models, Moderations, Responses};
 pub use body::ByteStream;
