@@ -27,6 +27,9 @@ use crate::anomaly::Detector;
 #[derive(Clone, Debug)]
 pub struct UsageSink {
     tx: mpsc::Sender<UsageRecord>,
+    /// The runtime the writer runs on: a record that must wait for queue capacity
+    /// waits there, so it outlives the I/O thread that produced it.
+    background: tokio::runtime::Handle,
     /// Told each finished call's tokens (anomaly detection).
     anomaly: Option<Arc<Detector>>,
     /// Records the writer has written so far (for `/metrics`).
@@ -42,6 +45,7 @@ impl UsageSink {
         let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1), written.clone()));
         let sink = Self {
             tx,
+            background: tokio::runtime::Handle::current(),
             anomaly: None,
             written,
         };
@@ -90,16 +94,9 @@ impl UsageSink {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
                 let tx = self.tx.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn(async move {
-                            let _ = tx.send(record).await;
-                        });
-                    }
-                    Err(_) => {
-                        tracing::error!(request_id = %record.request_id, "no runtime; usage record lost")
-                    }
-                }
+                self.background.spawn(async move {
+                    let _ = tx.send(record).await;
+                });
             }
             Err(mpsc::error::TrySendError::Closed(record)) => {
                 tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
@@ -108,11 +105,16 @@ impl UsageSink {
     }
 }
 
-/// How long the writer keeps gathering records after the first of a batch, so a
-/// steady trickle becomes a few transactions a second rather than one per request.
+/// How long the writer lets records gather after the first of a batch, so a steady
+/// trickle becomes a few transactions a second rather than one per request.
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// The writer loop; returns how many records it wrote.
+///
+/// While a batch gathers the writer sleeps rather than waiting on the queue, so a
+/// request that enqueues a record wakes nobody (a wake-up per record costs more CPU
+/// than writing the record). A full batch is written at once, and the next one
+/// starts without sleeping while the queue keeps filling batches.
 async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<UsageRecord>,
@@ -122,14 +124,12 @@ async fn write_batches(
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
     while rx.recv_many(&mut batch, batch_size).await > 0 {
-        let window = tokio::time::Instant::now() + COALESCE;
-        while batch.len() < batch_size {
-            let room = batch_size - batch.len();
-            match tokio::time::timeout_at(window, rx.recv_many(&mut batch, room)).await {
-                Ok(n) if n > 0 => {}
-                // Window over, or every sender gone: write what we have.
-                _ => break,
-            }
+        if batch.len() < batch_size && rx.len() < batch_size - batch.len() {
+            tokio::time::sleep(COALESCE).await;
+        }
+        let room = batch_size - batch.len();
+        if room > 0 && !rx.is_empty() {
+            rx.recv_many(&mut batch, room).await;
         }
         let mut delay = Duration::from_millis(50);
         loop {

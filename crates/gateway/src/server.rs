@@ -1,6 +1,13 @@
 //! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz`, `/readyz` and
 //! `/metrics` (see [`crate::metrics`]), and graceful shutdown.
 //!
+//! Thread per core: the listener is shared by N I/O threads (one per CPU, or
+//! `TOKIO_WORKER_THREADS`), each running its own accept loop on a current-thread
+//! runtime. A connection, its requests and their upstream connections stay on the
+//! thread that accepted it, so serving a request involves no hand-off between threads.
+//! Background work (key watcher, usage writer, anomaly flags) runs on the runtime that
+//! called [`serve`].
+//!
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
 //! them as disconnected); stop the key and rate-limit watchers; drop the last usage senders and wait
@@ -150,7 +157,10 @@ pub async fn serve(
         limits,
     });
 
-    accept_loop(listener, router(gateway), header_timeout, grace, shutdown).await;
+    let app = router(gateway);
+    if let Err(e) = serve_threads(listener, app, header_timeout, grace, shutdown).await {
+        tracing::error!(error = %e, "cannot start the I/O threads");
+    }
 
     let _ = stop_tx.send(true);
     let _ = watcher.await;
@@ -166,6 +176,67 @@ pub async fn serve(
     Ok(ServeReport {
         usage_records_written: written,
     })
+}
+
+/// How many I/O threads serve: `TOKIO_WORKER_THREADS` if set, else one per CPU.
+fn io_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// Runs [`accept_loop`] on every I/O thread until `shutdown` resolves, then waits for
+/// each thread's graceful shutdown.
+async fn serve_threads(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut finished = Vec::new();
+    for i in 0..io_threads() {
+        let listener = listener.try_clone()?;
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("tollgate-io-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let stopped = async move {
+                                let _ = stop.wait_for(|stop| *stop).await;
+                            };
+                            accept_loop(listener, app, header_timeout, grace, stopped).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot listen on an I/O thread"),
+                    }
+                });
+                // Tasks still spawned on this thread end with its runtime, before the
+                // caller is told the thread is done.
+                drop(runtime);
+                drop(done_tx);
+            })?;
+        finished.push(done_rx);
+    }
+    drop(listener);
+    drop(app);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for done in finished {
+        let _ = done.await;
+    }
+    Ok(())
 }
 
 async fn accept_loop(
