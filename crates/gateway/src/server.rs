@@ -1,12 +1,12 @@
 //! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz`, `/readyz` and
 //! `/metrics` (see [`crate::metrics`]), and graceful shutdown.
 //!
-//! Thread per core: the listener is shared by N I/O threads (one per CPU, or
-//! `TOKIO_WORKER_THREADS`), each running its own accept loop on a current-thread
-//! runtime. A connection, its requests and their upstream connections stay on the
-//! thread that accepted it, so serving a request involves no hand-off between threads.
-//! Background work (key watcher, usage writer, anomaly flags) runs on the runtime that
-//! called [`serve`].
+//! Thread per core: N I/O threads (one per CPU, or `TOKIO_WORKER_THREADS`) each
+//! serve connections on a current-thread runtime; the acceptor hands each new
+//! connection to the thread with the fewest open. A connection, its requests and
+//! their upstream connections stay on that thread, so serving a request involves no
+//! hand-off between threads. The acceptor and the background work (key watcher,
+//! usage writer, anomaly flags) run on the runtime that called [`serve`].
 //!
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -27,8 +28,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tollgate_store::Store;
 
@@ -188,8 +189,22 @@ fn io_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// Runs [`accept_loop`] on every I/O thread until `shutdown` resolves, then waits for
-/// each thread's graceful shutdown.
+/// A connection handed from the acceptor to an I/O thread.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// The acceptor's handle on one I/O thread.
+struct IoThread {
+    tx: mpsc::UnboundedSender<Accepted>,
+    /// Connections the thread has open, to hand each new one to the least busy.
+    open: Arc<AtomicUsize>,
+    /// Resolves (with an error) when the thread has shut down.
+    done: oneshot::Receiver<()>,
+}
+
+/// Accepts on the caller's runtime and hands each connection to the I/O thread with
+/// the fewest open ones (the kernel would wake every thread's accept for each
+/// connection and give most of them to one thread); on `shutdown`, stops accepting
+/// and waits for every thread's graceful shutdown.
 async fn serve_threads(
     listener: TcpListener,
     app: Router,
@@ -197,62 +212,11 @@ async fn serve_threads(
     grace: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut finished = Vec::new();
+    let mut threads = Vec::new();
     for i in 0..io_threads() {
-        let listener = listener.try_clone()?;
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name(format!("tollgate-io-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            let stopped = async move {
-                                let _ = stop.wait_for(|stop| *stop).await;
-                            };
-                            accept_loop(listener, app, header_timeout, grace, stopped).await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot listen on an I/O thread"),
-                    }
-                });
-                // Tasks still spawned on this thread end with its runtime, before the
-                // caller is told the thread is done.
-                drop(runtime);
-                drop(done_tx);
-            })?;
-        finished.push(done_rx);
+        threads.push(spawn_io_thread(i, app.clone(), header_timeout, grace)?);
     }
-    drop(listener);
     drop(app);
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    for done in finished {
-        let _ = done.await;
-    }
-    Ok(())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    app: Router,
-    header_timeout: std::time::Duration,
-    grace: std::time::Duration,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -267,6 +231,93 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        let Some(thread) = threads
+            .iter()
+            .min_by_key(|t| t.open.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                let _ = thread.tx.send((stream, peer));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+        }
+    }
+    drop(listener);
+    // Closing each thread's queue starts its graceful shutdown.
+    let done: Vec<_> = threads.into_iter().map(|t| t.done).collect();
+    for d in done {
+        let _ = d.await;
+    }
+    Ok(())
+}
+
+fn spawn_io_thread(
+    i: usize,
+    app: Router,
+    header_timeout: std::time::Duration,
+    grace: std::time::Duration,
+) -> std::io::Result<IoThread> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done) = oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let counter = open.clone();
+    std::thread::Builder::new()
+        .name(format!("tollgate-io-{i}"))
+        .spawn(move || {
+            runtime.block_on(serve_connections(rx, app, counter, header_timeout, grace));
+            // Tasks still spawned on this thread end with its runtime, before the
+            // acceptor is told the thread is done.
+            drop(runtime);
+            drop(done_tx);
+        })?;
+    Ok(IoThread { tx, open, done })
+}
+
+/// Counts an open connection for as long as it lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One I/O thread: serves the connections handed to it until the acceptor closes its
+/// queue, then shuts down gracefully within `grace`.
+async fn serve_connections(
+    mut rx: mpsc::UnboundedReceiver<Accepted>,
+    app: Router,
+    open: Arc<AtomicUsize>,
+    header_timeout: std::time::Duration,
+    grace: std::time::Duration,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    while let Some((stream, peer)) = rx.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve a connection on this thread");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -276,7 +327,9 @@ async fn accept_loop(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let counted = OpenGuard::new(&open);
         connections.spawn(async move {
+            let _counted = counted;
             // Protocol detection waits for the first bytes without a timer of its own,
             // so a connection that never speaks is closed here; after the first request
             // hyper's header timer covers idle keep-alive.
@@ -291,7 +344,6 @@ async fn accept_loop(
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
     }
-    drop(listener);
     drop(app);
     tokio::select! {
         () = graceful.shutdown() => {}
