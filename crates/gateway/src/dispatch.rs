@@ -32,33 +32,36 @@ use crate::upstream::Upstream;
 /// The upstream's answer, ready to relay.
 pub type Reply = RawResponse;
 
+// Header names are `HeaderName`s, not strings: a string is parsed into a name on
+// every lookup, and these run on every request.
+
 /// Request headers never forwarded: the caller's credentials (the provider key
 /// replaces them), the caller's OpenAI organisation/project (the provider key's own
 /// apply), cookies, and tollgate's own control headers.
-const DROP_REQUEST: [&str; 6] = [
-    "authorization",
-    "cookie",
-    "openai-organization",
-    "openai-project",
-    "x-api-key",
-    "accept-encoding",
+const DROP_REQUEST: [HeaderName; 6] = [
+    HeaderName::from_static("authorization"),
+    HeaderName::from_static("cookie"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("accept-encoding"),
 ];
 
 /// Response headers relayed from the upstream.
-const RELAY_RESPONSE: [&str; 13] = [
-    "content-type",
-    "openai-processing-ms",
-    "openai-version",
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-requests",
-    "x-ratelimit-reset-tokens",
-    "retry-after",
-    "retry-after-ms",
-    "x-should-retry",
-    "www-authenticate",
+const RELAY_RESPONSE: [HeaderName; 13] = [
+    HeaderName::from_static("content-type"),
+    HeaderName::from_static("openai-processing-ms"),
+    HeaderName::from_static("openai-version"),
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+    HeaderName::from_static("retry-after"),
+    HeaderName::from_static("retry-after-ms"),
+    HeaderName::from_static("x-should-retry"),
+    HeaderName::from_static("www-authenticate"),
 ];
 
 /// Sends the request upstream (with retries) and returns its answer.
@@ -69,7 +72,7 @@ pub async fn run(
     preflight: &Preflight,
 ) -> Result<Reply, GatewayError> {
     let mut headers = parts.headers.clone();
-    for name in DROP_REQUEST {
+    for name in &DROP_REQUEST {
         headers.remove(name);
     }
     let own: Vec<HeaderName> = headers
@@ -160,9 +163,9 @@ pub async fn relay(
 
 fn relay_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(RELAY_RESPONSE.len() + 1);
-    for name in RELAY_RESPONSE {
+    for name in &RELAY_RESPONSE {
         if let Some(v) = upstream.get(name) {
-            out.insert(HeaderName::from_static(name), v.clone());
+            out.insert(name.clone(), v.clone());
         }
     }
     if let Some(id) = upstream.get("x-request-id") {
