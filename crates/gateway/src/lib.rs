@@ -42,4 +42,6 @@ pub enum StartError {
     Store(#[from] tollgate_store::StoreError),
     #[error("upstream client: {0}")]
     Upstream(String),
+    #[error("cannot start the I/O threads: {0}")]
+    Threads(std::io::Error),
 }

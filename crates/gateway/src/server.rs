@@ -159,9 +159,12 @@ pub async fn serve(
     });
 
     let app = router(gateway);
-    if let Err(e) = serve_threads(listener, app, header_timeout, grace, shutdown).await {
-        tracing::error!(error = %e, "cannot start the I/O threads");
-    }
+    let threads = (0..io_threads())
+        .map(|i| spawn_io_thread(i, app.clone(), header_timeout, grace))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(crate::StartError::Threads)?;
+    drop(app);
+    accept(listener, threads, shutdown).await;
 
     let _ = stop_tx.send(true);
     let _ = watcher.await;
@@ -205,18 +208,11 @@ struct IoThread {
 /// the fewest open ones (the kernel would wake every thread's accept for each
 /// connection and give most of them to one thread); on `shutdown`, stops accepting
 /// and waits for every thread's graceful shutdown.
-async fn serve_threads(
+async fn accept(
     listener: TcpListener,
-    app: Router,
-    header_timeout: std::time::Duration,
-    grace: std::time::Duration,
+    threads: Vec<IoThread>,
     shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let mut threads = Vec::new();
-    for i in 0..io_threads() {
-        threads.push(spawn_io_thread(i, app.clone(), header_timeout, grace)?);
-    }
-    drop(app);
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -250,7 +246,6 @@ async fn serve_threads(
     for d in done {
         let _ = d.await;
     }
-    Ok(())
 }
 
 fn spawn_io_thread(
