@@ -264,18 +264,21 @@ impl ClientBuilder {
             }
             None => None,
         };
+        // A URL reqwest takes but `http::Uri` does not (an IDNA host, say) keeps raw
+        // calls on reqwest too.
         let direct = if self.use_system_proxy && system_proxy_set(parsed.scheme() == "https") {
             None
         } else {
-            let t = Transport::new(
+            Transport::new(
                 &base_url,
                 self.connect_timeout,
                 self.pool_idle_timeout,
                 self.pool_max_idle_per_host,
                 &self.user_agent,
             )
-            .map_err(|e| Error::Config(format!("invalid base URL {base_url:?}: {e}")))?;
-            Some(Arc::new(t))
+            .inspect_err(|e| tracing::debug!(error = %e, "raw calls go through reqwest"))
+            .ok()
+            .map(Arc::new)
         };
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -420,15 +423,7 @@ impl Client {
                 headers,
                 body,
                 attempt,
-            })) => {
-                let mut meta = ResponseMeta::new(status, headers, attempt);
-                strip_hop_by_hop(&mut meta.headers);
-                let id = meta.request_id.clone();
-                Ok(RawResponse {
-                    meta,
-                    body: ByteStream::buffered(body, attempt, id),
-                })
-            }
+            })) => Ok(RawResponse::answered(status, headers, body, attempt)),
             Err(stop) => Err(stop_to_error(stop)),
         }
     }
@@ -466,15 +461,7 @@ impl Client {
                 headers,
                 body,
                 attempt,
-            })) => {
-                let mut meta = ResponseMeta::new(status, headers, attempt);
-                strip_hop_by_hop(&mut meta.headers);
-                let id = meta.request_id.clone();
-                Ok(RawResponse {
-                    meta,
-                    body: ByteStream::buffered(body, attempt, id),
-                })
-            }
+            })) => Ok(RawResponse::answered(status, headers, body, attempt)),
             Err(stop) => Err(stop_to_error(stop)),
         }
     }
@@ -725,6 +712,17 @@ impl Client {
 }
 
 impl RawResponse {
+    /// An error answer read in full, after retries, to pass through.
+    fn answered(status: StatusCode, headers: HeaderMap, body: Bytes, attempts: u32) -> Self {
+        let mut meta = ResponseMeta::new(status, headers, attempts);
+        strip_hop_by_hop(&mut meta.headers);
+        let id = meta.request_id.clone();
+        Self {
+            meta,
+            body: ByteStream::buffered(body, attempts, id),
+        }
+    }
+
     /// The upstream status.
     pub fn status(&self) -> StatusCode {
         self.meta.status
