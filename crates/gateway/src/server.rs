@@ -304,6 +304,10 @@ async fn serve_connections(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
+    // Tells connections that have not sent a byte yet to close at shutdown: they hold a
+    // graceful-shutdown watcher but no request, and a client's pool may keep such a
+    // connection (opened for a request that went over another one) for a long time.
+    let (stopping_tx, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     while let Some((stream, peer)) = rx.recv().await {
         let stream = match TcpStream::from_std(stream) {
@@ -323,15 +327,22 @@ async fn serve_connections(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let counted = OpenGuard::new(&open);
+        let mut stopping = stopping.clone();
         connections.spawn(async move {
             let _counted = counted;
             // Protocol detection waits for the first bytes without a timer of its own,
-            // so a connection that never speaks is closed here; after the first request
-            // hyper's header timer covers idle keep-alive.
+            // so a connection that never speaks is closed here (after the header
+            // timeout, or at once on shutdown); after the first request hyper's header
+            // timer and graceful shutdown cover idle keep-alive.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Ok(()),
+            tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                    match peeked {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Ok(()),
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => return Ok(()),
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             watcher.watch(conn.into_owned()).await
@@ -340,6 +351,7 @@ async fn serve_connections(
         while connections.try_join_next().is_some() {}
     }
     drop(app);
+    let _ = stopping_tx.send(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {

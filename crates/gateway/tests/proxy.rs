@@ -584,3 +584,26 @@ async fn a_mixed_run_leaves_exactly_one_record_per_request_with_its_tokens() {
     assert_eq!(unauth[0].key_id, None);
     assert_eq!(unauth[0].error_code.as_deref(), Some("invalid_api_key"));
 }
+
+/// Regression: a connection that never sent a byte (an HTTP client's pool keeps the
+/// spare connection it opened for a request that went over another one) used to hold
+/// graceful shutdown for the whole grace period. It is closed at once now.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_connection_that_never_spoke() {
+    use tokio::io::AsyncReadExt;
+    let mut h = start_with(|c| {
+        c.server.header_timeout_ms = Some(600_000);
+        c.server.shutdown_grace_ms = Some(600_000);
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // The server has taken the connection over once a request on another one is served.
+    let res = h.http.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // Far below both the header timeout and the grace period of ten minutes.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), h.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited for a silent connection");
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "still open: {n:?}");
+}
