@@ -23,6 +23,7 @@
 //! `keys_version`, so it takes effect within one poll interval, without a restart.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,10 +287,44 @@ pub async fn watch(
 async fn poll(
     cache: Arc<KeyCache>,
     store: Store,
+    version: i64,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    poll_version(
+        "key cache",
+        version,
+        every,
+        stop,
+        || {
+            let store = store.clone();
+            async move { store.keys_version().await }
+        },
+        || {
+            let (cache, store) = (cache.clone(), store.clone());
+            async move { reload(&cache, &store).await }
+        },
+    )
+    .await;
+}
+
+/// The watch loop shared by the in-memory copies of store state (keys, rate limits):
+/// every `every`, reads the store's change counter with `current` and, when it moved,
+/// calls `reload` (which answers how many items it loaded). Store errors are logged
+/// and retried on the next tick, the last good copy staying in force meanwhile.
+pub(crate) async fn poll_version<C, CF, R, RF>(
+    what: &'static str,
     mut version: i64,
     every: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+    current: C,
+    reload: R,
+) where
+    C: Fn() -> CF,
+    CF: Future<Output = Result<i64, StoreError>>,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<usize, StoreError>>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -297,16 +332,16 @@ async fn poll(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match store.keys_version().await {
+        match current().await {
             Ok(v) if v == version => {}
-            Ok(v) => match reload(&cache, &store).await {
-                Ok(keys) => {
-                    tracing::info!(keys, version = v, "key cache reloaded");
+            Ok(v) => match reload().await {
+                Ok(items) => {
+                    tracing::info!(items, version = v, "{what} reloaded");
                     version = v;
                 }
-                Err(e) => tracing::warn!(error = %e, "key cache reload failed"),
+                Err(e) => tracing::warn!(error = %e, "{what} reload failed"),
             },
-            Err(e) => tracing::warn!(error = %e, "key version check failed"),
+            Err(e) => tracing::warn!(error = %e, "{what} version check failed"),
         }
     }
 }

@@ -388,29 +388,25 @@ async fn reload(limits: &Limits, store: &Store) -> Result<usize, StoreError> {
 pub async fn watch(
     limits: Arc<Limits>,
     store: Store,
-    mut version: i64,
+    version: i64,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match store.limits_version().await {
-            Ok(v) if v == version => {}
-            Ok(v) => match reload(&limits, &store).await {
-                Ok(n) => {
-                    tracing::info!(rules_and_caps = n, version = v, "rate limits reloaded");
-                    version = v;
-                }
-                Err(e) => tracing::warn!(error = %e, "rate limit reload failed"),
-            },
-            Err(e) => tracing::warn!(error = %e, "rate limit version check failed"),
-        }
-    }
+    crate::keys::poll_version(
+        "rate limits",
+        version,
+        every,
+        stop,
+        || {
+            let store = store.clone();
+            async move { store.limits_version().await }
+        },
+        || {
+            let (limits, store) = (limits.clone(), store.clone());
+            async move { reload(&limits, &store).await }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
