@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::anomaly::AnomalyConfig;
+use crate::catalog::{self, Catalog, RawModel};
 use crate::secret::SecretRef;
 
 /// The `database_url` schemes the store opens: SQLite, or a PostgreSQL database that
@@ -42,6 +43,9 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     #[serde(default)]
     pub limits: RawLimits,
+    /// `[[models]]`: catalog entries that replace or add to the built-in ones.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
 }
 
 /// `[upstream]`: the OpenAI-compatible API tollgate forwards to.
@@ -143,6 +147,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Output tokens reserved when a request sets no maximum (`[limits]`).
     pub default_output_tokens: u64,
+    /// The built-in model catalog with the `[[models]]` entries applied.
+    pub catalog: Catalog,
 }
 
 /// Where and how to call the upstream.
@@ -332,6 +338,12 @@ impl TryFrom<RawConfig> for Config {
             err("upstream.max_retries", "must be at most 10".into());
         }
 
+        let mut catalog = Catalog::builtin();
+        match catalog::validate_models(&raw.models, "models") {
+            Ok(entries) => catalog.apply(entries),
+            Err(model_errors) => errors.extend(model_errors),
+        }
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -356,6 +368,7 @@ impl TryFrom<RawConfig> for Config {
             keys_refresh_interval: Duration::from_millis(refresh_ms),
             anomaly,
             default_output_tokens,
+            catalog,
         })
     }
 }
@@ -499,6 +512,47 @@ mod tests {
         );
         let e = Config::from_toml_str("[anomaly]\nfactor = 5\n").unwrap_err();
         assert_eq!(e.0[0].path, "anomaly.factor");
+    }
+
+    #[test]
+    fn models_entries_replace_or_add_catalog_entries_and_errors_name_their_path() {
+        let c = Config::from_toml_str(
+            "[[models]]\nid = \"gpt-4o-mini\"\ninput_per_1m = 0.2\noutput_per_1m = 0.8\n\
+             [[models]]\nid = \"llama3.1:8b\"\ninput_per_1m = 0\noutput_per_1m = 0\n\
+             context_window = 131072\nlatency = \"fast\"\n",
+        )
+        .unwrap();
+        let mini = c.catalog.get("gpt-4o-mini").unwrap();
+        assert_eq!(mini.input, crate::catalog::Price(200));
+        assert_eq!(mini.cached_input, None, "replaced whole, not merged");
+        let llama = c.catalog.get("llama3.1:8b").unwrap();
+        assert_eq!(llama.context_window, Some(131_072));
+        assert!(c.catalog.get("gpt-4.1").is_some(), "the others stay");
+
+        let e = Config::from_toml_str(
+            "[[models]]\nid = \"a\"\ninput_per_1m = 0.0001\n\
+             [[models]]\nid = \"a\"\ninput_per_1m = 1\nfamily = \"p50k\"\n\
+             prices_checked = \"June\"\ncontext_window = 10\nmax_output_tokens = 20\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "models[0].input_per_1m",
+                "models[1].id",
+                "models[1].family",
+                "models[1].max_output_tokens",
+                "models[1].prices_checked",
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("USD per 1M"), "{e}");
+
+        let e = Config::from_toml_str("[[models]]\nid = \"a\"\ninput = 1\n").unwrap_err();
+        assert_eq!(e.0[0].path, "models[0].input", "{e}");
+        let e = Config::from_toml_str("[[models]]\nid = \"a\"\n").unwrap_err();
+        assert!(e.0[0].path.starts_with("models[0]"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
 //! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
-//! [`pipeline`]; [`server`] runs it; [`config`], [`keys`], [`limits`], [`secret`] and [`anomaly`]
+//! [`pipeline`]; [`server`] runs it; [`config`], [`catalog`], [`keys`], [`limits`], [`secret`] and [`anomaly`]
 //! support it.
 
 pub mod accept;
@@ -17,6 +17,7 @@ pub mod anomaly_store;
 pub mod authenticate;
 pub mod cache;
 pub mod caps;
+pub mod catalog;
 pub mod config;
 pub mod dispatch;
 pub mod error;
