@@ -8,6 +8,7 @@ mod config_cmd;
 mod keys;
 mod limits;
 mod mock;
+mod models;
 mod projects;
 mod serve;
 mod state;
@@ -36,6 +37,8 @@ enum Command {
     Limits(limits::LimitsArgs),
     /// Output caps (max output tokens, a default, a temperature range) per project or key.
     Caps(caps::CapsArgs),
+    /// The model catalog (prices per 1M tokens) and `models cost` estimates.
+    Models(models::ModelsArgs),
     /// The audit log of key and project changes.
     Audit(audit::AuditArgs),
     /// Usage totals from the records of every proxied call.
@@ -62,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Projects(args) => projects::run(args).await,
         Command::Limits(args) => limits::run(args).await,
         Command::Caps(args) => caps::run(args).await,
+        Command::Models(args) => models::run(args),
         Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Config(args) => config_cmd::run(args),

@@ -1,0 +1,189 @@
+//! `tollgate models` and `tollgate models cost` as a user runs them: the built binary,
+//! with and without a config file whose `[[models]]` entries replace or add models.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tollgate(config: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("RUST_BACKTRACE");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(config: Option<&Path>, args: &[&str]) -> String {
+    let out = tollgate(config, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_cheat_sheet_lists_every_model_with_prices_per_1m() {
+    let table = ok(None, &["models"]);
+    let mini = table
+        .lines()
+        .find(|l| l.starts_with("gpt-4o-mini "))
+        .expect("gpt-4o-mini row");
+    for cell in [
+        "128000",
+        "16384",
+        "fast",
+        "$0.15",
+        "$0.075",
+        "$0.60",
+        "2025-06-10",
+    ] {
+        assert!(mini.contains(cell), "{cell} missing from {mini:?}");
+    }
+    assert!(table.contains("INPUT/1M") && table.contains("per 1M tokens (not per 1K)"));
+
+    let v: Value = serde_json::from_str(&ok(None, &["models", "--json"])).unwrap();
+    assert_eq!(v["price_unit"], "USD per 1M tokens");
+    let models = v["models"].as_array().unwrap();
+    let ids: Vec<&str> = models.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    for id in [
+        "gpt-4.1",
+        "o3",
+        "o4-mini",
+        "text-embedding-3-large",
+        "omni-moderation-latest",
+    ] {
+        assert!(ids.contains(&id), "{id} not in {ids:?}");
+    }
+    let o3 = models.iter().find(|m| m["id"] == "o3").unwrap();
+    assert_eq!(o3["output_per_1m"], "8.00");
+    assert_eq!(o3["family"], "o200k_base");
+    assert!(o3["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&"reasoning".into()));
+    let emb = models
+        .iter()
+        .find(|m| m["id"] == "text-embedding-3-small")
+        .unwrap();
+    assert_eq!(emb["output_per_1m"], Value::Null);
+    assert_eq!(emb["family"], "cl100k_base");
+}
+
+#[test]
+fn cost_estimates_are_exact_and_unknown_models_list_the_known_ones() {
+    let text = ok(
+        None,
+        &[
+            "models",
+            "cost",
+            "--model",
+            "gpt-4o-mini",
+            "--input",
+            "1200",
+            "--output",
+            "400",
+        ],
+    );
+    // 1200 × $0.15/1M + 400 × $0.60/1M = $0.00018 + $0.00024.
+    assert!(text.contains("= $0.000420"), "{text}");
+
+    let v: Value = serde_json::from_str(&ok(
+        None,
+        &[
+            "models",
+            "cost",
+            "--model",
+            "gpt-4o-2024-08-06",
+            "--input",
+            "1200",
+            "--cached",
+            "1000",
+            "--output",
+            "400",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["catalog_id"], "gpt-4o");
+    // 200 × 2500 + 1000 × 1250 + 400 × 10000 nano-USD.
+    assert_eq!(v["cost_nano_usd"], 200 * 2500 + 1000 * 1250 + 400 * 10_000);
+    assert_eq!(v["cost_usd"], "0.005750");
+
+    let out = tollgate(
+        None,
+        &["models", "cost", "--model", "gpt-5-turbo", "--input", "1"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown model \"gpt-5-turbo\""), "{err}");
+    assert!(
+        err.contains("gpt-4.1-mini") && err.contains("o3-mini"),
+        "{err}"
+    );
+
+    let out = tollgate(
+        None,
+        &[
+            "models", "cost", "--model", "o3", "--input", "10", "--cached", "11",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot exceed --input"));
+}
+
+#[test]
+fn config_models_replace_and_add_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tollgate.toml");
+    std::fs::write(
+        &path,
+        "[[models]]\nid = \"llama3.1:8b\"\ninput_per_1m = 0.05\noutput_per_1m = 0.1\n\
+         context_window = 131072\nbest_use = \"local vLLM\"\n\
+         [[models]]\nid = \"gpt-4o-mini\"\ninput_per_1m = 1\noutput_per_1m = 2\n",
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&ok(
+        Some(&path),
+        &[
+            "models",
+            "cost",
+            "--model",
+            "llama3.1:8b",
+            "--input",
+            "1000",
+            "--output",
+            "1000",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["cost_nano_usd"], 1000 * 50 + 1000 * 100);
+    let v: Value = serde_json::from_str(&ok(
+        Some(&path),
+        &[
+            "models",
+            "cost",
+            "--model",
+            "gpt-4o-mini",
+            "--input",
+            "1000000",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["cost_usd"], "1.000000");
+    assert_eq!(v["prices_checked"], Value::Null);
+
+    std::fs::write(&path, "[[models]]\nid = \"x\"\ninput_per_1m = -1\n").unwrap();
+    let out = tollgate(Some(&path), &["models"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("models[0].input_per_1m"), "{err}");
+}
