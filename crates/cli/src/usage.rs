@@ -1,8 +1,11 @@
 //! `tollgate usage`: totals of the recorded calls, grouped by key, project, model or
-//! day, straight from the store.
+//! day, straight from the store, with what they cost (priced from the model catalog
+//! when each record was written; records of models it does not know count as
+//! unpriced, never as free).
 
 use clap::{Args, ValueEnum};
-use tollgate_store::{UsageFilter, UsageGroup};
+use tollgate_gateway::catalog::Cost;
+use tollgate_store::{UsageFilter, UsageGroup, UsageTotals};
 
 use crate::state::{self, StateArgs};
 
@@ -40,7 +43,15 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
     let store = args.state.open().await?;
     let totals = store.usage_totals(&UsageFilter { group, since_ms }).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&totals)?);
+        let rows = totals
+            .iter()
+            .map(|t| {
+                let mut v = serde_json::to_value(t)?;
+                v["cost_usd"] = cost_usd(t).map_or(serde_json::Value::Null, Into::into);
+                Ok(v)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = totals
@@ -55,6 +66,8 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
                 t.output_tokens.to_string(),
                 t.reasoning_tokens.to_string(),
                 t.total_tokens.to_string(),
+                cost_usd(t).map_or_else(|| "-".into(), |c| format!("${c}")),
+                t.unpriced.to_string(),
             ]
         })
         .collect();
@@ -74,11 +87,23 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             "OUTPUT",
             "REASONING",
             "TOTAL",
+            "COST (USD)",
+            "UNPRICED",
         ],
         &rows,
     );
     if rows.is_empty() {
         println!("(no usage since {} ago)", args.since);
+    } else if totals.iter().any(|t| t.unpriced > 0) {
+        println!(
+            "(UNPRICED: records of models not in the catalog, or written before costs were \
+             recorded; COST leaves them out — see `tollgate models`)"
+        );
     }
     Ok(())
+}
+
+/// The group's cost in dollars (`0.000405`), `None` when no record was priced.
+fn cost_usd(t: &UsageTotals) -> Option<String> {
+    t.cost_nano_usd.map(|c| Cost(c).to_string())
 }

@@ -1,5 +1,6 @@
 //! `tollgate models` and `tollgate models cost` as a user runs them: the built binary,
-//! with and without a config file whose `[[models]]` entries replace or add models.
+//! with and without a config file whose `[[models]]` entries replace or add models;
+//! and the cost totals `tollgate usage` shows from priced (and unpriced) records.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -186,4 +187,77 @@ fn config_models_replace_and_add_entries() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("models[0].input_per_1m"), "{err}");
+}
+
+#[test]
+fn usage_shows_cost_totals_and_counts_unpriced_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let now = i64::try_from(now).unwrap();
+    let rec = |id: &str, model: &str, cost: Option<u64>| tollgate_store::UsageRecord {
+        request_id: id.into(),
+        endpoint: "/v1/responses".into(),
+        model_requested: Some(model.into()),
+        status: 200,
+        input_tokens: 10,
+        output_tokens: 5,
+        total_tokens: 15,
+        created_at_ms: now,
+        cost_nano_usd: cost,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = tollgate_store::Store::open_data_dir(dir).await.unwrap();
+        store
+            .insert_usage(&[
+                rec("req_1", "gpt-4o", Some(405_000)),
+                rec("req_2", "gpt-4o", Some(1_000_000_075)),
+                rec("req_3", "llama3", None),
+            ])
+            .await
+            .unwrap();
+    });
+    let usage = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .env("TOLLGATE_DATA_DIR", dir)
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .env_remove("TOLLGATE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&usage(&["usage", "--by", "model", "--json"])).unwrap();
+    assert_eq!(v[0]["group"], "gpt-4o");
+    assert_eq!(v[0]["cost_nano_usd"], 1_000_405_075_u64);
+    assert_eq!(v[0]["cost_usd"], "1.000405075");
+    assert_eq!(v[0]["unpriced"], 0);
+    assert_eq!(v[1]["group"], "llama3");
+    assert_eq!(v[1]["cost_usd"], Value::Null, "unknown, not $0");
+    assert_eq!(v[1]["unpriced"], 1);
+
+    let table = usage(&["usage", "--by", "model"]);
+    assert!(
+        table.contains("COST (USD)") && table.contains("UNPRICED"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with("gpt-4o ")).unwrap();
+    assert!(row.contains("$1.000405075"), "{row}");
+    assert!(
+        table.contains("records of models not in the catalog"),
+        "{table}"
+    );
 }

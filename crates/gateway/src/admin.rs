@@ -457,6 +457,8 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
                 total_tokens: 0,
                 cached_tokens: 0,
                 reasoning_tokens: 0,
+                cost_nano_usd: None,
+                unpriced: 0,
             });
             t.requests += 1;
             t.errors += u64::from(r.status >= 400);
@@ -465,6 +467,10 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             t.total_tokens += r.total_tokens;
             t.cached_tokens += r.cached_tokens;
             t.reasoning_tokens += r.reasoning_tokens;
+            match r.cost_nano_usd {
+                Some(c) => t.cost_nano_usd = Some(t.cost_nano_usd.unwrap_or(0).saturating_add(c)),
+                None => t.unpriced += 1,
+            }
         }
         let data: Vec<UsageTotals> = groups.into_values().collect();
         Ok(json!({

@@ -10,6 +10,9 @@
 //! - a failed database write is retried with backoff, keeping the batch;
 //! - the writer stops only when every sender is gone and the queue is empty, so
 //!   awaiting it at shutdown flushes everything.
+//!
+//! The writer also prices each record from the model catalog (`cost_nano_usd`), so
+//! the request path never does.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use tollgate_store::{Store, UsageRecord};
 
 use crate::admit::Reservation;
 use crate::anomaly::Detector;
+use crate::catalog::{BilledTokens, Catalog};
 
 /// Where the pipeline sends usage records. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -37,12 +41,24 @@ pub struct UsageSink {
 }
 
 impl UsageSink {
-    /// Starts the writer; returns the sink and the writer's handle, which completes
-    /// once every sink clone is dropped and the queue is flushed.
-    pub fn start(store: Store, capacity: usize, batch_size: usize) -> (Self, JoinHandle<u64>) {
+    /// Starts the writer, which prices records with `catalog`; returns the sink and
+    /// the writer's handle, which completes once every sink clone is dropped and the
+    /// queue is flushed.
+    pub fn start(
+        store: Store,
+        capacity: usize,
+        batch_size: usize,
+        catalog: Arc<Catalog>,
+    ) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write_batches(store, rx, batch_size.max(1), written.clone()));
+        let writer = tokio::spawn(write_batches(
+            store,
+            rx,
+            batch_size.max(1),
+            written.clone(),
+            catalog,
+        ));
         let sink = Self {
             tx,
             background: tokio::runtime::Handle::current(),
@@ -120,6 +136,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
     counter: Arc<AtomicU64>,
+    catalog: Arc<Catalog>,
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
@@ -130,6 +147,9 @@ async fn write_batches(
         let room = batch_size - batch.len();
         if room > 0 && !rx.is_empty() {
             rx.recv_many(&mut batch, room).await;
+        }
+        for rec in &mut batch {
+            price(&catalog, rec);
         }
         let mut delay = Duration::from_millis(50);
         loop {
@@ -235,6 +255,32 @@ impl Drop for RecordGuard {
     }
 }
 
+/// Sets the record's cost from the catalog, by the model that served (a dated
+/// snapshot is priced as its base) or else the one requested. A call that used no
+/// tokens cost nothing whatever the model; one of a model the catalog does not know
+/// stays unpriced (`None`), never 0.
+fn price(catalog: &Catalog, rec: &mut UsageRecord) {
+    if rec.cost_nano_usd.is_some() {
+        return;
+    }
+    let tokens = BilledTokens {
+        input: rec.input_tokens,
+        cached: rec.cached_tokens,
+        output: rec.output_tokens,
+    };
+    rec.cost_nano_usd = if tokens.input == 0 && tokens.output == 0 {
+        Some(0)
+    } else {
+        let model = rec
+            .model_served
+            .as_deref()
+            .or(rec.model_requested.as_deref());
+        model
+            .and_then(|m| catalog.cost(m, tokens))
+            .map(|c| c.nano_usd())
+    };
+}
+
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -257,7 +303,7 @@ mod tests {
     async fn nothing_is_lost_through_a_tiny_queue_and_dropped_guards() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_data_dir(dir.path()).await.unwrap();
-        let (sink, writer) = UsageSink::start(store.clone(), 2, 3);
+        let (sink, writer) = UsageSink::start(store.clone(), 2, 3, Arc::default());
         let mut tasks = Vec::new();
         for i in 0..50 {
             let sink = sink.clone();
@@ -283,5 +329,51 @@ mod tests {
             .iter()
             .filter(|r| r.client_disconnected)
             .all(|r| r.status == 499));
+    }
+
+    #[tokio::test]
+    async fn the_writer_prices_each_record_and_leaves_unknown_models_unpriced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_data_dir(dir.path()).await.unwrap();
+        let (sink, writer) = UsageSink::start(store.clone(), 8, 8, Arc::default());
+        let priced = |id: &str, served: Option<&str>, requested: &str, tokens: (u64, u64, u64)| {
+            let mut r = rec(id);
+            r.model_served = served.map(str::to_owned);
+            r.model_requested = Some(requested.into());
+            (r.input_tokens, r.cached_tokens, r.output_tokens) = tokens;
+            r.reasoning_tokens = tokens.2 / 2;
+            r
+        };
+        sink.send(priced(
+            "a",
+            Some("gpt-4o-mini-2024-07-18"),
+            "gpt-4o-mini",
+            (1200, 200, 400),
+        ))
+        .await;
+        sink.send(priced("b", None, "o3", (10, 0, 100))).await;
+        sink.send(priced("c", Some("llama3"), "llama3", (10, 0, 10)))
+            .await;
+        sink.send(priced("d", None, "llama3", (0, 0, 0))).await;
+        drop(sink);
+        assert_eq!(writer.await.unwrap(), 4);
+        let costs: Vec<_> = store
+            .usage_records(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.request_id, r.cost_nano_usd))
+            .collect();
+        assert_eq!(
+            costs,
+            [
+                // 1000 × 150 + 200 × 75 + 400 × 600 nano-USD.
+                ("a".to_owned(), Some(405_000)),
+                // Reasoning tokens are output tokens: 10 × 2000 + 100 × 8000.
+                ("b".to_owned(), Some(820_000)),
+                ("c".to_owned(), None),
+                ("d".to_owned(), Some(0)),
+            ]
+        );
     }
 }

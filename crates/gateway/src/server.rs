@@ -135,6 +135,7 @@ pub async fn serve(
         store.clone(),
         config.usage_queue_capacity,
         config.usage_batch_size,
+        Arc::new(config.catalog.clone()),
     );
     let (anomaly, webhook) =
         Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;

@@ -439,6 +439,9 @@ pub struct UsageRecord {
     pub ttfb_ms: Option<u64>,
     pub latency_ms: u64,
     pub created_at_ms: i64,
+    /// What the call cost in nano-USD (10⁻⁹ USD), from the model catalog; `None` when
+    /// the model is not in the catalog (unknown, not free).
+    pub cost_nano_usd: Option<u64>,
 }
 
 /// How `usage` totals are grouped.
@@ -468,6 +471,11 @@ pub struct UsageTotals {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Sum of the priced records' costs in nano-USD; `None` when none was priced.
+    pub cost_nano_usd: Option<u64>,
+    /// Records without a cost (model not in the catalog, or written before costs were
+    /// recorded): the cost total leaves them out.
+    pub unpriced: u64,
 }
 
 /// Why `old` cannot be rotated into `successor`, if it cannot.

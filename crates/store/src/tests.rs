@@ -117,6 +117,7 @@ both_backends!(
     a_key_needs_an_existing_project_and_a_unique_digest,
     usage_batches_are_written_once_and_totalled,
     usage_totals_group_by_key_project_and_day,
+    usage_costs_are_stored_exactly_and_unknown_costs_stay_null,
     reopening_keeps_data_and_does_not_rerun_migrations,
     processes_opening_at_once_migrate_once,
     concurrent_writers_on_one_database_do_not_fail,
@@ -347,6 +348,47 @@ async fn a_large_batch_spans_several_insert_statements(db: &TestDb) {
     let back = store.usage_records(0).await.unwrap();
     assert_eq!(back.len(), 600);
     assert_eq!(back, batch);
+}
+
+async fn usage_costs_are_stored_exactly_and_unknown_costs_stay_null(db: &TestDb) {
+    let store = db.open().await;
+    let mut a = usage("req_1", "key_1", "gpt-4o", 10, 5, 1);
+    a.cost_nano_usd = Some(405_000);
+    let mut b = usage("req_2", "key_1", "gpt-4o", 10, 5, 2);
+    // Larger than 2^53: a float column or a float sum would round it.
+    b.cost_nano_usd = Some(9_007_199_254_740_993);
+    let unknown = usage("req_3", "key_1", "llama3", 10, 5, 3);
+    let mut only_unknown = usage("req_4", "key_2", "llama3", 1, 1, 4);
+    only_unknown.cost_nano_usd = None;
+    store
+        .insert_usage(&[a.clone(), b.clone(), unknown, only_unknown])
+        .await
+        .unwrap();
+    let back = store.usage_records(0).await.unwrap();
+    let costs: Vec<_> = back.iter().map(|r| r.cost_nano_usd).collect();
+    assert_eq!(
+        costs,
+        [Some(405_000), Some(9_007_199_254_740_993), None, None]
+    );
+    assert_eq!(back[0], a);
+    let by_key = store
+        .usage_totals(&UsageFilter {
+            group: UsageGroup::Key,
+            since_ms: 0,
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = by_key
+        .iter()
+        .map(|t| (t.group.as_str(), t.cost_nano_usd, t.unpriced))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("key_1", Some(405_000 + 9_007_199_254_740_993), 1),
+            ("key_2", None, 1),
+        ]
+    );
 }
 
 async fn usage_totals_group_by_key_project_and_day(db: &TestDb) {

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0003_credentials.sql"),
     include_str!("0004_project_anomaly.sql"),
     include_str!("0005_limits.sql"),
+    include_str!("0006_usage_cost.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -821,7 +822,9 @@ impl SqliteStore {
              SUM(CASE WHEN status >= 400 OR client_disconnected = 1 THEN 1 ELSE 0 END) AS errors, \
              SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
              SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
-             SUM(reasoning_tokens) AS reasoning_tokens \
+             SUM(reasoning_tokens) AS reasoning_tokens, \
+             SUM(cost_nano_usd) AS cost_nano_usd, \
+             SUM(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END) AS unpriced \
              FROM usage WHERE created_at_ms >= ? GROUP BY grp ORDER BY grp"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -839,6 +842,8 @@ impl SqliteStore {
                     total_tokens: get_u64(r, "total_tokens")?,
                     cached_tokens: get_u64(r, "cached_tokens")?,
                     reasoning_tokens: get_u64(r, "reasoning_tokens")?,
+                    cost_nano_usd: get_opt_u64(r, "cost_nano_usd")?,
+                    unpriced: get_u64(r, "unpriced")?,
                 })
             })
             .collect()
@@ -949,7 +954,7 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Resu
     Ok(())
 }
 
-/// Rows per INSERT statement: 22 columns each stays well under SQLite's limit of
+/// Rows per INSERT statement: 23 columns each stays well under SQLite's limit of
 /// 32 766 bound parameters.
 const USAGE_ROWS_PER_INSERT: usize = 256;
 
@@ -963,7 +968,7 @@ async fn insert_usage_rows(
             "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
              output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
-             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms) ",
+             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_nano_usd) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
@@ -987,7 +992,8 @@ async fn insert_usage_rows(
                 .push_bind(i64::from(r.attempts))
                 .push_bind(r.ttfb_ms.map(to_i64))
                 .push_bind(to_i64(r.latency_ms))
-                .push_bind(r.created_at_ms);
+                .push_bind(r.created_at_ms)
+                .push_bind(r.cost_nano_usd.map(to_i64));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
@@ -1044,7 +1050,14 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
         ttfb_ms: ttfb.map(|v| u64::try_from(v).unwrap_or(0)),
         latency_ms: get_u64(r, "latency_ms")?,
         created_at_ms: r.try_get("created_at_ms")?,
+        cost_nano_usd: get_opt_u64(r, "cost_nano_usd")?,
     })
+}
+
+/// A nullable non-negative column: NULL stays `None`.
+fn get_opt_u64(r: &SqliteRow, col: &str) -> Result<Option<u64>> {
+    let v: Option<i64> = r.try_get(col)?;
+    Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
 fn get_u64(r: &SqliteRow, col: &str) -> Result<u64> {
