@@ -166,7 +166,7 @@ fn cost(catalog: &Catalog, args: &CostArgs, as_json: bool) -> anyhow::Result<()>
             "cached_tokens": args.cached,
             "output_tokens": args.output,
             "cost_usd": total.to_string(),
-            "cost_nano_usd": total.nano_usd(),
+            "cost_usd_nanos": total.usd_nanos(),
             "price_unit": "USD per 1M tokens",
             "input_per_1m": entry.input.usd_per_1m(),
             "cached_input_per_1m": price_json(entry.cached_input),

@@ -105,5 +105,5 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
 
 /// The group's cost in dollars (`0.000405`), `None` when no record was priced.
 fn cost_usd(t: &UsageTotals) -> Option<String> {
-    t.cost_nano_usd.map(|c| Cost(c).to_string())
+    t.cost_usd_nanos.map(|c| Cost(c).to_string())
 }

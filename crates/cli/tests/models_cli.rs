@@ -114,7 +114,7 @@ fn cost_estimates_are_exact_and_unknown_models_list_the_known_ones() {
     .unwrap();
     assert_eq!(v["catalog_id"], "gpt-4o");
     // 200 × 2500 + 1000 × 1250 + 400 × 10000 nano-USD.
-    assert_eq!(v["cost_nano_usd"], 200 * 2500 + 1000 * 1250 + 400 * 10_000);
+    assert_eq!(v["cost_usd_nanos"], 200 * 2500 + 1000 * 1250 + 400 * 10_000);
     assert_eq!(v["cost_usd"], "0.005750");
 
     let out = tollgate(
@@ -165,7 +165,7 @@ fn config_models_replace_and_add_entries() {
         ],
     ))
     .unwrap();
-    assert_eq!(v["cost_nano_usd"], 1000 * 50 + 1000 * 100);
+    assert_eq!(v["cost_usd_nanos"], 1000 * 50 + 1000 * 100);
     let v: Value = serde_json::from_str(&ok(
         Some(&path),
         &[
@@ -207,7 +207,7 @@ fn usage_shows_cost_totals_and_counts_unpriced_records() {
         output_tokens: 5,
         total_tokens: 15,
         created_at_ms: now,
-        cost_nano_usd: cost,
+        cost_usd_nanos: cost,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -242,7 +242,7 @@ fn usage_shows_cost_totals_and_counts_unpriced_records() {
     };
     let v: Value = serde_json::from_str(&usage(&["usage", "--by", "model", "--json"])).unwrap();
     assert_eq!(v[0]["group"], "gpt-4o");
-    assert_eq!(v[0]["cost_nano_usd"], 1_000_405_075_u64);
+    assert_eq!(v[0]["cost_usd_nanos"], 1_000_405_075_u64);
     assert_eq!(v[0]["cost_usd"], "1.000405075");
     assert_eq!(v[0]["unpriced"], 0);
     assert_eq!(v[1]["group"], "llama3");

@@ -457,7 +457,7 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
                 total_tokens: 0,
                 cached_tokens: 0,
                 reasoning_tokens: 0,
-                cost_nano_usd: None,
+                cost_usd_nanos: None,
                 unpriced: 0,
             });
             t.requests += 1;
@@ -467,8 +467,8 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             t.total_tokens += r.total_tokens;
             t.cached_tokens += r.cached_tokens;
             t.reasoning_tokens += r.reasoning_tokens;
-            match r.cost_nano_usd {
-                Some(c) => t.cost_nano_usd = Some(t.cost_nano_usd.unwrap_or(0).saturating_add(c)),
+            match r.cost_usd_nanos {
+                Some(c) => t.cost_usd_nanos = Some(t.cost_usd_nanos.unwrap_or(0).saturating_add(c)),
                 None => t.unpriced += 1,
             }
         }

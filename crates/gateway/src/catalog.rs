@@ -132,7 +132,7 @@ pub struct Cost(pub u64);
 
 impl Cost {
     /// The amount in nano-USD.
-    pub fn nano_usd(self) -> u64 {
+    pub fn usd_nanos(self) -> u64 {
         self.0
     }
 }
@@ -176,16 +176,17 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog compiled into the binary.
+    /// The catalog compiled into the binary. Its data is checked by the tests; were it
+    /// ever invalid, the catalog is empty (every cost unknown) and the error logged,
+    /// rather than the server refusing to start.
     pub fn builtin() -> Self {
-        let raw: RawModels =
-            toml::from_str(BUILTIN).expect("the built-in catalog data/models.toml parses");
-        let models = validate_models(&raw.models, "models")
-            .expect("the built-in catalog data/models.toml is valid");
         let mut c = Self {
             models: BTreeMap::new(),
         };
-        c.apply(models);
+        match parse_builtin() {
+            Ok(models) => c.apply(models),
+            Err(e) => tracing::error!(error = %e, "the built-in model catalog is invalid"),
+        }
         c
     }
 
@@ -226,6 +227,18 @@ impl Default for Catalog {
     fn default() -> Self {
         Self::builtin()
     }
+}
+
+/// Parses and checks `data/models.toml`.
+fn parse_builtin() -> Result<Vec<ModelEntry>, String> {
+    let raw: RawModels = toml::from_str(BUILTIN).map_err(|e| e.to_string())?;
+    validate_models(&raw.models, "models").map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect();
+        lines.join("; ")
+    })
 }
 
 /// `gpt-4o-2024-08-06` → `gpt-4o`: the id without a trailing `-YYYY-MM-DD`.
@@ -419,6 +432,7 @@ mod tests {
 
     #[test]
     fn the_builtin_catalog_covers_the_required_models_with_dated_prices() {
+        assert_eq!(parse_builtin().map(|m| m.len()), Ok(16));
         let c = Catalog::builtin();
         for id in [
             "gpt-4o-mini",
@@ -483,7 +497,7 @@ mod tests {
         let c = Catalog::builtin();
         let one = c.cost("gpt-4.1-nano", tokens(1, 1, 0)).unwrap();
         assert_eq!(one, Cost(25));
-        let total: u64 = (0..1_000_000).map(|_| one.nano_usd()).sum();
+        let total: u64 = (0..1_000_000).map(|_| one.usd_nanos()).sum();
         assert_eq!(Cost(total).to_string(), "0.025000");
         let float: f64 = (0..1_000_000).map(|_| 0.025 / 1e6).sum();
         assert_ne!(

@@ -11,7 +11,7 @@
 //! - the writer stops only when every sender is gone and the queue is empty, so
 //!   awaiting it at shutdown flushes everything.
 //!
-//! The writer also prices each record from the model catalog (`cost_nano_usd`), so
+//! The writer also prices each record from the model catalog (`cost_usd_nanos`), so
 //! the request path never does.
 
 use std::time::{Duration, Instant};
@@ -260,7 +260,7 @@ impl Drop for RecordGuard {
 /// tokens cost nothing whatever the model; one of a model the catalog does not know
 /// stays unpriced (`None`), never 0.
 fn price(catalog: &Catalog, rec: &mut UsageRecord) {
-    if rec.cost_nano_usd.is_some() {
+    if rec.cost_usd_nanos.is_some() {
         return;
     }
     let tokens = BilledTokens {
@@ -268,7 +268,7 @@ fn price(catalog: &Catalog, rec: &mut UsageRecord) {
         cached: rec.cached_tokens,
         output: rec.output_tokens,
     };
-    rec.cost_nano_usd = if tokens.input == 0 && tokens.output == 0 {
+    rec.cost_usd_nanos = if tokens.input == 0 && tokens.output == 0 {
         Some(0)
     } else {
         let model = rec
@@ -277,7 +277,7 @@ fn price(catalog: &Catalog, rec: &mut UsageRecord) {
             .or(rec.model_requested.as_deref());
         model
             .and_then(|m| catalog.cost(m, tokens))
-            .map(|c| c.nano_usd())
+            .map(|c| c.usd_nanos())
     };
 }
 
@@ -362,7 +362,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|r| (r.request_id, r.cost_nano_usd))
+            .map(|r| (r.request_id, r.cost_usd_nanos))
             .collect();
         assert_eq!(
             costs,

@@ -61,18 +61,18 @@ async fn each_record_is_priced_from_the_catalog_and_its_overrides() {
     };
     let mini = by_model("gpt-4o-mini");
     assert!(mini.input_tokens > 0 && mini.output_tokens > 0);
-    assert_eq!(mini.cost_nano_usd, Some(expected(mini, (150, 75, 600))));
+    assert_eq!(mini.cost_usd_nanos, Some(expected(mini, (150, 75, 600))));
     let nano = by_model("gpt-4.1-nano");
-    assert_eq!(nano.cost_nano_usd, Some(expected(nano, (1000, 500, 2000))));
+    assert_eq!(nano.cost_usd_nanos, Some(expected(nano, (1000, 500, 2000))));
     let streamed = by_model("gpt-4o-2024-08-06");
     assert!(streamed.streamed && streamed.output_tokens > 0);
     assert_eq!(
-        streamed.cost_nano_usd,
+        streamed.cost_usd_nanos,
         Some(expected(streamed, (2500, 1250, 10_000)))
     );
     let unknown = by_model("gpt-3.5-turbo");
     assert!(unknown.total_tokens > 0);
-    assert_eq!(unknown.cost_nano_usd, None, "unknown is not free");
+    assert_eq!(unknown.cost_usd_nanos, None, "unknown is not free");
 
     let all = h
         .store
@@ -85,7 +85,7 @@ async fn each_record_is_priced_from_the_catalog_and_its_overrides() {
     assert_eq!(all.len(), 1);
     let priced: u64 = [mini, nano, streamed]
         .iter()
-        .map(|r| r.cost_nano_usd.unwrap())
+        .map(|r| r.cost_usd_nanos.unwrap())
         .sum();
-    assert_eq!((all[0].cost_nano_usd, all[0].unpriced), (Some(priced), 1));
+    assert_eq!((all[0].cost_usd_nanos, all[0].unpriced), (Some(priced), 1));
 }

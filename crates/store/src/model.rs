@@ -441,7 +441,7 @@ pub struct UsageRecord {
     pub created_at_ms: i64,
     /// What the call cost in nano-USD (10⁻⁹ USD), from the model catalog; `None` when
     /// the model is not in the catalog (unknown, not free).
-    pub cost_nano_usd: Option<u64>,
+    pub cost_usd_nanos: Option<u64>,
 }
 
 /// How `usage` totals are grouped.
@@ -472,7 +472,7 @@ pub struct UsageTotals {
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
     /// Sum of the priced records' costs in nano-USD; `None` when none was priced.
-    pub cost_nano_usd: Option<u64>,
+    pub cost_usd_nanos: Option<u64>,
     /// Records without a cost (model not in the catalog, or written before costs were
     /// recorded): the cost total leaves them out.
     pub unpriced: u64,

@@ -353,19 +353,19 @@ async fn a_large_batch_spans_several_insert_statements(db: &TestDb) {
 async fn usage_costs_are_stored_exactly_and_unknown_costs_stay_null(db: &TestDb) {
     let store = db.open().await;
     let mut a = usage("req_1", "key_1", "gpt-4o", 10, 5, 1);
-    a.cost_nano_usd = Some(405_000);
+    a.cost_usd_nanos = Some(405_000);
     let mut b = usage("req_2", "key_1", "gpt-4o", 10, 5, 2);
     // Larger than 2^53: a float column or a float sum would round it.
-    b.cost_nano_usd = Some(9_007_199_254_740_993);
+    b.cost_usd_nanos = Some(9_007_199_254_740_993);
     let unknown = usage("req_3", "key_1", "llama3", 10, 5, 3);
     let mut only_unknown = usage("req_4", "key_2", "llama3", 1, 1, 4);
-    only_unknown.cost_nano_usd = None;
+    only_unknown.cost_usd_nanos = None;
     store
         .insert_usage(&[a.clone(), b.clone(), unknown, only_unknown])
         .await
         .unwrap();
     let back = store.usage_records(0).await.unwrap();
-    let costs: Vec<_> = back.iter().map(|r| r.cost_nano_usd).collect();
+    let costs: Vec<_> = back.iter().map(|r| r.cost_usd_nanos).collect();
     assert_eq!(
         costs,
         [Some(405_000), Some(9_007_199_254_740_993), None, None]
@@ -380,7 +380,7 @@ async fn usage_costs_are_stored_exactly_and_unknown_costs_stay_null(db: &TestDb)
         .unwrap();
     let got: Vec<_> = by_key
         .iter()
-        .map(|t| (t.group.as_str(), t.cost_nano_usd, t.unpriced))
+        .map(|t| (t.group.as_str(), t.cost_usd_nanos, t.unpriced))
         .collect();
     assert_eq!(
         got,

@@ -805,8 +805,8 @@ impl PostgresStore {
              SUM(total_tokens)::BIGINT AS total_tokens, \
              SUM(cached_tokens)::BIGINT AS cached_tokens, \
              SUM(reasoning_tokens)::BIGINT AS reasoning_tokens, \
-             SUM(cost_nano_usd)::BIGINT AS cost_nano_usd, \
-             SUM(CASE WHEN cost_nano_usd IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced \
+             SUM(cost_usd_nanos)::BIGINT AS cost_usd_nanos, \
+             SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced \
              FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -824,7 +824,7 @@ impl PostgresStore {
                     total_tokens: get_u64(r, "total_tokens")?,
                     cached_tokens: get_u64(r, "cached_tokens")?,
                     reasoning_tokens: get_u64(r, "reasoning_tokens")?,
-                    cost_nano_usd: get_opt_u64(r, "cost_nano_usd")?,
+                    cost_usd_nanos: get_opt_u64(r, "cost_usd_nanos")?,
                     unpriced: get_u64(r, "unpriced")?,
                 })
             })
@@ -990,7 +990,7 @@ async fn insert_usage_rows(
             "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
              output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
-             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_nano_usd) ",
+             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
@@ -1015,7 +1015,7 @@ async fn insert_usage_rows(
                 .push_bind(r.ttfb_ms.map(to_i64))
                 .push_bind(to_i64(r.latency_ms))
                 .push_bind(r.created_at_ms)
-                .push_bind(r.cost_nano_usd.map(to_i64));
+                .push_bind(r.cost_usd_nanos.map(to_i64));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
@@ -1072,7 +1072,7 @@ fn usage_from_row(r: &PgRow) -> Result<UsageRecord> {
         ttfb_ms: ttfb.map(|v| u64::try_from(v).unwrap_or(0)),
         latency_ms: get_u64(r, "latency_ms")?,
         created_at_ms: r.try_get("created_at_ms")?,
-        cost_nano_usd: get_opt_u64(r, "cost_nano_usd")?,
+        cost_usd_nanos: get_opt_u64(r, "cost_usd_nanos")?,
     })
 }
 
