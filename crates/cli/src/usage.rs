@@ -43,16 +43,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
     let store = args.state.open().await?;
     let totals = store.usage_totals(&UsageFilter { group, since_ms }).await?;
     if args.json {
-        let rows = totals
-            .iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(t)?;
-                v["cost_usd"] = cost_usd(t).map_or(serde_json::Value::Null, Into::into);
-                Ok(v)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return print_json(&totals);
     }
     let rows: Vec<Vec<String>> = totals
         .iter()
@@ -100,6 +91,20 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
              recorded; COST leaves them out — see `tollgate models`)"
         );
     }
+    Ok(())
+}
+
+/// The totals as a JSON array, each with `cost_usd` as a decimal string (or null).
+fn print_json(totals: &[UsageTotals]) -> anyhow::Result<()> {
+    let rows = totals
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t)?;
+            v["cost_usd"] = cost_usd(t).map_or(serde_json::Value::Null, Into::into);
+            Ok(v)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!("{}", serde_json::to_string_pretty(&rows)?);
     Ok(())
 }
 

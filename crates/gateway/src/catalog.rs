@@ -336,20 +336,8 @@ fn validate_model(
     id: String,
     err: &mut impl FnMut(&str, String),
 ) -> Option<ModelEntry> {
-    let mut ok = true;
-    let family = match m.family.as_deref() {
-        None => Encoding::for_model(&id),
-        Some("o200k_base") => Encoding::O200kBase,
-        Some("cl100k_base") => Encoding::Cl100kBase,
-        Some(other) => {
-            err(
-                "family",
-                format!("{other:?} is not o200k_base or cl100k_base"),
-            );
-            ok = false;
-            Encoding::O200kBase
-        }
-    };
+    let family = check_family(m.family.as_deref(), &id, err);
+    let mut ok = family.is_some();
     let input = check_price("input_per_1m", m.input_per_1m, err);
     let cached_input = m
         .cached_input_per_1m
@@ -383,11 +371,11 @@ fn validate_model(
         .unwrap_or_else(|| vec![Capability::Text]);
     capabilities.sort();
     capabilities.dedup();
-    let (Some(input), Some(cached_input), Some(output)) = (
-        input,
-        cached_input.map_or(Some(None), |p| p.map(Some)),
-        output.map_or(Some(None), |p| p.map(Some)),
-    ) else {
+    // An optional price that was given but invalid (already reported) ends here.
+    let optional = |p: Option<Option<Price>>| p.map_or(Some(None), |p| p.map(Some));
+    let (Some(family), Some(input), Some(cached_input), Some(output)) =
+        (family, input, optional(cached_input), optional(output))
+    else {
         return None;
     };
     ok.then(|| ModelEntry {
@@ -403,6 +391,27 @@ fn validate_model(
         best_use: m.best_use.clone().unwrap_or_default(),
         prices_checked: m.prices_checked.clone(),
     })
+}
+
+/// The tokenizer family named, or the one the id implies; `None` after reporting an
+/// unknown name.
+fn check_family(
+    name: Option<&str>,
+    id: &str,
+    err: &mut impl FnMut(&str, String),
+) -> Option<Encoding> {
+    match name {
+        None => Some(Encoding::for_model(id)),
+        Some("o200k_base") => Some(Encoding::O200kBase),
+        Some("cl100k_base") => Some(Encoding::Cl100kBase),
+        Some(other) => {
+            err(
+                "family",
+                format!("{other:?} is not o200k_base or cl100k_base"),
+            );
+            None
+        }
+    }
 }
 
 /// A price field, or `None` after reporting why not.
