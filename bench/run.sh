@@ -14,6 +14,8 @@
 #   BENCH_THREADS=2        load-generator threads at fixed concurrency
 #   BENCH_NGINX_WORKERS=auto  worker_processes of both nginx instances
 #   BENCH_SIMULATOR=1      also measure `tollgate mock` directly (0 to skip)
+#   BENCH_LIMITS=1         also measure tollgate with an RPM and a TPM rule on the benchmark
+#                          key's project, set high enough never to refuse (0 to skip)
 #   BENCH_MAX_LOAD=1.5     wait (up to BENCH_LOAD_WAIT s, default 300) until the 1-min
 #                          load average is below this before measuring
 #   BENCH_NO_INSTALL=1     never call apt-get (fail if a tool is missing)
@@ -32,6 +34,7 @@ RATE_DURATION="${BENCH_RATE_DURATION:-20}"
 THREADS="${BENCH_THREADS:-2}"
 NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 SIMULATOR="${BENCH_SIMULATOR:-1}"
+LIMITS="${BENCH_LIMITS:-1}"
 MAX_LOAD="${BENCH_MAX_LOAD:-1.5}"
 LOAD_WAIT="${BENCH_LOAD_WAIT:-300}"
 
@@ -372,10 +375,30 @@ measure() { # name addr server-pid
 }
 
 TARGETS=(direct nginx tollgate)
-declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [simulator]="simulator direct (tollgate mock)")
+declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [tollgate_limits]="tollgate, limits on (not hit)" [simulator]="simulator direct (tollgate mock)")
 measure direct "127.0.0.1:$UP_PORT" "$UP_PID"
 measure nginx "127.0.0.1:$PX_PORT" "$PX_PID"
 measure tollgate "$TG_ADDR" "$TG_PID"
+if [[ "$LIMITS" == 1 ]]; then
+    # The same server, now governed by rules it never hits: every request is admitted
+    # against an RPM bucket and a TPM bucket (its input counted with the tokenizer).
+    "$TOLLGATE" limits set --project bench --env prod --rpm 1000000000 --tpm 1000000000000 \
+        --data-dir "$DATA" >/dev/null
+    applied=0 applied_probes=0
+    for _ in $(seq 1 50); do
+        applied_probes=$((applied_probes + 1))
+        if curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $GATEWAY_KEY" \
+            -H 'Content-Type: application/json' --data-binary @"$TMP/request.json" \
+            "http://$TG_ADDR/v1/chat/completions" | grep -qi '^x-ratelimit-limit-requests: 1000000000'; then
+            applied=1
+            break
+        fi
+        sleep 0.1
+    done
+    [[ "$applied" == 1 ]] || die "the benchmark's rate-limit rules did not apply"
+    measure tollgate_limits "$TG_ADDR" "$TG_PID"
+    TARGETS+=(tollgate_limits)
+fi
 if [[ -n "$SIM_ADDR" ]]; then
     measure simulator "$SIM_ADDR" "$SIM_PID"
     TARGETS+=(simulator)
@@ -384,6 +407,9 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Usage records: stop tollgate gracefully (it flushes the queue), then count them.
 TG_COUNTED=$(( 1 + R[tollgate,warm] + R[tollgate,req] + R[tollgate,rate_sent] ))
+if [[ "$LIMITS" == 1 ]]; then
+    TG_COUNTED=$(( TG_COUNTED + applied_probes + R[tollgate_limits,warm] + R[tollgate_limits,req] + R[tollgate_limits,rate_sent] ))
+fi
 stop_pid "$TG_PID"
 USAGE="$("$TOLLGATE" usage --by project --json --data-dir "$DATA" 2>/dev/null | python3 -c '
 import json, sys
@@ -433,6 +459,15 @@ REPORT="$TMP/report.md"
     echo "| throughput vs nginx proxy | ≥ 0.80× | $ratio× | $(verdict "$ratio >= 0.8") |"
     echo "| added p99 at ${RATE} req/s | ≤ 0.500 ms | $(signed_ms "$add99") ms | $(verdict "$add99 <= 500") |"
     echo "| peak RSS | ≤ 64 MB | $rss_mb MB | $(verdict "$rss_mb <= 64") |"
+    if [[ "$LIMITS" == 1 ]]; then
+        lim_ratio="$(awk -v a="$(rps tollgate_limits)" -v b="$(rps tollgate)" 'BEGIN { printf "%.3f", a / b }')"
+        lim_p99="$(( R[tollgate_limits,rp99] - R[tollgate,rp99] ))"
+        echo
+        echo "| target (issue 5) | goal | measured | |"
+        echo "|---|---|---|---|"
+        echo "| throughput, limits on (not hit) vs off | within a few % | ${lim_ratio}× | $(verdict "$lim_ratio >= 0.95") (≥ 0.95×) |"
+        echo "| p99 at ${RATE} req/s, limits on vs off | within a few % | $(signed_ms "$lim_p99") ms | — |"
+    fi
     echo
     echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr."
     echo
