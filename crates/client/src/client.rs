@@ -58,6 +58,8 @@ pub struct ClientBuilder {
     pool_max_idle_per_host: usize,
     user_agent: String,
     use_system_proxy: bool,
+    /// PEM bundles of CA certificates trusted beside the web PKI roots.
+    extra_roots_pem: Vec<Vec<u8>>,
 }
 
 /// An upstream answer passed through untouched: status, headers (minus hop-by-hop
@@ -132,6 +134,7 @@ impl Default for ClientBuilder {
             pool_max_idle_per_host: usize::MAX,
             user_agent: concat!("tollgate-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             use_system_proxy: true,
+            extra_roots_pem: Vec::new(),
         }
     }
 }
@@ -234,6 +237,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Also trusts the CA certificates in `pem` (one or more PEM certificates) for
+    /// HTTPS upstreams, beside the built-in web PKI roots — for an upstream behind a
+    /// private CA. Checked when the client is built.
+    pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots_pem.push(pem.into());
+        self
+    }
+
     /// Ignore `HTTP(S)_PROXY` environment variables (they are honoured by default).
     pub fn no_proxy(mut self) -> Self {
         self.use_system_proxy = false;
@@ -264,6 +275,8 @@ impl ClientBuilder {
             }
             None => None,
         };
+        let extra_roots = crate::transport::parse_roots(&self.extra_roots_pem)
+            .map_err(|e| Error::Config(format!("extra root certificates: {e}")))?;
         // A URL reqwest takes but `http::Uri` does not (an IDNA host, say) keeps raw
         // calls on reqwest too.
         let direct = if self.use_system_proxy && system_proxy_set(parsed.scheme() == "https") {
@@ -275,6 +288,7 @@ impl ClientBuilder {
                 self.pool_idle_timeout,
                 self.pool_max_idle_per_host,
                 &self.user_agent,
+                &extra_roots,
             )
             .inspect_err(|e| tracing::debug!(error = %e, "raw calls go through reqwest"))
             .ok()
@@ -288,6 +302,13 @@ impl ClientBuilder {
             .user_agent(self.user_agent);
         if !self.use_system_proxy {
             http = http.no_proxy();
+        }
+        for pem in &self.extra_roots_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config(format!("extra root certificates: {e}")))?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
         }
         let http = http
             .build()

@@ -33,7 +33,8 @@ use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
@@ -106,6 +107,7 @@ impl Transport {
         idle_timeout: Option<Duration>,
         max_idle: usize,
         user_agent: &str,
+        extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
         let uri: Uri = base_url.parse().map_err(|e| format!("{e}"))?;
         let https = uri.scheme_str() == Some("https");
@@ -122,7 +124,7 @@ impl Transport {
         let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{e}"))?;
         let tls = if https {
             let name = ServerName::try_from(host.clone()).map_err(|e| format!("{e}"))?;
-            Some((TlsConnector::from(tls_config()?), name))
+            Some((TlsConnector::from(tls_config(extra_roots)?), name))
         } else {
             None
         };
@@ -337,9 +339,30 @@ impl Stream for PooledBody {
     }
 }
 
-/// rustls with the ring provider and the webpki roots, speaking HTTP/1.1 only.
-fn tls_config() -> Result<Arc<ClientConfig>, String> {
-    let roots: RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
+/// The certificates of PEM bundles, each bundle holding at least one.
+pub(crate) fn parse_roots(bundles: &[Vec<u8>]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    for pem in bundles {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("no PEM certificate found".to_owned());
+        }
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
+/// rustls with the ring provider and the webpki roots (plus `extra` CA
+/// certificates), speaking HTTP/1.1 only.
+fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots: RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("TLS: an extra root certificate is unusable: {e}"))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -364,6 +387,7 @@ mod tests {
             None,
             8,
             "t",
+            &[],
         )
         .unwrap();
         assert_eq!(t.target.host, "127.0.0.1");
@@ -389,6 +413,7 @@ mod tests {
             None,
             8,
             "t",
+            &[],
         )
         .unwrap();
         assert_eq!(t.target.port, 443);

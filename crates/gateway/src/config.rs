@@ -61,6 +61,9 @@ pub struct RawUpstream {
     pub timeout_ms: Option<u64>,
     pub max_retries: Option<u32>,
     pub retry_base_ms: Option<u64>,
+    /// PEM file of CA certificates trusted for an HTTPS upstream beside the web PKI
+    /// roots (an upstream behind a private CA). Unset: the web PKI roots only.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[server]`: HTTP limits and shutdown.
@@ -161,6 +164,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub max_retries: u32,
     pub retry_base: Duration,
+    /// The contents of `upstream.ca_file`, read when the configuration is validated.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// One configuration problem at a dotted path.
@@ -332,6 +337,29 @@ impl TryFrom<RawConfig> for Config {
                 "must be at most 1000: revocations must take effect within a second".into(),
             );
         }
+        let ca_pem = raw
+            .upstream
+            .ca_file
+            .as_deref()
+            .and_then(|path| match std::fs::read(path) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    err(
+                        "upstream.ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    err(
+                        "upstream.ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            });
         let anomaly = anomaly_config(&raw.anomaly, &mut err);
         let max_retries = raw.upstream.max_retries.unwrap_or(2);
         if max_retries > 10 {
@@ -358,6 +386,7 @@ impl TryFrom<RawConfig> for Config {
                 timeout: Duration::from_millis(timeout_ms),
                 max_retries,
                 retry_base: Duration::from_millis(retry_base_ms),
+                ca_pem,
             },
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             header_timeout: Duration::from_millis(header_ms),
@@ -483,6 +512,30 @@ mod tests {
             ]
         );
         assert!(!e.to_string().contains("sk-pasted"));
+    }
+
+    #[test]
+    fn an_upstream_ca_file_is_read_and_checked_when_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = |path: &std::path::Path| {
+            format!("[upstream]\nca_file = {:?}\n", path.display().to_string())
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = Config::from_toml_str(&toml(&missing)).unwrap_err();
+        assert_eq!(e.0[0].path, "upstream.ca_file");
+        assert!(e.0[0].message.contains("cannot read"), "{e}");
+
+        let not_pem = dir.path().join("key.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = Config::from_toml_str(&toml(&not_pem)).unwrap_err();
+        assert!(e.0[0].message.contains("no PEM certificate"), "{e}");
+
+        let pem = dir.path().join("ca.pem");
+        let body = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&pem, body).unwrap();
+        let c = Config::from_toml_str(&toml(&pem)).unwrap();
+        assert_eq!(c.upstream.ca_pem.as_deref(), Some(body.as_bytes()));
+        assert_eq!(Config::from_toml_str("").unwrap().upstream.ca_pem, None);
     }
 
     #[test]

@@ -105,7 +105,11 @@ fn build(cfg: &UpstreamConfig, key: &Secret) -> Result<Client, String> {
         .with_max_retries(cfg.max_retries)
         .with_base_delay(cfg.retry_base)
         .with_max_delay(Duration::from_secs(8));
-    Client::builder()
+    let mut builder = Client::builder();
+    if let Some(pem) = &cfg.ca_pem {
+        builder = builder.add_root_certificates_pem(pem.clone());
+    }
+    builder
         .base_url(cfg.url.clone())
         .api_key(key.expose())
         .connect_timeout(cfg.connect_timeout)
