@@ -1,0 +1,123 @@
+//! The README's main command, `tollgate serve --demo`: it starts with no provider key
+//! and no configuration, prints its address first and then a key, a curl command and a
+//! Python snippet that work as printed; a second start reuses the demo key; SIGINT stops
+//! it with exit 0 and the call recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// Starts `serve --demo` in `data`; returns the child, its address and the printed key.
+fn start_demo(data: &Path) -> (Child, String, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("TOLLGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out: BufReader<ChildStdout> = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    // The banner: read until the Python snippet, which closes it.
+    let mut banner = String::new();
+    while !banner.contains("print(r.output_text") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "banner ended early: {banner}"
+        );
+        banner.push_str(&line);
+    }
+    let key = banner
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("tg-dev-").map(|rest| {
+                format!(
+                    "tg-dev-{}",
+                    rest.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                )
+            })
+        })
+        .unwrap_or_else(|| panic!("no key in the banner: {banner}"));
+    assert!(
+        banner.contains(&format!("curl http://{addr}/v1/responses")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("base_url=\"http://{addr}/v1\"")),
+        "{banner}"
+    );
+    (child, addr, key)
+}
+
+/// The printed curl command's request; returns the whole answer.
+fn call(addr: &str, key: &str) -> String {
+    let body =
+        r#"{"model": "gpt-4o-mini", "input": "Say hello in five words.", "max_output_tokens": 64}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn interrupt(mut child: Child) {
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        child.wait().unwrap().success(),
+        "serve --demo did not exit 0"
+    );
+}
+
+#[test]
+fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, key) = start_demo(dir.path());
+    let answer = call(&addr, &key);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"object\":\"response\""), "{answer}");
+    interrupt(child);
+
+    // A second start reuses the same demo key, and the first call was recorded.
+    let (child, addr, again) = start_demo(dir.path());
+    assert_eq!(again, key);
+    assert!(call(&addr, &key).starts_with("HTTP/1.1 200"));
+    interrupt(child);
+    let usage = Command::new(bin())
+        .args(["usage", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(usage.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    let requests: u64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 2, "{rows}");
+}
