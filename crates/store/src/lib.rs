@@ -17,7 +17,7 @@ mod postgres;
 mod sqlite;
 pub mod testing;
 
-use model::KeyChange;
+use model::{KeyChange, ProjectSetting};
 use std::path::Path;
 
 pub use model::{
@@ -116,7 +116,8 @@ impl Store {
     }
 
     /// Sets (or, with `None`, clears back to the 90-day default) the longest lifetime
-    /// of the project's new keys.
+    /// of the project's new keys. Audited; bumps the keys version like every project
+    /// setting.
     pub async fn set_project_max_key_age(
         &self,
         name: &str,
@@ -129,16 +130,13 @@ impl Store {
                 "the maximum key age must be positive".into(),
             ));
         }
-        match self {
-            Self::Sqlite(s) => {
-                s.set_project_max_key_age(name, max_key_age_ms, now_ms, actor)
-                    .await
-            }
-            Self::Postgres(s) => {
-                s.set_project_max_key_age(name, max_key_age_ms, now_ms, actor)
-                    .await
-            }
-        }
+        self.set_project_setting(
+            name,
+            ProjectSetting::MaxKeyAge(max_key_age_ms),
+            now_ms,
+            actor,
+        )
+        .await
     }
 
     /// Creates a project, optionally with a default provider credential (a secret
@@ -192,15 +190,25 @@ impl Store {
         now_ms: i64,
         actor: &Actor,
     ) -> Result<Project> {
+        self.set_project_setting(
+            name,
+            ProjectSetting::AnomalyAutoSuspend(auto_suspend),
+            now_ms,
+            actor,
+        )
+        .await
+    }
+
+    async fn set_project_setting(
+        &self,
+        name: &str,
+        setting: ProjectSetting<'_>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Project> {
         match self {
-            Self::Sqlite(s) => {
-                s.set_project_anomaly_auto_suspend(name, auto_suspend, now_ms, actor)
-                    .await
-            }
-            Self::Postgres(s) => {
-                s.set_project_anomaly_auto_suspend(name, auto_suspend, now_ms, actor)
-                    .await
-            }
+            Self::Sqlite(s) => s.set_project_setting(name, setting, now_ms, actor).await,
+            Self::Postgres(s) => s.set_project_setting(name, setting, now_ms, actor).await,
         }
     }
 
@@ -298,16 +306,8 @@ impl Store {
         if let Some(r) = reference {
             validate_secret_ref(r)?;
         }
-        match self {
-            Self::Sqlite(s) => {
-                s.set_project_credential(name, reference, now_ms, actor)
-                    .await
-            }
-            Self::Postgres(s) => {
-                s.set_project_credential(name, reference, now_ms, actor)
-                    .await
-            }
-        }
+        self.set_project_setting(name, ProjectSetting::Credential(reference), now_ms, actor)
+            .await
     }
 
     /// Sets (or clears) one environment's provider credential, creating the

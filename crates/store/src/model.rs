@@ -613,3 +613,46 @@ impl KeyChange {
         !matches!(self, Self::Resume)
     }
 }
+
+/// One project setting changed on its own: one `UPDATE projects`, its audit row and a
+/// keys-version bump (servers learn project settings with their key cache), in one
+/// transaction per backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ProjectSetting<'a> {
+    /// The longest lifetime of the project's new keys (`None`: the 90-day default).
+    MaxKeyAge(Option<i64>),
+    /// The project's default provider credential, a secret reference.
+    Credential(Option<&'a str>),
+    /// Whether anomaly detection suspends flagged keys (`None`: the gateway's choice).
+    AnomalyAutoSuspend(Option<bool>),
+}
+
+impl ProjectSetting<'_> {
+    /// The `projects` column it sets.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            Self::MaxKeyAge(_) => "max_key_age_ms",
+            Self::Credential(_) => "upstream_api_key",
+            Self::AnomalyAutoSuspend(_) => "anomaly_auto_suspend",
+        }
+    }
+
+    /// The audit action.
+    pub(crate) fn action(self) -> &'static str {
+        match self {
+            Self::MaxKeyAge(_) => "project.set_max_key_age",
+            Self::Credential(_) => "project.set_credential",
+            Self::AnomalyAutoSuspend(_) => "project.set_anomaly_auto_suspend",
+        }
+    }
+
+    /// The audit detail: the column and its new value (a reference, never a secret).
+    pub(crate) fn detail(self) -> serde_json::Value {
+        let value = match self {
+            Self::MaxKeyAge(v) => serde_json::json!(v),
+            Self::Credential(v) => serde_json::json!(v),
+            Self::AnomalyAutoSuspend(v) => serde_json::json!(v),
+        };
+        serde_json::json!({ self.column(): value })
+    }
+}

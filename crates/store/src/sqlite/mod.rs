@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::model::check_rotation;
 use crate::model::{
     last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, LimitScope, NewAudit, NewKey,
-    NewProject, OutputCap, OutputCapRule, OverCap, Project, RateLimitRule, Role, UsageFilter,
-    UsageGroup, UsageRecord, UsageTotals,
+    NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role,
+    UsageFilter, UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -146,52 +146,30 @@ impl SqliteStore {
         row.as_ref().map(project_from_row).transpose()
     }
 
-    pub async fn set_project_max_key_age(
+    pub(crate) async fn set_project_setting(
         &self,
         name: &str,
-        max_key_age_ms: Option<i64>,
+        setting: ProjectSetting<'_>,
         now_ms: i64,
         actor: &Actor,
     ) -> Result<Project> {
         let mut tx = self.write_tx().await?;
-        let changed = sqlx::query("UPDATE projects SET max_key_age_ms = ? WHERE name = ?")
-            .bind(max_key_age_ms)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let sql = format!(
+            "UPDATE projects SET {} = ? WHERE name = ?",
+            setting.column()
+        );
+        let query = sqlx::query(AssertSqlSafe(sql));
+        let query = match setting {
+            ProjectSetting::MaxKeyAge(v) => query.bind(v),
+            ProjectSetting::Credential(v) => query.bind(v),
+            ProjectSetting::AnomalyAutoSuspend(v) => query.bind(v),
+        };
+        let changed = query.bind(name).execute(&mut *tx).await?.rows_affected();
         if changed == 0 {
             return Err(StoreError::NotFound(format!("project {name:?}")));
         }
-        let d = detail(serde_json::json!({ "max_key_age_ms": max_key_age_ms }));
-        audit(&mut tx, actor, now_ms, "project.set_max_key_age", name, &d).await?;
-        tx.commit().await?;
-        self.project_by_name(name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
-    }
-
-    pub async fn set_project_anomaly_auto_suspend(
-        &self,
-        name: &str,
-        auto_suspend: Option<bool>,
-        now_ms: i64,
-        actor: &Actor,
-    ) -> Result<Project> {
-        let mut tx = self.write_tx().await?;
-        let changed = sqlx::query("UPDATE projects SET anomaly_auto_suspend = ? WHERE name = ?")
-            .bind(auto_suspend)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::NotFound(format!("project {name:?}")));
-        }
-        let d = detail(serde_json::json!({ "anomaly_auto_suspend": auto_suspend }));
-        let action = "project.set_anomaly_auto_suspend";
-        audit(&mut tx, actor, now_ms, action, name, &d).await?;
-        // Servers learn project settings with their key cache.
+        let d = detail(setting.detail());
+        audit(&mut tx, actor, now_ms, setting.action(), name, &d).await?;
         bump_keys_version(&mut tx).await?;
         tx.commit().await?;
         self.project_by_name(name)
@@ -332,32 +310,6 @@ impl SqliteStore {
         bump_keys_version(&mut tx).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    pub async fn set_project_credential(
-        &self,
-        name: &str,
-        reference: Option<&str>,
-        now_ms: i64,
-        actor: &Actor,
-    ) -> Result<Project> {
-        let mut tx = self.write_tx().await?;
-        let changed = sqlx::query("UPDATE projects SET upstream_api_key = ? WHERE name = ?")
-            .bind(reference)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Err(StoreError::NotFound(format!("project {name:?}")));
-        }
-        let d = detail(serde_json::json!({ "upstream_api_key": reference }));
-        audit(&mut tx, actor, now_ms, "project.set_credential", name, &d).await?;
-        bump_keys_version(&mut tx).await?;
-        tx.commit().await?;
-        self.project_by_name(name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("project {name:?}")))
     }
 
     pub async fn set_env_credential(
