@@ -66,13 +66,30 @@ impl SqliteStore {
             // Statement journals (a multi-row INSERT … ON CONFLICT has one) in memory,
             // not in a temporary file written for every usage batch.
             .pragma("temp_store", "memory");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        // Processes opening a new file at the same moment can see SQLITE_BUSY from the
+        // switch to WAL, which SQLite does not retry with its busy handler: retry the
+        // open for as long as the busy timeout would have waited.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options.clone())
+                    .await?;
+                let store = Self { pool };
+                store.migrate().await?;
+                Ok::<_, StoreError>(store)
+            }
+            .await;
+            match opened {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("5") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<()> {
