@@ -223,7 +223,7 @@ pub fn round_up_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct OutputPeek {
     max_output_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
@@ -231,21 +231,17 @@ struct OutputPeek {
     n: Option<u64>,
 }
 
-/// The tokens a request may cost: its input and the output it allows.
+/// The tokens a request may cost: its input and the output it allows. Read straight
+/// from the body's bytes (no JSON tree, no copies of its text); counts of text seen
+/// before — a system prompt, a tool list — are remembered per thread.
 fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u64) -> u64 {
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&preflight.body) else {
+    let model = preflight.model.as_deref().unwrap_or_default();
+    let Some(input) = tollgate_wire::tokens::estimate_input_json(model, &preflight.body) else {
         return default_output_tokens;
     };
-    let model = preflight.model.as_deref().unwrap_or_default();
-    let input = tollgate_wire::tokens::estimate_input(model, &body) as u64;
     let output = match endpoint {
         Endpoint::Responses | Endpoint::ChatCompletions => {
-            let p = OutputPeek::deserialize(&body).unwrap_or(OutputPeek {
-                max_output_tokens: None,
-                max_completion_tokens: None,
-                max_tokens: None,
-                n: None,
-            });
+            let p = serde_json::from_slice::<OutputPeek>(&preflight.body).unwrap_or_default();
             let each = p
                 .max_output_tokens
                 .or(p.max_completion_tokens)
@@ -255,7 +251,7 @@ fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u6
         }
         _ => 0,
     };
-    input.saturating_add(output)
+    (input as u64).saturating_add(output)
 }
 
 #[cfg(test)]

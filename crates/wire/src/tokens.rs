@@ -7,12 +7,17 @@
 //! shared. Text is encoded as ordinary text, so a prompt that contains
 //! `<|endoftext|>` counts as the characters it is, never as a special token.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use tiktoken_rs::CoreBPE;
 
 /// The BPE vocabularies tollgate counts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
     /// gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o-series, chatgpt-4o, omni-moderation, and
     /// the default for any model we do not recognise.
@@ -53,12 +58,23 @@ impl Encoding {
         .as_ref()
     }
 
-    /// Number of tokens in `text`.
+    /// Number of tokens in `text`. Counts are remembered per thread (see
+    /// [`CountCache`]): the same system prompt, role or tool list comes with request
+    /// after request, and hashing it costs a fraction of encoding it.
     pub fn count(self, text: &str) -> usize {
-        match self.bpe() {
-            Some(bpe) => bpe.encode_ordinary(text).len(),
-            None => estimate(text),
-        }
+        COUNTS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let key = cache.key(self, text);
+            if let Some(n) = cache.get(key, text.len()) {
+                return n;
+            }
+            let n = match self.bpe() {
+                Some(bpe) => bpe.encode_ordinary(text).len(),
+                None => estimate(text),
+            };
+            cache.put(key, text.len(), n);
+            n
+        })
     }
 
     /// The longest prefix of `text` that is at most `max_tokens` tokens, and its
@@ -137,52 +153,450 @@ const NOT_TEXT: [&str; 8] = [
 /// An estimate of the input tokens of a request body for `model`: the text of
 /// `instructions`, `input` (Responses and Embeddings: a string, strings, or items) and
 /// `messages` (Chat), each item costing its text plus the chat format's few tokens,
-/// and the JSON of offered `tools`. Pre-tokenised embedding inputs count one per id.
+/// and the offered `tools` (their names, keys and text, a token per value for the
+/// JSON around them). Pre-tokenised embedding inputs count one per id.
 /// An estimate, not the upstream's count: callers reserve with it and settle with the
 /// real usage.
 pub fn estimate_input(model: &str, body: &serde_json::Value) -> usize {
     let enc = Encoding::for_model(model);
-    let mut n = 0;
-    if let Some(s) = body.get("instructions").and_then(|v| v.as_str()) {
-        n += PER_MESSAGE + enc.count(s);
-    }
-    for member in ["input", "messages"] {
-        match body.get(member) {
-            // A bare string is one user message ("user" is one token).
-            Some(serde_json::Value::String(s)) => n += PER_MESSAGE + 1 + enc.count(s),
-            Some(serde_json::Value::Array(items)) => {
-                for item in items {
-                    n += match item {
-                        serde_json::Value::Number(_) => 1,
-                        serde_json::Value::String(s) => enc.count(s),
-                        serde_json::Value::Array(ids) => ids.len(),
-                        other => PER_MESSAGE + text_tokens(enc, other),
-                    };
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
-        n += enc.count(&tools.to_string());
-    }
-    n + REPLY_PRIMING
+    Body { enc }.deserialize(body).unwrap_or(REPLY_PRIMING)
 }
 
-/// Tokens of every text string inside `v` (and of a message's role).
-fn text_tokens(enc: Encoding, v: &serde_json::Value) -> usize {
-    match v {
-        serde_json::Value::String(s) => enc.count(s),
-        serde_json::Value::Array(a) => a.iter().map(|x| text_tokens(enc, x)).sum(),
-        serde_json::Value::Object(o) => o
-            .iter()
-            .map(|(k, x)| match (k.as_str(), x) {
-                ("role", serde_json::Value::String(r)) => enc.count(r),
-                (k, _) if NOT_TEXT.contains(&k) => 0,
-                _ => text_tokens(enc, x),
-            })
-            .sum(),
-        _ => 0,
+/// [`estimate_input`] straight from a request's JSON bytes, in one pass that builds no
+/// tree and copies no text (the gateway's admission path). `None` when the body is
+/// not a JSON object.
+pub fn estimate_input_json(model: &str, body: &[u8]) -> Option<usize> {
+    let enc = Encoding::for_model(model);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Body { enc }.deserialize(&mut de).ok()
+}
+
+/// Remembered token counts, per thread: keyed by a keyed hash of the text (random
+/// per thread, so no one can aim a collision) and checked against its length.
+/// Bounded: emptied when full.
+struct CountCache {
+    hasher: RandomState,
+    counts: HashMap<(u64, Encoding), (usize, usize)>,
+}
+
+thread_local! {
+    static COUNTS: RefCell<CountCache> = RefCell::new(CountCache {
+        hasher: RandomState::new(),
+        counts: HashMap::new(),
+    });
+}
+
+impl CountCache {
+    const CAPACITY: usize = 4096;
+
+    fn key(&self, enc: Encoding, text: &str) -> (u64, Encoding) {
+        (self.hasher.hash_one(text), enc)
+    }
+
+    fn get(&self, key: (u64, Encoding), len: usize) -> Option<usize> {
+        self.counts
+            .get(&key)
+            .and_then(|&(l, n)| (l == len).then_some(n))
+    }
+
+    fn put(&mut self, key: (u64, Encoding), len: usize, n: usize) {
+        if self.counts.len() >= Self::CAPACITY {
+            self.counts.clear();
+        }
+        self.counts.insert(key, (len, n));
+    }
+}
+
+/// The request body: the members that carry input, every other one skipped unread.
+struct Body {
+    enc: Encoding,
+}
+
+impl<'de> DeserializeSeed<'de> for Body {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Body {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a request body object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let enc = self.enc;
+        let mut n = REPLY_PRIMING;
+        while let Some(key) = map.next_key::<Key>()? {
+            n += match key {
+                Key::Instructions => map.next_value_seed(Text {
+                    enc,
+                    mode: Mode::Instructions,
+                })?,
+                Key::Input | Key::Messages => map.next_value_seed(Items { enc })?,
+                Key::Tools => map.next_value_seed(Json { enc })?,
+                Key::Other => map.next_value::<IgnoredAny>().map(|_| 0)?,
+            };
+        }
+        Ok(n)
+    }
+}
+
+/// The top-level members the estimate reads.
+enum Key {
+    Instructions,
+    Input,
+    Messages,
+    Tools,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "instructions" => Key::Instructions,
+                    "input" => Key::Input,
+                    "messages" => Key::Messages,
+                    "tools" => Key::Tools,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `input` or `messages`: a bare string is one user message ("user" is one token);
+/// in an array, a string counts its text, a number one token, an array of ids one
+/// per id, and an item its text plus the chat format's tokens.
+struct Items {
+    enc: Encoding,
+}
+
+impl<'de> DeserializeSeed<'de> for Items {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or an array")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
+        Ok(PER_MESSAGE + 1 + self.enc.count(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while let Some(t) = seq.next_element_seed(Item { enc: self.enc })? {
+            n += t;
+        }
+        Ok(n)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
+        Ignore.visit_map(map)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+}
+
+/// One element of an `input` or `messages` array.
+struct Item {
+    enc: Encoding,
+}
+
+impl<'de> DeserializeSeed<'de> for Item {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Item {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an input item")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
+        Ok(self.enc.count(s))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut ids: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while ids.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
+        let text = Text {
+            enc: self.enc,
+            mode: Mode::Any,
+        };
+        Ok(PER_MESSAGE + text.visit_map(map)?)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(PER_MESSAGE)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(PER_MESSAGE)
+    }
+}
+
+/// Tokens of every text string inside a value (and of a message's role), skipping
+/// the members that are structure.
+struct Text {
+    enc: Encoding,
+    mode: Mode,
+}
+
+/// What [`Text`] counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Every string inside the value.
+    Any,
+    /// The value if it is a string (a role).
+    Role,
+    /// The value if it is a string, as a message of its own (`instructions`).
+    Instructions,
+}
+
+impl<'de> DeserializeSeed<'de> for Text {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
+        let n = self.enc.count(s);
+        Ok(match self.mode {
+            Mode::Instructions => PER_MESSAGE + n,
+            Mode::Any | Mode::Role => n,
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        if self.mode != Mode::Any {
+            return Ignore.visit_seq(seq);
+        }
+        let mut n = 0;
+        while let Some(t) = seq.next_element_seed(Text { ..self })? {
+            n += t;
+        }
+        Ok(n)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        if self.mode != Mode::Any {
+            return Ignore.visit_map(map);
+        }
+        let (enc, mut n) = (self.enc, 0);
+        while let Some(key) = map.next_key::<MemberKind>()? {
+            n += match key {
+                MemberKind::Role => map.next_value_seed(Text {
+                    enc,
+                    mode: Mode::Role,
+                })?,
+                MemberKind::Structure => map.next_value::<IgnoredAny>().map(|_| 0)?,
+                MemberKind::Text => map.next_value_seed(Text {
+                    enc,
+                    mode: Mode::Any,
+                })?,
+            };
+        }
+        Ok(n)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+}
+
+/// What a member of an input item is to the estimate.
+enum MemberKind {
+    Role,
+    Structure,
+    Text,
+}
+
+impl<'de> de::Deserialize<'de> for MemberKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MemberKind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, k: &str) -> Result<MemberKind, E> {
+                Ok(match k {
+                    "role" => MemberKind::Role,
+                    k if NOT_TEXT.contains(&k) => MemberKind::Structure,
+                    _ => MemberKind::Text,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `tools`: the tokens of its names, keys and strings, and one for each value's
+/// JSON punctuation — close to counting the serialised list, without serialising it.
+struct Json {
+    enc: Encoding,
+}
+
+impl<'de> DeserializeSeed<'de> for Json {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Json {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
+        Ok(1 + self.enc.count(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 1;
+        while let Some(t) = seq.next_element_seed(Json { enc: self.enc })? {
+            n += t;
+        }
+        Ok(n)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut n = 1;
+        while let Some(k) = map.next_key_seed(Json { enc: self.enc })? {
+            n += k + map.next_value_seed(Json { enc: self.enc })?;
+        }
+        Ok(n)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(1)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(1)
+    }
+}
+
+/// Consumes a value and counts nothing.
+struct Ignore;
+
+impl<'de> Visitor<'de> for Ignore {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(0)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(0)
     }
 }
 
@@ -270,6 +684,74 @@ mod tests {
         );
         let long = serde_json::json!({"input": "word ".repeat(500)});
         assert!(estimate_input("gpt-4o", &long) >= 500);
+    }
+
+    #[test]
+    fn the_one_pass_estimate_from_bytes_equals_the_one_from_a_tree() {
+        let bodies = [
+            r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":[{"type":"text","text":"hi \u00e9 there"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}],"max_tokens":5}"#,
+            r#"{"model":"gpt-4o","instructions":"","input":[{"role":"user","content":"a"},"b",7,[1,2,3],null,true,{"type":"function_call_output","call_id":"c1","output":"{\"ok\":1}"}]}"#,
+            r#"{"input":{"not":"an array"},"instructions":{"not":"text"},"messages":null}"#,
+            r#"{"model":"gpt-4o","input":"x","tools":[{"type":"function","name":"get_weather","description":"Weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"strict":true,"n":1.5}}]}"#,
+            r#"{}"#,
+        ];
+        for b in bodies {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            let tree = estimate_input("gpt-4o", &v);
+            assert_eq!(
+                estimate_input_json("gpt-4o", b.as_bytes()),
+                Some(tree),
+                "{b}"
+            );
+        }
+        // Empty instructions still cost their message's tokens.
+        let v = serde_json::json!({"instructions": ""});
+        assert_eq!(estimate_input("gpt-4o", &v), PER_MESSAGE + REPLY_PRIMING);
+        // Not a JSON object: no estimate from bytes, the bare minimum from a tree.
+        assert_eq!(estimate_input_json("gpt-4o", b"[1,2]"), None);
+        assert_eq!(estimate_input_json("gpt-4o", b"{\"input\":"), None);
+        assert_eq!(
+            estimate_input("gpt-4o", &serde_json::json!([1])),
+            REPLY_PRIMING
+        );
+    }
+
+    #[test]
+    fn tools_cost_about_what_their_json_does() {
+        let tools = serde_json::json!([{"type":"function","name":"lookup_order","description":"Find an order by its id and return its status and items","parameters":{"type":"object","properties":{"order_id":{"type":"string","description":"The order id"}},"required":["order_id"],"additionalProperties":false}}]);
+        let serialised = count("gpt-4o", &tools.to_string());
+        let estimated =
+            estimate_input("gpt-4o", &serde_json::json!({ "tools": tools })) - REPLY_PRIMING;
+        assert!(
+            estimated * 10 >= serialised * 7 && estimated * 10 <= serialised * 13,
+            "{estimated} vs {serialised}"
+        );
+    }
+
+    #[test]
+    fn remembered_counts_are_the_counts() {
+        let texts = [
+            "You are a helpful assistant.",
+            "ab",
+            "ba",
+            "",
+            "naïve café 日本",
+        ];
+        for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            let bpe = enc.bpe().unwrap();
+            for t in texts {
+                let fresh = bpe.encode_ordinary(t).len();
+                assert_eq!(enc.count(t), fresh, "{t}");
+                assert_eq!(enc.count(t), fresh, "{t} (remembered)");
+            }
+        }
+        // Past its capacity the cache starts over and keeps answering right.
+        let bpe = Encoding::O200kBase.bpe().unwrap();
+        for i in 0..CountCache::CAPACITY + 10 {
+            let t = format!("word{i} ");
+            assert_eq!(count("gpt-4o", &t), bpe.encode_ordinary(&t).len(), "{t}");
+        }
+        assert_eq!(count("gpt-4o", "hello world"), 2);
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! What admission costs per request with an RPM and a TPM rule that are never hit:
+//! `cargo run --release -p tollgate-gateway --example admit_cost`. Prints the cost of
+//! the steps (JSON tree vs one-pass estimate, remembered counts) and of `admit::run`
+//! for a repeated body and for bodies whose user text is new every time.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tollgate_gateway::admit;
+use tollgate_gateway::keys::Principal;
+use tollgate_gateway::limits::Limits;
+use tollgate_gateway::preflight::{Endpoint, Preflight};
+use tollgate_store::{LimitScope, RateLimitRule, Role};
+
+fn main() {
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
+    let p = Preflight {
+        model: Some("gpt-4o-mini".into()),
+        stream: false,
+        strip_stream_usage: false,
+        body: Bytes::from(body),
+    };
+    let principal = Principal {
+        key_id: "key_1".into(),
+        project: "bench".into(),
+        env: "prod".into(),
+        role: Role::Member,
+        upstream_ref: None,
+    };
+    let l = Arc::new(Limits::default());
+    l.replace(
+        vec![RateLimitRule {
+            scope: LimitScope {
+                project: "bench".into(),
+                env: Some("prod".into()),
+                key_id: None,
+                model: None,
+            },
+            rpm: Some(1_000_000_000),
+            tpm: Some(1_000_000_000_000),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }],
+        vec![],
+    );
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    for _ in 0..1000 {
+        tollgate_wire::tokens::estimate_input("gpt-4o-mini", &v);
+    }
+    let n = 100_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _: serde_json::Value = serde_json::from_slice(body.as_bytes()).unwrap();
+    }
+    println!(
+        "parse Value: {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(tollgate_wire::tokens::estimate_input("gpt-4o-mini", &v));
+    }
+    println!(
+        "estimate_input: {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(tollgate_wire::tokens::count(
+            "gpt-4o-mini",
+            "Say hello in five words.",
+        ));
+    }
+    println!(
+        "count one string: {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for _ in 0..n {
+        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, &p, 4096).unwrap();
+        drop(a);
+    }
+    println!(
+        "admit::run, same body: {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    // Text never seen before: the tokenizer runs on the user message every time.
+    let bodies: Vec<Preflight> = (0..n)
+        .map(|i| Preflight {
+            body: Bytes::from(body.replace("five words.", &format!("{i} words, please."))),
+            ..p.clone()
+        })
+        .collect();
+    let t = Instant::now();
+    for p in &bodies {
+        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, p, 4096).unwrap();
+        drop(a);
+    }
+    println!(
+        "admit::run, new user text: {:.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
