@@ -21,10 +21,11 @@ use model::{KeyChange, ProjectSetting};
 use std::path::Path;
 
 pub use model::{
-    Actor, AuditEntry, CredentialRefs, KeyRecord, KeyState, LimitScope, NewAudit, NewKey,
-    NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv,
-    ProjectSummary, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
-    DEFAULT_MAX_KEY_AGE_MS, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
+    civil_date, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs, KeyRecord,
+    KeyState, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project,
+    ProjectDetail, ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup,
+    UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT,
+    RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -636,6 +637,106 @@ impl Store {
         }
     }
 
+    /// Sets the spend budget of a scope, replacing the scope's budget if it has one: a
+    /// daily and/or monthly limit in nano-USD (each positive), and the soft threshold
+    /// in percent (1–100; default 80). The project must exist, and a key named must
+    /// belong to it. Audited and `limits_version` bumped in the same transaction.
+    pub async fn set_budget(
+        &self,
+        scope: &BudgetScope,
+        daily_usd_nanos: Option<u64>,
+        monthly_usd_nanos: Option<u64>,
+        soft_percent: Option<u32>,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<Budget> {
+        validate_budget_scope(scope)?;
+        if daily_usd_nanos.is_none() && monthly_usd_nanos.is_none() {
+            return Err(StoreError::Invalid(
+                "a budget needs a daily limit, a monthly limit or both".into(),
+            ));
+        }
+        if [daily_usd_nanos, monthly_usd_nanos]
+            .into_iter()
+            .flatten()
+            .any(|v| v == 0 || i64::try_from(v).is_err())
+        {
+            return Err(StoreError::Invalid(
+                "a budget limit must be a positive amount of USD".into(),
+            ));
+        }
+        let soft_percent = soft_percent.unwrap_or(DEFAULT_SOFT_PERCENT);
+        if !(1..=100).contains(&soft_percent) {
+            return Err(StoreError::Invalid(
+                "the soft threshold is a percentage from 1 to 100".into(),
+            ));
+        }
+        let budget = Budget {
+            scope: scope.clone(),
+            daily_usd_nanos,
+            monthly_usd_nanos,
+            soft_percent,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        match self {
+            Self::Sqlite(s) => s.set_budget(&budget, actor).await,
+            Self::Postgres(s) => s.set_budget(&budget, actor).await,
+        }
+    }
+
+    /// Removes the budget of exactly this scope; false if there was none. Audited and
+    /// `limits_version` bumped in the same transaction.
+    pub async fn clear_budget(
+        &self,
+        scope: &BudgetScope,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        validate_budget_scope(scope)?;
+        match self {
+            Self::Sqlite(s) => s.clear_budget(scope, now_ms, actor).await,
+            Self::Postgres(s) => s.clear_budget(scope, now_ms, actor).await,
+        }
+    }
+
+    /// The budgets of one project, or of every project, ordered by scope.
+    pub async fn list_budgets(&self, project: Option<&str>) -> Result<Vec<Budget>> {
+        match self {
+            Self::Sqlite(s) => s.list_budgets(project).await,
+            Self::Postgres(s) => s.list_budgets(project).await,
+        }
+    }
+
+    /// The priced spend of every project, environment and key since `month_start_ms`,
+    /// and the part of it since `day_start_ms` (records of one project, or of all).
+    pub async fn spend_since(
+        &self,
+        day_start_ms: i64,
+        month_start_ms: i64,
+        project: Option<&str>,
+    ) -> Result<Vec<Spend>> {
+        match self {
+            Self::Sqlite(s) => s.spend_since(day_start_ms, month_start_ms, project).await,
+            Self::Postgres(s) => s.spend_since(day_start_ms, month_start_ms, project).await,
+        }
+    }
+
+    /// Claims the announcement of a scope's soft threshold for the period starting at
+    /// `period_start_ms`: true for the first caller of that period (across processes),
+    /// false after, or when the budget is gone.
+    pub async fn claim_budget_notice(
+        &self,
+        scope: &BudgetScope,
+        period: BudgetPeriod,
+        period_start_ms: i64,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.claim_budget_notice(scope, period, period_start_ms).await,
+            Self::Postgres(s) => s.claim_budget_notice(scope, period, period_start_ms).await,
+        }
+    }
+
     /// Writes a batch of usage records in one transaction and updates the keys'
     /// `last_used` from them.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
@@ -709,6 +810,31 @@ fn validate_scope(scope: &LimitScope) -> Result<()> {
                 "invalid {what} in a rate limit: 1-200 printable characters"
             )));
         }
+    }
+    Ok(())
+}
+
+/// A budget's scope: a valid project, and an environment name or a key id, not both.
+fn validate_budget_scope(scope: &BudgetScope) -> Result<()> {
+    validate_name("project", &scope.project)?;
+    if let Some(env) = &scope.env {
+        validate_name("environment", env)?;
+    }
+    if scope.env.is_some() && scope.key_id.is_some() {
+        return Err(StoreError::Invalid(
+            "a budget governs a project, one of its environments or one of its keys: \
+             give --env or --key, not both"
+                .into(),
+        ));
+    }
+    if scope
+        .key_id
+        .as_deref()
+        .is_some_and(|k| k.is_empty() || k.len() > 200 || k.chars().any(char::is_control))
+    {
+        return Err(StoreError::Invalid(
+            "invalid key id in a budget: 1-200 printable characters".into(),
+        ));
     }
     Ok(())
 }

@@ -131,6 +131,143 @@ pub struct RateLimitRule {
     pub updated_at_ms: i64,
 }
 
+/// Who a spend budget governs: a whole project, one of its environments, or one of
+/// its keys (never an environment and a key at once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct BudgetScope {
+    pub project: String,
+    pub env: Option<String>,
+    pub key_id: Option<String>,
+}
+
+impl BudgetScope {
+    /// `project/env/key`, with `*` for "any": the audit target.
+    pub fn target(&self) -> String {
+        let part = |p: &Option<String>| p.clone().unwrap_or_else(|| "*".to_owned());
+        format!(
+            "{}/{}/{}",
+            self.project,
+            part(&self.env),
+            part(&self.key_id)
+        )
+    }
+}
+
+impl fmt::Display for BudgetScope {
+    /// `project shop`, `project shop, env prod` or `project shop, key key_x`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "project {}", self.project)?;
+        if let Some(env) = &self.env {
+            write!(f, ", env {env}")?;
+        }
+        if let Some(key) = &self.key_id {
+            write!(f, ", key {key}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The two budget periods, calendar-aligned in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    /// The start of the period holding `at_ms` and the start of the next one (Unix
+    /// milliseconds, UTC).
+    pub fn bounds(self, at_ms: i64) -> (i64, i64) {
+        const DAY_MS: i64 = 86_400_000;
+        let day = at_ms.div_euclid(DAY_MS);
+        match self {
+            Self::Day => (day * DAY_MS, (day + 1) * DAY_MS),
+            Self::Month => {
+                let (y, m, _) = civil_from_days(day);
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (
+                    days_from_civil(y, m, 1) * DAY_MS,
+                    days_from_civil(ny, nm, 1) * DAY_MS,
+                )
+            }
+        }
+    }
+}
+
+/// The UTC calendar date (year, month 1–12, day 1–31) holding `at_ms`.
+pub fn civil_date(at_ms: i64) -> (i64, i64, i64) {
+    civil_from_days(at_ms.div_euclid(86_400_000))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number (inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The soft threshold when none is given: 80 % of a limit.
+pub const DEFAULT_SOFT_PERCENT: u32 = 80;
+
+/// A stored spend budget: USD limits per day and/or month, in nano-USD (10⁻⁹ USD).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    #[serde(flatten)]
+    pub scope: BudgetScope,
+    pub daily_usd_nanos: Option<u64>,
+    pub monthly_usd_nanos: Option<u64>,
+    /// Percent of a limit at which spend is announced once per period (1–100).
+    pub soft_percent: u32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Budget {
+    /// The limit of one period, if the budget has one.
+    pub fn limit(&self, period: BudgetPeriod) -> Option<u64> {
+        match period {
+            BudgetPeriod::Day => self.daily_usd_nanos,
+            BudgetPeriod::Month => self.monthly_usd_nanos,
+        }
+    }
+}
+
+/// What the priced usage of one project, environment and key sums to since the
+/// start of the current day and month (unpriced records count nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Spend {
+    pub project: String,
+    pub env: String,
+    pub key_id: String,
+    pub day_usd_nanos: u64,
+    pub month_usd_nanos: u64,
+}
+
 /// What a request above an output cap gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

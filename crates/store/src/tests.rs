@@ -139,6 +139,10 @@ both_backends!(
     rate_limits_are_refused_when_invalid_and_leave_nothing_behind,
     output_caps_are_set_per_project_and_key_listed_and_cleared,
     a_successor_inherits_the_keys_own_limits_and_caps,
+    budgets_are_set_replaced_listed_cleared_and_audited,
+    budgets_are_refused_when_invalid_and_leave_nothing_behind,
+    spend_is_summed_per_project_env_and_key_since_the_day_and_month,
+    a_soft_threshold_notice_is_claimed_once_per_period,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -1589,4 +1593,273 @@ async fn a_successor_inherits_the_keys_own_limits_and_caps(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(store.limits_version().await.unwrap(), v1);
+}
+
+fn budget_scope(env: Option<&str>, key: Option<&str>) -> BudgetScope {
+    BudgetScope {
+        project: "shop".into(),
+        env: env.map(Into::into),
+        key_id: key.map(Into::into),
+    }
+}
+
+async fn budgets_are_set_replaced_listed_cleared_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+    let env = budget_scope(Some("prod"), None);
+    let b = store
+        .set_budget(&env, Some(5_000_000_000), None, None, 10, &cli())
+        .await
+        .unwrap();
+    assert_eq!(b.scope, env);
+    assert_eq!(
+        (b.daily_usd_nanos, b.monthly_usd_nanos, b.soft_percent),
+        (Some(5_000_000_000), None, DEFAULT_SOFT_PERCENT)
+    );
+    // Set again: replaced, creation time kept.
+    let b = store
+        .set_budget(&env, None, Some(100_000_000_000), Some(90), 20, &cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.daily_usd_nanos, b.monthly_usd_nanos, b.soft_percent),
+        (None, Some(100_000_000_000), 90)
+    );
+    assert_eq!((b.created_at_ms, b.updated_at_ms), (10, 20));
+    let key = budget_scope(None, Some("key_1"));
+    store
+        .set_budget(&key, Some(1), Some(2), None, 30, &cli())
+        .await
+        .unwrap();
+    let whole = budget_scope(None, None);
+    store
+        .set_budget(&whole, Some(7), None, None, 31, &cli())
+        .await
+        .unwrap();
+    let listed = store.list_budgets(Some("shop")).await.unwrap();
+    let scopes: Vec<_> = listed.iter().map(|b| b.scope.clone()).collect();
+    assert_eq!(scopes, vec![whole.clone(), key.clone(), env.clone()]);
+    assert!(store.list_budgets(Some("blog")).await.unwrap().is_empty());
+    assert_eq!(store.limits_version().await.unwrap(), v0 + 4);
+    // Another handle (another process) sees them.
+    assert_eq!(db.open().await.list_budgets(None).await.unwrap(), listed);
+
+    assert!(store.clear_budget(&key, 40, &cli()).await.unwrap());
+    assert!(!store.clear_budget(&key, 41, &cli()).await.unwrap());
+    assert_eq!(store.limits_version().await.unwrap(), v0 + 5);
+    let audit: Vec<_> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action.starts_with("budgets."))
+        .map(|a| (a.action, a.target))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("budgets.set".to_owned(), "shop/prod/*".to_owned()),
+            ("budgets.set".to_owned(), "shop/prod/*".to_owned()),
+            ("budgets.set".to_owned(), "shop/*/key_1".to_owned()),
+            ("budgets.set".to_owned(), "shop/*/*".to_owned()),
+            ("budgets.clear".to_owned(), "shop/*/key_1".to_owned()),
+        ]
+    );
+    // Deleting the project removes its budgets (and bumps the version).
+    store.revoke_key("key_1", None, 50).await.unwrap();
+    store.delete_project("shop", 51, &cli()).await.unwrap();
+    assert!(store.list_budgets(None).await.unwrap().is_empty());
+    assert_eq!(store.limits_version().await.unwrap(), v0 + 6);
+}
+
+async fn budgets_are_refused_when_invalid_and_leave_nothing_behind(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store.ensure_project("blog").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "blog", "aa"))
+        .await
+        .unwrap();
+    let v0 = store.limits_version().await.unwrap();
+    let invalid = |r: Result<Budget>| matches!(r, Err(StoreError::Invalid(_)));
+    let env = budget_scope(Some("prod"), None);
+    assert!(invalid(
+        store.set_budget(&env, None, None, None, 1, &cli()).await
+    ));
+    assert!(invalid(
+        store.set_budget(&env, Some(0), None, None, 1, &cli()).await
+    ));
+    assert!(invalid(
+        store
+            .set_budget(&env, Some(u64::MAX), None, None, 1, &cli())
+            .await
+    ));
+    for pct in [0, 101] {
+        assert!(invalid(
+            store
+                .set_budget(&env, Some(1), None, Some(pct), 1, &cli())
+                .await
+        ));
+    }
+    let both = budget_scope(Some("prod"), Some("key_1"));
+    assert!(invalid(
+        store
+            .set_budget(&both, Some(1), None, None, 1, &cli())
+            .await
+    ));
+    let bad_env = budget_scope(Some("Prod!"), None);
+    assert!(invalid(
+        store
+            .set_budget(&bad_env, Some(1), None, None, 1, &cli())
+            .await
+    ));
+    // A key of another project, an unknown project.
+    let other_key = budget_scope(None, Some("key_1"));
+    assert!(matches!(
+        store
+            .set_budget(&other_key, Some(1), None, None, 1, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let mut nowhere = budget_scope(None, None);
+    nowhere.project = "nope".into();
+    assert!(matches!(
+        store
+            .set_budget(&nowhere, Some(1), None, None, 1, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.list_budgets(None).await.unwrap().is_empty());
+    assert_eq!(store.limits_version().await.unwrap(), v0);
+    assert!(!store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.action.starts_with("budgets.")));
+    // The database itself refuses a budget with both an env and a key.
+    assert!(db
+        .raw_script(
+            "INSERT INTO budgets (project, env, key_id, daily_usd_nanos, created_at_ms, \
+             updated_at_ms) VALUES ('shop', 'prod', 'key_1', 1, 0, 0)"
+        )
+        .await
+        .is_err());
+}
+
+async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &TestDb) {
+    let store = db.open().await;
+    // 2026-03-15 12:00 UTC; the month began 14 days before the day.
+    let now = 1_773_576_000_000;
+    let (day, _) = BudgetPeriod::Day.bounds(now);
+    let (month, _) = BudgetPeriod::Month.bounds(now);
+    assert_eq!(day - month, 14 * DAY);
+    let priced = |id: &str, key: &str, env: &str, at: i64, cost: Option<u64>| UsageRecord {
+        env: Some(env.into()),
+        cost_usd_nanos: cost,
+        ..usage(id, key, "gpt-4o", 10, 10, at)
+    };
+    store
+        .insert_usage(&[
+            priced("r1", "key_a", "dev", now, Some(100)),
+            priced("r2", "key_a", "dev", day - 1, Some(20)),
+            priced("r3", "key_a", "dev", month - 1, Some(1_000)),
+            priced("r4", "key_b", "prod", day, Some(3)),
+            priced("r5", "key_b", "prod", day, None),
+            priced("r6", "key_b", "prod", day, Some(0)),
+        ])
+        .await
+        .unwrap();
+    let spend = store.spend_since(day, month, None).await.unwrap();
+    let row = |key: &str, env: &str, d: u64, m: u64| Spend {
+        project: "shop".into(),
+        env: env.into(),
+        key_id: key.into(),
+        day_usd_nanos: d,
+        month_usd_nanos: m,
+    };
+    assert_eq!(
+        spend,
+        vec![row("key_a", "dev", 100, 120), row("key_b", "prod", 3, 3)]
+    );
+    assert!(store
+        .spend_since(day, month, Some("blog"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.spend_since(day, month, Some("shop")).await.unwrap(),
+        spend
+    );
+}
+
+async fn a_soft_threshold_notice_is_claimed_once_per_period(db: &TestDb) {
+    let store = db.open().await;
+    let other = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    let env = budget_scope(Some("prod"), None);
+    store
+        .set_budget(&env, Some(10), Some(100), None, 1, &cli())
+        .await
+        .unwrap();
+    let day1 = 20 * DAY;
+    assert!(store
+        .claim_budget_notice(&env, BudgetPeriod::Day, day1)
+        .await
+        .unwrap());
+    // Another process, same period: already announced.
+    assert!(!other
+        .claim_budget_notice(&env, BudgetPeriod::Day, day1)
+        .await
+        .unwrap());
+    // The month is claimed on its own; the next day is a new period.
+    assert!(other
+        .claim_budget_notice(&env, BudgetPeriod::Month, 0)
+        .await
+        .unwrap());
+    assert!(store
+        .claim_budget_notice(&env, BudgetPeriod::Day, day1 + DAY)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_budget_notice(&env, BudgetPeriod::Day, day1)
+        .await
+        .unwrap());
+    // Changing the budget keeps the claims; a scope without a budget claims nothing.
+    store
+        .set_budget(&env, Some(20), None, None, 2, &cli())
+        .await
+        .unwrap();
+    assert!(!store
+        .claim_budget_notice(&env, BudgetPeriod::Day, day1 + DAY)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_budget_notice(&budget_scope(None, None), BudgetPeriod::Day, day1)
+        .await
+        .unwrap());
+}
+
+#[test]
+fn budget_periods_are_utc_calendar_days_and_months() {
+    // 2024-02-29 23:59:59.999 UTC (a leap day).
+    let t = 1_709_251_199_999;
+    assert_eq!(
+        BudgetPeriod::Day.bounds(t),
+        (1_709_164_800_000, 1_709_251_200_000)
+    );
+    // February 2024 → March 2024.
+    assert_eq!(
+        BudgetPeriod::Month.bounds(t),
+        (1_706_745_600_000, 1_709_251_200_000)
+    );
+    // December rolls into the next year; the first instant of a month is in it.
+    let dec = 1_733_011_200_000; // 2024-12-01 00:00 UTC
+    assert_eq!(BudgetPeriod::Month.bounds(dec), (dec, 1_735_689_600_000));
+    assert_eq!(BudgetPeriod::Month.bounds(dec - 1).1, dec);
 }

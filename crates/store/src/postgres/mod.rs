@@ -19,6 +19,8 @@ use crate::model::{
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
+mod budgets;
+
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// Migrations in order; `version` is the index + 1.
@@ -29,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0004_project_anomaly.sql"),
     include_str!("0005_limits.sql"),
     include_str!("0006_usage_cost.sql"),
+    include_str!("0007_budgets.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do
@@ -272,7 +275,12 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if limits + caps > 0 {
+        let budgets = sqlx::query("DELETE FROM budgets WHERE project = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if limits + caps + budgets > 0 {
             bump_limits_version(&mut tx).await?;
         }
         sqlx::query("DELETE FROM projects WHERE name = $1")

@@ -18,6 +18,8 @@ use crate::model::{
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
+mod budgets;
+
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 /// Migrations in order; `version` is the index + 1.
@@ -28,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0004_project_anomaly.sql"),
     include_str!("0005_limits.sql"),
     include_str!("0006_usage_cost.sql"),
+    include_str!("0007_budgets.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -313,7 +316,12 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if limits + caps > 0 {
+        let budgets = sqlx::query("DELETE FROM budgets WHERE project = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if limits + caps + budgets > 0 {
             bump_limits_version(&mut tx).await?;
         }
         sqlx::query("DELETE FROM projects WHERE name = ?")
