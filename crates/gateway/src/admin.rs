@@ -66,6 +66,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/caps"),
     ("put", "/admin/v1/caps"),
     ("delete", "/admin/v1/caps"),
+    // Spend budgets (admin_budgets.rs).
+    ("get", "/admin/v1/budgets"),
+    ("put", "/admin/v1/budgets"),
+    ("delete", "/admin/v1/budgets"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.
@@ -95,6 +99,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
             put(set_env_credential),
         )
         .merge(crate::admin_projects::routes())
+        .merge(crate::admin_budgets::routes())
         .route(
             "/admin/v1/limits",
             get(list_limits).put(set_limit).delete(clear_limit),
@@ -176,8 +181,8 @@ impl AdminAction {
             Self::ReadKeys => "read key metadata or the audit log",
             Self::ChangeKeys => "create or change keys",
             Self::ChangeProject => "change the project's settings",
-            Self::ReadLimits => "read the project's rate limits and output caps",
-            Self::ChangeLimits => "set or clear the project's rate limits or output caps",
+            Self::ReadLimits => "read the project's rate limits, output caps and budgets",
+            Self::ChangeLimits => "set or clear the project's rate limits, output caps or budgets",
         }
     }
 }
@@ -855,7 +860,9 @@ pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn read_query<T: serde::de::DeserializeOwned + Default>(uri: &Uri) -> Result<T, GatewayError> {
+pub(crate) fn read_query<T: serde::de::DeserializeOwned + Default>(
+    uri: &Uri,
+) -> Result<T, GatewayError> {
     let Some(q) = uri.query() else {
         return Ok(T::default());
     };
@@ -883,7 +890,7 @@ pub(crate) fn invalid(message: impl Into<String>, param: &'static str) -> Gatewa
 }
 
 /// Environment names: 1–64 of `[a-z0-9_-]`, starting alphanumeric (as the store).
-fn check_env(env: &str) -> Result<(), GatewayError> {
+pub(crate) fn check_env(env: &str) -> Result<(), GatewayError> {
     let ok = !env.is_empty()
         && env.len() <= 64
         && env.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -900,7 +907,7 @@ fn check_env(env: &str) -> Result<(), GatewayError> {
     }
 }
 
-fn check_text(text: Option<&str>, param: &'static str) -> Result<(), GatewayError> {
+pub(crate) fn check_text(text: Option<&str>, param: &'static str) -> Result<(), GatewayError> {
     match text {
         Some(t) if t.chars().count() > MAX_TEXT_CHARS => Err(invalid(
             format!("{param} is longer than {MAX_TEXT_CHARS} characters"),

@@ -231,13 +231,24 @@ struct OutputPeek {
     n: Option<u64>,
 }
 
-/// The tokens a request may cost: its input and the output it allows. Read straight
-/// from the body's bytes (no JSON tree, no copies of its text); counts of text seen
-/// before — a system prompt, a tool list — are remembered per thread.
+/// The tokens a request may cost: its input and the output it allows.
 fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u64) -> u64 {
+    let (input, output) = estimate_parts(endpoint, preflight, default_output_tokens);
+    input.saturating_add(output)
+}
+
+/// The input tokens of a request and the output tokens it allows (also what spend
+/// budgets price). Read straight from the body's bytes (no JSON tree, no copies of
+/// its text); counts of text seen before — a system prompt, a tool list — are
+/// remembered per thread.
+pub fn estimate_parts(
+    endpoint: Endpoint,
+    preflight: &Preflight,
+    default_output_tokens: u64,
+) -> (u64, u64) {
     let model = preflight.model.as_deref().unwrap_or_default();
     let Some(input) = tollgate_wire::tokens::estimate_input_json(model, &preflight.body) else {
-        return default_output_tokens;
+        return (0, default_output_tokens);
     };
     let output = match endpoint {
         Endpoint::Responses | Endpoint::ChatCompletions => {
@@ -251,7 +262,7 @@ fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u6
         }
         _ => 0,
     };
-    (input as u64).saturating_add(output)
+    (input as u64, output)
 }
 
 #[cfg(test)]

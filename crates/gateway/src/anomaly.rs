@@ -688,7 +688,7 @@ impl fmt::Display for IpRange {
 }
 
 /// A client for the webhook's origin, and the path to POST to.
-fn webhook_client(url: &str) -> Result<(tollgate_client::Client, String), String> {
+pub(crate) fn webhook_client(url: &str) -> Result<(tollgate_client::Client, String), String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))

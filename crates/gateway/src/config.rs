@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::anomaly::AnomalyConfig;
+use crate::budgets::BudgetsConfig;
 use crate::catalog::{self, Catalog, RawModel};
 use crate::secret::SecretRef;
 
@@ -43,6 +44,8 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub budgets: RawBudgets,
     /// `[[models]]`: catalog entries that replace or add to the built-in ones.
     #[serde(default)]
     pub models: Vec<RawModel>,
@@ -107,6 +110,17 @@ pub struct RawLimits {
     pub default_output_tokens: Option<u64>,
 }
 
+/// `[budgets]`: spend budgets (the budgets themselves live in the store).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// How often the spend counters are re-read from the store's usage records, so
+    /// replicas sharing a store see each other's spend (default 5000 ms).
+    pub sync_interval_ms: Option<u64>,
+    /// Where to POST each soft-threshold notice as JSON (default: nowhere).
+    pub webhook_url: Option<String>,
+}
+
 /// `[anomaly]`: anomaly detection on key usage (see `anomaly`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +166,7 @@ pub struct Config {
     pub default_output_tokens: u64,
     /// The built-in model catalog with the `[[models]]` entries applied.
     pub catalog: Catalog,
+    pub budgets: BudgetsConfig,
 }
 
 /// Where and how to call the upstream.
@@ -331,6 +346,19 @@ impl TryFrom<RawConfig> for Config {
             raw.limits.default_output_tokens,
             4096,
         );
+        let budget_sync_ms = positive(
+            "budgets.sync_interval_ms",
+            raw.budgets.sync_interval_ms,
+            5_000,
+        );
+        if let Some(url) = &raw.budgets.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                err(
+                    "budgets.webhook_url",
+                    "must start with http:// or https://".into(),
+                );
+            }
+        }
         if refresh_ms > 1_000 {
             err(
                 "keys.refresh_interval_ms",
@@ -398,6 +426,10 @@ impl TryFrom<RawConfig> for Config {
             anomaly,
             default_output_tokens,
             catalog,
+            budgets: BudgetsConfig {
+                sync_interval: Duration::from_millis(budget_sync_ms),
+                webhook_url: raw.budgets.webhook_url,
+            },
         })
     }
 }

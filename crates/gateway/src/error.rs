@@ -10,6 +10,9 @@ use axum::response::{IntoResponse, Response};
 use tollgate_wire::ratelimit::{self, RateLimitInfo};
 use tollgate_wire::ErrorEnvelope;
 
+use tollgate_store::BudgetPeriod;
+
+use crate::budgets::{usd, utc_day};
 use crate::limits::Dimension;
 
 /// A refusal or failure decided by tollgate.
@@ -75,6 +78,28 @@ pub enum GatewayError {
     /// The request's token estimate is above a TPM limit: it can never pass.
     #[error("request too large for a tokens-per-minute limit")]
     RequestExceedsLimit(Box<RateRefusal>),
+    /// A spend budget has no room for the request's worst-case cost (`budgets`).
+    #[error("spend budget exhausted")]
+    BudgetExceeded(Box<BudgetRefusal>),
+    /// A budget governs the call but the catalog has no price for its model.
+    #[error("model not priced")]
+    UnpricedModel { model: String },
+}
+
+/// What a budget refusal says (boxed in [`GatewayError`]). Amounts in nano-USD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal {
+    /// The budget's scope, as `project shop, env prod`.
+    pub scope: String,
+    pub period: BudgetPeriod,
+    pub limit_usd_nanos: u64,
+    pub spent_usd_nanos: u64,
+    /// Held by calls in flight.
+    pub reserved_usd_nanos: u64,
+    /// This request's worst case.
+    pub requested_usd_nanos: u64,
+    /// When the period ends (Unix ms, UTC).
+    pub resets_at_ms: i64,
 }
 
 /// What a rate-limit refusal says (boxed in [`GatewayError`]: large, and rare).
@@ -113,7 +138,10 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited(_) | Self::RequestExceedsLimit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::RequestExceedsLimit(_) | Self::BudgetExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::UnpricedModel { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -133,6 +161,7 @@ impl GatewayError {
             }
             Self::RateLimited(r) => r.dimension.openai_type(),
             Self::RequestExceedsLimit(_) => Dimension::Tokens.openai_type(),
+            Self::BudgetExceeded(_) => "insufficient_quota",
             _ => "invalid_request_error",
         }
     }
@@ -158,6 +187,8 @@ impl GatewayError {
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) => Some("rate_limit_exceeded"),
+            Self::BudgetExceeded(_) => Some("insufficient_quota"),
+            Self::UnpricedModel { .. } => Some("model_not_priced"),
             _ => None,
         }
     }
@@ -166,6 +197,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             Self::InvalidRequest { param, .. } => *param,
+            Self::UnpricedModel { .. } => Some("model"),
             _ => None,
         }
     }
@@ -194,6 +226,8 @@ impl GatewayError {
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
             Self::RateLimited(_) => "rate_limited",
             Self::RequestExceedsLimit(_) => "request_exceeds_limit",
+            Self::BudgetExceeded(_) => "budget_exceeded",
+            Self::UnpricedModel { .. } => "model_not_priced",
         }
     }
 
@@ -282,6 +316,7 @@ impl GatewayError {
                 let list = match *what {
                     "rate limit" => "limits",
                     "output cap" => "caps",
+                    "budget" => "budgets",
                     _ => "keys",
                 };
                 format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/{list}.")
@@ -309,6 +344,34 @@ impl GatewayError {
                  send less input, set a lower max_output_tokens (max_completion_tokens / \
                  max_tokens on Chat), or ask a project admin to raise the limit.",
                 r.model, r.scope, r.limit, r.requested
+            ),
+            Self::BudgetExceeded(r) => {
+                let (period, when) = match r.period {
+                    BudgetPeriod::Day => ("daily", "today"),
+                    BudgetPeriod::Month => ("monthly", "this month"),
+                };
+                format!(
+                    "You exceeded your current quota: the {period} budget of {} is ${} \
+                     (spent ${} {when}, ${} held by calls in flight), and this request may \
+                     cost up to ${} (its input plus the output it allows). Retrying will not \
+                     help before the budget resets at {} 00:00 UTC. Ask for fewer output \
+                     tokens (max_output_tokens / max_completion_tokens / max_tokens), or ask \
+                     a project admin to raise the budget (`tollgate budgets show`, \
+                     `tollgate budgets set`).",
+                    r.scope,
+                    usd(r.limit_usd_nanos),
+                    usd(r.spent_usd_nanos),
+                    usd(r.reserved_usd_nanos),
+                    usd(r.requested_usd_nanos),
+                    utc_day(r.resets_at_ms),
+                )
+            }
+            Self::UnpricedModel { model } => format!(
+                "A spend budget governs this key, but the gateway has no price for the model \
+                 {model:?}, so the call cannot be counted and was not sent. Ask the gateway's \
+                 operator to add the model with its prices to the configuration ([[models]] \
+                 with id, input_per_1m and output_per_1m; see `tollgate models`), or use a \
+                 model the catalog prices."
             ),
         }
     }
@@ -571,6 +634,28 @@ mod tests {
                 "tokens",
                 Some("rate_limit_exceeded"),
             ),
+            (
+                GatewayError::BudgetExceeded(Box::new(BudgetRefusal {
+                    scope: "project shop, env prod".into(),
+                    period: BudgetPeriod::Month,
+                    limit_usd_nanos: 5_000_000_000,
+                    spent_usd_nanos: 4_990_000_000,
+                    reserved_usd_nanos: 0,
+                    requested_usd_nanos: 20_000_000,
+                    resets_at_ms: 1_775_001_600_000,
+                })),
+                429,
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            ),
+            (
+                GatewayError::UnpricedModel {
+                    model: "llama3".into(),
+                },
+                400,
+                "invalid_request_error",
+                Some("model_not_priced"),
+            ),
         ];
         for (e, status, kind, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");
@@ -655,5 +740,39 @@ mod tests {
         assert_eq!(res.headers()["x-should-retry"], "false");
         assert!(res.headers().get("retry-after").is_none());
         assert_eq!(res.headers()["x-ratelimit-limit-tokens"], "1000");
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_says_what_and_when_and_stops_sdk_retries() {
+        let e = GatewayError::BudgetExceeded(Box::new(BudgetRefusal {
+            scope: "project shop, env prod".into(),
+            period: BudgetPeriod::Month,
+            limit_usd_nanos: 5_000_000_000,
+            spent_usd_nanos: 4_990_000_000,
+            reserved_usd_nanos: 1_000,
+            requested_usd_nanos: 20_000_000,
+            // 2026-04-01 00:00 UTC.
+            resets_at_ms: 1_775_001_600_000,
+        }));
+        let m = e.message();
+        for part in [
+            "monthly budget of project shop, env prod is $5.000000",
+            "spent $4.990000 this month",
+            "$0.000001 held",
+            "up to $0.020000",
+            "2026-04-01 00:00 UTC",
+            "tollgate budgets set",
+        ] {
+            assert!(m.contains(part), "{part:?} not in {m}");
+        }
+        let res = e.into_response();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["x-should-retry"], "false");
+        assert!(res.headers().get("retry-after").is_none());
     }
 }

@@ -10,11 +10,13 @@
 pub mod accept;
 pub mod account;
 pub mod admin;
+pub mod admin_budgets;
 pub mod admin_projects;
 pub mod admit;
 pub mod anomaly;
 pub mod anomaly_store;
 pub mod authenticate;
+pub mod budgets;
 pub mod cache;
 pub mod caps;
 pub mod catalog;

@@ -17,7 +17,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
+use tollgate_store::BudgetPeriod;
+
 use crate::anomaly::AnomalyKind;
+use crate::budgets::PERIODS;
 use crate::server::Gateway;
 
 /// The content type of the text exposition format.
@@ -55,6 +58,28 @@ pub fn render(gw: &Gateway) -> String {
         "tollgate_anomaly_webhook_dropped_total",
         "Anomaly webhook deliveries dropped because their queue was full.",
         &[(vec![], anomaly.webhook_dropped_total())],
+    );
+    let budgets = &gw.budgets.metrics;
+    let by_period = |f: &dyn Fn(BudgetPeriod) -> u64| -> Vec<Sample<'static>> {
+        PERIODS
+            .iter()
+            .map(|&p| (vec![("period", p.as_str())], f(p)))
+            .collect()
+    };
+    out.counter(
+        "tollgate_budget_soft_threshold_total",
+        "Budget soft thresholds announced (once per budget and period), by period.",
+        &by_period(&|p| budgets.soft_threshold_total(p)),
+    );
+    out.counter(
+        "tollgate_budget_refused_total",
+        "Calls refused because a spend budget had no room for them, by period.",
+        &by_period(&|p| budgets.refused_total(p)),
+    );
+    out.counter(
+        "tollgate_budget_notices_dropped_total",
+        "Budget soft-threshold notices dropped because their queue was full.",
+        &[(vec![], budgets.notices_dropped_total())],
     );
     out.counter(
         "tollgate_usage_records_written_total",

@@ -8,6 +8,7 @@
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
 //! |   | (caps)       | `caps`           | 400 output or temperature cap      |
 //! | 4 | admit        | `admit`          | 429 `rate_limit_exceeded`          |
+//! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
@@ -32,7 +33,7 @@ use crate::error::GatewayError;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
-use crate::{accept, admit, authenticate, cache, caps, dispatch, moderate, preflight};
+use crate::{accept, admit, authenticate, budgets, cache, caps, dispatch, moderate, preflight};
 
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
@@ -133,6 +134,16 @@ async fn stages(
     )?;
     *limit_headers = admission.headers;
     guard.hold(admission.reservation);
+    let at_ms = guard.record().created_at_ms;
+    let spend = budgets::admit(
+        &gw.budgets,
+        endpoint,
+        &principal,
+        &preflight,
+        gw.config.default_output_tokens,
+        at_ms,
+    )?;
+    guard.hold_budget(spend);
     if let Some(hit) = cache::lookup(&principal, &preflight) {
         return Ok(Outcome::Served(hit));
     }

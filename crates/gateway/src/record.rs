@@ -25,6 +25,7 @@ use tollgate_store::{Store, UsageRecord};
 
 use crate::admit::Reservation;
 use crate::anomaly::Detector;
+use crate::budgets::{BudgetReservation, Budgets};
 use crate::catalog::{BilledTokens, Catalog};
 
 /// Where the pipeline sends usage records. Cheap to clone.
@@ -50,6 +51,19 @@ impl UsageSink {
         batch_size: usize,
         catalog: Arc<Catalog>,
     ) -> (Self, JoinHandle<u64>) {
+        let budgets = Arc::new(Budgets::new(catalog.clone()));
+        Self::start_with_budgets(store, capacity, batch_size, catalog, budgets)
+    }
+
+    /// [`UsageSink::start`], also telling `budgets` of each batch written (under its
+    /// gate, so a re-sync never sees a batch half-counted).
+    pub fn start_with_budgets(
+        store: Store,
+        capacity: usize,
+        batch_size: usize,
+        catalog: Arc<Catalog>,
+        budgets: Arc<Budgets>,
+    ) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_batches(
@@ -57,7 +71,7 @@ impl UsageSink {
             rx,
             batch_size.max(1),
             written.clone(),
-            catalog,
+            (catalog, budgets),
         ));
         let sink = Self {
             tx,
@@ -136,7 +150,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
     counter: Arc<AtomicU64>,
-    catalog: Arc<Catalog>,
+    (catalog, budgets): (Arc<Catalog>, Arc<Budgets>),
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
@@ -152,9 +166,13 @@ async fn write_batches(
             price(&catalog, rec);
         }
         let mut delay = Duration::from_millis(50);
+        let gate = budgets.gate().lock().await;
         loop {
             match store.insert_usage(&batch).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    budgets.written(&batch);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, records = batch.len(), "usage write failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -162,6 +180,7 @@ async fn write_batches(
                 }
             }
         }
+        drop(gate);
         written += batch.len() as u64;
         counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
@@ -179,6 +198,8 @@ pub struct RecordGuard {
     started: Instant,
     /// Rate-limit tokens to settle against the finished record (admit stage).
     reservation: Option<Reservation>,
+    /// Spend reserved from budgets, settled likewise.
+    budget: Option<BudgetReservation>,
 }
 
 impl RecordGuard {
@@ -188,6 +209,7 @@ impl RecordGuard {
             sink,
             started: Instant::now(),
             reservation: None,
+            budget: None,
         }
     }
 
@@ -195,6 +217,12 @@ impl RecordGuard {
     /// way that happens, and settles it then.
     pub fn hold(&mut self, reservation: Option<Reservation>) {
         self.reservation = reservation;
+    }
+
+    /// Keeps the budgets' reservation until the record is finished, and settles it
+    /// then (pricing the record).
+    pub fn hold_budget(&mut self, budget: Option<BudgetReservation>) {
+        self.budget = budget;
     }
 
     /// The record being filled in.
@@ -237,6 +265,9 @@ impl RecordGuard {
         if let Some(r) = self.reservation.take() {
             r.settle(&rec);
         }
+        if let Some(b) = self.budget.take() {
+            b.settle(&mut rec);
+        }
         self.sink.observe(&rec);
         Some(rec)
     }
@@ -259,7 +290,7 @@ impl Drop for RecordGuard {
 /// snapshot is priced as its base) or else the one requested. A call that used no
 /// tokens cost nothing whatever the model; one of a model the catalog does not know
 /// stays unpriced (`None`), never 0.
-fn price(catalog: &Catalog, rec: &mut UsageRecord) {
+pub(crate) fn price(catalog: &Catalog, rec: &mut UsageRecord) {
     if rec.cost_usd_nanos.is_some() {
         return;
     }

@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use tollgate_store::Store;
 
 use crate::anomaly::Detector;
+use crate::budgets::{self, Budgets};
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
 use crate::limits::{self, Limits};
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub anomaly: Arc<Detector>,
     /// Rate-limit rules and their counters.
     pub limits: Arc<Limits>,
+    /// Spend budgets and their counters.
+    pub budgets: Arc<Budgets>,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -131,11 +134,25 @@ pub async fn serve(
         config.keys_refresh_interval,
         stop_tx.subscribe(),
     ));
-    let (usage, writer) = UsageSink::start(
+    let catalog = Arc::new(config.catalog.clone());
+    let (budgets, notifier) = Budgets::start(catalog.clone(), store.clone(), &config.budgets)
+        .map_err(crate::StartError::Upstream)?;
+    let budgets = Arc::new(budgets);
+    let budgets_version = budgets::load(&budgets, &store).await?;
+    let budgets_watcher = tokio::spawn(budgets::watch(
+        budgets.clone(),
+        store.clone(),
+        budgets_version,
+        config.keys_refresh_interval,
+        config.budgets.sync_interval,
+        stop_tx.subscribe(),
+    ));
+    let (usage, writer) = UsageSink::start_with_budgets(
         store.clone(),
         config.usage_queue_capacity,
         config.usage_batch_size,
-        Arc::new(config.catalog.clone()),
+        catalog,
+        budgets.clone(),
     );
     let (anomaly, webhook) =
         Detector::start(config.anomaly.clone()).map_err(crate::StartError::Upstream)?;
@@ -157,6 +174,7 @@ pub async fn serve(
         upstream,
         anomaly,
         limits,
+        budgets,
     });
 
     let app = router(gateway);
@@ -170,6 +188,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = limits_watcher.await;
+    let _ = budgets_watcher.await;
     let _ = flag_writer.await;
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);
@@ -177,6 +196,8 @@ pub async fn serve(
     if let Some(webhook) = webhook {
         let _ = tokio::time::timeout(grace, webhook).await;
     }
+    // Likewise the budgets: the notifier announces what is queued, briefly.
+    let _ = tokio::time::timeout(grace, notifier).await;
     tracing::info!(usage_records = written, "gateway stopped");
     Ok(ServeReport {
         usage_records_written: written,

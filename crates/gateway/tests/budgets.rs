@@ -1,0 +1,487 @@
+//! Spend budgets end to end against the simulator: a budget that admits calls until it
+//! is spent and then refuses with 429 `insufficient_quota` and `x-should-retry: false`;
+//! the worst case refused up front while a smaller request passes; reservations settled
+//! to the real cost; a governed model without a price refused; the soft threshold
+//! announced once (log, metric, webhook) and claimed in the store; the admin API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use support::{eventually, Harness};
+use tollgate_gateway::RawConfig;
+use tollgate_store::{Actor, BudgetPeriod, BudgetScope, Role};
+
+/// gpt-4o-mini pinned at $1 / $4 per 1M tokens: 1 000 and 4 000 nano-USD per token.
+const IN: u64 = 1_000;
+const OUT: u64 = 4_000;
+
+fn pinned_prices(raw: &mut RawConfig) {
+    raw.models = RawConfig::from_toml_str(
+        "[[models]]\nid = \"gpt-4o-mini\"\ninput_per_1m = 1\noutput_per_1m = 4\n",
+    )
+    .unwrap()
+    .models;
+}
+
+fn body(max_output: u64) -> Value {
+    json!({"model": "gpt-4o-mini", "input": "Say hello to the budget", "max_output_tokens": max_output})
+}
+
+/// The worst case the gateway prices a call of [`body`] at.
+fn worst(max_output: u64) -> u64 {
+    let input = tollgate_wire::tokens::estimate_input("gpt-4o-mini", &body(max_output)) as u64;
+    input * IN + max_output * OUT
+}
+
+fn env_scope(env: &str) -> BudgetScope {
+    BudgetScope {
+        project: "shop".into(),
+        env: Some(env.into()),
+        key_id: None,
+    }
+}
+
+async fn set(h: &Harness, scope: &BudgetScope, daily: Option<u64>, monthly: Option<u64>) {
+    h.store
+        .set_budget(
+            scope,
+            daily,
+            monthly,
+            None,
+            support::now_ms(),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the server governs the harness key's calls by a budget: an unpriced
+/// model is refused (nothing is sent upstream, nothing spent).
+async fn until_applied(h: &Harness) {
+    let applied = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .post(
+                "/v1/responses",
+                json!({"model": "unpriced-model", "input": "x"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        res.status() == 400
+    })
+    .await;
+    assert!(applied.is_some(), "budget not applied within 5 s");
+}
+
+/// What one call of [`body`] really costs (the simulator answers the same body alike),
+/// once its record is written: a call made before a budget existed counts against it
+/// from then on.
+async fn real_cost(h: &Harness, max_output: u64) -> u64 {
+    let recorded = || async { h.store.usage_records(0).await.unwrap().len() };
+    let before = recorded().await;
+    let res = h
+        .post("/v1/responses", body(max_output))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    let written = eventually(Duration::from_secs(5), || async {
+        recorded().await > before
+    })
+    .await;
+    assert!(written.is_some(), "the call's record was not written");
+    v["usage"]["input_tokens"].as_u64().unwrap() * IN
+        + v["usage"]["output_tokens"].as_u64().unwrap() * OUT
+}
+
+/// Mints a key in the harness's project and waits until the server's key cache has it.
+async fn known_key(h: &Harness, env: &str, role: Role) -> String {
+    let (key, _) = h.mint(env, role).await;
+    let known = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .http
+            .get(h.url("/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        res.status() != 401
+    })
+    .await;
+    assert!(known.is_some(), "the new key was never accepted");
+    key
+}
+
+fn header(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_budget_admits_calls_until_spent_then_refuses_without_retry() {
+    let mut h = support::start_with(pinned_prices).await;
+    let cost = real_cost(&h, 16).await;
+    assert!(cost > 0 && cost <= worst(16), "{cost} {}", worst(16));
+    // Room for the call already made, two more, and the worst case of a third.
+    let limit = 3 * cost + worst(16);
+    set(&h, &env_scope("dev"), Some(limit), None).await;
+    until_applied(&h).await;
+    let upstream_before = h.sim_requests().await.len();
+    for i in 0..3 {
+        let res = h.post("/v1/responses", body(16)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "call {i}");
+        res.bytes().await.unwrap();
+    }
+    let res = h.post("/v1/responses", body(16)).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "x-should-retry").as_deref(), Some("false"));
+    assert!(header(&res, "retry-after").is_none());
+    assert!(header(&res, "retry-after-ms").is_none());
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "insufficient_quota");
+    assert_eq!(err["error"]["code"], "insufficient_quota");
+    assert!(err["error"]["param"].is_null());
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("daily budget of project shop, env dev"),
+        "{msg}"
+    );
+    let (_, next_day) = BudgetPeriod::Day.bounds(support::now_ms());
+    let (y, m, d) = tollgate_store::civil_date(next_day);
+    assert!(
+        msg.contains(&format!("{y:04}-{m:02}-{d:02} 00:00 UTC")),
+        "{msg}"
+    );
+    assert!(msg.contains("tollgate budgets set"), "{msg}");
+    assert_eq!(
+        h.sim_requests().await.len(),
+        upstream_before + 3,
+        "the refused call never reached the upstream"
+    );
+    // Another environment is not governed.
+    let other = known_key(&h, "prod", Role::Member).await;
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(&other)
+        .json(&body(16))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let records = h.stop_and_records().await;
+    let refused: Vec<_> = records.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].error_code.as_deref(), Some("insufficient_quota"));
+    assert_eq!(refused[0].cost_usd_nanos, Some(0));
+}
+
+#[tokio::test]
+async fn the_worst_case_is_refused_up_front_and_reservations_settle_to_the_real_cost() {
+    let mut h = support::start_with(pinned_prices).await;
+    // A big max_output_tokens: its worst case alone fits, twice does not.
+    let big = 50_000;
+    let cost = real_cost(&h, big).await;
+    let limit = cost + worst(big) + 2 * cost;
+    set(&h, &env_scope("dev"), None, Some(limit)).await;
+    until_applied(&h).await;
+    let res = h.post("/v1/responses", body(big * 2)).send().await.unwrap();
+    assert_eq!(res.status(), 429, "a worst case above what is left");
+    let err: Value = res.json().await.unwrap();
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("monthly budget"), "{msg}");
+    assert!(msg.contains("max_output_tokens"), "{msg}");
+    // Each big call reserves its worst case, then settles to its real cost, so the
+    // next big call fits again (without settlement the second would be refused).
+    for i in 0..3 {
+        let res = h.post("/v1/responses", body(big)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "big call {i}");
+        res.bytes().await.unwrap();
+    }
+    // Spent: 4 calls. A big call no longer fits, a small one still does.
+    let res = h.post("/v1/responses", body(big)).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    res.bytes().await.unwrap();
+    let res = h.post("/v1/responses", body(16)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+
+    let records = h.stop_and_records().await;
+    let ok: Vec<_> = records.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(ok.len(), 5);
+    for r in &ok {
+        assert_eq!(
+            r.cost_usd_nanos,
+            Some(r.input_tokens * IN + r.output_tokens * OUT),
+            "priced exactly"
+        );
+    }
+    // `budgets show`'s numbers: what the records cost.
+    let report = tollgate_gateway::budgets::report(&h.store, Some("shop"), support::now_ms())
+        .await
+        .unwrap();
+    let month = report[0].month.clone().unwrap();
+    let spent: u64 = ok.iter().map(|r| r.cost_usd_nanos.unwrap()).sum();
+    assert_eq!(month.spent_usd_nanos, spent);
+    assert_eq!(month.remaining_usd_nanos, limit - spent);
+    assert!(report[0].day.is_none());
+}
+
+#[tokio::test]
+async fn a_governed_model_without_a_price_is_refused_and_others_are_not() {
+    let h = support::start().await;
+    let unpriced = json!({"model": "my-local-llama", "input": "hi"});
+    let upstream = h.sim_requests().await.len();
+    let res = h
+        .post("/v1/responses", unpriced.clone())
+        .send()
+        .await
+        .unwrap();
+    res.bytes().await.unwrap();
+    assert_eq!(
+        h.sim_requests().await.len(),
+        upstream + 1,
+        "no budget: an unpriced model goes upstream (the simulator knows no such model)"
+    );
+    set(&h, &env_scope("dev"), Some(1_000_000_000), None).await;
+    until_applied(&h).await;
+    let upstream = h.sim_requests().await.len();
+    let res = h.post("/v1/responses", unpriced).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        h.sim_requests().await.len(),
+        upstream,
+        "refused before the upstream"
+    );
+    assert_eq!(header(&res, "x-should-retry").as_deref(), Some("false"));
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "model_not_priced");
+    assert_eq!(err["error"]["param"], "model");
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("[[models]]") && msg.contains("my-local-llama"),
+        "{msg}"
+    );
+    // A priced model passes; listing models is not a model call.
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = h
+        .http
+        .get(h.url("/v1/models"))
+        .bearer_auth(&h.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// A webhook receiver on 127.0.0.1:0 that keeps every JSON body it is sent.
+async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks/budgets",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/budgets", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+async fn metric(h: &Harness, line: &str) -> Option<u64> {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_soft_threshold_is_announced_once_per_period() {
+    let (url, hooks) = webhook().await;
+    let h = support::start_with(|raw| {
+        pinned_prices(raw);
+        raw.budgets.webhook_url = Some(url);
+    })
+    .await;
+    let cost = real_cost(&h, 16).await;
+    // The soft threshold (80 %) is reached well before the limit.
+    let day_limit = 20 * cost + 2 * worst(16);
+    let scope = env_scope("dev");
+    set(&h, &scope, Some(day_limit), Some(1_000 * day_limit)).await;
+    until_applied(&h).await;
+    let soft = |n: u64| n * cost * 100 >= day_limit * 80;
+    let mut calls = 1;
+    while !soft(calls) {
+        let res = h.post("/v1/responses", body(16)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        calls += 1;
+    }
+    let announced = eventually(Duration::from_secs(10), || async {
+        metric(&h, "tollgate_budget_soft_threshold_total{period=\"day\"}").await == Some(1)
+    })
+    .await;
+    assert!(announced.is_some(), "no soft-threshold notice within 10 s");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !hooks.lock().is_empty()
+        })
+        .await
+        .is_some(),
+        "the webhook got nothing"
+    );
+    // More calls in the same day: no second notice (the store holds the claim too).
+    for _ in 0..2 {
+        let res = h.post("/v1/responses", body(1)).send().await.unwrap();
+        res.bytes().await.unwrap();
+    }
+    let (day_start, _) = BudgetPeriod::Day.bounds(support::now_ms());
+    assert!(!h
+        .store
+        .claim_budget_notice(&scope, BudgetPeriod::Day, day_start)
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&h, "tollgate_budget_soft_threshold_total{period=\"day\"}").await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(&h, "tollgate_budget_soft_threshold_total{period=\"month\"}").await,
+        Some(0)
+    );
+    let hooks = hooks.lock().clone();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    let n = &hooks[0];
+    assert_eq!(n["event"], "budget.soft_threshold");
+    assert_eq!(
+        (n["project"].as_str(), n["env"].as_str()),
+        (Some("shop"), Some("dev"))
+    );
+    assert!(n["key_id"].is_null());
+    assert_eq!(n["period"], "day");
+    assert_eq!(n["soft_percent"], 80);
+}
+
+#[tokio::test]
+async fn admins_set_show_and_clear_budgets_over_the_admin_api() {
+    let h = support::start_with(pinned_prices).await;
+    let admin = known_key(&h, "ops", Role::Admin).await;
+    let call = |method: reqwest::Method, path: &str, key: &str| {
+        h.http
+            .request(method, h.url(path))
+            .bearer_auth(key.to_owned())
+    };
+    let res = call(reqwest::Method::PUT, "/admin/v1/budgets", &admin)
+        .json(&json!({"env": "dev", "daily_usd": "0.5", "monthly_usd": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let b: Value = res.json().await.unwrap();
+    assert_eq!(b["daily_usd_nanos"], 500_000_000);
+    assert_eq!(b["monthly_usd_nanos"], 10_000_000_000u64);
+    assert_eq!(b["soft_percent"], 80);
+    // A member may read it, not change it.
+    let res = call(reqwest::Method::PUT, "/admin/v1/budgets", &h.key)
+        .json(&json!({"daily_usd": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    until_applied(&h).await;
+    let spent = real_cost(&h, 16).await;
+    let listed = eventually(Duration::from_secs(5), || async {
+        let v: Value = call(reqwest::Method::GET, "/admin/v1/budgets", &h.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"][0]["day"]["spent_usd_nanos"].as_u64() == Some(spent)
+            && v["data"][0]["day"]["remaining_usd_nanos"].as_u64() == Some(500_000_000 - spent)
+    })
+    .await;
+    assert!(listed.is_some(), "the spend never showed");
+    for (body, param) in [
+        (json!({"env": "dev"}), "daily_usd"),
+        (json!({"daily_usd": "-1"}), "daily_usd"),
+        (json!({"daily_usd": 0}), "daily_usd"),
+        (json!({"daily_usd": 1, "soft_percent": 0}), "soft_percent"),
+        (
+            json!({"env": "dev", "key_id": "key_x", "daily_usd": 1}),
+            "key_id",
+        ),
+    ] {
+        let res = call(reqwest::Method::PUT, "/admin/v1/budgets", &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["param"], param, "{body}");
+    }
+    let res = call(reqwest::Method::DELETE, "/admin/v1/budgets?env=dev", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = call(reqwest::Method::DELETE, "/admin/v1/budgets?env=dev", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let audit: Vec<String> = h
+        .store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action.starts_with("budgets."))
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a.action,
+                a.target,
+                a.source.starts_with("admin-api")
+            )
+        })
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            "budgets.set shop/dev/* true",
+            "budgets.clear shop/dev/* true"
+        ]
+    );
+}
