@@ -3,6 +3,7 @@
 //! dispatches.
 
 mod audit;
+mod budgets;
 mod caps;
 mod config_cmd;
 mod keys;
@@ -35,6 +36,8 @@ enum Command {
     Projects(projects::ProjectsArgs),
     /// Rate limits (requests and tokens per minute) per project, env, key and model.
     Limits(limits::LimitsArgs),
+    /// Spend budgets in USD per day and month per project, env or key: set, show, clear.
+    Budgets(budgets::BudgetsArgs),
     /// Output caps (max output tokens, a default, a temperature range) per project or key.
     Caps(caps::CapsArgs),
     /// The model catalog (prices per 1M tokens) and `models cost` estimates.
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Projects(args) => projects::run(args).await,
         Command::Limits(args) => limits::run(args).await,
         Command::Caps(args) => caps::run(args).await,
+        Command::Budgets(args) => budgets::run(args).await,
         Command::Models(args) => models::run(args),
         Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
