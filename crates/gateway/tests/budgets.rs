@@ -2,7 +2,8 @@
 //! is spent and then refuses with 429 `insufficient_quota` and `x-should-retry: false`;
 //! the worst case refused up front while a smaller request passes; reservations settled
 //! to the real cost; a governed model without a price refused; the soft threshold
-//! announced once (log, metric, webhook) and claimed in the store; the admin API.
+//! announced once (log, metric, webhook) and claimed in the store; the admin API; two
+//! replicas on one PostgreSQL store seeing each other's spend within the sync interval.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -484,4 +485,124 @@ async fn admins_set_show_and_clear_budgets_over_the_admin_api() {
             "budgets.clear shop/dev/* true"
         ]
     );
+}
+
+/// One `tollgate serve` in-process on a shared PostgreSQL schema, re-reading budget
+/// spend every 100 ms.
+async fn replica(
+    database_url: &str,
+    upstream_url: String,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<tollgate_gateway::ServeReport, tollgate_gateway::StartError>>,
+) {
+    let store = tollgate_store::Store::open_url(database_url).await.unwrap();
+    let mut raw = RawConfig::default();
+    raw.upstream.url = Some(upstream_url);
+    raw.database_url = Some(database_url.to_owned());
+    raw.keys.refresh_interval_ms = Some(50);
+    raw.budgets.sync_interval_ms = Some(100);
+    pinned_prices(&mut raw);
+    let config = tollgate_gateway::Config::try_from(raw).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(tollgate_gateway::serve(
+        listener,
+        config,
+        store,
+        tollgate_gateway::secret::Secret::new(support::PROVIDER_KEY),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx, join)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_postgres_store_see_each_others_spend() {
+    let schema = match tollgate_store::testing::PgSchema::create().await {
+        Ok(schema) => schema,
+        Err(e) => panic!("the PostgreSQL budget test cannot run: {e}"),
+    };
+    let sim = tollgate_simulator::server::spawn(tollgate_simulator::SimConfig {
+        api_keys: Some(vec![support::PROVIDER_KEY.to_owned()]),
+        ..tollgate_simulator::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = schema.open().await.unwrap();
+    store.ensure_project("shop").await.unwrap();
+    let minted = tollgate_gateway::keys::mint("shop", "dev", Role::Member, None, support::now_ms());
+    store.insert_key(&minted.record).await.unwrap();
+    let key = minted.secret;
+    let (a, stop_a, join_a) = replica(&schema.url(), sim.base_url()).await;
+    let (b, stop_b, join_b) = replica(&schema.url(), sim.base_url()).await;
+    let http = reqwest::Client::new();
+    let call = |addr: std::net::SocketAddr, body: Value, fault: Option<&'static str>| {
+        let mut req = http
+            .post(format!("http://{addr}/v1/responses"))
+            .bearer_auth(&key)
+            .json(&body);
+        if let Some(status) = fault {
+            req = req.header("x-sim-status", status);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let records = || async { store.usage_records(0).await.unwrap() };
+    // One call's real cost, then a budget with room for about ten more.
+    assert_eq!(call(a, body(16), None).await, 200);
+    let first = eventually(Duration::from_secs(5), || async {
+        !records().await.is_empty()
+    })
+    .await;
+    assert!(first.is_some());
+    let r = &records().await[0];
+    let cost = r.input_tokens * IN + r.output_tokens * OUT;
+    let limit = 11 * cost + worst(16);
+    set_in(&store, &env_scope("dev"), Some(limit)).await;
+    for addr in [a, b] {
+        let applied = eventually(Duration::from_secs(5), || async {
+            call(addr, json!({"model": "unpriced-model", "input": "x"}), None).await == 400
+        })
+        .await;
+        assert!(applied.is_some(), "budget not applied on {addr}");
+    }
+    // A spends the budget until it refuses.
+    let mut spent_by_a = 0;
+    while call(a, body(16), None).await == 200 {
+        spent_by_a += 1;
+        assert!(spent_by_a < 100, "A never refused");
+    }
+    assert!(spent_by_a >= 10, "{spent_by_a}");
+    // B saw none of it itself: alone it would admit a call (worst case + 1 call spent
+    // fits). Probes that fail upstream without usage spend nothing (refunded), so B's
+    // answer turns to insufficient_quota only once it has read A's spend from the store.
+    let converged = eventually(Duration::from_secs(5), || async {
+        call(b, body(16), Some("400")).await == 429
+    })
+    .await;
+    assert!(converged.is_some(), "B never saw A's spend");
+    // A call that would really spend is refused too.
+    assert_eq!(call(b, body(16), None).await, 429);
+    for (stop, join) in [(stop_a, join_a), (stop_b, join_b)] {
+        let _ = stop.send(());
+        join.await.unwrap().unwrap();
+    }
+    schema.drop_schema().await.unwrap();
+}
+
+async fn set_in(store: &tollgate_store::Store, scope: &BudgetScope, daily: Option<u64>) {
+    store
+        .set_budget(
+            scope,
+            daily,
+            None,
+            None,
+            support::now_ms(),
+            &Actor::system(),
+        )
+        .await
+        .unwrap();
 }
