@@ -178,7 +178,7 @@ export class DataDir {
     }
     const key = JSON.parse(this.cli(...args));
     assert.deepEqual(Object.keys(key).sort(), [
-      'env', 'expires_at_ms', 'id', 'key', 'prefix', 'project', 'role',
+      'env', 'expires_at_ms', 'id', 'key', 'lane', 'prefix', 'project', 'role',
     ]);
     assert.ok(key.key.startsWith(`tg-${env}-`) && key.key.startsWith(key.prefix), JSON.stringify(key));
     return key;

@@ -198,7 +198,7 @@ class DataDir:
             args += ["--role", role]
         key = json.loads(self.cli(*args))
         assert set(key) == {
-            "id", "key", "prefix", "project", "env", "role", "expires_at_ms",
+            "id", "key", "prefix", "project", "env", "role", "lane", "expires_at_ms",
         }, key
         assert key["key"].startswith(key["prefix"]) and key["key"].startswith(f"tg-{env}-"), key
         return key

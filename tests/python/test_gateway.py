@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from openai import (
     RateLimitError,
 )
 
-from conftest import GATEWAY_UPSTREAM_ATTEMPTS, PROVIDER_KEY, Gateway, Mock, SessionGateway, start_gateway
+from conftest import GATEWAY_UPSTREAM_ATTEMPTS, PROVIDER_KEY, Gateway, Mock, SessionGateway, header, start_gateway
 from support import (
     LONG_PROMPT,
     MODEL,
@@ -573,3 +574,41 @@ def test_api_status_error_carries_gateway_request_id(sim: Mock, member: OpenAI) 
     assert info.value.status_code == 503
     assert info.value.request_id is not None and info.value.request_id.startswith("req_")
     assert [r["status"] for r in sim.recorded("/v1/responses")] == [503] * GATEWAY_UPSTREAM_ATTEMPTS
+
+
+# --- priority lanes -----------------------------------------------------------------------------
+
+
+def test_batch_priority_header_is_served_and_recorded(mock: Mock, usage_gateway: tuple[Gateway, dict[str, str]]) -> None:
+    """`extra_headers={"x-tollgate-priority": "batch"}` runs the call in the batch lane: it is
+    answered as usual, the header never reaches the upstream, and the usage record says
+    `batch`; without the header the key's default (interactive) applies; a bad value is a
+    400 naming the header, which the SDK does not retry."""
+    gateway, key = usage_gateway
+    client = gateway.client(key["key"])
+    batch = client.responses.create(
+        model=MODEL, input="Summarise a bridge.", max_output_tokens=16,
+        extra_headers={"x-tollgate-priority": "batch"},
+    )
+    assert batch.output_text
+    plain = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}],  # type: ignore[list-item]
+    )
+    assert plain.choices[0].message.content
+    before = len(mock.recorded())
+    with pytest.raises(BadRequestError) as bad:
+        client.responses.create(model=MODEL, input="hi", extra_headers={"x-tollgate-priority": "urgent"})
+    assert bad.value.param == "x-tollgate-priority"
+    assert "`batch` or `interactive`" in bad.value.message
+    assert len(mock.recorded()) == before, "a refused call never goes upstream"
+    assert all(header(r, "x-tollgate-priority") is None for r in mock.recorded())
+
+    status = gateway.terminate()
+    assert status == 0, f"tollgate serve exited {status} on SIGTERM; stderr:\n{gateway.stderr()}"
+    with sqlite3.connect(gateway.data.path / "tollgate.db") as db:
+        rows = db.execute("SELECT endpoint, status, lane FROM usage ORDER BY id").fetchall()
+    assert rows == [
+        ("/v1/responses", 200, "batch"),
+        ("/v1/chat/completions", 200, "interactive"),
+        ("/v1/responses", 400, None),
+    ], rows

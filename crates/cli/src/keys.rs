@@ -1,4 +1,4 @@
-//! `tollgate keys create|list|rotate|suspend|resume|revoke|prune`: gateway keys over
+//! `tollgate keys create|list|rotate|suspend|resume|revoke|set-lane|prune`: gateway keys over
 //! their whole life, straight on the store. Every change is written to the audit log
 //! (actor `cli:$USER`) in the same transaction. A running server notices changes
 //! through the store's key change counter within `keys.refresh_interval_ms` (250 ms
@@ -7,7 +7,7 @@
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use tollgate_gateway::keys;
-use tollgate_store::{KeyRecord, NewAudit, Role, Store, DEFAULT_MAX_KEY_AGE_MS};
+use tollgate_store::{KeyRecord, Lane, NewAudit, Role, Store, DEFAULT_MAX_KEY_AGE_MS};
 
 use crate::state::{self, StateArgs};
 
@@ -38,7 +38,12 @@ enum KeysCommand {
         /// Lifetime: 30d, 12h, … [default: the project's maximum key age, 90d unless set]
         #[arg(long)]
         expires_in: Option<String>,
-        /// Print {"id","key","prefix","project","env","role","expires_at_ms"} as JSON.
+        /// The lane of its requests that send no x-tollgate-priority header:
+        /// interactive, or batch (waits for capacity, leaves lanes.batch_reserve of
+        /// every limit to interactive traffic).
+        #[arg(long, default_value = "interactive")]
+        lane: Lane,
+        /// Print {"id","key","prefix","project","env","role","lane","expires_at_ms"} as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +82,15 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a key's default lane (interactive or batch); running servers apply it within
+    /// a second.
+    SetLane {
+        /// The key id (key_…), as `keys list` shows it.
+        id: String,
+        lane: Lane,
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a key at once, for good.
     Revoke {
         /// The key id (key_…), as `keys list` shows it.
@@ -110,11 +124,21 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             role,
             name,
             expires_in,
+            lane,
             json,
         } => {
             let expires_in = expires_in.as_deref().map(positive_span).transpose()?;
             let store = args.state.open().await?;
-            create(&store, &project, &env, role, name, expires_in, json).await
+            let key = NewKeyArgs {
+                role,
+                name,
+                expires_in,
+                lane,
+            };
+            create(&store, &project, &env, key, json).await
+        }
+        KeysCommand::SetLane { id, lane, json } => {
+            set_lane(&args.state.open().await?, &id, lane, json).await
         }
         KeysCommand::List { json } => list(&args.state.open().await?, json).await,
         KeysCommand::Rotate { id, grace, json } => {
@@ -191,15 +215,27 @@ async fn change(store: &Store, id: &str, change: Change<'_>, json: bool) -> anyh
     Ok(())
 }
 
+/// What `keys create` asks for beside the project and environment.
+struct NewKeyArgs {
+    role: Role,
+    name: Option<String>,
+    expires_in: Option<i64>,
+    lane: Lane,
+}
+
 async fn create(
     store: &Store,
     project: &str,
     env: &str,
-    role: Role,
-    name: Option<String>,
-    expires_in: Option<i64>,
+    key: NewKeyArgs,
     json: bool,
 ) -> anyhow::Result<()> {
+    let NewKeyArgs {
+        role,
+        name,
+        expires_in,
+        lane,
+    } = key;
     let max_age = store
         .project_by_name(project)
         .await?
@@ -217,24 +253,43 @@ async fn create(
     let now = state::now_ms();
     let mut minted = keys::mint(project, env, role, name, now);
     minted.record.expires_at_ms = now.saturating_add(lifetime);
+    minted.record.lane = lane;
     let rec = store.insert_key_as(&minted.record, &actor).await?;
     if json {
         let out = serde_json::json!({
             "id": rec.id, "key": minted.secret, "prefix": rec.prefix,
-            "project": rec.project, "env": rec.env, "role": rec.role,
+            "project": rec.project, "env": rec.env, "role": rec.role, "lane": rec.lane,
             "expires_at_ms": rec.expires_at_ms,
         });
         println!("{out}");
     } else {
         println!(
-            "Created key {} for {}/{} (role {}), expiring {} UTC.",
+            "Created key {} for {}/{} (role {}, {} lane), expiring {} UTC.",
             rec.id,
             rec.project,
             rec.env,
             rec.role,
+            rec.lane,
             state::format_ms(rec.expires_at_ms)
         );
         print_secret(&minted.secret);
+    }
+    Ok(())
+}
+
+async fn set_lane(store: &Store, id: &str, lane: Lane, json: bool) -> anyhow::Result<()> {
+    known(store, id).await?;
+    let changed = store
+        .set_key_lane(id, lane, state::now_ms(), &state::actor())
+        .await?;
+    if json {
+        let out =
+            serde_json::json!({ "id": id, "action": "lane", "changed": changed, "lane": lane });
+        println!("{out}");
+    } else if changed {
+        println!("{id}: its default lane is now {lane}. Running servers apply it within a second.");
+    } else {
+        println!("{id}: its default lane was already {lane}.");
     }
     Ok(())
 }
@@ -375,7 +430,7 @@ fn key_json(k: &KeyRecord, now: i64) -> serde_json::Value {
         "due_for_rotation": k.due_for_rotation(now),
         "revoked_at_ms": k.revoked_at_ms, "revoke_reason": k.revoke_reason,
         "suspended_at_ms": k.suspended_at_ms, "suspend_reason": k.suspend_reason,
-        "rotated_to": k.rotated_to, "retire_at_ms": k.retire_at_ms,
+        "rotated_to": k.rotated_to, "retire_at_ms": k.retire_at_ms, "lane": k.lane,
     })
 }
 
@@ -393,6 +448,7 @@ fn print_keys(keys: &[KeyRecord], now: i64) {
                 k.project.clone(),
                 k.env.clone(),
                 k.role.to_string(),
+                k.lane.to_string(),
                 state::format_ms(k.created_at_ms),
                 k.last_used_at_ms
                     .map_or_else(|| "never".into(), state::format_ms),
@@ -408,6 +464,7 @@ fn print_keys(keys: &[KeyRecord], now: i64) {
             "PROJECT",
             "ENV",
             "ROLE",
+            "LANE",
             "CREATED (UTC)",
             "LAST USED (UTC)",
             "EXPIRES (UTC)",

@@ -643,3 +643,91 @@ fn rate_limits_and_output_caps_from_the_command_line() {
         assert!(text.contains(action), "{action} not audited: {text}");
     }
 }
+
+#[test]
+fn a_keys_lane_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let create = |lane: &str| {
+        json(
+            dir,
+            &[
+                "keys",
+                "create",
+                "--project",
+                "shop",
+                "--env",
+                "dev",
+                "--lane",
+                lane,
+                "--json",
+            ],
+        )
+    };
+    let batch = create("batch");
+    assert_eq!(batch["lane"], "batch");
+    let plain = json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--json",
+        ],
+    );
+    assert_eq!(plain["lane"], "interactive", "the default lane");
+    let id = plain["id"].as_str().unwrap();
+
+    let out = json(dir, &["keys", "set-lane", id, "batch", "--json"]);
+    assert_eq!(out["changed"], true);
+    assert_eq!(out["lane"], "batch");
+    let again = json(dir, &["keys", "set-lane", id, "batch", "--json"]);
+    assert_eq!(again["changed"], false);
+    let list = json(dir, &["keys", "list", "--json"]);
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["lane"] == "batch"));
+    let table = String::from_utf8(tollgate(dir, &["keys", "list"]).stdout).unwrap();
+    assert!(table.contains("LANE") && table.contains("batch"), "{table}");
+    let audit = json(dir, &["audit", "--json"]);
+    let sets: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "key.set_lane")
+        .collect();
+    assert_eq!(sets.len(), 1, "{audit}");
+    assert_eq!(sets[0]["actor"], "cli:alice");
+
+    // Bad input is refused, names what to use, and changes nothing.
+    fails(
+        dir,
+        &["keys", "set-lane", id, "urgent"],
+        "use interactive or batch",
+    );
+    fails(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--lane",
+            "soon",
+        ],
+        "use interactive or batch",
+    );
+    fails(
+        dir,
+        &["keys", "set-lane", "key_nope", "batch"],
+        "unknown key id",
+    );
+    assert_eq!(json(dir, &["keys", "list", "--json"]), list);
+}

@@ -32,7 +32,9 @@ use axum::Router;
 use http::{HeaderMap, Request, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tollgate_store::{Actor, KeyRecord, Role, StoreError, UsageTotals, DEFAULT_MAX_KEY_AGE_MS};
+use tollgate_store::{
+    Actor, KeyRecord, Lane, Role, StoreError, UsageTotals, DEFAULT_MAX_KEY_AGE_MS,
+};
 
 use crate::accept::now_ms;
 use crate::error::GatewayError;
@@ -48,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/v1/keys/{id}/revoke"),
     ("post", "/admin/v1/keys/{id}/suspend"),
     ("post", "/admin/v1/keys/{id}/resume"),
+    ("post", "/admin/v1/keys/{id}/lane"),
     ("get", "/admin/v1/usage"),
     ("get", "/admin/v1/audit"),
     ("get", "/admin/v1/project"),
@@ -88,6 +91,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/suspend", post(suspend_key))
         .route("/admin/v1/keys/{id}/resume", post(resume_key))
+        .route("/admin/v1/keys/{id}/lane", post(set_key_lane))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/audit", get(audit))
         .route(
@@ -129,6 +133,13 @@ pub(crate) struct CreateBody {
     role: Option<String>,
     name: Option<String>,
     expires_in: Option<String>,
+    lane: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaneBody {
+    lane: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +264,7 @@ pub(crate) async fn create_key_in(
         Some(r) => r.parse::<Role>().map_err(|e| invalid(e, "role"))?,
     };
     check_text(body.name.as_deref(), "name")?;
+    let lane = parse_lane(body.lane.as_deref().unwrap_or("interactive"))?;
     let expires_in = body
         .expires_in
         .as_deref()
@@ -277,6 +289,7 @@ pub(crate) async fn create_key_in(
     let now = now_ms();
     let mut minted = keys::mint(project, &body.env, role, body.name, now);
     minted.record.expires_at_ms = now.saturating_add(lifetime);
+    minted.record.lane = lane;
     let rec = gw
         .store
         .insert_key_as(&minted.record, actor)
@@ -285,7 +298,7 @@ pub(crate) async fn create_key_in(
     Ok(json!({
         "id": rec.id, "key": minted.secret, "prefix": rec.prefix,
         "project": rec.project, "env": rec.env, "role": rec.role,
-        "name": rec.name, "expires_at_ms": rec.expires_at_ms,
+        "name": rec.name, "expires_at_ms": rec.expires_at_ms, "lane": rec.lane,
     }))
 }
 
@@ -353,7 +366,7 @@ async fn rotate_key_inner(
     Ok(json!({
         "id": next.id, "key": minted.secret, "prefix": next.prefix,
         "project": next.project, "env": next.env, "role": next.role,
-        "name": next.name, "expires_at_ms": next.expires_at_ms,
+        "name": next.name, "expires_at_ms": next.expires_at_ms, "lane": next.lane,
         "predecessor": id, "predecessor_retires_at_ms": now.saturating_add(grace_ms),
     }))
 }
@@ -418,6 +431,33 @@ async fn change(
     Ok(json!({
         "id": id, "action": action, "changed": changed, "state": key.state(now_ms()),
     }))
+}
+
+async fn set_key_lane(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    let result = async {
+        let p = caller(&gw, req.headers(), AdminAction::ChangeKeys)?;
+        let actor = actor(&p, &req);
+        // Another project's key is not found, whatever the body.
+        own_key(&gw, &p, &id).await?;
+        let body: LaneBody = read_body(req, false).await?;
+        let lane = parse_lane(&body.lane)?;
+        let changed = gw
+            .store
+            .set_key_lane(&id, lane, now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        Ok(json!({ "id": id, "action": "lane", "changed": changed, "lane": lane }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+fn parse_lane(lane: &str) -> Result<Lane, GatewayError> {
+    lane.parse::<Lane>().map_err(|e| invalid(e, "lane"))
 }
 
 async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
@@ -835,7 +875,7 @@ fn key_json(k: &KeyRecord, now: i64) -> Value {
         "due_for_rotation": k.due_for_rotation(now),
         "revoked_at_ms": k.revoked_at_ms, "revoke_reason": k.revoke_reason,
         "suspended_at_ms": k.suspended_at_ms, "suspend_reason": k.suspend_reason,
-        "rotated_to": k.rotated_to, "retire_at_ms": k.retire_at_ms,
+        "rotated_to": k.rotated_to, "retire_at_ms": k.retire_at_ms, "lane": k.lane,
     })
 }
 

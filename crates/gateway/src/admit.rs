@@ -49,13 +49,16 @@ pub struct Reservation {
     reserved: u64,
 }
 
-/// Admits the request or refuses it with 429 (see the module docs).
+/// Admits the request or refuses it with 429 (see the module docs). `reserve` is the
+/// fraction of every limit the take must leave untouched: `lanes.batch_reserve` for a
+/// batch request, 0 for an interactive one.
 pub fn run(
     limits: &Arc<Limits>,
     endpoint: Endpoint,
     principal: &Principal,
     preflight: &Preflight,
     default_output_tokens: u64,
+    reserve: f64,
 ) -> Result<Admission, GatewayError> {
     if !endpoint.has_body() {
         return Ok(Admission::default());
@@ -75,7 +78,7 @@ pub fn run(
         0
     };
     let model = model.unwrap_or("this model");
-    take(limits, &demands(&rules, tokens), tokens, model)
+    take(limits, &demands(&rules, tokens, reserve), tokens, model)
 }
 
 /// Takes every demand from the counters, or refuses with what the caller needs to
@@ -171,8 +174,18 @@ impl Reservation {
     }
 }
 
-/// One request from each RPM bucket, the estimate from each TPM bucket.
-fn demands(rules: &[Rule], tokens: u64) -> Vec<Demand> {
+/// One request from each RPM bucket, the estimate from each TPM bucket, each leaving
+/// `reserve` of its limit (rounded up; never so much that the request could not fit
+/// a full bucket).
+fn demands(rules: &[Rule], tokens: u64, reserve: f64) -> Vec<Demand> {
+    let keep = |limit: u64, amount: u64| {
+        if reserve <= 0.0 {
+            return 0;
+        }
+        // Limits are far below 2^53: the float is exact enough.
+        let keep = (limit as f64 * reserve).ceil() as u64;
+        keep.min(limit.saturating_sub(amount))
+    };
     let mut out = Vec::with_capacity(rules.len() * 2);
     for r in rules {
         if let Some(rpm) = r.rpm {
@@ -180,6 +193,7 @@ fn demands(rules: &[Rule], tokens: u64) -> Vec<Demand> {
                 key: (r.scope.clone(), Dimension::Requests),
                 limit: rpm,
                 amount: 1,
+                keep: keep(rpm, 1),
             });
         }
         if let Some(tpm) = r.tpm {
@@ -187,6 +201,7 @@ fn demands(rules: &[Rule], tokens: u64) -> Vec<Demand> {
                 key: (r.scope.clone(), Dimension::Tokens),
                 limit: tpm,
                 amount: tokens,
+                keep: keep(tpm, tokens),
             });
         }
     }
@@ -278,6 +293,7 @@ mod tests {
             env: "prod".into(),
             role: Role::Member,
             upstream_ref: None,
+            lane: tollgate_store::Lane::Interactive,
         }
     }
 
@@ -319,7 +335,7 @@ mod tests {
     #[test]
     fn no_rule_admits_without_counting_or_headers() {
         let l = limits(&[]);
-        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
         assert!(a.reservation.is_none());
         assert!(a.headers.is_empty());
     }
@@ -342,7 +358,7 @@ mod tests {
     #[test]
     fn reserve_then_settle_to_the_real_usage_and_refund_failures() {
         let l = limits(&[(None, Some(100), Some(1_000))]);
-        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
         let reserved = a.reservation.as_ref().unwrap().reserved();
         assert_eq!(a.headers.remaining_tokens, Some(1_000 - reserved));
         assert_eq!(a.headers.remaining_requests, Some(99));
@@ -351,21 +367,21 @@ mod tests {
             total_tokens: 5,
             ..UsageRecord::default()
         });
-        let b = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
+        let b = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
         assert_eq!(b.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A failed call without usage gives its tokens back.
         b.reservation.unwrap().settle(&UsageRecord {
             status: 502,
             ..UsageRecord::default()
         });
-        let c = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
+        let c = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
         assert_eq!(c.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A disconnect with nothing observed keeps its reservation.
         c.reservation.unwrap().settle(&UsageRecord {
             status: 200,
             ..UsageRecord::default()
         });
-        let d = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
+        let d = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
         assert_eq!(d.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
         // Requests are never given back.
         assert_eq!(d.headers.remaining_requests, Some(96));
@@ -374,8 +390,8 @@ mod tests {
     #[test]
     fn refusals_name_the_limit_and_the_time_to_wait() {
         let l = limits(&[(Some("gpt-4o"), Some(1), None), (None, Some(100), None)]);
-        run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap();
-        let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096).unwrap_err();
+        run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap_err();
         let GatewayError::RateLimited(r) = &e else {
             panic!("{e:?}");
         };
@@ -392,21 +408,21 @@ mod tests {
         assert!(m.contains("Limit 1, Used 1, Requested 1"), "{m}");
         // Another model is governed by the project rule only.
         let other = pre(r#"{"model":"gpt-4o-mini","input":"x"}"#);
-        assert!(run(&l, Endpoint::Responses, &principal(), &other, 4096).is_ok());
+        assert!(run(&l, Endpoint::Responses, &principal(), &other, 4096, 0.0).is_ok());
         // Listing models is not a model call.
-        assert!(run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096).is_ok());
+        assert!(run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096, 0.0).is_ok());
     }
 
     #[test]
     fn a_request_larger_than_a_tpm_limit_is_refused_for_good() {
         let l = limits(&[(None, None, Some(50))]);
         let big = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":100}"#);
-        let e = run(&l, Endpoint::Responses, &principal(), &big, 4096).unwrap_err();
+        let e = run(&l, Endpoint::Responses, &principal(), &big, 4096, 0.0).unwrap_err();
         assert!(matches!(&e, GatewayError::RequestExceedsLimit(r) if r.limit == 50));
         assert!(!e.retryable());
         // Nothing was taken.
         let small = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":1}"#);
-        let a = run(&l, Endpoint::Responses, &principal(), &small, 4096).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &small, 4096, 0.0).unwrap();
         assert_eq!(
             a.headers.remaining_tokens,
             Some(50 - a.reservation.unwrap().reserved())

@@ -130,6 +130,7 @@ mod tests {
             env: "dev".into(),
             role: Role::Viewer,
             upstream_ref: None,
+            lane: tollgate_store::Lane::Interactive,
         };
         assert!(matches!(
             authorize(&viewer, Action::CallModels),
@@ -151,6 +152,7 @@ mod tests {
                 env: "dev".into(),
                 role: Role::Member,
                 upstream_ref: None,
+                lane: tollgate_store::Lane::Interactive,
             }),
             prefix: "tg-dev-x".into(),
             expires_at_ms: 1_000,

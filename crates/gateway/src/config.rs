@@ -46,6 +46,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub budgets: RawBudgets,
+    pub lanes: RawLanes,
     /// `[[models]]`: catalog entries that replace or add to the built-in ones.
     #[serde(default)]
     pub models: Vec<RawModel>,
@@ -67,6 +68,11 @@ pub struct RawUpstream {
     /// PEM file of CA certificates trusted for an HTTPS upstream beside the web PKI
     /// roots (an upstream behind a private CA). Unset: the web PKI roots only.
     pub ca_file: Option<PathBuf>,
+    /// When the upstream's remaining requests or tokens (its `x-ratelimit-*`
+    /// headers, per credential and model) fall below this fraction of its limit,
+    /// batch requests wait for its reset before going upstream (default 0.1; 0 turns
+    /// adaptive throttling off).
+    pub adaptive_threshold: Option<f64>,
 }
 
 /// `[server]`: HTTP limits and shutdown.
@@ -119,6 +125,15 @@ pub struct RawBudgets {
     pub sync_interval_ms: Option<u64>,
     /// Where to POST each soft-threshold notice as JSON (default: nowhere).
     pub webhook_url: Option<String>,
+/// `[lanes]`: priority lanes (see `lanes`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLanes {
+    /// The fraction of every rate limit batch requests leave to interactive ones
+    /// (default 0.2).
+    pub batch_reserve: Option<f64>,
+    /// The longest a batch request waits for capacity before its 429 (default 10 s).
+    pub batch_max_wait_ms: Option<u64>,
 }
 
 /// `[anomaly]`: anomaly detection on key usage (see `anomaly`).
@@ -164,6 +179,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Output tokens reserved when a request sets no maximum (`[limits]`).
     pub default_output_tokens: u64,
+    /// Priority lanes (`[lanes]`).
+    pub lanes: LanesConfig,
     /// The built-in model catalog with the `[[models]]` entries applied.
     pub catalog: Catalog,
     pub budgets: BudgetsConfig,
@@ -181,6 +198,27 @@ pub struct UpstreamConfig {
     pub retry_base: Duration,
     /// The contents of `upstream.ca_file`, read when the configuration is validated.
     pub ca_pem: Option<Vec<u8>>,
+    /// Fraction of the upstream's limit below which batch requests wait for its reset
+    /// (0: off).
+    pub adaptive_threshold: f64,
+}
+
+/// How batch requests share rate limits with interactive ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LanesConfig {
+    /// Fraction of every limit a batch take must leave untouched, in `[0, 1)`.
+    pub batch_reserve: f64,
+    /// Longest wait of a batch request for capacity (rate limits and the upstream's).
+    pub batch_max_wait: Duration,
+}
+
+impl Default for LanesConfig {
+    fn default() -> Self {
+        Self {
+            batch_reserve: 0.2,
+            batch_max_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One configuration problem at a dotted path.
@@ -389,6 +427,14 @@ impl TryFrom<RawConfig> for Config {
                 }
             });
         let anomaly = anomaly_config(&raw.anomaly, &mut err);
+        let lanes = lanes_config(&raw.lanes, &mut err);
+        let adaptive_threshold = raw.upstream.adaptive_threshold.unwrap_or(0.1);
+        if !(0.0..=1.0).contains(&adaptive_threshold) {
+            err(
+                "upstream.adaptive_threshold",
+                "must be between 0 (off) and 1".into(),
+            );
+        }
         let max_retries = raw.upstream.max_retries.unwrap_or(2);
         if max_retries > 10 {
             err("upstream.max_retries", "must be at most 10".into());
@@ -415,6 +461,7 @@ impl TryFrom<RawConfig> for Config {
                 max_retries,
                 retry_base: Duration::from_millis(retry_base_ms),
                 ca_pem,
+                adaptive_threshold,
             },
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             header_timeout: Duration::from_millis(header_ms),
@@ -425,12 +472,31 @@ impl TryFrom<RawConfig> for Config {
             keys_refresh_interval: Duration::from_millis(refresh_ms),
             anomaly,
             default_output_tokens,
+            lanes,
             catalog,
             budgets: BudgetsConfig {
                 sync_interval: Duration::from_millis(budget_sync_ms),
                 webhook_url: raw.budgets.webhook_url,
             },
         })
+    }
+}
+
+/// Checks `[lanes]`, filling in defaults.
+fn lanes_config(raw: &RawLanes, err: &mut impl FnMut(&str, String)) -> LanesConfig {
+    let d = LanesConfig::default();
+    let batch_reserve = raw.batch_reserve.unwrap_or(d.batch_reserve);
+    if !(0.0..1.0).contains(&batch_reserve) {
+        err(
+            "lanes.batch_reserve",
+            "must be at least 0 and below 1 (a fraction of each limit)".into(),
+        );
+    }
+    LanesConfig {
+        batch_reserve,
+        batch_max_wait: raw
+            .batch_max_wait_ms
+            .map_or(d.batch_max_wait, Duration::from_millis),
     }
 }
 
@@ -638,6 +704,31 @@ mod tests {
         assert_eq!(e.0[0].path, "models[0].input", "{e}");
         let e = Config::from_toml_str("[[models]]\nid = \"a\"\n").unwrap_err();
         assert!(e.0[0].path.starts_with("models[0]"), "{e}");
+    }
+
+    #[test]
+    fn lane_and_adaptive_settings_default_and_are_checked() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.lanes, LanesConfig::default());
+        assert!((c.upstream.adaptive_threshold - 0.1).abs() < f64::EPSILON);
+        let c = Config::from_toml_str(
+            "[lanes]\nbatch_reserve = 0\nbatch_max_wait_ms = 0\n[upstream]\nadaptive_threshold = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.lanes.batch_reserve, 0.0);
+        assert_eq!(c.lanes.batch_max_wait, Duration::ZERO);
+        assert_eq!(c.upstream.adaptive_threshold, 0.0);
+        let e = Config::from_toml_str(
+            "[upstream]\nadaptive_threshold = 1.5\n[lanes]\nbatch_reserve = 1\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["lanes.batch_reserve", "upstream.adaptive_threshold"]
+        );
+        let e = Config::from_toml_str("[lanes]\nreserve = 0.1\n").unwrap_err();
+        assert_eq!(e.0[0].path, "lanes.reserve");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tollgate_store::{
-    CredentialRefs, KeyRecord, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS,
+    CredentialRefs, KeyRecord, Lane, NewKey, Role, Store, StoreError, DEFAULT_MAX_KEY_AGE_MS,
     ROTATION_WARNING_MS,
 };
 
@@ -53,6 +53,8 @@ pub struct Principal {
     pub role: Role,
     /// The provider credential reference its calls use (`None`: the global one).
     pub upstream_ref: Option<String>,
+    /// The lane of its requests that send no `x-tollgate-priority` (see `lanes`).
+    pub lane: Lane,
 }
 
 /// A cached key: who it speaks for, and the times that decide whether it still works.
@@ -104,6 +106,7 @@ pub fn mint(project: &str, env: &str, role: Role, name: Option<String>, now_ms: 
             digest_hex: digest_hex(&secret),
             created_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(DEFAULT_MAX_KEY_AGE_MS),
+            lane: Lane::Interactive,
         },
         secret,
     }
@@ -226,6 +229,7 @@ fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
             env: k.env.clone(),
             role: k.role,
             upstream_ref,
+            lane: k.lane,
         }),
         prefix: k.prefix.clone(),
         expires_at_ms: k.expires_at_ms,
@@ -440,6 +444,7 @@ mod tests {
             suspend_reason: None,
             rotated_to: None,
             retire_at_ms: None,
+            lane: Lane::Interactive,
         };
         let cache = KeyCache::default();
         cache.replace(&[record]);
@@ -471,6 +476,7 @@ mod tests {
             suspend_reason: None,
             rotated_to: None,
             retire_at_ms: None,
+            lane: Lane::Interactive,
         };
         let soon = mint("shop", "dev", Role::Member, None, 0);
         let later = mint("shop", "dev", Role::Member, None, 0);

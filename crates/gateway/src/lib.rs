@@ -4,7 +4,7 @@
 //!
 //! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
 //! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
-//! [`pipeline`]; [`server`] runs it; [`config`], [`catalog`], [`keys`], [`limits`], [`secret`] and [`anomaly`]
+//! [`pipeline`]; [`server`] runs it; [`config`], [`catalog`], [`keys`], [`limits`], [`lanes`], [`throttle`], [`secret`] and [`anomaly`]
 //! support it.
 
 pub mod accept;
@@ -24,6 +24,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod keys;
+pub mod lanes;
 pub mod limits;
 pub mod metrics;
 pub mod moderate;
@@ -32,6 +33,7 @@ pub mod preflight;
 pub mod record;
 pub mod secret;
 pub mod server;
+pub mod throttle;
 pub mod upstream;
 
 pub use config::{Config, RawConfig};

@@ -60,12 +60,16 @@ impl Dimension {
 /// One bucket: a rule's scope and the dimension it counts.
 pub type BucketKey = (Arc<LimitScope>, Dimension);
 
-/// One bucket an admission asks for: which, its per-minute limit, how much to take.
+/// One bucket an admission asks for: which, its per-minute limit, how much to take,
+/// and how much the take must leave in the bucket.
 #[derive(Debug, Clone)]
 pub struct Demand {
     pub key: BucketKey,
     pub limit: u64,
     pub amount: u64,
+    /// Units that must remain after the take: a batch request's reserve for
+    /// interactive ones (`lanes`); 0 for an interactive request.
+    pub keep: u64,
 }
 
 /// A bucket's state as a caller may see it (after the admission, when it passed).
@@ -191,7 +195,7 @@ impl MemoryCounters {
                 .entry(d.key.clone())
                 .or_insert_with(|| Bucket::full(d.limit, now));
             b.refill(d.limit, now);
-            let wait = b.wait_for(d.limit, d.amount);
+            let wait = b.wait_for(d.limit, d.amount.saturating_add(d.keep));
             if !wait.is_zero() && worst.is_none_or(|(_, w)| wait > w) {
                 worst = Some((i, wait));
             }
@@ -427,7 +431,35 @@ mod tests {
             key: (s.clone(), dim),
             limit,
             amount,
+            keep: 0,
         }
+    }
+
+    #[test]
+    fn a_take_that_must_keep_a_reserve_waits_for_it_and_takes_only_its_amount() {
+        let c = Counters::default();
+        let s = scope(None);
+        let t0 = Instant::now();
+        let batch = Demand {
+            keep: 12,
+            ..demand(&s, Dimension::Requests, 60, 1)
+        };
+        for _ in 0..48 {
+            c.take(std::slice::from_ref(&batch), t0).unwrap();
+        }
+        // 12 left: a batch take must leave 12, so it waits for one more.
+        let denied = c.take(std::slice::from_ref(&batch), t0).unwrap_err();
+        assert_eq!(denied.wait, Duration::from_secs(1));
+        assert_eq!(denied.states[0].remaining, 12, "nothing taken");
+        // An interactive take may use the reserve down to the last request.
+        for i in 0..12 {
+            let st = c
+                .take(&[demand(&s, Dimension::Requests, 60, 1)], t0)
+                .unwrap();
+            assert_eq!(st[0].remaining, 11 - i);
+        }
+        let denied = c.take(std::slice::from_ref(&batch), t0).unwrap_err();
+        assert_eq!(denied.wait, Duration::from_secs(13));
     }
 
     #[test]

@@ -97,6 +97,36 @@ pub fn render(gw: &Gateway) -> String {
         &[(vec![], gw.usage.queue_capacity() as u64)],
     );
     out.gauge(
+        "tollgate_batch_queue_depth",
+        "Batch requests waiting for rate-limit capacity.",
+        &[(vec![], gw.lanes.queue_depth())],
+    );
+    out.counter(
+        "tollgate_batch_waits_total",
+        "Batch requests that waited for rate-limit capacity.",
+        &[(vec![], gw.lanes.waits_total())],
+    );
+    out.counter(
+        "tollgate_batch_wait_timeouts_total",
+        "Batch requests refused (429) because room would come after lanes.batch_max_wait.",
+        &[(vec![], gw.lanes.timeouts_total())],
+    );
+    out.counter(
+        "tollgate_upstream_429_total",
+        "Upstream answers with status 429 relayed to the caller (after retries).",
+        &[(vec![], gw.throttle.upstream_429_total())],
+    );
+    out.counter(
+        "tollgate_upstream_retried_total",
+        "Upstream answers that took more than one attempt (a 429 or 5xx was retried).",
+        &[(vec![], gw.throttle.retried_total())],
+    );
+    out.counter(
+        "tollgate_upstream_paced_total",
+        "Batch requests held back because the upstream's remaining capacity was below upstream.adaptive_threshold.",
+        &[(vec![], gw.throttle.paced_total())],
+    );
+    out.gauge(
         "tollgate_keys_cached",
         "Gateway keys in the in-memory key cache (all but revoked ones).",
         &[(vec![], gw.keys.len() as u64)],

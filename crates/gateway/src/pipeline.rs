@@ -7,8 +7,10 @@
 //! |   | (anomaly)    | `anomaly`        | 403 `key_suspended`                |
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
 //! |   | (caps)       | `caps`           | 400 output or temperature cap      |
-//! | 4 | admit        | `admit`          | 429 `rate_limit_exceeded`          |
+//! |   | (lane)       | `lanes`          | 400 bad `x-tollgate-priority`      |
+//! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn) |
 //! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
+//! |   | (throttle)   | `throttle`       | — (batch waits for upstream capacity) |
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
@@ -33,7 +35,7 @@ use crate::error::GatewayError;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
-use crate::{accept, admit, authenticate, budgets, cache, caps, dispatch, moderate, preflight};
+use crate::{accept, authenticate, budgets, cache, caps, dispatch, lanes, moderate, preflight};
 
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
@@ -112,6 +114,8 @@ async fn stages(
     rec.project = Some(principal.project.clone());
     rec.env = Some(principal.env.clone());
     authenticate::authorize(&principal, authenticate::Action::CallModels)?;
+    let lane = lanes::lane(&parts.headers, principal.lane)?;
+    guard.record().lane = Some(lane);
     let (key, project, env) = (&principal.key_id, &principal.project, &principal.env);
     gw.anomaly
         .observe_request(key, project, env, peer, accept::now_ms())?;
@@ -125,13 +129,17 @@ async fn stages(
     rec.model_requested.clone_from(&preflight.model);
     rec.streamed = preflight.stream;
 
-    let admission = admit::run(
-        &gw.limits,
-        endpoint,
-        &principal,
-        &preflight,
-        gw.config.default_output_tokens,
-    )?;
+    let admission = gw
+        .lanes
+        .admit(
+            &gw.limits,
+            endpoint,
+            &principal,
+            &preflight,
+            gw.config.default_output_tokens,
+            lane,
+        )
+        .await?;
     *limit_headers = admission.headers;
     guard.hold(admission.reservation);
     let at_ms = guard.record().created_at_ms;
@@ -149,6 +157,10 @@ async fn stages(
     }
     moderate::run(&principal, &preflight)?;
 
+    let deadline = tokio::time::Instant::from_std(guard.started()) + gw.lanes.max_wait();
+    let model = preflight.model.as_deref();
+    let flight = gw.throttle.pace(&principal, model, lane, deadline).await;
     let reply = dispatch::run(&gw.upstream, &principal, &parts, &preflight).await?;
+    gw.throttle.land(flight, &principal, &reply, guard.record());
     Ok(Outcome::Upstream(preflight, Box::new(reply)))
 }

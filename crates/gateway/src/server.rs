@@ -37,10 +37,12 @@ use crate::anomaly::Detector;
 use crate::budgets::{self, Budgets};
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
+use crate::lanes::Lanes;
 use crate::limits::{self, Limits};
 use crate::pipeline;
 use crate::record::UsageSink;
 use crate::secret::Secret;
+use crate::throttle::Throttle;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, shared by all of them.
@@ -57,6 +59,10 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     /// Spend budgets and their counters.
     pub budgets: Arc<Budgets>,
+    /// Priority lanes: the batch queues.
+    pub lanes: Lanes,
+    /// What is known of the upstream's capacity (adaptive throttling).
+    pub throttle: Throttle,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -166,6 +172,7 @@ pub async fn serve(
     ));
     let grace = config.shutdown_grace;
     let header_timeout = config.header_timeout;
+    let (lanes, adaptive_threshold) = (config.lanes, config.upstream.adaptive_threshold);
     let gateway = Arc::new(Gateway {
         config,
         keys,
@@ -175,6 +182,8 @@ pub async fn serve(
         anomaly,
         limits,
         budgets,
+        lanes: Lanes::new(lanes),
+        throttle: Throttle::new(adaptive_threshold),
     });
 
     let app = router(gateway);

@@ -546,3 +546,111 @@ async fn admins_set_rate_limits_and_caps_every_role_reads_them_and_the_gateway_h
     let (s, _) = admin(&h, &admin_key, "delete", "/admin/v1/caps", None).await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn a_keys_lane_is_set_over_the_admin_api_audited_and_refused_when_unknown() {
+    let h = start().await;
+    let (admin_key, _) = key(&h, Role::Admin).await;
+    let (member_key, member_id) = key(&h, Role::Member).await;
+
+    let (s, created) = admin(
+        &h,
+        &admin_key,
+        "post",
+        "/admin/v1/keys",
+        Some(json!({"env": "dev", "lane": "batch"})),
+    )
+    .await;
+    assert_eq!(
+        (s, created["lane"].as_str()),
+        (201, Some("batch")),
+        "{created}"
+    );
+    let (s, bad) = admin(
+        &h,
+        &admin_key,
+        "post",
+        "/admin/v1/keys",
+        Some(json!({"env": "dev", "lane": "soon"})),
+    )
+    .await;
+    assert_eq!(
+        (s, bad["error"]["param"].as_str()),
+        (400, Some("lane")),
+        "{bad}"
+    );
+
+    let path = format!("/admin/v1/keys/{member_id}/lane");
+    let (s, shown) = admin(
+        &h,
+        &admin_key,
+        "get",
+        &format!("/admin/v1/keys/{member_id}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, shown["lane"].as_str()), (200, Some("interactive")));
+    // A member may not change keys; an unknown lane changes nothing.
+    let (s, _) = admin(
+        &h,
+        &member_key,
+        "post",
+        &path,
+        Some(json!({"lane": "batch"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, bad) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &path,
+        Some(json!({"lane": "urgent"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{bad}");
+    assert!(bad["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("interactive or batch"));
+    let (s, set) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &path,
+        Some(json!({"lane": "batch"})),
+    )
+    .await;
+    assert_eq!((s, set["changed"].as_bool()), (200, Some(true)), "{set}");
+    let (_, again) = admin(
+        &h,
+        &admin_key,
+        "post",
+        &path,
+        Some(json!({"lane": "batch"})),
+    )
+    .await;
+    assert_eq!(again["changed"].as_bool(), Some(false));
+    let (_, shown) = admin(
+        &h,
+        &admin_key,
+        "get",
+        &format!("/admin/v1/keys/{member_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(shown["lane"].as_str(), Some("batch"));
+
+    let audit = h.store.list_audit(0, 1_000).await.unwrap();
+    let sets: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "key.set_lane")
+        .collect();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].target, member_id);
+    assert!(
+        sets[0].actor.contains("key_"),
+        "the caller's key id: {}",
+        sets[0].actor
+    );
+}

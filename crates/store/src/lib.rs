@@ -22,7 +22,7 @@ use std::path::Path;
 
 pub use model::{
     civil_date, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs, KeyRecord,
-    KeyState, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project,
+    KeyState, Lane, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project,
     ProjectDetail, ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup,
     UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT,
     RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
@@ -480,6 +480,23 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.change_key(id, change, reason, now_ms, actor).await,
             Self::Postgres(s) => s.change_key(id, change, reason, now_ms, actor).await,
+        }
+    }
+
+    /// Sets the lane of key `id`'s requests that send no `x-tollgate-priority`; false
+    /// if it already had it. A revoked key is refused. The update, its audit row
+    /// (`key.set_lane`) and a keys-version bump (servers pick it up with their key
+    /// cache) are one transaction.
+    pub async fn set_key_lane(
+        &self,
+        id: &str,
+        lane: Lane,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.set_key_lane(id, lane, now_ms, actor).await,
+            Self::Postgres(s) => s.set_key_lane(id, lane, now_ms, actor).await,
         }
     }
 

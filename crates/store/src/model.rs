@@ -446,6 +446,43 @@ impl FromStr for Role {
     }
 }
 
+/// The priority lane of a request (`x-tollgate-priority`), and a key's default one.
+/// Batch requests wait for capacity (and leave a reserve of every rate limit to
+/// interactive ones); interactive requests never wait on batch work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "interactive" => Ok(Self::Interactive),
+            "batch" => Ok(Self::Batch),
+            other => Err(format!("unknown lane {other:?}: use interactive or batch")),
+        }
+    }
+}
+
 /// A key to insert: everything but the secret, which never reaches the store.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -461,6 +498,8 @@ pub struct NewKey {
     pub created_at_ms: i64,
     /// When the key stops working (unix ms).
     pub expires_at_ms: i64,
+    /// The lane of the key's requests that send no `x-tollgate-priority`.
+    pub lane: Lane,
 }
 
 /// Lifecycle state of a key at a given time.
@@ -518,6 +557,8 @@ pub struct KeyRecord {
     pub rotated_to: Option<String>,
     /// End of the grace period of a rotated key.
     pub retire_at_ms: Option<i64>,
+    /// The lane of the key's requests that send no `x-tollgate-priority`.
+    pub lane: Lane,
 }
 
 impl KeyRecord {
@@ -579,6 +620,12 @@ pub struct UsageRecord {
     /// What the call cost in nano-USD (10⁻⁹ USD), from the model catalog; `None` when
     /// the model is not in the catalog (unknown, not free).
     pub cost_usd_nanos: Option<u64>,
+    /// The priority lane the request ran in (`None`: refused before it was known).
+    pub lane: Option<Lane>,
+    /// The upstream's `x-ratelimit-remaining-requests` on its answer, if it sent one.
+    pub upstream_remaining_requests: Option<u64>,
+    /// The upstream's `x-ratelimit-remaining-tokens` on its answer, if it sent one.
+    pub upstream_remaining_tokens: Option<u64>,
 }
 
 /// How `usage` totals are grouped.
@@ -675,6 +722,7 @@ mod tests {
             suspend_reason: None,
             rotated_to: None,
             retire_at_ms: None,
+            lane: Lane::Interactive,
         };
         assert_eq!(k.state(0), KeyState::Active);
         assert!(!k.due_for_rotation(0));

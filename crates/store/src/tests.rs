@@ -143,6 +143,8 @@ both_backends!(
     budgets_are_refused_when_invalid_and_leave_nothing_behind,
     spend_is_summed_per_project_env_and_key_since_the_day_and_month,
     a_soft_threshold_notice_is_claimed_once_per_period,
+    a_keys_lane_is_created_changed_audited_and_inherited,
+    usage_records_carry_their_lane_and_the_upstreams_remaining_capacity,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -156,6 +158,7 @@ fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
         digest_hex: digest.into(),
         created_at_ms: 1_000,
         expires_at_ms: 1_000 + DEFAULT_MAX_KEY_AGE_MS,
+        lane: Lane::Interactive,
     }
 }
 
@@ -1862,4 +1865,112 @@ fn budget_periods_are_utc_calendar_days_and_months() {
     let dec = 1_733_011_200_000; // 2024-12-01 00:00 UTC
     assert_eq!(BudgetPeriod::Month.bounds(dec), (dec, 1_735_689_600_000));
     assert_eq!(BudgetPeriod::Month.bounds(dec - 1).1, dec);
+}
+
+async fn a_keys_lane_is_created_changed_audited_and_inherited(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    let k = store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    assert_eq!(k.lane, Lane::Interactive, "the default lane");
+    let b = store
+        .insert_key(&NewKey {
+            lane: Lane::Batch,
+            ..new_key("key_2", "shop", "bb")
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.lane, Lane::Batch);
+
+    let v0 = store.keys_version().await.unwrap();
+    assert!(store
+        .set_key_lane("key_1", Lane::Batch, 2_000, &cli())
+        .await
+        .unwrap());
+    let v1 = store.keys_version().await.unwrap();
+    assert!(v1 > v0, "servers learn the lane with their key cache");
+    // Setting the lane it has changes nothing: no audit row, no bump.
+    assert!(!store
+        .set_key_lane("key_1", Lane::Batch, 2_500, &cli())
+        .await
+        .unwrap());
+    assert_eq!(store.keys_version().await.unwrap(), v1);
+    let k = store.key_by_id("key_1").await.unwrap().unwrap();
+    assert_eq!(k.lane, Lane::Batch);
+    let audit = store.list_audit(0, 100).await.unwrap();
+    let sets: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "key.set_lane")
+        .collect();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].target, "key_1");
+    assert_eq!(sets[0].actor, "cli:alice");
+    assert!(sets[0].detail.contains("\"batch\""), "{}", sets[0].detail);
+
+    // A successor keeps the lane, whatever it was minted with.
+    let next = store
+        .rotate_key(
+            "key_1",
+            &successor_of("key_1", "key_3", "cc", 3_000),
+            1_000,
+            3_000,
+            &cli(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.lane, Lane::Batch);
+
+    assert!(matches!(
+        store
+            .set_key_lane("key_missing", Lane::Batch, 1, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.revoke_key("key_2", None, 4_000).await.unwrap();
+    assert!(matches!(
+        store
+            .set_key_lane("key_2", Lane::Interactive, 5_000, &cli())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    // The database itself refuses a lane it does not know.
+    assert!(db
+        .raw_execute("UPDATE keys SET lane = 'urgent' WHERE id = 'key_3'")
+        .await
+        .is_err());
+}
+
+async fn usage_records_carry_their_lane_and_the_upstreams_remaining_capacity(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let batch = UsageRecord {
+        lane: Some(Lane::Batch),
+        upstream_remaining_requests: Some(7),
+        upstream_remaining_tokens: Some(u64::from(u32::MAX) + 1),
+        ..usage("req_1", "key_1", "gpt-4o", 10, 5, 1_000)
+    };
+    let interactive = UsageRecord {
+        lane: Some(Lane::Interactive),
+        ..usage("req_2", "key_1", "gpt-4o", 10, 5, 1_001)
+    };
+    let refused = usage("req_3", "key_1", "gpt-4o", 0, 0, 1_002);
+    store
+        .insert_usage(&[batch.clone(), interactive.clone(), refused.clone()])
+        .await
+        .unwrap();
+    let back = store.usage_records(0).await.unwrap();
+    let pick = |id: &str| back.iter().find(|r| r.request_id == id).unwrap().clone();
+    let strip = |r: UsageRecord| UsageRecord {
+        cost_usd_nanos: None,
+        ..r
+    };
+    assert_eq!(strip(pick("req_1")), batch);
+    assert_eq!(strip(pick("req_2")), interactive);
+    assert_eq!(strip(pick("req_3")), refused);
 }

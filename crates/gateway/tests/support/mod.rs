@@ -36,9 +36,14 @@ pub async fn start() -> Harness {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Harness {
+    start_with_sim(SimConfig::default(), tweak).await
+}
+
+/// As [`start_with`], against a simulator configured by `sim` (its keys are set here).
+pub async fn start_with_sim(sim: SimConfig, tweak: impl FnOnce(&mut RawConfig)) -> Harness {
     let sim = spawn(SimConfig {
         api_keys: Some(vec![PROVIDER_KEY.to_owned()]),
-        ..SimConfig::default()
+        ..sim
     })
     .await
     .unwrap();

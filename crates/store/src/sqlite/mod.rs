@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, LimitScope, NewAudit, NewKey,
+    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, Lane, LimitScope, NewAudit, NewKey,
     NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role,
     UsageFilter, UsageGroup, UsageRecord, UsageTotals,
 };
@@ -31,11 +31,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0005_limits.sql"),
     include_str!("0006_usage_cost.sql"),
     include_str!("0007_budgets.sql"),
+    include_str!("0008_lanes.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
                            last_used_at_ms, revoked_at_ms, revoke_reason, expires_at_ms, \
-                           suspended_at_ms, suspend_reason, rotated_to, retire_at_ms";
+                           suspended_at_ms, suspend_reason, rotated_to, retire_at_ms, lane";
 
 const PROJECT_COLUMNS: &str =
     "id, name, created_at_ms, max_key_age_ms, upstream_api_key, anomaly_auto_suspend";
@@ -379,7 +380,7 @@ impl SqliteStore {
         insert_key_row(&mut tx, key).await?;
         let d = detail(serde_json::json!({
             "project": key.project, "env": key.env, "role": key.role,
-            "prefix": key.prefix, "expires_at_ms": key.expires_at_ms,
+            "prefix": key.prefix, "expires_at_ms": key.expires_at_ms, "lane": key.lane,
         }));
         audit(&mut tx, actor, key.created_at_ms, "key.create", &key.id, &d).await?;
         bump_keys_version(&mut tx).await?;
@@ -439,6 +440,35 @@ impl SqliteStore {
         Ok(changed > 0)
     }
 
+    /// Sets a key's default lane; false if it already had it.
+    pub async fn set_key_lane(
+        &self,
+        id: &str,
+        lane: Lane,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let key = key_in_tx(&mut tx, id).await?;
+        if key.revoked_at_ms.is_some() {
+            return Err(StoreError::Invalid(format!("key {id} is revoked")));
+        }
+        let changed = sqlx::query("UPDATE keys SET lane = ? WHERE id = ? AND lane <> ?")
+            .bind(lane.as_str())
+            .bind(id)
+            .bind(lane.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed > 0 {
+            let d = detail(serde_json::json!({ "lane": lane }));
+            audit(&mut tx, actor, now_ms, "key.set_lane", id, &d).await?;
+            bump_keys_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
     pub async fn rotate_key(
         &self,
         id: &str,
@@ -466,6 +496,11 @@ impl SqliteStore {
                 "key {id} was rotated or revoked meanwhile"
             )));
         }
+        // The successor keeps the key's lane, as it keeps its limits and caps.
+        let successor = &NewKey {
+            lane: old.lane,
+            ..successor.clone()
+        };
         insert_key_row(&mut tx, successor).await?;
         // The successor inherits the key's own rate limits and output caps.
         let mut inherited = 0;
@@ -849,7 +884,7 @@ async fn insert_key_row(tx: &mut Tx, key: &NewKey) -> Result<()> {
     }
     sqlx::query(
         "INSERT INTO keys (id, project, env, role, name, prefix, digest_hex, created_at_ms, \
-         expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         expires_at_ms, lane) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&key.id)
     .bind(&key.project)
@@ -860,6 +895,7 @@ async fn insert_key_row(tx: &mut Tx, key: &NewKey) -> Result<()> {
     .bind(&key.digest_hex)
     .bind(key.created_at_ms)
     .bind(key.expires_at_ms)
+    .bind(key.lane.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -931,7 +967,7 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Resu
     Ok(())
 }
 
-/// Rows per INSERT statement: 23 columns each stays well under SQLite's limit of
+/// Rows per INSERT statement: 26 columns each stays well under SQLite's limit of
 /// 32 766 bound parameters.
 const USAGE_ROWS_PER_INSERT: usize = 256;
 
@@ -945,7 +981,8 @@ async fn insert_usage_rows(
             "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
              output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
-             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos) ",
+             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos, \
+             lane, upstream_remaining_requests, upstream_remaining_tokens) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
@@ -970,7 +1007,10 @@ async fn insert_usage_rows(
                 .push_bind(r.ttfb_ms.map(to_i64))
                 .push_bind(to_i64(r.latency_ms))
                 .push_bind(r.created_at_ms)
-                .push_bind(r.cost_usd_nanos.map(to_i64));
+                .push_bind(r.cost_usd_nanos.map(to_i64))
+                .push_bind(r.lane.map(Lane::as_str))
+                .push_bind(r.upstream_remaining_requests.map(to_i64))
+                .push_bind(r.upstream_remaining_tokens.map(to_i64));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
@@ -980,6 +1020,7 @@ async fn insert_usage_rows(
 
 fn key_from_row(r: &SqliteRow) -> Result<KeyRecord> {
     let role: String = r.try_get("role")?;
+    let lane: String = r.try_get("lane")?;
     Ok(KeyRecord {
         id: r.try_get("id")?,
         project: r.try_get("project")?,
@@ -997,6 +1038,7 @@ fn key_from_row(r: &SqliteRow) -> Result<KeyRecord> {
         suspend_reason: r.try_get("suspend_reason")?,
         rotated_to: r.try_get("rotated_to")?,
         retire_at_ms: r.try_get("retire_at_ms")?,
+        lane: Lane::from_str(&lane).map_err(StoreError::Invalid)?,
     })
 }
 
@@ -1004,6 +1046,7 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
     let status: i64 = r.try_get("status")?;
     let attempts: i64 = r.try_get("attempts")?;
     let ttfb: Option<i64> = r.try_get("ttfb_ms")?;
+    let lane: Option<String> = r.try_get("lane")?;
     Ok(UsageRecord {
         request_id: r.try_get("request_id")?,
         upstream_request_id: r.try_get("upstream_request_id")?,
@@ -1028,6 +1071,13 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
         latency_ms: get_u64(r, "latency_ms")?,
         created_at_ms: r.try_get("created_at_ms")?,
         cost_usd_nanos: get_opt_u64(r, "cost_usd_nanos")?,
+        lane: lane
+            .as_deref()
+            .map(Lane::from_str)
+            .transpose()
+            .map_err(StoreError::Invalid)?,
+        upstream_remaining_requests: get_opt_u64(r, "upstream_remaining_requests")?,
+        upstream_remaining_tokens: get_opt_u64(r, "upstream_remaining_tokens")?,
     })
 }
 

@@ -1,0 +1,396 @@
+//! Priority lanes, part of stage 4 (admit): a request is `interactive` (the default) or
+//! `batch`, by its `x-tollgate-priority` header or else its key's default lane.
+//!
+//! - An interactive request is admitted exactly as before: it may take every last unit
+//!   of a rate limit, and it never waits.
+//! - A batch request must leave `lanes.batch_reserve` of every limit that governs it
+//!   untouched (its take keeps `ceil(reserve × limit)` units in each bucket), so a
+//!   batch flood cannot use up the capacity interactive traffic needs. When it does
+//!   not fit, it waits in a queue instead of being refused at once: one FIFO queue per
+//!   refused bucket (rule and dimension), whose head sleeps exactly until the bucket's
+//!   refill makes room (the wait the counters compute; no polling) and then tries
+//!   again; the others wait their turn behind it. A request whose wait would end past
+//!   `lanes.batch_max_wait` (measured from its arrival) gets the usual 429 with
+//!   `retry-after` — at once when the bucket's own wait is already longer than that,
+//!   else when its time is up.
+//!
+//! Fairness is FIFO per bucket: requests of every key that share a rule wait in
+//! arrival order, so a key that floods the queue delays the keys behind it, but no
+//! batch request overtakes an older one refused by the same bucket. (A newcomer tries
+//! once before joining the queue, so it may take room the head has not claimed yet;
+//! the head wakes exactly when room appears, so in practice it wins.)
+//!
+//! A waiting request is a future like any other: when the client disconnects, the
+//! server drops it, which leaves the queue (the depth gauge's guard is released by
+//! `Drop`) and records the request as a client disconnect.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tollgate_store::Lane;
+
+use crate::admit::{self, Admission};
+use crate::config::LanesConfig;
+use crate::error::GatewayError;
+use crate::keys::Principal;
+use crate::limits::{Dimension, Limits};
+use crate::preflight::{Endpoint, Preflight};
+
+/// The request header that chooses a lane.
+pub const PRIORITY_HEADER: &str = "x-tollgate-priority";
+const PRIORITY: HeaderName = HeaderName::from_static(PRIORITY_HEADER);
+
+/// The lanes' queues and counters. One per server.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    config: LanesConfig,
+    /// The queue of each bucket that currently has waiters (a bucket's scope, as
+    /// refusals name it, and its dimension).
+    queues: Mutex<HashMap<(String, Dimension), Arc<Queue>>>,
+    depth: AtomicU64,
+    waits: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Held by the head of the queue; tokio's mutex hands it over in FIFO order.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// The lane of a request: its header when present, else its key's default.
+pub fn lane(headers: &HeaderMap, default: Lane) -> Result<Lane, GatewayError> {
+    let Some(v) = headers.get(&PRIORITY) else {
+        return Ok(default);
+    };
+    match v.to_str().map(str::trim) {
+        Ok(v) if v.eq_ignore_ascii_case("batch") => Ok(Lane::Batch),
+        Ok(v) if v.eq_ignore_ascii_case("interactive") => Ok(Lane::Interactive),
+        _ => Err(GatewayError::InvalidRequest {
+            message: format!(
+                "The {PRIORITY_HEADER} header must be `batch` or `interactive`; leave it out \
+                 to use the key's default lane."
+            ),
+            param: Some(PRIORITY_HEADER),
+        }),
+    }
+}
+
+impl Lanes {
+    pub fn new(config: LanesConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// The longest a batch request waits for capacity.
+    pub fn max_wait(&self) -> std::time::Duration {
+        self.config.batch_max_wait
+    }
+
+    /// Batch requests waiting now.
+    pub fn queue_depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Batch requests that had to wait (whatever the outcome).
+    pub fn waits_total(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Batch requests refused after waiting, or because their wait would be too long.
+    pub fn timeouts_total(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Admits the request in its lane (see the module docs): interactive at once or a
+    /// 429; batch keeping the reserve, waiting its turn when it does not fit.
+    pub async fn admit(
+        &self,
+        limits: &Arc<Limits>,
+        endpoint: Endpoint,
+        principal: &Principal,
+        preflight: &Preflight,
+        default_output_tokens: u64,
+        lane: Lane,
+    ) -> Result<Admission, GatewayError> {
+        let reserve = match lane {
+            Lane::Interactive => 0.0,
+            Lane::Batch => self.config.batch_reserve,
+        };
+        let attempt = || {
+            admit::run(
+                limits,
+                endpoint,
+                principal,
+                preflight,
+                default_output_tokens,
+                reserve,
+            )
+        };
+        let first = attempt();
+        let refusal = match first {
+            Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
+            other => return other,
+        };
+        let deadline = Instant::now() + self.config.batch_max_wait;
+        if Instant::now() + refusal.retry_after > deadline {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(GatewayError::RateLimited(refusal));
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting::new(&self.depth);
+        let key = (refusal.scope.clone(), refusal.dimension);
+        let queue = self.queues.lock().entry(key.clone()).or_default().clone();
+        let result = self.wait_turn(&queue, deadline, attempt).await;
+        drop(queue);
+        // Forget the queue once nobody waits in it (the map's reference is the last).
+        let mut queues = self.queues.lock();
+        if queues.get(&key).is_some_and(|q| Arc::strong_count(q) == 1) {
+            queues.remove(&key);
+        }
+        result
+    }
+
+    /// Waits to be the head of `queue`, then tries whenever the bucket's refill
+    /// should have made room, until admitted or past `deadline`.
+    async fn wait_turn(
+        &self,
+        queue: &Queue,
+        deadline: Instant,
+        attempt: impl Fn() -> Result<Admission, GatewayError>,
+    ) -> Result<Admission, GatewayError> {
+        let turn = tokio::time::timeout_at(deadline, queue.turn.lock()).await;
+        loop {
+            let r = match attempt() {
+                Err(GatewayError::RateLimited(r)) => r,
+                other => return other,
+            };
+            // Out of time behind others, or room only after the deadline: refused.
+            let wake = Instant::now() + r.retry_after;
+            if turn.is_err() || wake > deadline {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(GatewayError::RateLimited(r));
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+/// Counts a waiting request in the depth gauge until dropped (which a disconnect does).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(depth: &'a AtomicU64) -> Self {
+        depth.fetch_add(1, Ordering::Relaxed);
+        Self(depth)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use bytes::Bytes;
+    use tollgate_store::{LimitScope, RateLimitRule, Role};
+
+    #[test]
+    fn the_header_chooses_the_lane_and_anything_else_is_refused_by_name() {
+        let mut h = HeaderMap::new();
+        assert_eq!(lane(&h, Lane::Batch), Ok(Lane::Batch));
+        assert_eq!(lane(&h, Lane::Interactive), Ok(Lane::Interactive));
+        h.insert(PRIORITY_HEADER, "batch".parse().unwrap());
+        assert_eq!(lane(&h, Lane::Interactive), Ok(Lane::Batch));
+        h.insert(PRIORITY_HEADER, "Interactive".parse().unwrap());
+        assert_eq!(lane(&h, Lane::Batch), Ok(Lane::Interactive));
+        h.insert(PRIORITY_HEADER, "urgent".parse().unwrap());
+        let e = lane(&h, Lane::Interactive).unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.param(), Some(PRIORITY_HEADER));
+        assert!(
+            e.message().contains("x-tollgate-priority"),
+            "{}",
+            e.message()
+        );
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            key_id: "key_1".into(),
+            project: "shop".into(),
+            env: "prod".into(),
+            role: Role::Member,
+            upstream_ref: None,
+            lane: Lane::Interactive,
+        }
+    }
+
+    fn pre() -> Preflight {
+        Preflight {
+            model: Some("gpt-4o".into()),
+            stream: false,
+            strip_stream_usage: false,
+            body: Bytes::from_static(br#"{"model":"gpt-4o","input":"hi"}"#),
+        }
+    }
+
+    fn limits(rpm: u64) -> Arc<Limits> {
+        let l = Arc::new(Limits::default());
+        l.replace(
+            vec![RateLimitRule {
+                scope: LimitScope {
+                    project: "shop".into(),
+                    env: None,
+                    key_id: None,
+                    model: None,
+                },
+                rpm: Some(rpm),
+                tpm: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            }],
+            vec![],
+        );
+        l
+    }
+
+    async fn admit(lanes: &Lanes, l: &Arc<Limits>, lane: Lane) -> Result<Admission, GatewayError> {
+        lanes
+            .admit(l, Endpoint::Responses, &principal(), &pre(), 16, lane)
+            .await
+    }
+
+    // These run in real time: the counters read the real clock, so paused tokio time
+    // would never see a bucket refill.
+
+    #[tokio::test]
+    async fn batch_keeps_the_reserve_and_a_hopeless_wait_is_refused_at_once() {
+        let lanes = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.5,
+            batch_max_wait: Duration::from_secs(3),
+        }));
+        // Batch may use 5 of the 10 at once.
+        let l = limits(10);
+        for _ in 0..5 {
+            admit(&lanes, &l, Lane::Batch).await.unwrap();
+        }
+        let start = Instant::now();
+        // 10 a minute refill one every 6 s, past the 3 s bound: refused at once.
+        let e = admit(&lanes, &l, Lane::Batch).await.unwrap_err();
+        assert!(matches!(e, GatewayError::RateLimited(_)));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "no pointless wait"
+        );
+        assert_eq!(lanes.timeouts_total(), 1);
+        assert_eq!(lanes.waits_total(), 0);
+        // Interactive takes the reserve without waiting.
+        for _ in 0..5 {
+            admit(&lanes, &l, Lane::Interactive).await.unwrap();
+        }
+        assert!(admit(&lanes, &l, Lane::Interactive).await.is_err());
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn waiting_batch_requests_are_admitted_in_arrival_order_as_room_appears() {
+        let lanes = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.5,
+            batch_max_wait: Duration::from_secs(10),
+        }));
+        // 120 a minute: one every 0.5 s; batch stops at 60 left.
+        let l = limits(120);
+        for _ in 0..60 {
+            admit(&lanes, &l, Lane::Batch).await.unwrap();
+        }
+        let start = Instant::now();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let (lanes, l, order) = (lanes.clone(), l.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = admit(&lanes, &l, Lane::Batch).await;
+                order.lock().push((i, Instant::now() - start));
+                r.is_ok()
+            }));
+            // Arrive in a known order.
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(lanes.queue_depth(), 4);
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let order = order.lock().clone();
+        let ids: Vec<_> = order.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, [0, 1, 2, 3], "FIFO");
+        // One every half second, none before its room.
+        for (n, (_, at)) in order.iter().enumerate() {
+            assert!(
+                *at >= Duration::from_millis(500 * (n as u64 + 1)),
+                "{order:?}"
+            );
+            assert!(
+                *at < Duration::from_millis(500 * (n as u64 + 1) + 50),
+                "{order:?}"
+            );
+        }
+        assert_eq!(lanes.queue_depth(), 0);
+        assert_eq!(lanes.waits_total(), 4);
+        assert!(lanes.queues.lock().is_empty(), "empty queues are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_past_its_max_wait_gets_a_429_and_a_dropped_one_leaves_the_queue() {
+        let lanes = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.0,
+            batch_max_wait: Duration::from_millis(2_500),
+        }));
+        // One a second, none left.
+        let l = limits(60);
+        for _ in 0..60 {
+            admit(&lanes, &l, Lane::Batch).await.unwrap();
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (lanes, l) = (lanes.clone(), l.clone());
+            tasks.push(tokio::spawn(async move {
+                admit(&lanes, &l, Lane::Batch).await.is_ok()
+            }));
+            tokio::task::yield_now().await;
+        }
+        let results: Vec<bool> = futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // Rooms at 1 s and 2 s; the next is at 3 s, past the others' 2.5 s bound.
+        assert_eq!(results, [true, true, false, false]);
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert_eq!(lanes.timeouts_total(), 2);
+
+        // A waiter whose future is dropped (the client went away) leaves the queue.
+        let waiter = {
+            let (lanes, l) = (lanes.clone(), l.clone());
+            tokio::spawn(async move { admit(&lanes, &l, Lane::Batch).await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(lanes.queue_depth(), 1);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(lanes.queue_depth(), 0);
+    }
+}
