@@ -25,6 +25,7 @@
 //! `Drop`) and records the request as a client disconnect.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -123,7 +124,8 @@ impl Lanes {
             Lane::Interactive => 0.0,
             Lane::Batch => self.config.batch_reserve,
         };
-        let attempt = || {
+        // A future per try: admission is asynchronous once counters live in Redis.
+        let attempt = || async move {
             admit::run(
                 limits,
                 endpoint,
@@ -133,7 +135,7 @@ impl Lanes {
                 reserve,
             )
         };
-        let first = attempt();
+        let first = attempt().await;
         let refusal = match first {
             Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
             other => return other,
@@ -159,15 +161,19 @@ impl Lanes {
 
     /// Waits to be the head of `queue`, then tries whenever the bucket's refill
     /// should have made room, until admitted or past `deadline`.
-    async fn wait_turn(
+    async fn wait_turn<F, Fut>(
         &self,
         queue: &Queue,
         deadline: Instant,
-        attempt: impl Fn() -> Result<Admission, GatewayError>,
-    ) -> Result<Admission, GatewayError> {
+        attempt: F,
+    ) -> Result<Admission, GatewayError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Admission, GatewayError>>,
+    {
         let turn = tokio::time::timeout_at(deadline, queue.turn.lock()).await;
         loop {
-            let r = match attempt() {
+            let r = match attempt().await {
                 Err(GatewayError::RateLimited(r)) => r,
                 other => return other,
             };
