@@ -28,6 +28,7 @@ fn main() {
         env: "prod".into(),
         role: Role::Member,
         upstream_ref: None,
+        lane: tollgate_store::Lane::Interactive,
     };
     let l = Arc::new(Limits::default());
     l.replace(
@@ -79,7 +80,7 @@ fn main() {
     );
     let t = Instant::now();
     for _ in 0..n {
-        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, &p, 4096).unwrap();
+        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, &p, 4096, 0.0).unwrap();
         drop(a);
     }
     println!(
@@ -95,7 +96,7 @@ fn main() {
         .collect();
     let t = Instant::now();
     for p in &bodies {
-        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, p, 4096).unwrap();
+        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, p, 4096, 0.0).unwrap();
         drop(a);
     }
     println!(

@@ -1020,6 +1020,7 @@ mod tests {
             env: env.into(),
             role: Role::Member,
             upstream_ref: None,
+            lane: tollgate_store::Lane::Interactive,
         }
     }
 

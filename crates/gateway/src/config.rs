@@ -46,6 +46,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub budgets: RawBudgets,
+    #[serde(default)]
     pub lanes: RawLanes,
     /// `[[models]]`: catalog entries that replace or add to the built-in ones.
     #[serde(default)]
@@ -125,6 +126,8 @@ pub struct RawBudgets {
     pub sync_interval_ms: Option<u64>,
     /// Where to POST each soft-threshold notice as JSON (default: nowhere).
     pub webhook_url: Option<String>,
+}
+
 /// `[lanes]`: priority lanes (see `lanes`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,10 +22,10 @@ use std::path::Path;
 
 pub use model::{
     civil_date, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs, KeyRecord,
-    KeyState, Lane, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project,
-    ProjectDetail, ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup,
-    UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT,
-    RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
+    KeyState, Lane, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap,
+    Project, ProjectDetail, ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter,
+    UsageGroup, UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT,
+    GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
