@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// [default: env:OPENAI_API_KEY].
     #[arg(long, env = "TOLLGATE_UPSTREAM_API_KEY")]
     upstream_api_key: Option<String>,
+    /// Redis for rate-limit counters shared by several replicas:
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB] [default: none, counters in memory].
+    #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// Run against the built-in simulator with a demo project and key.
     #[arg(long)]
     demo: bool,
@@ -55,6 +59,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.upstream_api_key.is_some() {
         raw.upstream.api_key.clone_from(&args.upstream_api_key);
+    }
+    if args.redis_url.is_some() {
+        raw.redis.url.clone_from(&args.redis_url);
     }
 
     // In demo mode the simulator is the upstream and holds a key made up right here.
@@ -100,7 +107,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => "database URL".to_owned(),
         None => config.data_dir.display().to_string(),
     };
-    tracing::info!(upstream = %config.upstream.url, state = %state_at, "tollgate serving");
+    let limits_at = config
+        .redis
+        .url
+        .as_ref()
+        .map_or_else(|| "memory".to_owned(), |u| u.redacted());
+    tracing::info!(upstream = %config.upstream.url, state = %state_at, limits = %limits_at, "tollgate serving");
 
     let report = tollgate_gateway::serve(
         listener,

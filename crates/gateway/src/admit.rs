@@ -17,6 +17,11 @@
 //! the upstream may have spent it. Requests are never given back: the upstream saw
 //! them.
 //!
+//! With the counters in Redis (`[redis] url`) admission is one round trip to Redis and
+//! therefore async; while Redis is unreachable `redis.on_failure` decides: this
+//! replica's own counters (`local`), no limits and no headers (`open`), or 503
+//! `limiter_unavailable` (`closed`).
+//!
 //! The answer carries OpenAI's six `x-ratelimit-*` headers for the caller's tightest
 //! rule of each dimension (least remaining); a dimension no rule limits keeps the
 //! upstream's headers.
@@ -30,7 +35,7 @@ use tollgate_wire::ratelimit::RateLimitInfo;
 
 use crate::error::{GatewayError, RateRefusal};
 use crate::keys::Principal;
-use crate::limits::{BucketKey, BucketState, Demand, Dimension, Limits, Rule};
+use crate::limits::{BucketKey, BucketState, Demand, Dimension, Limits, Refused, Rule};
 use crate::preflight::{Endpoint, Preflight};
 
 /// What admission hands on: the tokens to settle, and the headers to send.
@@ -52,7 +57,7 @@ pub struct Reservation {
 /// Admits the request or refuses it with 429 (see the module docs). `reserve` is the
 /// fraction of every limit the take must leave untouched: `lanes.batch_reserve` for a
 /// batch request, 0 for an interactive one.
-pub fn run(
+pub async fn run(
     limits: &Arc<Limits>,
     endpoint: Endpoint,
     principal: &Principal,
@@ -78,12 +83,12 @@ pub fn run(
         0
     };
     let model = model.unwrap_or("this model");
-    take(limits, &demands(&rules, tokens, reserve), tokens, model)
+    take(limits, &demands(&rules, tokens, reserve), tokens, model).await
 }
 
 /// Takes every demand from the counters, or refuses with what the caller needs to
 /// know: which limit, how much was used and asked, and how long to wait.
-fn take(
+async fn take(
     limits: &Arc<Limits>,
     demands: &[Demand],
     tokens: u64,
@@ -103,7 +108,7 @@ fn take(
         .iter()
         .find(|d| d.key.1 == Dimension::Tokens && d.amount > d.limit)
     {
-        let states = limits.counters.peek(demands, Instant::now());
+        let states = limits.counters.peek(demands, Instant::now()).await;
         return Err(GatewayError::RequestExceedsLimit(Box::new(refusal(
             d,
             0,
@@ -111,7 +116,9 @@ fn take(
             &states,
         ))));
     }
-    match limits.counters.take(demands, Instant::now()) {
+    match limits.counters.take(demands, Instant::now()).await {
+        // Nothing counted (Redis unreachable, `redis.on_failure = "open"`).
+        Ok(states) if states.is_empty() => Ok(Admission::default()),
         Ok(states) => {
             let buckets: Vec<(BucketKey, u64)> = demands
                 .iter()
@@ -127,7 +134,8 @@ fn take(
                 }),
             })
         }
-        Err(denied) => {
+        Err(Refused::Unavailable) => Err(GatewayError::LimiterUnavailable),
+        Err(Refused::Limit(denied)) => {
             let d = &demands[denied.index];
             let used = d
                 .limit
@@ -332,10 +340,12 @@ mod tests {
 
     const BODY: &str = r#"{"model":"gpt-4o","input":"hello world","max_output_tokens":10}"#;
 
-    #[test]
-    fn no_rule_admits_without_counting_or_headers() {
+    #[tokio::test]
+    async fn no_rule_admits_without_counting_or_headers() {
         let l = limits(&[]);
-        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
         assert!(a.reservation.is_none());
         assert!(a.headers.is_empty());
     }
@@ -355,10 +365,12 @@ mod tests {
         assert!(estimate(Endpoint::Embeddings, &emb, 4096) < 100);
     }
 
-    #[test]
-    fn reserve_then_settle_to_the_real_usage_and_refund_failures() {
+    #[tokio::test]
+    async fn reserve_then_settle_to_the_real_usage_and_refund_failures() {
         let l = limits(&[(None, Some(100), Some(1_000))]);
-        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
         let reserved = a.reservation.as_ref().unwrap().reserved();
         assert_eq!(a.headers.remaining_tokens, Some(1_000 - reserved));
         assert_eq!(a.headers.remaining_requests, Some(99));
@@ -367,31 +379,41 @@ mod tests {
             total_tokens: 5,
             ..UsageRecord::default()
         });
-        let b = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let b = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
         assert_eq!(b.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A failed call without usage gives its tokens back.
         b.reservation.unwrap().settle(&UsageRecord {
             status: 502,
             ..UsageRecord::default()
         });
-        let c = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let c = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
         assert_eq!(c.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A disconnect with nothing observed keeps its reservation.
         c.reservation.unwrap().settle(&UsageRecord {
             status: 200,
             ..UsageRecord::default()
         });
-        let d = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
+        let d = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
         assert_eq!(d.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
         // Requests are never given back.
         assert_eq!(d.headers.remaining_requests, Some(96));
     }
 
-    #[test]
-    fn refusals_name_the_limit_and_the_time_to_wait() {
+    #[tokio::test]
+    async fn refusals_name_the_limit_and_the_time_to_wait() {
         let l = limits(&[(Some("gpt-4o"), Some(1), None), (None, Some(100), None)]);
-        run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap();
-        let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0).unwrap_err();
+        run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
+        let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap_err();
         let GatewayError::RateLimited(r) = &e else {
             panic!("{e:?}");
         };
@@ -408,21 +430,29 @@ mod tests {
         assert!(m.contains("Limit 1, Used 1, Requested 1"), "{m}");
         // Another model is governed by the project rule only.
         let other = pre(r#"{"model":"gpt-4o-mini","input":"x"}"#);
-        assert!(run(&l, Endpoint::Responses, &principal(), &other, 4096, 0.0).is_ok());
+        assert!(run(&l, Endpoint::Responses, &principal(), &other, 4096, 0.0)
+            .await
+            .is_ok());
         // Listing models is not a model call.
-        assert!(run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096, 0.0).is_ok());
+        assert!(run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .is_ok());
     }
 
-    #[test]
-    fn a_request_larger_than_a_tpm_limit_is_refused_for_good() {
+    #[tokio::test]
+    async fn a_request_larger_than_a_tpm_limit_is_refused_for_good() {
         let l = limits(&[(None, None, Some(50))]);
         let big = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":100}"#);
-        let e = run(&l, Endpoint::Responses, &principal(), &big, 4096, 0.0).unwrap_err();
+        let e = run(&l, Endpoint::Responses, &principal(), &big, 4096, 0.0)
+            .await
+            .unwrap_err();
         assert!(matches!(&e, GatewayError::RequestExceedsLimit(r) if r.limit == 50));
         assert!(!e.retryable());
         // Nothing was taken.
         let small = pre(r#"{"model":"gpt-4o","input":"hello","max_output_tokens":1}"#);
-        let a = run(&l, Endpoint::Responses, &principal(), &small, 4096, 0.0).unwrap();
+        let a = run(&l, Endpoint::Responses, &principal(), &small, 4096, 0.0)
+            .await
+            .unwrap();
         assert_eq!(
             a.headers.remaining_tokens,
             Some(50 - a.reservation.unwrap().reserved())

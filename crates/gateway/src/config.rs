@@ -48,6 +48,8 @@ pub struct RawConfig {
     pub budgets: RawBudgets,
     #[serde(default)]
     pub lanes: RawLanes,
+    #[serde(default)]
+    pub redis: RawRedis,
     /// `[[models]]`: catalog entries that replace or add to the built-in ones.
     #[serde(default)]
     pub models: Vec<RawModel>,
@@ -139,6 +141,21 @@ pub struct RawLanes {
     pub batch_max_wait_ms: Option<u64>,
 }
 
+/// `[redis]`: where replicas share their rate-limit counters (see `redis_link`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`. Unset: counters live in this process.
+    pub url: Option<String>,
+    /// Prefix of every key tollgate writes (default `tollgate:`).
+    pub key_prefix: Option<String>,
+    /// Deadline of one admission's round trip, connecting included (default 50 ms).
+    pub timeout_ms: Option<u64>,
+    /// While Redis is unreachable: `local` (per-replica counters, the default),
+    /// `open` (admit without limits) or `closed` (refuse with 503).
+    pub on_failure: Option<String>,
+}
+
 /// `[anomaly]`: anomaly detection on key usage (see `anomaly`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +204,64 @@ pub struct Config {
     /// The built-in model catalog with the `[[models]]` entries applied.
     pub catalog: Catalog,
     pub budgets: BudgetsConfig,
+    /// `[redis]`.
+    pub redis: RedisConfig,
+}
+
+/// Where rate-limit counters live, and what to do while that is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// None: in this process (one replica).
+    pub url: Option<RedisUrl>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub on_failure: OnFailure,
+}
+
+/// A Redis URL, which may hold a password: `Debug` and [`RedisUrl::redacted`] never
+/// show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as given (to connect with; never log it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any user and password replaced by `***`, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host…` → `scheme://***@host…`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// What admission does while Redis is unreachable (`redis.on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Count in this replica's memory (each replica enforces the whole limit alone).
+    Local,
+    /// Admit without counting.
+    Open,
+    /// Refuse with 503 `limiter_unavailable`.
+    Closed,
 }
 
 /// Where and how to call the upstream.
@@ -438,6 +513,7 @@ impl TryFrom<RawConfig> for Config {
                 "must be between 0 (off) and 1".into(),
             );
         }
+        let redis = redis_config(&raw.redis, &mut err);
         let max_retries = raw.upstream.max_retries.unwrap_or(2);
         if max_retries > 10 {
             err("upstream.max_retries", "must be at most 10".into());
@@ -481,6 +557,7 @@ impl TryFrom<RawConfig> for Config {
                 sync_interval: Duration::from_millis(budget_sync_ms),
                 webhook_url: raw.budgets.webhook_url,
             },
+            redis,
         })
     }
 }
@@ -500,6 +577,78 @@ fn lanes_config(raw: &RawLanes, err: &mut impl FnMut(&str, String)) -> LanesConf
         batch_max_wait: raw
             .batch_max_wait_ms
             .map_or(d.batch_max_wait, Duration::from_millis),
+    }
+}
+
+/// Checks `[redis]`, filling in defaults. The URL is never echoed: it may hold a
+/// password.
+fn redis_config(raw: &RawRedis, err: &mut impl FnMut(&str, String)) -> RedisConfig {
+    let url = raw.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    let url = url.and_then(|u| {
+        if u.starts_with("rediss://") {
+            err(
+                "redis.url",
+                "TLS to Redis (rediss://) is not supported: use redis:// on a private network"
+                    .into(),
+            );
+            return None;
+        }
+        if !u.starts_with("redis://") {
+            err(
+                "redis.url",
+                "must look like redis://[:PASSWORD@]HOST[:PORT][/DB]".into(),
+            );
+            return None;
+        }
+        match redis::Client::open(u) {
+            Ok(_) => Some(RedisUrl(u.to_owned())),
+            Err(_) => {
+                err(
+                    "redis.url",
+                    format!(
+                        "{} is not a valid Redis URL: use redis://[:PASSWORD@]HOST[:PORT][/DB]",
+                        redact_url(u)
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "tollgate:".into());
+    if key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        err(
+            "redis.key_prefix",
+            "must not contain spaces or control characters".into(),
+        );
+    }
+    let timeout_ms = match raw.timeout_ms {
+        Some(0) => {
+            err("redis.timeout_ms", "must be greater than 0".into());
+            50
+        }
+        Some(v) => v,
+        None => 50,
+    };
+    let on_failure = match raw.on_failure.as_deref().unwrap_or("local") {
+        "local" => OnFailure::Local,
+        "open" => OnFailure::Open,
+        "closed" => OnFailure::Closed,
+        other => {
+            err(
+                "redis.on_failure",
+                format!("{other:?} is not one of \"local\", \"open\", \"closed\""),
+            );
+            OnFailure::Local
+        }
+    };
+    RedisConfig {
+        url,
+        key_prefix,
+        timeout: Duration::from_millis(timeout_ms),
+        on_failure,
     }
 }
 
@@ -750,4 +899,49 @@ mod tests {
         assert!(e.0[0].message.contains("postgres://"), "{e}");
         assert!(!e.to_string().contains("hunter2"));
     }
-}
+
+    #[test]
+    fn redis_settings_default_are_checked_and_never_echo_a_password() {
+        let d = Config::from_toml_str("").unwrap().redis;
+        assert_eq!(d.url, None);
+        assert_eq!(d.key_prefix, "tollgate:");
+        assert_eq!(d.timeout, Duration::from_millis(50));
+        assert_eq!(d.on_failure, OnFailure::Local);
+        let c = Config::from_toml_str(
+            "[redis]\nurl = \"redis://:hunter2@10.0.0.5:6380/2\"\non_failure = \"closed\"\n\
+             timeout_ms = 20\nkey_prefix = \"t1:\"\n",
+        )
+        .unwrap();
+        let url = c.redis.url.clone().unwrap();
+        assert_eq!(url.expose(), "redis://:hunter2@10.0.0.5:6380/2");
+        assert_eq!(url.redacted(), "redis://***@10.0.0.5:6380/2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.redis.on_failure, OnFailure::Closed);
+        assert_eq!(c.redis.timeout, Duration::from_millis(20));
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+
+        let e = Config::from_toml_str(
+            "[redis]\nurl = \"http://u:hunter2@x\"\ntimeout_ms = 0\non_failure = \"maybe\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["redis.url", "redis.timeout_ms", "redis.on_failure"],
+            "{e}"
+        );
+        assert!(e.to_string().contains("redis://"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::from_toml_str("[redis]\nurl = \"rediss://:hunter2@x:6379\"\n").unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e =
+            Config::from_toml_str("[redis]\nurl = \"redis://:hunter2@x:notaport\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "redis.url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::from_toml_str("[redis]\nprefix = \"x\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "redis.prefix");
+    }}

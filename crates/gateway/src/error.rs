@@ -78,6 +78,10 @@ pub enum GatewayError {
     /// The request's token estimate is above a TPM limit: it can never pass.
     #[error("request too large for a tokens-per-minute limit")]
     RequestExceedsLimit(Box<RateRefusal>),
+    /// Redis, where the rate-limit counters live, is unreachable and
+    /// `redis.on_failure = "closed"`.
+    #[error("rate-limit store unreachable")]
+    LimiterUnavailable,
     /// A spend budget has no room for the request's worst-case cost (`budgets`).
     #[error("spend budget exhausted")]
     BudgetExceeded(Box<BudgetRefusal>),
@@ -137,7 +141,9 @@ impl GatewayError {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CredentialUnavailable { .. } | Self::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) | Self::BudgetExceeded(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -156,9 +162,9 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
                 "server_error"
             }
-            Self::NotReady { .. } | Self::CredentialUnavailable { .. } => {
-                "service_unavailable_error"
-            }
+            Self::NotReady { .. }
+            | Self::CredentialUnavailable { .. }
+            | Self::LimiterUnavailable => "service_unavailable_error",
             Self::RateLimited(r) => r.dimension.openai_type(),
             Self::RequestExceedsLimit(_) => Dimension::Tokens.openai_type(),
             Self::BudgetExceeded(_) => "insufficient_quota",
@@ -189,6 +195,7 @@ impl GatewayError {
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) => Some("rate_limit_exceeded"),
             Self::BudgetExceeded(_) => Some("insufficient_quota"),
             Self::UnpricedModel { .. } => Some("model_not_priced"),
+            Self::LimiterUnavailable => Some("limiter_unavailable"),
             _ => None,
         }
     }
@@ -228,6 +235,7 @@ impl GatewayError {
             Self::RequestExceedsLimit(_) => "request_exceeds_limit",
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::UnpricedModel { .. } => "model_not_priced",
+            Self::LimiterUnavailable => "limiter_unavailable",
         }
     }
 
@@ -239,6 +247,7 @@ impl GatewayError {
                 | Self::UpstreamTimeout { .. }
                 | Self::NotReady { .. }
                 | Self::RateLimited(_)
+                | Self::LimiterUnavailable
         )
     }
 
@@ -373,6 +382,11 @@ impl GatewayError {
                  with id, input_per_1m and output_per_1m; see `tollgate models`), or use a \
                  model the catalog prices."
             ),
+            Self::LimiterUnavailable => "The gateway's rate-limit store (Redis) is unreachable, \
+                and this gateway refuses rate-limited calls meanwhile (redis.on_failure = \
+                \"closed\"). Retry shortly; an operator can check Redis or set \
+                redis.on_failure to \"local\"."
+                .into(),
         }
     }
 
@@ -655,6 +669,12 @@ mod tests {
                 400,
                 "invalid_request_error",
                 Some("model_not_priced"),
+            ),
+            (
+                GatewayError::LimiterUnavailable,
+                503,
+                "service_unavailable_error",
+                Some("limiter_unavailable"),
             ),
         ];
         for (e, status, kind, code) in cases {

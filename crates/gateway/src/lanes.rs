@@ -134,6 +134,7 @@ impl Lanes {
                 default_output_tokens,
                 reserve,
             )
+            .await
         };
         let first = attempt().await;
         let refusal = match first {

@@ -4,7 +4,7 @@
 //!
 //! One module per lifecycle stage (`accept`, `authenticate`, `preflight`, `admit`,
 //! `cache`, `moderate`, `dispatch`, `account`, `record`), called in order by
-//! [`pipeline`]; [`server`] runs it; [`config`], [`catalog`], [`keys`], [`limits`], [`lanes`], [`throttle`], [`secret`] and [`anomaly`]
+//! [`pipeline`]; [`server`] runs it; [`config`], [`catalog`], [`keys`], [`limits`], [`lanes`], [`throttle`], [`redis_link`], [`secret`] and [`anomaly`]
 //! support it.
 
 pub mod accept;
@@ -31,6 +31,7 @@ pub mod moderate;
 pub mod pipeline;
 pub mod preflight;
 pub mod record;
+pub mod redis_link;
 pub mod secret;
 pub mod server;
 pub mod throttle;
@@ -49,4 +50,6 @@ pub enum StartError {
     Upstream(String),
     #[error("cannot start the I/O threads: {0}")]
     Threads(std::io::Error),
+    #[error("redis: {0}")]
+    Redis(String),
 }

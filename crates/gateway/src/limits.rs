@@ -17,17 +17,25 @@
 //!
 //! [`Counters`] is the counting backend: every admission is one all-or-nothing call
 //! over the buckets a request touches ([`Counters::take`]) and every settlement one
-//! [`Counters::adjust`]. The in-memory backend serves a single replica; a Redis one
-//! (issue 5, section 6) runs the same arithmetic in a Lua script, one round trip per
-//! call.
+//! [`Counters::adjust`]. The in-memory backend serves a single replica. The Redis one
+//! ([`RedisCounters`], with `[redis] url`) runs the same arithmetic in a Lua script on
+//! the Redis server's clock, one round trip per admission, so every replica counts
+//! into the same buckets; a settlement is sent without waiting. Its buckets are hashes
+//! `<prefix>rl:<r|t>:<project>:<env>:<key>:<model>` (`*` for a rule's unset field,
+//! `%`-escaped `:`), which expire once they would be full again. While Redis is
+//! unreachable it falls back as `redis.on_failure` says (see `redis_link`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use redis::Script;
 use tokio::sync::watch;
 use tollgate_store::{LimitScope, OutputCap, OutputCapRule, RateLimitRule, Store, StoreError};
+
+use crate::config::OnFailure;
+use crate::redis_link::RedisLink;
 
 /// Bucket units per token (per request): a minute in microseconds.
 const UNITS: i128 = 60_000_000;
@@ -93,11 +101,22 @@ pub struct Denied {
     pub states: Vec<BucketState>,
 }
 
+/// Why [`Counters::take`] admitted nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A bucket lacks the amount.
+    Limit(Denied),
+    /// Redis is unreachable and `redis.on_failure = "closed"`.
+    Unavailable,
+}
+
 /// The counting backend.
 #[derive(Debug)]
 pub enum Counters {
     /// In this process (a single replica).
     Memory(MemoryCounters),
+    /// In Redis, shared by every replica.
+    Redis(RedisCounters),
 }
 
 impl Default for Counters {
@@ -107,17 +126,24 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Takes every demand's amount, or none if any bucket lacks it.
-    pub fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
+    /// Takes every demand's amount, or none if any bucket lacks it. The states are
+    /// empty when nothing was counted (Redis unreachable, `redis.on_failure = "open"`).
+    pub async fn take(
+        &self,
+        demands: &[Demand],
+        now: Instant,
+    ) -> Result<Vec<BucketState>, Refused> {
         match self {
-            Self::Memory(m) => m.take(demands, now),
+            Self::Memory(m) => m.take(demands, now).map_err(Refused::Limit),
+            Self::Redis(r) => r.take(demands, now).await,
         }
     }
 
     /// The buckets' states now, taking nothing.
-    pub fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
+    pub async fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
         match self {
             Self::Memory(m) => m.peek(demands, now),
+            Self::Redis(r) => r.peek(demands, now).await,
         }
     }
 
@@ -126,15 +152,249 @@ impl Counters {
     pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
         match self {
             Self::Memory(m) => m.adjust(key, limit, delta, now),
+            Self::Redis(r) => r.adjust(key, limit, delta, now),
         }
     }
 
-    /// Forgets the buckets of rules that no longer exist.
+    /// Forgets the buckets of rules that no longer exist (Redis's expire by themselves).
     fn retain(&self, rules: &RuleSet) {
         match self {
             Self::Memory(m) => m.retain(rules),
+            Self::Redis(r) => r.local.retain(rules),
         }
     }
+}
+
+/// Takes (`ARGV[1]` = 1) or reads (0) every bucket of `KEYS`, all or nothing; `ARGV`
+/// then holds each bucket's limit and amount. Returns `{admitted, refused index (0-based),
+/// wait µs, then per bucket remaining and µs until full}`. Same arithmetic as
+/// [`MemoryCounters`]; Lua numbers are doubles, exact to 2^53 units (a limit of about
+/// 150 million a minute), and off by far less than one token beyond.
+const TAKE_LUA: &str = r"
+local U = 60000000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local take = ARGV[1] == '1'
+local function wait_for(level, limit, amount)
+  local deficit = amount * U - level
+  if deficit <= 0 or limit == 0 then return 0 end
+  return math.ceil(deficit / limit)
+end
+local levels, ats, limits, amounts = {}, {}, {}, {}
+local worst, worst_wait = 0, 0
+for i = 1, #KEYS do
+  local limit, amount = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local cap = limit * U
+  local level, at = cap, now
+  local v = redis.call('HMGET', KEYS[i], 'l', 't')
+  if v[1] then
+    level, at = tonumber(v[1]), tonumber(v[2])
+    if now > at then
+      level = level + (now - at) * limit
+      at = now
+    end
+    if level > cap then level = cap end
+  end
+  levels[i], ats[i], limits[i], amounts[i] = level, at, limit, amount
+  local w = wait_for(level, limit, amount)
+  if w > worst_wait then worst, worst_wait = i, w end
+end
+local out = {1, 0, 0}
+if worst > 0 then
+  out = {0, worst - 1, worst_wait}
+elseif take then
+  for i = 1, #KEYS do
+    local level = levels[i] - amounts[i] * U
+    levels[i] = level
+    local ttl = math.ceil((limits[i] * U - level) / math.max(limits[i], 1) / 1000) + 1000
+    redis.call('HSET', KEYS[i], 'l', string.format('%.0f', level), 't', string.format('%.0f', ats[i]))
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+for i = 1, #KEYS do
+  local rem = 0
+  if levels[i] > 0 then rem = math.floor(levels[i] / U) end
+  out[#out + 1] = rem
+  out[#out + 1] = wait_for(levels[i], limits[i], limits[i])
+end
+return out
+";
+
+/// Settles one bucket: `ARGV` = its limit and the whole units to give back (> 0) or
+/// charge (< 0). A bucket full again is deleted (a missing bucket is a full one).
+const ADJUST_LUA: &str = r"
+local U = 60000000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cap = limit * U
+local level, at = cap, now
+local v = redis.call('HMGET', KEYS[1], 'l', 't')
+if v[1] then
+  level, at = tonumber(v[1]), tonumber(v[2])
+  if now > at then
+    level = level + (now - at) * limit
+    at = now
+  end
+end
+level = math.min(level, cap) + delta * U
+if level >= cap then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'l', string.format('%.0f', level), 't', string.format('%.0f', at))
+redis.call('PEXPIRE', KEYS[1], math.ceil((cap - level) / math.max(limit, 1) / 1000) + 1000)
+return 1
+";
+
+static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_LUA));
+static ADJUST: LazyLock<Script> = LazyLock::new(|| Script::new(ADJUST_LUA));
+
+/// Buckets in Redis, with this replica's memory as the fallback.
+#[derive(Debug)]
+pub struct RedisCounters {
+    link: Arc<RedisLink>,
+    /// Used while Redis is unreachable and `redis.on_failure = "local"`.
+    local: MemoryCounters,
+}
+
+impl RedisCounters {
+    pub fn new(link: Arc<RedisLink>) -> Self {
+        Self {
+            link,
+            local: MemoryCounters::default(),
+        }
+    }
+
+    /// The link the counters use.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
+    async fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Refused> {
+        if self.link.is_up() {
+            let started = Instant::now();
+            if let Some(answer) = self.run(demands, true).await {
+                self.link.observe_admission(started.elapsed());
+                return answer;
+            }
+        }
+        match self.link.on_failure() {
+            OnFailure::Local => self.local.take(demands, now).map_err(Refused::Limit),
+            OnFailure::Open => Ok(Vec::new()),
+            OnFailure::Closed => Err(Refused::Unavailable),
+        }
+    }
+
+    async fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
+        if self.link.is_up() {
+            if let Some(Ok(states) | Err(Refused::Limit(Denied { states, .. }))) =
+                self.run(demands, false).await
+            {
+                return states;
+            }
+        }
+        self.local.peek(demands, now)
+    }
+
+    /// One call of the take script; None when it failed (already logged).
+    async fn run(
+        &self,
+        demands: &[Demand],
+        take: bool,
+    ) -> Option<Result<Vec<BucketState>, Refused>> {
+        let mut call = TAKE.prepare_invoke();
+        call.arg(u8::from(take));
+        for d in demands {
+            call.key(bucket_name(self.link.key_prefix(), &d.key))
+                .arg(d.limit)
+                .arg(d.amount);
+        }
+        let reply: Vec<u64> = self.link.call(&call).await.ok()?;
+        let Some((head, tail)) = reply.split_at_checked(3) else {
+            self.link
+                .update_lost("a malformed answer of the rate-limit script");
+            return None;
+        };
+        if tail.len() != demands.len() * 2 {
+            self.link
+                .update_lost("a malformed answer of the rate-limit script");
+            return None;
+        }
+        let states = demands
+            .iter()
+            .zip(tail.chunks_exact(2))
+            .map(|(d, s)| BucketState {
+                limit: d.limit,
+                remaining: s[0],
+                reset: Duration::from_micros(s[1]),
+            })
+            .collect();
+        Some(if head[0] == 1 {
+            Ok(states)
+        } else {
+            Err(Refused::Limit(Denied {
+                index: usize::try_from(head[1])
+                    .unwrap_or(0)
+                    .min(demands.len().saturating_sub(1)),
+                wait: Duration::from_micros(head[2]),
+                states,
+            }))
+        })
+    }
+
+    /// Sent without waiting; a settlement that fails is logged and counted
+    /// (`tollgate_redis_updates_lost_total`). While Redis is unreachable it applies to
+    /// the local fallback.
+    fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
+        if !self.link.is_up() {
+            self.local.adjust(key, limit, delta, now);
+            return;
+        }
+        let name = bucket_name(self.link.key_prefix(), key);
+        let link = self.link.clone();
+        self.link.spawn(async move {
+            let mut call = ADJUST.key(name);
+            call.arg(limit).arg(delta);
+            if link.call::<i64>(&call).await.is_err() {
+                link.update_lost("a TPM settlement");
+            }
+        });
+    }
+}
+
+/// The Redis key of a bucket (see the module docs).
+pub fn bucket_name(prefix: &str, key: &BucketKey) -> String {
+    let (scope, dim) = key;
+    let mut out = String::with_capacity(prefix.len() + 48);
+    out.push_str(prefix);
+    out.push_str(match dim {
+        Dimension::Requests => "rl:r",
+        Dimension::Tokens => "rl:t",
+    });
+    let parts = [
+        Some(&scope.project),
+        scope.env.as_ref(),
+        scope.key_id.as_ref(),
+        scope.model.as_ref(),
+    ];
+    for part in parts {
+        out.push(':');
+        match part {
+            None => out.push('*'),
+            Some(p) => {
+                for c in p.chars() {
+                    match c {
+                        '%' => out.push_str("%25"),
+                        ':' => out.push_str("%3A"),
+                        '*' => out.push_str("%2A"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Buckets in a map behind one lock: an admission holds it for a few hundred
@@ -187,7 +447,7 @@ impl Bucket {
 }
 
 impl MemoryCounters {
-    fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
+    pub fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
         let mut buckets = self.buckets.lock();
         let mut worst: Option<(usize, Duration)> = None;
         for (i, d) in demands.iter().enumerate() {
@@ -230,7 +490,7 @@ impl MemoryCounters {
         Ok(states(&buckets))
     }
 
-    fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
+    pub fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
         let buckets = self.buckets.lock();
         demands
             .iter()
@@ -245,7 +505,7 @@ impl MemoryCounters {
             .collect()
     }
 
-    fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
+    pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
         let mut buckets = self.buckets.lock();
         let b = buckets
             .entry(key.clone())
@@ -357,6 +617,22 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// No rules yet, counting with `counters`.
+    pub fn with_counters(counters: Counters) -> Self {
+        Self {
+            rules: RwLock::default(),
+            counters,
+        }
+    }
+
+    /// The Redis link, when the counters are in Redis.
+    pub fn redis(&self) -> Option<&Arc<RedisLink>> {
+        match &self.counters {
+            Counters::Redis(r) => Some(r.link()),
+            Counters::Memory(_) => None,
+        }
+    }
+
     /// The current rules (a cheap clone of a shared set).
     pub fn rules(&self) -> Arc<RuleSet> {
         self.rules.read().clone()
@@ -464,7 +740,7 @@ mod tests {
 
     #[test]
     fn a_bucket_holds_its_limit_and_refills_continuously() {
-        let c = Counters::default();
+        let c = MemoryCounters::default();
         let s = scope(None);
         let t0 = Instant::now();
         // 60 per minute: one per second.
@@ -505,7 +781,7 @@ mod tests {
 
     #[test]
     fn admission_is_all_or_nothing_and_the_longest_wait_wins() {
-        let c = Counters::default();
+        let c = MemoryCounters::default();
         let (a, b) = (scope(None), scope(Some("gpt-4o")));
         let t0 = Instant::now();
         let both = |n: u64| {
@@ -527,7 +803,7 @@ mod tests {
 
     #[test]
     fn settlements_refund_or_charge_and_debt_delays_the_next_call() {
-        let c = Counters::default();
+        let c = MemoryCounters::default();
         let s = scope(None);
         let key = (s.clone(), Dimension::Tokens);
         let t0 = Instant::now();
@@ -554,8 +830,8 @@ mod tests {
         assert_eq!(st[0].remaining, 6_000);
     }
 
-    #[test]
-    fn rules_match_by_scope_and_removed_rules_lose_their_buckets() {
+    #[tokio::test]
+    async fn rules_match_by_scope_and_removed_rules_lose_their_buckets() {
         let rule = |env: Option<&str>, key: Option<&str>, model: Option<&str>| RateLimitRule {
             scope: LimitScope {
                 project: "shop".into(),
@@ -592,12 +868,14 @@ mod tests {
         limits
             .counters
             .take(&[demand(&whole, Dimension::Requests, 10, 10)], t0)
+            .await
             .unwrap();
         // Same rule reloaded with a new limit: the bucket stays (nothing refilled).
         limits.replace(vec![rule(None, None, None)], vec![]);
         assert!(limits
             .counters
             .take(&[demand(&whole, Dimension::Requests, 20, 1)], t0)
+            .await
             .is_err());
         // Rule gone and back: a fresh, full bucket.
         limits.replace(vec![], vec![]);
@@ -606,7 +884,26 @@ mod tests {
         assert!(limits
             .counters
             .take(&[demand(&whole, Dimension::Requests, 10, 10)], t0)
+            .await
             .is_ok());
+    }
+
+    #[test]
+    fn bucket_names_are_unambiguous() {
+        let s = Arc::new(LimitScope {
+            project: "shop".into(),
+            env: None,
+            key_id: Some("key_1".into()),
+            model: Some("llama3.1:8b*%".into()),
+        });
+        assert_eq!(
+            bucket_name("t:", &(s.clone(), Dimension::Tokens)),
+            "t:rl:t:shop:*:key_1:llama3.1%3A8b%2A%25"
+        );
+        assert_eq!(
+            bucket_name("t:", &(scope(None), Dimension::Requests)),
+            "t:rl:r:shop:*:*:*"
+        );
     }
 
     #[test]

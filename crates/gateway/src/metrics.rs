@@ -11,7 +11,9 @@
 //! the table in `docs/gateway.md`).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -131,7 +133,84 @@ pub fn render(gw: &Gateway) -> String {
         "Gateway keys in the in-memory key cache (all but revoked ones).",
         &[(vec![], gw.keys.len() as u64)],
     );
+    if let Some(link) = gw.limits.redis() {
+        out.gauge(
+            "tollgate_redis_up",
+            "1 while rate-limit counters are in Redis, 0 while in fallback (redis.on_failure).",
+            &[(vec![], u64::from(link.is_up()))],
+        );
+        out.counter(
+            "tollgate_redis_fallbacks_total",
+            "Times Redis became unreachable and admission switched to its fallback.",
+            &[(vec![], link.fallbacks_total())],
+        );
+        out.counter(
+            "tollgate_redis_errors_total",
+            "Redis calls that failed or timed out (each used the fallback).",
+            &[(vec![], link.errors_total())],
+        );
+        out.counter(
+            "tollgate_redis_updates_lost_total",
+            "Settlements (TPM reservations given back or charged) that Redis did not apply.",
+            &[(vec![], link.lost_total())],
+        );
+        out.histogram(
+            "tollgate_redis_admission_seconds",
+            "Round trip of one admission to Redis (one script call), successful calls only.",
+            link.admission(),
+        );
+    }
     out.finish()
+}
+
+/// A latency histogram of fixed buckets: a few relaxed atomic adds per observation.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds in microseconds, ascending.
+    bounds_us: &'static [u64],
+    /// One count per bound, and one for +Inf (not cumulative).
+    counts: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds_us: &'static [u64]) -> Self {
+        Self {
+            bounds_us,
+            counts: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = self.bounds_us.partition_point(|b| *b < us);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Cumulative counts per upper bound (seconds), the last one +Inf; and the sum.
+    fn snapshot(&self) -> (Vec<(String, u64)>, u64, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            let le = self
+                .bounds_us
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
+            out.push((le, total));
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, total, sum)
+    }
 }
 
 /// One sample: its label pairs (bounded values only) and its value.
@@ -153,6 +232,18 @@ impl Exposition {
     /// A value that goes up and down.
     pub fn gauge(&mut self, name: &str, help: &str, samples: &[Sample<'_>]) {
         self.family(name, "gauge", help, samples);
+    }
+
+    /// A histogram: its cumulative `_bucket{le=…}` series, `_sum` and `_count`.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape(help, false));
+        let _ = writeln!(self.text, "# TYPE {name} histogram");
+        let (buckets, count, sum) = h.snapshot();
+        for (le, n) in buckets {
+            let _ = writeln!(self.text, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(self.text, "{name}_sum {sum}");
+        let _ = writeln!(self.text, "{name}_count {count}");
     }
 
     /// The finished text.
@@ -205,11 +296,19 @@ mod tests {
             &[(vec![("reason", "a\"b")], 3), (vec![("reason", "c")], 0)],
         );
         e.gauge("y", "Depth.", &[(vec![], 7)]);
+        let h = Histogram::new(&[100, 1_000]);
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_millis(2));
+        e.histogram("z_seconds", "Time.", &h);
         assert_eq!(
             e.finish(),
             "# HELP x_total Things.\\nMore\n# TYPE x_total counter\n\
              x_total{reason=\"a\\\"b\"} 3\nx_total{reason=\"c\"} 0\n\
-             # HELP y Depth.\n# TYPE y gauge\ny 7\n"
+             # HELP y Depth.\n# TYPE y gauge\ny 7\n\
+             # HELP z_seconds Time.\n# TYPE z_seconds histogram\n\
+             z_seconds_bucket{le=\"0.0001\"} 1\nz_seconds_bucket{le=\"0.001\"} 2\n\
+             z_seconds_bucket{le=\"+Inf\"} 3\nz_seconds_sum 0.002201\nz_seconds_count 3\n"
         );
     }
 }

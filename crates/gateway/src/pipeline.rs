@@ -8,7 +8,7 @@
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
 //! |   | (caps)       | `caps`           | 400 output or temperature cap      |
 //! |   | (lane)       | `lanes`          | 400 bad `x-tollgate-priority`      |
-//! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn) |
+//! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn), 503 |
 //! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
 //! |   | (throttle)   | `throttle`       | — (batch waits for upstream capacity) |
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |

@@ -6,7 +6,9 @@
 //! connection to the thread with the fewest open. A connection, its requests and
 //! their upstream connections stay on that thread, so serving a request involves no
 //! hand-off between threads. The acceptor and the background work (key watcher,
-//! usage writer, anomaly flags) run on the runtime that called [`serve`].
+//! usage writer, anomaly flags, the Redis probe and settlements) run on the runtime
+//! that called [`serve`]. With `[redis] url`, each I/O thread opens its own Redis
+//! connection on first use (see `redis_link`).
 //!
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
@@ -38,9 +40,10 @@ use crate::budgets::{self, Budgets};
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
 use crate::lanes::Lanes;
-use crate::limits::{self, Limits};
+use crate::limits::{self, Counters, Limits, RedisCounters};
 use crate::pipeline;
 use crate::record::UsageSink;
+use crate::redis_link::RedisLink;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
 use crate::upstream::Upstream;
@@ -98,12 +101,16 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if store_ok { "ready" } else { "not_ready" },
         "store": if store_ok { "ok" } else { "unreachable" },
         "upstream": gw.upstream.base_url(),
         "keys": gw.keys.len(),
     });
+    // Redis down does not make the gateway unready: admission has its fallback.
+    if let Some(link) = gw.limits.redis() {
+        body["redis"] = serde_json::json!(if link.is_up() { "ok" } else { "fallback" });
+    }
     (
         status,
         [("content-type", "application/json")],
@@ -131,7 +138,16 @@ pub async fn serve(
         config.keys_refresh_interval,
         stop_rx,
     ));
-    let limits = Arc::new(Limits::default());
+    let (limits, redis_probe) = match &config.redis.url {
+        Some(url) => {
+            let link = RedisLink::new(url, &config.redis)?;
+            link.check().await;
+            let probe = tokio::spawn(link.clone().probe(stop_tx.subscribe()));
+            let counters = Counters::Redis(RedisCounters::new(link));
+            (Arc::new(Limits::with_counters(counters)), Some(probe))
+        }
+        None => (Arc::new(Limits::default()), None),
+    };
     let limits_version = limits::load(&limits, &store).await?;
     let limits_watcher = tokio::spawn(limits::watch(
         limits.clone(),
@@ -199,6 +215,9 @@ pub async fn serve(
     let _ = limits_watcher.await;
     let _ = budgets_watcher.await;
     let _ = flag_writer.await;
+    if let Some(probe) = redis_probe {
+        let _ = probe.await;
+    }
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);
     // The detector went with the router: the webhook task sends what is queued, briefly.
