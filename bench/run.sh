@@ -16,6 +16,10 @@
 #   BENCH_SIMULATOR=1      also measure `tollgate mock` directly (0 to skip)
 #   BENCH_LIMITS=1         also measure tollgate with an RPM and a TPM rule on the benchmark
 #                          key's project, set high enough never to refuse (0 to skip)
+#   BENCH_REDIS=0          1: also measure a second tollgate with the same rules counted in
+#                          Redis (needs BENCH_LIMITS=1), and report the admission round
+#                          trip's p50/p99 from its /metrics histogram. Redis: BENCH_REDIS_URL,
+#                          else a redis-server of its own on a free port (installed if missing)
 #   BENCH_MAX_LOAD=1.5     wait (up to BENCH_LOAD_WAIT s, default 300) until the 1-min
 #                          load average is below this before measuring
 #   BENCH_NO_INSTALL=1     never call apt-get (fail if a tool is missing)
@@ -35,6 +39,8 @@ THREADS="${BENCH_THREADS:-2}"
 NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 SIMULATOR="${BENCH_SIMULATOR:-1}"
 LIMITS="${BENCH_LIMITS:-1}"
+REDIS="${BENCH_REDIS:-0}"
+[[ "$REDIS" != 1 || "$LIMITS" == 1 ]] || { echo "BENCH_REDIS=1 needs BENCH_LIMITS=1" >&2; exit 1; }
 MAX_LOAD="${BENCH_MAX_LOAD:-1.5}"
 LOAD_WAIT="${BENCH_LOAD_WAIT:-300}"
 
@@ -108,6 +114,9 @@ fi
 command -v "$LOADGEN" >/dev/null 2>&1 || die "no load generator (oha or wrk) available"
 command -v curl >/dev/null 2>&1 || apt_install curl
 command -v python3 >/dev/null 2>&1 || apt_install python3
+if [[ "$REDIS" == 1 && -z "${BENCH_REDIS_URL:-}" ]]; then
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+fi
 
 # Fixed-rate tool: Debian has neither wrk2 nor (in bookworm) oha, and wrk has no rate
 # option, so a small std-only Rust program does it (bench/fixed_rate.rs).
@@ -375,7 +384,7 @@ measure() { # name addr server-pid
 }
 
 TARGETS=(direct nginx tollgate)
-declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [tollgate_limits]="tollgate, limits on (not hit)" [simulator]="simulator direct (tollgate mock)")
+declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [tollgate_limits]="tollgate, limits on (not hit)" [tollgate_redis]="tollgate, limits in Redis (not hit)" [simulator]="simulator direct (tollgate mock)")
 measure direct "127.0.0.1:$UP_PORT" "$UP_PID"
 measure nginx "127.0.0.1:$PX_PORT" "$PX_PID"
 measure tollgate "$TG_ADDR" "$TG_PID"
@@ -399,6 +408,64 @@ if [[ "$LIMITS" == 1 ]]; then
     measure tollgate_limits "$TG_ADDR" "$TG_PID"
     TARGETS+=(tollgate_limits)
 fi
+RD_COUNTED=0
+if [[ "$REDIS" == 1 ]]; then
+    # A second tollgate on the same data directory (same key, same rules) whose
+    # counters are in Redis: every request is one admission script round trip.
+    REDIS_URL="${BENCH_REDIS_URL:-}"
+    if [[ -z "$REDIS_URL" ]]; then
+        RD_PORT="$(free_port)"
+        redis-server --bind 127.0.0.1 --port "$RD_PORT" --save "" --appendonly no \
+            --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+        PIDS+=("$!")
+        REDIS_URL="redis://127.0.0.1:$RD_PORT"
+        for _ in $(seq 1 100); do
+            [[ "$(redis-cli -p "$RD_PORT" ping 2>/dev/null)" == PONG ]] && break
+            sleep 0.1
+        done
+    fi
+    printf '[redis]\nkey_prefix = "tollgate-bench-%s:"\n' "$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')" >"$TMP/redis.toml"
+    BENCH_PROVIDER_KEY="$PROVIDER_KEY" "$TOLLGATE" serve \
+        --config "$TMP/redis.toml" \
+        --listen 127.0.0.1:0 \
+        --upstream-url "http://127.0.0.1:$UP_PORT/v1" \
+        --upstream-api-key env:BENCH_PROVIDER_KEY \
+        --redis-url "$REDIS_URL" \
+        --data-dir "$DATA" >"$TMP/tollgate-redis.out" 2>"$TMP/tollgate-redis.err" &
+    RD_PID=$!
+    PIDS+=("$RD_PID")
+    RD_ADDR="$(wait_listening "$TMP/tollgate-redis.out")"
+    smoke "$RD_ADDR"
+    curl -s "http://$RD_ADDR/metrics" | grep -q '^tollgate_redis_up 1' || die "the Redis tollgate is not on Redis"
+    measure tollgate_redis "$RD_ADDR" "$RD_PID"
+    TARGETS+=(tollgate_redis)
+    # p50/p99 of the admission round trip over all its runs, interpolated within the
+    # histogram's buckets as Prometheus' histogram_quantile does.
+    curl -s "http://$RD_ADDR/metrics" >"$TMP/redis-metrics.txt"
+    cat >"$TMP/quantiles.py" <<'PY'
+import sys
+buckets, fallbacks = [], 0
+for line in open(sys.argv[1]):
+    if line.startswith("tollgate_redis_admission_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
+    elif line.startswith("tollgate_redis_fallbacks_total "):
+        fallbacks = int(line.split()[-1])
+total = buckets[-1][1] if buckets else 0
+def q(p):
+    rank, lo, below = p * total, 0.0, 0
+    for le, n in buckets:
+        if n >= rank and n > below:
+            hi = le if le != float("inf") else lo
+            return lo + (hi - lo) * (rank - below) / (n - below)
+        lo, below = le, n
+    return 0.0
+print(f"{q(0.5) * 1e6:.0f} {q(0.99) * 1e6:.0f} {total} {fallbacks}")
+PY
+    read -r RD_RT_P50 RD_RT_P99 RD_RT_N RD_FALLBACKS < <(python3 "$TMP/quantiles.py" "$TMP/redis-metrics.txt")
+    RD_COUNTED=$(( 1 + R[tollgate_redis,warm] + R[tollgate_redis,req] + R[tollgate_redis,rate_sent] ))
+    stop_pid "$RD_PID"
+fi
 if [[ -n "$SIM_ADDR" ]]; then
     measure simulator "$SIM_ADDR" "$SIM_PID"
     TARGETS+=(simulator)
@@ -410,6 +477,7 @@ TG_COUNTED=$(( 1 + R[tollgate,warm] + R[tollgate,req] + R[tollgate,rate_sent] ))
 if [[ "$LIMITS" == 1 ]]; then
     TG_COUNTED=$(( TG_COUNTED + applied_probes + R[tollgate_limits,warm] + R[tollgate_limits,req] + R[tollgate_limits,rate_sent] ))
 fi
+TG_COUNTED=$(( TG_COUNTED + RD_COUNTED ))
 stop_pid "$TG_PID"
 USAGE="$("$TOLLGATE" usage --by project --json --data-dir "$DATA" 2>/dev/null | python3 -c '
 import json, sys
@@ -467,6 +535,16 @@ REPORT="$TMP/report.md"
         echo "|---|---|---|---|"
         echo "| throughput, limits on (not hit) vs off | within a few % | ${lim_ratio}× | $(verdict "$lim_ratio >= 0.95") (≥ 0.95×) |"
         echo "| p99 at ${RATE} req/s, limits on vs off | within a few % | $(signed_ms "$lim_p99") ms | — |"
+    fi
+    if [[ "$REDIS" == 1 ]]; then
+        rd_ratio="$(awk -v a="$(rps tollgate_redis)" -v b="$(rps tollgate_limits)" 'BEGIN { printf "%.3f", a / b }')"
+        echo "| throughput, limits in Redis vs in memory | — | ${rd_ratio}× | — |"
+        echo "| p99 at ${RATE} req/s, limits in Redis vs in memory | — | $(signed_ms "$(( R[tollgate_redis,rp99] - R[tollgate_limits,rp99] ))") ms | — |"
+        echo "| admission round trip to Redis (histogram, all ${RD_RT_N} admissions of its runs) | report p50/p99 | p50 $(us_ms "$RD_RT_P50") ms, p99 $(us_ms "$RD_RT_P99") ms | — |"
+        echo
+        rd_where="a redis-server started by the run on 127.0.0.1"
+        [[ -n "${BENCH_REDIS_URL:-}" ]] && rd_where="the server at BENCH_REDIS_URL"
+        echo "Redis: $rd_where; the Redis tollgate fell back to local counters ${RD_FALLBACKS} time(s) (must be 0 for the figures to count). The round trip is interpolated within the histogram's buckets (50, 100, 150, 200, 300, 400, 500, 750 µs, 1 ms, …)."
     fi
     echo
     echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr."
