@@ -193,7 +193,11 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 fn print_demo_banner(addr: &str, key: &str, data_dir: &str) {
-    println!(
+    // A reader of stdout that went away (a script that read the key and closed the
+    // pipe) must not stop the server: println! would panic on the broken pipe.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout().lock(),
         r#"
 tollgate demo: the built-in simulator is the upstream; no provider key needed.
 
