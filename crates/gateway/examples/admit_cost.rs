@@ -15,6 +15,9 @@ use tollgate_gateway::preflight::{Endpoint, Preflight};
 use tollgate_store::{LimitScope, RateLimitRule, Role};
 
 fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
     let p = Preflight {
         model: Some("gpt-4o-mini".into()),
@@ -80,7 +83,16 @@ fn main() {
     );
     let t = Instant::now();
     for _ in 0..n {
-        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, &p, 4096, 0.0).unwrap();
+        let a = rt
+            .block_on(admit::run(
+                &l,
+                Endpoint::ChatCompletions,
+                &principal,
+                &p,
+                4096,
+                0.0,
+            ))
+            .unwrap();
         drop(a);
     }
     println!(
@@ -96,7 +108,16 @@ fn main() {
         .collect();
     let t = Instant::now();
     for p in &bodies {
-        let a = admit::run(&l, Endpoint::ChatCompletions, &principal, p, 4096, 0.0).unwrap();
+        let a = rt
+            .block_on(admit::run(
+                &l,
+                Endpoint::ChatCompletions,
+                &principal,
+                p,
+                4096,
+                0.0,
+            ))
+            .unwrap();
         drop(a);
     }
     println!(

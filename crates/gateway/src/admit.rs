@@ -430,13 +430,17 @@ mod tests {
         assert!(m.contains("Limit 1, Used 1, Requested 1"), "{m}");
         // Another model is governed by the project rule only.
         let other = pre(r#"{"model":"gpt-4o-mini","input":"x"}"#);
-        assert!(run(&l, Endpoint::Responses, &principal(), &other, 4096, 0.0)
-            .await
-            .is_ok());
+        assert!(
+            run(&l, Endpoint::Responses, &principal(), &other, 4096, 0.0)
+                .await
+                .is_ok()
+        );
         // Listing models is not a model call.
-        assert!(run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096, 0.0)
-            .await
-            .is_ok());
+        assert!(
+            run(&l, Endpoint::Models, &principal(), &pre(BODY), 4096, 0.0)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]

@@ -944,4 +944,5 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = Config::from_toml_str("[redis]\nprefix = \"x\"\n").unwrap_err();
         assert_eq!(e.0[0].path, "redis.prefix");
-    }}
+    }
+}

@@ -166,7 +166,8 @@ impl Counters {
 }
 
 /// Takes (`ARGV[1]` = 1) or reads (0) every bucket of `KEYS`, all or nothing; `ARGV`
-/// then holds each bucket's limit and amount. Returns `{admitted, refused index (0-based),
+/// then holds each bucket's limit, amount and keep (what the take must leave: a batch
+/// request's reserve; only the amount is taken). Returns `{admitted, refused index (0-based),
 /// wait µs, then per bucket remaining and µs until full}`. Same arithmetic as
 /// [`MemoryCounters`]; Lua numbers are doubles, exact to 2^53 units (a limit of about
 /// 150 million a minute), and off by far less than one token beyond.
@@ -183,7 +184,8 @@ end
 local levels, ats, limits, amounts = {}, {}, {}, {}
 local worst, worst_wait = 0, 0
 for i = 1, #KEYS do
-  local limit, amount = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local limit, amount = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+  local keep = tonumber(ARGV[3 * i + 1])
   local cap = limit * U
   local level, at = cap, now
   local v = redis.call('HMGET', KEYS[i], 'l', 't')
@@ -196,7 +198,7 @@ for i = 1, #KEYS do
     if level > cap then level = cap end
   end
   levels[i], ats[i], limits[i], amounts[i] = level, at, limit, amount
-  local w = wait_for(level, limit, amount)
+  local w = wait_for(level, limit, amount + keep)
   if w > worst_wait then worst, worst_wait = i, w end
 end
 local out = {1, 0, 0}
@@ -308,7 +310,8 @@ impl RedisCounters {
         for d in demands {
             call.key(bucket_name(self.link.key_prefix(), &d.key))
                 .arg(d.limit)
-                .arg(d.amount);
+                .arg(d.amount)
+                .arg(d.keep);
         }
         let reply: Vec<u64> = self.link.call(&call).await.ok()?;
         let Some((head, tail)) = reply.split_at_checked(3) else {
@@ -713,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_take_that_must_keep_a_reserve_waits_for_it_and_takes_only_its_amount() {
-        let c = Counters::default();
+        let c = MemoryCounters::default();
         let s = scope(None);
         let t0 = Instant::now();
         let batch = Demand {

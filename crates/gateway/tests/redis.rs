@@ -104,6 +104,7 @@ fn demand(s: &Arc<LimitScope>, dim: Dimension, limit: u64, amount: u64) -> Deman
         key: (s.clone(), dim),
         limit,
         amount,
+        keep: 0,
     }
 }
 
@@ -171,6 +172,39 @@ async fn the_script_takes_all_or_nothing_and_reports_the_longest_wait() {
     let tb: i64 = pttl(&both(0)[1].key).query_async(&mut r).await.unwrap();
     assert!(ta > 55_000 && ta <= 61_000, "{ta}");
     assert!(tb > 4_000 && tb <= 7_000, "{tb}");
+}
+
+#[tokio::test]
+async fn a_batch_take_leaves_its_reserve_in_redis_and_takes_only_its_amount() {
+    let (c, _link) = counters(&prefix()).await;
+    let a = scope(None);
+    let now = Instant::now();
+    // 6 000 requests a minute (100/s), a batch reserve of 2 000.
+    let batch = |amount: u64| Demand {
+        keep: 2_000,
+        ..demand(&a, Dimension::Requests, 6_000, amount)
+    };
+    let st = c.take(&[batch(3_000)], now).await.unwrap();
+    assert_eq!(st[0].remaining, 3_000, "only the amount is taken");
+    // 1 500 more would leave less than the reserve: refused, with the wait for it.
+    let Err(Refused::Limit(denied)) = c.take(&[batch(1_500)], now).await else {
+        panic!("a batch take ate into the reserve");
+    };
+    // 500 missing at 100/s, less what refilled since.
+    assert!(
+        near(
+            denied.wait,
+            Duration::from_secs(5),
+            Duration::from_millis(500)
+        ),
+        "{denied:?}"
+    );
+    // An interactive take may use the reserve.
+    let st = c
+        .take(&[demand(&a, Dimension::Requests, 6_000, 2_900)], now)
+        .await
+        .unwrap();
+    assert!(st[0].remaining < 200, "{st:?}");
 }
 
 #[tokio::test]
