@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tollgate_store::{Budget, BudgetPeriod, BudgetScope, Store, StoreError, UsageRecord};
 
+pub use crate::budgets_redis::{RedisBudgetCounters, SpendRefused};
 use crate::catalog::{BilledTokens, Catalog};
 use crate::error::{BudgetRefusal, GatewayError};
 use crate::keys::Principal;
@@ -202,11 +203,13 @@ pub struct Notice {
 }
 
 /// The counting backend. The in-memory one serves each replica with its own counters,
-/// re-synced from the store; a Redis one would share them (the same operations, one
-/// script each).
+/// re-synced from the store; the Redis one ([`RedisBudgetCounters`], with
+/// `[redis] url`) shares them between replicas, one script call per admission, with
+/// memory counters kept alongside as its fallback.
 #[derive(Debug)]
 pub enum BudgetCounters {
     Memory(MemoryBudgetCounters),
+    Redis(RedisBudgetCounters),
 }
 
 impl Default for BudgetCounters {
@@ -218,10 +221,27 @@ impl Default for BudgetCounters {
 impl BudgetCounters {
     /// Reserves every demand's amount for a call accepted at `at_ms`, or nothing if
     /// any budget lacks room. Answers which demands were taken: a counter created after
-    /// the call was accepted does not govern it.
-    pub fn reserve(&self, demands: &[SpendDemand], at_ms: i64) -> Result<Vec<bool>, SpendDenied> {
+    /// the call was accepted does not govern it — and whether the reservation is in
+    /// Redis (it is then settled there).
+    pub async fn reserve(
+        &self,
+        demands: &[SpendDemand],
+        at_ms: i64,
+    ) -> Result<(Vec<bool>, bool), SpendRefused> {
         match self {
-            Self::Memory(m) => m.reserve(demands, at_ms),
+            Self::Memory(m) => m
+                .reserve_checked(demands, at_ms, true)
+                .map(|t| (t, false))
+                .map_err(SpendRefused::Denied),
+            Self::Redis(r) => r.reserve(demands, at_ms).await,
+        }
+    }
+
+    /// The memory counters (the Redis backend's fallback and local view).
+    fn local(&self) -> &MemoryBudgetCounters {
+        match self {
+            Self::Memory(m) => m,
+            Self::Redis(r) => &r.local,
         }
     }
 
@@ -234,16 +254,13 @@ impl BudgetCounters {
         reserved: u64,
         spent: u64,
     ) -> Option<Notice> {
-        match self {
-            Self::Memory(m) => m.settle(demand, period_start_ms, reserved, spent),
-        }
+        self.local()
+            .settle(demand, period_start_ms, reserved, spent)
     }
 
     /// A record of cost `cost`, accepted at `created_at_ms`, is now in the store.
     pub fn written(&self, demand: &SpendDemand, created_at_ms: i64, cost: u64) -> Option<Notice> {
-        match self {
-            Self::Memory(m) => m.written(demand, created_at_ms, cost),
-        }
+        self.local().written(demand, created_at_ms, cost)
     }
 
     /// Replaces a counter's `base` with the store's sum for the period starting at
@@ -255,23 +272,20 @@ impl BudgetCounters {
         base: u64,
         since_ms: i64,
     ) -> Option<Notice> {
-        match self {
-            Self::Memory(m) => m.sync(demand, period_start_ms, base, since_ms),
+        if let Self::Redis(r) = self {
+            r.raise(&demand.key, period_start_ms, base, crate::accept::now_ms());
         }
+        self.local().sync(demand, period_start_ms, base, since_ms)
     }
 
     /// A counter's state at `now_ms` (`None`: no such counter).
     pub fn state(&self, key: &CounterKey, now_ms: i64) -> Option<SpendState> {
-        match self {
-            Self::Memory(m) => m.state(key, now_ms),
-        }
+        self.local().state(key, now_ms)
     }
 
     /// Forgets the counters of budgets (or periods) that no longer exist.
     fn retain(&self, set: &BudgetSet) {
-        match self {
-            Self::Memory(m) => m.retain(set),
-        }
+        self.local().retain(set)
     }
 }
 
@@ -349,7 +363,39 @@ impl Counter {
 }
 
 impl MemoryBudgetCounters {
-    fn reserve(&self, demands: &[SpendDemand], at_ms: i64) -> Result<Vec<bool>, SpendDenied> {
+    /// Whether each demand's counter governs a call accepted at `at_ms`, and its
+    /// spend (the seed of a missing Redis counter); creates missing counters.
+    pub(crate) fn seeds(&self, demands: &[SpendDemand], at_ms: i64) -> Vec<(bool, u64)> {
+        let mut counters = self.counters.lock();
+        demands
+            .iter()
+            .map(|d| {
+                let start = d.key.1.bounds(at_ms).0;
+                let c = counters
+                    .entry(d.key.clone())
+                    .or_insert_with(|| Counter::new(start, at_ms));
+                c.roll(start);
+                (c.since_ms <= at_ms, c.spent())
+            })
+            .collect()
+    }
+
+    /// A counter's spend in the period starting at `start` (0 for another period).
+    pub(crate) fn seed(&self, key: &CounterKey, start: i64) -> u64 {
+        self.counters
+            .lock()
+            .get(key)
+            .filter(|c| c.period_start_ms == start)
+            .map_or(0, Counter::spent)
+    }
+
+    /// Reserves every governed demand, refusing when one lacks room and `check`.
+    pub(crate) fn reserve_checked(
+        &self,
+        demands: &[SpendDemand],
+        at_ms: i64,
+        check: bool,
+    ) -> Result<Vec<bool>, SpendDenied> {
         let mut counters = self.counters.lock();
         let mut taken = Vec::with_capacity(demands.len());
         for (index, d) in demands.iter().enumerate() {
@@ -360,7 +406,8 @@ impl MemoryBudgetCounters {
             c.roll(start);
             let governs = c.since_ms <= at_ms;
             let committed = u128::from(c.spent()) + u128::from(c.reserved);
-            if governs
+            if check
+                && governs
                 && (committed >= u128::from(d.limit)
                     || committed + u128::from(d.amount) > u128::from(d.limit))
             {
@@ -499,6 +546,8 @@ pub struct BudgetReservation {
     budgets: Arc<Budgets>,
     demands: Vec<(SpendDemand, i64)>,
     reserved: u64,
+    /// Reserved in Redis (else in this replica's memory).
+    in_redis: bool,
 }
 
 impl Budgets {
@@ -512,6 +561,12 @@ impl Budgets {
             notices: None,
             metrics: Arc::default(),
         }
+    }
+
+    /// Counts in `counters` (before the budgets are loaded).
+    pub fn with_counters(mut self, counters: BudgetCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Budgets and their notifier task, which claims each notice in `store`, logs,
@@ -619,7 +674,7 @@ impl Budgets {
 
 /// Checks the budgets governing a call accepted at `at_ms` and reserves its worst
 /// case, or refuses it (see the module docs).
-pub fn admit(
+pub async fn admit(
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
     principal: &Principal,
@@ -659,8 +714,8 @@ pub fn admit(
         })
         .usd_nanos();
     let demands: Vec<SpendDemand> = demands(rules, worst).collect();
-    match budgets.counters.reserve(&demands, at_ms) {
-        Ok(taken) => {
+    match budgets.counters.reserve(&demands, at_ms).await {
+        Ok((taken, in_redis)) => {
             let demands: Vec<(SpendDemand, i64)> = demands
                 .into_iter()
                 .zip(taken)
@@ -674,9 +729,11 @@ pub fn admit(
                 budgets: budgets.clone(),
                 demands,
                 reserved: worst,
+                in_redis,
             }))
         }
-        Err(denied) => {
+        Err(SpendRefused::Unavailable) => Err(GatewayError::LimiterUnavailable),
+        Err(SpendRefused::Denied(denied)) => {
             let d = &demands[denied.index];
             budgets.metrics.refused[BudgetMetrics::index(d.key.1)].fetch_add(1, Ordering::Relaxed);
             Err(GatewayError::BudgetExceeded(Box::new(BudgetRefusal {
@@ -723,12 +780,16 @@ impl BudgetReservation {
         } else {
             self.reserved
         };
+        // This replica's memory counts every settlement (its view of the spend, the
+        // fallback and the soft-threshold notices); a reservation in Redis is settled
+        // there too, and held there only.
+        let held_here = if self.in_redis { 0 } else { self.reserved };
         for (d, start) in &self.demands {
-            let notice = self
-                .budgets
-                .counters
-                .settle(d, *start, self.reserved, spent);
+            let notice = self.budgets.counters.settle(d, *start, held_here, spent);
             self.budgets.announce(notice);
+        }
+        if let (true, BudgetCounters::Redis(r)) = (self.in_redis, &self.budgets.counters) {
+            r.settle_shared(&self.demands, self.reserved, spent, crate::accept::now_ms());
         }
     }
 
@@ -1077,7 +1138,22 @@ mod tests {
         max_output: u64,
         at: i64,
     ) -> Result<Option<BudgetReservation>, GatewayError> {
-        admit(b, Endpoint::Responses, p, &pre(&body(max_output)), 4096, at)
+        block_on(admit(
+            b,
+            Endpoint::Responses,
+            p,
+            &pre(&body(max_output)),
+            4096,
+            at,
+        ))
+    }
+
+    /// Memory counters never wait: a current-thread runtime runs an admission.
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     fn record(status: u16, input: u64, output: u64) -> UsageRecord {
@@ -1124,31 +1200,37 @@ mod tests {
         let p = principal("prod", "key_1");
         // Even an unpriced model: nothing governs it.
         let unpriced = pre(r#"{"model":"llama-local","input":"x"}"#);
-        assert!(admit(&b, Endpoint::Responses, &p, &unpriced, 4096, NOW)
-            .unwrap()
-            .is_none());
+        assert!(
+            block_on(admit(&b, Endpoint::Responses, &p, &unpriced, 4096, NOW))
+                .unwrap()
+                .is_none()
+        );
         let other = budgets(vec![budget(Some("dev"), None, Some(1), None)]);
-        assert!(admit(&other, Endpoint::Responses, &p, &unpriced, 4096, NOW)
-            .unwrap()
-            .is_none());
+        assert!(
+            block_on(admit(&other, Endpoint::Responses, &p, &unpriced, 4096, NOW))
+                .unwrap()
+                .is_none()
+        );
         // Listing models is not a model call.
         let gov = budgets(vec![budget(None, None, Some(1), None)]);
-        assert!(admit(&gov, Endpoint::Models, &p, &unpriced, 4096, NOW)
-            .unwrap()
-            .is_none());
+        assert!(
+            block_on(admit(&gov, Endpoint::Models, &p, &unpriced, 4096, NOW))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn a_governed_model_without_a_price_is_refused() {
         let b = budgets(vec![budget(Some("prod"), None, Some(1_000_000_000), None)]);
-        let e = admit(
+        let e = block_on(admit(
             &b,
             Endpoint::Responses,
             &principal("prod", "key_1"),
             &pre(r#"{"model":"llama-local","input":"x"}"#),
             4096,
             NOW,
-        )
+        ))
         .unwrap_err();
         assert!(matches!(&e, GatewayError::UnpricedModel { model } if model == "llama-local"));
         assert!(e.message().contains("[[models]]"), "{}", e.message());

@@ -383,7 +383,7 @@ impl GatewayError {
                  model the catalog prices."
             ),
             Self::LimiterUnavailable => "The gateway's rate-limit store (Redis) is unreachable, \
-                and this gateway refuses rate-limited calls meanwhile (redis.on_failure = \
+                and this gateway refuses rate-limited and budgeted calls meanwhile (redis.on_failure = \
                 \"closed\"). Retry shortly; an operator can check Redis or set \
                 redis.on_failure to \"local\"."
                 .into(),

@@ -17,6 +17,7 @@ pub mod anomaly;
 pub mod anomaly_store;
 pub mod authenticate;
 pub mod budgets;
+pub mod budgets_redis;
 pub mod cache;
 pub mod caps;
 pub mod catalog;

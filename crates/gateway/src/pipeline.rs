@@ -150,7 +150,8 @@ async fn stages(
         &preflight,
         gw.config.default_output_tokens,
         at_ms,
-    )?;
+    )
+    .await?;
     guard.hold_budget(spend);
     if let Some(hit) = cache::lookup(&principal, &preflight) {
         return Ok(Outcome::Served(hit));

@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tollgate_store::Store;
 
 use crate::anomaly::Detector;
-use crate::budgets::{self, Budgets};
+use crate::budgets::{self, BudgetCounters, Budgets, RedisBudgetCounters};
 use crate::config::Config;
 use crate::keys::{self, KeyCache};
 use crate::lanes::Lanes;
@@ -138,15 +138,19 @@ pub async fn serve(
         config.keys_refresh_interval,
         stop_rx,
     ));
-    let (limits, redis_probe) = match &config.redis.url {
+    let (limits, redis_probe, redis_link) = match &config.redis.url {
         Some(url) => {
             let link = RedisLink::new(url, &config.redis)?;
             link.check().await;
             let probe = tokio::spawn(link.clone().probe(stop_tx.subscribe()));
-            let counters = Counters::Redis(RedisCounters::new(link));
-            (Arc::new(Limits::with_counters(counters)), Some(probe))
+            let counters = Counters::Redis(RedisCounters::new(link.clone()));
+            (
+                Arc::new(Limits::with_counters(counters)),
+                Some(probe),
+                Some(link),
+            )
         }
-        None => (Arc::new(Limits::default()), None),
+        None => (Arc::new(Limits::default()), None, None),
     };
     let limits_version = limits::load(&limits, &store).await?;
     let limits_watcher = tokio::spawn(limits::watch(
@@ -159,7 +163,10 @@ pub async fn serve(
     let catalog = Arc::new(config.catalog.clone());
     let (budgets, notifier) = Budgets::start(catalog.clone(), store.clone(), &config.budgets)
         .map_err(crate::StartError::Upstream)?;
-    let budgets = Arc::new(budgets);
+    let budgets = Arc::new(match redis_link {
+        Some(link) => budgets.with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(link))),
+        None => budgets,
+    });
     let budgets_version = budgets::load(&budgets, &store).await?;
     let budgets_watcher = tokio::spawn(budgets::watch(
         budgets.clone(),

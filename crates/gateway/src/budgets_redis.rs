@@ -1,0 +1,361 @@
+//! Spend budgets counted in Redis (`[redis] url`, issue 5 section 6), so replicas
+//! sharing a Redis enforce one budget exactly rather than each up to the remainder.
+//!
+//! Keys: `<prefix>budget:<project>:<env|*>:<key|*>:<day|month>:<period start ms>`
+//! with `:s` (spent: settled nano-USD) and `:r` (reserved: worst cases of calls in
+//! flight), integers changed with `INCRBY`/`DECRBY` only. Spent expires a day after
+//! its period ends; reserved after [`RESERVED_IDLE_MS`] without a reservation or a
+//! settlement (a settlement lost while Redis was unreachable holds its worst case
+//! no longer than that).
+//!
+//! Admission is one script call ([`RESERVE_LUA`]): for every governing (scope,
+//! period) it seeds spent with this replica's count (the store's sum plus its own
+//! settled spend; `SET NX`, so only a missing key — a new period, a restarted Redis —
+//! takes it), checks `spent + reserved + worst case <= limit` for all, and reserves
+//! in all or none. Settlement ([`SETTLE_LUA`], sent without waiting): reserved −=
+//! worst case, spent += real cost. The re-sync from the store
+//! (`budgets.sync_interval_ms`) only raises spent to max(Redis, store) ([`RAISE_LUA`]):
+//! while Redis is up its spent already holds every settled call and the store's sum
+//! lags it by the usage writers' delay, so Redis is the source of truth and the store
+//! only restores what Redis missed (settlements lost or made in the fallback).
+//! Comparisons in Lua are doubles: exact below 2^53 nano-USD (about $9 million).
+//!
+//! Fallback while Redis is unreachable (`redis.on_failure`): `local` reserves in this
+//! replica's memory counters (which track the store and this replica's settlements
+//! all the time), `open` admits without checking (still counted locally), `closed`
+//! refuses governed calls with 503 `limiter_unavailable`, as rate limits do. A call is
+//! settled where it was reserved.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+
+use redis::Script;
+use tollgate_store::BudgetPeriod;
+
+use crate::budgets::{CounterKey, MemoryBudgetCounters, SpendDemand, SpendDenied, SpendState};
+use crate::config::OnFailure;
+use crate::redis_link::RedisLink;
+
+/// How long a reserved counter lives after its last reservation or settlement (ms).
+pub const RESERVED_IDLE_MS: i64 = 15 * 60 * 1000;
+
+/// Spent counters live this long after their period ends (ms).
+const SPENT_GRACE_MS: i64 = 86_400_000;
+
+/// KEYS: spent and reserved of each demand. ARGV: limit, amount, seed, spent TTL of
+/// each demand, then the reserved TTL. Answers `{'1'}` or `{'0', index, spent,
+/// reserved}` of the first demand without room.
+pub const RESERVE_LUA: &str = r"
+local n = #KEYS / 2
+for i = 1, n do
+  local s, r = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('SET', s, ARGV[4 * i - 1], 'NX', 'PX', ARGV[4 * i])
+  local sv = redis.call('GET', s)
+  local rv = redis.call('GET', r) or '0'
+  local limit, amount = tonumber(ARGV[4 * i - 3]), tonumber(ARGV[4 * i - 2])
+  local committed = tonumber(sv) + math.max(tonumber(rv), 0)
+  if committed >= limit or committed + amount > limit then
+    return {'0', tostring(i - 1), sv, rv}
+  end
+end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[2 * i], ARGV[4 * i - 2])
+  redis.call('PEXPIRE', KEYS[2 * i], ARGV[#ARGV])
+end
+return {'1'}
+";
+
+/// KEYS: spent and reserved of each demand. ARGV: reserved, spent, then seed and
+/// spent TTL of each demand, then the reserved TTL.
+pub const SETTLE_LUA: &str = r"
+for i = 1, #KEYS / 2 do
+  local s, r = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('DECRBY', r, ARGV[1]) <= 0 then
+    redis.call('DEL', r)
+  else
+    redis.call('PEXPIRE', r, ARGV[#ARGV])
+  end
+  redis.call('SET', s, ARGV[2 * i + 1], 'NX', 'PX', ARGV[2 * i + 2])
+  redis.call('INCRBY', s, ARGV[2])
+end
+return 1
+";
+
+/// KEYS[1]: a spent counter. ARGV: the store's sum, the TTL. Raises, never lowers.
+pub const RAISE_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or tonumber(v) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+";
+
+static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpendRefused {
+    /// A budget has no room.
+    Denied(SpendDenied),
+    /// Redis is unreachable and `redis.on_failure = "closed"`.
+    Unavailable,
+}
+
+/// Budget counters in Redis, with this replica's memory counters kept all along as
+/// the fallback (and for the soft-threshold notices).
+#[derive(Debug)]
+pub struct RedisBudgetCounters {
+    link: Arc<RedisLink>,
+    pub(crate) local: MemoryBudgetCounters,
+}
+
+impl RedisBudgetCounters {
+    pub fn new(link: Arc<RedisLink>) -> Self {
+        Self {
+            link,
+            local: MemoryBudgetCounters::default(),
+        }
+    }
+
+    /// The link the counters use.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
+    /// Reserves in Redis (answering `true`), else as `redis.on_failure` says.
+    pub(crate) async fn reserve(
+        &self,
+        demands: &[SpendDemand],
+        at_ms: i64,
+    ) -> Result<(Vec<bool>, bool), SpendRefused> {
+        let seeds = self.local.seeds(demands, at_ms);
+        if self.link.is_up() {
+            if let Some(answer) = self.run_reserve(demands, &seeds, at_ms).await {
+                return answer.map(|()| (seeds.iter().map(|s| s.0).collect(), true));
+            }
+        }
+        match self.link.on_failure() {
+            OnFailure::Local => self
+                .local
+                .reserve_checked(demands, at_ms, true)
+                .map(|t| (t, false))
+                .map_err(SpendRefused::Denied),
+            OnFailure::Open => self
+                .local
+                .reserve_checked(demands, at_ms, false)
+                .map(|t| (t, false))
+                .map_err(SpendRefused::Denied),
+            OnFailure::Closed => Err(SpendRefused::Unavailable),
+        }
+    }
+
+    /// One call of the reserve script; `None` when it failed (already logged).
+    async fn run_reserve(
+        &self,
+        demands: &[SpendDemand],
+        seeds: &[(bool, u64)],
+        at_ms: i64,
+    ) -> Option<Result<(), SpendRefused>> {
+        let mut call = RESERVE.prepare_invoke();
+        let mut governed = Vec::with_capacity(demands.len());
+        for (i, (d, &(governs, seed))) in demands.iter().zip(seeds).enumerate() {
+            if !governs {
+                continue;
+            }
+            let start = d.key.1.bounds(at_ms).0;
+            let (spent, reserved) = key_names(self.link.key_prefix(), &d.key, start);
+            call.key(spent)
+                .key(reserved)
+                .arg(d.limit)
+                .arg(d.amount)
+                .arg(seed)
+                .arg(spent_ttl(d.key.1, start, at_ms));
+            governed.push(i);
+        }
+        if governed.is_empty() {
+            return Some(Ok(()));
+        }
+        call.arg(RESERVED_IDLE_MS);
+        let reply: Vec<String> = self.link.call(&call).await.ok()?;
+        let malformed = || {
+            self.link
+                .update_lost("a malformed answer of the budget script");
+            None
+        };
+        match reply.as_slice() {
+            [ok] if ok == "1" => Some(Ok(())),
+            [no, index, spent, reserved] if no == "0" => {
+                let (Ok(index), Ok(spent), Ok(reserved)) = (
+                    index.parse::<usize>(),
+                    spent.parse::<i64>(),
+                    reserved.parse::<i64>(),
+                ) else {
+                    return malformed();
+                };
+                let Some(&index) = governed.get(index) else {
+                    return malformed();
+                };
+                let start = demands[index].key.1.bounds(at_ms).0;
+                Some(Err(SpendRefused::Denied(SpendDenied {
+                    index,
+                    state: SpendState {
+                        period_start_ms: start,
+                        spent: u64::try_from(spent).unwrap_or(0),
+                        reserved: u64::try_from(reserved).unwrap_or(0),
+                    },
+                })))
+            }
+            _ => malformed(),
+        }
+    }
+
+    /// Settles a reservation made in Redis, without waiting: counted as lost when
+    /// Redis is unreachable (the store re-sync then restores the spend; the worst
+    /// case stays reserved until the reserved counter idles out).
+    pub(crate) fn settle_shared(
+        &self,
+        demands: &[(SpendDemand, i64)],
+        reserved: u64,
+        spent: u64,
+        now_ms: i64,
+    ) {
+        if demands.is_empty() {
+            return;
+        }
+        if !self.link.is_up() {
+            self.link.update_lost("a budget settlement");
+            return;
+        }
+        let prefix = self.link.key_prefix();
+        let parts: Vec<(String, String, u64, i64)> = demands
+            .iter()
+            .map(|(d, start)| {
+                let (s, r) = key_names(prefix, &d.key, *start);
+                (
+                    s,
+                    r,
+                    self.local.seed(&d.key, *start),
+                    spent_ttl(d.key.1, *start, now_ms),
+                )
+            })
+            .collect();
+        let link = self.link.clone();
+        self.link.spawn(async move {
+            let mut call = SETTLE.prepare_invoke();
+            call.arg(reserved).arg(spent);
+            for (s, r, seed, ttl) in parts {
+                call.key(s).key(r).arg(seed).arg(ttl);
+            }
+            call.arg(RESERVED_IDLE_MS);
+            if link.call::<i64>(&call).await.is_err() {
+                link.update_lost("a budget settlement");
+            }
+        });
+    }
+
+    /// Raises a spent counter in Redis to the store's sum, without waiting.
+    pub(crate) fn raise(&self, key: &CounterKey, period_start_ms: i64, sum: u64, now_ms: i64) {
+        if !self.link.is_up() {
+            return;
+        }
+        let (s, _) = key_names(self.link.key_prefix(), key, period_start_ms);
+        let ttl = spent_ttl(key.1, period_start_ms, now_ms);
+        let link = self.link.clone();
+        self.link.spawn(async move {
+            let mut call = RAISE.key(s);
+            call.arg(sum).arg(ttl);
+            if link.call::<i64>(&call).await.is_err() {
+                link.update_lost("a budget re-sync from the store");
+            }
+        });
+    }
+
+    /// The spent and reserved counters of a period in Redis (tests, diagnostics).
+    pub async fn shared_state(&self, key: &CounterKey, period_start_ms: i64) -> Option<(u64, u64)> {
+        let (s, r) = key_names(self.link.key_prefix(), key, period_start_ms);
+        let mut call = STATE.key(s);
+        call.key(r);
+        let v: Vec<u64> = self.link.call(&call).await.ok()?;
+        match v.as_slice() {
+            [s, r] => Some((*s, *r)),
+            _ => None,
+        }
+    }
+}
+
+static STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "return {tonumber(redis.call('GET', KEYS[1]) or '0'), \
+         math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), 0)}",
+    )
+});
+
+/// How long a spent counter of the period starting at `start` lives from `now_ms`.
+fn spent_ttl(period: BudgetPeriod, start: i64, now_ms: i64) -> i64 {
+    (period.bounds(start).1 + SPENT_GRACE_MS - now_ms).max(1_000)
+}
+
+/// The Redis keys (spent, reserved) of a counter in the period starting at `start`
+/// (see the module docs; `%`, `:` and `*` in names are `%`-escaped).
+pub fn key_names(prefix: &str, key: &CounterKey, start: i64) -> (String, String) {
+    let (scope, period) = key;
+    let mut out = String::with_capacity(prefix.len() + 64);
+    out.push_str(prefix);
+    out.push_str("budget");
+    for part in [
+        Some(&scope.project),
+        scope.env.as_ref(),
+        scope.key_id.as_ref(),
+    ] {
+        out.push(':');
+        match part {
+            None => out.push('*'),
+            Some(p) => {
+                for c in p.chars() {
+                    match c {
+                        '%' => out.push_str("%25"),
+                        ':' => out.push_str("%3A"),
+                        '*' => out.push_str("%2A"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out.push(':');
+    out.push_str(period.as_str());
+    out.push(':');
+    out.push_str(&start.to_string());
+    let reserved = format!("{out}:r");
+    out.push_str(":s");
+    (out, reserved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_store::BudgetScope;
+
+    #[test]
+    fn key_names_are_unambiguous() {
+        let k = |env: Option<&str>, key: Option<&str>| -> CounterKey {
+            (
+                Arc::new(BudgetScope {
+                    project: "a:b".into(),
+                    env: env.map(Into::into),
+                    key_id: key.map(Into::into),
+                }),
+                BudgetPeriod::Day,
+            )
+        };
+        let (s, r) = key_names("tg:", &k(None, Some("*")), 5);
+        assert_eq!(s, "tg:budget:a%3Ab:*:%2A:day:5:s");
+        assert_eq!(r, "tg:budget:a%3Ab:*:%2A:day:5:r");
+        assert_ne!(
+            key_names("", &k(Some("*"), None), 5).0,
+            key_names("", &k(None, None), 5).0
+        );
+    }
+}
