@@ -28,6 +28,10 @@
 //! up to the remaining budget. A counter governs calls accepted after it was created,
 //! so a budget set mid-flight never settles calls it did not reserve.
 //!
+//! With `[redis] url` the counters are shared in Redis instead ([`RedisBudgetCounters`],
+//! `budgets_redis`): replicas enforce one budget exactly, and the memory counters are
+//! kept alongside as the fallback while Redis is unreachable (`redis.on_failure`).
+//!
 //! Soft threshold: when a period's spend reaches `soft_percent` of its limit, a
 //! notice goes to a background task that claims it in the store (a conditional update,
 //! so once per scope and period across replicas and restarts), then logs a warning,

@@ -214,7 +214,7 @@ impl RedisBudgetCounters {
     /// Settles a reservation made in Redis, without waiting: counted as lost when
     /// Redis is unreachable (the store re-sync then restores the spend; the worst
     /// case stays reserved until the reserved counter idles out).
-    pub(crate) fn settle_shared(
+    pub fn settle_shared(
         &self,
         demands: &[(SpendDemand, i64)],
         reserved: u64,
@@ -233,12 +233,10 @@ impl RedisBudgetCounters {
             .iter()
             .map(|(d, start)| {
                 let (s, r) = key_names(prefix, &d.key, *start);
-                (
-                    s,
-                    r,
-                    self.local.seed(&d.key, *start),
-                    spent_ttl(d.key.1, *start, now_ms),
-                )
+                // The memory counters have counted this call already: a missing key
+                // is seeded without it, then counts it once.
+                let seed = self.local.seed(&d.key, *start).saturating_sub(spent);
+                (s, r, seed, spent_ttl(d.key.1, *start, now_ms))
             })
             .collect();
         let link = self.link.clone();

@@ -3,7 +3,7 @@
 //! the background probe that returns to Redis, and the metrics of all of it. Rate
 //! limits (`limits::RedisCounters`) run their scripts through it; anything else that
 //! replicas must count together (spend budgets) can do the same with a script of its
-//! own and [`RedisLink::call`].
+//! own and [`RedisLink::call`] (`budgets_redis`).
 //!
 //! Connections: each thread that calls Redis (each I/O thread, and the background
 //! runtime's threads for settlements) keeps its own multiplexed connection, opened on
@@ -282,7 +282,7 @@ impl RedisLink {
             let fallback = match self.on_failure {
                 OnFailure::Local => "counting in this replica's memory",
                 OnFailure::Open => "admitting without limits",
-                OnFailure::Closed => "refusing rate-limited calls with 503",
+                OnFailure::Closed => "refusing rate-limited and budgeted calls with 503",
             };
             tracing::warn!(
                 redis = %self.redacted,

@@ -10,7 +10,12 @@
 //!   more than the limit (plus its refill while they run, plus max(1 %, 1));
 //! - an outage: a TCP forwarder between the gateways and Redis is cut, and `local`
 //!   serves under this replica's own limits, `open` without limits, `closed` refuses
-//!   with 503; restored, all return to Redis's counts.
+//!   with 503; restored, all return to Redis's counts;
+//! - spend budgets in Redis: the reserve script's all-or-nothing and seeding,
+//!   settlements and the store re-sync that only raises; two replicas sharing Redis
+//!   and one store never spend more than the budget together; an outage serves from
+//!   this replica's memory (`local`) or refuses (`closed`), and the spend made
+//!   meanwhile reaches Redis from the store when it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -25,6 +30,10 @@ use support::{eventually, now_ms, Harness, PROVIDER_KEY};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tollgate_gateway::budgets::{
+    BudgetCounters, Budgets, CounterKey, RedisBudgetCounters, SpendDemand, SpendRefused,
+};
+use tollgate_gateway::budgets_redis::key_names;
 use tollgate_gateway::config::{RawConfig, RedisConfig};
 use tollgate_gateway::limits::{
     bucket_name, BucketKey, Counters, Demand, Dimension, RedisCounters, Refused,
@@ -35,7 +44,7 @@ use tollgate_gateway::{keys, Config};
 use tollgate_simulator::server::spawn;
 use tollgate_simulator::SimConfig;
 use tollgate_store::testing::PgSchema;
-use tollgate_store::{Actor, LimitScope, Role, Store};
+use tollgate_store::{Actor, Budget, BudgetPeriod, BudgetScope, LimitScope, Role, Spend, Store};
 
 /// The test server: `TOLLGATE_TEST_REDIS_URL`, else the local default.
 fn redis_url() -> String {
@@ -327,6 +336,16 @@ struct Replica {
 
 impl Replica {
     async fn start(database_url: &str, upstream: String, redis: &str, prefix: &str) -> Self {
+        Self::start_with(database_url, upstream, redis, prefix, |_| {}).await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        upstream: String,
+        redis: &str,
+        prefix: &str,
+        tweak: impl FnOnce(&mut RawConfig),
+    ) -> Self {
         let store = Store::open_url(database_url).await.unwrap();
         let mut raw = RawConfig::default();
         raw.upstream.url = Some(upstream);
@@ -335,6 +354,7 @@ impl Replica {
         raw.redis.url = Some(redis.to_owned());
         raw.redis.key_prefix = Some(prefix.to_owned());
         raw.redis.timeout_ms = Some(1_000);
+        tweak(&mut raw);
         let config = Config::try_from(raw).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -700,5 +720,496 @@ async fn an_outage_falls_back_as_configured_and_redis_takes_over_again() {
     assert_eq!(
         metric(&http, local.addr, "tollgate_redis_fallbacks_total").await,
         Some(1)
+    );
+}
+
+// ---- Spend budgets in Redis -------------------------------------------------------
+
+/// gpt-4o-mini pinned at $1 / $4 per 1M tokens: 1 000 and 4 000 nano-USD per token.
+const IN: u64 = 1_000;
+const OUT: u64 = 4_000;
+
+fn pinned_prices(raw: &mut RawConfig) {
+    raw.models = RawConfig::from_toml_str(
+        "[[models]]\nid = \"gpt-4o-mini\"\ninput_per_1m = 1\noutput_per_1m = 4\n",
+    )
+    .unwrap()
+    .models;
+}
+
+/// A call the budgets price: at most 16 output tokens.
+fn priced_body() -> serde_json::Value {
+    json!({"model": "gpt-4o-mini", "input": "Say hello to the budget", "max_output_tokens": 16})
+}
+
+/// The worst case the gateway prices [`priced_body`] at.
+fn priced_worst() -> u64 {
+    let input = tollgate_wire::tokens::estimate_input("gpt-4o-mini", &priced_body()) as u64;
+    input * IN + 16 * OUT
+}
+
+async fn respond(http: &reqwest::Client, addr: SocketAddr, key: &str) -> reqwest::Response {
+    http.post(format!("http://{addr}/v1/responses"))
+        .bearer_auth(key)
+        .json(&priced_body())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The spent counter of `scope`'s day in Redis (0 when missing).
+async fn redis_spent(prefix: &str, scope: &BudgetScope, now: i64) -> u64 {
+    let key: CounterKey = (Arc::new(scope.clone()), BudgetPeriod::Day);
+    let (spent, _) = key_names(prefix, &key, BudgetPeriod::Day.bounds(now).0);
+    let v: Option<u64> = redis::cmd("GET")
+        .arg(spent)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    v.unwrap_or(0)
+}
+
+fn budget_scope(env: Option<&str>) -> BudgetScope {
+    BudgetScope {
+        project: "shop".into(),
+        env: env.map(Into::into),
+        key_id: None,
+    }
+}
+
+fn budget(scope: &BudgetScope, daily: u64) -> Budget {
+    Budget {
+        scope: scope.clone(),
+        daily_usd_nanos: Some(daily),
+        monthly_usd_nanos: None,
+        soft_percent: 80,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() {
+    let prefix = prefix();
+    let _ = redis_conn().await;
+    let config = redis_config(&redis_url(), &prefix, "local");
+    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
+    link.check().await;
+    assert!(link.is_up(), "the link did not reach the test Redis");
+    let budgets = Budgets::new(Arc::new(tollgate_gateway::catalog::Catalog::builtin()))
+        .with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(
+            link.clone(),
+        )));
+    let (project, prod) = (budget_scope(None), budget_scope(Some("prod")));
+    let now = now_ms();
+    let start = BudgetPeriod::Day.bounds(now).0;
+    // Another replica already counts the project's day in Redis: 300. The store says
+    // 100 was spent by prod.
+    let (project_spent, _) = key_names(
+        &prefix,
+        &(Arc::new(project.clone()), BudgetPeriod::Day),
+        start,
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&project_spent)
+        .arg(300)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    budgets.replace(
+        vec![budget(&project, 1_000), budget(&prod, 500)],
+        &[Spend {
+            project: "shop".into(),
+            env: "prod".into(),
+            key_id: "key_1".into(),
+            day_usd_nanos: 100,
+            month_usd_nanos: 100,
+        }],
+        now - 1_000,
+    );
+    let demand = |scope: &BudgetScope, limit: u64, amount: u64| SpendDemand {
+        key: (Arc::new(scope.clone()), BudgetPeriod::Day),
+        limit,
+        soft_percent: 80,
+        amount,
+    };
+    let BudgetCounters::Redis(counters) = &budgets.counters else {
+        unreachable!()
+    };
+    let shared = |scope: &BudgetScope| {
+        let key = (Arc::new(scope.clone()), BudgetPeriod::Day);
+        async move { counters.shared_state(&key, start).await.unwrap() }
+    };
+    // The store re-sync at the swap raised nothing above Redis's 300 and seeded prod
+    // (missing) with the store's 100; wait for those writes (sent without waiting).
+    let seeded = eventually(Duration::from_secs(5), || async {
+        shared(&project).await == (300, 0) && shared(&prod).await == (100, 0)
+    })
+    .await;
+    assert!(
+        seeded.is_some(),
+        "{:?} {:?}",
+        shared(&project).await,
+        shared(&prod).await
+    );
+
+    // A counter missing in Redis (a flushed or restarted Redis) is seeded by the
+    // reserve script with this replica's count (the store's 100); one that exists
+    // (the project's 300) is left alone.
+    let (prod_spent, _) = key_names(&prefix, &(Arc::new(prod.clone()), BudgetPeriod::Day), start);
+    let _: () = redis::cmd("DEL")
+        .arg(&prod_spent)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    assert_eq!(shared(&prod).await, (0, 0));
+    // 200 fits both (300 + 200 <= 1 000, 100 + 200 <= 500): reserved in both.
+    let ok = [demand(&project, 1_000, 200), demand(&prod, 500, 200)];
+    let (taken, in_redis) = budgets.counters.reserve(&ok, now).await.unwrap();
+    assert_eq!((taken, in_redis), (vec![true, true], true));
+    assert_eq!(shared(&project).await, (300, 200));
+    assert_eq!(shared(&prod).await, (100, 200));
+    // 250 fits the project (750) but not prod (550 > 500): nothing is reserved.
+    let too_much = [demand(&project, 1_000, 250), demand(&prod, 500, 250)];
+    let Err(SpendRefused::Denied(denied)) = budgets.counters.reserve(&too_much, now).await else {
+        panic!("prod had no room");
+    };
+    assert_eq!(denied.index, 1);
+    assert_eq!((denied.state.spent, denied.state.reserved), (100, 200));
+    assert_eq!(shared(&project).await, (300, 200), "all or nothing");
+
+    // Settled: the worst case released, the real cost counted, in both.
+    counters.settle_shared(
+        &[(ok[0].clone(), start), (ok[1].clone(), start)],
+        200,
+        50,
+        now,
+    );
+    let settled = eventually(Duration::from_secs(5), || async {
+        shared(&project).await == (350, 0) && shared(&prod).await == (150, 0)
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{:?} {:?}",
+        shared(&project).await,
+        shared(&prod).await
+    );
+
+    // The store re-sync only raises: 120 leaves prod's 150, 400 raises the project.
+    budgets.counters.sync(&ok[1], start, 120, now);
+    budgets.counters.sync(&ok[0], start, 400, now);
+    let raised = eventually(Duration::from_secs(5), || async {
+        shared(&project).await == (400, 0)
+    })
+    .await;
+    assert!(raised.is_some(), "{:?}", shared(&project).await);
+    assert_eq!(shared(&prod).await, (150, 0));
+    // Redis answers for the budget now: 400 + 601 > 1 000.
+    let Err(SpendRefused::Denied(denied)) = budgets
+        .counters
+        .reserve(&[demand(&project, 1_000, 601)], now)
+        .await
+    else {
+        panic!("the raised spend was not counted");
+    };
+    assert_eq!(denied.state.spent, 400);
+    // Both keys expire (the day's spent a day after it ends).
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&project_spent)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+    assert_eq!((link.errors_total(), link.lost_total()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_spend_no_more_than_the_budget_together() {
+    let _ = redis_conn().await;
+    let schema = match PgSchema::create().await {
+        Ok(schema) => schema,
+        Err(e) => panic!("the PostgreSQL store of this test cannot be reached: {e}"),
+    };
+    let sim = spawn(SimConfig {
+        api_keys: Some(vec![PROVIDER_KEY.to_owned()]),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = schema.open().await.unwrap();
+    admin.ensure_project("shop").await.unwrap();
+    let minted = keys::mint("shop", "dev", Role::Member, None, now_ms());
+    admin.insert_key(&minted.record).await.unwrap();
+    let prefix = prefix();
+    // The store re-sync (default 5 s) is far slower than the calls: only Redis can
+    // keep the replicas within one budget.
+    let mut a = Replica::start_with(
+        &schema.url(),
+        sim.base_url(),
+        &redis_url(),
+        &prefix,
+        pinned_prices,
+    )
+    .await;
+    let mut b = Replica::start_with(
+        &schema.url(),
+        sim.base_url(),
+        &redis_url(),
+        &prefix,
+        pinned_prices,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let key = minted.secret.clone();
+
+    // One call's real cost (the simulator answers the same body alike), recorded
+    // before the budget: it counts against it.
+    let res = respond(&http, a.addr, &key).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let usage: serde_json::Value = res.json().await.unwrap();
+    let cost = usage["usage"]["input_tokens"].as_u64().unwrap() * IN
+        + usage["usage"]["output_tokens"].as_u64().unwrap() * OUT;
+    let written = eventually(Duration::from_secs(5), || async {
+        !admin.usage_records(0).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(written.is_some(), "the first record was not written");
+    // Room for N more calls of that cost.
+    const N: u64 = 40;
+    let limit = (N + 1) * cost;
+    let scope = budget_scope(Some("dev"));
+    admin
+        .set_budget(&scope, Some(limit), None, None, now_ms(), &Actor::system())
+        .await
+        .unwrap();
+    for r in [&a, &b] {
+        let applied = eventually(Duration::from_secs(5), || async {
+            let res = http
+                .post(format!("http://{}/v1/responses", r.addr))
+                .bearer_auth(&key)
+                .json(&json!({"model": "unpriced-model", "input": "x"}))
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16() == 400
+        })
+        .await;
+        assert!(applied.is_some(), "budget not applied on {}", r.addr);
+        assert_eq!(metric(&http, r.addr, "tollgate_redis_up").await, Some(1));
+    }
+
+    // 3 × N calls, 8 at a time, alternating replicas.
+    let admitted = Arc::new(AtomicU64::new(0));
+    let per_replica = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+    let next = Arc::new(AtomicU64::new(0));
+    const CONCURRENCY: u64 = 8;
+    let mut tasks = JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (http, key, next, admitted) =
+            (http.clone(), key.clone(), next.clone(), admitted.clone());
+        let addrs = [a.addr, b.addr];
+        let per = per_replica.clone();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 3 * N {
+                    break;
+                }
+                let which = (i % 2) as usize;
+                let res = respond(&http, addrs[which], &key).await;
+                match res.status().as_u16() {
+                    200 => {
+                        let v: serde_json::Value = res.json().await.unwrap();
+                        let c = v["usage"]["input_tokens"].as_u64().unwrap() * IN
+                            + v["usage"]["output_tokens"].as_u64().unwrap() * OUT;
+                        assert_eq!(c, cost, "the simulator's cost is deterministic");
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                        per[which].fetch_add(1, Ordering::Relaxed);
+                    }
+                    429 => {
+                        assert_eq!(res.headers()["x-should-retry"], "false");
+                        let v: serde_json::Value = res.json().await.unwrap();
+                        assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+                    }
+                    other => panic!("unexpected status {other}: {}", res.text().await.unwrap()),
+                }
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let admitted = admitted.load(Ordering::Relaxed);
+    // Never past the budget: the first call plus the admitted ones fit the limit.
+    assert!(
+        (admitted + 1) * cost <= limit,
+        "{admitted} calls of {cost} nano-USD admitted by two replicas with room for {N}"
+    );
+    // And no budget left idle: each refusal saw at most CONCURRENCY - 1 calls in
+    // flight, each holding a worst case.
+    assert!(
+        (admitted + 1) * cost + CONCURRENCY * priced_worst() > limit,
+        "only {admitted} calls admitted with room for {N}"
+    );
+    let (na, nb) = (
+        per_replica[0].load(Ordering::Relaxed),
+        per_replica[1].load(Ordering::Relaxed),
+    );
+    assert!(
+        na > 0 && nb > 0,
+        "one replica admitted nothing: {na} / {nb}"
+    );
+    // Redis's spent is exactly what was spent (settlements land without waiting).
+    let want = (admitted + 1) * cost;
+    let exact = eventually(Duration::from_secs(5), || async {
+        redis_spent(&prefix, &scope, now_ms()).await == want
+    })
+    .await;
+    assert!(
+        exact.is_some(),
+        "Redis counts {} spent, the calls {want}",
+        redis_spent(&prefix, &scope, now_ms()).await
+    );
+    for r in [&a, &b] {
+        assert_eq!(
+            metric(&http, r.addr, "tollgate_redis_fallbacks_total").await,
+            Some(0)
+        );
+        assert_eq!(
+            metric(&http, r.addr, "tollgate_redis_updates_lost_total").await,
+            Some(0)
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn budget_gateway_behind(fwd: &Forwarder, on_failure: &str) -> (Harness, String) {
+    let (url, prefix, on_failure) = (fwd.url(), prefix(), on_failure.to_owned());
+    let p = prefix.clone();
+    let h = support::start_with(move |raw| {
+        pinned_prices(raw);
+        raw.redis.url = Some(url);
+        raw.redis.key_prefix = Some(p);
+        raw.redis.on_failure = Some(on_failure);
+        raw.redis.timeout_ms = Some(1_000);
+        raw.budgets.sync_interval_ms = Some(100);
+    })
+    .await;
+    (h, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_counts_budgets_locally_or_refuses_and_the_store_catches_redis_up() {
+    let fwd = Forwarder::start(redis_addr().await).await;
+    let (local, prefix) = budget_gateway_behind(&fwd, "local").await;
+    let (closed, _) = budget_gateway_behind(&fwd, "closed").await;
+    let http = reqwest::Client::new();
+    let scope = budget_scope(Some("dev"));
+
+    // One call's real cost, before any budget (`closed`'s store is its own).
+    let res = respond(&http, local.addr, &local.key).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let cost = v["usage"]["input_tokens"].as_u64().unwrap() * IN
+        + v["usage"]["output_tokens"].as_u64().unwrap() * OUT;
+    let written = eventually(Duration::from_secs(5), || async {
+        !local.store.usage_records(0).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(written.is_some());
+    // Room for exactly 10 more calls: the 11th (10 spent + its worst case) is refused.
+    let limit = 11 * cost + priced_worst() - cost;
+    for h in [&local, &closed] {
+        h.store
+            .set_budget(&scope, Some(limit), None, None, now_ms(), &Actor::system())
+            .await
+            .unwrap();
+        let applied = eventually(Duration::from_secs(5), || async {
+            let res = h
+                .post(
+                    "/v1/responses",
+                    json!({"model": "unpriced-model", "input": "x"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16() == 400
+        })
+        .await;
+        assert!(applied.is_some(), "budget not applied");
+    }
+    // On Redis: two calls, counted there (seeded with the first call's cost).
+    for _ in 0..2 {
+        assert_eq!(respond(&http, local.addr, &local.key).await.status(), 200);
+    }
+    let counted = eventually(Duration::from_secs(5), || async {
+        redis_spent(&prefix, &scope, now_ms()).await == 3 * cost
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "Redis counts {}",
+        redis_spent(&prefix, &scope, now_ms()).await
+    );
+    assert_eq!(respond(&http, closed.addr, &closed.key).await.status(), 200);
+
+    fwd.cut();
+    // `local`: this replica's memory knows its own spend (3 calls) and serves the
+    // remaining 8, then refuses as a budget does: 429 without retry.
+    let mut served = 0;
+    loop {
+        let res = respond(&http, local.addr, &local.key).await;
+        if res.status().as_u16() != 200 {
+            assert_eq!(res.status().as_u16(), 429);
+            assert_eq!(res.headers()["x-should-retry"], "false");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "insufficient_quota");
+            break;
+        }
+        served += 1;
+        assert!(served <= 8, "the local fallback overspent the budget");
+    }
+    assert_eq!(served, 8, "the local fallback forgot spend");
+    assert_eq!(
+        metric(&http, local.addr, "tollgate_redis_up").await,
+        Some(0)
+    );
+    // `closed`: a budgeted call is refused with 503, retryable, as rate limits are.
+    let res = respond(&http, closed.addr, &closed.key).await;
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers()["x-should-retry"], "true");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "limiter_unavailable");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budgeted"));
+
+    fwd.restore();
+    for h in [&local, &closed] {
+        let back = eventually(Duration::from_secs(10), || async {
+            metric(&http, h.addr, "tollgate_redis_up").await == Some(1)
+        })
+        .await;
+        assert!(back.is_some(), "the probe never returned to Redis");
+    }
+    // Redis missed the 8 calls of the outage; the store re-sync raises it to their
+    // total, and Redis refuses the next call.
+    let caught_up = eventually(Duration::from_secs(5), || async {
+        redis_spent(&prefix, &scope, now_ms()).await == 11 * cost
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "Redis counts {}",
+        redis_spent(&prefix, &scope, now_ms()).await
+    );
+    assert_eq!(respond(&http, local.addr, &local.key).await.status(), 429);
+    assert_eq!(respond(&http, closed.addr, &closed.key).await.status(), 200);
+    assert_eq!(
+        metric(&http, local.addr, "tollgate_redis_updates_lost_total").await,
+        Some(0)
     );
 }
