@@ -21,11 +21,12 @@ use model::{KeyChange, ProjectSetting};
 use std::path::Path;
 
 pub use model::{
-    civil_date, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs, KeyRecord,
-    KeyState, Lane, LimitScope, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap,
-    Project, ProjectDetail, ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter,
-    UsageGroup, UsageRecord, UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT,
-    GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
+    civil_date, AccessKind, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs,
+    KeyRecord, KeyState, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject,
+    OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv, ProjectSummary,
+    RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX,
+    ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -754,6 +755,102 @@ impl Store {
         }
     }
 
+    /// Sets a project's alias `alias` → `model`, replacing the alias if it exists. The
+    /// project must exist. Audited and `limits_version` bumped in the same transaction.
+    pub async fn set_model_alias(
+        &self,
+        project: &str,
+        alias: &str,
+        model: &str,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<ModelAlias> {
+        validate_name("project", project)?;
+        validate_model_id("alias", alias)?;
+        validate_model_id("model", model)?;
+        if alias == model {
+            return Err(StoreError::Invalid(format!(
+                "alias {alias:?} would name itself; pick another name"
+            )));
+        }
+        match self {
+            Self::Sqlite(s) => {
+                s.set_model_alias(project, alias, model, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.set_model_alias(project, alias, model, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// Removes a project's alias; false if it had none of that name. Audited and
+    /// `limits_version` bumped in the same transaction.
+    pub async fn unset_model_alias(
+        &self,
+        project: &str,
+        alias: &str,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.unset_model_alias(project, alias, now_ms, actor).await,
+            Self::Postgres(s) => s.unset_model_alias(project, alias, now_ms, actor).await,
+        }
+    }
+
+    /// The aliases of one project, or of every project, ordered by project and alias.
+    pub async fn list_model_aliases(&self, project: Option<&str>) -> Result<Vec<ModelAlias>> {
+        match self {
+            Self::Sqlite(s) => s.list_model_aliases(project).await,
+            Self::Postgres(s) => s.list_model_aliases(project).await,
+        }
+    }
+
+    /// Replaces a project's allow- or deny-list for one environment (`env` `None`:
+    /// every environment). An empty list removes it; returns whether anything changed.
+    /// Model ids are kept sorted and without duplicates. Audited and `limits_version`
+    /// bumped in the same transaction.
+    pub async fn set_model_access(
+        &self,
+        project: &str,
+        env: Option<&str>,
+        kind: AccessKind,
+        models: &[String],
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        validate_name("project", project)?;
+        if let Some(env) = env {
+            validate_name("environment", env)?;
+        }
+        let mut list: Vec<String> = models.iter().map(|m| m.trim().to_owned()).collect();
+        for m in &list {
+            validate_model_id("model", m)?;
+        }
+        list.sort();
+        list.dedup();
+        match self {
+            Self::Sqlite(s) => {
+                s.set_model_access(project, env, kind, &list, now_ms, actor)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.set_model_access(project, env, kind, &list, now_ms, actor)
+                    .await
+            }
+        }
+    }
+
+    /// The allow- and deny-lists of one project, or of every project.
+    pub async fn list_model_access(&self, project: Option<&str>) -> Result<Vec<ModelAccess>> {
+        match self {
+            Self::Sqlite(s) => s.list_model_access(project).await,
+            Self::Postgres(s) => s.list_model_access(project).await,
+        }
+    }
+
     /// Writes a batch of usage records in one transaction and updates the keys'
     /// `last_used` from them.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
@@ -852,6 +949,17 @@ fn validate_budget_scope(scope: &BudgetScope) -> Result<()> {
         return Err(StoreError::Invalid(
             "invalid key id in a budget: 1-200 printable characters".into(),
         ));
+    }
+    Ok(())
+}
+
+/// A model id or alias: 1-200 characters, no whitespace or control characters (a
+/// trailing `*` is a prefix pattern in access lists).
+fn validate_model_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::Invalid(format!(
+            "invalid {what} {id:?}: 1-200 characters without spaces"
+        )));
     }
     Ok(())
 }

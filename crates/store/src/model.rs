@@ -322,6 +322,59 @@ pub struct OutputCapRule {
     pub updated_at_ms: i64,
 }
 
+/// A project's alias for a model: a request naming `alias` is sent to `model`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelAlias {
+    pub project: String,
+    pub alias: String,
+    pub model: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Which kind of model list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    /// Only these models may be used.
+    Allow,
+    /// These models may not be used.
+    Deny,
+}
+
+impl AccessKind {
+    /// The stored name: `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl FromStr for AccessKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            other => Err(format!("{other:?} is not allow or deny")),
+        }
+    }
+}
+
+/// A project's allow- or deny-list of models, for one environment (`env`) or for
+/// every environment (`env` `None`). An id ending in `*` matches by prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelAccess {
+    pub project: String,
+    pub env: Option<String>,
+    pub kind: AccessKind,
+    pub models: Vec<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Every stored provider credential reference, for the gateway's resolution chain:
 /// an environment's reference, else its project's, else the global default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

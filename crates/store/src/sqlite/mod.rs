@@ -12,9 +12,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
 use crate::model::{
-    last_used_by_key, Actor, AuditEntry, KeyChange, KeyRecord, Lane, LimitScope, NewAudit, NewKey,
-    NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role,
-    UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    last_used_by_key, AccessKind, Actor, AuditEntry, KeyChange, KeyRecord, Lane, LimitScope,
+    ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap,
+    Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -32,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0006_usage_cost.sql"),
     include_str!("0007_budgets.sql"),
     include_str!("0008_lanes.sql"),
+    include_str!("0009_model_rules.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -322,7 +324,17 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if limits + caps + budgets > 0 {
+        let mut model_rules = 0;
+        for table in ["model_aliases", "model_access"] {
+            model_rules += sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE project = ?"
+            )))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if limits + caps + budgets + model_rules > 0 {
             bump_limits_version(&mut tx).await?;
         }
         sqlx::query("DELETE FROM projects WHERE name = ?")
@@ -804,6 +816,145 @@ impl SqliteStore {
         rows.iter().map(cap_from_row).collect()
     }
 
+    pub async fn set_model_alias(
+        &self,
+        project: &str,
+        alias: &str,
+        model: &str,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<ModelAlias> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, project).await?;
+        sqlx::query(
+            "INSERT INTO model_aliases (project, alias, model, created_at_ms, updated_at_ms) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (project, alias) DO UPDATE SET \
+             model = excluded.model, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(project)
+        .bind(alias)
+        .bind(model)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let target = format!("{project}/{alias}");
+        let d = detail(serde_json::json!({ "model": model }));
+        audit(&mut tx, actor, now_ms, "models.alias.set", &target, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALIAS_COLUMNS} FROM model_aliases WHERE project = ? AND alias = ?"
+        )))
+        .bind(project)
+        .bind(alias)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = alias_from_row(&row)?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn unset_model_alias(
+        &self,
+        project: &str,
+        alias: &str,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let removed = sqlx::query("DELETE FROM model_aliases WHERE project = ? AND alias = ?")
+            .bind(project)
+            .bind(alias)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        let target = format!("{project}/{alias}");
+        let d = detail(serde_json::json!({}));
+        audit(&mut tx, actor, now_ms, "models.alias.unset", &target, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_model_aliases(&self, project: Option<&str>) -> Result<Vec<ModelAlias>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALIAS_COLUMNS} FROM model_aliases WHERE (? IS NULL OR project = ?) \
+             ORDER BY project, alias"
+        )))
+        .bind(project)
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alias_from_row).collect()
+    }
+
+    pub async fn set_model_access(
+        &self,
+        project: &str,
+        env: Option<&str>,
+        kind: AccessKind,
+        models: &[String],
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        project_in_tx(&mut tx, project).await?;
+        let changed = if models.is_empty() {
+            sqlx::query("DELETE FROM model_access WHERE project = ? AND env = ? AND kind = ?")
+                .bind(project)
+                .bind(env.unwrap_or(""))
+                .bind(kind.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        } else {
+            let list =
+                serde_json::to_string(models).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO model_access (project, env, kind, models, created_at_ms, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, env, kind) DO UPDATE SET \
+                 models = excluded.models, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(project)
+            .bind(env.unwrap_or(""))
+            .bind(kind.as_str())
+            .bind(list)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        };
+        if changed == 0 {
+            return Ok(false);
+        }
+        let target = format!("{project}/{}", env.unwrap_or("*"));
+        let d = detail(serde_json::json!({ "models": models }));
+        let action = match kind {
+            AccessKind::Allow => "models.allow",
+            AccessKind::Deny => "models.deny",
+        };
+        audit(&mut tx, actor, now_ms, action, &target, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_model_access(&self, project: Option<&str>) -> Result<Vec<ModelAccess>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ACCESS_COLUMNS} FROM model_access WHERE (? IS NULL OR project = ?) \
+             ORDER BY project, env, kind"
+        )))
+        .bind(project)
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(access_from_row).collect()
+    }
+
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.write_tx().await?;
         insert_usage_rows(&mut tx, records).await?;
@@ -1153,6 +1304,35 @@ fn cap_from_row(r: &SqliteRow) -> Result<OutputCapRule> {
             temperature_min: r.try_get("temperature_min")?,
             temperature_max: r.try_get("temperature_max")?,
         },
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+const ALIAS_COLUMNS: &str = "project, alias, model, created_at_ms, updated_at_ms";
+
+fn alias_from_row(r: &SqliteRow) -> Result<ModelAlias> {
+    Ok(ModelAlias {
+        project: r.try_get("project")?,
+        alias: r.try_get("alias")?,
+        model: r.try_get("model")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+const ACCESS_COLUMNS: &str = "project, env, kind, models, created_at_ms, updated_at_ms";
+
+fn access_from_row(r: &SqliteRow) -> Result<ModelAccess> {
+    let env: String = r.try_get("env")?;
+    let kind: String = r.try_get("kind")?;
+    let models: String = r.try_get("models")?;
+    Ok(ModelAccess {
+        project: r.try_get("project")?,
+        env: (!env.is_empty()).then_some(env),
+        kind: kind.parse::<AccessKind>().map_err(StoreError::Invalid)?,
+        models: serde_json::from_str(&models)
+            .map_err(|e| StoreError::Invalid(format!("stored model list: {e}")))?,
         created_at_ms: r.try_get("created_at_ms")?,
         updated_at_ms: r.try_get("updated_at_ms")?,
     })
