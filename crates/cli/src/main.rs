@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Limits(args) => limits::run(args).await,
         Command::Caps(args) => caps::run(args).await,
         Command::Budgets(args) => budgets::run(args).await,
-        Command::Models(args) => models::run(args),
+        Command::Models(args) => models::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Config(args) => config_cmd::run(args),

@@ -1,8 +1,11 @@
 //! `tollgate models`: the model catalog as a cheat sheet (prices in USD per 1M tokens),
 //! and `tollgate models cost`: what a request of given token counts would cost. Both
 //! read the built-in catalog with the config file's `[[models]]` entries applied.
-
-use std::path::PathBuf;
+//!
+//! `tollgate models alias set|unset|list` and `tollgate models allow|deny`, `models
+//! access show`: a project's aliases and its environments' access lists, straight on
+//! the store and audited. Running servers pick a change up within
+//! `keys.refresh_interval_ms` (they poll the store's `limits_version`).
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -10,8 +13,9 @@ use serde_json::{json, Value};
 use tollgate_gateway::catalog::{self, BilledTokens, Catalog, ModelEntry, Price};
 use tollgate_gateway::config::RawConfig;
 use tollgate_gateway::Config;
+use tollgate_store::{AccessKind, Store};
 
-use crate::state;
+use crate::state::{self, StateArgs};
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
@@ -20,15 +24,74 @@ pub struct ModelsArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// tollgate.toml whose `[[models]]` entries replace or add to the built-in ones.
-    #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
-    config: Option<PathBuf>,
+    /// The config file (its `[[models]]` and `[aliases]`) and the store.
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
     /// Estimate what a request costs, from its token counts.
     Cost(CostArgs),
+    /// A project's model aliases (`fast`, `smart`, … or its own).
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Set the models an environment (or, without --env, every environment) of a
+    /// project may use: only these. Replaces the list; --clear removes it.
+    Allow(AccessArgs),
+    /// Set the models an environment (or every environment) of a project may not
+    /// use. Replaces the list; --clear removes it.
+    Deny(AccessArgs),
+    /// Show the access lists.
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AliasCommand {
+    /// Make ALIAS name MODEL in a project (replacing a gateway alias of that name
+    /// for the project).
+    Set {
+        #[arg(long)]
+        project: String,
+        alias: String,
+        model: String,
+    },
+    /// Remove a project's alias (a gateway alias of that name applies again).
+    Unset {
+        #[arg(long)]
+        project: String,
+        alias: String,
+    },
+    /// The aliases a project sees (its own over the gateway's), or the gateway's.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AccessArgs {
+    #[arg(long)]
+    project: String,
+    /// One environment; omitted: every environment of the project.
+    #[arg(long)]
+    env: Option<String>,
+    /// Remove the list instead of setting it.
+    #[arg(long, conflicts_with = "models")]
+    clear: bool,
+    /// Model ids; `gpt-4o` covers its dated snapshots, `gpt-4.1*` is a prefix.
+    #[arg(required_unless_present = "clear")]
+    models: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// The allow- and deny-lists of one project, or of all.
+    Show {
+        #[arg(long)]
+        project: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -47,20 +110,182 @@ struct CostArgs {
     cached: u64,
 }
 
-pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let raw = match &args.config {
+pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let raw = match &args.state.config {
         Some(path) => state::read_config(path)?,
         None => RawConfig::default(),
     };
     let config =
         Config::try_from(raw).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let json = args.json;
     match args.command {
         None => {
-            list(&config.catalog, args.json);
+            list(&config.catalog, json);
             Ok(())
         }
-        Some(ModelsCommand::Cost(c)) => cost(&config.catalog, &c, args.json),
+        Some(ModelsCommand::Cost(c)) => cost(&config.catalog, &c, json),
+        Some(ModelsCommand::Alias(c)) => alias(&config, &args.state.open().await?, c, json).await,
+        Some(ModelsCommand::Allow(a)) => {
+            access(
+                &config,
+                &args.state.open().await?,
+                AccessKind::Allow,
+                a,
+                json,
+            )
+            .await
+        }
+        Some(ModelsCommand::Deny(a)) => {
+            access(
+                &config,
+                &args.state.open().await?,
+                AccessKind::Deny,
+                a,
+                json,
+            )
+            .await
+        }
+        Some(ModelsCommand::Access(AccessCommand::Show { project })) => {
+            access_show(&args.state.open().await?, project.as_deref(), json).await
+        }
     }
+}
+
+async fn alias(config: &Config, store: &Store, c: AliasCommand, json: bool) -> anyhow::Result<()> {
+    match c {
+        AliasCommand::Set {
+            project,
+            alias,
+            model,
+        } => {
+            if config.catalog.get(&alias).is_some() {
+                bail!("{alias:?} is a model of the catalog; an alias may not hide it");
+            }
+            if config.aliases.contains_key(&model) {
+                bail!("{model:?} is itself an alias; aliases do not chain, name a model id");
+            }
+            let a = store
+                .set_model_alias(&project, &alias, &model, state::now_ms(), &state::actor())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                println!("In project {project}, {alias} now names {model}.");
+            }
+            warn_unknown(config, &[model]);
+        }
+        AliasCommand::Unset { project, alias } => {
+            let removed = store
+                .unset_model_alias(&project, &alias, state::now_ms(), &state::actor())
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "project": project, "alias": alias, "removed": removed })
+                );
+            } else if removed {
+                println!("Alias {alias} of project {project} removed.");
+            } else {
+                bail!("project {project} has no alias {alias:?}; see `tollgate models alias list --project {project}`");
+            }
+        }
+        AliasCommand::List { project } => {
+            // The gateway's aliases (the project's own replace them), then the stored ones.
+            let own = store.list_model_aliases(project.as_deref()).await?;
+            let mut rows: Vec<(String, String, String)> = config
+                .aliases
+                .iter()
+                .filter(|(a, _)| !own.iter().any(|o| &o.alias == *a && project.is_some()))
+                .map(|(a, m)| (a.clone(), m.clone(), "gateway".to_owned()))
+                .collect();
+            rows.extend(own.into_iter().map(|o| (o.alias, o.model, o.project)));
+            if json {
+                let all: Vec<Value> = rows
+                    .iter()
+                    .map(|(a, m, from)| json!({ "alias": a, "model": m, "from": from }))
+                    .collect();
+                println!("{}", json!({ "project": project, "aliases": all }));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = rows.into_iter().map(|(a, m, f)| vec![a, m, f]).collect();
+            state::print_table(&["ALIAS", "MODEL", "FROM"], &rows);
+        }
+    }
+    Ok(())
+}
+
+async fn access(
+    config: &Config,
+    store: &Store,
+    kind: AccessKind,
+    a: AccessArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let changed = store
+        .set_model_access(
+            &a.project,
+            a.env.as_deref(),
+            kind,
+            &a.models,
+            state::now_ms(),
+            &state::actor(),
+        )
+        .await?;
+    let env = a.env.as_deref().unwrap_or("*");
+    if json {
+        let out = json!({
+            "project": a.project, "env": a.env, "kind": kind, "models": a.models, "changed": changed
+        });
+        println!("{out}");
+    } else if a.clear {
+        println!(
+            "The {} list of {}/{env} is removed.",
+            kind.as_str(),
+            a.project
+        );
+    } else {
+        println!(
+            "The {} list of {}/{env} is now: {}.",
+            kind.as_str(),
+            a.project,
+            a.models.join(", ")
+        );
+    }
+    warn_unknown(config, &a.models);
+    Ok(())
+}
+
+/// A model id the catalog does not know may be a typo: say so (on stderr).
+fn warn_unknown(config: &Config, models: &[String]) {
+    for m in models {
+        if !m.ends_with('*') && config.catalog.get(m).is_none() {
+            eprintln!(
+                "note: {m:?} is not in the model catalog (`tollgate models`); check the spelling"
+            );
+        }
+    }
+}
+
+async fn access_show(store: &Store, project: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let lists = store.list_model_access(project).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lists)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = lists
+        .iter()
+        .map(|l| {
+            vec![
+                l.project.clone(),
+                l.env.clone().unwrap_or_else(|| "*".into()),
+                l.kind.as_str().to_owned(),
+                l.models.join(", "),
+                state::format_ms(l.updated_at_ms),
+            ]
+        })
+        .collect();
+    state::print_table(&["PROJECT", "ENV", "LIST", "MODELS", "UPDATED"], &rows);
+    Ok(())
 }
 
 /// `$0.15`, or `-` when there is no price.

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// redis://[:PASSWORD@]HOST[:PORT][/DB] [default: none, counters in memory].
     #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// The model the `default` alias names (over `[aliases] default` of the config)
+    /// [default: gpt-4o-mini].
+    #[arg(long, env = "OPENAI_MODEL")]
+    default_model: Option<String>,
     /// Run against the built-in simulator with a demo project and key.
     #[arg(long)]
     demo: bool,
@@ -62,6 +66,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.redis_url.is_some() {
         raw.redis.url.clone_from(&args.redis_url);
+    }
+    if let Some(model) = args.default_model.as_deref().map(str::trim) {
+        if !model.is_empty() {
+            raw.aliases.insert("default".into(), model.to_owned());
+        }
     }
 
     // In demo mode the simulator is the upstream and holds a key made up right here.

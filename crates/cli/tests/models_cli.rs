@@ -261,3 +261,139 @@ fn usage_shows_cost_totals_and_counts_unpriced_records() {
         "{table}"
     );
 }
+
+#[test]
+fn aliases_and_access_lists_are_set_listed_and_cleared_on_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .env("TOLLGATE_DATA_DIR", dir)
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .env_remove("TOLLGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fails = |args: &[&str]| {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    ok(&["projects", "create", "shop"]);
+
+    let v: Value = serde_json::from_str(&ok(&[
+        "models",
+        "alias",
+        "set",
+        "--project",
+        "shop",
+        "smart",
+        "gpt-4o",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (v["alias"].as_str(), v["model"].as_str()),
+        (Some("smart"), Some("gpt-4o"))
+    );
+    let v: Value = serde_json::from_str(&ok(&[
+        "models",
+        "alias",
+        "list",
+        "--project",
+        "shop",
+        "--json",
+    ]))
+    .unwrap();
+    let aliases = v["aliases"].as_array().unwrap();
+    let find = |a: &str| aliases.iter().find(|x| x["alias"] == a).unwrap().clone();
+    assert_eq!(find("smart")["model"], "gpt-4o");
+    assert_eq!(find("smart")["from"], "shop");
+    assert_eq!(find("fast")["from"], "gateway");
+    assert_eq!(aliases.iter().filter(|x| x["alias"] == "smart").count(), 1);
+    // An alias may not hide a catalog model, nor point at another alias.
+    assert!(fails(&[
+        "models",
+        "alias",
+        "set",
+        "--project",
+        "shop",
+        "gpt-4o",
+        "gpt-4.1"
+    ])
+    .contains("catalog"));
+    assert!(fails(&["models", "alias", "set", "--project", "shop", "x", "fast"]).contains("chain"));
+    ok(&["models", "alias", "unset", "--project", "shop", "smart"]);
+    assert!(
+        fails(&["models", "alias", "unset", "--project", "shop", "smart"]).contains("no alias")
+    );
+
+    let out = run(&[
+        "models",
+        "allow",
+        "--project",
+        "shop",
+        "--env",
+        "prod",
+        "gpt-4o-mini",
+        "gpt-4.1*",
+        "gpt-4o-mimi",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("\"gpt-4o-mimi\" is not in the model catalog"));
+    ok(&["models", "deny", "--project", "shop", "o3"]);
+    let v: Value = serde_json::from_str(&ok(&[
+        "models",
+        "access",
+        "show",
+        "--project",
+        "shop",
+        "--json",
+    ]))
+    .unwrap();
+    let lists = v.as_array().unwrap();
+    assert_eq!(lists.len(), 2);
+    assert_eq!(lists[0]["kind"], "deny");
+    assert_eq!(lists[0]["env"], Value::Null);
+    assert_eq!(
+        lists[1]["models"],
+        serde_json::json!(["gpt-4.1*", "gpt-4o-mimi", "gpt-4o-mini"])
+    );
+    let table = ok(&["models", "access", "show"]);
+    assert!(
+        table.contains("PROJECT") && table.contains("gpt-4o-mini"),
+        "{table}"
+    );
+    ok(&[
+        "models",
+        "allow",
+        "--project",
+        "shop",
+        "--env",
+        "prod",
+        "--clear",
+    ]);
+    let v: Value = serde_json::from_str(&ok(&["models", "access", "show", "--json"])).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    // Every change is audited.
+    let audit = ok(&["audit", "--since", "1h", "--json"]);
+    for action in [
+        "models.alias.set",
+        "models.alias.unset",
+        "models.allow",
+        "models.deny",
+    ] {
+        assert!(audit.contains(action), "{action} not in the audit log");
+    }
+}

@@ -73,6 +73,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/budgets"),
     ("put", "/admin/v1/budgets"),
     ("delete", "/admin/v1/budgets"),
+    // Model aliases and access lists (admin_models.rs).
+    ("get", "/admin/v1/models/aliases"),
+    ("put", "/admin/v1/models/aliases"),
+    ("delete", "/admin/v1/models/aliases"),
+    ("get", "/admin/v1/models/access"),
+    ("put", "/admin/v1/models/access"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.
@@ -104,6 +110,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
         )
         .merge(crate::admin_projects::routes())
         .merge(crate::admin_budgets::routes())
+        .merge(crate::admin_models::routes())
         .route(
             "/admin/v1/limits",
             get(list_limits).put(set_limit).delete(clear_limit),

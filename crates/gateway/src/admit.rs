@@ -312,6 +312,7 @@ mod tests {
             stream: false,
             strip_stream_usage: false,
             body: Bytes::from(body.to_owned()),
+            ..Preflight::default()
         }
     }
 

@@ -1096,6 +1096,7 @@ mod tests {
             stream: false,
             strip_stream_usage: false,
             body: Bytes::from(body.to_owned()),
+            ..Preflight::default()
         }
     }
 

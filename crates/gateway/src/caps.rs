@@ -39,6 +39,7 @@ pub fn run(
         return Ok(preflight);
     };
     if let Some(body) = apply(endpoint, &cap, &preflight.body)? {
+        preflight.max_output = crate::preflight::output_asked(&body);
         preflight.body = body;
     }
     Ok(preflight)
@@ -142,10 +143,10 @@ fn raw_number(n: u64) -> Result<Box<RawValue>, GatewayError> {
     RawValue::from_string(n.to_string()).map_err(|_| GatewayError::Internal)
 }
 
-type Members<'a> = Vec<(Cow<'a, str>, Box<RawValue>)>;
+pub(crate) type Members<'a> = Vec<(Cow<'a, str>, Box<RawValue>)>;
 
 /// The top-level object's members, in order, each value as its raw JSON text.
-fn split(body: &[u8]) -> Result<Members<'_>, GatewayError> {
+pub(crate) fn split(body: &[u8]) -> Result<Members<'_>, GatewayError> {
     struct ObjectVisitor;
     impl<'de> Visitor<'de> for ObjectVisitor {
         type Value = Members<'de>;
@@ -172,7 +173,7 @@ fn split(body: &[u8]) -> Result<Members<'_>, GatewayError> {
 }
 
 /// The object again: each member's key re-encoded, its value exactly as it came.
-fn join(members: &Members<'_>) -> Bytes {
+pub(crate) fn join(members: &Members<'_>) -> Bytes {
     let mut out = Vec::with_capacity(
         members
             .iter()

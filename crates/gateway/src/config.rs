@@ -5,6 +5,7 @@
 //! applied by the CLI onto the raw config before validation, so the precedence is
 //! flags > `TOLLGATE_*` variables > file > defaults.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,53 @@ pub struct RawConfig {
     /// `[[models]]`: catalog entries that replace or add to the built-in ones.
     #[serde(default)]
     pub models: Vec<RawModel>,
+    /// `[aliases]`: `alias = "model id"`, over the built-in `default`, `fast`, `smart`
+    /// and `reasoning`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub preflight: RawPreflight,
+}
+
+/// `[preflight]`: checks made before a request costs anything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreflight {
+    /// What to do with `response_format` sent to `/v1/responses`: `translate` (move it
+    /// to `text.format`, with an `x-tollgate-warning` header; the default) or `reject`.
+    pub response_format_on_responses: Option<ResponseFormatMode>,
+    /// Refuse requests whose input plus requested output exceed the model's context
+    /// window (default true).
+    pub context_window: Option<bool>,
+    /// Check structured-output and function-parameter schemas (default true).
+    pub schemas: Option<bool>,
+}
+
+/// See [`RawPreflight::response_format_on_responses`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatMode {
+    #[default]
+    Translate,
+    Reject,
+}
+
+/// The checked `[preflight]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreflightConfig {
+    pub response_format_on_responses: ResponseFormatMode,
+    pub context_window: bool,
+    pub schemas: bool,
+}
+
+impl Default for PreflightConfig {
+    fn default() -> Self {
+        Self {
+            response_format_on_responses: ResponseFormatMode::Translate,
+            context_window: true,
+            schemas: true,
+        }
+    }
 }
 
 /// `[upstream]`: the OpenAI-compatible API tollgate forwards to.
@@ -206,6 +254,9 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// `[redis]`.
     pub redis: RedisConfig,
+    /// Gateway-wide aliases: the built-in ones with `[aliases]` over them.
+    pub aliases: BTreeMap<String, String>,
+    pub preflight: PreflightConfig,
 }
 
 /// Where rate-limit counters live, and what to do while that is unreachable.
@@ -525,9 +576,19 @@ impl TryFrom<RawConfig> for Config {
             Err(model_errors) => errors.extend(model_errors),
         }
 
+        check_aliases(&raw.aliases, &catalog, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let aliases = crate::models::global_aliases(&raw.aliases);
+        let preflight = PreflightConfig {
+            response_format_on_responses: raw
+                .preflight
+                .response_format_on_responses
+                .unwrap_or_default(),
+            context_window: raw.preflight.context_window.unwrap_or(true),
+            schemas: raw.preflight.schemas.unwrap_or(true),
+        };
         Ok(Config {
             listen,
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data")),
@@ -558,6 +619,8 @@ impl TryFrom<RawConfig> for Config {
                 webhook_url: raw.budgets.webhook_url,
             },
             redis,
+            aliases,
+            preflight,
         })
     }
 }
@@ -649,6 +712,43 @@ fn redis_config(raw: &RawRedis, err: &mut impl FnMut(&str, String)) -> RedisConf
         key_prefix,
         timeout: Duration::from_millis(timeout_ms),
         on_failure,
+    }
+}
+
+/// Checks `[aliases]`: ids without spaces, no alias of an alias (they do not chain),
+/// and no alias hiding a catalog model.
+fn check_aliases(
+    aliases: &BTreeMap<String, String>,
+    catalog: &Catalog,
+    errors: &mut Vec<ConfigError>,
+) {
+    let bad = |s: &str| s.is_empty() || s.len() > 200 || s.chars().any(char::is_whitespace);
+    for (alias, model) in aliases {
+        let path = format!("aliases.{alias}");
+        let message = if bad(alias) {
+            Some("an alias is 1-200 characters without spaces".to_owned())
+        } else if bad(model) {
+            Some(format!(
+                "{model:?} is not a model id (1-200 characters without spaces)"
+            ))
+        } else if catalog.get(alias).is_some() {
+            Some(format!(
+                "{alias:?} is a model of the catalog; an alias may not hide it"
+            ))
+        } else if aliases.contains_key(model)
+            || crate::models::BUILTIN_ALIASES
+                .iter()
+                .any(|(a, _)| a == model)
+        {
+            Some(format!(
+                "{model:?} is itself an alias; aliases do not chain, name a model id"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = message {
+            errors.push(ConfigError { path, message });
+        }
     }
 }
 

@@ -129,7 +129,10 @@ pub async fn relay(
     rec.status = status.as_u16();
     rec.upstream_request_id = reply.request_id().map(str::to_owned);
     rec.attempts = reply.attempts();
-    let headers = relay_headers(reply.headers());
+    let mut headers = relay_headers(reply.headers());
+    for (name, value) in &preflight.headers {
+        headers.insert(name.clone(), value.clone());
+    }
     let streaming = status.is_success() && preflight.stream;
     if streaming {
         let tap = StreamTap::new(endpoint, preflight.strip_stream_usage);
@@ -151,6 +154,13 @@ pub async fn relay(
             tracing::warn!(error = %e, "reading the upstream body failed");
             return GatewayError::UpstreamUnreachable { attempts: 1 }.into_response();
         }
+    };
+    // A caller with access lists sees only the models it may use.
+    let bytes = match &preflight.list_filter {
+        Some(filter) if status.is_success() => {
+            filter.filter_list(&bytes).map_or(bytes, Bytes::from)
+        }
+        _ => bytes,
     };
     let observed = account::from_json_body(endpoint, &bytes);
     observed.apply(guard.record());

@@ -14,6 +14,7 @@ use tollgate_store::BudgetPeriod;
 
 use crate::budgets::{usd, utc_day};
 use crate::limits::Dimension;
+use crate::models::ModelFilter;
 
 /// A refusal or failure decided by tollgate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +89,28 @@ pub enum GatewayError {
     /// A budget governs the call but the catalog has no price for its model.
     #[error("model not priced")]
     UnpricedModel { model: String },
+    /// The model (after alias resolution: `served`) is not one the caller's project
+    /// and environment may use (`models`).
+    #[error("model not allowed")]
+    ModelNotFound {
+        model: String,
+        served: Option<String>,
+        filter: Box<ModelFilter>,
+    },
+    /// Input plus requested output do not fit the model's context window (preflight).
+    #[error("context window exceeded")]
+    ContextLengthExceeded(Box<ContextRefusal>),
+    /// A parameter preflight refuses with a code of its own: an invalid
+    /// structured-output schema (`invalid_json_schema`) or function-parameter schema
+    /// (`invalid_function_parameters`), or `response_format` on `/v1/responses` when
+    /// configured to refuse it (`unsupported_parameter`).
+    #[error("invalid parameter")]
+    InvalidParameter {
+        message: String,
+        /// Where, as a path into the request (`text.format.schema/properties/x`).
+        param: String,
+        code: &'static str,
+    },
 }
 
 /// What a budget refusal says (boxed in [`GatewayError`]). Amounts in nano-USD.
@@ -104,6 +127,19 @@ pub struct BudgetRefusal {
     pub requested_usd_nanos: u64,
     /// When the period ends (Unix ms, UTC).
     pub resets_at_ms: i64,
+}
+
+/// What a context-window refusal says (boxed in [`GatewayError`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextRefusal {
+    pub model: String,
+    pub window: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// `input` (Responses) or `messages` (Chat).
+    pub param: &'static str,
+    /// The field that asked for the output (`max_output_tokens`, …), if any.
+    pub output_field: Option<&'static str>,
 }
 
 /// What a rate-limit refusal says (boxed in [`GatewayError`]: large, and rare).
@@ -134,7 +170,11 @@ impl GatewayError {
             Self::InvalidUrl { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::InvalidJson { .. } | Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidJson { .. }
+            | Self::InvalidRequest { .. }
+            | Self::ContextLengthExceeded(_)
+            | Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -196,15 +236,21 @@ impl GatewayError {
             Self::BudgetExceeded(_) => Some("insufficient_quota"),
             Self::UnpricedModel { .. } => Some("model_not_priced"),
             Self::LimiterUnavailable => Some("limiter_unavailable"),
+            Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::ContextLengthExceeded(_) => Some("context_length_exceeded"),
+            Self::InvalidParameter { code, .. } => Some(code),
             _ => None,
         }
     }
 
     /// OpenAI's `param`.
-    pub fn param(&self) -> Option<&'static str> {
+    pub fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } => *param,
             Self::UnpricedModel { .. } => Some("model"),
+            Self::ModelNotFound { .. } => Some("model"),
+            Self::ContextLengthExceeded(r) => Some(r.param),
+            Self::InvalidParameter { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -236,6 +282,9 @@ impl GatewayError {
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::UnpricedModel { .. } => "model_not_priced",
             Self::LimiterUnavailable => "limiter_unavailable",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::ContextLengthExceeded(_) => "context_length_exceeded",
+            Self::InvalidParameter { .. } => "invalid_parameter",
         }
     }
 
@@ -326,6 +375,7 @@ impl GatewayError {
                     "rate limit" => "limits",
                     "output cap" => "caps",
                     "budget" => "budgets",
+                    "model alias" => "models/aliases",
                     _ => "keys",
                 };
                 format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/{list}.")
@@ -387,6 +437,41 @@ impl GatewayError {
                 \"closed\"). Retry shortly; an operator can check Redis or set \
                 redis.on_failure to \"local\"."
                 .into(),
+            Self::ModelNotFound {
+                model,
+                served,
+                filter,
+            } => {
+                let via = served
+                    .as_deref()
+                    .map(|s| format!(" (the alias of {s})"))
+                    .unwrap_or_default();
+                format!(
+                    "The model `{model}`{via} does not exist or you do not have access to it. {} \
+                     A project admin can change the lists with `tollgate models allow` / \
+                     `tollgate models deny`.",
+                    filter.describe()
+                )
+            }
+            Self::ContextLengthExceeded(r) => {
+                let asked = r
+                    .output_field
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
+                format!(
+                    "This model's maximum context length is {} tokens. However, you requested \
+                     {} tokens ({} in the {}, {} in the completion{asked}). Please reduce the \
+                     length of the {} or of the completion. Model: {}.",
+                    r.window,
+                    r.input_tokens + r.output_tokens,
+                    r.input_tokens,
+                    r.param,
+                    r.output_tokens,
+                    r.param,
+                    r.model
+                )
+            }
+            Self::InvalidParameter { message, .. } => message.clone(),
         }
     }
 
@@ -675,6 +760,62 @@ mod tests {
                 503,
                 "service_unavailable_error",
                 Some("limiter_unavailable"),
+            ),
+            (
+                GatewayError::ModelNotFound {
+                    model: "gpt-4o".into(),
+                    served: None,
+                    filter: Box::new(ModelFilter {
+                        allow: Some(vec!["gpt-4o-mini".into()]),
+                        deny: vec![],
+                    }),
+                },
+                404,
+                "invalid_request_error",
+                Some("model_not_found"),
+            ),
+            (
+                GatewayError::ContextLengthExceeded(Box::new(ContextRefusal {
+                    model: "gpt-4o".into(),
+                    window: 128_000,
+                    input_tokens: 100_000,
+                    output_tokens: 30_000,
+                    param: "input",
+                    output_field: Some("max_output_tokens"),
+                })),
+                400,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+            ),
+            (
+                GatewayError::InvalidParameter {
+                    message: "m".into(),
+                    param: "text.format.schema".into(),
+                    code: "invalid_json_schema",
+                },
+                400,
+                "invalid_request_error",
+                Some("invalid_json_schema"),
+            ),
+            (
+                GatewayError::InvalidParameter {
+                    message: "m".into(),
+                    param: "tools[0].parameters".into(),
+                    code: "invalid_function_parameters",
+                },
+                400,
+                "invalid_request_error",
+                Some("invalid_function_parameters"),
+            ),
+            (
+                GatewayError::InvalidParameter {
+                    message: "m".into(),
+                    param: "response_format".into(),
+                    code: "unsupported_parameter",
+                },
+                400,
+                "invalid_request_error",
+                Some("unsupported_parameter"),
             ),
         ];
         for (e, status, kind, code) in cases {

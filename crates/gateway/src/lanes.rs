@@ -250,6 +250,7 @@ mod tests {
             stream: false,
             strip_stream_usage: false,
             body: Bytes::from_static(br#"{"model":"gpt-4o","input":"hi"}"#),
+            ..Preflight::default()
         }
     }
 

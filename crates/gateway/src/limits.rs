@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use crate::models::ModelRules;
 use parking_lot::{Mutex, RwLock};
 use redis::Script;
 use tokio::sync::watch;
@@ -612,11 +613,13 @@ impl RuleSet {
     }
 }
 
-/// The rules and counters a server admits with.
+/// The rules and counters a server admits with, and the model rules (aliases and
+/// access lists, see `models`), which change with the same counter.
 #[derive(Debug, Default)]
 pub struct Limits {
     rules: RwLock<Arc<RuleSet>>,
     pub counters: Counters,
+    models: RwLock<Arc<ModelRules>>,
 }
 
 impl Limits {
@@ -625,6 +628,7 @@ impl Limits {
         Self {
             rules: RwLock::default(),
             counters,
+            models: RwLock::default(),
         }
     }
 
@@ -639,6 +643,16 @@ impl Limits {
     /// The current rules (a cheap clone of a shared set).
     pub fn rules(&self) -> Arc<RuleSet> {
         self.rules.read().clone()
+    }
+
+    /// The current model rules (a cheap clone of a shared set).
+    pub fn models(&self) -> Arc<ModelRules> {
+        self.models.read().clone()
+    }
+
+    /// Swaps in new model rules.
+    pub fn set_models(&self, rules: ModelRules) {
+        *self.models.write() = Arc::new(rules);
     }
 
     /// Swaps in new rules and caps and forgets the buckets of removed rules. A rule
@@ -660,8 +674,12 @@ pub async fn load(limits: &Limits, store: &Store) -> Result<i64, StoreError> {
 async fn reload(limits: &Limits, store: &Store) -> Result<usize, StoreError> {
     let rules = store.list_rate_limits(None).await?;
     let caps = store.list_output_caps(None).await?;
-    let n = rules.len() + caps.len();
+    let aliases = store.list_model_aliases(None).await?;
+    let access = store.list_model_access(None).await?;
+    let n = rules.len() + caps.len() + aliases.len() + access.len();
     limits.replace(rules, caps);
+    let models = limits.models().with_store_rules(aliases, access);
+    limits.set_models(models);
     Ok(n)
 }
 

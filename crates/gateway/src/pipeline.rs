@@ -6,7 +6,10 @@
 //! | 2 | authenticate | `authenticate`   | 401 `invalid_api_key`, 403         |
 //! |   | (anomaly)    | `anomaly`        | 403 `key_suspended`                |
 //! | 3 | preflight    | `preflight`      | 400 invalid JSON                   |
+//! |   | (models)     | `models`         | 404 `model_not_found` (access)     |
 //! |   | (caps)       | `caps`           | 400 output or temperature cap      |
+//! |   | (schema)     | `schema`         | 400 invalid schema, `response_format` |
+//! |   | (context)    | `context`        | 400 `context_length_exceeded`      |
 //! |   | (lane)       | `lanes`          | 400 bad `x-tollgate-priority`      |
 //! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn), 503 |
 //! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
@@ -35,7 +38,10 @@ use crate::error::GatewayError;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
-use crate::{accept, authenticate, budgets, cache, caps, dispatch, lanes, moderate, preflight};
+use crate::{
+    accept, authenticate, budgets, cache, caps, context, dispatch, lanes, moderate, preflight,
+    schema,
+};
 
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
@@ -123,11 +129,21 @@ async fn stages(
     let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
-    let preflight = preflight::run(endpoint, body, model_in_path)?;
-    let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
+    let rules = gw.limits.models();
+    let preflight =
+        preflight::run(endpoint, body, model_in_path, &rules, &principal).inspect_err(|e| {
+            if let GatewayError::ModelNotFound { model, .. } = e {
+                guard.record().model_requested = Some(model.clone());
+            }
+        })?;
     let rec = guard.record();
-    rec.model_requested.clone_from(&preflight.model);
+    rec.model_requested = preflight.model_requested().map(str::to_owned);
     rec.streamed = preflight.stream;
+    let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
+    let preflight = schema::run(&gw.config.preflight, endpoint, preflight)?;
+    if gw.config.preflight.context_window {
+        context::run(&gw.config.catalog, endpoint, &preflight)?;
+    }
 
     let admission = gw
         .lanes

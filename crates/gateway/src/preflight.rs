@@ -1,18 +1,23 @@
 //! Stage 3, preflight: what the request is before anything costs money — the
-//! endpoint, a syntax check of the JSON body, the model asked for and whether a stream
-//! is wanted. The body is forwarded byte for byte, with one exception: a Chat stream
-//! gets `stream_options.include_usage` so tollgate can account it (the account stage
+//! endpoint, a syntax check of the JSON body, the model asked for (an alias resolved,
+//! the caller's access lists checked: see `models`) and whether a stream is wanted.
+//! The body is forwarded byte for byte, with two exceptions: a resolved alias replaces
+//! the `model` value (nothing else moves), and a Chat stream gets
+//! `stream_options.include_usage` so tollgate can account it (the account stage
 //! removes the usage again if the caller did not ask for it).
 //!
-//! Later issues add model aliases, allow-lists, token estimates, context-window and
-//! JSON-schema checks here.
+//! The same single parse notes what the later preflight checks need — the output
+//! asked for (`context`), whether schemas or `response_format` are present
+//! (`schema`) — so a request with none of them pays for nothing more.
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
+use crate::keys::Principal;
+use crate::models::{ModelFilter, ModelRules};
 
 /// The endpoints tollgate proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +74,36 @@ impl Endpoint {
 }
 
 /// What preflight learned, and the body to forward.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Preflight {
+    /// The model the request goes to (an alias already resolved).
     pub model: Option<String>,
+    /// The alias the caller named, when `model` is its resolution.
+    pub alias: Option<String>,
     pub stream: bool,
     /// tollgate added `include_usage`; the caller did not ask for the usage chunk.
     pub strip_stream_usage: bool,
     pub body: Bytes,
+    /// The output asked for, and in which field (`max_output_tokens`, …).
+    pub max_output: Option<(u64, &'static str)>,
+    /// The body has `text`, `response_format` or `tools`: the schema stage looks.
+    pub has_schemas: bool,
+    /// The body has a top-level `response_format`.
+    pub has_response_format: bool,
+    /// Headers tollgate adds to the answer (`x-tollgate-model`, `x-tollgate-warning`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// For `GET /v1/models`: the caller's access lists, to filter the upstream's list.
+    pub list_filter: Option<ModelFilter>,
 }
 
+impl Preflight {
+    /// The model as the caller named it (the alias, when one was resolved).
+    pub fn model_requested(&self) -> Option<&str> {
+        self.alias.as_deref().or(self.model.as_deref())
+    }
+}
+
+/// The members preflight reads; the others are skipped (and stay as they are).
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(default, borrow)]
@@ -86,29 +112,67 @@ struct Peek<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     stream_options: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    response_format: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    tools: Option<&'a RawValue>,
 }
 
-/// Checks and prepares a request body for `endpoint`.
+/// Checks and prepares a request body for `endpoint`, resolving its model with the
+/// caller's `rules`.
 pub fn run(
     endpoint: Endpoint,
     body: Bytes,
     model_in_path: Option<&str>,
+    rules: &ModelRules,
+    principal: &Principal,
 ) -> Result<Preflight, GatewayError> {
+    let (project, env) = (principal.project.as_str(), principal.env.as_str());
     if !endpoint.has_body() {
+        if let Some(id) = model_in_path {
+            rules.route(project, env, id)?;
+        }
         return Ok(Preflight {
             model: model_in_path.map(str::to_owned),
-            stream: false,
-            strip_stream_usage: false,
+            list_filter: (endpoint == Endpoint::Models)
+                .then(|| rules.filter(project, env))
+                .flatten(),
             body,
+            ..Preflight::default()
         });
     }
     let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson {
         detail: format!("line {} column {}", e.line(), e.column()),
     })?;
-    // `model` may be any JSON: the upstream judges its type. We record strings only.
-    let model = peek
+    // `model` may be any JSON: the upstream judges its type. We route strings only.
+    let mut model = peek
         .model
         .and_then(|m| serde_json::from_str::<String>(m.get()).ok());
+    let mut alias = None;
+    let mut resolved_body = None;
+    let target = match model.as_deref() {
+        Some(name) => rules.route(project, env, name)?,
+        None => None,
+    };
+    if let (Some(target), Some(raw)) = (target, peek.model) {
+        resolved_body = Some(replace_raw(&body, raw, target)?);
+        alias = model.replace(target.to_owned());
+    }
+    let max_output = first_output(
+        peek.max_output_tokens,
+        peek.max_completion_tokens,
+        peek.max_tokens,
+    );
+    let has_response_format = peek.response_format.is_some_and(|v| v.get() != "null");
+    let has_schemas = peek.text.is_some() || peek.tools.is_some() || has_response_format;
     let stream = peek
         .stream
         .as_ref()
@@ -121,17 +185,76 @@ pub fn run(
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     let inject = endpoint == Endpoint::ChatCompletions && stream && !caller_wants_usage;
+    let body = resolved_body.unwrap_or(body);
     let body = if inject {
         with_include_usage(&body)?
     } else {
         body
     };
+    let headers = match (&alias, &model) {
+        (Some(_), Some(m)) => HeaderValue::from_str(m)
+            .map(|v| vec![(HeaderName::from_static("x-tollgate-model"), v)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     Ok(Preflight {
         model,
+        alias,
         stream,
         strip_stream_usage: inject,
         body,
+        max_output,
+        has_schemas,
+        has_response_format,
+        headers,
+        list_filter: None,
     })
+}
+
+/// The output a body asks for, and in which field (the first of
+/// `max_output_tokens`, `max_completion_tokens`, `max_tokens` holding a whole number).
+pub fn output_asked(body: &[u8]) -> Option<(u64, &'static str)> {
+    #[derive(Deserialize)]
+    struct Output<'a> {
+        #[serde(default, borrow)]
+        max_output_tokens: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        max_completion_tokens: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        max_tokens: Option<&'a RawValue>,
+    }
+    let o: Output<'_> = serde_json::from_slice(body).ok()?;
+    first_output(o.max_output_tokens, o.max_completion_tokens, o.max_tokens)
+}
+
+fn first_output(
+    max_output_tokens: Option<&RawValue>,
+    max_completion_tokens: Option<&RawValue>,
+    max_tokens: Option<&RawValue>,
+) -> Option<(u64, &'static str)> {
+    [
+        ("max_output_tokens", max_output_tokens),
+        ("max_completion_tokens", max_completion_tokens),
+        ("max_tokens", max_tokens),
+    ]
+    .into_iter()
+    .find_map(|(name, v)| Some((serde_json::from_str::<u64>(v?.get()).ok()?, name)))
+}
+
+/// `body` with the JSON value `raw` (a slice of it) replaced by the string `with`.
+fn replace_raw(body: &Bytes, raw: &RawValue, with: &str) -> Result<Bytes, GatewayError> {
+    let text = raw.get().as_bytes();
+    let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    let end = start.wrapping_add(text.len());
+    if end > body.len() || start > end || body.get(start..end) != Some(text) {
+        return Err(GatewayError::Internal);
+    }
+    let value = serde_json::to_string(with).map_err(|_| GatewayError::Internal)?;
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Ok(Bytes::from(out))
 }
 
 /// Adds `stream_options.include_usage = true`. Without `stream_options` the member is
@@ -177,6 +300,111 @@ fn with_include_usage(body: &[u8]) -> Result<Bytes, GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use tollgate_store::{AccessKind, ModelAccess, Role};
+
+    fn principal() -> Principal {
+        Principal {
+            key_id: "key_1".into(),
+            project: "shop".into(),
+            env: "prod".into(),
+            role: Role::Member,
+            upstream_ref: None,
+            lane: tollgate_store::Lane::Interactive,
+        }
+    }
+
+    fn plain(
+        endpoint: Endpoint,
+        body: Bytes,
+        model_in_path: Option<&str>,
+    ) -> Result<Preflight, GatewayError> {
+        run(
+            endpoint,
+            body,
+            model_in_path,
+            &ModelRules::default(),
+            &principal(),
+        )
+    }
+
+    fn routed(
+        rules: &ModelRules,
+        endpoint: Endpoint,
+        body: &'static [u8],
+    ) -> Result<Preflight, GatewayError> {
+        run(
+            endpoint,
+            Bytes::from_static(body),
+            None,
+            rules,
+            &principal(),
+        )
+    }
+
+    #[test]
+    fn an_alias_replaces_only_the_model_value_and_is_remembered() {
+        let rules = ModelRules::with_aliases(&crate::models::global_aliases(&BTreeMap::new()));
+        let p = routed(
+            &rules,
+            Endpoint::Responses,
+            br#"{"input":"h\u00e9", "model" : "smart","max_output_tokens":5,"text":{"format":{"type":"text"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            &p.body[..],
+            br#"{"input":"h\u00e9", "model" : "gpt-4.1","max_output_tokens":5,"text":{"format":{"type":"text"}}}"#
+        );
+        assert_eq!(p.model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(p.model_requested(), Some("smart"));
+        assert_eq!(p.headers[0].1, "gpt-4.1");
+        assert_eq!(p.max_output, Some((5, "max_output_tokens")));
+        assert!(p.has_schemas && !p.has_response_format);
+        // A chat stream gets both the resolution and include_usage.
+        let p = routed(
+            &rules,
+            Endpoint::ChatCompletions,
+            br#"{"model":"fast","stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["model"], "gpt-4o-mini");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        // Not an alias: untouched, no header.
+        let p = routed(&rules, Endpoint::Responses, br#"{"model":"gpt-4o"}"#).unwrap();
+        assert!(p.alias.is_none() && p.headers.is_empty());
+        assert!(p.max_output.is_none() && !p.has_schemas);
+    }
+
+    #[test]
+    fn access_lists_refuse_models_and_filter_the_model_list() {
+        let rules = ModelRules::with_aliases(&crate::models::global_aliases(&BTreeMap::new()))
+            .with_store_rules(
+                vec![],
+                vec![ModelAccess {
+                    project: "shop".into(),
+                    env: None,
+                    kind: AccessKind::Allow,
+                    models: vec!["gpt-4o-mini".into()],
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                }],
+            );
+        let e = routed(&rules, Endpoint::Responses, br#"{"model":"smart"}"#).unwrap_err();
+        assert_eq!(e.code(), Some("model_not_found"));
+        assert!(routed(&rules, Endpoint::Responses, br#"{"model":"fast"}"#).is_ok());
+        let e = run(
+            Endpoint::Model,
+            Bytes::new(),
+            Some("gpt-4o"),
+            &rules,
+            &principal(),
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::NOT_FOUND);
+        let p = run(Endpoint::Models, Bytes::new(), None, &rules, &principal()).unwrap();
+        assert!(p.list_filter.unwrap().permits("gpt-4o-mini"));
+    }
 
     #[test]
     fn routes_only_the_proxied_endpoints() {
@@ -197,13 +425,13 @@ mod tests {
     #[test]
     fn bodies_pass_untouched_except_chat_streams_without_include_usage() {
         let body = Bytes::from_static(br#"{"model":"gpt-4o","input":"hi","unknown_field":[1,2]}"#);
-        let p = run(Endpoint::Responses, body.clone(), None).unwrap();
+        let p = plain(Endpoint::Responses, body.clone(), None).unwrap();
         assert_eq!(p.body, body);
         assert_eq!(p.model.as_deref(), Some("gpt-4o"));
         assert!(!p.stream);
 
         let chat = Bytes::from_static(br#"{ "model":"gpt-4o-mini","stream":true,"messages":[]}"#);
-        let p = run(Endpoint::ChatCompletions, chat, None).unwrap();
+        let p = plain(Endpoint::ChatCompletions, chat, None).unwrap();
         assert!(p.stream && p.strip_stream_usage);
         assert_eq!(
             &p.body[..],
@@ -215,14 +443,14 @@ mod tests {
         let asked = Bytes::from_static(
             br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
         );
-        let p = run(Endpoint::ChatCompletions, asked.clone(), None).unwrap();
+        let p = plain(Endpoint::ChatCompletions, asked.clone(), None).unwrap();
         assert!(!p.strip_stream_usage);
         assert_eq!(p.body, asked);
 
         let other = Bytes::from_static(
             br#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[]}"#,
         );
-        let p = run(Endpoint::ChatCompletions, other, None).unwrap();
+        let p = plain(Endpoint::ChatCompletions, other, None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(
             v["stream_options"],
@@ -233,7 +461,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_refused_before_the_upstream() {
-        let e = run(
+        let e = plain(
             Endpoint::Responses,
             Bytes::from_static(b"{\"model\": "),
             None,

@@ -152,6 +152,7 @@ pub async fn serve(
         }
         None => (Arc::new(Limits::default()), None, None),
     };
+    limits.set_models(crate::models::ModelRules::with_aliases(&config.aliases));
     let limits_version = limits::load(&limits, &store).await?;
     let limits_watcher = tokio::spawn(limits::watch(
         limits.clone(),
