@@ -207,11 +207,13 @@ async fn a_viewer_reads_but_cannot_change_and_a_member_reads_only_its_own_usage(
             assert_eq!(s, 403, "viewer {method} {path}: {v}");
             assert_eq!(v["error"]["code"], "permission_denied");
         }
-        // Members read usage (their own) and the limits, caps and budgets they are under.
+        // Members read usage (their own) and the limits, caps, budgets and model rules
+        // they are under.
         let member_reads = path.starts_with("/admin/v1/usage")
             || (*method == "get"
-                && ["/admin/v1/limits", "/admin/v1/caps", "/admin/v1/budgets"]
-                    .contains(&path.as_str()));
+                && (["/admin/v1/limits", "/admin/v1/caps", "/admin/v1/budgets"]
+                    .contains(&path.as_str())
+                    || path.starts_with("/admin/v1/models/")));
         if member_reads {
             assert_eq!(ms, 200, "member {path}: {mv}");
         } else {
