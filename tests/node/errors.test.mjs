@@ -71,6 +71,18 @@ for (const targetName of TARGETS) {
 
     test('BadRequestError for response_format on /v1/responses', async () => {
       // Plain JS passes the field through; TypeScript would reject it at compile time.
+      if (target.name === 'gateway') {
+        // The gateway moves it to text.format (preflight.response_format_on_responses) and says so.
+        const { data, response } = await client.responses
+          .create({ model: MODEL, input: 'hi', response_format: { type: 'json_object' } })
+          .withResponse();
+        assert.match(response.headers.get('x-tollgate-warning'), /text\.format/);
+        assert.equal(data.status, 'completed');
+        const [sent] = await sim.recorded('/v1/responses');
+        assert.equal(sent.body.response_format, undefined);
+        assert.deepEqual(sent.body.text.format, { type: 'json_object' });
+        return;
+      }
       const err = await rejection(
         client.responses.create({ model: MODEL, input: 'hi', response_format: { type: 'json_object' } }),
         BadRequestError,
