@@ -7,6 +7,8 @@
 //! cache's `keys.refresh_interval_ms`) and swaps in the new set when it moves, so a
 //! change made with the CLI or the admin API takes effect within that interval,
 //! without a restart. With none stored, a request costs one check of an empty set.
+//! The model rules (aliases and access lists, see `models`) change with the same
+//! counter and are reloaded with them.
 //!
 //! Buckets: one per rule and dimension (requests, tokens), with capacity the
 //! per-minute limit, refilled continuously at limit/60 s. A bucket's level may go
