@@ -90,6 +90,9 @@ pub struct Preflight {
     pub has_schemas: bool,
     /// The body has a top-level `response_format`.
     pub has_response_format: bool,
+    /// A digest of the endpoint and the raw `text`, `response_format` and `tools`
+    /// members, when `has_schemas`: the schema stage skips parts it already checked.
+    pub schema_digest: Option<u64>,
     /// Headers tollgate adds to the answer (`x-tollgate-model`, `x-tollgate-warning`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// For `GET /v1/models`: the caller's access lists, to filter the upstream's list.
@@ -173,6 +176,15 @@ pub fn run(
     );
     let has_response_format = peek.response_format.is_some_and(|v| v.get() != "null");
     let has_schemas = peek.text.is_some() || peek.tools.is_some() || has_response_format;
+    let schema_digest = has_schemas.then(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        endpoint.label().hash(&mut h);
+        for part in [peek.text, peek.response_format, peek.tools] {
+            part.map(RawValue::get).hash(&mut h);
+        }
+        h.finish()
+    });
     let stream = peek
         .stream
         .as_ref()
@@ -206,6 +218,7 @@ pub fn run(
         max_output,
         has_schemas,
         has_response_format,
+        schema_digest,
         headers,
         list_filter: None,
     })

@@ -19,12 +19,16 @@
 //! `x-tollgate-warning` header saying so (`preflight.response_format_on_responses`).
 //!
 //! Only requests that have `text`, `response_format` or `tools` (preflight notes it in
-//! its single parse) are parsed again here.
+//! its single parse) are parsed again here, and only once per distinct set of them: the
+//! digests of sets found valid are kept ([`Checked`], bounded), so a client sending the
+//! same tools with every request pays for one check.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -40,11 +44,35 @@ const TRANSLATED: &str = "response_format is not a Responses API parameter; toll
 /// Errors reported per schema, at most (the first few say enough).
 const MAX_ERRORS: usize = 3;
 
+/// Digests kept at most; the set is emptied when full (a cache, not a record).
+const CHECKED_MAX: usize = 4096;
+
+/// Digests of request schema parts already checked and found valid.
+#[derive(Debug, Default)]
+pub struct Checked {
+    seen: Mutex<HashSet<u64>>,
+}
+
+impl Checked {
+    fn contains(&self, digest: u64) -> bool {
+        self.seen.lock().contains(&digest)
+    }
+
+    fn insert(&self, digest: u64) {
+        let mut seen = self.seen.lock();
+        if seen.len() >= CHECKED_MAX {
+            seen.clear();
+        }
+        seen.insert(digest);
+    }
+}
+
 /// Translates `response_format` on Responses and checks every schema of the request.
 pub fn run(
     config: &PreflightConfig,
     endpoint: Endpoint,
     mut preflight: Preflight,
+    checked: &Checked,
 ) -> Result<Preflight, GatewayError> {
     if endpoint == Endpoint::Responses && preflight.has_response_format {
         match config.response_format_on_responses {
@@ -61,6 +89,8 @@ pub fn run(
             }
             ResponseFormatMode::Translate => {
                 preflight.body = translate_response_format(&preflight.body)?;
+                // The digest was of the body as sent.
+                preflight.schema_digest = None;
                 preflight.headers.push((
                     HeaderName::from_static("x-tollgate-warning"),
                     HeaderValue::from_static(TRANSLATED),
@@ -69,7 +99,15 @@ pub fn run(
         }
     }
     if config.schemas && preflight.has_schemas {
-        check(endpoint, &preflight.body)?;
+        match preflight.schema_digest {
+            Some(d) if checked.contains(d) => {}
+            digest => {
+                check(endpoint, &preflight.body)?;
+                if let Some(d) = digest {
+                    checked.insert(d);
+                }
+            }
+        }
     }
     Ok(preflight)
 }
@@ -485,7 +523,13 @@ mod tests {
             ..Preflight::default()
         };
         let body = br#"{"response_format":{"type":"json_object"}}"#;
-        let p = run(&PreflightConfig::default(), Endpoint::Responses, pre(body)).unwrap();
+        let p = run(
+            &PreflightConfig::default(),
+            Endpoint::Responses,
+            pre(body),
+            &Checked::default(),
+        )
+        .unwrap();
         assert_eq!(p.headers[0].0, "x-tollgate-warning");
         assert!(p.body.starts_with(br#"{"text""#));
         // Chat keeps its response_format.
@@ -493,6 +537,7 @@ mod tests {
             &PreflightConfig::default(),
             Endpoint::ChatCompletions,
             pre(body),
+            &Checked::default(),
         )
         .unwrap();
         assert_eq!(&p.body[..], body);
@@ -500,7 +545,58 @@ mod tests {
             response_format_on_responses: ResponseFormatMode::Reject,
             ..PreflightConfig::default()
         };
-        let e = run(&reject, Endpoint::Responses, pre(body)).unwrap_err();
+        let e = run(&reject, Endpoint::Responses, pre(body), &Checked::default()).unwrap_err();
         assert_eq!(e.code(), Some("unsupported_parameter"));
+    }
+
+    #[test]
+    fn a_set_of_schemas_found_valid_is_not_checked_again() {
+        let checked = Checked::default();
+        let valid = Preflight {
+            body: Bytes::from_static(
+                br#"{"tools":[{"type":"function","name":"f","parameters":{"type":"object"}}]}"#,
+            ),
+            has_schemas: true,
+            schema_digest: Some(7),
+            ..Preflight::default()
+        };
+        run(
+            &PreflightConfig::default(),
+            Endpoint::Responses,
+            valid,
+            &checked,
+        )
+        .unwrap();
+        // The same digest is taken as checked (the body here would fail a check)...
+        let invalid = |digest| Preflight {
+            body: Bytes::from_static(
+                br#"{"tools":[{"type":"function","name":"f","parameters":{"type":"objekt"}}]}"#,
+            ),
+            has_schemas: true,
+            schema_digest: Some(digest),
+            ..Preflight::default()
+        };
+        assert!(run(
+            &PreflightConfig::default(),
+            Endpoint::Responses,
+            invalid(7),
+            &checked
+        )
+        .is_ok());
+        // ... another is checked, and an invalid one is not remembered.
+        assert!(run(
+            &PreflightConfig::default(),
+            Endpoint::Responses,
+            invalid(8),
+            &checked
+        )
+        .is_err());
+        assert!(run(
+            &PreflightConfig::default(),
+            Endpoint::Responses,
+            invalid(8),
+            &checked
+        )
+        .is_err());
     }
 }

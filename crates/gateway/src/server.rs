@@ -66,6 +66,8 @@ pub struct Gateway {
     pub lanes: Lanes,
     /// What is known of the upstream's capacity (adaptive throttling).
     pub throttle: Throttle,
+    /// Request schemas already checked (preflight's `schema` stage).
+    pub schemas: crate::schema::Checked,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -208,6 +210,7 @@ pub async fn serve(
         budgets,
         lanes: Lanes::new(lanes),
         throttle: Throttle::new(adaptive_threshold),
+        schemas: crate::schema::Checked::default(),
     });
 
     let app = router(gateway);
