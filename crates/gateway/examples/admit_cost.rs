@@ -24,6 +24,7 @@ fn main() {
         stream: false,
         strip_stream_usage: false,
         body: Bytes::from(body),
+        ..Preflight::default()
     };
     let principal = Principal {
         key_id: "key_1".into(),
