@@ -61,6 +61,9 @@ fn start_demo(data: &Path) -> (Child, String, String) {
         banner.contains(&format!("base_url=\"http://{addr}/v1\"")),
         "{banner}"
     );
+    // Keep reading what the server prints, so it never writes into a closed pipe (a
+    // print to a closed stdout panics the server).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, addr, key)
 }
 
