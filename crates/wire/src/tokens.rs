@@ -207,6 +207,44 @@ impl CountCache {
     }
 }
 
+/// A visitor's answers for JSON's scalars: `null`, a boolean, a number.
+macro_rules! scalars {
+    (null: $null:expr, bool: $bool:expr, number: $number:expr) => {
+        fn visit_unit<E>(self) -> Result<usize, E> {
+            Ok($null)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+            Ok($bool)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+            Ok($number)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+            Ok($number)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+            Ok($number)
+        }
+    };
+}
+
+/// A visitor that is also its own seed, taking any JSON value.
+macro_rules! seed_any {
+    ($visitor:ty) => {
+        impl<'de> DeserializeSeed<'de> for $visitor {
+            type Value = usize;
+
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// The request body: the members that carry input, every other one skipped unread.
 struct Body {
     enc: Encoding,
@@ -283,13 +321,7 @@ struct Items {
     enc: Encoding,
 }
 
-impl<'de> DeserializeSeed<'de> for Items {
-    type Value = usize;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_any!(Items);
 
 impl<'de> Visitor<'de> for Items {
     type Value = usize;
@@ -314,25 +346,7 @@ impl<'de> Visitor<'de> for Items {
         Ignore.visit_map(map)
     }
 
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        Ok(0)
-    }
+    scalars!(null: 0, bool: 0, number: 0);
 }
 
 /// One element of an `input` or `messages` array.
@@ -340,13 +354,7 @@ struct Item {
     enc: Encoding,
 }
 
-impl<'de> DeserializeSeed<'de> for Item {
-    type Value = usize;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_any!(Item);
 
 impl<'de> Visitor<'de> for Item {
     type Value = usize;
@@ -357,18 +365,6 @@ impl<'de> Visitor<'de> for Item {
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<usize, E> {
         Ok(self.enc.count(s))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        Ok(1)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        Ok(1)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        Ok(1)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut ids: A) -> Result<usize, A::Error> {
@@ -387,13 +383,7 @@ impl<'de> Visitor<'de> for Item {
         Ok(PER_MESSAGE + text.visit_map(map)?)
     }
 
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(PER_MESSAGE)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(PER_MESSAGE)
-    }
+    scalars!(null: PER_MESSAGE, bool: PER_MESSAGE, number: 1);
 }
 
 /// Tokens of every text string inside a value (and of a message's role), skipping
@@ -414,13 +404,7 @@ enum Mode {
     Instructions,
 }
 
-impl<'de> DeserializeSeed<'de> for Text {
-    type Value = usize;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_any!(Text);
 
 impl<'de> Visitor<'de> for Text {
     type Value = usize;
@@ -469,25 +453,7 @@ impl<'de> Visitor<'de> for Text {
         Ok(n)
     }
 
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        Ok(0)
-    }
+    scalars!(null: 0, bool: 0, number: 0);
 }
 
 /// What a member of an input item is to the estimate.
@@ -523,13 +489,7 @@ struct Json {
     enc: Encoding,
 }
 
-impl<'de> DeserializeSeed<'de> for Json {
-    type Value = usize;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_any!(Json);
 
 impl<'de> Visitor<'de> for Json {
     type Value = usize;
@@ -558,25 +518,7 @@ impl<'de> Visitor<'de> for Json {
         Ok(n)
     }
 
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(1)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        Ok(1)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        Ok(1)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        Ok(1)
-    }
+    scalars!(null: 0, bool: 1, number: 1);
 }
 
 /// Consumes a value and counts nothing.
