@@ -4,40 +4,11 @@
 //! message, a non-zero exit and no change.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
 use serde_json::Value;
+use support::{fails, json, tollgate};
 use tollgate_store::{BudgetPeriod, Store, UsageRecord};
-
-fn tollgate(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .env("TOLLGATE_DATA_DIR", dir)
-        .env("USER", "alice")
-        .env_remove("TOLLGATE_DATABASE_URL")
-        .env_remove("TOLLGATE_CONFIG")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = tollgate(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn fails(dir: &Path, args: &[&str], needle: &str) {
-    let out = tollgate(dir, args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(needle), "{args:?}: {err}");
-}
 
 fn now_ms() -> i64 {
     let ms = std::time::SystemTime::now()
