@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::anomaly::AnomalyConfig;
 use crate::budgets::BudgetsConfig;
 use crate::catalog::{self, Catalog, RawModel};
+use crate::fallback_config::{
+    RawBreaker, RawNamedUpstream, RawOffline, RawResilience, RawTarget, ResilienceConfig,
+};
 use crate::secret::SecretRef;
 
 /// The `database_url` schemes the store opens: SQLite, or a PostgreSQL database that
@@ -60,6 +63,16 @@ pub struct RawConfig {
     pub aliases: BTreeMap<String, String>,
     #[serde(default)]
     pub preflight: RawPreflight,
+    /// `[[upstreams]]`: upstreams besides `[upstream]` that fallback chains may name.
+    #[serde(default)]
+    pub upstreams: Vec<RawNamedUpstream>,
+    /// `[fallbacks]`: `model-or-alias = [{ model = "…", upstream = "…" }, …]`.
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, Vec<RawTarget>>,
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
+    #[serde(default)]
+    pub offline: RawOffline,
 }
 
 /// `[preflight]`: checks made before a request costs anything.
@@ -107,6 +120,9 @@ impl Default for PreflightConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// Its name in fallback chains, `x-tollgate-served-by` and metrics (default
+    /// `primary`).
+    pub name: Option<String>,
     /// Base URL including `/v1` (default `https://api.openai.com/v1`).
     pub url: Option<String>,
     /// Secret reference of the provider key (default `env:OPENAI_API_KEY`).
@@ -257,6 +273,8 @@ pub struct Config {
     /// Gateway-wide aliases: the built-in ones with `[aliases]` over them.
     pub aliases: BTreeMap<String, String>,
     pub preflight: PreflightConfig,
+    /// `[[upstreams]]`, `[fallbacks]`, `[circuit_breaker]`, `[offline]`.
+    pub resilience: ResilienceConfig,
 }
 
 /// Where rate-limit counters live, and what to do while that is unreachable.
@@ -318,6 +336,8 @@ pub enum OnFailure {
 /// Where and how to call the upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// Its name in fallback chains (`upstream.name`, default `primary`).
+    pub name: String,
     /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub url: String,
     pub api_key: SecretRef,
@@ -577,6 +597,38 @@ impl TryFrom<RawConfig> for Config {
         }
 
         check_aliases(&raw.aliases, &catalog, &mut errors);
+        let primary_name = raw
+            .upstream
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::fallback_config::DEFAULT_PRIMARY.into());
+        if let Some(problem) = crate::fallback_config::name_problem(&primary_name) {
+            errors.push(ConfigError {
+                path: "upstream.name".into(),
+                message: problem,
+            });
+        }
+        let upstream = UpstreamConfig {
+            name: primary_name,
+            url,
+            api_key,
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            max_retries,
+            retry_base: Duration::from_millis(retry_base_ms),
+            ca_pem,
+            adaptive_threshold,
+        };
+        let resilience = crate::fallback_config::resilience_config(
+            RawResilience {
+                upstreams: &raw.upstreams,
+                fallbacks: &raw.fallbacks,
+                breaker: &raw.circuit_breaker,
+                offline: &raw.offline,
+            },
+            &upstream,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -593,16 +645,7 @@ impl TryFrom<RawConfig> for Config {
             listen,
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data")),
             database_url: raw.database_url,
-            upstream: UpstreamConfig {
-                url,
-                api_key,
-                connect_timeout: Duration::from_millis(connect_timeout_ms),
-                timeout: Duration::from_millis(timeout_ms),
-                max_retries,
-                retry_base: Duration::from_millis(retry_base_ms),
-                ca_pem,
-                adaptive_threshold,
-            },
+            upstream,
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             header_timeout: Duration::from_millis(header_ms),
             body_timeout: Duration::from_millis(body_ms),
@@ -621,6 +664,7 @@ impl TryFrom<RawConfig> for Config {
             redis,
             aliases,
             preflight,
+            resilience,
         })
     }
 }

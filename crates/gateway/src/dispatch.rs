@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use tollgate_client::{ByteStream, Error as ClientError, RawResponse};
+use tollgate_client::{ByteStream, Client, Error as ClientError, RawResponse};
 
 use crate::account::{self, StreamTap};
 use crate::error::GatewayError;
@@ -71,6 +71,31 @@ pub async fn run(
     parts: &Parts,
     preflight: &Preflight,
 ) -> Result<Reply, GatewayError> {
+    let client = primary_client(upstream, principal)?;
+    send(&client, parts, preflight).await
+}
+
+/// The client of the primary upstream for this caller: its project/environment
+/// credential if one was chosen, else the global one.
+pub fn primary_client(upstream: &Upstream, principal: &Principal) -> Result<Client, GatewayError> {
+    // The caller's project/environment credential, resolved when the key cache
+    // loaded; an unreadable one refuses the call before anything goes upstream.
+    upstream.client_for(principal).inspect_err(|_| {
+        tracing::warn!(
+            project = %principal.project,
+            env = %principal.env,
+            reference = principal.upstream_ref.as_deref().unwrap_or("-"),
+            "provider credential unavailable for this call"
+        );
+    })
+}
+
+/// Sends the request through `client` (with its retries) and returns the answer.
+pub async fn send(
+    client: &Client,
+    parts: &Parts,
+    preflight: &Preflight,
+) -> Result<Reply, GatewayError> {
     let mut headers = parts.headers.clone();
     for name in &DROP_REQUEST {
         headers.remove(name);
@@ -92,16 +117,6 @@ pub async fn run(
         .map_or(parts.uri.path(), |p| p.as_str());
     // The upstream base URL already ends in /v1.
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    // The caller's project/environment credential, resolved when the key cache
-    // loaded; an unreadable one refuses the call before anything goes upstream.
-    let client = upstream.client_for(principal).inspect_err(|_| {
-        tracing::warn!(
-            project = %principal.project,
-            env = %principal.env,
-            reference = principal.upstream_ref.as_deref().unwrap_or("-"),
-            "provider credential unavailable for this call"
-        );
-    })?;
     client
         .raw(parts.method.clone(), path, headers, preflight.body.clone())
         .await

@@ -83,6 +83,13 @@ pub enum GatewayError {
     /// `redis.on_failure = "closed"`.
     #[error("rate-limit store unreachable")]
     LimiterUnavailable,
+    /// Every target of a fallback chain was skipped without a call: their circuit
+    /// breakers are open. `retry_after_ms`: until the first of them probes again.
+    #[error("every upstream's circuit is open")]
+    UpstreamUnavailable {
+        upstreams: Vec<String>,
+        retry_after_ms: u64,
+    },
     /// A spend budget has no room for the request's worst-case cost (`budgets`).
     #[error("spend budget exhausted")]
     BudgetExceeded(Box<BudgetRefusal>),
@@ -181,9 +188,9 @@ impl GatewayError {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::CredentialUnavailable { .. } | Self::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::CredentialUnavailable { .. }
+            | Self::LimiterUnavailable
+            | Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) | Self::BudgetExceeded(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -204,7 +211,8 @@ impl GatewayError {
             }
             Self::NotReady { .. }
             | Self::CredentialUnavailable { .. }
-            | Self::LimiterUnavailable => "service_unavailable_error",
+            | Self::LimiterUnavailable
+            | Self::UpstreamUnavailable { .. } => "service_unavailable_error",
             Self::RateLimited(r) => r.dimension.openai_type(),
             Self::RequestExceedsLimit(_) => Dimension::Tokens.openai_type(),
             Self::BudgetExceeded(_) => "insufficient_quota",
@@ -236,6 +244,7 @@ impl GatewayError {
             Self::BudgetExceeded(_) => Some("insufficient_quota"),
             Self::UnpricedModel { .. } => Some("model_not_priced"),
             Self::LimiterUnavailable => Some("limiter_unavailable"),
+            Self::UpstreamUnavailable { .. } => Some("upstream_unavailable"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::ContextLengthExceeded(_) => Some("context_length_exceeded"),
             Self::InvalidParameter { code, .. } => Some(code),
@@ -282,6 +291,7 @@ impl GatewayError {
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::UnpricedModel { .. } => "model_not_priced",
             Self::LimiterUnavailable => "limiter_unavailable",
+            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::ContextLengthExceeded(_) => "context_length_exceeded",
             Self::InvalidParameter { .. } => "invalid_parameter",
@@ -297,6 +307,7 @@ impl GatewayError {
                 | Self::NotReady { .. }
                 | Self::RateLimited(_)
                 | Self::LimiterUnavailable
+                | Self::UpstreamUnavailable { .. }
         )
     }
 
@@ -437,6 +448,16 @@ impl GatewayError {
                 \"closed\"). Retry shortly; an operator can check Redis or set \
                 redis.on_failure to \"local\"."
                 .into(),
+            Self::UpstreamUnavailable {
+                upstreams,
+                retry_after_ms,
+            } => format!(
+                "Every upstream that could serve this request is unavailable: the circuit \
+                 breaker is open for {} after repeated failures, so the request was not sent. \
+                 The next probe goes through in about {} s; retry then.",
+                upstreams.join(", "),
+                retry_after_ms.div_ceil(1000).max(1)
+            ),
             Self::ModelNotFound {
                 model,
                 served,
@@ -519,6 +540,13 @@ impl IntoResponse for GatewayError {
 /// A rate-limit refusal's headers: the six `x-ratelimit-*`, and on a retryable one
 /// `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the exact wait).
 fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
+    if let GatewayError::UpstreamUnavailable { retry_after_ms, .. } = e {
+        let secs = retry_after_ms.div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            headers.insert(ratelimit::RETRY_AFTER, v);
+        }
+        return;
+    }
     let (info, wait) = match e {
         GatewayError::RateLimited(r) => (&r.headers, Some(r.retry_after)),
         GatewayError::RequestExceedsLimit(r) => (&r.headers, None),
@@ -760,6 +788,15 @@ mod tests {
                 503,
                 "service_unavailable_error",
                 Some("limiter_unavailable"),
+            ),
+            (
+                GatewayError::UpstreamUnavailable {
+                    upstreams: vec!["primary".into()],
+                    retry_after_ms: 1_500,
+                },
+                503,
+                "service_unavailable_error",
+                Some("upstream_unavailable"),
             ),
             (
                 GatewayError::ModelNotFound {

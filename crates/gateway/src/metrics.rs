@@ -22,6 +22,7 @@ use http::StatusCode;
 use tollgate_store::BudgetPeriod;
 
 use crate::anomaly::AnomalyKind;
+use crate::breaker::Circuit;
 use crate::budgets::PERIODS;
 use crate::server::Gateway;
 
@@ -127,6 +128,43 @@ pub fn render(gw: &Gateway) -> String {
         "tollgate_upstream_paced_total",
         "Batch requests held back because the upstream's remaining capacity was below upstream.adaptive_threshold.",
         &[(vec![], gw.throttle.paced_total())],
+    );
+    let breakers: Vec<_> = gw.fallbacks.breakers.all().collect();
+    out.gauge(
+        "tollgate_upstream_breaker_open",
+        "1 while the upstream's circuit breaker is open or half-open (calls with an alternative skip it), 0 while closed.",
+        &breakers
+            .iter()
+            .map(|b| {
+                let open = b.circuit() != Circuit::Closed;
+                (vec![("upstream", b.name())], u64::from(open))
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.counter(
+        "tollgate_upstream_breaker_transitions_total",
+        "Circuit breaker state changes, by upstream and the state entered.",
+        &breakers
+            .iter()
+            .flat_map(|b| {
+                [Circuit::Open, Circuit::HalfOpen, Circuit::Closed].map(|c| {
+                    (
+                        vec![("upstream", b.name()), ("state", c.as_str())],
+                        b.transitions(c),
+                    )
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+    out.counter(
+        "tollgate_fallback_served_total",
+        "Answers served by a fallback target after the call's own target failed.",
+        &[(vec![], gw.fallbacks.fell_back_total())],
+    );
+    out.counter(
+        "tollgate_offline_answers_total",
+        "Offline answers given because every target of a call failed.",
+        &[(vec![], gw.fallbacks.offline_total())],
     );
     out.gauge(
         "tollgate_keys_cached",

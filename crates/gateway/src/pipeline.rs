@@ -17,6 +17,7 @@
 //! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
+//! |   | (fallbacks)  | `fallback`, `breaker`, `offline` | 503 `upstream_unavailable` (every circuit open); an offline answer |
 //! | 8 | account      | `account`        | —                                  |
 //! | 9 | record       | `record`         | —                                  |
 //!
@@ -39,8 +40,8 @@ use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
 use crate::{
-    accept, authenticate, budgets, cache, caps, context, dispatch, lanes, moderate, preflight,
-    schema,
+    accept, authenticate, budgets, cache, caps, context, dispatch, fallback, lanes, moderate,
+    preflight, schema,
 };
 
 /// The handler for every path but the health endpoints.
@@ -99,7 +100,8 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
 enum Outcome {
     /// The upstream answered; relay it (stages 8 and 9 run as it is relayed).
     Upstream(Preflight, Box<dispatch::Reply>),
-    /// Answered without the upstream (the cache stage, once it exists).
+    /// Answered without the upstream (the cache stage, once it exists; an offline
+    /// answer).
     Served(Response),
 }
 
@@ -177,7 +179,8 @@ async fn stages(
     let deadline = tokio::time::Instant::from_std(guard.started()) + gw.lanes.max_wait();
     let model = preflight.model.as_deref();
     let flight = gw.throttle.pace(&principal, model, lane, deadline).await;
-    let reply = dispatch::run(&gw.upstream, &principal, &parts, &preflight).await?;
-    gw.throttle.land(flight, &principal, &reply, guard.record());
-    Ok(Outcome::Upstream(preflight, Box::new(reply)))
+    match fallback::run(gw, endpoint, &principal, &parts, preflight, guard, flight).await? {
+        fallback::Served::Upstream(preflight, reply) => Ok(Outcome::Upstream(preflight, reply)),
+        fallback::Served::Answered(res) => Ok(Outcome::Served(res)),
+    }
 }

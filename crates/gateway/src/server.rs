@@ -68,6 +68,8 @@ pub struct Gateway {
     pub throttle: Throttle,
     /// Request schemas already checked (preflight's `schema` stage).
     pub schemas: crate::schema::Checked,
+    /// Named upstreams, fallback chains, circuit breakers, offline answers.
+    pub fallbacks: crate::fallback::Fallbacks,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -130,6 +132,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<ServeReport, crate::StartError> {
     let upstream = Upstream::new(&config.upstream, provider_key)?;
+    let fallbacks = crate::fallback::Fallbacks::start(&config)?;
     let keys = Arc::new(KeyCache::with_upstream(upstream.clone()));
     let version = keys::load(&keys, &store).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -211,6 +214,7 @@ pub async fn serve(
         lanes: Lanes::new(lanes),
         throttle: Throttle::new(adaptive_threshold),
         schemas: crate::schema::Checked::default(),
+        fallbacks,
     });
 
     let app = router(gateway);

@@ -679,6 +679,11 @@ pub struct UsageRecord {
     pub upstream_remaining_requests: Option<u64>,
     /// The upstream's `x-ratelimit-remaining-tokens` on its answer, if it sent one.
     pub upstream_remaining_tokens: Option<u64>,
+    /// The fallback target whose answer was relayed, as `<upstream>/<model>`, or
+    /// `offline` for a configured offline answer (`None`: no target was reached).
+    pub served_by: Option<String>,
+    /// Targets that failed, or were skipped with their circuit open, before it.
+    pub fallbacks: u32,
 }
 
 /// How `usage` totals are grouped.

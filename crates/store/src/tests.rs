@@ -145,6 +145,7 @@ both_backends!(
     a_soft_threshold_notice_is_claimed_once_per_period,
     a_keys_lane_is_created_changed_audited_and_inherited,
     usage_records_carry_their_lane_and_the_upstreams_remaining_capacity,
+    usage_records_keep_which_fallback_target_served,
     model_aliases_and_access_lists_are_set_listed_cleared_and_audited,
 );
 
@@ -1974,6 +1975,41 @@ async fn usage_records_carry_their_lane_and_the_upstreams_remaining_capacity(db:
     assert_eq!(strip(pick("req_1")), batch);
     assert_eq!(strip(pick("req_2")), interactive);
     assert_eq!(strip(pick("req_3")), refused);
+}
+
+async fn usage_records_keep_which_fallback_target_served(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let fell_back = UsageRecord {
+        served_by: Some("backup/gpt-4o-mini".into()),
+        fallbacks: 2,
+        ..usage("req_1", "key_1", "gpt-4o", 10, 5, 1_000)
+    };
+    let offline = UsageRecord {
+        served_by: Some("offline".into()),
+        fallbacks: 3,
+        ..usage("req_2", "key_1", "gpt-4o", 0, 0, 1_001)
+    };
+    let refused = usage("req_3", "key_1", "gpt-4o", 0, 0, 1_002);
+    store
+        .insert_usage(&[fell_back.clone(), offline.clone(), refused.clone()])
+        .await
+        .unwrap();
+    let back = store.usage_records(0).await.unwrap();
+    let pick = |id: &str| back.iter().find(|r| r.request_id == id).unwrap().clone();
+    let strip = |r: UsageRecord| UsageRecord {
+        cost_usd_nanos: None,
+        ..r
+    };
+    assert_eq!(strip(pick("req_1")), fell_back);
+    assert_eq!(strip(pick("req_2")), offline);
+    assert_eq!(strip(pick("req_3")), refused);
+    assert_eq!(pick("req_3").served_by, None);
+    assert_eq!(pick("req_3").fallbacks, 0);
 }
 
 async fn model_aliases_and_access_lists_are_set_listed_cleared_and_audited(db: &TestDb) {

@@ -167,3 +167,38 @@ where
     }
     None
 }
+
+/// Another simulator (a second upstream) that accepts only `key`.
+pub async fn spawn_sim(key: &str) -> SimHandle {
+    spawn(SimConfig {
+        api_keys: Some(vec![key.to_owned()]),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Queues a fault on `sim` (the body of `POST /_sim/faults`).
+pub async fn sim_fault(sim: &SimHandle, fault: serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.root_url()))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{fault}");
+}
+
+/// Clears the faults queued on `sim`.
+pub async fn sim_clear_faults(sim: &SimHandle) {
+    reqwest::Client::new()
+        .delete(format!("{}/_sim/faults", sim.root_url()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// How many `/v1` requests `sim` has received.
+pub fn sim_calls(sim: &SimHandle) -> usize {
+    sim.state().requests().len()
+}

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0007_budgets.sql"),
     include_str!("0008_lanes.sql"),
     include_str!("0009_model_rules.sql"),
+    include_str!("0010_fallbacks.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do
@@ -1119,7 +1120,7 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
     Ok(())
 }
 
-/// Rows per INSERT statement: 26 columns each stays well under PostgreSQL's limit of
+/// Rows per INSERT statement: 28 columns each stays well under PostgreSQL's limit of
 /// 65 535 bound parameters.
 const USAGE_ROWS_PER_INSERT: usize = 256;
 
@@ -1135,7 +1136,7 @@ async fn insert_usage_rows(
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
              output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
              client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos, \
-             lane, upstream_remaining_requests, upstream_remaining_tokens) ",
+             lane, upstream_remaining_requests, upstream_remaining_tokens, served_by, fallbacks) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
@@ -1163,7 +1164,9 @@ async fn insert_usage_rows(
                 .push_bind(r.cost_usd_nanos.map(to_i64))
                 .push_bind(r.lane.map(Lane::as_str))
                 .push_bind(r.upstream_remaining_requests.map(to_i64))
-                .push_bind(r.upstream_remaining_tokens.map(to_i64));
+                .push_bind(r.upstream_remaining_tokens.map(to_i64))
+                .push_bind(r.served_by.clone())
+                .push_bind(i64::from(r.fallbacks));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
@@ -1231,6 +1234,8 @@ fn usage_from_row(r: &PgRow) -> Result<UsageRecord> {
             .map_err(StoreError::Invalid)?,
         upstream_remaining_requests: get_opt_u64(r, "upstream_remaining_requests")?,
         upstream_remaining_tokens: get_opt_u64(r, "upstream_remaining_tokens")?,
+        served_by: r.try_get("served_by")?,
+        fallbacks: u32::try_from(r.try_get::<i64, _>("fallbacks")?).unwrap_or(0),
     })
 }
 

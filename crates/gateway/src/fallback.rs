@@ -1,0 +1,424 @@
+//! Stage 7, dispatch, along a fallback chain: which targets a call may go to, in
+//! order, and what the caller gets when they all fail.
+//!
+//! A call's chain starts with its own target — the primary upstream with the model as
+//! resolved — followed by the `[fallbacks]` entry of the model **as the caller named
+//! it** (an alias), or else of the model it resolved to. Each target is an upstream
+//! (by name) and a model; the body's `model` is rewritten for a target with another
+//! model. Targets whose model the caller's access lists refuse are left out.
+//!
+//! The next target is tried when one answers, after the client's own retries, with
+//! 429 or any 5xx, or does not answer in time or at all. Other 4xx answers are the
+//! request's fault and are relayed at once. All of this happens before the first
+//! byte reaches the caller (`dispatch::send` returns once the answer's head arrived),
+//! so a stream is never switched midway.
+//!
+//! Each upstream has a circuit breaker (`breaker`); a call with an alternative skips a
+//! target whose circuit is open. When every target failed:
+//! 1. a cached answer, once the response cache exists ([`cached_answer`]);
+//! 2. the project's offline answer (`offline`), for Responses and Chat;
+//! 3. the last target's own answer, as it was (status and body), or when no target
+//!    was called at all (every circuit open), 503 `upstream_unavailable`.
+//!
+//! Every answer that went to an upstream says which target it came from in
+//! `x-tollgate-served-by: <upstream>/<model>`, and the usage record keeps it
+//! (`served_by`, `fallbacks`); cost and budgets settle from the model that served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode};
+use tokio::time::Instant;
+use tollgate_client::Client;
+
+use crate::breaker::{Admit, Breakers};
+use crate::config::Config;
+use crate::dispatch::{self, Reply};
+use crate::error::GatewayError;
+use crate::fallback_config::{OfflineConfig, TargetConfig, OFFLINE};
+use crate::keys::Principal;
+use crate::preflight::{Endpoint, Preflight};
+use crate::record::RecordGuard;
+use crate::server::Gateway;
+use crate::throttle::Flight;
+use crate::upstream::Upstream;
+
+const SERVED_BY: HeaderName = HeaderName::from_static("x-tollgate-served-by");
+const MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
+
+/// The named upstreams, chains, breakers and offline answers of a running gateway.
+#[derive(Debug)]
+pub struct Fallbacks {
+    primary: String,
+    /// Clients of the `[[upstreams]]`, by name (the primary's are in `Upstream`).
+    clients: HashMap<String, Client>,
+    chains: BTreeMap<String, Vec<TargetConfig>>,
+    pub breakers: Breakers,
+    offline: OfflineConfig,
+    /// Answers served by a target other than the call's first.
+    fell_back: AtomicU64,
+    /// Offline answers given.
+    offline_answers: AtomicU64,
+}
+
+/// How stage 7 ended.
+pub enum Served {
+    /// An upstream's answer to relay, with the preflight of the target it came from.
+    Upstream(Preflight, Box<Reply>),
+    /// An answer made here (offline).
+    Answered(Response),
+}
+
+/// One target of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    upstream: String,
+    model: Option<String>,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        match &self.model {
+            Some(m) => format!("{}/{m}", self.upstream),
+            None => self.upstream.clone(),
+        }
+    }
+}
+
+impl Fallbacks {
+    /// Resolves the `[[upstreams]]`' keys (blocking: files, commands; start-up only)
+    /// and builds their clients.
+    pub fn start(config: &Config) -> Result<Self, crate::StartError> {
+        let r = &config.resilience;
+        let mut clients = HashMap::new();
+        for u in &r.upstreams {
+            let key = u.config.api_key.resolve().map_err(|e| {
+                // The error names the reference, never the value.
+                crate::StartError::Upstream(format!(
+                    "cannot read the key of upstream {:?} from {}: {e}",
+                    u.name, u.config.api_key
+                ))
+            })?;
+            let up = Upstream::new(&u.config, key)?;
+            clients.insert(u.name.clone(), up.client().clone());
+        }
+        let mut names = vec![config.upstream.name.clone()];
+        names.extend(r.upstreams.iter().map(|u| u.name.clone()));
+        Ok(Self {
+            primary: config.upstream.name.clone(),
+            clients,
+            chains: r.fallbacks.clone(),
+            breakers: Breakers::new(&names, r.breaker),
+            offline: r.offline.clone(),
+            fell_back: AtomicU64::new(0),
+            offline_answers: AtomicU64::new(0),
+        })
+    }
+
+    /// Answers served by a fallback target.
+    pub fn fell_back_total(&self) -> u64 {
+        self.fell_back.load(Ordering::Relaxed)
+    }
+
+    /// Offline answers given.
+    pub fn offline_total(&self) -> u64 {
+        self.offline_answers.load(Ordering::Relaxed)
+    }
+
+    /// The configured chain of this call: the caller's own name first, then the
+    /// resolved model.
+    fn chain(&self, preflight: &Preflight) -> Option<&[TargetConfig]> {
+        let by = |name: Option<&str>| name.and_then(|n| self.chains.get(n));
+        by(preflight.alias.as_deref())
+            .or_else(|| by(preflight.model.as_deref()))
+            .map(Vec::as_slice)
+    }
+
+    /// The call's targets in order, the first being its own.
+    fn targets(&self, preflight: &Preflight, chain: &[TargetConfig]) -> Vec<Target> {
+        let mut out = vec![Target {
+            upstream: self.primary.clone(),
+            model: preflight.model.clone(),
+        }];
+        for t in chain {
+            let target = Target {
+                upstream: t.upstream.clone().unwrap_or_else(|| self.primary.clone()),
+                model: t.model.clone().or_else(|| preflight.model.clone()),
+            };
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
+        out
+    }
+
+    fn client(
+        &self,
+        gw: &Gateway,
+        principal: &Principal,
+        upstream: &str,
+    ) -> Result<Client, GatewayError> {
+        if upstream == self.primary {
+            return dispatch::primary_client(&gw.upstream, principal);
+        }
+        self.clients
+            .get(upstream)
+            .cloned()
+            .ok_or(GatewayError::Internal)
+    }
+}
+
+/// Whether an upstream answer with `status` sends the call to the next target.
+fn falls_back(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// Whether a failure to get any answer sends the call to the next target.
+fn error_falls_back(e: &GatewayError) -> bool {
+    matches!(
+        e,
+        GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamUnreachable { .. }
+    )
+}
+
+/// Sends the call to its targets in turn (see the module doc).
+pub async fn run(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    principal: &Principal,
+    parts: &Parts,
+    preflight: Preflight,
+    guard: &mut RecordGuard,
+    flight: Flight,
+) -> Result<Served, GatewayError> {
+    let fb = &gw.fallbacks;
+    let chain = if endpoint.has_body() {
+        fb.chain(&preflight)
+    } else {
+        None
+    };
+    let offline = match endpoint {
+        Endpoint::Responses | Endpoint::ChatCompletions => fb.offline.template(&principal.project),
+        _ => None,
+    };
+    let Some(chain) = chain.or(offline.map(|_| &[][..])) else {
+        return direct(gw, principal, parts, preflight, guard, flight).await;
+    };
+    let targets = fb.targets(&preflight, chain);
+    let rules = gw.limits.models();
+    let mut flight = Some(flight);
+    let mut last: Option<(Preflight, Result<Reply, GatewayError>, String, u32)> = None;
+    let mut skipped: Vec<(String, Instant)> = Vec::new();
+    let mut before = 0u32;
+    for (i, target) in targets.iter().enumerate() {
+        if let Some(m) = target.model.as_deref().filter(|_| i > 0) {
+            if !rules.permits(&principal.project, &principal.env, m) {
+                continue;
+            }
+        }
+        let Some(breaker) = fb.breakers.get(&target.upstream) else {
+            continue;
+        };
+        let permit = match breaker.admit() {
+            Admit::Call(p) => p,
+            Admit::Skip { until } => {
+                tracing::debug!(target = %target.label(), "circuit open: target skipped");
+                skipped.push((target.upstream.clone(), until));
+                before += 1;
+                continue;
+            }
+        };
+        let client = fb.client(gw, principal, &target.upstream)?;
+        let mut target_pf = if i == 0 {
+            preflight.clone()
+        } else {
+            retarget(&preflight, target.model.as_deref())?
+        };
+        let result = dispatch::send(&client, parts, &target_pf).await;
+        if i == 0 {
+            if let (Some(f), Ok(reply)) = (flight.take(), &result) {
+                gw.throttle.land(f, principal, reply, guard.record());
+            }
+        }
+        let failed = match &result {
+            Ok(reply) => falls_back(reply.status()),
+            Err(e) => error_falls_back(e),
+        };
+        if !failed {
+            permit.success();
+            let label = target.label();
+            if i > 0 {
+                fb.fell_back.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(served_by = %label, fallbacks = before, "served by a fallback target");
+            }
+            mark(guard, &mut target_pf, &label, before);
+            return result.map(|reply| Served::Upstream(target_pf, Box::new(reply)));
+        }
+        permit.failure();
+        let label = target.label();
+        tracing::warn!(
+            target = %label,
+            status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(0),
+            "target failed; trying the next one"
+        );
+        last = Some((target_pf, result, label, before));
+        before += 1;
+    }
+
+    if let Some(res) = cached_answer(gw, principal, &preflight) {
+        return Ok(Served::Answered(res));
+    }
+    if let Some(template) = offline {
+        let rec = guard.record();
+        let now_s = rec.created_at_ms / 1000;
+        if let Some(res) =
+            crate::offline::answer(endpoint, &preflight, template, &rec.request_id, now_s)
+        {
+            fb.offline_answers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(project = %principal.project, fallbacks = before, "every target failed: offline answer");
+            rec.served_by = Some(OFFLINE.into());
+            rec.fallbacks = before;
+            return Ok(Served::Answered(res));
+        }
+    }
+    match last {
+        Some((mut pf, result, label, n)) => {
+            mark(guard, &mut pf, &label, n);
+            result.map(|reply| Served::Upstream(pf, Box::new(reply)))
+        }
+        None => {
+            guard.record().fallbacks = before;
+            let now = Instant::now();
+            let retry_after_ms = skipped
+                .iter()
+                .map(|(_, until)| until.saturating_duration_since(now).as_millis() as u64)
+                .min()
+                .unwrap_or(1_000);
+            let mut upstreams: Vec<String> = skipped.into_iter().map(|(n, _)| n).collect();
+            upstreams.dedup();
+            Err(GatewayError::UpstreamUnavailable {
+                upstreams,
+                retry_after_ms,
+            })
+        }
+    }
+}
+
+/// A call without a chain or an offline answer: its own target only, as before
+/// fallbacks existed; the breaker hears the outcome but never refuses the call.
+async fn direct(
+    gw: &Gateway,
+    principal: &Principal,
+    parts: &Parts,
+    mut preflight: Preflight,
+    guard: &mut RecordGuard,
+    flight: Flight,
+) -> Result<Served, GatewayError> {
+    let fb = &gw.fallbacks;
+    let reply = dispatch::run(&gw.upstream, principal, parts, &preflight).await;
+    let ok = match &reply {
+        Ok(r) => !falls_back(r.status()),
+        Err(e) => !error_falls_back(e),
+    };
+    if let Some(b) = fb.breakers.get(&fb.primary) {
+        b.observe(ok);
+    }
+    let target = Target {
+        upstream: fb.primary.clone(),
+        model: preflight.model.clone(),
+    };
+    mark(guard, &mut preflight, &target.label(), 0);
+    let reply = reply?;
+    gw.throttle.land(flight, principal, &reply, guard.record());
+    Ok(Served::Upstream(preflight, Box::new(reply)))
+}
+
+/// Notes on the record and the answer which target's answer the caller gets.
+fn mark(guard: &mut RecordGuard, preflight: &mut Preflight, label: &str, before: u32) {
+    let rec = guard.record();
+    rec.served_by = Some(label.to_owned());
+    rec.fallbacks = before;
+    if let Ok(v) = HeaderValue::from_str(label) {
+        preflight.headers.push((SERVED_BY, v));
+    }
+}
+
+/// Where the response cache serves a stored answer for the same request when every
+/// target failed (issue 6 §5: "used as a fallback source too"). The cache does not
+/// exist yet: nothing here.
+fn cached_answer(
+    _gw: &Gateway,
+    _principal: &Principal,
+    _preflight: &Preflight,
+) -> Option<Response> {
+    None
+}
+
+/// The preflight for a target with another model: the body's `model` rewritten,
+/// `x-tollgate-model` naming it.
+fn retarget(preflight: &Preflight, model: Option<&str>) -> Result<Preflight, GatewayError> {
+    let mut out = preflight.clone();
+    let Some(model) = model.filter(|m| Some(*m) != preflight.model.as_deref()) else {
+        return Ok(out);
+    };
+    out.body = with_model(&preflight.body, model)?;
+    out.model = Some(model.to_owned());
+    out.headers.retain(|(n, _)| n != MODEL);
+    if let Ok(v) = HeaderValue::from_str(model) {
+        out.headers.push((MODEL, v));
+    }
+    Ok(out)
+}
+
+/// `body` (a JSON object) with its `model` set to `model`.
+fn with_model(body: &Bytes, model: &str) -> Result<Bytes, GatewayError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| GatewayError::Internal)?;
+    let obj = v.as_object_mut().ok_or(GatewayError::Internal)?;
+    obj.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|_| GatewayError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_429_and_5xx_fall_back() {
+        for s in [429, 500, 502, 503, 504, 529] {
+            assert!(falls_back(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 409, 422] {
+            assert!(!falls_back(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        assert!(error_falls_back(&GatewayError::UpstreamTimeout {
+            attempts: 1
+        }));
+        assert!(error_falls_back(&GatewayError::UpstreamUnreachable {
+            attempts: 1
+        }));
+        assert!(!error_falls_back(&GatewayError::Internal));
+    }
+
+    #[test]
+    fn a_target_with_another_model_gets_its_model_in_the_body() {
+        let pf = Preflight {
+            model: Some("gpt-4o".into()),
+            body: Bytes::from_static(br#"{"model":"gpt-4o","input":"hi","stream":true}"#),
+            ..Preflight::default()
+        };
+        let t = retarget(&pf, Some("gpt-4o-mini")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(v["model"], "gpt-4o-mini");
+        assert_eq!(v["input"], "hi");
+        assert_eq!(v["stream"], true);
+        assert_eq!(t.headers[0].1, "gpt-4o-mini");
+        let same = retarget(&pf, Some("gpt-4o")).unwrap();
+        assert_eq!(same.body, pf.body);
+    }
+}

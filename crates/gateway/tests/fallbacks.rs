@@ -1,0 +1,574 @@
+//! Fallback chains, circuit breakers and offline answers (issue 6 §4), against two
+//! simulators as two upstreams: `primary` (the harness's own) and `backup` (a second
+//! simulator with its own key, read through a `file:` reference).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, sim_calls, sim_clear_faults, sim_fault, spawn_sim, Harness};
+use tollgate_gateway::config::RawConfig;
+use tollgate_gateway::fallback_config::{RawNamedUpstream, RawTarget};
+use tollgate_gateway::Config;
+use tollgate_simulator::server::SimHandle;
+
+const BACKUP_KEY: &str = "sk-sim-backup-key";
+
+/// A backup simulator and the file holding its key.
+struct Backup {
+    sim: SimHandle,
+    _dir: tempfile::TempDir,
+    key_ref: String,
+}
+
+async fn backup() -> Backup {
+    let sim = spawn_sim(BACKUP_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup.key");
+    std::fs::write(&path, format!("{BACKUP_KEY}\n")).unwrap();
+    Backup {
+        sim,
+        key_ref: format!("file:{}", path.display()),
+        _dir: dir,
+    }
+}
+
+fn target(model: Option<&str>, upstream: Option<&str>) -> RawTarget {
+    RawTarget {
+        model: model.map(str::to_owned),
+        upstream: upstream.map(str::to_owned),
+    }
+}
+
+/// Adds `backup` as an upstream and `model = [backup]` as a chain; no retries.
+fn with_backup(raw: &mut RawConfig, b: &Backup, model: &str) {
+    raw.upstream.max_retries = Some(0);
+    raw.upstreams.push(RawNamedUpstream {
+        name: Some("backup".into()),
+        url: Some(b.sim.base_url()),
+        api_key: Some(b.key_ref.clone()),
+        ..RawNamedUpstream::default()
+    });
+    raw.fallbacks
+        .insert(model.into(), vec![target(None, Some("backup"))]);
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+fn served_by(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("x-tollgate-served-by")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn metric(h: &Harness, line_start: &str) -> Option<u64> {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_503_falls_back_to_the_backup_upstream_which_says_so_and_records_it() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| with_backup(raw, &b, "gpt-4o-mini")).await;
+    sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!((sim_calls(&h.sim), sim_calls(&b.sim)), (1, 1));
+    // The backup got its own key, not the primary's.
+    let got = b.sim.state().requests();
+    assert_eq!(got[0].status, Some(200));
+
+    // A healthy primary serves itself, and says so too.
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&res), "primary/gpt-4o-mini");
+
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs.len(), 2);
+    let fell = &recs[0];
+    assert_eq!(fell.status, 200);
+    assert_eq!(fell.served_by.as_deref(), Some("backup/gpt-4o-mini"));
+    assert_eq!(fell.fallbacks, 1);
+    assert_eq!(fell.model_requested.as_deref(), Some("gpt-4o-mini"));
+    assert!(fell.total_tokens > 0);
+    assert!(fell.cost_usd_nanos.unwrap() > 0);
+    assert_eq!(recs[1].served_by.as_deref(), Some("primary/gpt-4o-mini"));
+    assert_eq!(recs[1].fallbacks, 0);
+}
+
+#[tokio::test]
+async fn a_chain_on_an_alias_may_change_the_model_and_cost_follows_the_model_that_served() {
+    let mut h = support::start_with(|raw| {
+        raw.upstream.max_retries = Some(0);
+        // The alias as the caller named it wins over the model it resolves to.
+        raw.fallbacks
+            .insert("fast".into(), vec![target(Some("gpt-4o"), None)]);
+        raw.fallbacks
+            .insert("gpt-4o-mini".into(), vec![target(Some("gpt-4.1"), None)]);
+    })
+    .await;
+    sim_fault(&h.sim, json!({"count": 1, "status": 500})).await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "fast", "input": "hello there"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "primary/gpt-4o");
+    assert_eq!(res.headers()["x-tollgate-model"], "gpt-4o");
+    let got = h.sim.state().requests();
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(bodies[0]["model"], "gpt-4o-mini");
+    assert_eq!(bodies[1]["model"], "gpt-4o");
+    assert_eq!(bodies[1]["input"], "hello there");
+
+    let recs = h.stop_and_records().await;
+    let r = &recs[0];
+    assert_eq!(r.model_requested.as_deref(), Some("fast"));
+    assert!(r.model_served.as_deref().unwrap().starts_with("gpt-4o"));
+    assert!(!r
+        .model_served
+        .as_deref()
+        .unwrap()
+        .starts_with("gpt-4o-mini"));
+    let catalog = tollgate_gateway::catalog::Catalog::builtin();
+    let tokens = tollgate_gateway::catalog::BilledTokens {
+        input: r.input_tokens,
+        cached: r.cached_tokens,
+        output: r.output_tokens,
+    };
+    let gpt4o = catalog.cost("gpt-4o", tokens).unwrap().usd_nanos();
+    assert_eq!(
+        r.cost_usd_nanos,
+        Some(gpt4o),
+        "priced as gpt-4o, not gpt-4o-mini"
+    );
+}
+
+#[tokio::test]
+async fn a_429_falls_back_after_the_clients_own_retries_and_so_does_insufficient_quota() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.upstream.max_retries = Some(1);
+    })
+    .await;
+    sim_fault(
+        &h.sim,
+        json!({"count": 2, "status": 429, "retry_after_ms": 5}),
+    )
+    .await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    assert_eq!(sim_calls(&h.sim), 2, "the primary was retried first");
+
+    sim_fault(
+        &h.sim,
+        json!({"count": 2, "status": 429, "error_code": "insufficient_quota"}),
+    )
+    .await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    let recs = h.stop_and_records().await;
+    assert!(recs.iter().all(|r| r.fallbacks == 1 && r.status == 200));
+}
+
+#[tokio::test]
+async fn a_timeout_falls_back() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.upstream.timeout_ms = Some(200);
+    })
+    .await;
+    // The backup inherits the primary's 200 ms timeout, and answers in time.
+    sim_fault(&h.sim, json!({"count": 1, "latency_ms": 5_000})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
+}
+
+#[tokio::test]
+async fn a_refused_connection_falls_back_and_a_streamed_answer_comes_whole_from_the_backup() {
+    let b = backup().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.upstream.url = Some(format!("http://{closed}/v1"));
+    })
+    .await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+
+    let mut body = chat("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let res = h.post("/v1/chat/completions", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    let text = res.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs.len(), 2);
+    assert!(recs[1].streamed);
+    assert!(recs[1].total_tokens > 0);
+    assert_eq!(recs[1].served_by.as_deref(), Some("backup/gpt-4o-mini"));
+}
+
+#[tokio::test]
+async fn a_400_is_the_requests_fault_and_never_falls_back() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| with_backup(raw, &b, "gpt-4o-mini")).await;
+    sim_fault(&h.sim, json!({"count": 1, "status": 400})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(served_by(&res), "primary/gpt-4o-mini");
+    assert_eq!(sim_calls(&b.sim), 0);
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs[0].fallbacks, 0);
+    assert_eq!(recs[0].status, 400);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_n_failures_skips_the_upstream_and_a_probe_closes_it() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.circuit_breaker.failures = Some(2);
+        raw.circuit_breaker.cooldown_ms = Some(300);
+    })
+    .await;
+    sim_fault(&h.sim, json!({"count": 1000, "status": 503})).await;
+    for _ in 0..2 {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    }
+    assert_eq!(sim_calls(&h.sim), 2);
+    let open = "tollgate_upstream_breaker_open{upstream=\"primary\"}";
+    assert_eq!(metric(&h, open).await, Some(1));
+
+    // Open: the primary is skipped without a call.
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    assert_eq!(sim_calls(&h.sim), 2, "no call while the circuit is open");
+
+    // The primary recovers: after the cool-down one probe goes through and closes it.
+    sim_clear_faults(&h.sim).await;
+    let closed = eventually(Duration::from_secs(10), || async {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        served_by(&res) == "primary/gpt-4o-mini"
+    })
+    .await;
+    assert!(closed.is_some(), "the circuit never closed");
+    assert_eq!(metric(&h, open).await, Some(0));
+    let closes =
+        "tollgate_upstream_breaker_transitions_total{upstream=\"primary\",state=\"closed\"}";
+    assert_eq!(metric(&h, closes).await, Some(1));
+    assert_eq!(sim_calls(&h.sim), 3, "exactly one probe");
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs[2].fallbacks, 1, "a skipped target counts");
+}
+
+#[tokio::test]
+async fn when_every_target_fails_the_last_error_stands_and_when_all_are_open_a_503() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.circuit_breaker.failures = Some(1);
+        raw.circuit_breaker.cooldown_ms = Some(60_000);
+    })
+    .await;
+    sim_fault(&h.sim, json!({"count": 1, "status": 500})).await;
+    sim_fault(&b.sim, json!({"count": 1, "status": 503})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_is_overloaded", "{body}");
+
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    assert_eq!(body["error"]["type"], "service_unavailable_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("circuit breaker is open"), "{message}");
+    assert!(message.contains("primary, backup"), "{message}");
+    assert_eq!((sim_calls(&h.sim), sim_calls(&b.sim)), (1, 1));
+
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
+    assert_eq!(recs[0].fallbacks, 1);
+    assert_eq!(recs[1].error_code.as_deref(), Some("upstream_unavailable"));
+    assert_eq!(recs[1].served_by, None);
+    assert_eq!(recs[1].fallbacks, 2);
+}
+
+fn sse_data(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_offline_answer_when_every_target_failed_plain_and_streamed() {
+    let mut h = support::start_with(|raw| {
+        raw.upstream.max_retries = Some(0);
+        raw.offline
+            .projects
+            .insert("shop".into(), "Sorry, {model} is offline.".into());
+    })
+    .await;
+    sim_fault(&h.sim, json!({"count": 1000, "status": 503})).await;
+    let offline = |res: &reqwest::Response| {
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-tollgate-served-by"], "offline");
+        assert_eq!(res.headers()["x-tollgate-offline"], "true");
+    };
+
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    offline(&res);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Sorry, gpt-4o-mini is offline."
+    );
+    assert_eq!(body["usage"]["total_tokens"], 0);
+
+    let mut streamed = chat("gpt-4o-mini");
+    streamed["stream"] = json!(true);
+    let res = h
+        .post("/v1/chat/completions", streamed)
+        .send()
+        .await
+        .unwrap();
+    offline(&res);
+    let text = res.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let chunks = sse_data(&text);
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["content"],
+        "Sorry, gpt-4o-mini is offline."
+    );
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "not asked for"
+    );
+
+    let res = h
+        .post("/v1/responses", json!({"model": "fast", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    offline(&res);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(
+        body["output"][0]["content"][0]["text"],
+        "Sorry, fast is offline."
+    );
+
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi", "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    offline(&res);
+    let events = sse_data(&res.text().await.unwrap());
+    assert_eq!(events.first().unwrap()["type"], "response.created");
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+
+    // Embeddings have no offline answer: the upstream's error stands.
+    let res = h
+        .post(
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "hi"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("x-tollgate-offline").is_none());
+
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs.len(), 5);
+    for r in &recs[..4] {
+        assert_eq!(r.served_by.as_deref(), Some("offline"));
+        assert_eq!((r.status, r.total_tokens), (200, 0));
+        assert_eq!(r.cost_usd_nanos, Some(0));
+    }
+    assert!(recs[1].streamed && recs[3].streamed);
+    assert_eq!(recs[4].status, 503);
+}
+
+#[test]
+fn fallback_configuration_is_checked_with_dotted_paths() {
+    let ok = Config::from_toml_str(
+        r#"
+        [upstream]
+        name = "openai"
+        [[upstreams]]
+        name = "azure"
+        url = "https://example.test/v1"
+        api_key = "env:AZURE_KEY"
+        timeout_ms = 5000
+        [fallbacks]
+        "gpt-4o" = [{ upstream = "azure" }, { model = "gpt-4o-mini" }]
+        [circuit_breaker]
+        failures = 3
+        cooldown_ms = 10000
+        [offline]
+        answer = "Down for now."
+        [offline.projects]
+        shop = "Sorry, {model} is offline."
+        "#,
+    )
+    .unwrap();
+    let r = &ok.resilience;
+    assert_eq!(ok.upstream.name, "openai");
+    assert_eq!(r.upstreams[0].config.timeout, Duration::from_millis(5000));
+    assert_eq!(r.upstreams[0].config.max_retries, ok.upstream.max_retries);
+    assert_eq!(r.fallbacks["gpt-4o"].len(), 2);
+    assert_eq!(r.breaker.failures, 3);
+    assert_eq!(r.offline.template("blog"), Some("Down for now."));
+    let d = Config::from_toml_str("").unwrap().resilience;
+    assert_eq!(d.breaker.failures, 5);
+    assert_eq!(d.breaker.cooldown, Duration::from_secs(30));
+
+    let e = Config::from_toml_str(
+        r#"
+        [[upstreams]]
+        name = "primary"
+        url = "ftp://x"
+        api_key = "sk-pasted-literal"
+        [[upstreams]]
+        name = "offline"
+        url = "https://x/v1"
+        [fallbacks]
+        "gpt-4o" = [{ upstream = "nowhere" }, {}]
+        [circuit_breaker]
+        failures = 0
+        [offline]
+        answer = " "
+        "#,
+    )
+    .unwrap_err();
+    let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams[0].name",
+            "upstreams[0].url",
+            "upstreams[0].api_key",
+            "upstreams[1].name",
+            "upstreams[1].api_key",
+            "fallbacks.gpt-4o[0].upstream",
+            "fallbacks.gpt-4o[1]",
+            "circuit_breaker.failures",
+            "offline.answer",
+        ],
+        "{e}"
+    );
+    assert!(!e.to_string().contains("sk-pasted"), "{e}");
+    let e = Config::from_toml_str("[fallbacks]\n\"gpt-4o\" = [{ modle = \"x\" }]\n").unwrap_err();
+    assert_eq!(e.0[0].path, "fallbacks.gpt-4o[0].modle", "{e}");
+}
