@@ -1,7 +1,10 @@
 //! The circuit breaker of each upstream (part of stage 7, dispatch; see `fallback`).
 //!
 //! One breaker per named upstream — not per model — because what it guards against is
-//! an upstream that is down or out of quota, which every model there shares.
+//! an upstream that is down or out of quota, which every model there shares. Calls
+//! the primary upstream makes with a project's own provider credential have a breaker
+//! per credential (one project's exhausted quota must not divert everyone else's
+//! calls); those are made on first use and not exported as metrics (unbounded labels).
 //!
 //! - **closed**: calls go through; `failures` consecutive failures (a 429, a 5xx, a
 //!   timeout or a connection failure, after the client's own retries) open it.
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use crate::fallback_config::BreakerConfig;
@@ -32,6 +35,9 @@ pub struct Breakers {
     by_name: HashMap<String, Arc<Breaker>>,
     /// Names in configuration order, for metrics.
     names: Vec<String>,
+    cfg: BreakerConfig,
+    /// The primary's breakers per project credential (by secret reference).
+    by_credential: RwLock<HashMap<String, Arc<Breaker>>>,
 }
 
 /// One upstream's breaker.
@@ -98,11 +104,37 @@ impl Breakers {
         Self {
             by_name,
             names: names.to_vec(),
+            cfg,
+            by_credential: RwLock::default(),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Breaker>> {
         self.by_name.get(name)
+    }
+
+    /// The breaker of upstream `name` for calls made with the credential `reference`
+    /// (a project's own; `None`: the upstream's configured key).
+    pub fn for_credential(&self, name: &str, reference: Option<&str>) -> Option<Arc<Breaker>> {
+        let Some(reference) = reference else {
+            return self.get(name).cloned();
+        };
+        if let Some(b) = self.by_credential.read().get(reference) {
+            return Some(b.clone());
+        }
+        // Named after the reference as SecretRef shows it (an exec command's program
+        // only), never a value.
+        let shown = crate::secret::SecretRef::parse(reference)
+            .map_or_else(|_| "a project credential".to_owned(), |r| r.to_string());
+        let label = format!("{name} via {shown}");
+        let cfg = self.cfg;
+        Some(
+            self.by_credential
+                .write()
+                .entry(reference.to_owned())
+                .or_insert_with(|| Arc::new(Breaker::new(&label, cfg)))
+                .clone(),
+        )
     }
 
     /// Every breaker, in configuration order.
@@ -318,6 +350,32 @@ mod tests {
         assert_eq!(b.transitions(Circuit::Open), 2);
         assert_eq!(b.transitions(Circuit::HalfOpen), 2);
         assert_eq!(b.transitions(Circuit::Closed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_project_credential_has_its_own_breaker_on_the_primary() {
+        let cfg = BreakerConfig {
+            failures: 1,
+            cooldown: Duration::from_secs(1),
+        };
+        let all = Breakers::new(&["primary".to_owned()], cfg);
+        let own = all
+            .for_credential("primary", Some("exec:vault read secret/shop"))
+            .unwrap();
+        own.observe(false);
+        assert_eq!(own.circuit(), Circuit::Open);
+        assert_eq!(all.get("primary").unwrap().circuit(), Circuit::Closed);
+        let again = all
+            .for_credential("primary", Some("exec:vault read secret/shop"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&own, &again));
+        assert_eq!(
+            own.name(),
+            "primary via exec:vault …",
+            "the command's arguments are not shown"
+        );
+        let global = all.for_credential("primary", None).unwrap();
+        assert!(Arc::ptr_eq(&global, all.get("primary").unwrap()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use axum::response::Response;
 use bytes::Bytes;
@@ -34,7 +35,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 use tollgate_client::Client;
 
-use crate::breaker::{Admit, Breakers};
+use crate::breaker::{Admit, Breaker, Breakers};
 use crate::config::Config;
 use crate::dispatch::{self, Reply};
 use crate::error::GatewayError;
@@ -155,6 +156,16 @@ impl Fallbacks {
         out
     }
 
+    /// The breaker a call to `upstream` reports to: the primary's calls with a
+    /// project's own credential have their own.
+    fn breaker(&self, upstream: &str, principal: &Principal) -> Option<Arc<Breaker>> {
+        let credential = principal
+            .upstream_ref
+            .as_deref()
+            .filter(|_| upstream == self.primary);
+        self.breakers.for_credential(upstream, credential)
+    }
+
     fn client(
         &self,
         gw: &Gateway,
@@ -219,7 +230,7 @@ pub async fn run(
                 continue;
             }
         }
-        let Some(breaker) = fb.breakers.get(&target.upstream) else {
+        let Some(breaker) = fb.breaker(&target.upstream, principal) else {
             continue;
         };
         let permit = match breaker.admit() {
@@ -323,7 +334,7 @@ async fn direct(
         Ok(r) => !falls_back(r.status()),
         Err(e) => !error_falls_back(e),
     };
-    if let Some(b) = fb.breakers.get(&fb.primary) {
+    if let Some(b) = fb.breaker(&fb.primary, principal) {
         b.observe(ok);
     }
     let target = Target {
