@@ -20,7 +20,7 @@
 //! open circuit, failures open a closed one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,10 @@ pub struct Breaker {
     name: String,
     cfg: BreakerConfig,
     state: Mutex<State>,
+    /// True while the state is closed with no failure counted: the common case, read
+    /// without the lock so healthy traffic never contends on it. (A stale read only
+    /// delays a count reset or a first failure's count by one call.)
+    healthy: AtomicBool,
     opened: AtomicU64,
     half_opened: AtomicU64,
     closed: AtomicU64,
@@ -149,6 +153,7 @@ impl Breaker {
             name: name.to_owned(),
             cfg,
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
@@ -180,6 +185,13 @@ impl Breaker {
 
     /// Whether a call that has an alternative should call this upstream now.
     pub fn admit(self: &Arc<Self>) -> Admit {
+        if self.healthy.load(Ordering::Relaxed) {
+            return Admit::Call(Permit {
+                breaker: self.clone(),
+                probe: false,
+                done: false,
+            });
+        }
         let now = Instant::now();
         let mut state = self.state.lock();
         let current = *state;
@@ -221,9 +233,13 @@ impl Breaker {
     }
 
     fn succeeded(&self) {
+        if self.healthy.load(Ordering::Relaxed) {
+            return;
+        }
         let mut state = self.state.lock();
         let was = *state;
         *state = State::Closed { failures: 0 };
+        self.healthy.store(true, Ordering::Relaxed);
         drop(state);
         if !matches!(was, State::Closed { .. }) {
             self.closed.fetch_add(1, Ordering::Relaxed);
@@ -233,6 +249,7 @@ impl Breaker {
 
     fn failed(&self, probe: bool) {
         let mut state = self.state.lock();
+        self.healthy.store(false, Ordering::Relaxed);
         let current = *state;
         let open = match current {
             State::Closed { failures } if failures + 1 >= self.cfg.failures => true,
