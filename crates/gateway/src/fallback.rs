@@ -337,6 +337,12 @@ async fn direct(
     if let Some(b) = fb.breaker(&fb.primary, principal) {
         b.observe(ok);
     }
+    if !ok {
+        // Its only target failed: the same place for a cached answer as in `run`.
+        if let Some(res) = cached_answer(gw, principal, &preflight) {
+            return Ok(Served::Answered(res));
+        }
+    }
     let target = Target {
         upstream: fb.primary.clone(),
         model: preflight.model.clone(),
@@ -358,8 +364,10 @@ fn mark(guard: &mut RecordGuard, preflight: &mut Preflight, label: &str, before:
 }
 
 /// Where the response cache serves a stored answer for the same request when every
-/// target failed (issue 6 §5: "used as a fallback source too"). The cache does not
-/// exist yet: nothing here.
+/// target failed (issue 6 §5: "used as a fallback source too"), before any offline
+/// answer; called from both [`run`] and [`direct`]. The cache does not exist yet:
+/// nothing here. An answer served from here should set the record's `served_by`
+/// (e.g. `cache`) and `fallbacks` like the offline answer does.
 fn cached_answer(
     _gw: &Gateway,
     _principal: &Principal,
