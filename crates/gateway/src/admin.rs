@@ -511,6 +511,7 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
                 reasoning_tokens: 0,
                 cost_usd_nanos: None,
                 unpriced: 0,
+                cache_hits: 0,
             });
             t.requests += 1;
             t.errors += u64::from(r.status >= 400);
@@ -519,6 +520,7 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             t.total_tokens += r.total_tokens;
             t.cached_tokens += r.cached_tokens;
             t.reasoning_tokens += r.reasoning_tokens;
+            t.cache_hits += u64::from(r.served_from_cache());
             match r.cost_usd_nanos {
                 Some(c) => t.cost_usd_nanos = Some(t.cost_usd_nanos.unwrap_or(0).saturating_add(c)),
                 None => t.unpriced += 1,

@@ -157,7 +157,7 @@ impl Reservation {
             Some(rec.total_tokens)
         } else if rec.input_tokens + rec.output_tokens > 0 {
             Some(rec.input_tokens + rec.output_tokens)
-        } else if rec.status >= 400 && rec.status != 499 {
+        } else if rec.served_from_cache() || (rec.status >= 400 && rec.status != 499) {
             Some(0)
         } else {
             None

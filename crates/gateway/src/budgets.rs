@@ -779,7 +779,7 @@ impl BudgetReservation {
         let spent = if observed {
             // A served model the catalog does not know: keep the worst case.
             rec.cost_usd_nanos.unwrap_or(self.reserved)
-        } else if rec.status >= 400 && rec.status != 499 {
+        } else if rec.served_from_cache() || (rec.status >= 400 && rec.status != 499) {
             0
         } else {
             self.reserved

@@ -73,6 +73,31 @@ pub struct RawConfig {
     pub circuit_breaker: RawBreaker,
     #[serde(default)]
     pub offline: RawOffline,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`: the response cache (see `cache`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// How long a stored answer is served (default 300 s).
+    pub ttl_seconds: Option<u64>,
+    /// Most answers kept in this process's memory (default 10 000).
+    pub max_entries: Option<u64>,
+    /// Most bytes of answers kept in this process's memory (default 64 MiB).
+    pub max_bytes: Option<u64>,
+    /// Largest answer stored (default 1 MiB); a larger one is relayed, not stored.
+    pub max_entry_bytes: Option<u64>,
+    /// Projects whose calls use the cache without asking (`x-tollgate-cache: on` turns
+    /// it on for one call of any project).
+    pub projects: Option<Vec<String>>,
+    /// Projects served a stored answer when the upstream fails (and whose answers are
+    /// stored for that, whether or not they read the cache otherwise).
+    pub fallback_projects: Option<Vec<String>>,
+    /// How long after its TTL a stored answer may still serve as a fallback (default
+    /// 86 400 s).
+    pub stale_seconds: Option<u64>,
 }
 
 /// `[preflight]`: checks made before a request costs anything.
@@ -275,6 +300,37 @@ pub struct Config {
     pub preflight: PreflightConfig,
     /// `[[upstreams]]`, `[fallbacks]`, `[circuit_breaker]`, `[offline]`.
     pub resilience: ResilienceConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+}
+
+/// The checked `[cache]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    pub max_entry_bytes: usize,
+    /// Projects that cache by default.
+    pub projects: std::collections::BTreeSet<String>,
+    /// Projects served a stored answer when the upstream fails.
+    pub fallback_projects: std::collections::BTreeSet<String>,
+    /// How long past its TTL an answer may serve as a fallback.
+    pub stale: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            projects: Default::default(),
+            fallback_projects: Default::default(),
+            stale: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// Where rate-limit counters live, and what to do while that is unreachable.
@@ -585,6 +641,7 @@ impl TryFrom<RawConfig> for Config {
             );
         }
         let redis = redis_config(&raw.redis, &mut err);
+        let cache = cache_config(&raw.cache, &mut err);
         let max_retries = raw.upstream.max_retries.unwrap_or(2);
         if max_retries > 10 {
             err("upstream.max_retries", "must be at most 10".into());
@@ -665,6 +722,7 @@ impl TryFrom<RawConfig> for Config {
             aliases,
             preflight,
             resilience,
+            cache,
         })
     }
 }
@@ -756,6 +814,57 @@ fn redis_config(raw: &RawRedis, err: &mut impl FnMut(&str, String)) -> RedisConf
         key_prefix,
         timeout: Duration::from_millis(timeout_ms),
         on_failure,
+    }
+}
+
+/// Checks `[cache]`, filling in defaults.
+fn cache_config(raw: &RawCache, err: &mut impl FnMut(&str, String)) -> CacheConfig {
+    let d = CacheConfig::default();
+    let mut positive = |path: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => {
+            err(path, "must be greater than 0".into());
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let ttl = positive("cache.ttl_seconds", raw.ttl_seconds, d.ttl.as_secs());
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let max_entries = positive("cache.max_entries", raw.max_entries, d.max_entries as u64);
+    let max_bytes = positive("cache.max_bytes", raw.max_bytes, d.max_bytes as u64);
+    let max_entry = positive(
+        "cache.max_entry_bytes",
+        raw.max_entry_bytes,
+        d.max_entry_bytes as u64,
+    );
+    if max_entry > max_bytes {
+        err(
+            "cache.max_entry_bytes",
+            format!("must be at most cache.max_bytes ({max_bytes})"),
+        );
+    }
+    let mut projects = |path: &str, list: &Option<Vec<String>>| {
+        let list = list.clone().unwrap_or_default();
+        for (i, p) in list.iter().enumerate() {
+            if p.trim().is_empty() || p.chars().any(char::is_whitespace) {
+                err(
+                    &format!("{path}[{i}]"),
+                    format!("{p:?} is not a project name (no spaces)"),
+                );
+            }
+        }
+        list.into_iter().collect()
+    };
+    let cached = projects("cache.projects", &raw.projects);
+    let fallback = projects("cache.fallback_projects", &raw.fallback_projects);
+    CacheConfig {
+        ttl: Duration::from_secs(ttl),
+        max_entries: size(max_entries),
+        max_bytes: size(max_bytes),
+        max_entry_bytes: size(max_entry),
+        projects: cached,
+        fallback_projects: fallback,
+        stale: Duration::from_secs(raw.stale_seconds.unwrap_or(d.stale.as_secs())),
     }
 }
 

@@ -15,7 +15,8 @@
 //!
 //! Each upstream has a circuit breaker (`breaker`); a call with an alternative skips a
 //! target whose circuit is open. When every target failed:
-//! 1. a cached answer, once the response cache exists ([`cached_answer`]);
+//! 1. a stored answer from the response cache, for `cache.fallback_projects`
+//!    ([`cached_answer`]);
 //! 2. the project's offline answer (`offline`), for Responses and Chat;
 //! 3. the last target's own answer, as it was (status and body), or when no target
 //!    was called at all (every circuit open), 503 `upstream_unavailable`.
@@ -49,6 +50,8 @@ use crate::upstream::Upstream;
 
 const SERVED_BY: HeaderName = HeaderName::from_static("x-tollgate-served-by");
 const MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
+/// `served_by` of an answer the response cache gave for a failed call.
+pub const CACHE: &str = "cache";
 
 /// The named upstreams, chains, breakers and offline answers of a running gateway.
 #[derive(Debug)]
@@ -279,7 +282,7 @@ pub async fn run(
         before += 1;
     }
 
-    if let Some(res) = cached_answer(gw, principal, &preflight) {
+    if let Some(res) = cached_answer(gw, &preflight, guard, before).await {
         return Ok(Served::Answered(res));
     }
     if let Some(template) = offline {
@@ -337,9 +340,12 @@ async fn direct(
     if let Some(b) = fb.breaker(&fb.primary, principal) {
         b.observe(ok);
     }
+    if let Ok(reply) = &reply {
+        gw.throttle.land(flight, principal, reply, guard.record());
+    }
     if !ok {
         // Its only target failed: the same place for a cached answer as in `run`.
-        if let Some(res) = cached_answer(gw, principal, &preflight) {
+        if let Some(res) = cached_answer(gw, &preflight, guard, 1).await {
             return Ok(Served::Answered(res));
         }
     }
@@ -349,7 +355,6 @@ async fn direct(
     };
     mark(guard, &mut preflight, &target.label(), 0);
     let reply = reply?;
-    gw.throttle.land(flight, principal, &reply, guard.record());
     Ok(Served::Upstream(preflight, Box::new(reply)))
 }
 
@@ -364,16 +369,27 @@ fn mark(guard: &mut RecordGuard, preflight: &mut Preflight, label: &str, before:
 }
 
 /// Where the response cache serves a stored answer for the same request when every
-/// target failed (issue 6 §5: "used as a fallback source too"), before any offline
-/// answer; called from both [`run`] and [`direct`]. The cache does not exist yet:
-/// nothing here. An answer served from here should set the record's `served_by`
-/// (e.g. `cache`) and `fallbacks` like the offline answer does.
-fn cached_answer(
-    _gw: &Gateway,
-    _principal: &Principal,
-    _preflight: &Preflight,
+/// target failed (`cache.fallback_projects`), before any offline answer; called from
+/// both [`run`] and [`direct`]. The record says the cache served (`served_by =
+/// "cache"`) after `before` targets failed or were skipped.
+async fn cached_answer(
+    gw: &Gateway,
+    preflight: &Preflight,
+    guard: &mut RecordGuard,
+    before: u32,
 ) -> Option<Response> {
-    None
+    let res = gw
+        .cache
+        .stale_for_fallback(preflight, guard.record())
+        .await?;
+    let mut res = res;
+    res.headers_mut()
+        .insert(SERVED_BY, HeaderValue::from_static(CACHE));
+    guard.mark_first_byte();
+    let rec = guard.record();
+    rec.served_by = Some(CACHE.into());
+    rec.fallbacks = before;
+    Some(res)
 }
 
 /// The preflight for a target with another model: the body's `model` rewritten,
@@ -385,6 +401,9 @@ fn retarget(preflight: &Preflight, model: Option<&str>) -> Result<Preflight, Gat
     };
     out.body = with_model(&preflight.body, model)?;
     out.model = Some(model.to_owned());
+    if let Some(plan) = out.cache.as_mut() {
+        plan.not_this_request();
+    }
     out.headers.retain(|(n, _)| n != MODEL);
     if let Ok(v) = HeaderValue::from_str(model) {
         out.headers.push((MODEL, v));

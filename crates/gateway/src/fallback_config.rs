@@ -324,8 +324,8 @@ pub fn name_problem(name: &str) -> Option<String> {
     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
         Some("an upstream name is 1-64 letters, digits, '-', '_' or '.'".into())
-    } else if name == OFFLINE {
-        Some(format!("{OFFLINE:?} is reserved for offline answers"))
+    } else if name == OFFLINE || name == crate::fallback::CACHE {
+        Some(format!("{name:?} is reserved (offline answers, cached answers)"))
     } else {
         None
     }

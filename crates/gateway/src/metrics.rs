@@ -166,6 +166,43 @@ pub fn render(gw: &Gateway) -> String {
         "Offline answers given because every target of a call failed.",
         &[(vec![], gw.fallbacks.offline_total())],
     );
+    let cache = &gw.cache;
+    out.counter(
+        "tollgate_cache_hits_total",
+        "Calls answered from the response cache.",
+        &[(vec![], cache.hits_total())],
+    );
+    out.counter(
+        "tollgate_cache_misses_total",
+        "Response cache lookups that found no fresh answer (the upstream answered).",
+        &[(vec![], cache.misses_total())],
+    );
+    out.counter(
+        "tollgate_cache_stores_total",
+        "Complete answers stored in the response cache.",
+        &[(vec![], cache.stores_total())],
+    );
+    out.counter(
+        "tollgate_cache_evictions_total",
+        "Answers evicted from the in-memory response cache to stay within its bounds.",
+        &[(vec![], cache.evictions_total())],
+    );
+    out.counter(
+        "tollgate_cache_stale_served_total",
+        "Stored answers served because the upstream failed (cache.fallback_projects).",
+        &[(vec![], cache.stale_served_total())],
+    );
+    let (entries, bytes) = cache.memory_usage();
+    out.gauge(
+        "tollgate_cache_memory_entries",
+        "Answers in this process's in-memory response cache.",
+        &[(vec![], entries)],
+    );
+    out.gauge(
+        "tollgate_cache_memory_bytes",
+        "Bytes of answers in this process's in-memory response cache.",
+        &[(vec![], bytes)],
+    );
     out.gauge(
         "tollgate_keys_cached",
         "Gateway keys in the in-memory key cache (all but revoked ones).",

@@ -14,7 +14,7 @@
 //! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn), 503 |
 //! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
 //! |   | (throttle)   | `throttle`       | — (batch waits for upstream capacity) |
-//! | 5 | cache        | `cache`          | (no-op until the cache lands)      |
+//! | 5 | cache        | `cache`          | answered from cache (`hit`); 400 bad `x-tollgate-cache` |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
 //! |   | (fallbacks)  | `fallback`, `breaker`, `offline` | 503 `upstream_unavailable` (every circuit open); an offline answer |
@@ -75,7 +75,8 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
     let mut limit_headers = tollgate_wire::ratelimit::RateLimitInfo::default();
     let mut res = match stages(gw, endpoint, req, &mut guard, &mut limit_headers).await {
         Ok(Outcome::Upstream(preflight, reply)) => {
-            dispatch::relay(endpoint, &preflight, *reply, guard).await
+            let res = dispatch::relay(endpoint, &preflight, *reply, guard).await;
+            gw.cache.fill(&preflight, res).await
         }
         Ok(Outcome::Served(res)) => {
             guard.record().status = res.status().as_u16();
@@ -100,8 +101,7 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
 enum Outcome {
     /// The upstream answered; relay it (stages 8 and 9 run as it is relayed).
     Upstream(Preflight, Box<dispatch::Reply>),
-    /// Answered without the upstream (the cache stage, once it exists; an offline
-    /// answer).
+    /// Answered without the upstream: from the cache, or an offline answer.
     Served(Response),
 }
 
@@ -124,6 +124,7 @@ async fn stages(
     authenticate::authorize(&principal, authenticate::Action::CallModels)?;
     let lane = lanes::lane(&parts.headers, principal.lane)?;
     guard.record().lane = Some(lane);
+    let cache_mode = cache::mode(&parts.headers)?;
     let (key, project, env) = (&principal.key_id, &principal.project, &principal.env);
     gw.anomaly
         .observe_request(key, project, env, peer, accept::now_ms())?;
@@ -171,7 +172,10 @@ async fn stages(
     )
     .await?;
     guard.hold_budget(spend);
-    if let Some(hit) = cache::lookup(&principal, &preflight) {
+    let mut preflight = preflight;
+    preflight.cache = gw.cache.plan(&principal, endpoint, cache_mode, &preflight);
+    if let Some(hit) = gw.cache.lookup(&preflight, guard.record()).await {
+        guard.mark_first_byte();
         return Ok(Outcome::Served(hit));
     }
     moderate::run(&principal, &preflight)?;

@@ -97,6 +97,8 @@ pub struct Preflight {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// For `GET /v1/models`: the caller's access lists, to filter the upstream's list.
     pub list_filter: Option<ModelFilter>,
+    /// What the response cache does for this call (set by the cache stage).
+    pub cache: Option<crate::cache::Plan>,
 }
 
 impl Preflight {
@@ -221,6 +223,7 @@ pub fn run(
         schema_digest,
         headers,
         list_filter: None,
+        cache: None,
     })
 }
 

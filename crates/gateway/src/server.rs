@@ -70,6 +70,8 @@ pub struct Gateway {
     pub schemas: crate::schema::Checked,
     /// Named upstreams, fallback chains, circuit breakers, offline answers.
     pub fallbacks: crate::fallback::Fallbacks,
+    /// The response cache (stage 5).
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -166,6 +168,10 @@ pub async fn serve(
         config.keys_refresh_interval,
         stop_tx.subscribe(),
     ));
+    let cache = Arc::new(crate::cache::Cache::new(
+        config.cache.clone(),
+        redis_link.clone(),
+    ));
     let catalog = Arc::new(config.catalog.clone());
     let (budgets, notifier) = Budgets::start(catalog.clone(), store.clone(), &config.budgets)
         .map_err(crate::StartError::Upstream)?;
@@ -215,6 +221,7 @@ pub async fn serve(
         throttle: Throttle::new(adaptive_threshold),
         schemas: crate::schema::Checked::default(),
         fallbacks,
+        cache,
     });
 
     let app = router(gateway);

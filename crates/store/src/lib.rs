@@ -21,10 +21,10 @@ use model::{KeyChange, ProjectSetting};
 use std::path::Path;
 
 pub use model::{
-    civil_date, AccessKind, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CredentialRefs,
-    KeyRecord, KeyState, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject,
-    OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv, ProjectSummary,
-    RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
+    civil_date, AccessKind, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CacheOutcome,
+    CredentialRefs, KeyRecord, KeyState, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit,
+    NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv,
+    ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
     DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX,
     ROTATION_WARNING_MS,
 };

@@ -684,6 +684,59 @@ pub struct UsageRecord {
     pub served_by: Option<String>,
     /// Targets that failed, or were skipped with their circuit open, before it.
     pub fallbacks: u32,
+    /// What the response cache did for the call (`None`: the cache was not used).
+    pub cache: Option<CacheOutcome>,
+}
+
+impl UsageRecord {
+    /// Answered from the response cache (fresh or stale): no upstream tokens used.
+    pub fn served_from_cache(&self) -> bool {
+        matches!(self.cache, Some(CacheOutcome::Hit | CacheOutcome::Stale))
+    }
+}
+
+/// What the response cache did for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// Answered from the cache, without the upstream.
+    Hit,
+    /// Looked up, not found: the upstream answered (and the answer may be stored).
+    Miss,
+    /// `x-tollgate-cache: refresh`: the upstream answered and replaced the entry.
+    Refresh,
+    /// The upstream failed and an older cached answer was served instead.
+    Stale,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Refresh => "refresh",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for CacheOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CacheOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hit" => Ok(Self::Hit),
+            "miss" => Ok(Self::Miss),
+            "refresh" => Ok(Self::Refresh),
+            "stale" => Ok(Self::Stale),
+            other => Err(format!("unknown cache outcome {other:?}")),
+        }
+    }
 }
 
 /// How `usage` totals are grouped.
@@ -718,6 +771,8 @@ pub struct UsageTotals {
     /// Records without a cost (model not in the catalog, or written before costs were
     /// recorded): the cost total leaves them out.
     pub unpriced: u64,
+    /// Calls answered from the response cache (`hit` or `stale`), among `requests`.
+    pub cache_hits: u64,
 }
 
 /// Why `old` cannot be rotated into `successor`, if it cannot.

@@ -147,6 +147,7 @@ both_backends!(
     usage_records_carry_their_lane_and_the_upstreams_remaining_capacity,
     usage_records_keep_which_fallback_target_served,
     model_aliases_and_access_lists_are_set_listed_cleared_and_audited,
+    usage_records_say_what_the_cache_did_and_totals_count_hits,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -2010,6 +2011,189 @@ async fn usage_records_keep_which_fallback_target_served(db: &TestDb) {
     assert_eq!(strip(pick("req_3")), refused);
     assert_eq!(pick("req_3").served_by, None);
     assert_eq!(pick("req_3").fallbacks, 0);
+}
+
+async fn model_aliases_and_access_lists_are_set_listed_cleared_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store.ensure_project("blog").await.unwrap();
+    let v0 = store.limits_version().await.unwrap();
+
+    // Aliases: set, replace (creation time kept), list per project, unset.
+    let a = store
+        .set_model_alias("shop", "smart", "gpt-4o", 10, &cli())
+        .await
+        .unwrap();
+    assert_eq!((a.alias.as_str(), a.model.as_str()), ("smart", "gpt-4o"));
+    let a = store
+        .set_model_alias("shop", "smart", "gpt-4.1", 11, &cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.model.as_str(), a.created_at_ms, a.updated_at_ms),
+        ("gpt-4.1", 10, 11)
+    );
+    store
+        .set_model_alias("blog", "cheap", "gpt-4o-mini", 12, &cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_model_aliases(Some("shop")).await.unwrap().len(),
+        1
+    );
+    let all = store.list_model_aliases(None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.project.as_str()).collect::<Vec<_>>(),
+        ["blog", "shop"]
+    );
+    // Invalid names and unknown projects leave nothing behind.
+    assert!(matches!(
+        store
+            .set_model_alias("shop", "two words", "gpt-4o", 13, &cli())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .set_model_alias("shop", "same", "same", 13, &cli())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .set_model_alias("nope", "x", "gpt-4o", 13, &cli())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store
+        .unset_model_alias("shop", "smart", 14, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .unset_model_alias("shop", "smart", 15, &cli())
+        .await
+        .unwrap());
+    assert!(store
+        .list_model_aliases(Some("shop"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Access lists: per environment or for all; sorted, deduplicated; empty removes.
+    let models = |v: &[&str]| v.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>();
+    assert!(store
+        .set_model_access(
+            "shop",
+            Some("prod"),
+            AccessKind::Allow,
+            &models(&["gpt-4o-mini", "gpt-4o", "gpt-4o"]),
+            20,
+            &cli()
+        )
+        .await
+        .unwrap());
+    assert!(store
+        .set_model_access(
+            "shop",
+            None,
+            AccessKind::Deny,
+            &models(&["o3*"]),
+            21,
+            &cli()
+        )
+        .await
+        .unwrap());
+    let lists = store.list_model_access(Some("shop")).await.unwrap();
+    assert_eq!(lists.len(), 2);
+    assert_eq!(
+        (lists[0].env.as_deref(), lists[0].kind),
+        (None, AccessKind::Deny)
+    );
+    assert_eq!(lists[1].env.as_deref(), Some("prod"));
+    assert_eq!(lists[1].models, ["gpt-4o", "gpt-4o-mini"]);
+    assert!(store
+        .set_model_access("shop", Some("prod"), AccessKind::Allow, &[], 22, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .set_model_access("shop", Some("prod"), AccessKind::Allow, &[], 23, &cli())
+        .await
+        .unwrap());
+    assert!(matches!(
+        store
+            .set_model_access(
+                "shop",
+                Some("Prod!"),
+                AccessKind::Allow,
+                &models(&["x"]),
+                24,
+                &cli()
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.list_model_access(None).await.unwrap().len(), 1);
+
+    // Every change bumped the version once and left one audit row.
+    let v1 = store.limits_version().await.unwrap();
+    assert_eq!(v1 - v0, 7);
+    let actions: Vec<String> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| a.starts_with("models."))
+        .collect();
+    assert_eq!(actions.len(), 7, "{actions:?}");
+    assert!(actions.iter().any(|a| a == "models.alias.unset"));
+    assert!(actions.iter().any(|a| a == "models.deny"));
+
+    // A deleted project takes its aliases and lists with it.
+    store.delete_project("shop", 30, &cli()).await.unwrap();
+    assert!(store
+        .list_model_access(Some("shop"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn usage_records_say_what_the_cache_did_and_totals_count_hits(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    let with = |id: &str, cache: Option<CacheOutcome>, tokens: u64| UsageRecord {
+        cache,
+        ..usage(id, "key_1", "gpt-4o", tokens, tokens, 1_000)
+    };
+    let batch = [
+        with("req_1", Some(CacheOutcome::Miss), 10),
+        with("req_2", Some(CacheOutcome::Hit), 0),
+        with("req_3", Some(CacheOutcome::Refresh), 10),
+        with("req_4", Some(CacheOutcome::Stale), 0),
+        with("req_5", None, 10),
+    ];
+    store.insert_usage(&batch).await.unwrap();
+    let back = store.usage_records(0).await.unwrap();
+    let outcomes: Vec<_> = back.iter().map(|r| r.cache).collect();
+    assert_eq!(
+        outcomes,
+        batch.iter().map(|r| r.cache).collect::<Vec<_>>(),
+        "each outcome round-trips"
+    );
+    assert!(back[1].served_from_cache() && back[3].served_from_cache());
+    assert!(!back[0].served_from_cache() && !back[4].served_from_cache());
+    let totals = store
+        .usage_totals(&UsageFilter {
+            group: UsageGroup::Key,
+            since_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((totals[0].requests, totals[0].cache_hits), (5, 2));
 }
 
 async fn model_aliases_and_access_lists_are_set_listed_cleared_and_audited(db: &TestDb) {

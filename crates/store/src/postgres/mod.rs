@@ -13,10 +13,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::model::{
-    check_rotation, last_used_by_key, AccessKind, Actor, AuditEntry, KeyChange, KeyRecord, Lane,
-    LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule,
-    OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord,
-    UsageTotals,
+    check_rotation, last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
+    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
+    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
+    UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0008_lanes.sql"),
     include_str!("0009_model_rules.sql"),
     include_str!("0010_fallbacks.sql"),
+    include_str!("0011_usage_cache.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do
@@ -950,7 +951,8 @@ impl PostgresStore {
              SUM(cached_tokens)::BIGINT AS cached_tokens, \
              SUM(reasoning_tokens)::BIGINT AS reasoning_tokens, \
              SUM(cost_usd_nanos)::BIGINT AS cost_usd_nanos, \
-             SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced \
+             SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced, \
+             SUM(CASE WHEN cache IN ('hit', 'stale') THEN 1 ELSE 0 END)::BIGINT AS cache_hits \
              FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -970,6 +972,7 @@ impl PostgresStore {
                     reasoning_tokens: get_u64(r, "reasoning_tokens")?,
                     cost_usd_nanos: get_opt_u64(r, "cost_usd_nanos")?,
                     unpriced: get_u64(r, "unpriced")?,
+                    cache_hits: get_u64(r, "cache_hits")?,
                 })
             })
             .collect()
@@ -1120,7 +1123,7 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
     Ok(())
 }
 
-/// Rows per INSERT statement: 28 columns each stays well under PostgreSQL's limit of
+/// Rows per INSERT statement: 29 columns each stays well under PostgreSQL's limit of
 /// 65 535 bound parameters.
 const USAGE_ROWS_PER_INSERT: usize = 256;
 
@@ -1136,7 +1139,8 @@ async fn insert_usage_rows(
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
              output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
              client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos, \
-             lane, upstream_remaining_requests, upstream_remaining_tokens, served_by, fallbacks) ",
+             lane, upstream_remaining_requests, upstream_remaining_tokens, served_by, fallbacks, \
+             cache) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(r.request_id.clone())
@@ -1166,7 +1170,8 @@ async fn insert_usage_rows(
                 .push_bind(r.upstream_remaining_requests.map(to_i64))
                 .push_bind(r.upstream_remaining_tokens.map(to_i64))
                 .push_bind(r.served_by.clone())
-                .push_bind(i64::from(r.fallbacks));
+                .push_bind(i64::from(r.fallbacks))
+                .push_bind(r.cache.map(CacheOutcome::as_str));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
@@ -1203,6 +1208,7 @@ fn usage_from_row(r: &PgRow) -> Result<UsageRecord> {
     let attempts: i32 = r.try_get("attempts")?;
     let ttfb: Option<i64> = r.try_get("ttfb_ms")?;
     let lane: Option<String> = r.try_get("lane")?;
+    let cache: Option<String> = r.try_get("cache")?;
     Ok(UsageRecord {
         request_id: r.try_get("request_id")?,
         upstream_request_id: r.try_get("upstream_request_id")?,
@@ -1236,6 +1242,11 @@ fn usage_from_row(r: &PgRow) -> Result<UsageRecord> {
         upstream_remaining_tokens: get_opt_u64(r, "upstream_remaining_tokens")?,
         served_by: r.try_get("served_by")?,
         fallbacks: u32::try_from(r.try_get::<i64, _>("fallbacks")?).unwrap_or(0),
+        cache: cache
+            .as_deref()
+            .map(CacheOutcome::from_str)
+            .transpose()
+            .map_err(StoreError::Invalid)?,
     })
 }
 
