@@ -16,8 +16,9 @@
 //! Only complete successful answers are stored: a 2xx whose body was relayed to the
 //! end — for a stream, one that ended with its terminal event (`data: [DONE]`,
 //! `response.completed`) and no error event; never one the caller left or the upstream
-//! cut — and no larger than `cache.max_entry_bytes`. Storing happens as the relayed
-//! body ends, never before the caller has the answer.
+//! cut — and no larger than `cache.max_entry_bytes`. A plain answer (read whole by
+//! dispatch already) is stored as it is handed to the caller; a stream as its last
+//! byte goes to the caller. Redis writes are sent without waiting.
 //!
 //! Storage: this process's memory (bounded by `cache.max_entries` and
 //! `cache.max_bytes`, least recently used evicted first), or Redis when `[redis] url`

@@ -17,7 +17,7 @@
 //! | 5 | cache        | `cache`          | answered from cache (`hit`); 400 bad `x-tollgate-cache` |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
-//! |   | (fallbacks)  | `fallback`, `breaker`, `offline` | 503 `upstream_unavailable` (every circuit open); an offline answer |
+//! |   | (fallbacks)  | `fallback`, `breaker`, `offline` | 503 `upstream_unavailable` (every circuit open); a stored answer (`stale`), an offline answer |
 //! | 8 | account      | `account`        | —                                  |
 //! | 9 | record       | `record`         | —                                  |
 //!
