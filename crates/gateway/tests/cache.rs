@@ -13,7 +13,8 @@
 //!   and budget reservations are given back (calls that would not fit otherwise pass);
 //! - a stored answer stands in for a failing upstream (`cache.fallback_projects`);
 //! - two replicas share entries through Redis (`TOLLGATE_TEST_REDIS_URL`, default
-//!   `redis://127.0.0.1:6379`; the test fails, never skips, without one).
+//!   `redis://127.0.0.1:6379`; the test fails, never skips, without one); with Redis
+//!   unreachable the cache works in memory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -655,4 +656,26 @@ async fn two_replicas_share_entries_through_redis() {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_leaves_the_cache_in_memory() {
+    // A port nothing listens on: the gateway starts with Redis in fallback.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let h = support::start_with(|raw: &mut RawConfig| {
+        raw.redis.url = Some(url);
+    })
+    .await;
+    let body = unique("redis down");
+    let path = "/v1/responses";
+    let miss = call(&h, &h.key, path, &body, Some("on")).await;
+    let hit = call(&h, &h.key, path, &body, Some("on")).await;
+    assert_eq!(
+        (miss.0.as_deref(), miss.1, hit.0.as_deref(), hit.1),
+        (Some("miss"), 200, Some("hit"), 200)
+    );
+    assert_eq!(miss.2, hit.2);
+    assert_eq!(upstream_calls(&h, path).await, 1);
 }
