@@ -325,7 +325,9 @@ pub fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
         Some("an upstream name is 1-64 letters, digits, '-', '_' or '.'".into())
     } else if name == OFFLINE || name == crate::fallback::CACHE {
-        Some(format!("{name:?} is reserved (offline answers, cached answers)"))
+        Some(format!(
+            "{name:?} is reserved (offline answers, cached answers)"
+        ))
     } else {
         None
     }
