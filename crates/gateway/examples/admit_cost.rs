@@ -24,6 +24,7 @@ fn main() {
         stream: false,
         strip_stream_usage: false,
         body: Bytes::from(body),
+        max_output: tollgate_gateway::preflight::output_asked(body.as_bytes()),
         ..Preflight::default()
     };
     let principal = Principal {

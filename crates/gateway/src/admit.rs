@@ -1,5 +1,12 @@
 //! Stage 4, admit: requests-per-minute and tokens-per-minute limits (see `limits` for
-//! the rules and buckets). Spend budgets and priority lanes come later, in this stage.
+//! the rules and buckets), taken together with the spend budgets (`budgets`); the
+//! priority lanes (`lanes`) decide what a batch request does when it does not fit.
+//!
+//! Admission is planned, then committed: [`plan`] finds the rules and budgets that
+//! govern the request and makes its token estimate once for both (only when a TPM
+//! rule or a budget needs it); [`commit`] takes from every bucket and reserves in
+//! every budget, all or nothing — a budget refusal leaves the rate limits untouched
+//! and a rate refusal the budgets. A batch request that waits commits its plan again.
 //!
 //! A model call (Responses, Chat, Embeddings, Moderations) is governed by every rule
 //! matching its project, environment, key and model, and must fit all of them. Each
@@ -17,31 +24,40 @@
 //! the upstream may have spent it. Requests are never given back: the upstream saw
 //! them.
 //!
-//! With the counters in Redis (`[redis] url`) admission is one round trip to Redis and
-//! therefore async; while Redis is unreachable `redis.on_failure` decides: this
-//! replica's own counters (`local`), no limits and no headers (`open`), or 503
-//! `limiter_unavailable` (`closed`).
+//! With the counters in Redis (`[redis] url`) admission is one round trip to Redis
+//! (`admit_redis`: one script for the buckets and the budgets) and therefore async;
+//! while Redis is unreachable `redis.on_failure` decides: this replica's own counters
+//! (`local`), no limits and no headers (`open`), or 503 `limiter_unavailable`
+//! (`closed`). In memory, and in the fallback, the buckets are taken first and given
+//! back when a budget then refuses.
 //!
 //! The answer carries OpenAI's six `x-ratelimit-*` headers for the caller's tightest
 //! rule of each dimension (least remaining); a dimension no rule limits keeps the
 //! upstream's headers.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tollgate_store::UsageRecord;
 use tollgate_wire::ratelimit::RateLimitInfo;
 
+use crate::admit_redis::{self, Answer};
+use crate::budgets::{self, BudgetCounters, BudgetReservation, Budgets, SpendPlan, SpendRefused};
+use crate::budgets_redis::{RedisBudgetCounters, RESERVED_IDLE_MS};
 use crate::error::{GatewayError, RateRefusal};
 use crate::keys::Principal;
-use crate::limits::{BucketKey, BucketState, Demand, Dimension, Limits, Refused, Rule};
+use crate::limits::{
+    BucketKey, BucketState, Counters, Demand, Dimension, Limits, RedisCounters, Refused, Rule,
+};
 use crate::preflight::{Endpoint, Preflight};
 
-/// What admission hands on: the tokens to settle, and the headers to send.
+/// What admission hands on: the tokens and the spend to settle, and the headers to send.
 #[derive(Debug, Default)]
 pub struct Admission {
     pub reservation: Option<Reservation>,
+    /// The worst case reserved from the spend budgets.
+    pub budget: Option<BudgetReservation>,
     /// Empty when no rule governs the request.
     pub headers: RateLimitInfo,
 }
@@ -54,9 +70,86 @@ pub struct Reservation {
     reserved: u64,
 }
 
-/// Admits the request or refuses it with 429 (see the module docs). `reserve` is the
-/// fraction of every limit the take must leave untouched: `lanes.batch_reserve` for a
-/// batch request, 0 for an interactive one.
+/// What a request asks of the counters, computed once before any is touched ([`plan`]):
+/// the rate-limit rules governing it with its token estimate, and its spend budgets'
+/// demands. A batch request that waits for room commits the same plan again.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    rules: Vec<Rule>,
+    tokens: u64,
+    /// For refusals: the model asked for.
+    model: &'a str,
+    spend: Option<SpendPlan>,
+}
+
+impl<'a> Plan<'a> {
+    /// The rate limits' part of a plan, without budgets.
+    pub fn rates(
+        limits: &Limits,
+        endpoint: Endpoint,
+        principal: &Principal,
+        preflight: &'a Preflight,
+        default_output_tokens: u64,
+    ) -> Self {
+        Self::rates_with(limits, endpoint, principal, preflight, || {
+            estimate_parts(endpoint, preflight, default_output_tokens)
+        })
+    }
+
+    fn rates_with(
+        limits: &Limits,
+        endpoint: Endpoint,
+        principal: &Principal,
+        preflight: &'a Preflight,
+        estimate: impl FnOnce() -> (u64, u64),
+    ) -> Self {
+        if !endpoint.has_body() {
+            return Self::default();
+        }
+        let set = limits.rules();
+        if set.is_empty() {
+            return Self::default();
+        }
+        let model = preflight.model.as_deref();
+        let rules = set.matching(&principal.project, &principal.env, &principal.key_id, model);
+        let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
+            let (input, output) = estimate();
+            input.saturating_add(output)
+        } else {
+            0
+        };
+        Self {
+            rules,
+            tokens,
+            model: model.unwrap_or("this model"),
+            spend: None,
+        }
+    }
+}
+
+/// The plan of a call accepted at `at_ms`: its rate limits and spend budgets, with
+/// the token estimate made once for both (and only when one needs it). Refuses a
+/// budgeted call to a model without a price (`budgets`).
+pub fn plan<'a>(
+    limits: &Limits,
+    budgets: &Arc<Budgets>,
+    endpoint: Endpoint,
+    principal: &Principal,
+    preflight: &'a Preflight,
+    default_output_tokens: u64,
+    at_ms: i64,
+) -> Result<Plan<'a>, GatewayError> {
+    let parts = OnceCell::new();
+    let estimate =
+        || *parts.get_or_init(|| estimate_parts(endpoint, preflight, default_output_tokens));
+    let mut plan = Plan::rates_with(limits, endpoint, principal, preflight, estimate);
+    plan.spend = budgets::plan(budgets, endpoint, principal, preflight, estimate, at_ms)?;
+    Ok(plan)
+}
+
+/// Admits the request against its rate limits only, or refuses it with 429 (see the
+/// module docs). `reserve` is the fraction of every limit the take must leave
+/// untouched: `lanes.batch_reserve` for a batch request, 0 for an interactive one.
 pub async fn run(
     limits: &Arc<Limits>,
     endpoint: Endpoint,
@@ -65,50 +158,43 @@ pub async fn run(
     default_output_tokens: u64,
     reserve: f64,
 ) -> Result<Admission, GatewayError> {
-    if !endpoint.has_body() {
-        return Ok(Admission::default());
-    }
-    let set = limits.rules();
-    if set.is_empty() {
-        return Ok(Admission::default());
-    }
-    let model = preflight.model.as_deref();
-    let rules = set.matching(&principal.project, &principal.env, &principal.key_id, model);
-    if rules.is_empty() {
-        return Ok(Admission::default());
-    }
-    let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
-        estimate(endpoint, preflight, default_output_tokens)
-    } else {
-        0
-    };
-    let model = model.unwrap_or("this model");
-    take(limits, &demands(&rules, tokens, reserve), tokens, model).await
+    let plan = Plan::rates(
+        limits,
+        endpoint,
+        principal,
+        preflight,
+        default_output_tokens,
+    );
+    commit(limits, &plan, reserve).await
 }
 
-/// Takes every demand from the counters, or refuses with what the caller needs to
-/// know: which limit, how much was used and asked, and how long to wait.
-async fn take(
+/// Takes what `plan` asks from every counter — rate-limit buckets and spend budgets —
+/// all or nothing, or refuses with what the caller needs to know: which limit, how
+/// much was used and asked, and how long to wait. `reserve`: see [`run`].
+pub async fn commit(
     limits: &Arc<Limits>,
-    demands: &[Demand],
-    tokens: u64,
-    model: &str,
+    plan: &Plan<'_>,
+    reserve: f64,
 ) -> Result<Admission, GatewayError> {
+    if plan.rules.is_empty() && plan.spend.is_none() {
+        return Ok(Admission::default());
+    }
+    let demands = demands(&plan.rules, plan.tokens, reserve);
     let refusal = |d: &Demand, used: u64, wait: Duration, states: &[BucketState]| RateRefusal {
         dimension: d.key.1,
-        model: model.to_owned(),
+        model: plan.model.to_owned(),
         scope: d.key.0.to_string(),
         limit: d.limit,
         used,
         requested: d.amount,
         retry_after: wait,
-        headers: headers(demands, states),
+        headers: headers(&demands, states),
     };
     if let Some(d) = demands
         .iter()
         .find(|d| d.key.1 == Dimension::Tokens && d.amount > d.limit)
     {
-        let states = limits.counters.peek(demands, Instant::now()).await;
+        let states = limits.counters.peek(&demands, Instant::now()).await;
         return Err(GatewayError::RequestExceedsLimit(Box::new(refusal(
             d,
             0,
@@ -116,26 +202,37 @@ async fn take(
             &states,
         ))));
     }
-    match limits.counters.take(demands, Instant::now()).await {
-        // Nothing counted (Redis unreachable, `redis.on_failure = "open"`).
-        Ok(states) if states.is_empty() => Ok(Admission::default()),
-        Ok(states) => {
+    match take(limits, &demands, plan.spend.as_ref()).await {
+        Taken::Admitted { states, budget } => {
+            let budget = plan
+                .spend
+                .as_ref()
+                .zip(budget)
+                .and_then(|(spend, (taken, in_redis))| spend.reservation(taken, in_redis));
+            // Nothing counted (Redis unreachable, `redis.on_failure = "open"`).
+            if states.is_empty() {
+                return Ok(Admission {
+                    budget,
+                    ..Admission::default()
+                });
+            }
             let buckets: Vec<(BucketKey, u64)> = demands
                 .iter()
                 .filter(|d| d.key.1 == Dimension::Tokens)
                 .map(|d| (d.key.clone(), d.limit))
                 .collect();
             Ok(Admission {
-                headers: headers(demands, &states),
+                headers: headers(&demands, &states),
                 reservation: (!buckets.is_empty()).then(|| Reservation {
                     limits: limits.clone(),
                     buckets,
-                    reserved: tokens,
+                    reserved: plan.tokens,
                 }),
+                budget,
             })
         }
-        Err(Refused::Unavailable) => Err(GatewayError::LimiterUnavailable),
-        Err(Refused::Limit(denied)) => {
+        Taken::Rate(Refused::Unavailable) => Err(GatewayError::LimiterUnavailable),
+        Taken::Rate(Refused::Limit(denied)) => {
             let d = &demands[denied.index];
             let used = d
                 .limit
@@ -147,7 +244,149 @@ async fn take(
                 &denied.states,
             ))))
         }
+        Taken::Budget { refused, states } => match &plan.spend {
+            Some(spend) => Err(spend.refusal(refused, headers(&demands, &states))),
+            None => Err(GatewayError::LimiterUnavailable),
+        },
     }
+}
+
+/// How the counters answered an admission.
+enum Taken {
+    /// All taken: the buckets' states (empty when nothing was counted) and, with
+    /// budgets, which of their demands were reserved and whether in Redis.
+    Admitted {
+        states: Vec<BucketState>,
+        budget: Option<(Vec<bool>, bool)>,
+    },
+    /// A rate limit refused; nothing taken.
+    Rate(Refused),
+    /// A budget refused; nothing taken. `states`: the buckets as they are.
+    Budget {
+        refused: SpendRefused,
+        states: Vec<BucketState>,
+    },
+}
+
+/// Takes the rate-limit demands and reserves the spend, all or nothing: in one
+/// script call when both are counted in Redis; else one after the other, giving the
+/// rate-limit take back when a budget then refuses.
+async fn take(limits: &Limits, demands: &[Demand], spend: Option<&SpendPlan>) -> Taken {
+    if let (Some(spend), false, Counters::Redis(rates)) =
+        (spend, demands.is_empty(), &limits.counters)
+    {
+        if let BudgetCounters::Redis(budgets) = &spend.budgets.counters {
+            return take_in_one_call(limits, rates, budgets, demands, spend).await;
+        }
+    }
+    let states = if demands.is_empty() {
+        Vec::new()
+    } else {
+        match limits.counters.take(demands, Instant::now()).await {
+            Ok(states) => states,
+            Err(refused) => return Taken::Rate(refused),
+        }
+    };
+    let Some(spend) = spend else {
+        return Taken::Admitted {
+            states,
+            budget: None,
+        };
+    };
+    match spend.reserve().await {
+        Ok(budget) => Taken::Admitted {
+            states,
+            budget: Some(budget),
+        },
+        Err(refused) => Taken::Budget {
+            refused,
+            states: give_back(limits, demands, states),
+        },
+    }
+}
+
+/// Both parts in one round trip to Redis ([`admit_redis`]); while Redis is
+/// unreachable (or the call failed), both fallbacks (`redis.on_failure`), one after
+/// the other.
+async fn take_in_one_call(
+    limits: &Limits,
+    rates: &RedisCounters,
+    budgets: &RedisBudgetCounters,
+    demands: &[Demand],
+    spend: &SpendPlan,
+) -> Taken {
+    let link = rates.link();
+    let part = budgets.plan(&spend.demands, spend.at_ms);
+    if link.is_up() {
+        let started = Instant::now();
+        let answer = admit_redis::run(link, demands, true, &part.takes, RESERVED_IDLE_MS).await;
+        if let Some(answer) = answer {
+            link.observe_admission(started.elapsed());
+            return match answer {
+                Answer::Admitted(states) => Taken::Admitted {
+                    states,
+                    budget: Some((part.taken(), true)),
+                },
+                Answer::RateRefused(denied) => Taken::Rate(Refused::Limit(denied)),
+                Answer::BudgetRefused {
+                    index,
+                    spent,
+                    reserved,
+                    states,
+                } => Taken::Budget {
+                    refused: SpendRefused::Denied(part.denied(
+                        &spend.demands,
+                        index,
+                        spent,
+                        reserved,
+                        spend.at_ms,
+                    )),
+                    states,
+                },
+            };
+        }
+    }
+    let states = match rates.fallback(demands, Instant::now()) {
+        Ok(states) => states,
+        Err(refused) => return Taken::Rate(refused),
+    };
+    match budgets.fallback(&spend.demands, spend.at_ms) {
+        Ok(budget) => Taken::Admitted {
+            states,
+            budget: Some(budget),
+        },
+        Err(refused) => Taken::Budget {
+            refused,
+            states: give_back(limits, demands, states),
+        },
+    }
+}
+
+/// Gives back what a take took (a budget refused the call after it) and answers the
+/// buckets' states as they are again.
+fn give_back(limits: &Limits, demands: &[Demand], states: Vec<BucketState>) -> Vec<BucketState> {
+    let now = Instant::now();
+    demands
+        .iter()
+        .zip(states)
+        .map(|(d, s)| {
+            limits.counters.adjust(
+                &d.key,
+                d.limit,
+                i64::try_from(d.amount).unwrap_or(i64::MAX),
+                now,
+            );
+            // The refill time of the amount: a minute per limit.
+            let refill_us = u128::from(d.amount) * 60_000_000 / u128::from(d.limit.max(1));
+            BucketState {
+                remaining: s.remaining.saturating_add(d.amount).min(d.limit),
+                reset: s.reset.saturating_sub(Duration::from_micros(
+                    u64::try_from(refill_us).unwrap_or(u64::MAX),
+                )),
+                ..s
+            }
+        })
+        .collect()
 }
 
 impl Reservation {
@@ -246,24 +485,17 @@ pub fn round_up_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
 }
 
-#[derive(Default, Deserialize)]
-struct OutputPeek {
-    max_output_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_tokens: Option<u64>,
-    n: Option<u64>,
-}
-
 /// The tokens a request may cost: its input and the output it allows.
+#[cfg(test)]
 fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u64) -> u64 {
     let (input, output) = estimate_parts(endpoint, preflight, default_output_tokens);
     input.saturating_add(output)
 }
 
 /// The input tokens of a request and the output tokens it allows (also what spend
-/// budgets price). Read straight from the body's bytes (no JSON tree, no copies of
-/// its text); counts of text seen before — a system prompt, a tool list — are
-/// remembered per thread.
+/// budgets price). The input is read straight from the body's bytes (no JSON tree, no
+/// copies of its text); counts of text seen before — a system prompt, a tool list —
+/// are remembered per thread. The output is what preflight found (after the caps).
 pub fn estimate_parts(
     endpoint: Endpoint,
     preflight: &Preflight,
@@ -275,13 +507,10 @@ pub fn estimate_parts(
     };
     let output = match endpoint {
         Endpoint::Responses | Endpoint::ChatCompletions => {
-            let p = serde_json::from_slice::<OutputPeek>(&preflight.body).unwrap_or_default();
-            let each = p
-                .max_output_tokens
-                .or(p.max_completion_tokens)
-                .or(p.max_tokens)
-                .unwrap_or(default_output_tokens);
-            each.saturating_mul(p.n.unwrap_or(1).max(1))
+            let each = preflight
+                .max_output
+                .map_or(default_output_tokens, |(max, _)| max);
+            each.saturating_mul(preflight.n.unwrap_or(1).max(1))
         }
         _ => 0,
     };
@@ -312,6 +541,8 @@ mod tests {
             stream: false,
             strip_stream_usage: false,
             body: Bytes::from(body.to_owned()),
+            max_output: crate::preflight::output_asked(body.as_bytes()),
+            n: v["n"].as_u64(),
             ..Preflight::default()
         }
     }
@@ -462,5 +693,50 @@ mod tests {
             a.headers.remaining_tokens,
             Some(50 - a.reservation.unwrap().reserved())
         );
+    }
+
+    #[tokio::test]
+    async fn a_budget_refusal_takes_no_request_in_memory() {
+        let l = limits(&[(None, Some(2), None)]);
+        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::Catalog::builtin())));
+        let scope = tollgate_store::BudgetScope {
+            project: "shop".into(),
+            env: None,
+            key_id: None,
+        };
+        let now = crate::accept::now_ms();
+        // A budget of one nano-USD: no call fits.
+        budgets.replace(
+            vec![tollgate_store::Budget {
+                scope,
+                daily_usd_nanos: Some(1),
+                monthly_usd_nanos: None,
+                soft_percent: 80,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            }],
+            &[],
+            now - 1_000,
+        );
+        let p = pre(BODY);
+        let plan = plan(
+            &l,
+            &budgets,
+            Endpoint::Responses,
+            &principal(),
+            &p,
+            4096,
+            now,
+        )
+        .unwrap();
+        let e = commit(&l, &plan, 0.0).await.unwrap_err();
+        let GatewayError::BudgetExceeded(r) = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(r.headers.remaining_requests, Some(2), "given back");
+        let a = run(&l, Endpoint::Responses, &principal(), &p, 4096, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(a.headers.remaining_requests, Some(1));
     }
 }

@@ -49,6 +49,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tollgate_store::{Budget, BudgetPeriod, BudgetScope, Store, StoreError, UsageRecord};
+use tollgate_wire::ratelimit::RateLimitInfo;
 
 pub use crate::budgets_redis::{RedisBudgetCounters, SpendRefused};
 use crate::catalog::{BilledTokens, Catalog};
@@ -676,16 +677,31 @@ impl Budgets {
     }
 }
 
-/// Checks the budgets governing a call accepted at `at_ms` and reserves its worst
-/// case, or refuses it (see the module docs).
-pub async fn admit(
+/// What the budgets governing a call ask of their counters, computed once per call
+/// before any counter is touched ([`plan`]); stage 4 reserves it together with the
+/// rate limits (`admit`), in one Redis call when both are in Redis.
+#[derive(Debug)]
+pub struct SpendPlan {
+    pub(crate) budgets: Arc<Budgets>,
+    pub(crate) demands: Vec<SpendDemand>,
+    /// The call's worst case, in nano-USD.
+    worst: u64,
+    /// When the call was accepted.
+    pub(crate) at_ms: i64,
+}
+
+/// The budgets governing a call accepted at `at_ms` and its worst case (`None`: no
+/// budget governs it), or a refusal of a governed model without a price (see the
+/// module docs). `estimate` gives the call's input and allowed output tokens; it is
+/// called only for a governed call.
+pub fn plan(
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
     principal: &Principal,
     preflight: &Preflight,
-    default_output_tokens: u64,
+    estimate: impl FnOnce() -> (u64, u64),
     at_ms: i64,
-) -> Result<Option<BudgetReservation>, GatewayError> {
+) -> Result<Option<SpendPlan>, GatewayError> {
     if !endpoint.has_body() {
         return Ok(None);
     }
@@ -709,7 +725,7 @@ pub async fn admit(
             model: model.to_owned(),
         });
     };
-    let (input, output) = crate::admit::estimate_parts(endpoint, preflight, default_output_tokens);
+    let (input, output) = estimate();
     let worst = entry
         .cost(BilledTokens {
             input,
@@ -717,39 +733,86 @@ pub async fn admit(
             output,
         })
         .usd_nanos();
-    let demands: Vec<SpendDemand> = demands(rules, worst).collect();
-    match budgets.counters.reserve(&demands, at_ms).await {
-        Ok((taken, in_redis)) => {
-            let demands: Vec<(SpendDemand, i64)> = demands
-                .into_iter()
-                .zip(taken)
-                .filter(|(_, t)| *t)
-                .map(|(d, _)| {
-                    let start = d.key.1.bounds(at_ms).0;
-                    (d, start)
-                })
-                .collect();
-            Ok((!demands.is_empty()).then(|| BudgetReservation {
-                budgets: budgets.clone(),
-                demands,
-                reserved: worst,
-                in_redis,
-            }))
-        }
-        Err(SpendRefused::Unavailable) => Err(GatewayError::LimiterUnavailable),
-        Err(SpendRefused::Denied(denied)) => {
-            let d = &demands[denied.index];
-            budgets.metrics.refused[BudgetMetrics::index(d.key.1)].fetch_add(1, Ordering::Relaxed);
-            Err(GatewayError::BudgetExceeded(Box::new(BudgetRefusal {
-                scope: d.key.0.to_string(),
-                period: d.key.1,
-                limit_usd_nanos: d.limit,
-                spent_usd_nanos: denied.state.spent,
-                reserved_usd_nanos: denied.state.reserved,
-                requested_usd_nanos: worst,
-                resets_at_ms: d.key.1.bounds(at_ms).1,
-            })))
-        }
+    Ok(Some(SpendPlan {
+        budgets: budgets.clone(),
+        demands: demands(rules, worst).collect(),
+        worst,
+        at_ms,
+    }))
+}
+
+/// Checks the budgets governing a call accepted at `at_ms` and reserves its worst
+/// case, or refuses it (see the module docs): on its own, with no rate limit.
+pub async fn admit(
+    budgets: &Arc<Budgets>,
+    endpoint: Endpoint,
+    principal: &Principal,
+    preflight: &Preflight,
+    default_output_tokens: u64,
+    at_ms: i64,
+) -> Result<Option<BudgetReservation>, GatewayError> {
+    let estimate = || crate::admit::estimate_parts(endpoint, preflight, default_output_tokens);
+    let Some(plan) = plan(budgets, endpoint, principal, preflight, estimate, at_ms)? else {
+        return Ok(None);
+    };
+    match plan.reserve().await {
+        Ok((taken, in_redis)) => Ok(plan.reservation(taken, in_redis)),
+        Err(refused) => Err(plan.refusal(refused, RateLimitInfo::default())),
+    }
+}
+
+impl SpendPlan {
+    /// Reserves on its own (no rate limit in the same call).
+    pub(crate) async fn reserve(&self) -> Result<(Vec<bool>, bool), SpendRefused> {
+        self.budgets
+            .counters
+            .reserve(&self.demands, self.at_ms)
+            .await
+    }
+
+    /// The reservation to hold once the counters took the demands marked in `taken`
+    /// (in Redis or in memory); `None` when none governed the call.
+    pub(crate) fn reservation(
+        &self,
+        taken: Vec<bool>,
+        in_redis: bool,
+    ) -> Option<BudgetReservation> {
+        let demands: Vec<(SpendDemand, i64)> = self
+            .demands
+            .iter()
+            .zip(taken)
+            .filter(|(_, t)| *t)
+            .map(|(d, _)| (d.clone(), d.key.1.bounds(self.at_ms).0))
+            .collect();
+        (!demands.is_empty()).then(|| BudgetReservation {
+            budgets: self.budgets.clone(),
+            demands,
+            reserved: self.worst,
+            in_redis,
+        })
+    }
+
+    /// The error for a refusal, counted; `headers`: the rate limits' (untouched: a
+    /// budget refusal takes no rate-limit slot).
+    pub(crate) fn refusal(&self, refused: SpendRefused, headers: RateLimitInfo) -> GatewayError {
+        let denied = match refused {
+            SpendRefused::Unavailable => return GatewayError::LimiterUnavailable,
+            SpendRefused::Denied(denied) => denied,
+        };
+        let Some(d) = self.demands.get(denied.index) else {
+            return GatewayError::LimiterUnavailable;
+        };
+        self.budgets.metrics.refused[BudgetMetrics::index(d.key.1)].fetch_add(1, Ordering::Relaxed);
+        GatewayError::BudgetExceeded(Box::new(BudgetRefusal {
+            scope: d.key.0.to_string(),
+            period: d.key.1,
+            limit_usd_nanos: d.limit,
+            spent_usd_nanos: denied.state.spent,
+            reserved_usd_nanos: denied.state.reserved,
+            requested_usd_nanos: self.worst,
+            resets_at_ms: d.key.1.bounds(self.at_ms).1,
+            headers,
+        }))
     }
 }
 
@@ -1096,6 +1159,8 @@ mod tests {
             stream: false,
             strip_stream_usage: false,
             body: Bytes::from(body.to_owned()),
+            max_output: crate::preflight::output_asked(body.as_bytes()),
+            n: v["n"].as_u64(),
             ..Preflight::default()
         }
     }

@@ -8,8 +8,9 @@
 //! settlement (a settlement lost while Redis was unreachable holds its worst case
 //! no longer than that).
 //!
-//! Admission is one script call ([`RESERVE_LUA`]): for every governing (scope,
-//! period) it seeds spent with this replica's count (the store's sum plus its own
+//! Admission is one call of the admission script (`admit_redis::ADMIT_LUA`, the same
+//! call that takes the rate-limit buckets when a rate limit governs the call too):
+//! for every governing (scope, period) it seeds spent with this replica's count (the store's sum plus its own
 //! settled spend; `SET NX`, so only a missing key — a new period, a restarted Redis —
 //! takes it), checks `spent + reserved + worst case <= limit` for all, and reserves
 //! in all or none. Settlement ([`SETTLE_LUA`], sent without waiting): reserved −=
@@ -32,6 +33,7 @@ use std::sync::LazyLock;
 use redis::Script;
 use tollgate_store::BudgetPeriod;
 
+use crate::admit_redis::{self, Answer, BudgetTake};
 use crate::budgets::{CounterKey, MemoryBudgetCounters, SpendDemand, SpendDenied, SpendState};
 use crate::config::OnFailure;
 use crate::redis_link::RedisLink;
@@ -41,29 +43,6 @@ pub const RESERVED_IDLE_MS: i64 = 15 * 60 * 1000;
 
 /// Spent counters live this long after their period ends (ms).
 const SPENT_GRACE_MS: i64 = 86_400_000;
-
-/// KEYS: spent and reserved of each demand. ARGV: limit, amount, seed, spent TTL of
-/// each demand, then the reserved TTL. Answers `{'1'}` or `{'0', index, spent,
-/// reserved}` of the first demand without room.
-pub const RESERVE_LUA: &str = r"
-local n = #KEYS / 2
-for i = 1, n do
-  local s, r = KEYS[2 * i - 1], KEYS[2 * i]
-  redis.call('SET', s, ARGV[4 * i - 1], 'NX', 'PX', ARGV[4 * i])
-  local sv = redis.call('GET', s)
-  local rv = redis.call('GET', r) or '0'
-  local limit, amount = tonumber(ARGV[4 * i - 3]), tonumber(ARGV[4 * i - 2])
-  local committed = tonumber(sv) + math.max(tonumber(rv), 0)
-  if committed >= limit or committed + amount > limit then
-    return {'0', tostring(i - 1), sv, rv}
-  end
-end
-for i = 1, n do
-  redis.call('INCRBY', KEYS[2 * i], ARGV[4 * i - 2])
-  redis.call('PEXPIRE', KEYS[2 * i], ARGV[#ARGV])
-end
-return {'1'}
-";
 
 /// KEYS: spent and reserved of each demand. ARGV: reserved, spent, then seed and
 /// spent TTL of each demand, then the reserved TTL.
@@ -90,7 +69,6 @@ end
 return 1
 ";
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE_LUA));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
@@ -101,6 +79,45 @@ pub enum SpendRefused {
     Denied(SpendDenied),
     /// Redis is unreachable and `redis.on_failure = "closed"`.
     Unavailable,
+}
+
+/// The budget part of one admission script call (see [`RedisBudgetCounters::plan`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ReservePlan {
+    /// What the script reserves: the governed demands.
+    pub(crate) takes: Vec<BudgetTake>,
+    /// The index of each take's demand.
+    governed: Vec<usize>,
+    /// Whether each demand's counter governs the call.
+    governs: Vec<bool>,
+}
+
+impl ReservePlan {
+    /// Which demands a reservation took (the governed ones).
+    pub(crate) fn taken(&self) -> Vec<bool> {
+        self.governs.clone()
+    }
+
+    /// The refusal of the script's `index`-th take (an index the script answered:
+    /// always one of its takes).
+    pub(crate) fn denied(
+        &self,
+        demands: &[SpendDemand],
+        index: usize,
+        spent: u64,
+        reserved: u64,
+        at_ms: i64,
+    ) -> SpendDenied {
+        let index = self.governed.get(index).copied().unwrap_or_default();
+        SpendDenied {
+            index,
+            state: SpendState {
+                period_start_ms: demands.get(index).map_or(0, |d| d.key.1.bounds(at_ms).0),
+                spent,
+                reserved,
+            },
+        }
+    }
 }
 
 /// Budget counters in Redis, with this replica's memory counters kept all along as
@@ -130,12 +147,21 @@ impl RedisBudgetCounters {
         demands: &[SpendDemand],
         at_ms: i64,
     ) -> Result<(Vec<bool>, bool), SpendRefused> {
-        let seeds = self.local.seeds(demands, at_ms);
+        let plan = self.plan(demands, at_ms);
         if self.link.is_up() {
-            if let Some(answer) = self.run_reserve(demands, &seeds, at_ms).await {
-                return answer.map(|()| (seeds.iter().map(|s| s.0).collect(), true));
+            if let Some(answer) = self.run_reserve(demands, &plan, at_ms).await {
+                return answer.map(|()| (plan.taken(), true));
             }
         }
+        self.fallback(demands, at_ms)
+    }
+
+    /// What a reservation does while Redis is unreachable (`redis.on_failure`).
+    pub(crate) fn fallback(
+        &self,
+        demands: &[SpendDemand],
+        at_ms: i64,
+    ) -> Result<(Vec<bool>, bool), SpendRefused> {
         match self.link.on_failure() {
             OnFailure::Local => self
                 .local
@@ -151,63 +177,57 @@ impl RedisBudgetCounters {
         }
     }
 
-    /// One call of the reserve script; `None` when it failed (already logged).
-    async fn run_reserve(
-        &self,
-        demands: &[SpendDemand],
-        seeds: &[(bool, u64)],
-        at_ms: i64,
-    ) -> Option<Result<(), SpendRefused>> {
-        let mut call = RESERVE.prepare_invoke();
-        let mut governed = Vec::with_capacity(demands.len());
-        for (i, (d, &(governs, seed))) in demands.iter().zip(seeds).enumerate() {
+    /// The admission script's budget part for `demands` of a call accepted at
+    /// `at_ms`: the governed ones (a counter created after the call was accepted does
+    /// not govern it), seeded with this replica's count.
+    pub(crate) fn plan(&self, demands: &[SpendDemand], at_ms: i64) -> ReservePlan {
+        let seeds = self.local.seeds(demands, at_ms);
+        let mut plan = ReservePlan {
+            takes: Vec::with_capacity(demands.len()),
+            governed: Vec::with_capacity(demands.len()),
+            governs: seeds.iter().map(|s| s.0).collect(),
+        };
+        for (i, (d, &(governs, seed))) in demands.iter().zip(&seeds).enumerate() {
             if !governs {
                 continue;
             }
             let start = d.key.1.bounds(at_ms).0;
-            let (spent, reserved) = key_names(self.link.key_prefix(), &d.key, start);
-            call.key(spent)
-                .key(reserved)
-                .arg(d.limit)
-                .arg(d.amount)
-                .arg(seed)
-                .arg(spent_ttl(d.key.1, start, at_ms));
-            governed.push(i);
+            let (spent_key, reserved_key) = key_names(self.link.key_prefix(), &d.key, start);
+            plan.takes.push(BudgetTake {
+                spent_key,
+                reserved_key,
+                limit: d.limit,
+                amount: d.amount,
+                seed,
+                spent_ttl_ms: spent_ttl(d.key.1, start, at_ms),
+            });
+            plan.governed.push(i);
         }
-        if governed.is_empty() {
+        plan
+    }
+
+    /// One call of the admission script without rate limits; `None` when it failed
+    /// (already logged).
+    async fn run_reserve(
+        &self,
+        demands: &[SpendDemand],
+        plan: &ReservePlan,
+        at_ms: i64,
+    ) -> Option<Result<(), SpendRefused>> {
+        if plan.takes.is_empty() {
             return Some(Ok(()));
         }
-        call.arg(RESERVED_IDLE_MS);
-        let reply: Vec<String> = self.link.call(&call).await.ok()?;
-        let malformed = || {
-            self.link
-                .update_lost("a malformed answer of the budget script");
-            None
-        };
-        match reply.as_slice() {
-            [ok] if ok == "1" => Some(Ok(())),
-            [no, index, spent, reserved] if no == "0" => {
-                let (Ok(index), Ok(spent), Ok(reserved)) = (
-                    index.parse::<usize>(),
-                    spent.parse::<i64>(),
-                    reserved.parse::<i64>(),
-                ) else {
-                    return malformed();
-                };
-                let Some(&index) = governed.get(index) else {
-                    return malformed();
-                };
-                let start = demands[index].key.1.bounds(at_ms).0;
-                Some(Err(SpendRefused::Denied(SpendDenied {
-                    index,
-                    state: SpendState {
-                        period_start_ms: start,
-                        spent: u64::try_from(spent).unwrap_or(0),
-                        reserved: u64::try_from(reserved).unwrap_or(0),
-                    },
-                })))
-            }
-            _ => malformed(),
+        match admit_redis::run(&self.link, &[], true, &plan.takes, RESERVED_IDLE_MS).await? {
+            Answer::Admitted(_) => Some(Ok(())),
+            Answer::BudgetRefused {
+                index,
+                spent,
+                reserved,
+                ..
+            } => Some(Err(SpendRefused::Denied(
+                plan.denied(demands, index, spent, reserved, at_ms),
+            ))),
+            Answer::RateRefused(_) => None,
         }
     }
 

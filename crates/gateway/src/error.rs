@@ -134,6 +134,8 @@ pub struct BudgetRefusal {
     pub requested_usd_nanos: u64,
     /// When the period ends (Unix ms, UTC).
     pub resets_at_ms: i64,
+    /// The rate limits' headers, when a rule governs the call too.
+    pub headers: RateLimitInfo,
 }
 
 /// What a context-window refusal says (boxed in [`GatewayError`]).
@@ -537,7 +539,8 @@ impl IntoResponse for GatewayError {
     }
 }
 
-/// A rate-limit refusal's headers: the six `x-ratelimit-*`, and on a retryable one
+/// A rate-limit refusal's headers: the six `x-ratelimit-*` (also on a budget refusal
+/// of a call a rate limit governs), and on a retryable rate-limit refusal
 /// `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the exact wait).
 fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
     if let GatewayError::UpstreamUnavailable { retry_after_ms, .. } = e {
@@ -550,6 +553,7 @@ fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
     let (info, wait) = match e {
         GatewayError::RateLimited(r) => (&r.headers, Some(r.retry_after)),
         GatewayError::RequestExceedsLimit(r) => (&r.headers, None),
+        GatewayError::BudgetExceeded(r) => (&r.headers, None),
         _ => return,
     };
     insert_rate_limit_info(headers, info);
@@ -770,6 +774,7 @@ mod tests {
                     reserved_usd_nanos: 0,
                     requested_usd_nanos: 20_000_000,
                     resets_at_ms: 1_775_001_600_000,
+                    headers: RateLimitInfo::default(),
                 })),
                 429,
                 "insufficient_quota",
@@ -956,6 +961,7 @@ mod budget_tests {
             requested_usd_nanos: 20_000_000,
             // 2026-04-01 00:00 UTC.
             resets_at_ms: 1_775_001_600_000,
+            headers: RateLimitInfo::default(),
         }));
         let m = e.message();
         for part in [

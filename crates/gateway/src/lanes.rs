@@ -34,12 +34,10 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tollgate_store::Lane;
 
-use crate::admit::{self, Admission};
+use crate::admit::{self, Admission, Plan};
 use crate::config::LanesConfig;
 use crate::error::GatewayError;
-use crate::keys::Principal;
 use crate::limits::{Dimension, Limits};
-use crate::preflight::{Endpoint, Preflight};
 
 /// The request header that chooses a lane.
 pub const PRIORITY_HEADER: &str = "x-tollgate-priority";
@@ -114,10 +112,7 @@ impl Lanes {
     pub async fn admit(
         &self,
         limits: &Arc<Limits>,
-        endpoint: Endpoint,
-        principal: &Principal,
-        preflight: &Preflight,
-        default_output_tokens: u64,
+        plan: &Plan<'_>,
         lane: Lane,
     ) -> Result<Admission, GatewayError> {
         let reserve = match lane {
@@ -125,17 +120,7 @@ impl Lanes {
             Lane::Batch => self.config.batch_reserve,
         };
         // A future per try: admission is asynchronous once counters live in Redis.
-        let attempt = || async move {
-            admit::run(
-                limits,
-                endpoint,
-                principal,
-                preflight,
-                default_output_tokens,
-                reserve,
-            )
-            .await
-        };
+        let attempt = || admit::commit(limits, plan, reserve);
         let first = attempt().await;
         let refusal = match first {
             Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
@@ -210,6 +195,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::keys::Principal;
+    use crate::preflight::{Endpoint, Preflight};
     use bytes::Bytes;
     use tollgate_store::{LimitScope, RateLimitRule, Role};
 
@@ -275,9 +262,9 @@ mod tests {
     }
 
     async fn admit(lanes: &Lanes, l: &Arc<Limits>, lane: Lane) -> Result<Admission, GatewayError> {
-        lanes
-            .admit(l, Endpoint::Responses, &principal(), &pre(), 16, lane)
-            .await
+        let pre = pre();
+        let plan = Plan::rates(l, Endpoint::Responses, &principal(), &pre, 16);
+        lanes.admit(l, &plan, lane).await
     }
 
     // These run in real time: the counters read the real clock, so paused tokio time

@@ -14,6 +14,7 @@ pub mod admin_budgets;
 pub mod admin_models;
 pub mod admin_projects;
 pub mod admit;
+pub mod admit_redis;
 pub mod anomaly;
 pub mod anomaly_store;
 pub mod authenticate;

@@ -21,7 +21,8 @@
 //! over the buckets a request touches ([`Counters::take`]) and every settlement one
 //! [`Counters::adjust`]. The in-memory backend serves a single replica. The Redis one
 //! ([`RedisCounters`], with `[redis] url`) runs the same arithmetic in a Lua script on
-//! the Redis server's clock, one round trip per admission, so every replica counts
+//! the Redis server's clock (`admit_redis`, which also reserves the spend budgets in
+//! the same call), one round trip per admission, so every replica counts
 //! into the same buckets; a settlement is sent without waiting. Its buckets are hashes
 //! `<prefix>rl:<r|t>:<project>:<env>:<key>:<model>` (`*` for a rule's unset field,
 //! `%`-escaped `:`), which expire once they would be full again. While Redis is
@@ -37,6 +38,7 @@ use redis::Script;
 use tokio::sync::watch;
 use tollgate_store::{LimitScope, OutputCap, OutputCapRule, RateLimitRule, Store, StoreError};
 
+use crate::admit_redis::{self, Answer};
 use crate::config::OnFailure;
 use crate::redis_link::RedisLink;
 
@@ -168,63 +170,6 @@ impl Counters {
     }
 }
 
-/// Takes (`ARGV[1]` = 1) or reads (0) every bucket of `KEYS`, all or nothing; `ARGV`
-/// then holds each bucket's limit, amount and keep (what the take must leave: a batch
-/// request's reserve; only the amount is taken). Returns `{admitted, refused index (0-based),
-/// wait µs, then per bucket remaining and µs until full}`. Same arithmetic as
-/// [`MemoryCounters`]; Lua numbers are doubles, exact to 2^53 units (a limit of about
-/// 150 million a minute), and off by far less than one token beyond.
-const TAKE_LUA: &str = r"
-local U = 60000000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local take = ARGV[1] == '1'
-local function wait_for(level, limit, amount)
-  local deficit = amount * U - level
-  if deficit <= 0 or limit == 0 then return 0 end
-  return math.ceil(deficit / limit)
-end
-local levels, ats, limits, amounts = {}, {}, {}, {}
-local worst, worst_wait = 0, 0
-for i = 1, #KEYS do
-  local limit, amount = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
-  local keep = tonumber(ARGV[3 * i + 1])
-  local cap = limit * U
-  local level, at = cap, now
-  local v = redis.call('HMGET', KEYS[i], 'l', 't')
-  if v[1] then
-    level, at = tonumber(v[1]), tonumber(v[2])
-    if now > at then
-      level = level + (now - at) * limit
-      at = now
-    end
-    if level > cap then level = cap end
-  end
-  levels[i], ats[i], limits[i], amounts[i] = level, at, limit, amount
-  local w = wait_for(level, limit, amount + keep)
-  if w > worst_wait then worst, worst_wait = i, w end
-end
-local out = {1, 0, 0}
-if worst > 0 then
-  out = {0, worst - 1, worst_wait}
-elseif take then
-  for i = 1, #KEYS do
-    local level = levels[i] - amounts[i] * U
-    levels[i] = level
-    local ttl = math.ceil((limits[i] * U - level) / math.max(limits[i], 1) / 1000) + 1000
-    redis.call('HSET', KEYS[i], 'l', string.format('%.0f', level), 't', string.format('%.0f', ats[i]))
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
-end
-for i = 1, #KEYS do
-  local rem = 0
-  if levels[i] > 0 then rem = math.floor(levels[i] / U) end
-  out[#out + 1] = rem
-  out[#out + 1] = wait_for(levels[i], limits[i], limits[i])
-end
-return out
-";
-
 /// Settles one bucket: `ARGV` = its limit and the whole units to give back (> 0) or
 /// charge (< 0). A bucket full again is deleted (a missing bucket is a full one).
 const ADJUST_LUA: &str = r"
@@ -252,7 +197,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((cap - level) / math.max(limit, 1) / 10
 return 1
 ";
 
-static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_LUA));
 static ADJUST: LazyLock<Script> = LazyLock::new(|| Script::new(ADJUST_LUA));
 
 /// Buckets in Redis, with this replica's memory as the fallback.
@@ -284,6 +228,15 @@ impl RedisCounters {
                 return answer;
             }
         }
+        self.fallback(demands, now)
+    }
+
+    /// What a take does while Redis is unreachable (`redis.on_failure`).
+    pub(crate) fn fallback(
+        &self,
+        demands: &[Demand],
+        now: Instant,
+    ) -> Result<Vec<BucketState>, Refused> {
         match self.link.on_failure() {
             OnFailure::Local => self.local.take(demands, now).map_err(Refused::Limit),
             OnFailure::Open => Ok(Vec::new()),
@@ -302,51 +255,18 @@ impl RedisCounters {
         self.local.peek(demands, now)
     }
 
-    /// One call of the take script; None when it failed (already logged).
+    /// One call of the admission script without budgets; None when it failed
+    /// (already logged).
     async fn run(
         &self,
         demands: &[Demand],
         take: bool,
     ) -> Option<Result<Vec<BucketState>, Refused>> {
-        let mut call = TAKE.prepare_invoke();
-        call.arg(u8::from(take));
-        for d in demands {
-            call.key(bucket_name(self.link.key_prefix(), &d.key))
-                .arg(d.limit)
-                .arg(d.amount)
-                .arg(d.keep);
+        match admit_redis::run(&self.link, demands, take, &[], 0).await? {
+            Answer::Admitted(states) => Some(Ok(states)),
+            Answer::RateRefused(denied) => Some(Err(Refused::Limit(denied))),
+            Answer::BudgetRefused { .. } => None,
         }
-        let reply: Vec<u64> = self.link.call(&call).await.ok()?;
-        let Some((head, tail)) = reply.split_at_checked(3) else {
-            self.link
-                .update_lost("a malformed answer of the rate-limit script");
-            return None;
-        };
-        if tail.len() != demands.len() * 2 {
-            self.link
-                .update_lost("a malformed answer of the rate-limit script");
-            return None;
-        }
-        let states = demands
-            .iter()
-            .zip(tail.chunks_exact(2))
-            .map(|(d, s)| BucketState {
-                limit: d.limit,
-                remaining: s[0],
-                reset: Duration::from_micros(s[1]),
-            })
-            .collect();
-        Some(if head[0] == 1 {
-            Ok(states)
-        } else {
-            Err(Refused::Limit(Denied {
-                index: usize::try_from(head[1])
-                    .unwrap_or(0)
-                    .min(demands.len().saturating_sub(1)),
-                wait: Duration::from_micros(head[2]),
-                states,
-            }))
-        })
     }
 
     /// Sent without waiting; a settlement that fails is logged and counted

@@ -229,6 +229,11 @@ pub fn render(gw: &Gateway) -> String {
             "Settlements (TPM reservations given back or charged) that Redis did not apply.",
             &[(vec![], link.lost_total())],
         );
+        out.counter(
+            "tollgate_redis_calls_total",
+            "Script calls to Redis (one per admission, one per settlement or re-sync).",
+            &[(vec![], link.calls_total())],
+        );
         out.histogram(
             "tollgate_redis_admission_seconds",
             "Round trip of one admission to Redis (one script call), successful calls only.",

@@ -12,7 +12,7 @@
 //! |   | (context)    | `context`        | 400 `context_length_exceeded`      |
 //! |   | (lane)       | `lanes`          | 400 bad `x-tollgate-priority`      |
 //! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn), 503 |
-//! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400      |
+//! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400 (taken with the rate limits, all or nothing) |
 //! |   | (throttle)   | `throttle`       | — (batch waits for upstream capacity) |
 //! | 5 | cache        | `cache`          | answered from cache (`hit`); 400 bad `x-tollgate-cache` |
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
@@ -40,7 +40,7 @@ use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
 use crate::{
-    accept, authenticate, budgets, cache, caps, context, dispatch, fallback, lanes, moderate,
+    accept, admit, authenticate, cache, caps, context, dispatch, fallback, lanes, moderate,
     preflight, schema,
 };
 
@@ -148,30 +148,22 @@ async fn stages(
         context::run(&gw.config.catalog, endpoint, &preflight)?;
     }
 
-    let admission = gw
-        .lanes
-        .admit(
-            &gw.limits,
-            endpoint,
-            &principal,
-            &preflight,
-            gw.config.default_output_tokens,
-            lane,
-        )
-        .await?;
-    *limit_headers = admission.headers;
-    guard.hold(admission.reservation);
     let at_ms = guard.record().created_at_ms;
-    let spend = budgets::admit(
+    let default_output_tokens = gw.config.default_output_tokens;
+    let plan = admit::plan(
+        &gw.limits,
         &gw.budgets,
         endpoint,
         &principal,
         &preflight,
-        gw.config.default_output_tokens,
+        default_output_tokens,
         at_ms,
-    )
-    .await?;
-    guard.hold_budget(spend);
+    )?;
+    let admission = gw.lanes.admit(&gw.limits, &plan, lane).await?;
+    drop(plan);
+    *limit_headers = admission.headers;
+    guard.hold(admission.reservation);
+    guard.hold_budget(admission.budget);
     let mut preflight = preflight;
     preflight.cache = gw.cache.plan(&principal, endpoint, cache_mode, &preflight);
     if let Some(hit) = gw.cache.lookup(&preflight, guard.record()).await {

@@ -86,6 +86,8 @@ pub struct Preflight {
     pub body: Bytes,
     /// The output asked for, and in which field (`max_output_tokens`, …).
     pub max_output: Option<(u64, &'static str)>,
+    /// Chat's `n` (choices to generate), when a whole number.
+    pub n: Option<u64>,
     /// The body has `text`, `response_format` or `tools`: the schema stage looks.
     pub has_schemas: bool,
     /// The body has a top-level `response_format`.
@@ -123,6 +125,8 @@ struct Peek<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(default, borrow)]
     max_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    n: Option<&'a RawValue>,
     #[serde(default, borrow)]
     text: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -176,6 +180,9 @@ pub fn run(
         peek.max_completion_tokens,
         peek.max_tokens,
     );
+    let n = peek
+        .n
+        .and_then(|n| serde_json::from_str::<u64>(n.get()).ok());
     let has_response_format = peek.response_format.is_some_and(|v| v.get() != "null");
     let has_schemas = peek.text.is_some() || peek.tools.is_some() || has_response_format;
     let schema_digest = has_schemas.then(|| {
@@ -218,6 +225,7 @@ pub fn run(
         strip_stream_usage: inject,
         body,
         max_output,
+        n,
         has_schemas,
         has_response_format,
         schema_digest,

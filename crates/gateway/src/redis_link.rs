@@ -72,6 +72,7 @@ pub struct RedisLink {
     fallbacks: AtomicU64,
     errors: AtomicU64,
     lost: AtomicU64,
+    calls: AtomicU64,
     admission: Histogram,
 }
 
@@ -101,6 +102,7 @@ impl RedisLink {
             fallbacks: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             admission: Histogram::new(ADMISSION_BUCKETS_US),
         }))
     }
@@ -135,6 +137,7 @@ impl RedisLink {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, CallFailed> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let work = async {
             let mut conn = self.connection().await.map_err(|e| (e, true))?;
             invocation.invoke_async(&mut conn).await.map_err(|e| {
@@ -193,6 +196,12 @@ impl RedisLink {
     /// Calls that failed (each also used the fallback).
     pub fn errors_total(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Script calls made (admissions, settlements, re-syncs), each one round trip
+    /// (two more when Redis must load the script first).
+    pub fn calls_total(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     /// Updates not applied (see [`RedisLink::update_lost`]).

@@ -15,7 +15,10 @@
 //!   settlements and the store re-sync that only raises; two replicas sharing Redis
 //!   and one store never spend more than the budget together; an outage serves from
 //!   this replica's memory (`local`) or refuses (`closed`), and the spend made
-//!   meanwhile reaches Redis from the store when it is back.
+//!   meanwhile reaches Redis from the store when it is back;
+//! - one round trip per admission: a call governed by a rate limit and a budget is
+//!   admitted by one script call, all or nothing (a budget refusal takes no request,
+//!   a rate refusal reserves no spend).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -30,21 +33,26 @@ use support::{eventually, now_ms, Harness, PROVIDER_KEY};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tollgate_gateway::admit;
 use tollgate_gateway::budgets::{
     BudgetCounters, Budgets, CounterKey, RedisBudgetCounters, SpendDemand, SpendRefused,
 };
 use tollgate_gateway::budgets_redis::key_names;
 use tollgate_gateway::config::{RawConfig, RedisConfig};
+use tollgate_gateway::keys::Principal;
 use tollgate_gateway::limits::{
-    bucket_name, BucketKey, Counters, Demand, Dimension, RedisCounters, Refused,
+    bucket_name, BucketKey, Counters, Demand, Dimension, Limits, RedisCounters, Refused,
 };
+use tollgate_gateway::preflight::{Endpoint, Preflight};
 use tollgate_gateway::redis_link::RedisLink;
 use tollgate_gateway::secret::Secret;
 use tollgate_gateway::{keys, Config};
 use tollgate_simulator::server::spawn;
 use tollgate_simulator::SimConfig;
 use tollgate_store::testing::PgSchema;
-use tollgate_store::{Actor, Budget, BudgetPeriod, BudgetScope, LimitScope, Role, Spend, Store};
+use tollgate_store::{
+    Actor, Budget, BudgetPeriod, BudgetScope, LimitScope, RateLimitRule, Role, Spend, Store,
+};
 
 /// The test server: `TOLLGATE_TEST_REDIS_URL`, else the local default.
 fn redis_url() -> String {
@@ -1212,4 +1220,171 @@ async fn a_redis_outage_counts_budgets_locally_or_refuses_and_the_store_catches_
         metric(&http, local.addr, "tollgate_redis_updates_lost_total").await,
         Some(0)
     );
+}
+
+// ---- One round trip: rate limits and budgets in one script call ------------------
+
+/// Rate limits and budgets counted in Redis through one link, as `serve` makes them.
+async fn limits_and_budgets(prefix: &str) -> (Arc<Limits>, Arc<Budgets>, Arc<RedisLink>) {
+    let (counters, link) = counters(prefix).await;
+    let limits = Arc::new(Limits::with_counters(counters));
+    let budgets = Budgets::new(Arc::new(tollgate_gateway::catalog::Catalog::builtin()))
+        .with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(
+            link.clone(),
+        )));
+    (limits, Arc::new(budgets), link)
+}
+
+fn shop_principal() -> Principal {
+    Principal {
+        key_id: "key_1".into(),
+        project: "shop".into(),
+        env: "prod".into(),
+        role: Role::Member,
+        upstream_ref: None,
+        lane: tollgate_store::Lane::Interactive,
+    }
+}
+
+fn priced_preflight() -> Preflight {
+    Preflight {
+        model: Some("gpt-4o-mini".into()),
+        body: bytes::Bytes::from(priced_body().to_string()),
+        max_output: Some((16, "max_output_tokens")),
+        ..Preflight::default()
+    }
+}
+
+/// Admits the priced call once, counting the script calls it made.
+async fn admit_counted(
+    limits: &Arc<Limits>,
+    budgets: &Arc<Budgets>,
+    link: &RedisLink,
+) -> (
+    Result<admit::Admission, tollgate_gateway::GatewayError>,
+    u64,
+) {
+    let pre = priced_preflight();
+    let plan = admit::plan(
+        limits,
+        budgets,
+        Endpoint::Responses,
+        &shop_principal(),
+        &pre,
+        4096,
+        now_ms(),
+    )
+    .unwrap();
+    let before = link.calls_total();
+    let answer = admit::commit(limits, &plan, 0.0).await;
+    (answer, link.calls_total() - before)
+}
+
+#[tokio::test]
+async fn a_call_governed_by_a_rate_limit_and_a_budget_is_admitted_in_one_script_call_all_or_nothing(
+) {
+    let prefix = prefix();
+    let (limits, budgets, link) = limits_and_budgets(&prefix).await;
+    let rpm_rule = RateLimitRule {
+        scope: (*scope(None)).clone(),
+        rpm: Some(2),
+        tpm: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    limits.replace(vec![rpm_rule], vec![]);
+    const LIMIT: u64 = 1_000_000_000;
+    let project = budget_scope(None);
+    budgets.replace(vec![budget(&project, LIMIT)], &[], now_ms() - 1_000);
+    let BudgetCounters::Redis(counters) = &budgets.counters else {
+        unreachable!()
+    };
+    let key: CounterKey = (Arc::new(project.clone()), BudgetPeriod::Day);
+    let start = BudgetPeriod::Day.bounds(now_ms()).0;
+    // The store re-sync at the swap seeds the day's spent (sent without waiting).
+    let seeded = eventually(Duration::from_secs(5), || async {
+        counters.shared_state(&key, start).await == Some((0, 0))
+            && redis_exists(&key_names(&prefix, &key, start).0).await
+    })
+    .await;
+    assert!(
+        seeded.is_some(),
+        "{:?}",
+        counters.shared_state(&key, start).await
+    );
+    let rpm_left = || async {
+        let d = [demand(&scope(None), Dimension::Requests, 2, 0)];
+        limits.counters.peek(&d, Instant::now()).await[0].remaining
+    };
+
+    // Admitted: one request taken and the worst case reserved, in one call.
+    let (first, calls) = admit_counted(&limits, &budgets, &link).await;
+    let first = first.unwrap();
+    assert_eq!(calls, 1, "one round trip per admission");
+    assert_eq!(first.headers.remaining_requests, Some(1));
+    let worst = first.budget.as_ref().unwrap().reserved();
+    assert!(worst > 0);
+    assert_eq!(counters.shared_state(&key, start).await, Some((0, worst)));
+
+    // The budget refuses (another replica spent nearly all of it): one call, and the
+    // request slot is not taken.
+    let (spent_key, _) = key_names(&prefix, &key, start);
+    redis_set(&spent_key, LIMIT - 1).await;
+    let (refused, calls) = admit_counted(&limits, &budgets, &link).await;
+    assert_eq!(calls, 1);
+    let e = refused.unwrap_err();
+    let tollgate_gateway::GatewayError::BudgetExceeded(r) = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(
+        r.headers.remaining_requests,
+        Some(1),
+        "the rate limit's state"
+    );
+    assert_eq!(rpm_left().await, 1, "a budget refusal took a request");
+    assert_eq!(
+        counters.shared_state(&key, start).await,
+        Some((LIMIT - 1, worst))
+    );
+
+    // Room again: the last request is admitted, then the rate limit refuses in one
+    // call and the budget keeps what it had.
+    redis_set(&spent_key, 0).await;
+    let (second, calls) = admit_counted(&limits, &budgets, &link).await;
+    assert_eq!(calls, 1);
+    assert_eq!(second.unwrap().headers.remaining_requests, Some(0));
+    assert_eq!(
+        counters.shared_state(&key, start).await,
+        Some((0, 2 * worst))
+    );
+    let (third, calls) = admit_counted(&limits, &budgets, &link).await;
+    assert_eq!(calls, 1);
+    assert!(
+        matches!(third, Err(tollgate_gateway::GatewayError::RateLimited(_))),
+        "{third:?}"
+    );
+    assert_eq!(
+        counters.shared_state(&key, start).await,
+        Some((0, 2 * worst)),
+        "a rate refusal reserved spend"
+    );
+    assert_eq!((link.errors_total(), link.lost_total()), (0, 0));
+}
+
+async fn redis_exists(key: &str) -> bool {
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    n == 1
+}
+
+async fn redis_set(key: &str, value: u64) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
 }
