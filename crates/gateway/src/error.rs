@@ -571,10 +571,34 @@ fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
     }
 }
 
-/// Writes the `x-ratelimit-*` headers `info` has, replacing any already there.
+/// Writes the `x-ratelimit-*` headers `info` has, replacing any already there. Sent
+/// on every governed call: names are constants and numbers go straight into header
+/// values, without an intermediate string.
 pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInfo) {
-    for (name, v) in info.to_headers() {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+    use http::HeaderName;
+    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_REQUESTS);
+    const REMAINING_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_REQUESTS);
+    const RESET_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::RESET_REQUESTS);
+    const LIMIT_TOKENS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_TOKENS);
+    const REMAINING_TOKENS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_TOKENS);
+    const RESET_TOKENS: HeaderName = HeaderName::from_static(ratelimit::RESET_TOKENS);
+    for (name, v) in [
+        (LIMIT_REQUESTS, info.limit_requests),
+        (REMAINING_REQUESTS, info.remaining_requests),
+        (LIMIT_TOKENS, info.limit_tokens),
+        (REMAINING_TOKENS, info.remaining_tokens),
+    ] {
+        if let Some(v) = v {
+            headers.insert(name, HeaderValue::from(v));
+        }
+    }
+    for (name, d) in [
+        (RESET_REQUESTS, info.reset_requests),
+        (RESET_TOKENS, info.reset_tokens),
+    ] {
+        if let Some(v) =
+            d.and_then(|d| HeaderValue::try_from(ratelimit::format_go_duration(d)).ok())
+        {
             headers.insert(name, v);
         }
     }
