@@ -20,6 +20,11 @@
 #                          Redis (needs BENCH_LIMITS=1), and report the admission round
 #                          trip's p50/p99 from its /metrics histogram. Redis: BENCH_REDIS_URL,
 #                          else a redis-server of its own on a free port (installed if missing)
+#   BENCH_REDIS_TIMEOUT_MS=50  redis.timeout_ms of the Redis tollgate (raise it on a loaded
+#                          machine: a call past it falls back, which voids the figures)
+#   BENCH_REDIS_BUDGET=0   1: with BENCH_REDIS=1, also govern the key by a daily spend budget
+#                          far above what the run spends, so each admission takes the rate
+#                          limits and reserves the budget in its one Redis script call
 #   BENCH_MAX_LOAD=1.5     wait (up to BENCH_LOAD_WAIT s, default 300) until the 1-min
 #                          load average is below this before measuring
 #   BENCH_NO_INSTALL=1     never call apt-get (fail if a tool is missing)
@@ -424,7 +429,13 @@ if [[ "$REDIS" == 1 ]]; then
             sleep 0.1
         done
     fi
-    printf '[redis]\nkey_prefix = "tollgate-bench-%s:"\n' "$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')" >"$TMP/redis.toml"
+    if [[ "${BENCH_REDIS_BUDGET:-0}" == 1 ]]; then
+        # Set while the first tollgate's runs are over; the Redis one loads it at start.
+        "$TOLLGATE" budgets set --project bench --env prod --daily 1000000 --data-dir "$DATA" >/dev/null
+        LABEL[tollgate_redis]="tollgate, limits and a budget in Redis (not hit)"
+    fi
+    printf '[redis]\nkey_prefix = "tollgate-bench-%s:"\ntimeout_ms = %s\n' "$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')" \
+        "${BENCH_REDIS_TIMEOUT_MS:-50}" >"$TMP/redis.toml"
     BENCH_PROVIDER_KEY="$PROVIDER_KEY" "$TOLLGATE" serve \
         --config "$TMP/redis.toml" \
         --listen 127.0.0.1:0 \
@@ -436,7 +447,13 @@ if [[ "$REDIS" == 1 ]]; then
     PIDS+=("$RD_PID")
     RD_ADDR="$(wait_listening "$TMP/tollgate-redis.out")"
     smoke "$RD_ADDR"
-    curl -s "http://$RD_ADDR/metrics" | grep -q '^tollgate_redis_up 1' || die "the Redis tollgate is not on Redis"
+    # A start under load may miss the first PING's deadline: the probe retries every second.
+    rd_up=0
+    for _ in $(seq 1 50); do
+        curl -s "http://$RD_ADDR/metrics" | grep -q '^tollgate_redis_up 1' && { rd_up=1; break; }
+        sleep 0.2
+    done
+    [[ "$rd_up" == 1 ]] || die "the Redis tollgate is not on Redis"
     measure tollgate_redis "$RD_ADDR" "$RD_PID"
     TARGETS+=(tollgate_redis)
     # p50/p99 of the admission round trip over all its runs, interpolated within the
@@ -444,13 +461,15 @@ if [[ "$REDIS" == 1 ]]; then
     curl -s "http://$RD_ADDR/metrics" >"$TMP/redis-metrics.txt"
     cat >"$TMP/quantiles.py" <<'PY'
 import sys
-buckets, fallbacks = [], 0
+buckets, fallbacks, calls = [], 0, 0
 for line in open(sys.argv[1]):
     if line.startswith("tollgate_redis_admission_seconds_bucket"):
         le = line.split('le="')[1].split('"')[0]
         buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
     elif line.startswith("tollgate_redis_fallbacks_total "):
         fallbacks = int(line.split()[-1])
+    elif line.startswith("tollgate_redis_calls_total "):
+        calls = int(line.split()[-1])
 total = buckets[-1][1] if buckets else 0
 def q(p):
     rank, lo, below = p * total, 0.0, 0
@@ -460,9 +479,9 @@ def q(p):
             return lo + (hi - lo) * (rank - below) / (n - below)
         lo, below = le, n
     return 0.0
-print(f"{q(0.5) * 1e6:.0f} {q(0.99) * 1e6:.0f} {total} {fallbacks}")
+print(f"{q(0.5) * 1e6:.0f} {q(0.99) * 1e6:.0f} {total} {fallbacks} {calls}")
 PY
-    read -r RD_RT_P50 RD_RT_P99 RD_RT_N RD_FALLBACKS < <(python3 "$TMP/quantiles.py" "$TMP/redis-metrics.txt")
+    read -r RD_RT_P50 RD_RT_P99 RD_RT_N RD_FALLBACKS RD_CALLS < <(python3 "$TMP/quantiles.py" "$TMP/redis-metrics.txt")
     RD_COUNTED=$(( 1 + R[tollgate_redis,warm] + R[tollgate_redis,req] + R[tollgate_redis,rate_sent] ))
     stop_pid "$RD_PID"
 fi
@@ -544,7 +563,7 @@ REPORT="$TMP/report.md"
         echo
         rd_where="a redis-server started by the run on 127.0.0.1"
         [[ -n "${BENCH_REDIS_URL:-}" ]] && rd_where="the server at BENCH_REDIS_URL"
-        echo "Redis: $rd_where; the Redis tollgate fell back to local counters ${RD_FALLBACKS} time(s) (must be 0 for the figures to count). The round trip is interpolated within the histogram's buckets (50, 100, 150, 200, 300, 400, 500, 750 µs, 1 ms, …)."
+        echo "Redis: $rd_where; the Redis tollgate fell back to local counters ${RD_FALLBACKS} time(s) (must be 0 for the figures to count) and made ${RD_CALLS:-?} script calls in all (admissions, settlements, budget re-syncs) for ${RD_RT_N} admissions. The round trip is interpolated within the histogram's buckets (50, 100, 150, 200, 300, 400, 500, 750 µs, 1 ms, …)."
     fi
     echo
     echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr."
