@@ -22,11 +22,11 @@ use std::path::Path;
 
 pub use model::{
     civil_date, AccessKind, Actor, AuditEntry, Budget, BudgetPeriod, BudgetScope, CacheOutcome,
-    CredentialRefs, KeyRecord, KeyState, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit,
-    NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail, ProjectEnv,
-    ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
-    DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT, RESERVED_PROJECT_PREFIX,
-    ROTATION_WARNING_MS,
+    CatalogModel, CredentialRefs, KeyRecord, KeyState, Lane, LimitScope, ModelAccess, ModelAlias,
+    NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail,
+    ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT,
+    RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
 };
 
 /// Store failures. Messages never contain secrets.
@@ -848,6 +848,60 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.list_model_access(project).await,
             Self::Postgres(s) => s.list_model_access(project).await,
+        }
+    }
+
+    /// Adds or replaces the stored catalog entry `model.id` (its creation time kept;
+    /// `created_at_ms`/`updated_at_ms` come from `now_ms`). Audited and
+    /// `limits_version` bumped in the same transaction, so servers reload the catalog.
+    pub async fn set_catalog_model(
+        &self,
+        model: &CatalogModel,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<CatalogModel> {
+        validate_model_id("model", &model.id)?;
+        if model.id.ends_with('*') {
+            return Err(StoreError::Invalid(format!(
+                "invalid model {:?}: a catalog id is not a pattern",
+                model.id
+            )));
+        }
+        for v in [model.context_window, model.max_output_tokens]
+            .into_iter()
+            .flatten()
+            .chain([model.input_per_1m_milli_usd])
+            .chain(model.cached_input_per_1m_milli_usd)
+            .chain(model.output_per_1m_milli_usd)
+        {
+            if i64::try_from(v).is_err() {
+                return Err(StoreError::Invalid(format!(
+                    "model {:?}: {v} is out of range",
+                    model.id
+                )));
+            }
+        }
+        match self {
+            Self::Sqlite(s) => s.set_catalog_model(model, now_ms, actor).await,
+            Self::Postgres(s) => s.set_catalog_model(model, now_ms, actor).await,
+        }
+    }
+
+    /// Removes the stored catalog entry `id`; false if there was none (the config's or
+    /// built-in entry of that id, if any, applies again). Audited and `limits_version`
+    /// bumped in the same transaction.
+    pub async fn remove_catalog_model(&self, id: &str, now_ms: i64, actor: &Actor) -> Result<bool> {
+        match self {
+            Self::Sqlite(s) => s.remove_catalog_model(id, now_ms, actor).await,
+            Self::Postgres(s) => s.remove_catalog_model(id, now_ms, actor).await,
+        }
+    }
+
+    /// Every stored catalog entry, by id.
+    pub async fn list_catalog_models(&self) -> Result<Vec<CatalogModel>> {
+        match self {
+            Self::Sqlite(s) => s.list_catalog_models().await,
+            Self::Postgres(s) => s.list_catalog_models().await,
         }
     }
 

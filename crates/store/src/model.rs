@@ -375,6 +375,34 @@ pub struct ModelAccess {
     pub updated_at_ms: i64,
 }
 
+/// A model catalog entry kept in the store (`tollgate models set`): it replaces the
+/// config's and the built-in entry of the same id on every server. Prices are USD
+/// **per 1M tokens**, held exactly as integer milli-USD per 1M tokens (`$0.075` per 1M
+/// is `75`). The gateway checks the fields' meaning (tokenizer family, latency class,
+/// capabilities, date) before storing; the store checks only the id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CatalogModel {
+    pub id: String,
+    /// `o200k_base` or `cl100k_base`; `None`: guessed from the id.
+    pub family: Option<String>,
+    pub context_window: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub input_per_1m_milli_usd: u64,
+    /// `None`: cached input is billed at the input price.
+    pub cached_input_per_1m_milli_usd: Option<u64>,
+    /// `None`: the model produces no output tokens.
+    pub output_per_1m_milli_usd: Option<u64>,
+    /// `fast`, `medium` or `slow`; `None`: medium.
+    pub latency: Option<String>,
+    /// `text`, `vision`, `tools`, …; empty: text.
+    pub capabilities: Vec<String>,
+    pub best_use: Option<String>,
+    /// `YYYY-MM-DD`: when the prices were checked.
+    pub prices_checked: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Every stored provider credential reference, for the gateway's resolution chain:
 /// an environment's reference, else its project's, else the global default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -148,6 +148,7 @@ both_backends!(
     usage_records_keep_which_fallback_target_served,
     model_aliases_and_access_lists_are_set_listed_cleared_and_audited,
     usage_records_say_what_the_cache_did_and_totals_count_hits,
+    catalog_models_are_set_replaced_listed_removed_and_audited,
 );
 
 fn new_key(id: &str, project: &str, digest: &str) -> NewKey {
@@ -2194,4 +2195,110 @@ async fn usage_records_say_what_the_cache_did_and_totals_count_hits(db: &TestDb)
         .await
         .unwrap();
     assert_eq!((totals[0].requests, totals[0].cache_hits), (5, 2));
+}
+
+async fn catalog_models_are_set_replaced_listed_removed_and_audited(db: &TestDb) {
+    let store = db.open().await;
+    let v0 = store.limits_version().await.unwrap();
+    let llama = crate::CatalogModel {
+        id: "llama3.1:8b".into(),
+        family: Some("cl100k_base".into()),
+        context_window: Some(8192),
+        max_output_tokens: Some(2048),
+        input_per_1m_milli_usd: 75,
+        output_per_1m_milli_usd: Some(300),
+        capabilities: vec!["text".into(), "tools".into()],
+        prices_checked: Some("2026-11-01".into()),
+        ..crate::CatalogModel::default()
+    };
+    let m = store.set_catalog_model(&llama, 10, &cli()).await.unwrap();
+    assert_eq!(
+        m,
+        crate::CatalogModel {
+            created_at_ms: 10,
+            updated_at_ms: 10,
+            ..llama.clone()
+        }
+    );
+    // Replacing keeps the creation time; cleared optional fields come back as None.
+    let cheaper = crate::CatalogModel {
+        input_per_1m_milli_usd: 50,
+        output_per_1m_milli_usd: None,
+        family: None,
+        ..llama.clone()
+    };
+    let m = store.set_catalog_model(&cheaper, 11, &cli()).await.unwrap();
+    assert_eq!(
+        (
+            m.input_per_1m_milli_usd,
+            m.output_per_1m_milli_usd,
+            m.family
+        ),
+        (50, None, None)
+    );
+    assert_eq!((m.created_at_ms, m.updated_at_ms), (10, 11));
+    let big = crate::CatalogModel {
+        id: "gpt-4o".into(),
+        context_window: Some(u64::try_from(i64::MAX).unwrap()),
+        input_per_1m_milli_usd: 2_500,
+        ..crate::CatalogModel::default()
+    };
+    store.set_catalog_model(&big, 12, &cli()).await.unwrap();
+    let all = store.list_catalog_models().await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["gpt-4o", "llama3.1:8b"]
+    );
+    assert_eq!(
+        all[0].context_window,
+        Some(u64::try_from(i64::MAX).unwrap())
+    );
+    assert!(all[0].capabilities.is_empty());
+    // Invalid ids and out-of-range numbers leave nothing behind.
+    for bad in [
+        crate::CatalogModel {
+            id: "two words".into(),
+            ..big.clone()
+        },
+        crate::CatalogModel {
+            id: "gpt-*".into(),
+            ..big.clone()
+        },
+        crate::CatalogModel {
+            input_per_1m_milli_usd: u64::MAX,
+            ..big.clone()
+        },
+    ] {
+        assert!(matches!(
+            store.set_catalog_model(&bad, 13, &cli()).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(store
+        .remove_catalog_model("gpt-4o", 14, &cli())
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_catalog_model("gpt-4o", 15, &cli())
+        .await
+        .unwrap());
+    assert_eq!(store.list_catalog_models().await.unwrap().len(), 1);
+
+    // Each change bumped the version once and left one audit row with the entry.
+    assert_eq!(store.limits_version().await.unwrap() - v0, 4);
+    let audit: Vec<_> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action.starts_with("models.catalog."))
+        .collect();
+    assert_eq!(audit.len(), 4, "{audit:?}");
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "models.catalog.remove" && e.target == "gpt-4o"));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "models.catalog.set"
+            && e.detail.contains("\"input_per_1m_milli_usd\":50")));
 }

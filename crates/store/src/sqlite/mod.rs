@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::model::check_rotation;
+use crate::model::CatalogModel;
 use crate::model::{
     last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange, KeyRecord, Lane,
     LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule,
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0009_model_rules.sql"),
     include_str!("0010_fallbacks.sql"),
     include_str!("0011_usage_cache.sql"),
+    include_str!("0012_catalog_models.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -945,6 +947,82 @@ impl SqliteStore {
         Ok(true)
     }
 
+    pub async fn set_catalog_model(
+        &self,
+        m: &CatalogModel,
+        now_ms: i64,
+        actor: &Actor,
+    ) -> Result<CatalogModel> {
+        let mut tx = self.write_tx().await?;
+        let capabilities = serde_json::to_string(&m.capabilities)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO catalog_models ({CATALOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET family = excluded.family, \
+             context_window = excluded.context_window, \
+             max_output_tokens = excluded.max_output_tokens, \
+             input_per_1m_milli_usd = excluded.input_per_1m_milli_usd, \
+             cached_input_per_1m_milli_usd = excluded.cached_input_per_1m_milli_usd, \
+             output_per_1m_milli_usd = excluded.output_per_1m_milli_usd, \
+             latency = excluded.latency, capabilities = excluded.capabilities, \
+             best_use = excluded.best_use, prices_checked = excluded.prices_checked, \
+             updated_at_ms = excluded.updated_at_ms"
+        )))
+        .bind(&m.id)
+        .bind(&m.family)
+        .bind(m.context_window.map(to_i64))
+        .bind(m.max_output_tokens.map(to_i64))
+        .bind(to_i64(m.input_per_1m_milli_usd))
+        .bind(m.cached_input_per_1m_milli_usd.map(to_i64))
+        .bind(m.output_per_1m_milli_usd.map(to_i64))
+        .bind(&m.latency)
+        .bind(capabilities)
+        .bind(&m.best_use)
+        .bind(&m.prices_checked)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CATALOG_COLUMNS} FROM catalog_models WHERE id = ?"
+        )))
+        .bind(&m.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let out = catalog_model_from_row(&row)?;
+        let d = detail(serde_json::json!({ "entry": out }));
+        audit(&mut tx, actor, now_ms, "models.catalog.set", &m.id, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn remove_catalog_model(&self, id: &str, now_ms: i64, actor: &Actor) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let removed = sqlx::query("DELETE FROM catalog_models WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(false);
+        }
+        let d = detail(serde_json::json!({}));
+        audit(&mut tx, actor, now_ms, "models.catalog.remove", id, &d).await?;
+        bump_limits_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_catalog_models(&self) -> Result<Vec<CatalogModel>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CATALOG_COLUMNS} FROM catalog_models ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(catalog_model_from_row).collect()
+    }
+
     pub async fn list_model_access(&self, project: Option<&str>) -> Result<Vec<ModelAccess>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ACCESS_COLUMNS} FROM model_access WHERE (? IS NULL OR project = ?) \
@@ -1349,6 +1427,35 @@ fn access_from_row(r: &SqliteRow) -> Result<ModelAccess> {
         kind: kind.parse::<AccessKind>().map_err(StoreError::Invalid)?,
         models: serde_json::from_str(&models)
             .map_err(|e| StoreError::Invalid(format!("stored model list: {e}")))?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+const CATALOG_COLUMNS: &str = "id, family, context_window, max_output_tokens, \
+    input_per_1m_milli_usd, cached_input_per_1m_milli_usd, output_per_1m_milli_usd, latency, \
+    capabilities, best_use, prices_checked, created_at_ms, updated_at_ms";
+
+fn catalog_model_from_row(r: &SqliteRow) -> Result<CatalogModel> {
+    // Written from u64 values no larger than i64::MAX, so never negative.
+    let count = |col: &str| -> Result<Option<u64>> {
+        let v: Option<i64> = r.try_get(col)?;
+        Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
+    };
+    let capabilities: String = r.try_get("capabilities")?;
+    Ok(CatalogModel {
+        id: r.try_get("id")?,
+        family: r.try_get("family")?,
+        context_window: count("context_window")?,
+        max_output_tokens: count("max_output_tokens")?,
+        input_per_1m_milli_usd: count("input_per_1m_milli_usd")?.unwrap_or(0),
+        cached_input_per_1m_milli_usd: count("cached_input_per_1m_milli_usd")?,
+        output_per_1m_milli_usd: count("output_per_1m_milli_usd")?,
+        latency: r.try_get("latency")?,
+        capabilities: serde_json::from_str(&capabilities)
+            .map_err(|e| StoreError::Invalid(format!("stored capabilities: {e}")))?,
+        best_use: r.try_get("best_use")?,
+        prices_checked: r.try_get("prices_checked")?,
         created_at_ms: r.try_get("created_at_ms")?,
         updated_at_ms: r.try_get("updated_at_ms")?,
     })
