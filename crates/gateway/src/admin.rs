@@ -79,6 +79,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/admin/v1/models/aliases"),
     ("get", "/admin/v1/models/access"),
     ("put", "/admin/v1/models/access"),
+    ("get", "/admin/v1/models/catalog"),
+    ("put", "/admin/v1/models/catalog/{id}"),
+    ("delete", "/admin/v1/models/catalog/{id}"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.

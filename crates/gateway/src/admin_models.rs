@@ -7,6 +7,13 @@
 //! - `GET /admin/v1/models/access`: the project's allow- and deny-lists. Any role.
 //! - `PUT /admin/v1/models/access` `{"kind": "allow"|"deny", "env"?, "models": […]}`:
 //!   replace a list (`env` omitted: every environment; an empty list removes it). Admin.
+//! - `GET /admin/v1/models/catalog`: the catalog this server prices and checks with,
+//!   each entry saying where it comes from (`builtin`, `config`, `store`). Any role.
+//! - `PUT /admin/v1/models/catalog/{id}`: add or replace the store's entry (a
+//!   `[[models]]` entry's fields as JSON, prices in USD per 1M tokens). The catalog
+//!   is gateway-wide: an `admin` key of the `_gateway` project only.
+//! - `DELETE /admin/v1/models/catalog/{id}`: remove the store's entry (404 if none);
+//!   the config's or built-in entry of that id applies again. `_gateway` admin.
 //!
 //! The same rules as `tollgate models alias|allow|deny`; every change is audited by the
 //! store in the transaction that makes it, and servers apply it within
@@ -15,17 +22,18 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use http::{HeaderMap, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tollgate_store::AccessKind;
+use tollgate_store::{AccessKind, Role, GATEWAY_PROJECT};
 
 use crate::accept::now_ms;
 use crate::admin::{self, invalid, reply, store_error, AdminAction};
+use crate::catalog::{self, Catalog, ModelEntry, RawModel};
 use crate::error::GatewayError;
 use crate::server::Gateway;
 
@@ -37,6 +45,11 @@ pub fn routes() -> Router<Arc<Gateway>> {
             get(list_aliases).put(set_alias).delete(unset_alias),
         )
         .route("/admin/v1/models/access", get(list_access).put(set_access))
+        .route("/admin/v1/models/catalog", get(list_catalog))
+        .route(
+            "/admin/v1/models/catalog/{id}",
+            put(set_catalog_entry).delete(remove_catalog_entry),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,7 +103,7 @@ async fn set_alias(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respon
         let p = admin::caller(&gw, req.headers(), AdminAction::ChangeLimits)?;
         let actor = admin::actor(&p, &req);
         let b: AliasBody = admin::read_body(req, false).await?;
-        if gw.config.catalog.get(&b.alias).is_some() {
+        if gw.limits.catalog().current().get(&b.alias).is_some() {
             return Err(invalid(
                 format!(
                     "{:?} is a model of the catalog; an alias may not hide it",
@@ -187,4 +200,132 @@ async fn set_access(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respo
     }
     .await;
     reply(result, StatusCode::OK)
+}
+
+async fn list_catalog(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let result = async {
+        admin::caller(&gw, &headers, AdminAction::ReadLimits)?;
+        let stored = gw.store.list_catalog_models().await.map_err(store_error)?;
+        let builtin = Catalog::builtin();
+        let data: Vec<Value> = gw
+            .limits
+            .catalog()
+            .current()
+            .entries()
+            .map(|e| {
+                let from = if stored.iter().any(|s| s.id == e.id) {
+                    "store"
+                } else if builtin.get(&e.id) == Some(e) {
+                    "builtin"
+                } else {
+                    "config"
+                };
+                let mut v = entry_json(e);
+                v["from"] = json!(from);
+                v
+            })
+            .collect();
+        Ok(json!({ "object": "list", "price_unit": "USD per 1M tokens", "data": data }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn set_catalog_entry(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    let result = async move {
+        let p = gateway_admin(&gw, req.headers())?;
+        let actor = admin::actor(&p, &req);
+        let mut body: Value = admin::read_body(req, false).await?;
+        let Some(fields) = body.as_object_mut() else {
+            return Err(invalid("the body must be a JSON object", "body"));
+        };
+        if fields
+            .get("id")
+            .is_some_and(|v| v.as_str() != Some(id.as_str()))
+        {
+            return Err(invalid(format!("id must be {id:?}, as in the path"), "id"));
+        }
+        fields.insert("id".into(), json!(id));
+        let raw: RawModel =
+            serde_json::from_value(body).map_err(|e| GatewayError::InvalidRequest {
+                message: format!("invalid catalog entry: {e}"),
+                param: None,
+            })?;
+        let entry = catalog::validate_entry(&raw).map_err(|e| GatewayError::InvalidRequest {
+            message: format!("invalid catalog entry {id:?}: {e}"),
+            param: None,
+        })?;
+        gw.store
+            .set_catalog_model(&catalog::stored_from_entry(&entry), now_ms(), &actor)
+            .await
+            .map_err(store_error)?;
+        let mut v = entry_json(&entry);
+        v["from"] = json!("store");
+        Ok(v)
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+async fn remove_catalog_entry(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    let result = async move {
+        let p = gateway_admin(&gw, req.headers())?;
+        let actor = admin::actor(&p, &req);
+        if !gw
+            .store
+            .remove_catalog_model(&id, now_ms(), &actor)
+            .await
+            .map_err(store_error)?
+        {
+            return Err(GatewayError::NotFound {
+                what: "stored catalog entry",
+                id,
+            });
+        }
+        Ok(json!({ "object": "model_catalog_entry", "id": id, "deleted": true }))
+    }
+    .await;
+    reply(result, StatusCode::OK)
+}
+
+/// The caller, if it is an `admin` key of `_gateway`: the catalog is gateway-wide.
+fn gateway_admin(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Arc<crate::keys::Principal>, GatewayError> {
+    let p = crate::authenticate::run(&gw.keys, headers)?;
+    if p.project == GATEWAY_PROJECT && p.role == Role::Admin {
+        Ok(p)
+    } else {
+        Err(GatewayError::GatewayAdminOnly {
+            action: "change the model catalog",
+        })
+    }
+}
+
+/// An entry as the API shows it (prices as decimal strings, USD per 1M tokens).
+fn entry_json(m: &ModelEntry) -> Value {
+    let price = |p: Option<catalog::Price>| p.map_or(Value::Null, |p| json!(p.usd_per_1m()));
+    json!({
+        "object": "model_catalog_entry",
+        "id": m.id,
+        "family": catalog::family_name(m.family),
+        "context_window": m.context_window,
+        "max_output_tokens": m.max_output_tokens,
+        "input_per_1m": m.input.usd_per_1m(),
+        "cached_input_per_1m": price(m.cached_input),
+        "output_per_1m": price(m.output),
+        "latency": m.latency,
+        "capabilities": m.capabilities,
+        "best_use": m.best_use,
+        "prices_checked": m.prices_checked,
+    })
 }

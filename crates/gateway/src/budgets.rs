@@ -52,7 +52,7 @@ use tollgate_store::{Budget, BudgetPeriod, BudgetScope, Store, StoreError, Usage
 use tollgate_wire::ratelimit::RateLimitInfo;
 
 pub use crate::budgets_redis::{RedisBudgetCounters, SpendRefused};
-use crate::catalog::{BilledTokens, Catalog};
+use crate::catalog::{BilledTokens, LiveCatalog};
 use crate::error::{BudgetRefusal, GatewayError};
 use crate::keys::Principal;
 use crate::preflight::{Endpoint, Preflight};
@@ -537,7 +537,7 @@ impl BudgetMetrics {
 pub struct Budgets {
     set: RwLock<Arc<BudgetSet>>,
     pub counters: BudgetCounters,
-    catalog: Arc<Catalog>,
+    catalog: Arc<LiveCatalog>,
     /// Taken by the usage writer around each batch and by every re-sync.
     gate: tokio::sync::Mutex<()>,
     notices: Option<mpsc::Sender<Notice>>,
@@ -557,7 +557,7 @@ pub struct BudgetReservation {
 
 impl Budgets {
     /// Budgets without a notifier (tests; notices are only counted as dropped).
-    pub fn new(catalog: Arc<Catalog>) -> Self {
+    pub fn new(catalog: Arc<LiveCatalog>) -> Self {
         Self {
             set: RwLock::new(Arc::default()),
             counters: BudgetCounters::default(),
@@ -577,7 +577,7 @@ impl Budgets {
     /// Budgets and their notifier task, which claims each notice in `store`, logs,
     /// counts and POSTs it; the task ends once the budgets are dropped.
     pub fn start(
-        catalog: Arc<Catalog>,
+        catalog: Arc<LiveCatalog>,
         store: Store,
         config: &BudgetsConfig,
     ) -> Result<(Self, JoinHandle<()>), String> {
@@ -720,7 +720,8 @@ pub fn plan(
         (None, Endpoint::Moderations) => DEFAULT_MODERATION_MODEL,
         (None, _) => "",
     };
-    let Some(entry) = budgets.catalog.get(model) else {
+    let catalog = budgets.catalog.current();
+    let Some(entry) = catalog.get(model) else {
         return Err(GatewayError::UnpricedModel {
             model: model.to_owned(),
         });
@@ -838,7 +839,7 @@ impl BudgetReservation {
     /// not (see the module docs for the rule).
     pub fn settle(self, rec: &mut UsageRecord) {
         let observed = rec.input_tokens + rec.output_tokens > 0;
-        crate::record::price(&self.budgets.catalog, rec);
+        crate::record::price(&self.budgets.catalog.current(), rec);
         let spent = if observed {
             // A served model the catalog does not know: keep the worst case.
             rec.cost_usd_nanos.unwrap_or(self.reserved)
@@ -1186,7 +1187,7 @@ mod tests {
     }
 
     fn budgets(list: Vec<Budget>) -> Arc<Budgets> {
-        let b = Arc::new(Budgets::new(Arc::new(Catalog::builtin())));
+        let b = Arc::new(Budgets::new(Arc::default()));
         b.replace(list, &[], NOW - 1_000);
         b
     }
@@ -1380,7 +1381,7 @@ mod tests {
 
     #[test]
     fn the_store_spend_seeds_and_resyncs_the_counters() {
-        let b = Arc::new(Budgets::new(Arc::new(Catalog::builtin())));
+        let b = Arc::new(Budgets::new(Arc::default()));
         let spend = |env: &str, key: &str, day: u64, month: u64| tollgate_store::Spend {
             project: "shop".into(),
             env: env.into(),

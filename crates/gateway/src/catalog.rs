@@ -1,7 +1,11 @@
 //! The model catalog: what each model is (tokenizer family, context window, maximum
 //! output, latency class, capabilities, best use) and what it costs, in USD **per 1M
 //! tokens**. A default catalog ships in the binary (`data/models.toml`);
-//! `[[models]]` entries in tollgate.toml replace or add entries in the same format.
+//! `[[models]]` entries in tollgate.toml replace or add entries in the same format, and
+//! entries kept in the store (`tollgate models set`, `PUT /admin/v1/models/catalog/{id}`)
+//! replace or add over both: **store > config > built-in**, whole entries by id. A
+//! running server holds a [`LiveCatalog`], which swaps in the store's entries when the
+//! store's `limits_version` moves (see `limits`), within `keys.refresh_interval_ms`.
 //!
 //! Prices are held as integers — nano-USD per token, which is the same number as
 //! milli-USD per 1M tokens — so a [`Cost`] is exact: no float sums that drift, and a
@@ -9,8 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use tollgate_store::CatalogModel;
 use tollgate_wire::tokens::Encoding;
 
 use crate::config::ConfigError;
@@ -91,6 +98,22 @@ pub enum Capability {
     Reasoning,
     Embeddings,
     Moderation,
+}
+
+impl Capability {
+    /// The name used in the data file and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Vision => "vision",
+            Self::Audio => "audio",
+            Self::Tools => "tools",
+            Self::JsonSchema => "json_schema",
+            Self::Reasoning => "reasoning",
+            Self::Embeddings => "embeddings",
+            Self::Moderation => "moderation",
+        }
+    }
 }
 
 /// One model.
@@ -227,6 +250,157 @@ impl Default for Catalog {
     fn default() -> Self {
         Self::builtin()
     }
+}
+
+/// The catalog a running server reads: the config's (built-in with `[[models]]`) with
+/// the store's entries over it. Swapped whole when either changes, so a reader holds
+/// one consistent catalog for as long as it keeps the `Arc`.
+#[derive(Debug)]
+pub struct LiveCatalog {
+    state: RwLock<LiveState>,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    base: Catalog,
+    stored: Vec<ModelEntry>,
+    current: Arc<Catalog>,
+}
+
+impl LiveCatalog {
+    /// `base` alone, until the store's entries are set.
+    pub fn new(base: Catalog) -> Self {
+        Self {
+            state: RwLock::new(LiveState {
+                current: Arc::new(base.clone()),
+                base,
+                stored: Vec::new(),
+            }),
+        }
+    }
+
+    /// The catalog now (a cheap clone of a shared one).
+    pub fn current(&self) -> Arc<Catalog> {
+        self.state.read().current.clone()
+    }
+
+    /// Replaces the config's catalog (the store's entries stay over it).
+    pub fn set_base(&self, base: Catalog) {
+        let mut st = self.state.write();
+        st.base = base;
+        st.current = Arc::new(merged(&st.base, &st.stored));
+    }
+
+    /// Replaces the store's entries.
+    pub fn set_stored(&self, stored: Vec<ModelEntry>) {
+        let mut st = self.state.write();
+        st.current = Arc::new(merged(&st.base, &stored));
+        st.stored = stored;
+    }
+}
+
+impl Default for LiveCatalog {
+    fn default() -> Self {
+        Self::new(Catalog::builtin())
+    }
+}
+
+fn merged(base: &Catalog, stored: &[ModelEntry]) -> Catalog {
+    let mut c = base.clone();
+    c.apply(stored.to_vec());
+    c
+}
+
+/// The valid entries of `stored`; an invalid one (written by a newer tollgate, or by
+/// hand) is skipped with a warning and the config's entry of that id stays.
+pub fn entries_from_store(stored: &[CatalogModel]) -> Vec<ModelEntry> {
+    stored
+        .iter()
+        .filter_map(|m| match entry_from_stored(m) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(model = %m.id, error = %e, "skipping an invalid stored catalog entry");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Checks a stored entry as a `[[models]]` entry is checked.
+pub fn entry_from_stored(m: &CatalogModel) -> Result<ModelEntry, String> {
+    let latency = m.latency.as_deref().map(by_name::<Latency>).transpose()?;
+    let capabilities = if m.capabilities.is_empty() {
+        None
+    } else {
+        Some(
+            m.capabilities
+                .iter()
+                .map(|c| by_name::<Capability>(c))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
+    // Milli-USD to USD: exact for the at most 3 decimals a price has.
+    #[allow(clippy::cast_precision_loss)]
+    let usd = |milli: u64| milli as f64 / 1000.0;
+    validate_entry(&RawModel {
+        id: m.id.clone(),
+        family: m.family.clone(),
+        context_window: m.context_window,
+        max_output_tokens: m.max_output_tokens,
+        input_per_1m: usd(m.input_per_1m_milli_usd),
+        cached_input_per_1m: m.cached_input_per_1m_milli_usd.map(usd),
+        output_per_1m: m.output_per_1m_milli_usd.map(usd),
+        latency,
+        capabilities,
+        best_use: m.best_use.clone(),
+        prices_checked: m.prices_checked.clone(),
+    })
+}
+
+/// A checked entry as the store keeps it (prices as milli-USD per 1M tokens).
+pub fn stored_from_entry(e: &ModelEntry) -> CatalogModel {
+    CatalogModel {
+        id: e.id.clone(),
+        family: Some(family_name(e.family).to_owned()),
+        context_window: e.context_window,
+        max_output_tokens: e.max_output_tokens,
+        input_per_1m_milli_usd: e.input.0,
+        cached_input_per_1m_milli_usd: e.cached_input.map(|p| p.0),
+        output_per_1m_milli_usd: e.output.map(|p| p.0),
+        latency: Some(e.latency.as_str().to_owned()),
+        capabilities: e
+            .capabilities
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        best_use: (!e.best_use.is_empty()).then(|| e.best_use.clone()),
+        prices_checked: e.prices_checked.clone(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+/// One `[[models]]`-shaped entry checked alone; the error lists every problem as
+/// `field: message`.
+pub fn validate_entry(raw: &RawModel) -> Result<ModelEntry, String> {
+    validate_models(std::slice::from_ref(raw), "")
+        .map_err(|errors| {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| {
+                    let field = e.path.split_once('.').map_or(e.path.as_str(), |(_, f)| f);
+                    format!("{field}: {}", e.message)
+                })
+                .collect();
+            lines.join("; ")
+        })
+        .and_then(|mut v| v.pop().ok_or_else(|| "invalid entry".to_owned()))
+}
+
+/// A latency class or capability by its snake_case name.
+pub fn by_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(name.trim().to_owned()))
+        .map_err(|_| format!("{name:?} is not a known name"))
 }
 
 /// Parses and checks `data/models.toml`.
@@ -526,6 +700,65 @@ mod tests {
         assert!(c.get("-2024-08-06").is_none());
         assert!(c.get("llama3").is_none());
         assert_eq!(c.cost("llama3", tokens(10, 0, 10)), None);
+    }
+
+    #[test]
+    fn store_entries_round_trip_and_override_the_config_until_removed() {
+        let raw = RawModel {
+            id: "gpt-4o-mini".into(),
+            family: None,
+            context_window: Some(1000),
+            max_output_tokens: Some(100),
+            input_per_1m: 1.5,
+            cached_input_per_1m: Some(0.075),
+            output_per_1m: Some(6.0),
+            latency: Some(Latency::Slow),
+            capabilities: Some(vec![Capability::Tools, Capability::Text]),
+            best_use: None,
+            prices_checked: Some("2026-11-01".into()),
+        };
+        let entry = validate_entry(&raw).unwrap();
+        let stored = stored_from_entry(&entry);
+        assert_eq!(stored.input_per_1m_milli_usd, 1500);
+        assert_eq!(stored.capabilities, ["text", "tools"]);
+        assert_eq!(entry_from_stored(&stored).unwrap(), entry);
+
+        let live = LiveCatalog::default();
+        let before = live.current();
+        live.set_stored(vec![entry]);
+        assert_eq!(
+            live.current().get("gpt-4o-mini").unwrap().context_window,
+            Some(1000)
+        );
+        assert_eq!(
+            before.get("gpt-4o-mini").unwrap().context_window,
+            Some(128_000),
+            "a reader keeps the catalog it took"
+        );
+        live.set_stored(Vec::new());
+        assert_eq!(live.current().get("gpt-4o-mini").unwrap().input, Price(150));
+
+        let bad = CatalogModel {
+            latency: Some("warp".into()),
+            ..stored.clone()
+        };
+        assert!(entry_from_stored(&bad).unwrap_err().contains("warp"));
+        let bad = RawModel {
+            max_output_tokens: Some(5000),
+            prices_checked: Some("yesterday".into()),
+            ..raw
+        };
+        let e = validate_entry(&bad).unwrap_err();
+        assert!(
+            e.contains("max_output_tokens: must not exceed context_window (1000)"),
+            "{e}"
+        );
+        assert!(e.contains("prices_checked:"), "{e}");
+        assert!(entries_from_store(&[CatalogModel {
+            capabilities: vec!["telepathy".into()],
+            ..stored
+        }])
+        .is_empty());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! cache's `keys.refresh_interval_ms`) and swaps in the new set when it moves, so a
 //! change made with the CLI or the admin API takes effect within that interval,
 //! without a restart. With none stored, a request costs one check of an empty set.
-//! The model rules (aliases and access lists, see `models`) change with the same
-//! counter and are reloaded with them.
+//! The model rules (aliases and access lists, see `models`) and the store's catalog
+//! entries (see `catalog`) change with the same counter and are reloaded with them.
 //!
 //! Buckets: one per rule and dimension (requests, tokens), with capacity the
 //! per-minute limit, refilled continuously at limit/60 s. A bucket's level may go
@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use crate::catalog::LiveCatalog;
 use crate::models::ModelRules;
 use parking_lot::{Mutex, RwLock};
 use redis::Script;
@@ -542,6 +543,7 @@ pub struct Limits {
     rules: RwLock<Arc<RuleSet>>,
     pub counters: Counters,
     models: RwLock<Arc<ModelRules>>,
+    catalog: Arc<LiveCatalog>,
 }
 
 impl Limits {
@@ -551,7 +553,14 @@ impl Limits {
             rules: RwLock::default(),
             counters,
             models: RwLock::default(),
+            catalog: Arc::default(),
         }
+    }
+
+    /// The model catalog (config with the store's entries over it), shared with the
+    /// budgets and the usage writer.
+    pub fn catalog(&self) -> &Arc<LiveCatalog> {
+        &self.catalog
     }
 
     /// The Redis link, when the counters are in Redis.
@@ -598,7 +607,11 @@ async fn reload(limits: &Limits, store: &Store) -> Result<usize, StoreError> {
     let caps = store.list_output_caps(None).await?;
     let aliases = store.list_model_aliases(None).await?;
     let access = store.list_model_access(None).await?;
-    let n = rules.len() + caps.len() + aliases.len() + access.len();
+    let catalog = store.list_catalog_models().await?;
+    let n = rules.len() + caps.len() + aliases.len() + access.len() + catalog.len();
+    limits
+        .catalog
+        .set_stored(crate::catalog::entries_from_store(&catalog));
     limits.replace(rules, caps);
     let models = limits.models().with_store_rules(aliases, access);
     limits.set_models(models);

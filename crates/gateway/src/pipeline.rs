@@ -145,7 +145,7 @@ async fn stages(
     let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
     let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas)?;
     if gw.config.preflight.context_window {
-        context::run(&gw.config.catalog, endpoint, &preflight)?;
+        context::run(&gw.limits.catalog().current(), endpoint, &preflight)?;
     }
 
     let at_ms = guard.record().created_at_ms;

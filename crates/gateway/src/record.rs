@@ -11,8 +11,10 @@
 //! - the writer stops only when every sender is gone and the queue is empty, so
 //!   awaiting it at shutdown flushes everything.
 //!
-//! The writer also prices each record from the model catalog (`cost_usd_nanos`), so
-//! the request path never does.
+//! Each record is priced from the model catalog (`cost_usd_nanos`) as it is enqueued —
+//! a lookup in the in-memory catalog and a few multiplications — so a call is billed at
+//! the prices in force when it ended, even if the catalog changes before the writer
+//! gets to it; the writer prices any record that is not.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use tollgate_store::{Store, UsageRecord};
 use crate::admit::Reservation;
 use crate::anomaly::Detector;
 use crate::budgets::{BudgetReservation, Budgets};
-use crate::catalog::{BilledTokens, Catalog};
+use crate::catalog::{BilledTokens, Catalog, LiveCatalog};
 
 /// Where the pipeline sends usage records. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub struct UsageSink {
     anomaly: Option<Arc<Detector>>,
     /// Records the writer has written so far (for `/metrics`).
     written: Arc<AtomicU64>,
+    /// Prices each record as it is enqueued: the catalog when the call ended.
+    catalog: Arc<LiveCatalog>,
 }
 
 impl UsageSink {
@@ -49,7 +53,7 @@ impl UsageSink {
         store: Store,
         capacity: usize,
         batch_size: usize,
-        catalog: Arc<Catalog>,
+        catalog: Arc<LiveCatalog>,
     ) -> (Self, JoinHandle<u64>) {
         let budgets = Arc::new(Budgets::new(catalog.clone()));
         Self::start_with_budgets(store, capacity, batch_size, catalog, budgets)
@@ -61,7 +65,7 @@ impl UsageSink {
         store: Store,
         capacity: usize,
         batch_size: usize,
-        catalog: Arc<Catalog>,
+        catalog: Arc<LiveCatalog>,
         budgets: Arc<Budgets>,
     ) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -71,13 +75,14 @@ impl UsageSink {
             rx,
             batch_size.max(1),
             written.clone(),
-            (catalog, budgets),
+            (catalog.clone(), budgets),
         ));
         let sink = Self {
             tx,
             background: tokio::runtime::Handle::current(),
             anomaly: None,
             written,
+            catalog,
         };
         (sink, writer)
     }
@@ -110,7 +115,8 @@ impl UsageSink {
     }
 
     /// Enqueues, waiting for capacity when the queue is full.
-    pub async fn send(&self, record: UsageRecord) {
+    pub async fn send(&self, mut record: UsageRecord) {
+        price(&self.catalog.current(), &mut record);
         if let Err(e) = self.tx.send(record).await {
             // Only possible if the writer task died; say so loudly.
             tracing::error!(request_id = %e.0.request_id, "usage writer is gone; record lost");
@@ -119,7 +125,8 @@ impl UsageSink {
 
     /// Enqueues without waiting (for `Drop` and stream ends): if the queue is full a
     /// task takes over the wait, and keeps the writer open until it has sent.
-    pub fn send_now(&self, record: UsageRecord) {
+    pub fn send_now(&self, mut record: UsageRecord) {
+        price(&self.catalog.current(), &mut record);
         match self.tx.try_send(record) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
@@ -150,7 +157,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
     counter: Arc<AtomicU64>,
-    (catalog, budgets): (Arc<Catalog>, Arc<Budgets>),
+    (catalog, budgets): (Arc<LiveCatalog>, Arc<Budgets>),
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
     let mut written = 0u64;
@@ -162,8 +169,9 @@ async fn write_batches(
         if room > 0 && !rx.is_empty() {
             rx.recv_many(&mut batch, room).await;
         }
+        let prices = catalog.current();
         for rec in &mut batch {
-            price(&catalog, rec);
+            price(&prices, rec);
         }
         let mut delay = Duration::from_millis(50);
         let gate = budgets.gate().lock().await;

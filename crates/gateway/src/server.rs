@@ -160,6 +160,7 @@ pub async fn serve(
         None => (Arc::new(Limits::default()), None, None),
     };
     limits.set_models(crate::models::ModelRules::with_aliases(&config.aliases));
+    limits.catalog().set_base(config.catalog.clone());
     let limits_version = limits::load(&limits, &store).await?;
     let limits_watcher = tokio::spawn(limits::watch(
         limits.clone(),
@@ -172,7 +173,7 @@ pub async fn serve(
         config.cache.clone(),
         redis_link.clone(),
     ));
-    let catalog = Arc::new(config.catalog.clone());
+    let catalog = limits.catalog().clone();
     let (budgets, notifier) = Budgets::start(catalog.clone(), store.clone(), &config.budgets)
         .map_err(crate::StartError::Upstream)?;
     let budgets = Arc::new(match redis_link {

@@ -308,6 +308,87 @@ async fn a_request_that_cannot_fit_the_context_window_is_refused_with_the_number
 }
 
 #[tokio::test]
+async fn a_stored_catalog_entry_changes_a_running_servers_context_window_and_cost() {
+    let mut h = support::start().await;
+    let big = json!({"model": "gpt-4o-mini", "input": "hello", "max_output_tokens": 20_000});
+    let res = h.post("/v1/responses", big.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 200, "fits the built-in 128000 window");
+    let builtin_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    // The store's entry replaces the built-in one while the server runs: a window of
+    // 10000 tokens and $100 / $200 per 1M tokens.
+    let entry = tollgate_store::CatalogModel {
+        id: "gpt-4o-mini".into(),
+        context_window: Some(10_000),
+        max_output_tokens: Some(5_000),
+        input_per_1m_milli_usd: 100_000,
+        output_per_1m_milli_usd: Some(200_000),
+        ..Default::default()
+    };
+    h.store
+        .set_catalog_model(&entry, support::now_ms(), &cli())
+        .await
+        .unwrap();
+    let refused = support::eventually(Duration::from_secs(5), || async {
+        let res = h.post("/v1/responses", big.clone()).send().await.unwrap();
+        res.status() == 400
+    })
+    .await;
+    assert!(refused.is_some(), "the stored entry never applied");
+    let e = error_of(h.post("/v1/responses", big.clone()).send().await.unwrap()).await;
+    assert_eq!(e["code"], "context_length_exceeded");
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("maximum context length is 10000 tokens"), "{m}");
+
+    // What fits is served and priced at the stored prices.
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hello", "max_output_tokens": 50}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let priced_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    // Removed from the store, the built-in entry applies again.
+    assert!(h
+        .store
+        .remove_catalog_model("gpt-4o-mini", support::now_ms(), &cli())
+        .await
+        .unwrap());
+    let back = support::eventually(Duration::from_secs(5), || async {
+        let res = h.post("/v1/responses", big.clone()).send().await.unwrap();
+        res.status() == 200
+    })
+    .await;
+    assert!(back.is_some(), "the built-in entry never came back");
+
+    let records = h.stop_and_records().await;
+    let rec = records
+        .iter()
+        .find(|r| r.request_id == priced_id)
+        .expect("the priced call is recorded");
+    assert!(rec.input_tokens > 0 && rec.output_tokens > 0, "{rec:?}");
+    assert_eq!(
+        rec.cost_usd_nanos,
+        Some(rec.input_tokens * 100_000 + rec.output_tokens * 200_000),
+        "priced per token at the stored USD-per-1M prices: {rec:?}"
+    );
+    let first = records.iter().find(|r| r.request_id == builtin_id).unwrap();
+    assert_eq!(
+        first.cost_usd_nanos,
+        Some(
+            (first.input_tokens - first.cached_tokens) * 150
+                + first.cached_tokens * 75
+                + first.output_tokens * 600
+        ),
+        "the first call at the built-in prices"
+    );
+}
+
+#[tokio::test]
 async fn schema_errors_name_their_path_before_the_upstream() {
     let mut h = support::start().await;
     let before = h.sim_requests().await.len();

@@ -804,10 +804,9 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
     let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
     link.check().await;
     assert!(link.is_up(), "the link did not reach the test Redis");
-    let budgets = Budgets::new(Arc::new(tollgate_gateway::catalog::Catalog::builtin()))
-        .with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(
-            link.clone(),
-        )));
+    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
+        RedisBudgetCounters::new(link.clone()),
+    ));
     let (project, prod) = (budget_scope(None), budget_scope(Some("prod")));
     let now = now_ms();
     let start = BudgetPeriod::Day.bounds(now).0;
