@@ -23,6 +23,7 @@ pub const LATENCY_MS: &str = "x-sim-latency-ms";
 pub const STREAM_INTERVAL_MS: &str = "x-sim-stream-interval-ms";
 pub const STREAM_CUT_AFTER: &str = "x-sim-stream-cut-after";
 pub const RESET: &str = "x-sim-reset";
+pub const INVALID_OUTPUT: &str = "x-sim-invalid-output";
 
 /// The faults that apply to one request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +44,9 @@ pub struct Fault {
     pub stream_cut_after: Option<u64>,
     /// Close the connection without answering.
     pub reset: bool,
+    /// Spoil a non-streamed structured-output answer so it no longer matches its
+    /// schema (see [`spoil_structured`]).
+    pub invalid_output: bool,
 }
 
 /// A `POST /_sim/faults` body. Every field but `count` is optional.
@@ -66,6 +70,8 @@ pub struct FaultSpec {
     pub stream_cut_after: Option<u64>,
     #[serde(default)]
     pub reset: Option<bool>,
+    #[serde(default)]
+    pub invalid_output: Option<bool>,
     /// Only requests to this path consume the fault.
     #[serde(default)]
     pub path: Option<String>,
@@ -119,12 +125,16 @@ impl Fault {
             Some(_) => return Err(bad_header(STATUS)),
             None => None,
         };
-        let reset = match text(RESET)? {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
-            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
-            Some(_) => return Err(bad_header(RESET)),
+        let flag = |name: &'static str| -> Result<bool, ApiError> {
+            match text(name)? {
+                None => Ok(false),
+                Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+                Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+                Some(_) => Err(bad_header(name)),
+            }
         };
+        let reset = flag(RESET)?;
+        let invalid_output = flag(INVALID_OUTPUT)?;
         Ok(Self {
             status,
             error_code: text(ERROR_CODE)?.map(str::to_owned),
@@ -134,6 +144,7 @@ impl Fault {
             stream_interval: number(STREAM_INTERVAL_MS)?.map(Duration::from_millis),
             stream_cut_after: number(STREAM_CUT_AFTER)?,
             reset,
+            invalid_output,
         })
     }
 
@@ -152,6 +163,7 @@ impl Fault {
         pick(&mut self.stream_interval, &queued.stream_interval);
         pick(&mut self.stream_cut_after, &queued.stream_cut_after);
         self.reset |= queued.reset;
+        self.invalid_output |= queued.invalid_output;
         self
     }
 
@@ -191,6 +203,7 @@ impl FaultSpec {
             stream_interval: self.stream_interval_ms.map(Duration::from_millis),
             stream_cut_after: self.stream_cut_after,
             reset: self.reset.unwrap_or(false),
+            invalid_output: self.invalid_output.unwrap_or(false),
         })
     }
 }
@@ -245,6 +258,59 @@ pub fn resolve(queue: &FaultQueue, headers: &HeaderMap, path: &str) -> Result<Fa
         Some(queued) => own.overlaid_with(&queued),
         None => own,
     })
+}
+
+/// A non-streamed Responses or Chat answer body with its structured output spoiled:
+/// the text of each `output_text` part (Responses) or each choice's message content
+/// (Chat) that is a JSON object gets its first member's value replaced by one of
+/// another type (a string becomes `12345`, anything else `"not-valid"`); text that is
+/// not an object becomes `"not-valid"`. `None` when the body has no such text.
+pub fn spoil_structured(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut texts: Vec<&mut serde_json::Value> = Vec::new();
+    let responses = v.get("output").is_some_and(serde_json::Value::is_array);
+    if responses {
+        let output = v.get_mut("output").and_then(|o| o.as_array_mut())?;
+        for item in output {
+            let parts = item.get_mut("content").and_then(|c| c.as_array_mut());
+            for part in parts.into_iter().flatten() {
+                if part.get("type").and_then(|t| t.as_str()) == Some("output_text") {
+                    if let Some(t) = part.get_mut("text") {
+                        texts.push(t);
+                    }
+                }
+            }
+        }
+    } else if let Some(choices) = v.get_mut("choices").and_then(|c| c.as_array_mut()) {
+        for choice in choices {
+            if let Some(t) = choice
+                .pointer_mut("/message/content")
+                .filter(|t| t.is_string())
+            {
+                texts.push(t);
+            }
+        }
+    }
+    if texts.is_empty() {
+        return None;
+    }
+    for t in texts {
+        let spoiled = match serde_json::from_str::<serde_json::Value>(t.as_str().unwrap_or("")) {
+            Ok(serde_json::Value::Object(mut o)) => {
+                if let Some((_, first)) = o.iter_mut().next() {
+                    *first = if first.is_string() {
+                        serde_json::json!(12345)
+                    } else {
+                        serde_json::json!("not-valid")
+                    };
+                }
+                serde_json::Value::Object(o).to_string()
+            }
+            _ => "\"not-valid\"".to_owned(),
+        };
+        *t = serde_json::Value::String(spoiled);
+    }
+    serde_json::to_vec(&v).ok()
 }
 
 fn bad_header(name: &str) -> ApiError {
@@ -350,8 +416,31 @@ mod tests {
             stream_interval_ms: None,
             stream_cut_after: None,
             reset: None,
+            invalid_output: None,
             path: path.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn spoiled_structured_output_no_longer_matches_its_first_member() {
+        let responses = serde_json::json!({"output": [{"type": "message", "content": [
+            {"type": "output_text", "text": "{\"name\":\"Ada\",\"age\":36}"}]}]});
+        let out: serde_json::Value =
+            serde_json::from_slice(&spoil_structured(responses.to_string().as_bytes()).unwrap())
+                .unwrap();
+        assert_eq!(
+            out.pointer("/output/0/content/0/text").unwrap(),
+            "{\"name\":12345,\"age\":36}"
+        );
+        let chat = serde_json::json!({"choices": [{"message": {"content": "{\"n\":1}"}}]});
+        let out: serde_json::Value =
+            serde_json::from_slice(&spoil_structured(chat.to_string().as_bytes()).unwrap())
+                .unwrap();
+        assert_eq!(
+            out.pointer("/choices/0/message/content").unwrap(),
+            "{\"n\":\"not-valid\"}"
+        );
+        assert!(spoil_structured(b"{\"data\":[]}").is_none());
     }
 
     #[test]

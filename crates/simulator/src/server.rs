@@ -154,7 +154,11 @@ async fn api(State(state): State<Arc<SimState>>, req: Request) -> Response {
                             rate: None,
                         };
                         let resp = endpoints::route(&mut call, &parts.method, &path);
-                        (resp.unwrap_or_else(|e| error_response(&e)), call.rate)
+                        let mut resp = resp.unwrap_or_else(|e| error_response(&e));
+                        if fault.invalid_output {
+                            resp = spoil(resp).await;
+                        }
+                        (resp, call.rate)
                     }
                 }
             }
@@ -180,6 +184,26 @@ async fn api(State(state): State<Arc<SimState>>, req: Request) -> Response {
         .log
         .push(record(&parts, &path, body, Some(status), received_at_ms));
     resp
+}
+
+/// A 200 JSON answer with its structured output spoiled (`x-sim-invalid-output`);
+/// any other answer (a stream, an error) as it is.
+async fn spoil(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if resp.status() != http::StatusCode::OK || !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let bytes = faults::spoil_structured(&bytes).map_or(bytes, Bytes::from);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn record(
