@@ -744,6 +744,16 @@ impl RawResponse {
         }
     }
 
+    /// An answer already read in full (`meta` as received), to relay after looking
+    /// at its body.
+    pub fn buffered(meta: ResponseMeta, body: Bytes) -> Self {
+        let (attempts, id) = (meta.attempts, meta.request_id.clone());
+        Self {
+            meta,
+            body: ByteStream::buffered(body, attempts, id),
+        }
+    }
+
     /// The upstream status.
     pub fn status(&self) -> StatusCode {
         self.meta.status

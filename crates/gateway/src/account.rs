@@ -35,7 +35,9 @@ pub struct Tokens {
 }
 
 impl Observed {
-    /// Copies what was observed into a usage record.
+    /// Copies what was observed into a usage record. Tokens add to those already
+    /// there: a call that received several answers (a structured answer discarded and
+    /// asked again, see `answers`) paid for all of them.
     pub fn apply(&self, rec: &mut UsageRecord) {
         if self.response_id.is_some() {
             rec.response_id.clone_from(&self.response_id);
@@ -44,11 +46,11 @@ impl Observed {
             rec.model_served.clone_from(&self.model_served);
         }
         if let Some(t) = self.usage {
-            rec.input_tokens = t.input;
-            rec.output_tokens = t.output;
-            rec.total_tokens = t.total;
-            rec.cached_tokens = t.cached;
-            rec.reasoning_tokens = t.reasoning;
+            rec.input_tokens = rec.input_tokens.saturating_add(t.input);
+            rec.output_tokens = rec.output_tokens.saturating_add(t.output);
+            rec.total_tokens = rec.total_tokens.saturating_add(t.total);
+            rec.cached_tokens = rec.cached_tokens.saturating_add(t.cached);
+            rec.reasoning_tokens = rec.reasoning_tokens.saturating_add(t.reasoning);
         }
         if rec.error_code.is_none() {
             rec.error_code.clone_from(&self.stream_error);

@@ -75,6 +75,8 @@ pub struct RawConfig {
     pub offline: RawOffline,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub answers: crate::answers::RawAnswers,
 }
 
 /// `[cache]`: the response cache (see `cache`).
@@ -302,6 +304,8 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     /// `[cache]`.
     pub cache: CacheConfig,
+    /// `[answers]`: structured answers validated for these projects.
+    pub answers: crate::answers::AnswersConfig,
 }
 
 /// The checked `[cache]`.
@@ -686,6 +690,7 @@ impl TryFrom<RawConfig> for Config {
             &upstream,
             &mut errors,
         );
+        let answers = crate::answers::AnswersConfig::from_raw(&raw.answers, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -723,6 +728,7 @@ impl TryFrom<RawConfig> for Config {
             preflight,
             resilience,
             cache,
+            answers,
         })
     }
 }

@@ -118,6 +118,16 @@ pub enum GatewayError {
         param: String,
         code: &'static str,
     },
+    /// The upstream's structured-output answer does not match the request's schema
+    /// (`answers`), after the retry when configured.
+    #[error("invalid structured output")]
+    InvalidStructuredOutput {
+        /// A JSON pointer into the answer (`/age`; empty: the whole answer).
+        path: String,
+        detail: String,
+        /// Upstream calls made, retries included.
+        attempts: u32,
+    },
 }
 
 /// What a budget refusal says (boxed in [`GatewayError`]). Amounts in nano-USD.
@@ -184,7 +194,9 @@ impl GatewayError {
             | Self::ContextLengthExceeded(_)
             | Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable { .. } | Self::InvalidStructuredOutput { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -208,9 +220,10 @@ impl GatewayError {
             | Self::SuspendedKey { .. }
             | Self::AdminForbidden { .. }
             | Self::GatewayAdminOnly { .. } => "permission_error",
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } | Self::Internal => {
-                "server_error"
-            }
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::Internal
+            | Self::InvalidStructuredOutput { .. } => "server_error",
             Self::NotReady { .. }
             | Self::CredentialUnavailable { .. }
             | Self::LimiterUnavailable
@@ -250,6 +263,7 @@ impl GatewayError {
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::ContextLengthExceeded(_) => Some("context_length_exceeded"),
             Self::InvalidParameter { code, .. } => Some(code),
+            Self::InvalidStructuredOutput { .. } => Some("invalid_structured_output"),
             _ => None,
         }
     }
@@ -297,6 +311,7 @@ impl GatewayError {
             Self::ModelNotFound { .. } => "model_not_found",
             Self::ContextLengthExceeded(_) => "context_length_exceeded",
             Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::InvalidStructuredOutput { .. } => "invalid_structured_output",
         }
     }
 
@@ -495,6 +510,18 @@ impl GatewayError {
                 )
             }
             Self::InvalidParameter { message, .. } => message.clone(),
+            Self::InvalidStructuredOutput {
+                path,
+                detail,
+                attempts,
+            } => {
+                let at = if path.is_empty() { "the root" } else { path };
+                format!(
+                    "The model's answer does not match the requested JSON schema at {at}: \
+                     {detail}. tollgate withheld it after {attempts} upstream call(s). Retry \
+                     the request, or simplify the schema (strict mode helps the model keep to it)."
+                )
+            }
         }
     }
 
@@ -862,6 +889,16 @@ mod tests {
                 400,
                 "invalid_request_error",
                 Some("invalid_json_schema"),
+            ),
+            (
+                GatewayError::InvalidStructuredOutput {
+                    path: "/age".into(),
+                    detail: "\"x\" is not of type \"integer\"".into(),
+                    attempts: 2,
+                },
+                502,
+                "server_error",
+                Some("invalid_structured_output"),
             ),
             (
                 GatewayError::InvalidParameter {

@@ -17,6 +17,7 @@ pub mod admit;
 pub mod admit_redis;
 pub mod anomaly;
 pub mod anomaly_store;
+pub mod answers;
 pub mod authenticate;
 pub mod breaker;
 pub mod budgets;

@@ -18,6 +18,7 @@
 //! | 6 | moderate     | `moderate`       | (no-op until moderation lands)     |
 //! | 7 | dispatch     | `dispatch`       | upstream status, 502, 504          |
 //! |   | (fallbacks)  | `fallback`, `breaker`, `offline` | 503 `upstream_unavailable` (every circuit open); a stored answer (`stale`), an offline answer |
+//! |   | (answers)    | `answers`        | 502 `invalid_structured_output`    |
 //! | 8 | account      | `account`        | —                                  |
 //! | 9 | record       | `record`         | —                                  |
 //!
@@ -176,7 +177,12 @@ async fn stages(
     let model = preflight.model.as_deref();
     let flight = gw.throttle.pace(&principal, model, lane, deadline).await;
     match fallback::run(gw, endpoint, &principal, &parts, preflight, guard, flight).await? {
-        fallback::Served::Upstream(preflight, reply) => Ok(Outcome::Upstream(preflight, reply)),
+        fallback::Served::Upstream(preflight, reply) => {
+            let reply =
+                crate::answers::run(gw, endpoint, &principal, &parts, &preflight, *reply, guard)
+                    .await?;
+            Ok(Outcome::Upstream(preflight, Box::new(reply)))
+        }
         fallback::Served::Answered(res) => Ok(Outcome::Served(res)),
     }
 }
