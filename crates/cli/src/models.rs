@@ -1,6 +1,13 @@
 //! `tollgate models`: the model catalog as a cheat sheet (prices in USD per 1M tokens),
 //! and `tollgate models cost`: what a request of given token counts would cost. Both
-//! read the built-in catalog with the config file's `[[models]]` entries applied.
+//! read the built-in catalog with the config file's `[[models]]` entries applied and
+//! the store's entries over those (when there is a store: a data directory with a
+//! database, or a database URL).
+//!
+//! `tollgate models set ID …` and `tollgate models remove ID`: catalog entries kept in
+//! the store (store > config > built-in, whole entries by id), audited; running
+//! servers use them for context-window checks, costs and budgets within
+//! `keys.refresh_interval_ms`.
 //!
 //! `tollgate models alias set|unset|list` and `tollgate models allow|deny`, `models
 //! access show`: a project's aliases and its environments' access lists, straight on
@@ -10,7 +17,9 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tollgate_gateway::catalog::{self, BilledTokens, Catalog, ModelEntry, Price};
+use tollgate_gateway::catalog::{
+    self, BilledTokens, Capability, Catalog, Latency, ModelEntry, Price, RawModel,
+};
 use tollgate_gateway::config::RawConfig;
 use tollgate_gateway::Config;
 use tollgate_store::{AccessKind, Store};
@@ -45,6 +54,52 @@ enum ModelsCommand {
     /// Show the access lists.
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Add or replace a catalog entry in the store (over the config's and the
+    /// built-in entry of that id). Prices in USD per 1M tokens.
+    Set(SetArgs),
+    /// Remove a catalog entry from the store (the config's or built-in entry of that
+    /// id, if any, applies again).
+    Remove {
+        /// The model id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SetArgs {
+    /// The model id, as requests name it (e.g. llama3.1:8b).
+    id: String,
+    /// Input plus output tokens.
+    #[arg(long)]
+    context_window: u64,
+    /// The most output tokens (omit for models that produce none).
+    #[arg(long)]
+    max_output: Option<u64>,
+    /// USD per 1M input tokens (at most 3 decimals: 0.075).
+    #[arg(long)]
+    input_price: f64,
+    /// USD per 1M cached input tokens [default: the input price].
+    #[arg(long)]
+    cached_input_price: Option<f64>,
+    /// USD per 1M output tokens (omit for models that produce none).
+    #[arg(long)]
+    output_price: Option<f64>,
+    /// Tokenizer family: o200k_base or cl100k_base [default: guessed from the id].
+    #[arg(long)]
+    family: Option<String>,
+    /// fast, medium or slow [default: medium].
+    #[arg(long)]
+    latency_class: Option<String>,
+    /// Comma-separated: text, vision, audio, tools, json_schema, reasoning,
+    /// embeddings, moderation [default: text].
+    #[arg(long, value_delimiter = ',')]
+    capabilities: Vec<String>,
+    /// One line: what to use it for.
+    #[arg(long)]
+    best_use: Option<String>,
+    /// When the prices were checked, YYYY-MM-DD.
+    #[arg(long)]
+    checked: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,15 +170,24 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         Some(path) => state::read_config(path)?,
         None => RawConfig::default(),
     };
+    let has_store = has_store(&args.state, &raw);
     let config =
         Config::try_from(raw).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let json = args.json;
     match args.command {
         None => {
-            list(&config.catalog, json);
+            list(&with_store(&config, &args.state, has_store).await?, json);
             Ok(())
         }
-        Some(ModelsCommand::Cost(c)) => cost(&config.catalog, &c, json),
+        Some(ModelsCommand::Cost(c)) => cost(
+            &with_store(&config, &args.state, has_store).await?,
+            &c,
+            json,
+        ),
+        Some(ModelsCommand::Set(a)) => set_entry(&args.state.open().await?, a, json).await,
+        Some(ModelsCommand::Remove { id }) => {
+            remove_entry(&config, &args.state.open().await?, &id, json).await
+        }
         Some(ModelsCommand::Alias(c)) => alias(&config, &args.state.open().await?, c, json).await,
         Some(ModelsCommand::Allow(a)) => {
             access(
@@ -149,6 +213,114 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             access_show(&args.state.open().await?, project.as_deref(), json).await
         }
     }
+}
+
+/// Whether there is a store to read catalog entries from: a database URL, or a data
+/// directory holding a database (listing the catalog never creates one).
+fn has_store(state: &StateArgs, raw: &RawConfig) -> bool {
+    let mut raw = raw.clone();
+    state.apply(&mut raw);
+    raw.database_url.is_some()
+        || std::path::Path::new(raw.data_dir.as_deref().unwrap_or("./tollgate-data"))
+            .join("tollgate.db")
+            .exists()
+}
+
+/// The config's catalog with the store's entries over it.
+async fn with_store(
+    config: &Config,
+    state: &StateArgs,
+    has_store: bool,
+) -> anyhow::Result<Catalog> {
+    let mut c = config.catalog.clone();
+    if has_store {
+        let stored = state.open().await?.list_catalog_models().await?;
+        c.apply(catalog::entries_from_store(&stored));
+    }
+    Ok(c)
+}
+
+async fn set_entry(store: &Store, a: SetArgs, json: bool) -> anyhow::Result<()> {
+    let latency = a
+        .latency_class
+        .as_deref()
+        .map(|l| {
+            catalog::by_name::<Latency>(l)
+                .map_err(|e| anyhow::anyhow!("--latency-class: {e} (fast, medium or slow)"))
+        })
+        .transpose()?;
+    let capabilities = a
+        .capabilities
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            catalog::by_name::<Capability>(c).map_err(|e| anyhow::anyhow!("--capabilities: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let raw = RawModel {
+        id: a.id.clone(),
+        family: a.family,
+        context_window: Some(a.context_window),
+        max_output_tokens: a.max_output,
+        input_per_1m: a.input_price,
+        cached_input_per_1m: a.cached_input_price,
+        output_per_1m: a.output_price,
+        latency,
+        capabilities: (!capabilities.is_empty()).then_some(capabilities),
+        best_use: a.best_use,
+        prices_checked: a.checked,
+    };
+    let entry = catalog::validate_entry(&raw)
+        .map_err(|e| anyhow::anyhow!("invalid catalog entry {:?}: {e}", a.id))?;
+    let stored = store
+        .set_catalog_model(
+            &catalog::stored_from_entry(&entry),
+            state::now_ms(),
+            &state::actor(),
+        )
+        .await?;
+    if json {
+        let mut v = entry_json(&entry);
+        v["from"] = json!("store");
+        v["updated_at_ms"] = json!(stored.updated_at_ms);
+        println!("{v}");
+    } else {
+        println!(
+            "Catalog entry {} stored: context {}, input {}, output {} per 1M tokens. \
+             Running servers use it within a second.",
+            entry.id,
+            a.context_window,
+            dollars(Some(entry.input)),
+            dollars(entry.output)
+        );
+    }
+    Ok(())
+}
+
+async fn remove_entry(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
+    let removed = store
+        .remove_catalog_model(id, state::now_ms(), &state::actor())
+        .await?;
+    if !removed {
+        bail!("the store has no catalog entry {id:?} (entries of the config or the built-in catalog are not removed here)");
+    }
+    let now = config
+        .catalog
+        .get(id)
+        .filter(|e| e.id == id)
+        .map(|_| "the config's or built-in entry applies again");
+    if json {
+        println!(
+            "{}",
+            json!({ "id": id, "removed": true, "fallback": now.is_some() })
+        );
+    } else {
+        println!(
+            "Catalog entry {id} removed from the store; {}.",
+            now.unwrap_or("the model is no longer in the catalog")
+        );
+    }
+    Ok(())
 }
 
 async fn alias(config: &Config, store: &Store, c: AliasCommand, json: bool) -> anyhow::Result<()> {

@@ -397,3 +397,159 @@ fn aliases_and_access_lists_are_set_listed_and_cleared_on_the_store() {
         assert!(audit.contains(action), "{action} not in the audit log");
     }
 }
+
+#[test]
+fn catalog_entries_are_set_on_the_store_listed_priced_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .env("TOLLGATE_DATA_DIR", dir)
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .env_remove("TOLLGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fails = |args: &[&str], needle: &str| {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+
+    let v: Value = serde_json::from_str(&ok(&[
+        "models",
+        "set",
+        "llama3.1:8b",
+        "--context-window",
+        "8192",
+        "--max-output",
+        "2048",
+        "--input-price",
+        "0.05",
+        "--output-price",
+        "0.1",
+        "--family",
+        "cl100k_base",
+        "--latency-class",
+        "fast",
+        "--capabilities",
+        "text,tools",
+        "--checked",
+        "2026-11-01",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(v["input_per_1m"], "0.05");
+    assert_eq!(v["output_per_1m"], "0.10");
+    assert_eq!(v["capabilities"], serde_json::json!(["text", "tools"]));
+    assert_eq!(v["from"], "store");
+    // A stored entry replaces the built-in one of the same id, whole.
+    ok(&[
+        "models",
+        "set",
+        "gpt-4o-mini",
+        "--context-window",
+        "64000",
+        "--input-price",
+        "1",
+        "--output-price",
+        "2",
+    ]);
+
+    let v: Value = serde_json::from_str(&ok(&["models", "--json"])).unwrap();
+    let models = v["models"].as_array().unwrap();
+    let find = |id: &str| models.iter().find(|m| m["id"] == id).cloned().unwrap();
+    assert_eq!(find("llama3.1:8b")["context_window"], 8192);
+    assert_eq!(find("gpt-4o-mini")["context_window"], 64000);
+    assert_eq!(find("gpt-4o-mini")["cached_input_per_1m"], Value::Null);
+    assert_eq!(find("gpt-4o")["input_per_1m"], "2.50", "the others stay");
+    let table = ok(&["models"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("llama3.1:8b "))
+        .unwrap();
+    assert!(row.contains("$0.05") && row.contains("2026-11-01"), "{row}");
+    let v: Value = serde_json::from_str(&ok(&[
+        "models",
+        "cost",
+        "--model",
+        "gpt-4o-mini",
+        "--input",
+        "1000000",
+        "--output",
+        "1000000",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(v["cost_usd"], "3.000000");
+
+    // Bad entries are refused with the field, and nothing is stored.
+    fails(
+        &[
+            "models",
+            "set",
+            "x",
+            "--context-window",
+            "100",
+            "--max-output",
+            "200",
+            "--input-price",
+            "1",
+        ],
+        "max_output_tokens: must not exceed context_window (100)",
+    );
+    fails(
+        &[
+            "models",
+            "set",
+            "x",
+            "--context-window",
+            "100",
+            "--input-price",
+            "0.0001",
+        ],
+        "input_per_1m",
+    );
+    fails(
+        &[
+            "models",
+            "set",
+            "x",
+            "--context-window",
+            "100",
+            "--input-price",
+            "1",
+            "--capabilities",
+            "telepathy",
+        ],
+        "--capabilities",
+    );
+
+    let v: Value =
+        serde_json::from_str(&ok(&["models", "remove", "gpt-4o-mini", "--json"])).unwrap();
+    assert_eq!(v["removed"], true);
+    assert_eq!(v["fallback"], true);
+    ok(&["models", "remove", "llama3.1:8b"]);
+    fails(&["models", "remove", "llama3.1:8b"], "no catalog entry");
+    let v: Value = serde_json::from_str(&ok(&["models", "--json"])).unwrap();
+    let models = v["models"].as_array().unwrap();
+    assert!(models.iter().all(|m| m["id"] != "llama3.1:8b"));
+    let mini = models.iter().find(|m| m["id"] == "gpt-4o-mini").unwrap();
+    assert_eq!(mini["context_window"], 128000, "the built-in entry is back");
+
+    let audit = ok(&["audit", "--since", "1h", "--json"]);
+    for action in ["models.catalog.set", "models.catalog.remove"] {
+        assert!(audit.contains(action), "{action} not in the audit log");
+    }
+}
