@@ -218,7 +218,8 @@ class Gateway(Server):
         self.data = DataDir(workdir / "data")
         config = workdir / "tollgate.toml"
         # Keep the gateway's own retries fast; their count stays the default (2).
-        config.write_text("[upstream]\nretry_base_ms = 10\n")
+        # The project "answers" has its structured answers validated (test_answers.py).
+        config.write_text('[upstream]\nretry_base_ms = 10\n\n[answers]\nvalidate_projects = ["answers"]\n')
         super().__init__(
             [
                 "serve",
