@@ -80,8 +80,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/models/access"),
     ("put", "/admin/v1/models/access"),
     ("get", "/admin/v1/models/catalog"),
-    ("put", "/admin/v1/models/catalog/{id}"),
-    ("delete", "/admin/v1/models/catalog/{id}"),
+    ("put", "/admin/v1/models/catalog/{model}"),
+    ("delete", "/admin/v1/models/catalog/{model}"),
 ];
 
 /// Longest `name` or `reason` accepted, in characters.

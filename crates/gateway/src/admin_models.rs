@@ -9,10 +9,10 @@
 //!   replace a list (`env` omitted: every environment; an empty list removes it). Admin.
 //! - `GET /admin/v1/models/catalog`: the catalog this server prices and checks with,
 //!   each entry saying where it comes from (`builtin`, `config`, `store`). Any role.
-//! - `PUT /admin/v1/models/catalog/{id}`: add or replace the store's entry (a
+//! - `PUT /admin/v1/models/catalog/{model}`: add or replace the store's entry (a
 //!   `[[models]]` entry's fields as JSON, prices in USD per 1M tokens). The catalog
 //!   is gateway-wide: an `admin` key of the `_gateway` project only.
-//! - `DELETE /admin/v1/models/catalog/{id}`: remove the store's entry (404 if none);
+//! - `DELETE /admin/v1/models/catalog/{model}`: remove the store's entry (404 if none);
 //!   the config's or built-in entry of that id applies again. `_gateway` admin.
 //!
 //! The same rules as `tollgate models alias|allow|deny`; every change is audited by the
@@ -47,7 +47,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/admin/v1/models/access", get(list_access).put(set_access))
         .route("/admin/v1/models/catalog", get(list_catalog))
         .route(
-            "/admin/v1/models/catalog/{id}",
+            "/admin/v1/models/catalog/{model}",
             put(set_catalog_entry).delete(remove_catalog_entry),
         )
 }

@@ -2,7 +2,7 @@
 //! output, latency class, capabilities, best use) and what it costs, in USD **per 1M
 //! tokens**. A default catalog ships in the binary (`data/models.toml`);
 //! `[[models]]` entries in tollgate.toml replace or add entries in the same format, and
-//! entries kept in the store (`tollgate models set`, `PUT /admin/v1/models/catalog/{id}`)
+//! entries kept in the store (`tollgate models set`, `PUT /admin/v1/models/catalog/{model}`)
 //! replace or add over both: **store > config > built-in**, whole entries by id. A
 //! running server holds a [`LiveCatalog`], which swaps in the store's entries when the
 //! store's `limits_version` moves (see `limits`), within `keys.refresh_interval_ms`.

@@ -491,3 +491,120 @@ async fn response_format_on_responses_is_translated_with_a_warning() {
     assert!(h.sim_requests().await.is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn gateway_admins_set_and_remove_catalog_entries_over_the_admin_api() {
+    let mut h = support::start().await;
+    h.store
+        .ensure_project_as(tollgate_store::GATEWAY_PROJECT, &Actor::system())
+        .await
+        .unwrap();
+    let m = tollgate_gateway::keys::mint(
+        tollgate_store::GATEWAY_PROJECT,
+        "prod",
+        tollgate_store::Role::Admin,
+        None,
+        support::now_ms(),
+    );
+    h.store.insert_key(&m.record).await.unwrap();
+    let admin = m.secret;
+    let url = h.url("/admin/v1/models/catalog/llama3.1:8b");
+    let entry = json!({"context_window": 8192, "max_output_tokens": 2048, "input_per_1m": 0.05,
+                       "output_per_1m": 0.1, "latency": "fast", "capabilities": ["text", "tools"]});
+    // Wait until the gateway knows the new key.
+    let put = || async {
+        h.http
+            .put(&url)
+            .bearer_auth(&admin)
+            .json(&entry)
+            .send()
+            .await
+            .unwrap()
+    };
+    let known = support::eventually(Duration::from_secs(5), || async {
+        put().await.status() != 401
+    })
+    .await;
+    assert!(known.is_some());
+    let res = put().await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["input_per_1m"], "0.05");
+    assert_eq!(v["from"], "store");
+
+    // A project key may read the catalog but not change it.
+    let res = h
+        .http
+        .put(&url)
+        .bearer_auth(&h.key)
+        .json(&entry)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // Bad fields are refused with their name.
+    let res = h
+        .http
+        .put(&url)
+        .bearer_auth(&admin)
+        .json(&json!({"input_per_1m": 1, "context_window": 10, "max_output_tokens": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(error_of(res).await["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_output_tokens"));
+
+    let listed = support::eventually(Duration::from_secs(5), || async {
+        let v: Value = h
+            .http
+            .get(h.url("/admin/v1/models/catalog"))
+            .bearer_auth(&h.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == "llama3.1:8b" && e["from"] == "store")
+    })
+    .await;
+    assert!(
+        listed.is_some(),
+        "the stored entry never showed in the catalog"
+    );
+
+    let res = h
+        .http
+        .delete(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = h
+        .http
+        .delete(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let audit: Vec<String> = h
+        .store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(audit.iter().any(|a| a == "models.catalog.set"));
+    assert!(audit.iter().any(|a| a == "models.catalog.remove"));
+    h.stop().await;
+}
