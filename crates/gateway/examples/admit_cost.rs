@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tollgate_gateway::admit;
 use tollgate_gateway::budgets::Budgets;
-use tollgate_gateway::catalog::Catalog;
+use tollgate_gateway::catalog::{Catalog, LiveCatalog};
 use tollgate_gateway::keys::Principal;
 use tollgate_gateway::limits::Limits;
 use tollgate_gateway::preflight::{Endpoint, Preflight};
@@ -131,7 +131,7 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
     // The same rules and a daily budget far above what the loop reserves.
-    let budgets = Arc::new(Budgets::new(Arc::new(Catalog::builtin())));
+    let budgets = Arc::new(Budgets::new(Arc::new(LiveCatalog::new(Catalog::builtin()))));
     let now = tollgate_gateway::accept::now_ms();
     budgets.replace(
         vec![Budget {

@@ -698,7 +698,9 @@ mod tests {
     #[tokio::test]
     async fn a_budget_refusal_takes_no_request_in_memory() {
         let l = limits(&[(None, Some(2), None)]);
-        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::Catalog::builtin())));
+        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
+            crate::catalog::Catalog::builtin(),
+        ))));
         let scope = tollgate_store::BudgetScope {
             project: "shop".into(),
             env: None,

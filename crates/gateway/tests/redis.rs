@@ -1227,10 +1227,12 @@ async fn a_redis_outage_counts_budgets_locally_or_refuses_and_the_store_catches_
 async fn limits_and_budgets(prefix: &str) -> (Arc<Limits>, Arc<Budgets>, Arc<RedisLink>) {
     let (counters, link) = counters(prefix).await;
     let limits = Arc::new(Limits::with_counters(counters));
-    let budgets = Budgets::new(Arc::new(tollgate_gateway::catalog::Catalog::builtin()))
-        .with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(
-            link.clone(),
-        )));
+    let budgets = Budgets::new(Arc::new(tollgate_gateway::catalog::LiveCatalog::new(
+        tollgate_gateway::catalog::Catalog::builtin(),
+    )))
+    .with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(
+        link.clone(),
+    )));
     (limits, Arc::new(budgets), link)
 }
 
