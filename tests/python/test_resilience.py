@@ -1,4 +1,5 @@
-"""Fallbacks, the circuit breaker and offline answers as an official SDK sees them.
+"""Fallbacks (on 503, 429 and a timeout), the circuit breaker and offline answers as an
+official SDK sees them.
 
 A dedicated `tollgate serve` (its own config file and data directory) in front of two
 simulators: `primary` (the [upstream]) and `backup` (an [[upstreams]] entry with its own
@@ -26,6 +27,8 @@ BACKUP_KEY_VAR = "CONTRACT_BACKUP_KEY"
 OFFLINE_PROJECT = "resilience-offline"
 OFFLINE_TEXT = "The assistant is offline; {model} will be back soon."
 COOLDOWN_MS = 400
+# The primary's timeout: a queued latency fault far above it makes the call time out.
+PRIMARY_TIMEOUT_MS = 1500
 CLOSE_DEADLINE_S = 10.0
 
 
@@ -43,11 +46,13 @@ class Setup:
 url = "{self.primary.base_url}"
 api_key = "env:{PROVIDER_KEY_VAR}"
 max_retries = 0
+timeout_ms = {PRIMARY_TIMEOUT_MS}
 
 [[upstreams]]
 name = "backup"
 url = "{self.backup.base_url}"
 api_key = "env:{BACKUP_KEY_VAR}"
+timeout_ms = 30000
 
 [fallbacks]
 "gpt-4o-mini" = [{{ upstream = "backup" }}]
@@ -109,6 +114,30 @@ def test_a_503_falls_back_to_the_backup_which_the_answer_names(setup: Setup) -> 
     assert completion.model.startswith("gpt-4o-mini")
     assert [r["status"] for r in setup.primary.recorded("/v1/chat/completions")] == [200, 503]
     assert len(setup.backup.recorded("/v1/chat/completions")) == 1
+
+
+def test_a_429_and_a_timeout_fall_back_too(setup: Setup) -> None:
+    setup.primary.reset()
+    setup.backup.reset()
+    client = setup.client(setup.key)
+    # A success first: the failure count starts from zero (failures = 2 opens it).
+    assert chat_raw(client).headers["x-tollgate-served-by"] == "primary/gpt-4o-mini"
+
+    setup.primary.queue_faults(count=1, status=429)
+    raw = chat_raw(client)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-tollgate-served-by"] == "backup/gpt-4o-mini"
+    assert raw.parse().choices[0].message.content
+    # A success between the two failures keeps the circuit closed.
+    assert chat_raw(client).headers["x-tollgate-served-by"] == "primary/gpt-4o-mini"
+
+    setup.primary.queue_faults(count=1, latency_ms=PRIMARY_TIMEOUT_MS * 10)
+    raw = chat_raw(client)
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-tollgate-served-by"] == "backup/gpt-4o-mini"
+    assert raw.parse().choices[0].message.content
+    assert len(setup.backup.recorded("/v1/chat/completions")) == 2
+    assert chat_raw(client).headers["x-tollgate-served-by"] == "primary/gpt-4o-mini"
 
 
 def test_the_circuit_opens_after_repeated_failures_and_a_probe_closes_it(setup: Setup) -> None:
