@@ -121,7 +121,10 @@ pub async fn run(
     let failure = match config.on_invalid {
         OnInvalid::Error => failure,
         OnInvalid::Retry => {
-            let again = dispatch::run(&gw.upstream, principal, parts, preflight).await?;
+            // Asked again of the target that gave the answer (a fallback's, if one served).
+            let served_by = guard.record().served_by.clone();
+            let client = crate::fallback::served_client(gw, principal, served_by.as_deref())?;
+            let again = dispatch::send(&client, parts, preflight).await?;
             attempts += again.attempts();
             if again.status() != http::StatusCode::OK {
                 return Ok(with_attempts(again, attempts));

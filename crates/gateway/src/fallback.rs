@@ -169,7 +169,7 @@ impl Fallbacks {
         self.breakers.for_credential(upstream, credential)
     }
 
-    fn client(
+    pub fn client(
         &self,
         gw: &Gateway,
         principal: &Principal,
@@ -182,6 +182,19 @@ impl Fallbacks {
             .get(upstream)
             .cloned()
             .ok_or(GatewayError::Internal)
+    }
+}
+
+/// The client of the upstream that served a call, from the record's `served_by`
+/// (`<upstream>/<model>`; upstream names have no `/`), else the primary's.
+pub fn served_client(
+    gw: &Gateway,
+    principal: &Principal,
+    served_by: Option<&str>,
+) -> Result<Client, GatewayError> {
+    match served_by.and_then(|label| label.split_once('/')) {
+        Some((upstream, _)) => gw.fallbacks.client(gw, principal, upstream),
+        None => dispatch::primary_client(&gw.upstream, principal),
     }
 }
 

@@ -572,3 +572,33 @@ fn fallback_configuration_is_checked_with_dotted_paths() {
     let e = Config::from_toml_str("[fallbacks]\n\"gpt-4o\" = [{ modle = \"x\" }]\n").unwrap_err();
     assert_eq!(e.0[0].path, "fallbacks.gpt-4o[0].modle", "{e}");
 }
+
+#[tokio::test]
+async fn a_spoiled_structured_answer_from_a_fallback_is_asked_again_of_that_fallback() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.answers.validate_projects = Some(vec!["shop".into()]);
+    })
+    .await;
+    sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+    sim_fault(&b.sim, json!({"count": 1, "invalid_output": true})).await;
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "input": "Who wrote the first program?",
+        "text": {"format": {"type": "json_schema", "name": "person", "strict": true, "schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+            "additionalProperties": false
+        }}}
+    });
+    let res = h.post("/v1/responses", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    // The primary failed once; the backup gave the spoiled answer and then the good one.
+    assert_eq!((sim_calls(&h.sim), sim_calls(&b.sim)), (1, 2));
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
+    assert_eq!(recs[0].attempts, 2);
+}
