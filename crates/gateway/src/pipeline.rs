@@ -34,9 +34,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
-use tollgate_store::UsageRecord;
+use tollgate_store::{Lane, UsageRecord};
 
 use crate::error::GatewayError;
+use crate::keys::Principal;
 use crate::preflight::{Endpoint, Preflight};
 use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
@@ -106,17 +107,14 @@ enum Outcome {
     Served(Response),
 }
 
-/// Stages 1–7.
-async fn stages(
+/// Stage 2 and the checks on the caller's headers, before its body is read: who it
+/// is, whether it may call models, its lane and cache choice, and anomaly suspension.
+fn caller(
     gw: &Gateway,
-    endpoint: Endpoint,
-    req: Request<Body>,
+    parts: &http::request::Parts,
+    peer: Option<std::net::IpAddr>,
     guard: &mut RecordGuard,
-    limit_headers: &mut tollgate_wire::ratelimit::RateLimitInfo,
-) -> Result<Outcome, GatewayError> {
-    let peer = server::peer_addr(&req).map(|a| a.ip());
-    let (parts, body) = req.into_parts();
-
+) -> Result<(Arc<Principal>, Lane, cache::Mode), GatewayError> {
     let principal = authenticate::run(&gw.keys, &parts.headers)?;
     let rec = guard.record();
     rec.key_id = Some(principal.key_id.clone());
@@ -129,6 +127,31 @@ async fn stages(
     let (key, project, env) = (&principal.key_id, &principal.project, &principal.env);
     gw.anomaly
         .observe_request(key, project, env, peer, accept::now_ms())?;
+    Ok((principal, lane, cache_mode))
+}
+
+/// Stages 1–7.
+async fn stages(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    req: Request<Body>,
+    guard: &mut RecordGuard,
+    limit_headers: &mut tollgate_wire::ratelimit::RateLimitInfo,
+) -> Result<Outcome, GatewayError> {
+    let peer = server::peer_addr(&req).map(|a| a.ip());
+    let (parts, body) = req.into_parts();
+
+    let (principal, lane, cache_mode) = match caller(gw, &parts, peer, guard) {
+        Ok(caller) => caller,
+        Err(e) => {
+            // Read (and drop) what the caller sent, within the usual limits, so its
+            // keep-alive connection stays usable: an SDK's pooled connection would
+            // otherwise be closed under its next request.
+            let limit = gw.config.max_body_bytes;
+            let _ = accept::read_body(body, limit, gw.config.body_timeout).await;
+            return Err(e);
+        }
+    };
 
     let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
     let model_in_path =

@@ -607,3 +607,63 @@ async fn shutdown_does_not_wait_for_a_connection_that_never_spoke() {
     let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "still open: {n:?}");
 }
+
+/// Sends one HTTP/1.1 request on `conn` and reads its answer: (status, body).
+async fn exchange(conn: &mut tokio::net::TcpStream, key: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: tollgate\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed before an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (
+        status,
+        String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_refused_key_leaves_the_keep_alive_connection_usable() {
+    let mut h = start().await;
+    // Larger than what the server reads ahead with the headers, so the body is still
+    // unread on the socket when the key is refused.
+    let text = "hi ".repeat(100_000);
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+        .to_string();
+    let mut conn = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (status, answer) = exchange(&mut conn, "tg-dev-not-a-key", &body).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("invalid_api_key"), "{answer}");
+    // The same connection serves the next request (an SDK's pool reuses it).
+    let key = h.key.clone();
+    let (status, answer) = exchange(&mut conn, &key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+    h.stop().await;
+}
