@@ -52,6 +52,10 @@ enum Command {
     Mock(mock::MockArgs),
 }
 
+/// The process's allocator (see `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -3,7 +3,8 @@
 //!
 //! Thread per core: N I/O threads (one per CPU, or `TOKIO_WORKER_THREADS`) each
 //! serve connections on a current-thread runtime; the acceptor hands each new
-//! connection to the thread with the fewest open. A connection, its requests and
+//! connection to the thread with the fewest open (counted at the hand-off, so a burst
+//! of new connections is spread evenly). A connection, its requests and
 //! their upstream connections stay on that thread, so serving a request involves no
 //! hand-off between threads. The acceptor and the background work (key watcher,
 //! usage writer, anomaly flags, the Redis probe and settlements) run on the runtime
@@ -265,8 +266,8 @@ fn io_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// A connection handed from the acceptor to an I/O thread.
-type Accepted = (std::net::TcpStream, SocketAddr);
+/// A connection handed from the acceptor to an I/O thread, counted from the hand-off.
+type Accepted = (std::net::TcpStream, SocketAddr, OpenGuard);
 
 /// The acceptor's handle on one I/O thread.
 struct IoThread {
@@ -300,15 +301,12 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
-        let Some(thread) = threads
-            .iter()
-            .min_by_key(|t| t.open.load(Ordering::Relaxed))
-        else {
+        let Some((i, counted)) = hand_off(threads.iter().map(|t| &t.open)) else {
             break;
         };
         match stream.into_std() {
             Ok(stream) => {
-                let _ = thread.tx.send((stream, peer));
+                let _ = threads[i].tx.send((stream, peer, counted));
             }
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
         }
@@ -333,11 +331,10 @@ fn spawn_io_thread(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let counter = open.clone();
     std::thread::Builder::new()
         .name(format!("tollgate-io-{i}"))
         .spawn(move || {
-            runtime.block_on(serve_connections(rx, app, counter, header_timeout, grace));
+            runtime.block_on(serve_connections(rx, app, header_timeout, grace));
             // Tasks still spawned on this thread end with its runtime, before the
             // acceptor is told the thread is done.
             drop(runtime);
@@ -347,6 +344,7 @@ fn spawn_io_thread(
 }
 
 /// Counts an open connection for as long as it lives.
+#[derive(Debug)]
 struct OpenGuard(Arc<AtomicUsize>);
 
 impl OpenGuard {
@@ -354,6 +352,16 @@ impl OpenGuard {
         open.fetch_add(1, Ordering::Relaxed);
         Self(open.clone())
     }
+}
+
+/// Picks the I/O thread with the fewest open connections and counts the new one on it
+/// at once, so a burst of connections (a client opening its pool) is spread evenly
+/// rather than all handed to whichever thread had not yet counted the previous ones.
+fn hand_off<'a>(open: impl Iterator<Item = &'a Arc<AtomicUsize>>) -> Option<(usize, OpenGuard)> {
+    let (i, counter) = open
+        .enumerate()
+        .min_by_key(|(_, o)| o.load(Ordering::Relaxed))?;
+    Some((i, OpenGuard::new(counter)))
 }
 
 impl Drop for OpenGuard {
@@ -367,7 +375,6 @@ impl Drop for OpenGuard {
 async fn serve_connections(
     mut rx: mpsc::UnboundedReceiver<Accepted>,
     app: Router,
-    open: Arc<AtomicUsize>,
     header_timeout: std::time::Duration,
     grace: std::time::Duration,
 ) {
@@ -382,7 +389,7 @@ async fn serve_connections(
     // connection (opened for a request that went over another one) for a long time.
     let (stopping_tx, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
-    while let Some((stream, peer)) = rx.recv().await {
+    while let Some((stream, peer, counted)) = rx.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -399,7 +406,6 @@ async fn serve_connections(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let counted = OpenGuard::new(&open);
         let mut stopping = stopping.clone();
         connections.spawn(async move {
             let _counted = counted;
@@ -439,4 +445,33 @@ pub fn peer_addr(req: &Request<Body>) -> Option<SocketAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_connections_is_spread_evenly_and_uncounted_when_closed() {
+        let open = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        // 32 connections handed off before any thread has run: each is counted at the
+        // hand-off, so the next goes to the other thread.
+        let guards: Vec<(usize, OpenGuard)> = (0..32)
+            .map(|_| hand_off(open.iter()).expect("a thread"))
+            .collect();
+        let on_first = guards.iter().filter(|(i, _)| *i == 0).count();
+        assert_eq!(on_first, 16);
+        assert_eq!(open[0].load(Ordering::Relaxed), 16);
+        assert_eq!(open[1].load(Ordering::Relaxed), 16);
+        // Closing the first thread's connections sends the next ones there.
+        let (first, second): (Vec<_>, Vec<_>) = guards.into_iter().partition(|(i, _)| *i == 0);
+        drop(first);
+        assert_eq!(open[0].load(Ordering::Relaxed), 0);
+        let next = hand_off(open.iter()).expect("a thread");
+        assert_eq!(next.0, 0);
+        drop(second);
+        drop(next);
+        assert_eq!(open[1].load(Ordering::Relaxed), 0);
+        assert!(hand_off(std::iter::empty()).is_none());
+    }
 }

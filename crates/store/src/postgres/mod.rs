@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0010_fallbacks.sql"),
     include_str!("0011_usage_cache.sql"),
     include_str!("0012_catalog_models.sql"),
+    include_str!("0013_usage_indexes.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0010_fallbacks.sql"),
     include_str!("0011_usage_cache.sql"),
     include_str!("0012_catalog_models.sql"),
+    include_str!("0013_usage_indexes.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
