@@ -70,6 +70,22 @@ return 1
 ";
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+
+/// The settlement of one budget period's counters (see [`SETTLE_LUA`]).
+pub(crate) fn settle_invocation(
+    spent_key: String,
+    reserved_key: String,
+    released: u64,
+    spent: u64,
+    seed: u64,
+    ttl_ms: i64,
+) -> redis::ScriptInvocation<'static> {
+    let mut call = SETTLE.prepare_invoke();
+    call.arg(released).arg(spent);
+    call.key(spent_key).key(reserved_key).arg(seed).arg(ttl_ms);
+    call.arg(RESERVED_IDLE_MS);
+    call
+}
 static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
 /// Why a reservation was refused.
@@ -231,9 +247,10 @@ impl RedisBudgetCounters {
         }
     }
 
-    /// Settles a reservation made in Redis, without waiting: counted as lost when
-    /// Redis is unreachable (the store re-sync then restores the spend; the worst
-    /// case stays reserved until the reserved counter idles out).
+    /// Settles a reservation made in Redis, without waiting: merged per period with the
+    /// interval's other settlements and sent within milliseconds (`settle_redis`).
+    /// Counted as lost when Redis is unreachable (the store re-sync then restores the
+    /// spend; the worst case stays reserved until the reserved counter idles out).
     pub fn settle_shared(
         &self,
         demands: &[(SpendDemand, i64)],
@@ -249,28 +266,19 @@ impl RedisBudgetCounters {
             return;
         }
         let prefix = self.link.key_prefix();
-        let parts: Vec<(String, String, u64, i64)> = demands
-            .iter()
-            .map(|(d, start)| {
-                let (s, r) = key_names(prefix, &d.key, *start);
-                // The memory counters have counted this call already: a missing key
-                // is seeded without it, then counts it once.
-                let seed = self.local.seed(&d.key, *start).saturating_sub(spent);
-                (s, r, seed, spent_ttl(d.key.1, *start, now_ms))
-            })
-            .collect();
-        let link = self.link.clone();
-        self.link.spawn(async move {
-            let mut call = SETTLE.prepare_invoke();
-            call.arg(reserved).arg(spent);
-            for (s, r, seed, ttl) in parts {
-                call.key(s).key(r).arg(seed).arg(ttl);
-            }
-            call.arg(RESERVED_IDLE_MS);
-            if link.call::<i64>(&call).await.is_err() {
-                link.update_lost("a budget settlement");
-            }
-        });
+        for (d, start) in demands {
+            let (s, r) = key_names(prefix, &d.key, *start);
+            // The memory counters have counted this call already: a missing key is
+            // seeded without the calls being settled, then counts them once.
+            let owed = crate::settle_redis::Owed::Budget {
+                reserved_key: r,
+                released: reserved,
+                spent,
+                local: self.local.seed(&d.key, *start),
+                ttl_ms: spent_ttl(d.key.1, *start, now_ms),
+            };
+            self.link.settlements().add(&self.link, s, owed);
+        }
     }
 
     /// Raises a spent counter in Redis to the store's sum, without waiting.

@@ -45,6 +45,7 @@ pub mod redis_link;
 pub mod schema;
 pub mod secret;
 pub mod server;
+pub mod settle_redis;
 pub mod throttle;
 pub mod upstream;
 

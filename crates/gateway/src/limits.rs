@@ -200,6 +200,17 @@ return 1
 
 static ADJUST: LazyLock<Script> = LazyLock::new(|| Script::new(ADJUST_LUA));
 
+/// The settlement of bucket `name` (see [`ADJUST_LUA`]).
+pub(crate) fn adjust_invocation(
+    name: String,
+    limit: u64,
+    delta: i64,
+) -> redis::ScriptInvocation<'static> {
+    let mut call = ADJUST.key(name);
+    call.arg(limit).arg(delta);
+    call
+}
+
 /// Buckets in Redis, with this replica's memory as the fallback.
 #[derive(Debug)]
 pub struct RedisCounters {
@@ -270,23 +281,18 @@ impl RedisCounters {
         }
     }
 
-    /// Sent without waiting; a settlement that fails is logged and counted
-    /// (`tollgate_redis_updates_lost_total`). While Redis is unreachable it applies to
-    /// the local fallback.
+    /// Owed to the bucket, merged with the interval's other settlements of it and sent
+    /// within milliseconds (`settle_redis`); a settlement that fails is logged and
+    /// counted (`tollgate_redis_updates_lost_total`). While Redis is unreachable it
+    /// applies to the local fallback.
     fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
         if !self.link.is_up() {
             self.local.adjust(key, limit, delta, now);
             return;
         }
         let name = bucket_name(self.link.key_prefix(), key);
-        let link = self.link.clone();
-        self.link.spawn(async move {
-            let mut call = ADJUST.key(name);
-            call.arg(limit).arg(delta);
-            if link.call::<i64>(&call).await.is_err() {
-                link.update_lost("a TPM settlement");
-            }
-        });
+        let owed = crate::settle_redis::Owed::Bucket { limit, delta };
+        self.link.settlements().add(&self.link, name, owed);
     }
 }
 

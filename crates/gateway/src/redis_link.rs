@@ -33,6 +33,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{OnFailure, RedisConfig, RedisUrl};
 use crate::metrics::Histogram;
+use crate::settle_redis::Settlements;
 
 /// How often the probe tries Redis while the link is down.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,6 +75,8 @@ pub struct RedisLink {
     lost: AtomicU64,
     calls: AtomicU64,
     admission: Histogram,
+    /// Settlements owed, sent every few milliseconds (`settle_redis`).
+    settlements: Settlements,
 }
 
 /// Why a call did not return a value (already logged and counted by the link).
@@ -104,6 +107,7 @@ impl RedisLink {
             lost: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             admission: Histogram::new(ADMISSION_BUCKETS_US),
+            settlements: Settlements::default(),
         }))
     }
 
@@ -171,7 +175,13 @@ impl RedisLink {
         }
     }
 
-    /// Runs `fut` on the background runtime (fire-and-forget work, e.g. a settlement).
+    /// Settlements owed to Redis, merged per counter and sent every
+    /// [`crate::settle_redis::SETTLE_INTERVAL`].
+    pub fn settlements(&self) -> &Settlements {
+        &self.settlements
+    }
+
+    /// Runs `fut` on the background runtime (fire-and-forget work, e.g. a re-sync).
     pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
         self.background.spawn(fut);
     }

@@ -14,7 +14,7 @@
 //! Shutdown order: stop accepting; let in-flight requests and streams finish for up to
 //! `server.shutdown_grace_ms`; cut what is still running (their usage guards record
 //! them as disconnected); stop the key and rate-limit watchers; drop the last usage senders and wait
-//! for the writer to flush every queued record.
+//! for the writer to flush every queued record; send the settlements still owed to Redis.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -177,6 +177,8 @@ pub async fn serve(
     let catalog = limits.catalog().clone();
     let (budgets, notifier) = Budgets::start(catalog.clone(), store.clone(), &config.budgets)
         .map_err(crate::StartError::Upstream)?;
+    // Kept to send the settlements still owed to Redis once every request is done.
+    let settle_link = redis_link.clone();
     let budgets = Arc::new(match redis_link {
         Some(link) => budgets.with_counters(BudgetCounters::Redis(RedisBudgetCounters::new(link))),
         None => budgets,
@@ -244,6 +246,10 @@ pub async fn serve(
     }
     // The router (and with it the last usage sender) is gone: the writer drains and ends.
     let written = writer.await.unwrap_or(0);
+    // Every request is finished: what they owe Redis goes now, not an interval later.
+    if let Some(link) = settle_link {
+        link.settlements().flush(&link).await;
+    }
     // The detector went with the router: the webhook task sends what is queued, briefly.
     if let Some(webhook) = webhook {
         let _ = tokio::time::timeout(grace, webhook).await;

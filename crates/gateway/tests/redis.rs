@@ -314,6 +314,42 @@ async fn settlements_refund_or_charge_and_a_full_bucket_is_deleted() {
 }
 
 #[tokio::test]
+async fn settlements_of_one_bucket_gather_into_one_script_call() {
+    let (c, link) = counters(&prefix()).await;
+    let s = scope(None);
+    let key = (s.clone(), Dimension::Tokens);
+    c.take(
+        &[demand(&s, Dimension::Tokens, 6_000, 3_000)],
+        Instant::now(),
+    )
+    .await
+    .unwrap();
+    // Five calls settle the same bucket within one interval: at most one entry is
+    // owed, and sending it is one script call carrying their sum (+1 000). (Two if
+    // the sender's interval ended in the middle of the loop on a stalled machine.)
+    let before = link.calls_total();
+    for delta in [500, -100, 300, 200, 100] {
+        c.adjust(&key, 6_000, delta, Instant::now());
+    }
+    assert!(
+        link.settlements().pending() <= 1,
+        "{} entries owed for one bucket",
+        link.settlements().pending()
+    );
+    link.settlements().flush(&link).await;
+    let calls = link.calls_total() - before;
+    assert!(
+        (1..=2).contains(&calls),
+        "{calls} script calls for five settlements of one bucket"
+    );
+    assert_eq!(link.settlements().pending(), 0);
+    // 3 000 taken, 1 000 back (and a few tokens of refill since).
+    let left = tokens_left(&c, &s).await;
+    assert!((4_000..4_100).contains(&left), "{left} tokens left");
+    assert_eq!(link.lost_total(), 0);
+}
+
+#[tokio::test]
 async fn a_flushed_script_cache_is_reloaded_and_the_call_still_counts() {
     let (c, link) = counters(&prefix()).await;
     let s = scope(None);

@@ -1,0 +1,215 @@
+//! Settlements to Redis, gathered and merged (issue 5, section 6).
+//!
+//! Every finished call that reserved in Redis settles there: its TPM buckets get back
+//! (or are charged) the difference between the estimate and the real usage, and its
+//! budget periods release the worst case and add the real cost. Sent one by one, that
+//! is two script calls per proxied call beside the admission — Redis (one thread)
+//! then spends most of its time on settlements, admissions queue behind them and the
+//! fire-and-forget calls pile up in memory when it falls behind.
+//!
+//! Instead a settlement is merged into a table keyed by the counter it changes (a
+//! bucket's deltas add up; a budget period's released reservations and spend add up),
+//! and the table is sent every [`SETTLE_INTERVAL`]: one script call per counter
+//! changed in that interval, all pipelined on one connection, whatever the request
+//! rate. Counters therefore see a settlement up to that much later — a reservation
+//! is held a few milliseconds longer, which errs on the side of the limit. The table
+//! is bounded by the number of distinct counters, not by the request rate. At
+//! shutdown the server sends what is left ([`Settlements::flush`]); a call that fails
+//! is counted as lost (`tollgate_redis_updates_lost_total`), as before.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::redis_link::RedisLink;
+
+/// How long settlements gather before they are sent.
+pub const SETTLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What one counter is owed, merged over the settlements of an interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owed {
+    /// A TPM bucket: whole tokens given back (> 0) or charged (< 0), under `limit`.
+    Bucket { limit: u64, delta: i64 },
+    /// A budget period (keyed by its spent counter): worst cases to release from its
+    /// reserved counter, nano-USD spent, and the seed for a missing spent counter
+    /// (this replica's count without these calls).
+    Budget {
+        reserved_key: String,
+        released: u64,
+        spent: u64,
+        /// This replica's count of the period, these calls included.
+        local: u64,
+        ttl_ms: i64,
+    },
+}
+
+impl Owed {
+    /// Adds a later settlement of the same counter.
+    fn merge(&mut self, later: Owed) {
+        match (self, later) {
+            (Owed::Bucket { limit, delta }, Owed::Bucket { limit: l, delta: d }) => {
+                *limit = l;
+                *delta = delta.saturating_add(d);
+            }
+            (
+                Owed::Budget {
+                    released,
+                    spent,
+                    local,
+                    ttl_ms,
+                    ..
+                },
+                Owed::Budget {
+                    released: r,
+                    spent: s,
+                    local: l,
+                    ttl_ms: t,
+                    ..
+                },
+            ) => {
+                *released = released.saturating_add(r);
+                *spent = spent.saturating_add(s);
+                *local = (*local).max(l);
+                *ttl_ms = t;
+            }
+            // One key never names both kinds (bucket and budget keys differ).
+            (this, later) => *this = later,
+        }
+    }
+}
+
+/// The table of owed settlements of one link, and its sender.
+#[derive(Debug, Default)]
+pub struct Settlements {
+    owed: Mutex<HashMap<String, Owed>>,
+    /// Wakes the sender when the table gets its first entry of an interval.
+    wake: Arc<Notify>,
+    started: AtomicBool,
+}
+
+impl Settlements {
+    /// Adds a settlement of counter `key`; the link's sender (started on first use, on
+    /// the background runtime) sends it within [`SETTLE_INTERVAL`].
+    pub fn add(&self, link: &Arc<RedisLink>, key: String, owed: Owed) {
+        let first = {
+            let mut table = self.owed.lock();
+            let first = table.is_empty();
+            match table.get_mut(&key) {
+                Some(o) => o.merge(owed),
+                None => {
+                    table.insert(key, owed);
+                }
+            }
+            first
+        };
+        if !self.started.swap(true, Ordering::AcqRel) {
+            link.spawn(send_every_interval(Arc::downgrade(link)));
+        }
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Entries waiting (tests, diagnostics).
+    pub fn pending(&self) -> usize {
+        self.owed.lock().len()
+    }
+
+    /// Sends everything owed now: one script call per counter, concurrently (pipelined
+    /// on this thread's connection). A call that fails is counted as lost.
+    pub async fn flush(&self, link: &RedisLink) {
+        let owed = std::mem::take(&mut *self.owed.lock());
+        if owed.is_empty() {
+            return;
+        }
+        let calls = owed.into_iter().map(|(key, o)| async move {
+            let (result, what) = match o {
+                Owed::Bucket { limit, delta } => (
+                    link.call::<i64>(&crate::limits::adjust_invocation(key, limit, delta))
+                        .await,
+                    "a TPM settlement",
+                ),
+                Owed::Budget {
+                    reserved_key,
+                    released,
+                    spent,
+                    local,
+                    ttl_ms,
+                } => {
+                    let seed = local.saturating_sub(spent);
+                    let call = crate::budgets_redis::settle_invocation(
+                        key,
+                        reserved_key,
+                        released,
+                        spent,
+                        seed,
+                        ttl_ms,
+                    );
+                    (link.call::<i64>(&call).await, "a budget settlement")
+                }
+            };
+            if result.is_err() {
+                link.update_lost(what);
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+}
+
+/// The sender: waits for a first entry, lets the interval gather more, sends. Ends
+/// with the link.
+async fn send_every_interval(link: Weak<RedisLink>) {
+    loop {
+        let wake = match link.upgrade() {
+            Some(l) => l.settlements().wake.clone(),
+            None => return,
+        };
+        // The permit of a `notify_one` made before this wait is kept: no entry is
+        // missed between a flush and the next wait. (A link dropped meanwhile leaves
+        // this task waiting until its runtime ends; one per link.)
+        wake.notified().await;
+        tokio::time::sleep(SETTLE_INTERVAL).await;
+        let Some(l) = link.upgrade() else { return };
+        l.settlements().flush(&l).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlements_of_one_counter_merge() {
+        let mut b = Owed::Bucket {
+            limit: 100,
+            delta: 5,
+        };
+        b.merge(Owed::Bucket {
+            limit: 120,
+            delta: -7,
+        });
+        assert_eq!(
+            b,
+            Owed::Bucket {
+                limit: 120,
+                delta: -2
+            }
+        );
+        let budget = |released, spent, local, ttl_ms| Owed::Budget {
+            reserved_key: "r".into(),
+            released,
+            spent,
+            local,
+            ttl_ms,
+        };
+        let mut s = budget(10, 4, 100, 5);
+        s.merge(budget(20, 6, 106, 4));
+        // Seed at send: 106 − 10 = 96, this replica's count without both calls.
+        assert_eq!(s, budget(30, 10, 106, 4));
+    }
+}
