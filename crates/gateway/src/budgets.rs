@@ -18,7 +18,8 @@
 //! seen (client gone mid-stream) keeps it, since the upstream may have spent it.
 //!
 //! Counters ([`BudgetCounters`]): one per budget and period, in memory. Each holds
-//! `base` — the store's sum of priced usage of the period, re-read every
+//! `base` — the store's sum of priced usage of the period (from its per-day roll-up,
+//! kept with the usage rows), re-read every
 //! `budgets.sync_interval_ms` and at every budget change, plus what this process's
 //! writer has written since — `unwritten`, this process's settled spend whose records
 //! are not written yet, and `reserved`, its calls in flight. The writer and the

@@ -728,6 +728,8 @@ impl Store {
 
     /// The priced spend of every project, environment and key since `month_start_ms`,
     /// and the part of it since `day_start_ms` (records of one project, or of all).
+    /// Both are UTC day starts (as [`BudgetPeriod::bounds`] gives them): the spend is
+    /// read from the per-day roll-up the usage writer keeps, not from the usage rows.
     pub async fn spend_since(
         &self,
         day_start_ms: i64,

@@ -840,9 +840,62 @@ pub(crate) fn last_used_by_key(records: &[UsageRecord]) -> Vec<(&str, i64)> {
     newest.into_iter().collect()
 }
 
+/// The priced spend of a batch of usage records per project, environment, key and UTC
+/// day (start ms): what the batch adds to the `usage_spend_daily` roll-up, from which
+/// budgets read a period's spend without scanning its usage rows.
+pub(crate) fn spend_by_day(records: &[UsageRecord]) -> Vec<(&str, &str, &str, i64, i64)> {
+    let mut sums: BTreeMap<(&str, &str, &str, i64), i64> = BTreeMap::new();
+    for r in records {
+        let Some(cost) = r.cost_usd_nanos.filter(|c| *c > 0) else {
+            continue;
+        };
+        let day = r.created_at_ms.div_euclid(DAY_MS) * DAY_MS;
+        let key = (
+            r.project.as_deref().unwrap_or_default(),
+            r.env.as_deref().unwrap_or_default(),
+            r.key_id.as_deref().unwrap_or_default(),
+            day,
+        );
+        let sum = sums.entry(key).or_insert(0);
+        *sum = sum.saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+    sums.into_iter()
+        .map(|((p, e, k, d), s)| (p, e, k, d, s))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_adds_its_priced_spend_per_key_and_utc_day() {
+        let rec = |key: &str, at: i64, cost: Option<u64>| UsageRecord {
+            project: Some("shop".into()),
+            env: Some("prod".into()),
+            key_id: Some(key.into()),
+            created_at_ms: at,
+            cost_usd_nanos: cost,
+            ..UsageRecord::default()
+        };
+        let day = 20_000 * DAY_MS;
+        let batch = [
+            rec("k1", day + 5, Some(10)),
+            rec("k1", day + DAY_MS - 1, Some(5)),
+            rec("k1", day + DAY_MS, Some(7)),
+            rec("k2", day, Some(1)),
+            rec("k2", day, None),
+            rec("k2", day, Some(0)),
+        ];
+        assert_eq!(
+            spend_by_day(&batch),
+            vec![
+                ("shop", "prod", "k1", day, 15),
+                ("shop", "prod", "k1", day + DAY_MS, 7),
+                ("shop", "prod", "k2", day, 1),
+            ]
+        );
+    }
 
     #[test]
     fn key_states_follow_time_and_lifecycle_fields() {

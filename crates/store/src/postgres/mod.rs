@@ -14,10 +14,10 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::model::CatalogModel;
 use crate::model::{
-    check_rotation, last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
-    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
-    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
-    UsageRecord, UsageTotals,
+    check_rotation, last_used_by_key, spend_by_day, AccessKind, Actor, AuditEntry, CacheOutcome,
+    KeyChange, KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject,
+    OutputCap, OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter,
+    UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0011_usage_cache.sql"),
     include_str!("0012_catalog_models.sql"),
     include_str!("0013_usage_indexes.sql"),
+    include_str!("0014_spend_daily.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do
@@ -995,6 +996,7 @@ impl PostgresStore {
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         insert_usage_rows(&mut tx, records).await?;
+        add_daily_spend(&mut tx, records).await?;
         // last_used comes from the batch, so the request path never writes to keys.
         for (key_id, at_ms) in last_used_by_key(records) {
             sqlx::query(
@@ -1205,6 +1207,33 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
 /// Rows per INSERT statement: 29 columns each stays well under PostgreSQL's limit of
 /// 65 535 bound parameters.
 const USAGE_ROWS_PER_INSERT: usize = 256;
+
+/// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
+async fn add_daily_spend(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    records: &[UsageRecord],
+) -> Result<()> {
+    let sums = spend_by_day(records);
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
+    );
+    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
+        b.push_bind(project.to_owned())
+            .push_bind(env.to_owned())
+            .push_bind(key_id.to_owned())
+            .push_bind(day)
+            .push_bind(cost);
+    });
+    q.push(
+        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
+         cost_usd_nanos = usage_spend_daily.cost_usd_nanos + EXCLUDED.cost_usd_nanos",
+    );
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}
 
 /// Inserts records with multi-row INSERT statements (one round trip per chunk); a
 /// replayed record (same `request_id`) is skipped.

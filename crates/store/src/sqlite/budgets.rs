@@ -120,11 +120,10 @@ impl SqliteStore {
         project: Option<&str>,
     ) -> Result<Vec<Spend>> {
         let rows = sqlx::query(
-            "SELECT COALESCE(project, '') AS project, COALESCE(env, '') AS env, \
-             COALESCE(key_id, '') AS key_id, \
-             SUM(CASE WHEN created_at_ms >= ? THEN cost_usd_nanos ELSE 0 END) AS day_usd_nanos, \
+            "SELECT project, env, key_id, \
+             SUM(CASE WHEN day_start_ms >= ? THEN cost_usd_nanos ELSE 0 END) AS day_usd_nanos, \
              SUM(cost_usd_nanos) AS month_usd_nanos \
-             FROM usage WHERE created_at_ms >= ? AND cost_usd_nanos > 0 \
+             FROM usage_spend_daily WHERE day_start_ms >= ? \
              AND (? IS NULL OR project = ?) \
              GROUP BY project, env, key_id ORDER BY project, env, key_id",
         )

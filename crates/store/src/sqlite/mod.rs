@@ -13,10 +13,10 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::model::check_rotation;
 use crate::model::CatalogModel;
 use crate::model::{
-    last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange, KeyRecord, Lane,
-    LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule,
-    OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord,
-    UsageTotals,
+    last_used_by_key, spend_by_day, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
+    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
+    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
+    UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0011_usage_cache.sql"),
     include_str!("0012_catalog_models.sql"),
     include_str!("0013_usage_indexes.sql"),
+    include_str!("0014_spend_daily.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
@@ -1039,6 +1040,7 @@ impl SqliteStore {
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.write_tx().await?;
         insert_usage_rows(&mut tx, records).await?;
+        add_daily_spend(&mut tx, records).await?;
         // last_used comes from the batch, so the request path never writes to keys.
         for (key_id, at_ms) in last_used_by_key(records) {
             sqlx::query(
@@ -1253,6 +1255,33 @@ async fn insert_usage_rows(
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
+    Ok(())
+}
+
+/// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
+async fn add_daily_spend(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    records: &[UsageRecord],
+) -> Result<()> {
+    let sums = spend_by_day(records);
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
+    );
+    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
+        b.push_bind(project.to_owned())
+            .push_bind(env.to_owned())
+            .push_bind(key_id.to_owned())
+            .push_bind(day)
+            .push_bind(cost);
+    });
+    q.push(
+        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
+         cost_usd_nanos = cost_usd_nanos + excluded.cost_usd_nanos",
+    );
+    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 
