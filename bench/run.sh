@@ -398,43 +398,36 @@ measure tollgate "$TG_ADDR" "$TG_PID"
 if [[ "$LIMITS" == 1 ]]; then
     # The same server, now governed by rules it never hits: every request is admitted
     # against an RPM bucket and a TPM bucket (its input counted with the tokenizer).
-    "$TOLLGATE" limits set --project bench --env prod --rpm 1000000000 --tpm 1000000000000 \
-        --data-dir "$DATA" >/dev/null
-    applied=0 applied_probes=0
-    for _ in $(seq 1 50); do
-        applied_probes=$((applied_probes + 1))
-        if curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $GATEWAY_KEY" \
-            -H 'Content-Type: application/json' --data-binary @"$TMP/request.json" \
-            "http://$TG_ADDR/v1/chat/completions" | grep -qi '^x-ratelimit-limit-requests: 1000000000'; then
-            applied=1
-            break
-        fi
-        sleep 0.1
-    done
-    [[ "$applied" == 1 ]] || die "the benchmark's rate-limit rules did not apply"
+    set_rules() { "$TOLLGATE" limits set --project bench --env prod --rpm 1000000000 \
+        --tpm 1000000000000 --data-dir "$DATA" >/dev/null; }
+    applied_probes=0
+    rules_seen() { # on|off: wait (up to 5 s) until the server's answers show the rules or not
+        local _ seen
+        for _ in $(seq 1 50); do
+            applied_probes=$((applied_probes + 1))
+            seen=off
+            curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $GATEWAY_KEY" \
+                -H 'Content-Type: application/json' --data-binary @"$TMP/request.json" \
+                "http://$TG_ADDR/v1/chat/completions" |
+                grep -qi '^x-ratelimit-limit-requests: 1000000000' && seen=on
+            [[ "$seen" == "$1" ]] && return 0
+            sleep 0.1
+        done
+        die "the benchmark's rate-limit rules are not $1 after 5 s"
+    }
+    set_rules
+    rules_seen on
     measure tollgate_limits "$TG_ADDR" "$TG_PID"
     TARGETS+=(tollgate_limits)
     # Off again, on the same (now larger) usage table: limits on is compared with the
     # mean of the runs before and after it, so the table's growth and the process's
     # warm-up over the run do not count as the limiter's cost.
     "$TOLLGATE" limits clear --project bench --env prod --data-dir "$DATA" >/dev/null
-    cleared=0
-    for _ in $(seq 1 50); do
-        applied_probes=$((applied_probes + 1))
-        if ! curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $GATEWAY_KEY" \
-            -H 'Content-Type: application/json' --data-binary @"$TMP/request.json" \
-            "http://$TG_ADDR/v1/chat/completions" | grep -qi '^x-ratelimit-limit-requests: 1000000000'; then
-            cleared=1
-            break
-        fi
-        sleep 0.1
-    done
-    [[ "$cleared" == 1 ]] || die "the benchmark's rate-limit rules were not cleared"
+    rules_seen off
     measure tollgate_off "$TG_ADDR" "$TG_PID"
     TARGETS+=(tollgate_off)
     # The Redis tollgate (below) counts the same rules.
-    "$TOLLGATE" limits set --project bench --env prod --rpm 1000000000 --tpm 1000000000000 \
-        --data-dir "$DATA" >/dev/null
+    set_rules
 fi
 RD_COUNTED=0
 if [[ "$REDIS" == 1 ]]; then

@@ -334,7 +334,51 @@ pub fn bucket_name(prefix: &str, key: &BucketKey) -> String {
 /// nanoseconds, and only requests that some rule governs take it.
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    buckets: Mutex<HashMap<BucketKey, Bucket, ScopeHash>>,
+}
+
+/// The buckets' hasher: each admission hashes its scopes (four short strings) a few
+/// times, and SipHash's resistance to chosen keys buys nothing for scopes that come
+/// from the operator's own rules, not from callers. Multiply-rotate over 8-byte words
+/// (rustc's FxHash).
+type ScopeHash = std::hash::BuildHasherDefault<WordHasher>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WordHasher(u64);
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -393,7 +437,7 @@ impl MemoryCounters {
                 worst = Some((i, wait));
             }
         }
-        let states = |buckets: &HashMap<BucketKey, Bucket>| {
+        let states = |buckets: &HashMap<BucketKey, Bucket, ScopeHash>| {
             demands
                 .iter()
                 .map(|d| {
