@@ -125,13 +125,19 @@ async fn access_lists_refuse_other_models_with_the_usable_list_and_filter_the_mo
         )
         .await
         .unwrap();
+    // Both writes must have reached the server: a reload between them would show the
+    // allow list without the deny (gpt-4.1-nano still allowed by gpt-4.1*).
     let refused = support::eventually(Duration::from_secs(5), || async {
-        let res = h
-            .post("/v1/responses", json!({"model": "gpt-4o", "input": "hi"}))
-            .send()
-            .await
-            .unwrap();
-        res.status() == 404
+        let mut all = true;
+        for model in ["gpt-4o", "gpt-4.1-nano"] {
+            let res = h
+                .post("/v1/responses", json!({"model": model, "input": "hi"}))
+                .send()
+                .await
+                .unwrap();
+            all &= res.status() == 404;
+        }
+        all
     })
     .await;
     assert!(refused.is_some(), "the allow-list never applied");
