@@ -70,6 +70,7 @@ return 1
 ";
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
 /// The settlement of one budget period's counters (see [`SETTLE_LUA`]).
 pub(crate) fn settle_invocation(
@@ -86,7 +87,6 @@ pub(crate) fn settle_invocation(
     call.arg(RESERVED_IDLE_MS);
     call
 }
-static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

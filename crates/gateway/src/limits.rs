@@ -344,7 +344,7 @@ pub struct MemoryCounters {
 type ScopeHash = std::hash::BuildHasherDefault<WordHasher>;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct WordHasher(u64);
+struct WordHasher(u64);
 
 impl WordHasher {
     fn add(&mut self, word: u64) {

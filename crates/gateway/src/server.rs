@@ -360,6 +360,12 @@ impl OpenGuard {
     }
 }
 
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Picks the I/O thread with the fewest open connections and counts the new one on it
 /// at once, so a burst of connections (a client opening its pool) is spread evenly
 /// rather than all handed to whichever thread had not yet counted the previous ones.
@@ -368,12 +374,6 @@ fn hand_off<'a>(open: impl Iterator<Item = &'a Arc<AtomicUsize>>) -> Option<(usi
         .enumerate()
         .min_by_key(|(_, o)| o.load(Ordering::Relaxed))?;
     Some((i, OpenGuard::new(counter)))
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// One I/O thread: serves the connections handed to it until the acceptor closes its

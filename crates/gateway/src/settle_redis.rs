@@ -36,8 +36,8 @@ pub enum Owed {
     /// A TPM bucket: whole tokens given back (> 0) or charged (< 0), under `limit`.
     Bucket { limit: u64, delta: i64 },
     /// A budget period (keyed by its spent counter): worst cases to release from its
-    /// reserved counter, nano-USD spent, and the seed for a missing spent counter
-    /// (this replica's count without these calls).
+    /// reserved counter, nano-USD spent, and this replica's count of the period, from
+    /// which a missing spent counter is seeded (`local − spent`: without these calls).
     Budget {
         reserved_key: String,
         released: u64,
