@@ -603,29 +603,44 @@ fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
 /// values, without an intermediate string.
 pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInfo) {
     use http::HeaderName;
+    use std::fmt::Write as _;
     const LIMIT_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_REQUESTS);
     const REMAINING_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_REQUESTS);
     const RESET_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::RESET_REQUESTS);
     const LIMIT_TOKENS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_TOKENS);
     const REMAINING_TOKENS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_TOKENS);
     const RESET_TOKENS: HeaderName = HeaderName::from_static(ratelimit::RESET_TOKENS);
-    for (name, v) in [
+    // All six values are written into one buffer and each header value is a slice of
+    // it: one allocation per answer instead of one or two per header.
+    let mut text = String::with_capacity(96);
+    let mut spans: [Option<(HeaderName, usize, usize)>; 6] = Default::default();
+    let counts = [
         (LIMIT_REQUESTS, info.limit_requests),
         (REMAINING_REQUESTS, info.remaining_requests),
         (LIMIT_TOKENS, info.limit_tokens),
         (REMAINING_TOKENS, info.remaining_tokens),
-    ] {
+    ];
+    for ((name, v), slot) in counts.into_iter().zip(&mut spans) {
         if let Some(v) = v {
-            headers.insert(name, HeaderValue::from(v));
+            let start = text.len();
+            let _ = write!(text, "{v}");
+            *slot = Some((name, start, text.len()));
         }
     }
-    for (name, d) in [
+    let resets = [
         (RESET_REQUESTS, info.reset_requests),
         (RESET_TOKENS, info.reset_tokens),
-    ] {
-        if let Some(v) =
-            d.and_then(|d| HeaderValue::try_from(ratelimit::format_go_duration(d)).ok())
-        {
+    ];
+    for ((name, d), slot) in resets.into_iter().zip(&mut spans[4..]) {
+        if let Some(d) = d {
+            let start = text.len();
+            ratelimit::write_go_duration(&mut text, d);
+            *slot = Some((name, start, text.len()));
+        }
+    }
+    let text = bytes::Bytes::from(text);
+    for (name, start, end) in spans.into_iter().flatten() {
+        if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
             headers.insert(name, v);
         }
     }

@@ -226,7 +226,7 @@ pub fn render(gw: &Gateway) -> String {
         );
         out.counter(
             "tollgate_redis_updates_lost_total",
-            "Settlements (TPM reservations given back or charged) that Redis did not apply.",
+            "Settlements (TPM buckets, budget periods) and cache entries that Redis did not apply.",
             &[(vec![], link.lost_total())],
         );
         out.counter(

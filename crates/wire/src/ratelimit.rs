@@ -85,18 +85,23 @@ pub fn retry_after<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Duration
 /// Formats a duration as Go's `time.Duration.String()` does: `0s`, `250µs`, `120ms`,
 /// `1.5s`, `6m0s`, `1h2m3s`.
 pub fn format_go_duration(d: Duration) -> String {
+    let mut out = String::new();
+    write_go_duration(&mut out, d);
+    out
+}
+
+/// [`format_go_duration`] appended to `out` (no allocation beyond `out`'s growth).
+pub fn write_go_duration(out: &mut String, d: Duration) {
     let nanos = d.as_nanos();
     if nanos == 0 {
-        return "0s".to_owned();
-    }
-    let mut out = String::new();
-    if nanos < 1_000 {
+        out.push_str("0s");
+    } else if nanos < 1_000 {
         let _ = write!(out, "{nanos}ns");
     } else if nanos < 1_000_000 {
-        push_fraction(&mut out, nanos, 1_000);
+        push_fraction(out, nanos, 1_000);
         out.push_str("µs");
     } else if nanos < 1_000_000_000 {
-        push_fraction(&mut out, nanos, 1_000_000);
+        push_fraction(out, nanos, 1_000_000);
         out.push_str("ms");
     } else {
         let secs = d.as_secs();
@@ -108,22 +113,23 @@ pub fn format_go_duration(d: Duration) -> String {
             let _ = write!(out, "{m}m");
         }
         let sub = u128::from(secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
-        push_fraction(&mut out, sub, 1_000_000_000);
+        push_fraction(out, sub, 1_000_000_000);
         out.push('s');
     }
-    out
 }
 
 /// Writes `value / unit` with the fraction's trailing zeros trimmed.
 fn push_fraction(out: &mut String, value: u128, unit: u128) {
     let whole = value / unit;
-    let frac = value % unit;
+    let mut frac = value % unit;
     let _ = write!(out, "{whole}");
     if frac > 0 {
-        let width = unit.ilog10() as usize;
-        let digits = format!("{frac:0width$}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        let mut width = unit.ilog10() as usize;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        let _ = write!(out, ".{frac:0width$}");
     }
 }
 
@@ -181,6 +187,9 @@ mod tests {
             (Duration::from_micros(1500), "1.5ms"),
             (Duration::from_secs(1), "1s"),
             (Duration::from_millis(8640), "8.64s"),
+            (Duration::from_millis(1005), "1.005s"),
+            (Duration::from_micros(2_000_050), "2.00005s"),
+            (Duration::from_nanos(1_050), "1.05µs"),
             (Duration::from_secs(360), "6m0s"),
             (Duration::from_secs(3723), "1h2m3s"),
             (Duration::from_secs(3600), "1h0m0s"),
