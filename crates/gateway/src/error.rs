@@ -650,6 +650,35 @@ pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInf
 mod tests {
     use super::*;
 
+    #[test]
+    fn rate_limit_headers_replace_the_upstreams_and_only_those_known() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("10000"),
+        );
+        h.insert(
+            "x-ratelimit-limit-tokens",
+            HeaderValue::from_static("2000000"),
+        );
+        let info = RateLimitInfo {
+            limit_requests: Some(500),
+            remaining_requests: Some(499),
+            reset_requests: Some(std::time::Duration::from_millis(1005)),
+            reset_tokens: Some(std::time::Duration::from_micros(250)),
+            ..RateLimitInfo::default()
+        };
+        insert_rate_limit_info(&mut h, &info);
+        assert_eq!(h["x-ratelimit-limit-requests"], "500");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "499");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1.005s");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "250µs");
+        // A dimension tollgate does not limit keeps the upstream's header.
+        assert_eq!(h["x-ratelimit-limit-tokens"], "2000000");
+        assert!(h.get("x-ratelimit-remaining-tokens").is_none());
+        assert_eq!(h.len(), 5);
+    }
+
     fn refusal(dimension: Dimension) -> RateRefusal {
         RateRefusal {
             dimension,

@@ -424,47 +424,47 @@ impl Bucket {
 }
 
 impl MemoryCounters {
+    /// Takes every demand or none. Each bucket is looked up twice (read and refill a
+    /// copy; write it back taken) and its key cloned only when it is new: the scopes'
+    /// reference counts are shared by every I/O thread.
     pub fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
         let mut buckets = self.buckets.lock();
         let mut worst: Option<(usize, Duration)> = None;
+        let mut refilled = Vec::with_capacity(demands.len());
         for (i, d) in demands.iter().enumerate() {
-            let b = buckets
-                .entry(d.key.clone())
-                .or_insert_with(|| Bucket::full(d.limit, now));
+            let mut b = buckets
+                .get(&d.key)
+                .copied()
+                .unwrap_or_else(|| Bucket::full(d.limit, now));
             b.refill(d.limit, now);
             let wait = b.wait_for(d.limit, d.amount.saturating_add(d.keep));
             if !wait.is_zero() && worst.is_none_or(|(_, w)| wait > w) {
                 worst = Some((i, wait));
             }
+            refilled.push(b);
         }
-        let states = |buckets: &HashMap<BucketKey, Bucket, ScopeHash>| {
-            demands
-                .iter()
-                .map(|d| {
-                    buckets.get(&d.key).map_or(
-                        BucketState {
-                            limit: d.limit,
-                            remaining: d.limit,
-                            reset: Duration::ZERO,
-                        },
-                        |b| b.state(d.limit),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
         if let Some((index, wait)) = worst {
+            // Nothing taken (a refill changes no state a caller sees).
+            let states = demands
+                .iter()
+                .zip(&refilled)
+                .map(|(d, b)| b.state(d.limit))
+                .collect();
             return Err(Denied {
                 index,
                 wait,
-                states: states(&buckets),
+                states,
             });
         }
-        for d in demands {
-            if let Some(b) = buckets.get_mut(&d.key) {
+        Ok(demands
+            .iter()
+            .zip(refilled)
+            .map(|(d, mut b)| {
                 b.level -= i128::from(d.amount) * UNITS;
-            }
-        }
-        Ok(states(&buckets))
+                put(&mut buckets, &d.key, b);
+                b.state(d.limit)
+            })
+            .collect())
     }
 
     pub fn peek(&self, demands: &[Demand], now: Instant) -> Vec<BucketState> {
@@ -484,18 +484,30 @@ impl MemoryCounters {
 
     pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
         let mut buckets = self.buckets.lock();
-        let b = buckets
-            .entry(key.clone())
-            .or_insert_with(|| Bucket::full(limit, now));
+        let mut b = buckets
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| Bucket::full(limit, now));
         b.refill(limit, now);
         let cap = i128::from(limit) * UNITS;
         b.level = (b.level + i128::from(delta) * UNITS).min(cap);
+        put(&mut buckets, key, b);
     }
 
     fn retain(&self, rules: &RuleSet) {
         self.buckets
             .lock()
             .retain(|(scope, _), _| rules.contains(scope));
+    }
+}
+
+/// Stores `b` as `key`'s bucket, cloning the key only for a bucket not yet in the map.
+fn put(buckets: &mut HashMap<BucketKey, Bucket, ScopeHash>, key: &BucketKey, b: Bucket) {
+    match buckets.get_mut(key) {
+        Some(slot) => *slot = b,
+        None => {
+            buckets.insert(key.clone(), b);
+        }
     }
 }
 
@@ -510,21 +522,23 @@ pub struct Rule {
 /// Every rule and output cap, by project.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    by_project: HashMap<String, Vec<Rule>>,
-    caps: HashMap<String, ProjectCaps>,
+    // Keyed by the operator's project names and key ids (not by anything a caller
+    // chooses), hashed with the buckets' cheap hasher.
+    by_project: HashMap<String, Vec<Rule>, ScopeHash>,
+    caps: HashMap<String, ProjectCaps, ScopeHash>,
 }
 
 /// A project's output caps: its own, and its keys' (which replace it for them).
 #[derive(Debug, Default)]
 struct ProjectCaps {
     project: Option<OutputCap>,
-    keys: HashMap<String, OutputCap>,
+    keys: HashMap<String, OutputCap, ScopeHash>,
 }
 
 impl RuleSet {
     /// Builds the set from the store's rules and caps.
     pub fn new(rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) -> Self {
-        let mut by_cap_project: HashMap<String, ProjectCaps> = HashMap::new();
+        let mut by_cap_project: HashMap<String, ProjectCaps, ScopeHash> = HashMap::default();
         for c in caps {
             let entry = by_cap_project.entry(c.project).or_default();
             match c.key_id {
@@ -534,7 +548,7 @@ impl RuleSet {
                 None => entry.project = Some(c.cap),
             }
         }
-        let mut by_project: HashMap<String, Vec<Rule>> = HashMap::new();
+        let mut by_project: HashMap<String, Vec<Rule>, ScopeHash> = HashMap::default();
         for r in rules {
             by_project
                 .entry(r.scope.project.clone())

@@ -30,15 +30,19 @@ impl Encoding {
     /// The encoding of `model`'s family. Fine-tuned ids (`ft:gpt-4o-mini:org::id`)
     /// count as their base model.
     pub fn for_model(model: &str) -> Self {
-        let m = model.trim().to_ascii_lowercase();
-        let m = m.strip_prefix("ft:").unwrap_or(&m);
-        let is_gpt4_classic = m == "gpt-4" || m.starts_with("gpt-4-") || m.starts_with("gpt-4:");
+        // Case-insensitive prefixes, without a lowercased copy (admission calls this
+        // for every request a TPM rule or a budget governs).
+        let starts = |m: &str, p: &str| m.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        let m = model.trim();
+        let m = if starts(m, "ft:") { &m[3..] } else { m };
+        let is_gpt4_classic =
+            m.eq_ignore_ascii_case("gpt-4") || starts(m, "gpt-4-") || starts(m, "gpt-4:");
         if is_gpt4_classic
-            || m.starts_with("gpt-3.5")
-            || m.starts_with("gpt-35")
-            || m.starts_with("text-embedding-")
-            || m.starts_with("davinci")
-            || m.starts_with("babbage")
+            || starts(m, "gpt-3.5")
+            || starts(m, "gpt-35")
+            || starts(m, "text-embedding-")
+            || starts(m, "davinci")
+            || starts(m, "babbage")
         {
             Self::Cl100kBase
         } else {
@@ -564,6 +568,9 @@ mod tests {
             "omni-moderation-latest",
             "unknown-model",
             "ft:gpt-4o-mini:acme::x",
+            "GPT-4O",
+            "gpt-4é",
+            "é",
         ] {
             assert_eq!(Encoding::for_model(m), Encoding::O200kBase, "{m}");
         }
@@ -574,6 +581,9 @@ mod tests {
             "gpt-3.5-turbo",
             "text-embedding-3-small",
             "text-embedding-ada-002",
+            "GPT-4",
+            " Gpt-3.5-Turbo ",
+            "FT:gpt-3.5-turbo:acme::x",
         ] {
             assert_eq!(Encoding::for_model(m), Encoding::Cl100kBase, "{m}");
         }
