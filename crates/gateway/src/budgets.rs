@@ -640,6 +640,10 @@ impl Budgets {
 
     /// Swaps in `budgets` with the store's `spend` (see [`sync`]).
     pub fn replace(&self, budgets: Vec<Budget>, spend: &[tollgate_store::Spend], now_ms: i64) {
+        if !budgets.is_empty() {
+            // A budget prices every governed request's input: have the vocabulary ready.
+            tollgate_wire::tokens::prepare_in_background();
+        }
         let set = Arc::new(BudgetSet::new(budgets));
         self.counters.retain(&set);
         // Counters made now govern only calls accepted after the swap: a call admitted

@@ -653,6 +653,10 @@ impl Limits {
     /// Swaps in new rules and caps and forgets the buckets of removed rules. A rule
     /// whose limit changed keeps its bucket (capped at the new limit).
     pub fn replace(&self, rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) {
+        if rules.iter().any(|r| r.tpm.is_some()) {
+            // A TPM rule counts every request's input: have the vocabulary ready.
+            tollgate_wire::tokens::prepare_in_background();
+        }
         let set = Arc::new(RuleSet::new(rules, caps));
         self.counters.retain(&set);
         *self.rules.write() = set;

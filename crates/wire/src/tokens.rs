@@ -16,6 +16,9 @@ use std::sync::OnceLock;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use tiktoken_rs::CoreBPE;
 
+static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+
 /// The BPE vocabularies tollgate counts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -53,13 +56,25 @@ impl Encoding {
     /// The shared BPE, or `None` if it could not be built (then counts fall back to
     /// an estimate rather than failing the request).
     fn bpe(self) -> Option<&'static CoreBPE> {
-        static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
         match self {
             Self::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()),
             Self::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()),
         }
         .as_ref()
+    }
+
+    fn bpe_built(self) -> bool {
+        match self {
+            Self::O200kBase => O200K.get().is_some(),
+            Self::Cl100kBase => CL100K.get().is_some(),
+        }
+    }
+
+    /// Builds this encoding's BPE now if it is not built yet (o200k: about 100 ms of
+    /// CPU and 40 MB). Whoever counts first otherwise builds it, and a gateway I/O
+    /// thread that does stalls every connection it serves for that long.
+    pub fn prepare(self) {
+        let _ = self.bpe();
     }
 
     /// Number of tokens in `text`. Counts are remembered per thread (see
@@ -164,6 +179,28 @@ const NOT_TEXT: [&str; 8] = [
 pub fn estimate_input(model: &str, body: &serde_json::Value) -> usize {
     let enc = Encoding::for_model(model);
     Body { enc }.deserialize(body).unwrap_or(REPLY_PRIMING)
+}
+
+/// Builds the default family's BPE (o200k: gpt-4o, gpt-4.1, gpt-5, o-series, unknown
+/// models) on a thread of its own, once per process: the gateway calls it when a rule
+/// or budget that counts tokens appears, so the first request it governs finds the
+/// vocabulary ready instead of building it on an I/O thread. cl100k (gpt-4,
+/// gpt-3.5, embeddings) is still built on first use. Returns the thread when this
+/// call started it.
+pub fn prepare_in_background() -> Option<std::thread::JoinHandle<()>> {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    std::thread::Builder::new()
+        .name("tollgate-bpe".into())
+        .spawn(|| Encoding::O200kBase.prepare())
+        .ok()
+}
+
+/// Whether `enc`'s BPE is built (or failed to build: counts then estimate).
+pub fn is_prepared(enc: Encoding) -> bool {
+    enc.bpe_built()
 }
 
 /// [`estimate_input`] straight from a request's JSON bytes, in one pass that builds no
@@ -587,6 +624,16 @@ mod tests {
         ] {
             assert_eq!(Encoding::for_model(m), Encoding::Cl100kBase, "{m}");
         }
+    }
+
+    #[test]
+    fn the_default_vocabulary_is_built_on_a_thread_of_its_own_once() {
+        // No other test of this crate starts it.
+        let thread = prepare_in_background().expect("started");
+        assert_eq!(thread.thread().name(), Some("tollgate-bpe"));
+        assert!(prepare_in_background().is_none(), "started twice");
+        thread.join().unwrap();
+        assert!(is_prepared(Encoding::O200kBase));
     }
 
     #[test]
