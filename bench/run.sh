@@ -19,7 +19,7 @@
 #                          cleared again (compared with the mean of both runs without it;
 #                          0 to skip)
 #   BENCH_LIMITS_ROUNDS=6  then that many more pairs of runs at fixed concurrency, limits off
-#                          then on (BENCH_LIMITS_SECONDS=8 each, after 1 s of warm-up): the
+#                          and on, in ABBA order (BENCH_LIMITS_SECONDS=8 each, after 1 s of warm-up): the
 #                          limiter's cost is smaller than two single runs differ on a shared
 #                          VM, so it is also reported as the median over paired runs (0 to skip)
 #   BENCH_REDIS=0          1: also measure a second tollgate with the same rules counted in
@@ -432,32 +432,39 @@ if [[ "$LIMITS" == 1 ]]; then
     rules_seen off
     measure tollgate_off "$TG_ADDR" "$TG_PID"
     TARGETS+=(tollgate_off)
-    # Paired runs, off then on (the rules are off here), at fixed concurrency only:
-    # each pair is compared within itself, and the report gives the median over pairs.
+    # Paired runs (the rules are off here), at fixed concurrency only: each pair is
+    # compared within itself, and the report gives the median over pairs.
     cpu_split() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; } # utime stime
     round_run() { # off|on: 1 s of warm-up, then LIMITS_SECONDS measured; appends a row
-        local line n d e u0 s0 u1 s1
+        local line n d e p99 u0 s0 u1 s1
         line="$(run_concurrency "$TG_ADDR" 1)"
         ROUNDS_COUNTED=$((ROUNDS_COUNTED + ${line%% *}))
         read -r u0 s0 <<<"$(cpu_split "$TG_PID")"
         line="$(run_concurrency "$TG_ADDR" "$LIMITS_SECONDS")"
         read -r u1 s1 <<<"$(cpu_split "$TG_PID")"
-        read -r n d e _ <<<"$line"
+        read -r n d e _ p99 <<<"$line"
         ROUNDS_COUNTED=$((ROUNDS_COUNTED + n))
         ROUNDS_ERRORS=$((ROUNDS_ERRORS + e))
-        printf '%s %s %s %s %s\n' "$1" "$n" "$d" "$((u1 - u0))" "$((s1 - s0))" >>"$TMP/rounds.txt"
+        printf '%s %s %s %s %s %s\n' "$1" "$n" "$d" "$((u1 - u0))" "$((s1 - s0))" "$p99" >>"$TMP/rounds.txt"
     }
     ROUNDS_COUNTED=0
     ROUNDS_ERRORS=0
     : >"$TMP/rounds.txt"
+    # Odd pairs run off first, even pairs on first (ABBA): whatever drifts over the
+    # run by itself (the usage table grows by millions of rows) falls on both sides.
     for round in $(seq 1 "$LIMITS_ROUNDS"); do
         log "limits off/on, pair $round of $LIMITS_ROUNDS: 2 × ${LIMITS_SECONDS}s at $CONNECTIONS connections (load $(load1))"
-        round_run off
+        if ((round % 2 == 1)); then
+            round_run off
+        fi
         set_rules
         rules_seen on
         round_run on
         "$TOLLGATE" limits clear --project bench --env prod --data-dir "$DATA" >/dev/null
         rules_seen off
+        if ((round % 2 == 0)); then
+            round_run off
+        fi
     done
     # The Redis tollgate (below) counts the same rules.
     set_rules
@@ -611,7 +618,7 @@ REPORT="$TMP/report.md"
         echo "| CPU per request, limits on vs off (same) | within a few % | ${cpu_on} vs ${cpu_off} ms/1k (${cpu_pct} %) | $(verdict "$cpu_pct <= 5") (≤ +5 %) |"
         echo "| p99 at ${RATE} req/s, limits on vs off (same) | within a few % | $(signed_ms "$lim_p99") ms | — |"
         if ((LIMITS_ROUNDS > 0)); then
-            read -r pr_ratio pr_lo pr_hi pr_off pr_on pr_pct pr_user pr_sys < <(python3 - "$TMP/rounds.txt" "$CLK_TCK" <<'PY'
+            read -r pr_ratio pr_lo pr_hi pr_off pr_on pr_pct pr_user pr_sys pr_p99 pr_p99_off pr_p99_on < <(python3 - "$TMP/rounds.txt" "$CLK_TCK" <<'PY'
 import statistics, sys
 hz = int(sys.argv[2])
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -626,10 +633,13 @@ off_cpu, on_cpu = m([cpu(r) for r in off]), m([cpu(r) for r in on])
 print(f"{m(ratios):.3f} {min(ratios):.3f} {max(ratios):.3f} {off_cpu:.1f} {on_cpu:.1f} "
       f"{(on_cpu / off_cpu - 1) * 100:+.1f} "
       f"{m([us(b, 3) - us(a, 3) for a, b in zip(off, on)]):+.2f} "
-      f"{m([us(b, 4) - us(a, 4) for a, b in zip(off, on)]):+.2f}")
+      f"{m([us(b, 4) - us(a, 4) for a, b in zip(off, on)]):+.2f} "
+      f"{m([int(b[5]) / int(a[5]) for a, b in zip(off, on)]):.3f} "
+      f"{m([int(r[5]) for r in off]) / 1000:.3f} {m([int(r[5]) for r in on]) / 1000:.3f}")
 PY
             )
-            echo "| throughput, limits on vs off: median over $LIMITS_ROUNDS paired runs (off then on, ${LIMITS_SECONDS}s each, c$CONNECTIONS) | within a few % | ${pr_ratio}× (pairs ${pr_lo}–${pr_hi}×; $ROUNDS_ERRORS errors) | $(verdict "$pr_ratio >= 0.95") (≥ 0.95×) |"
+            echo "| throughput, limits on vs off: median over $LIMITS_ROUNDS paired runs (off/on, on/off, …, ${LIMITS_SECONDS}s each, c$CONNECTIONS) | within a few % | ${pr_ratio}× (pairs ${pr_lo}–${pr_hi}×; $ROUNDS_ERRORS errors) | $(verdict "$pr_ratio >= 0.95") (≥ 0.95×) |"
+            echo "| p99 at c$CONNECTIONS, same pairs: median of the pairs' ratios | within a few % | ${pr_p99}× (median p99 ${pr_p99_on} ms on, ${pr_p99_off} ms off) | $(verdict "$pr_p99 <= 1.05") (≤ 1.05×) |"
             echo "| CPU per request, same pairs (median) | within a few % | ${pr_on} vs ${pr_off} µs (${pr_pct} %); per pair, user space ${pr_user} µs, kernel ${pr_sys} µs (medians) | $(verdict "$pr_pct <= 5") (≤ +5 %) |"
         fi
     fi
