@@ -426,7 +426,8 @@ impl Bucket {
 impl MemoryCounters {
     /// Takes every demand or none. Each bucket is looked up twice (read and refill a
     /// copy; write it back taken) and its key cloned only when it is new: the scopes'
-    /// reference counts are shared by every I/O thread.
+    /// reference counts are shared by every I/O thread. The demands name distinct
+    /// buckets (one rule per scope, one bucket per dimension of it).
     pub fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Denied> {
         let mut buckets = self.buckets.lock();
         let mut worst: Option<(usize, Duration)> = None;

@@ -63,7 +63,8 @@ impl Encoding {
         .as_ref()
     }
 
-    fn bpe_built(self) -> bool {
+    /// Whether this encoding's BPE is built (or failed to build: counts then estimate).
+    pub fn is_prepared(self) -> bool {
         match self {
             Self::O200kBase => O200K.get().is_some(),
             Self::Cl100kBase => CL100K.get().is_some(),
@@ -196,11 +197,6 @@ pub fn prepare_in_background() -> Option<std::thread::JoinHandle<()>> {
         .name("tollgate-bpe".into())
         .spawn(|| Encoding::O200kBase.prepare())
         .ok()
-}
-
-/// Whether `enc`'s BPE is built (or failed to build: counts then estimate).
-pub fn is_prepared(enc: Encoding) -> bool {
-    enc.bpe_built()
 }
 
 /// [`estimate_input`] straight from a request's JSON bytes, in one pass that builds no
@@ -633,7 +629,7 @@ mod tests {
         assert_eq!(thread.thread().name(), Some("tollgate-bpe"));
         assert!(prepare_in_background().is_none(), "started twice");
         thread.join().unwrap();
-        assert!(is_prepared(Encoding::O200kBase));
+        assert!(Encoding::O200kBase.is_prepared());
     }
 
     #[test]
