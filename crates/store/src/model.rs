@@ -864,6 +864,36 @@ pub(crate) fn spend_by_day(records: &[UsageRecord]) -> Vec<(&str, &str, &str, i6
         .collect()
 }
 
+/// The statement that adds a batch's priced spend to the `usage_spend_daily` roll-up
+/// budgets read (the same upsert on both backends, run in the batch's transaction), or
+/// `None` when the batch spent nothing.
+pub(crate) fn daily_spend_upsert<DB>(records: &[UsageRecord]) -> Option<sqlx::QueryBuilder<DB>>
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let sums = spend_by_day(records);
+    if sums.is_empty() {
+        return None;
+    }
+    let mut q = sqlx::QueryBuilder::<DB>::new(
+        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
+    );
+    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
+        b.push_bind(project.to_owned())
+            .push_bind(env.to_owned())
+            .push_bind(key_id.to_owned())
+            .push_bind(day)
+            .push_bind(cost);
+    });
+    q.push(
+        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
+         cost_usd_nanos = usage_spend_daily.cost_usd_nanos + excluded.cost_usd_nanos",
+    );
+    Some(q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

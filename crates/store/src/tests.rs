@@ -1803,6 +1803,15 @@ async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &Te
         store.spend_since(day, month, Some("shop")).await.unwrap(),
         spend
     );
+    // A later batch adds to the day's roll-up row (the upsert's conflict path).
+    store
+        .insert_usage(&[priced("r7", "key_a", "dev", now + 1, Some(5))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.spend_since(day, month, Some("shop")).await.unwrap(),
+        vec![row("key_a", "dev", 105, 125), row("key_b", "prod", 3, 3)]
+    );
 }
 
 async fn a_soft_threshold_notice_is_claimed_once_per_period(db: &TestDb) {

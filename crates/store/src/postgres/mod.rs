@@ -14,10 +14,10 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::model::CatalogModel;
 use crate::model::{
-    check_rotation, last_used_by_key, spend_by_day, AccessKind, Actor, AuditEntry, CacheOutcome,
-    KeyChange, KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject,
-    OutputCap, OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter,
-    UsageGroup, UsageRecord, UsageTotals,
+    check_rotation, last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
+    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
+    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
+    UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -1213,25 +1213,9 @@ async fn add_daily_spend(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     records: &[UsageRecord],
 ) -> Result<()> {
-    let sums = spend_by_day(records);
-    if sums.is_empty() {
-        return Ok(());
+    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Postgres>(records) {
+        q.build().execute(&mut **tx).await?;
     }
-    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
-    );
-    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
-        b.push_bind(project.to_owned())
-            .push_bind(env.to_owned())
-            .push_bind(key_id.to_owned())
-            .push_bind(day)
-            .push_bind(cost);
-    });
-    q.push(
-        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
-         cost_usd_nanos = usage_spend_daily.cost_usd_nanos + EXCLUDED.cost_usd_nanos",
-    );
-    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -13,10 +13,10 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::model::check_rotation;
 use crate::model::CatalogModel;
 use crate::model::{
-    last_used_by_key, spend_by_day, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
-    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
-    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
-    UsageRecord, UsageTotals,
+    last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange, KeyRecord, Lane,
+    LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap, OutputCapRule,
+    OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord,
+    UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -1263,25 +1263,9 @@ async fn add_daily_spend(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[UsageRecord],
 ) -> Result<()> {
-    let sums = spend_by_day(records);
-    if sums.is_empty() {
-        return Ok(());
+    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Sqlite>(records) {
+        q.build().execute(&mut **tx).await?;
     }
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
-    );
-    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
-        b.push_bind(project.to_owned())
-            .push_bind(env.to_owned())
-            .push_bind(key_id.to_owned())
-            .push_bind(day)
-            .push_bind(cost);
-    });
-    q.push(
-        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
-         cost_usd_nanos = cost_usd_nanos + excluded.cost_usd_nanos",
-    );
-    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 
