@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tollgate_store::{Budget, BudgetPeriod, BudgetScope, Store, StoreError, UsageRecord};
@@ -57,6 +57,7 @@ use crate::catalog::{BilledTokens, LiveCatalog};
 use crate::error::{BudgetRefusal, GatewayError};
 use crate::keys::Principal;
 use crate::preflight::{Endpoint, Preflight};
+use crate::snapshot::Snapshot;
 
 /// Both periods, in the order metrics and messages list them.
 pub const PERIODS: [BudgetPeriod; 2] = [BudgetPeriod::Day, BudgetPeriod::Month];
@@ -113,9 +114,22 @@ impl Rule {
 }
 
 /// Every budget, by project.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct BudgetSet {
     by_project: HashMap<String, Vec<Rule>>,
+}
+
+/// With scopes of its own: admissions clone them, and a thread's clones then count on
+/// the thread's own copies.
+impl crate::snapshot::ThreadCopy for BudgetSet {
+    fn thread_copy(&self) -> Self {
+        let mut copy = self.clone();
+        copy.by_project
+            .values_mut()
+            .flatten()
+            .for_each(|r| crate::snapshot::own(&mut r.scope));
+        copy
+    }
 }
 
 impl BudgetSet {
@@ -536,7 +550,7 @@ impl BudgetMetrics {
 /// The budgets and counters a server admits with.
 #[derive(Debug)]
 pub struct Budgets {
-    set: RwLock<Arc<BudgetSet>>,
+    set: Snapshot<BudgetSet>,
     pub counters: BudgetCounters,
     catalog: Arc<LiveCatalog>,
     /// Taken by the usage writer around each batch and by every re-sync.
@@ -560,7 +574,7 @@ impl Budgets {
     /// Budgets without a notifier (tests; notices are only counted as dropped).
     pub fn new(catalog: Arc<LiveCatalog>) -> Self {
         Self {
-            set: RwLock::new(Arc::default()),
+            set: Snapshot::default(),
             counters: BudgetCounters::default(),
             catalog,
             gate: tokio::sync::Mutex::new(()),
@@ -594,9 +608,9 @@ impl Budgets {
         Ok((budgets, task))
     }
 
-    /// The current budgets (a cheap clone of a shared set).
+    /// The current budgets, from this thread's copy (see `snapshot`).
     pub fn set(&self) -> Arc<BudgetSet> {
-        self.set.read().clone()
+        self.set.get()
     }
 
     /// The lock the usage writer holds around a batch (see the module docs).
@@ -644,12 +658,12 @@ impl Budgets {
             // A budget prices every governed request's input: have the vocabulary ready.
             tollgate_wire::tokens::prepare_in_background();
         }
-        let set = Arc::new(BudgetSet::new(budgets));
+        let set = BudgetSet::new(budgets);
         self.counters.retain(&set);
         // Counters made now govern only calls accepted after the swap: a call admitted
         // under the old set never settles into them.
         self.sync_counters(&set, spend, now_ms, now_ms + 1);
-        *self.set.write() = set;
+        self.set.set(set);
     }
 
     fn sync_counters(

@@ -15,12 +15,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tollgate_store::CatalogModel;
 use tollgate_wire::tokens::Encoding;
 
 use crate::config::ConfigError;
+use crate::snapshot::{Snapshot, ThreadCopy};
 
 /// The built-in catalog, compiled in.
 const BUILTIN: &str = include_str!("../data/models.toml");
@@ -254,48 +255,48 @@ impl Default for Catalog {
 
 /// The catalog a running server reads: the config's (built-in with `[[models]]`) with
 /// the store's entries over it. Swapped whole when either changes, so a reader holds
-/// one consistent catalog for as long as it keeps the `Arc`.
+/// one consistent catalog for as long as it keeps the `Arc`; each thread reads its own
+/// copy (see `snapshot`: every request prices its record from it).
 #[derive(Debug)]
 pub struct LiveCatalog {
-    state: RwLock<LiveState>,
+    /// The config's catalog and the store's entries, for writers.
+    sources: Mutex<(Catalog, Vec<ModelEntry>)>,
+    current: Snapshot<Catalog>,
 }
 
-#[derive(Debug)]
-struct LiveState {
-    base: Catalog,
-    stored: Vec<ModelEntry>,
-    current: Arc<Catalog>,
+/// Nothing inside is shared: a clone is a copy of the thread's own.
+impl ThreadCopy for Catalog {
+    fn thread_copy(&self) -> Self {
+        self.clone()
+    }
 }
 
 impl LiveCatalog {
     /// `base` alone, until the store's entries are set.
     pub fn new(base: Catalog) -> Self {
         Self {
-            state: RwLock::new(LiveState {
-                current: Arc::new(base.clone()),
-                base,
-                stored: Vec::new(),
-            }),
+            current: Snapshot::new(base.clone()),
+            sources: Mutex::new((base, Vec::new())),
         }
     }
 
-    /// The catalog now (a cheap clone of a shared one).
+    /// The catalog now, from this thread's copy.
     pub fn current(&self) -> Arc<Catalog> {
-        self.state.read().current.clone()
+        self.current.get()
     }
 
     /// Replaces the config's catalog (the store's entries stay over it).
     pub fn set_base(&self, base: Catalog) {
-        let mut st = self.state.write();
-        st.base = base;
-        st.current = Arc::new(merged(&st.base, &st.stored));
+        let mut sources = self.sources.lock();
+        self.current.set(merged(&base, &sources.1));
+        sources.0 = base;
     }
 
     /// Replaces the store's entries.
     pub fn set_stored(&self, stored: Vec<ModelEntry>) {
-        let mut st = self.state.write();
-        st.current = Arc::new(merged(&st.base, &stored));
-        st.stored = stored;
+        let mut sources = self.sources.lock();
+        self.current.set(merged(&sources.0, &stored));
+        sources.1 = stored;
     }
 }
 

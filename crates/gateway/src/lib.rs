@@ -46,6 +46,7 @@ pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod settle_redis;
+pub mod snapshot;
 pub mod throttle;
 pub mod upstream;
 

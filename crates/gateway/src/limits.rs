@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalog::LiveCatalog;
 use crate::models::ModelRules;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::sync::watch;
 use tollgate_store::{LimitScope, OutputCap, OutputCapRule, RateLimitRule, Store, StoreError};
@@ -42,6 +42,7 @@ use tollgate_store::{LimitScope, OutputCap, OutputCapRule, RateLimitRule, Store,
 use crate::admit_redis::{self, Answer};
 use crate::config::OnFailure;
 use crate::redis_link::RedisLink;
+use crate::snapshot::{Snapshot, ThreadCopy};
 
 /// Bucket units per token (per request): a minute in microseconds.
 const UNITS: i128 = 60_000_000;
@@ -521,7 +522,7 @@ pub struct Rule {
 }
 
 /// Every rule and output cap, by project.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RuleSet {
     // Keyed by the operator's project names and key ids (not by anything a caller
     // chooses), hashed with the buckets' cheap hasher.
@@ -530,10 +531,23 @@ pub struct RuleSet {
 }
 
 /// A project's output caps: its own, and its keys' (which replace it for them).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct ProjectCaps {
     project: Option<OutputCap>,
     keys: HashMap<String, OutputCap, ScopeHash>,
+}
+
+impl ThreadCopy for RuleSet {
+    /// With scopes of its own: admissions clone them, and a thread's clones then
+    /// count on the thread's own copies.
+    fn thread_copy(&self) -> Self {
+        let mut copy = self.clone();
+        copy.by_project
+            .values_mut()
+            .flatten()
+            .for_each(|r| crate::snapshot::own(&mut r.scope));
+        copy
+    }
 }
 
 impl RuleSet {
@@ -605,9 +619,9 @@ impl RuleSet {
 /// access lists, see `models`), which change with the same counter.
 #[derive(Debug, Default)]
 pub struct Limits {
-    rules: RwLock<Arc<RuleSet>>,
+    rules: Snapshot<RuleSet>,
     pub counters: Counters,
-    models: RwLock<Arc<ModelRules>>,
+    models: Snapshot<ModelRules>,
     catalog: Arc<LiveCatalog>,
 }
 
@@ -615,9 +629,9 @@ impl Limits {
     /// No rules yet, counting with `counters`.
     pub fn with_counters(counters: Counters) -> Self {
         Self {
-            rules: RwLock::default(),
+            rules: Snapshot::default(),
             counters,
-            models: RwLock::default(),
+            models: Snapshot::default(),
             catalog: Arc::default(),
         }
     }
@@ -636,19 +650,19 @@ impl Limits {
         }
     }
 
-    /// The current rules (a cheap clone of a shared set).
+    /// The current rules, from this thread's copy (see `snapshot`).
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.read().clone()
+        self.rules.get()
     }
 
-    /// The current model rules (a cheap clone of a shared set).
+    /// The current model rules, from this thread's copy (see `snapshot`).
     pub fn models(&self) -> Arc<ModelRules> {
-        self.models.read().clone()
+        self.models.get()
     }
 
     /// Swaps in new model rules.
     pub fn set_models(&self, rules: ModelRules) {
-        *self.models.write() = Arc::new(rules);
+        self.models.set(rules);
     }
 
     /// Swaps in new rules and caps and forgets the buckets of removed rules. A rule
@@ -658,9 +672,9 @@ impl Limits {
             // A TPM rule counts every request's input: have the vocabulary ready.
             tollgate_wire::tokens::prepare_in_background();
         }
-        let set = Arc::new(RuleSet::new(rules, caps));
+        let set = RuleSet::new(rules, caps);
         self.counters.retain(&set);
-        *self.rules.write() = set;
+        self.rules.set(set);
     }
 }
 

@@ -64,6 +64,13 @@ pub struct ModelFilter {
     pub deny: Vec<String>,
 }
 
+/// Nothing inside is shared: a clone is a copy of the thread's own.
+impl crate::snapshot::ThreadCopy for ModelRules {
+    fn thread_copy(&self) -> Self {
+        self.clone()
+    }
+}
+
 impl ModelRules {
     /// Rules with only gateway-wide aliases (`global`: alias → model).
     pub fn with_aliases(global: &BTreeMap<String, String>) -> Self {
