@@ -14,6 +14,12 @@
 #   BENCH_THREADS=2        load-generator threads at fixed concurrency
 #   BENCH_NGINX_WORKERS=auto  worker_processes of both nginx instances
 #   BENCH_SIMULATOR=1      also measure `tollgate mock` directly (0 to skip)
+#   BENCH_UPSTREAM_HEADERS=openai  the upstream's answers carry OpenAI's headers (x-ratelimit-*,
+#                          openai-version, openai-processing-ms), as the real API's do; none:
+#                          only x-request-id (runs before session 7 used none)
+#   BENCH_FLOOR=1          also measure the floor of tollgate's stack: the least proxy that
+#                          tokio and hyper with tollgate's threading can be
+#                          (crates/gateway/examples/proxy_floor.rs; 0 to skip)
 #   BENCH_LIMITS=1         also measure tollgate with an RPM and a TPM rule on the benchmark
 #                          key's project, set high enough never to refuse, then with the rule
 #                          cleared again (compared with the mean of both runs without it;
@@ -49,6 +55,9 @@ RATE_DURATION="${BENCH_RATE_DURATION:-20}"
 THREADS="${BENCH_THREADS:-2}"
 NGINX_WORKERS="${BENCH_NGINX_WORKERS:-auto}"
 SIMULATOR="${BENCH_SIMULATOR:-1}"
+FLOOR="${BENCH_FLOOR:-1}"
+UPSTREAM_HEADER_SET="${BENCH_UPSTREAM_HEADERS:-openai}"
+[[ "$UPSTREAM_HEADER_SET" == openai || "$UPSTREAM_HEADER_SET" == none ]] || { echo "BENCH_UPSTREAM_HEADERS: openai or none" >&2; exit 1; }
 LIMITS="${BENCH_LIMITS:-1}"
 LIMITS_ROUNDS="${BENCH_LIMITS_ROUNDS:-6}"
 LIMITS_SECONDS="${BENCH_LIMITS_SECONDS:-8}"
@@ -141,10 +150,16 @@ rustc -O --edition 2021 "$HERE/fixed_rate.rs" -o "$FIXED_RATE"
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
     log "cargo build --release -p tollgate"
     (cd "$ROOT" && cargo build --release -p tollgate >&2)
+    if [[ "$FLOOR" == 1 ]]; then
+        log "cargo build --release -p tollgate-gateway --example proxy_floor"
+        (cd "$ROOT" && cargo build --release -p tollgate-gateway --example proxy_floor >&2)
+    fi
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOLLGATE="$TARGET_DIR/release/tollgate"
 [[ -x "$TOLLGATE" ]] || die "$TOLLGATE not found"
+PROXY_FLOOR="$TARGET_DIR/release/examples/proxy_floor"
+[[ "$FLOOR" != 1 || -x "$PROXY_FLOOR" ]] || die "$PROXY_FLOOR not found (BENCH_FLOOR=0 to skip it)"
 
 # ---------------------------------------------------------------- machine quiet?
 load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -164,6 +179,18 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 # A realistic small non-streaming Chat Completions answer (no single quotes or `$`:
 # it is inlined into nginx's `return`).
 UPSTREAM_BODY='{"id":"chatcmpl-bench000000000000000000001","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":9,"total_tokens":30,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench00001"}'
+# The headers OpenAI sends with every answer (OPENAI-WIRE.md §f), unless
+# BENCH_UPSTREAM_HEADERS=none: a gateway relays them, and with its own limits replaces
+# the six x-ratelimit-* ones, so the answers are as large with limits on as off.
+UPSTREAM_HEADERS=""
+if [[ "$UPSTREAM_HEADER_SET" == openai ]]; then
+    for h in "openai-version 2020-10-01" "openai-processing-ms 81" \
+        "x-ratelimit-limit-requests 30000" "x-ratelimit-limit-tokens 150000000" \
+        "x-ratelimit-remaining-requests 29999" "x-ratelimit-remaining-tokens 149999979" \
+        "x-ratelimit-reset-requests 2ms" "x-ratelimit-reset-tokens 0s"; do
+        UPSTREAM_HEADERS+="add_header $h; "
+    done
+fi
 REQUEST_BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in five words."}],"max_tokens":64}'
 printf '%s' "$REQUEST_BODY" >"$TMP/request.json"
 PROVIDER_KEY="sk-bench-provider-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
@@ -225,6 +252,7 @@ nginx_conf upstream "$UP_PORT" "
         location = /v1/chat/completions {
             default_type application/json;
             add_header x-request-id req_upstream_bench;
+            $UPSTREAM_HEADERS
             return 200 '$UPSTREAM_BODY';
         }
         location / { return 404; }
@@ -277,6 +305,16 @@ if [[ "$SIMULATOR" == 1 ]]; then
     SIM_ADDR="$(wait_listening "$TMP/mock.out")"
 fi
 
+# 5. Optionally the floor of tollgate's stack: a bare tokio/hyper proxy, thread per core,
+#    one upstream connection per client connection, nothing checked or recorded.
+FL_ADDR=""
+if [[ "$FLOOR" == 1 ]]; then
+    "$PROXY_FLOOR" 127.0.0.1:0 "127.0.0.1:$UP_PORT" >"$TMP/floor.out" 2>"$TMP/floor.err" &
+    FL_PID=$!
+    PIDS+=("$FL_PID")
+    FL_ADDR="$(wait_listening "$TMP/floor.out")"
+fi
+
 # Smoke test: each target answers the benchmark request with 200.
 smoke() { # addr
     local code
@@ -289,6 +327,7 @@ smoke "127.0.0.1:$UP_PORT"
 smoke "127.0.0.1:$PX_PORT"
 smoke "$TG_ADDR"
 [[ -n "$SIM_ADDR" ]] && smoke "$SIM_ADDR"
+[[ -n "$FL_ADDR" ]] && smoke "$FL_ADDR"
 
 # ---------------------------------------------------------------- measuring helpers
 CLK_TCK="$(getconf CLK_TCK)"
@@ -396,11 +435,17 @@ measure() { # name addr server-pid
     log "$name: $(( R[$name,req] * 1000000 / R[$name,dur] )) req/s; at ${RATE}/s p50 ${R[$name,rp50]}us p99 ${R[$name,rp99]}us"
 }
 
-TARGETS=(direct nginx tollgate)
-declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [tollgate]="tollgate" [tollgate_limits]="tollgate, limits on (not hit)" [tollgate_off]="tollgate, limits cleared again" [tollgate_redis]="tollgate, limits in Redis (not hit)" [simulator]="simulator direct (tollgate mock)")
+TARGETS=(direct nginx)
+declare -A LABEL=([direct]="upstream direct (nginx return 200)" [nginx]="nginx reverse proxy" [floor]="stack floor (examples/proxy_floor)" [tollgate]="tollgate" [tollgate_limits]="tollgate, limits on (not hit)" [tollgate_off]="tollgate, limits cleared again" [tollgate_redis]="tollgate, limits in Redis (not hit)" [simulator]="simulator direct (tollgate mock)")
 measure direct "127.0.0.1:$UP_PORT" "$UP_PID"
 measure nginx "127.0.0.1:$PX_PORT" "$PX_PID"
+if [[ -n "$FL_ADDR" ]]; then
+    measure floor "$FL_ADDR" "$FL_PID"
+    TARGETS+=(floor)
+    stop_pid "$FL_PID"
+fi
 measure tollgate "$TG_ADDR" "$TG_PID"
+TARGETS+=(tollgate)
 if [[ "$LIMITS" == 1 ]]; then
     # The same server, now governed by rules it never hits: every request is admitted
     # against an RPM bucket and a TPM bucket (its input counted with the tokenizer).
@@ -585,6 +630,12 @@ REPORT="$TMP/report.md"
     echo
     echo "Fixed concurrency: $CONNECTIONS connections, $THREADS threads, ${DURATION}s after ${WARMUP}s warm-up. Fixed rate: $RATE req/s for ${RATE_DURATION}s after ${WARMUP}s warm-up, 8 connections."
     echo
+    if [[ "$UPSTREAM_HEADER_SET" == openai ]]; then
+        echo "The upstream's answers carry OpenAI's headers (six x-ratelimit-*, openai-version, openai-processing-ms, x-request-id; BENCH_UPSTREAM_HEADERS=openai)."
+    else
+        echo "The upstream's answers carry x-request-id only (BENCH_UPSTREAM_HEADERS=none)."
+    fi
+    echo
     echo "| target | req/s @c$CONNECTIONS | p50 ms | p99 ms | errors | p50 ms @${RATE}/s | p99 ms @${RATE}/s | added p50 ms | added p99 ms | CPU ms/1k req (c$CONNECTIONS) | CPU ms/1k req (${RATE}/s) | peak RSS MB |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in "${TARGETS[@]}"; do
@@ -604,6 +655,13 @@ REPORT="$TMP/report.md"
     echo "| throughput vs nginx proxy | ≥ 0.80× | $ratio× | $(verdict "$ratio >= 0.8") |"
     echo "| added p99 at ${RATE} req/s | ≤ 0.500 ms | $(signed_ms "$add99") ms | $(verdict "$add99 <= 500") |"
     echo "| peak RSS | ≤ 64 MB | $rss_mb MB | $(verdict "$rss_mb <= 64") |"
+    if [[ -n "$FL_ADDR" ]]; then
+        fl_nginx="$(awk -v a="$(rps floor)" -v b="$(rps nginx)" 'BEGIN { printf "%.2f", a / b }')"
+        fl_tg="$(awk -v a="$(rps tollgate)" -v b="$(rps floor)" 'BEGIN { printf "%.2f", a / b }')"
+        fl_cpu="$(cpu_per_1k "${R[floor,cpu_sat]}" "${R[floor,req]}")"
+        tg_cpu="$(cpu_per_1k "${R[tollgate,cpu_sat]}" "${R[tollgate,req]}")"
+        echo "| (for reading the above) the stack floor vs nginx proxy; tollgate vs the floor | — | ${fl_nginx}×; ${fl_tg}× (CPU ${fl_cpu} vs ${tg_cpu} ms/1k) | — |"
+    fi
     if [[ "$LIMITS" == 1 ]]; then
         # Off: the mean of the runs before and after limits on.
         lim_ratio="$(awk -v a="$(rps tollgate_limits)" -v b="$(rps tollgate)" -v c="$(rps tollgate_off)" 'BEGIN { printf "%.3f", a / ((b + c) / 2) }')"
