@@ -1,6 +1,11 @@
 //! Serving: the accept loop (hyper, HTTP/1.1 and HTTP/2), `/healthz`, `/readyz` and
 //! `/metrics` (see [`crate::metrics`]), and graceful shutdown.
 //!
+//! Every `/v1/` path goes straight to [`pipeline::handle`]; the router (health, metrics,
+//! the admin API, and the pipeline as its fallback) serves the rest. Skipping the
+//! router's matching and handler wrapping on model calls saved 2–4 µs of CPU per
+//! request (bench/RESULTS.md, session 7).
+//!
 //! Thread per core: N I/O threads (one per CPU, or `TOKIO_WORKER_THREADS`) each
 //! serve connections on a current-thread runtime; the acceptor hands each new
 //! connection to the thread with the fewest open (counted at the hand-off, so a burst
@@ -228,12 +233,13 @@ pub async fn serve(
         cache,
     });
 
-    let app = router(gateway);
+    let app = router(gateway.clone());
     let threads = (0..io_threads())
-        .map(|i| spawn_io_thread(i, app.clone(), header_timeout, grace))
+        .map(|i| spawn_io_thread(i, app.clone(), gateway.clone(), header_timeout, grace))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(crate::StartError::Threads)?;
-    drop(app);
+    // Only the I/O threads hold the gateway now: its usage sink closes with the last.
+    drop((app, gateway));
     accept(listener, threads, shutdown).await;
 
     let _ = stop_tx.send(true);
@@ -328,6 +334,7 @@ async fn accept(
 fn spawn_io_thread(
     i: usize,
     app: Router,
+    gateway: Arc<Gateway>,
     header_timeout: std::time::Duration,
     grace: std::time::Duration,
 ) -> std::io::Result<IoThread> {
@@ -340,7 +347,7 @@ fn spawn_io_thread(
     std::thread::Builder::new()
         .name(format!("tollgate-io-{i}"))
         .spawn(move || {
-            runtime.block_on(serve_connections(rx, app, header_timeout, grace));
+            runtime.block_on(serve_connections(rx, app, gateway, header_timeout, grace));
             // Tasks still spawned on this thread end with its runtime, before the
             // acceptor is told the thread is done.
             drop(runtime);
@@ -381,6 +388,7 @@ fn hand_off<'a>(open: impl Iterator<Item = &'a Arc<AtomicUsize>>) -> Option<(usi
 async fn serve_connections(
     mut rx: mpsc::UnboundedReceiver<Accepted>,
     app: Router,
+    gateway: Arc<Gateway>,
     header_timeout: std::time::Duration,
     grace: std::time::Duration,
 ) {
@@ -405,10 +413,23 @@ async fn serve_connections(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let mut app = app.clone();
-            async move { tower_service::Service::call(&mut app, req.map(Body::new)).await }
+            let req = req.map(Body::new);
+            // Every `/v1/` path is the router's fallback: calls go to the pipeline
+            // without the router's matching and handler wrapping.
+            let to = if req.uri().path().starts_with("/v1/") {
+                Ok(gateway.clone())
+            } else {
+                Err(app.clone())
+            };
+            async move {
+                match to {
+                    Ok(gw) => Ok(pipeline::handle(State(gw), req).await),
+                    Err(mut app) => tower_service::Service::call(&mut app, req).await,
+                }
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
