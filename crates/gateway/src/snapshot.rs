@@ -1,6 +1,6 @@
 //! Read-mostly values that every request reads and an operator changes now and then
-//! (rate-limit rules, model rules, budgets), read without writing to memory another
-//! thread also writes.
+//! (rate-limit rules, model rules, budgets, the model catalog), read without writing to
+//! memory another thread also writes.
 //!
 //! A value behind `RwLock<Arc<T>>` costs each read four atomic read-modify-writes on
 //! two cache lines every I/O thread shares (the lock's word, the `Arc`'s count), and
