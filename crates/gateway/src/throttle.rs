@@ -161,8 +161,8 @@ impl Throttle {
         reply: &Reply,
         rec: &mut UsageRecord,
     ) {
-        let headers = reply.headers();
-        let info = RateLimitInfo::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()));
+        // Parsed once, when the client took in the answer.
+        let info = reply.meta.rate_limit;
         rec.upstream_remaining_requests = info.remaining_requests;
         rec.upstream_remaining_tokens = info.remaining_tokens;
         if reply.attempts() > 1 {

@@ -1,7 +1,6 @@
 //! The six `x-ratelimit-*` headers and `retry-after` / `retry-after-ms`, with reset
 //! values in Go's `time.Duration` string format (`1s`, `120ms`, `8.64s`, `6m0s`).
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
@@ -39,6 +38,45 @@ impl RateLimitInfo {
             limit_tokens: num(LIMIT_TOKENS),
             remaining_tokens: num(REMAINING_TOKENS),
             reset_tokens: dur(RESET_TOKENS),
+        }
+    }
+
+    /// Takes in one header, for a caller that walks a header map once instead of
+    /// looking up each name: sets the field `name` (lower case) stands for, unless an
+    /// earlier value already set it. Returns false for any other name.
+    pub fn read_header(&mut self, name: &str, value: &str) -> bool {
+        let num = |slot: &mut Option<u64>| {
+            if slot.is_none() {
+                *slot = value.trim().parse::<u64>().ok();
+            }
+        };
+        let dur = |slot: &mut Option<Duration>| {
+            if slot.is_none() {
+                *slot = parse_go_duration(value);
+            }
+        };
+        match name {
+            LIMIT_REQUESTS => num(&mut self.limit_requests),
+            REMAINING_REQUESTS => num(&mut self.remaining_requests),
+            RESET_REQUESTS => dur(&mut self.reset_requests),
+            LIMIT_TOKENS => num(&mut self.limit_tokens),
+            REMAINING_TOKENS => num(&mut self.remaining_tokens),
+            RESET_TOKENS => dur(&mut self.reset_tokens),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Whether the header `name` (lower case) has a value here.
+    pub fn has_header(&self, name: &str) -> bool {
+        match name {
+            LIMIT_REQUESTS => self.limit_requests.is_some(),
+            REMAINING_REQUESTS => self.remaining_requests.is_some(),
+            RESET_REQUESTS => self.reset_requests.is_some(),
+            LIMIT_TOKENS => self.limit_tokens.is_some(),
+            REMAINING_TOKENS => self.remaining_tokens.is_some(),
+            RESET_TOKENS => self.reset_tokens.is_some(),
+            _ => false,
         }
     }
 
@@ -90,13 +128,16 @@ pub fn format_go_duration(d: Duration) -> String {
     out
 }
 
-/// [`format_go_duration`] appended to `out` (no allocation beyond `out`'s growth).
+/// [`format_go_duration`] appended to `out` (no allocation beyond `out`'s growth, and
+/// no formatting machinery: every answer a rule governs carries two of these).
 pub fn write_go_duration(out: &mut String, d: Duration) {
-    let nanos = d.as_nanos();
+    // Nanoseconds fit in a u64 for 584 years; beyond that, saturate.
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     if nanos == 0 {
         out.push_str("0s");
     } else if nanos < 1_000 {
-        let _ = write!(out, "{nanos}ns");
+        push_decimal(out, nanos);
+        out.push_str("ns");
     } else if nanos < 1_000_000 {
         push_fraction(out, nanos, 1_000);
         out.push_str("µs");
@@ -104,32 +145,52 @@ pub fn write_go_duration(out: &mut String, d: Duration) {
         push_fraction(out, nanos, 1_000_000);
         out.push_str("ms");
     } else {
-        let secs = d.as_secs();
+        let secs = nanos / 1_000_000_000;
         let (h, m) = (secs / 3600, (secs % 3600) / 60);
         if h > 0 {
-            let _ = write!(out, "{h}h");
+            push_decimal(out, h);
+            out.push('h');
         }
         if h > 0 || m > 0 {
-            let _ = write!(out, "{m}m");
+            push_decimal(out, m);
+            out.push('m');
         }
-        let sub = u128::from(secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
-        push_fraction(out, sub, 1_000_000_000);
+        push_fraction(out, nanos % 60_000_000_000, 1_000_000_000);
         out.push('s');
     }
 }
 
-/// Writes `value / unit` with the fraction's trailing zeros trimmed.
-fn push_fraction(out: &mut String, value: u128, unit: u128) {
-    let whole = value / unit;
+/// Appends `v` in decimal.
+pub fn push_decimal(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
+}
+
+/// Writes `value / unit` with the fraction's trailing zeros trimmed (`unit` a power of
+/// ten).
+fn push_fraction(out: &mut String, value: u64, unit: u64) {
+    push_decimal(out, value / unit);
     let mut frac = value % unit;
-    let _ = write!(out, "{whole}");
     if frac > 0 {
-        let mut width = unit.ilog10() as usize;
+        let mut width = unit.ilog10();
         while frac % 10 == 0 {
             frac /= 10;
             width -= 1;
         }
-        let _ = write!(out, ".{frac:0width$}");
+        out.push('.');
+        for _ in frac.checked_ilog10().unwrap_or(0) + 1..width {
+            out.push('0');
+        }
+        push_decimal(out, frac);
     }
 }
 
@@ -175,6 +236,52 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_headers_one_by_one_equals_looking_them_up() {
+        let headers = [
+            ("content-type", "application/json"),
+            (LIMIT_REQUESTS, "500"),
+            (REMAINING_REQUESTS, " 499 "),
+            (RESET_REQUESTS, "120ms"),
+            (LIMIT_TOKENS, "30000"),
+            (REMAINING_TOKENS, "29000"),
+            (RESET_TOKENS, "6m0s"),
+            // A second value: the first one counts, as with a lookup.
+            (REMAINING_REQUESTS, "1"),
+        ];
+        let mut read = RateLimitInfo::default();
+        let taken: Vec<bool> = headers
+            .iter()
+            .map(|(n, v)| read.read_header(n, v))
+            .collect();
+        assert_eq!(taken, [false, true, true, true, true, true, true, true]);
+        let looked_up =
+            RateLimitInfo::from_headers(|n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v));
+        assert_eq!(read, looked_up);
+        assert!(read.has_header(RESET_TOKENS) && !read.has_header("content-type"));
+        let requests_only = RateLimitInfo {
+            remaining_requests: Some(1),
+            ..RateLimitInfo::default()
+        };
+        assert!(requests_only.has_header(REMAINING_REQUESTS));
+        assert!(!requests_only.has_header(REMAINING_TOKENS));
+        assert_eq!(read.remaining_requests, Some(499));
+        assert_eq!(read.reset_tokens, Some(Duration::from_secs(360)));
+    }
+
+    #[test]
+    fn decimals_without_the_formatting_machinery() {
+        for v in [0u64, 7, 10, 99, 1_000, 29_999, 4_294_967_296, u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+        }
+        let mut s = String::new();
+        write_go_duration(&mut s, Duration::from_nanos(1_000_001));
+        write_go_duration(&mut s, Duration::from_secs(u64::MAX));
+        assert_eq!(s, "1.000001ms5124095h34m33.709551615s");
+    }
 
     #[test]
     fn formats_like_go() {
