@@ -77,7 +77,10 @@ async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<
     let mut limit_headers = tollgate_wire::ratelimit::RateLimitInfo::default();
     let mut res = match stages(gw, endpoint, req, &mut guard, &mut limit_headers).await {
         Ok(Outcome::Upstream(preflight, reply)) => {
-            let res = dispatch::relay(endpoint, &preflight, *reply, guard).await;
+            // tollgate's own x-ratelimit-* headers (inserted below) replace the
+            // upstream's, so those are not relayed first.
+            let own = &limit_headers;
+            let res = dispatch::relay(endpoint, &preflight, *reply, guard, own).await;
             gw.cache.fill(&preflight, res).await
         }
         Ok(Outcome::Served(res)) => {
