@@ -1204,10 +1204,6 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
     Ok(())
 }
 
-/// Rows per INSERT statement: 29 columns each stays well under PostgreSQL's limit of
-/// 65 535 bound parameters.
-const USAGE_ROWS_PER_INSERT: usize = 256;
-
 /// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
 async fn add_daily_spend(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -1219,13 +1215,17 @@ async fn add_daily_spend(
     Ok(())
 }
 
-/// Inserts records with multi-row INSERT statements (one round trip per chunk); a
+/// Inserts records with multi-row INSERT statements in the few shapes
+/// [`crate::model::usage_chunks`] gives, so each stays prepared (one round trip each); a
 /// replayed record (same `request_id`) is skipped.
 async fn insert_usage_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     records: &[UsageRecord],
 ) -> Result<()> {
-    for chunk in records.chunks(USAGE_ROWS_PER_INSERT) {
+    let mut rest = records;
+    for rows in crate::model::usage_chunks(records.len()) {
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
         let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \

@@ -1203,16 +1203,16 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Resu
     Ok(())
 }
 
-/// Rows per INSERT statement: 29 columns each stays well under SQLite's limit of
-/// 32 766 bound parameters.
-const USAGE_ROWS_PER_INSERT: usize = 256;
-
-/// Inserts records with multi-row INSERT statements (one round trip per chunk).
+/// Inserts records with multi-row INSERT statements in the few shapes
+/// [`crate::model::usage_chunks`] gives, so each stays prepared (one round trip each).
 async fn insert_usage_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[UsageRecord],
 ) -> Result<()> {
-    for chunk in records.chunks(USAGE_ROWS_PER_INSERT) {
+    let mut rest = records;
+    for rows in crate::model::usage_chunks(records.len()) {
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
              env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
