@@ -603,6 +603,7 @@ fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
 /// values, without an intermediate string.
 pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInfo) {
     use http::HeaderName;
+    use std::fmt::Write as _;
     const LIMIT_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_REQUESTS);
     const REMAINING_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_REQUESTS);
     const RESET_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::RESET_REQUESTS);
@@ -622,7 +623,7 @@ pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInf
     for ((name, v), slot) in counts.into_iter().zip(&mut spans) {
         if let Some(v) = v {
             let start = text.len();
-            ratelimit::push_decimal(&mut text, v);
+            let _ = write!(text, "{v}");
             *slot = Some((name, start, text.len()));
         }
     }

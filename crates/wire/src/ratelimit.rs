@@ -1,6 +1,7 @@
 //! The six `x-ratelimit-*` headers and `retry-after` / `retry-after-ms`, with reset
 //! values in Go's `time.Duration` string format (`1s`, `120ms`, `8.64s`, `6m0s`).
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
@@ -128,16 +129,13 @@ pub fn format_go_duration(d: Duration) -> String {
     out
 }
 
-/// [`format_go_duration`] appended to `out` (no allocation beyond `out`'s growth, and
-/// no formatting machinery: every answer a rule governs carries two of these).
+/// [`format_go_duration`] appended to `out` (no allocation beyond `out`'s growth).
 pub fn write_go_duration(out: &mut String, d: Duration) {
-    // Nanoseconds fit in a u64 for 584 years; beyond that, saturate.
-    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let nanos = d.as_nanos();
     if nanos == 0 {
         out.push_str("0s");
     } else if nanos < 1_000 {
-        push_decimal(out, nanos);
-        out.push_str("ns");
+        let _ = write!(out, "{nanos}ns");
     } else if nanos < 1_000_000 {
         push_fraction(out, nanos, 1_000);
         out.push_str("µs");
@@ -145,52 +143,32 @@ pub fn write_go_duration(out: &mut String, d: Duration) {
         push_fraction(out, nanos, 1_000_000);
         out.push_str("ms");
     } else {
-        let secs = nanos / 1_000_000_000;
+        let secs = d.as_secs();
         let (h, m) = (secs / 3600, (secs % 3600) / 60);
         if h > 0 {
-            push_decimal(out, h);
-            out.push('h');
+            let _ = write!(out, "{h}h");
         }
         if h > 0 || m > 0 {
-            push_decimal(out, m);
-            out.push('m');
+            let _ = write!(out, "{m}m");
         }
-        push_fraction(out, nanos % 60_000_000_000, 1_000_000_000);
+        let sub = u128::from(secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
+        push_fraction(out, sub, 1_000_000_000);
         out.push('s');
     }
 }
 
-/// Appends `v` in decimal.
-pub fn push_decimal(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&b| char::from(b)));
-}
-
-/// Writes `value / unit` with the fraction's trailing zeros trimmed (`unit` a power of
-/// ten).
-fn push_fraction(out: &mut String, value: u64, unit: u64) {
-    push_decimal(out, value / unit);
+/// Writes `value / unit` with the fraction's trailing zeros trimmed.
+fn push_fraction(out: &mut String, value: u128, unit: u128) {
+    let whole = value / unit;
     let mut frac = value % unit;
+    let _ = write!(out, "{whole}");
     if frac > 0 {
-        let mut width = unit.ilog10();
+        let mut width = unit.ilog10() as usize;
         while frac % 10 == 0 {
             frac /= 10;
             width -= 1;
         }
-        out.push('.');
-        for _ in frac.checked_ilog10().unwrap_or(0) + 1..width {
-            out.push('0');
-        }
-        push_decimal(out, frac);
+        let _ = write!(out, ".{frac:0width$}");
     }
 }
 
@@ -268,19 +246,6 @@ mod tests {
         assert!(!requests_only.has_header(REMAINING_TOKENS));
         assert_eq!(read.remaining_requests, Some(499));
         assert_eq!(read.reset_tokens, Some(Duration::from_secs(360)));
-    }
-
-    #[test]
-    fn decimals_without_the_formatting_machinery() {
-        for v in [0u64, 7, 10, 99, 1_000, 29_999, 4_294_967_296, u64::MAX] {
-            let mut s = String::from("x");
-            push_decimal(&mut s, v);
-            assert_eq!(s, format!("x{v}"));
-        }
-        let mut s = String::new();
-        write_go_duration(&mut s, Duration::from_nanos(1_000_001));
-        write_go_duration(&mut s, Duration::from_secs(u64::MAX));
-        assert_eq!(s, "1.000001ms5124095h34m33.709551615s");
     }
 
     #[test]
