@@ -30,16 +30,20 @@ pub struct RateLimitInfo {
 impl RateLimitInfo {
     /// Reads the headers through a lookup function (so any header map type works).
     pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
-        let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let dur = |name: &str| get(name).and_then(parse_go_duration);
-        Self {
-            limit_requests: num(LIMIT_REQUESTS),
-            remaining_requests: num(REMAINING_REQUESTS),
-            reset_requests: dur(RESET_REQUESTS),
-            limit_tokens: num(LIMIT_TOKENS),
-            remaining_tokens: num(REMAINING_TOKENS),
-            reset_tokens: dur(RESET_TOKENS),
+        let mut info = Self::default();
+        for name in [
+            LIMIT_REQUESTS,
+            REMAINING_REQUESTS,
+            RESET_REQUESTS,
+            LIMIT_TOKENS,
+            REMAINING_TOKENS,
+            RESET_TOKENS,
+        ] {
+            if let Some(value) = get(name) {
+                info.read_header(name, value);
+            }
         }
+        info
     }
 
     /// Takes in one header, for a caller that walks a header map once instead of
