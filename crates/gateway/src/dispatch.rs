@@ -36,17 +36,35 @@ pub type Reply = RawResponse;
 // Header names are `HeaderName`s, not strings: a string is parsed into a name on
 // every lookup, and these run on every request.
 
-/// Request headers never forwarded: the caller's credentials (the provider key
-/// replaces them), the caller's OpenAI organisation/project (the provider key's own
-/// apply), cookies, and tollgate's own control headers.
-const DROP_REQUEST: [HeaderName; 6] = [
-    HeaderName::from_static("authorization"),
-    HeaderName::from_static("cookie"),
-    HeaderName::from_static("openai-organization"),
-    HeaderName::from_static("openai-project"),
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("accept-encoding"),
-];
+/// Whether a caller's request header goes upstream. Not: the caller's credentials
+/// (the provider key replaces them), the caller's OpenAI organisation/project (the
+/// provider key's own apply), cookies, `accept-encoding` (tollgate reads the answer),
+/// tollgate's own `x-tollgate-*` control headers, and `content-type` without a body.
+/// A match on the name: the caller's headers are walked once, nothing is removed
+/// name by name.
+fn forwarded(name: &HeaderName, has_body: bool) -> bool {
+    match name.as_str() {
+        "authorization"
+        | "cookie"
+        | "openai-organization"
+        | "openai-project"
+        | "x-api-key"
+        | "accept-encoding" => false,
+        "content-type" => has_body,
+        other => !other.starts_with("x-tollgate-"),
+    }
+}
+
+/// The headers sent upstream: the caller's, but for those not [`forwarded`].
+fn upstream_headers(caller: &HeaderMap, has_body: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(caller.keys_len());
+    for (name, value) in caller {
+        if forwarded(name, has_body) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 /// Response headers relayed from the upstream (`x-request-id` is relayed as
 /// `x-upstream-request-id`). A match on the name: the answer's headers are walked once
@@ -103,21 +121,7 @@ pub async fn send(
     parts: &Parts,
     preflight: &Preflight,
 ) -> Result<Reply, GatewayError> {
-    let mut headers = parts.headers.clone();
-    for name in &DROP_REQUEST {
-        headers.remove(name);
-    }
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-tollgate-"))
-        .cloned()
-        .collect();
-    for name in own {
-        headers.remove(name);
-    }
-    if preflight.body.is_empty() {
-        headers.remove(header::CONTENT_TYPE);
-    }
+    let headers = upstream_headers(&parts.headers, !preflight.body.is_empty());
     let path = parts
         .uri
         .path_and_query()
@@ -143,16 +147,16 @@ pub async fn send(
 pub async fn relay(
     endpoint: Endpoint,
     preflight: &Preflight,
-    reply: Reply,
+    mut reply: Reply,
     mut guard: RecordGuard,
     own_limits: &RateLimitInfo,
 ) -> Response {
     let status = reply.status();
     let rec = guard.record();
     rec.status = status.as_u16();
-    rec.upstream_request_id = reply.request_id().map(str::to_owned);
+    rec.upstream_request_id = reply.meta.request_id.take();
     rec.attempts = reply.attempts();
-    let mut headers = relay_headers(reply.headers(), own_limits);
+    let mut headers = relay_headers(std::mem::take(&mut reply.meta.headers), own_limits);
     for (name, value) in &preflight.headers {
         headers.insert(name.clone(), value.clone());
     }
@@ -195,19 +199,32 @@ pub async fn relay(
 }
 
 /// The headers of the answer relayed to the caller, but for the `x-ratelimit-*` ones
-/// `own_limits` (tollgate's rules) will set.
-fn relay_headers(upstream: &HeaderMap, own_limits: &RateLimitInfo) -> HeaderMap {
+/// `own_limits` (tollgate's rules) will set. The upstream's map is taken apart, so
+/// names and values move over instead of being cloned (a parsed custom name's first
+/// clone allocates).
+fn relay_headers(upstream: HeaderMap, own_limits: &RateLimitInfo) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(16);
     let mut upstream_id = false;
+    // Whether the last name seen was relayed: a name's further values come unnamed.
+    let mut relaying = false;
     for (name, value) in upstream {
-        if relayed(name) && !own_limits.has_header(name.as_str()) {
-            out.append(name.clone(), value.clone());
-        } else if !upstream_id && name.as_str() == "x-request-id" {
-            upstream_id = true;
-            out.insert(
-                HeaderName::from_static("x-upstream-request-id"),
-                value.clone(),
-            );
+        match name {
+            Some(name) => {
+                relaying = relayed(&name) && !own_limits.has_header(name.as_str());
+                if relaying {
+                    out.append(name, value);
+                } else if !upstream_id && name.as_str() == "x-request-id" {
+                    upstream_id = true;
+                    out.insert(HeaderName::from_static("x-upstream-request-id"), value);
+                }
+            }
+            // The last name appended is this value's own.
+            None if relaying => {
+                if let Some(name) = out.keys().last().cloned() {
+                    out.append(name, value);
+                }
+            }
+            None => {}
         }
     }
     if !out.contains_key(header::CONTENT_TYPE) {
@@ -298,6 +315,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn forwards_the_callers_headers_but_credentials_and_control_headers() {
+        let mut caller = HeaderMap::new();
+        for (n, v) in [
+            ("authorization", "Bearer tg-prod-secret"),
+            ("content-type", "application/json"),
+            ("x-stainless-lang", "python"),
+            ("cookie", "a=b"),
+            ("openai-organization", "org-caller"),
+            ("openai-project", "proj-caller"),
+            ("x-api-key", "secret"),
+            ("accept-encoding", "gzip"),
+            ("x-tollgate-priority", "batch"),
+            ("x-tollgate-cache", "bypass"),
+            ("accept", "application/json"),
+            ("x-stainless-retry-count", "0"),
+            ("x-stainless-retry-count", "1"),
+        ] {
+            caller.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let out = upstream_headers(&caller, true);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "x-stainless-lang",
+                "accept",
+                "x-stainless-retry-count"
+            ]
+        );
+        assert_eq!(out.get_all("x-stainless-retry-count").iter().count(), 2);
+        // Without a body there is no content type to send.
+        let bare = upstream_headers(&caller, false);
+        assert!(!bare.contains_key(header::CONTENT_TYPE));
+        assert_eq!(bare.len(), out.len() - 1);
+    }
+
+    #[test]
     fn relays_the_openai_headers_and_the_upstream_id_only() {
         let mut up = HeaderMap::new();
         for (n, v) in [
@@ -316,7 +371,7 @@ mod tests {
             up.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
         let none = RateLimitInfo::default();
-        let out = relay_headers(&up, &none);
+        let out = relay_headers(up.clone(), &none);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(
             names,
@@ -340,12 +395,12 @@ mod tests {
             remaining_requests: Some(7),
             ..RateLimitInfo::default()
         };
-        let kept = relay_headers(&up, &own);
+        let kept = relay_headers(up, &own);
         assert!(!kept.contains_key("x-ratelimit-remaining-requests"));
         assert_eq!(kept["x-ratelimit-reset-tokens"], "0s");
         assert_eq!(kept.len(), out.len() - 1);
 
-        let bare = relay_headers(&HeaderMap::new(), &none);
+        let bare = relay_headers(HeaderMap::new(), &none);
         assert_eq!(bare.len(), 1);
         assert_eq!(bare["content-type"], "application/json");
     }
