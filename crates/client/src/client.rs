@@ -414,6 +414,19 @@ impl Client {
         if let Some(direct) = &self.inner.direct {
             return self.raw_direct(direct, method, path, out, body).await;
         }
+        // Boxed: only a client behind a system proxy goes this way, and reqwest's
+        // future is large; the direct path's future stays small.
+        Box::pin(self.raw_proxied(method, path, out, body)).await
+    }
+
+    /// [`Client::raw`] through reqwest (a system proxy applies).
+    async fn raw_proxied(
+        &self,
+        method: Method,
+        path: &str,
+        out: HeaderMap,
+        body: Bytes,
+    ) -> Result<RawResponse, Error> {
         let call = Call {
             label: format!("{method} /{}", path_only(path)),
             url: self.url(path),

@@ -109,6 +109,25 @@ pub async fn run(
     {
         return Ok(reply);
     }
+    // Boxed: validation (and its retry) is for the projects that ask for it; every
+    // other call's future stays small.
+    let call = (gw, endpoint, principal, parts, preflight);
+    Box::pin(validate(call, reply, guard)).await
+}
+
+/// [`run`] for a call whose answer is validated.
+async fn validate(
+    (gw, endpoint, principal, parts, preflight): (
+        &Gateway,
+        Endpoint,
+        &Principal,
+        &Parts,
+        &Preflight,
+    ),
+    reply: Reply,
+    guard: &mut RecordGuard,
+) -> Result<Reply, GatewayError> {
+    let config = &gw.config.answers;
     let Some(validator) = answer_schema(endpoint, &preflight.body) else {
         return Ok(reply);
     };

@@ -234,6 +234,44 @@ pub async fn run(
     let Some(chain) = chain.or(offline.map(|_| &[][..])) else {
         return direct(gw, principal, parts, preflight, guard, flight).await;
     };
+    // Boxed: the chain's state (its targets, the last failure kept for relay) is
+    // large, and held only by calls that have a chain; every other call's future
+    // stays the size of `direct`'s.
+    let call = Call {
+        gw,
+        endpoint,
+        principal,
+        parts,
+        offline,
+    };
+    Box::pin(chained(call, chain, preflight, guard, flight)).await
+}
+
+/// What [`chained`] is given of the call.
+struct Call<'a> {
+    gw: &'a Gateway,
+    endpoint: Endpoint,
+    principal: &'a Principal,
+    parts: &'a Parts,
+    offline: Option<&'a str>,
+}
+
+/// [`run`] for a call with a fallback chain or an offline answer.
+async fn chained(
+    call: Call<'_>,
+    chain: &[TargetConfig],
+    preflight: Preflight,
+    guard: &mut RecordGuard,
+    flight: Flight,
+) -> Result<Served, GatewayError> {
+    let Call {
+        gw,
+        endpoint,
+        principal,
+        parts,
+        offline,
+    } = call;
+    let fb = &gw.fallbacks;
     let targets = fb.targets(&preflight, chain);
     let rules = gw.limits.models();
     let mut flight = Some(flight);

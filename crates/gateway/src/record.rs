@@ -115,10 +115,31 @@ impl UsageSink {
     }
 
     /// Enqueues, waiting for capacity when the queue is full.
-    pub async fn send(&self, mut record: UsageRecord) {
+    pub async fn send(&self, record: UsageRecord) {
+        if let Some(record) = self.offer(record) {
+            Box::pin(self.wait_for_room(record)).await;
+        }
+    }
+
+    /// Prices and enqueues the record if the queue has room; gives it back if not.
+    /// With [`UsageSink::wait_for_room`] boxed for the rare full queue, the future of
+    /// a request that finds room holds no second copy of its record.
+    fn offer(&self, mut record: UsageRecord) -> Option<UsageRecord> {
         price(&self.catalog.current(), &mut record);
+        match self.tx.try_send(record) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(record)) => Some(record),
+            Err(mpsc::error::TrySendError::Closed(record)) => {
+                // Only possible if the writer task died; say so loudly.
+                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
+                None
+            }
+        }
+    }
+
+    /// Waits for room in the full queue (back-pressure), then enqueues.
+    async fn wait_for_room(&self, record: UsageRecord) {
         if let Err(e) = self.tx.send(record).await {
-            // Only possible if the writer task died; say so loudly.
             tracing::error!(request_id = %e.0.request_id, "usage writer is gone; record lost");
         }
     }
@@ -255,8 +276,9 @@ impl RecordGuard {
 
     /// Sends the record, waiting for queue capacity (back-pressure).
     pub async fn finish(mut self) {
-        if let Some(rec) = self.take() {
-            self.sink.send(rec).await;
+        let Some(rec) = self.take() else { return };
+        if let Some(rec) = self.sink.offer(rec) {
+            Box::pin(self.sink.wait_for_room(rec)).await;
         }
     }
 
