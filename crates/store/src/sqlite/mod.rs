@@ -1222,17 +1222,17 @@ async fn insert_usage_rows(
              cache) ",
         );
         q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.request_id.clone())
-                .push_bind(r.upstream_request_id.clone())
-                .push_bind(r.response_id.clone())
-                .push_bind(r.key_id.clone())
-                .push_bind(r.project.clone())
-                .push_bind(r.env.clone())
-                .push_bind(r.endpoint.clone())
-                .push_bind(r.model_requested.clone())
-                .push_bind(r.model_served.clone())
+            b.push_bind(text(&r.request_id))
+                .push_bind(r.upstream_request_id.as_deref().map(text))
+                .push_bind(r.response_id.as_deref().map(text))
+                .push_bind(r.key_id.as_deref().map(text))
+                .push_bind(r.project.as_deref().map(text))
+                .push_bind(r.env.as_deref().map(text))
+                .push_bind(text(&r.endpoint))
+                .push_bind(r.model_requested.as_deref().map(text))
+                .push_bind(r.model_served.as_deref().map(text))
                 .push_bind(i64::from(r.status))
-                .push_bind(r.error_code.clone())
+                .push_bind(r.error_code.as_deref().map(text))
                 .push_bind(to_i64(r.input_tokens))
                 .push_bind(to_i64(r.output_tokens))
                 .push_bind(to_i64(r.total_tokens))
@@ -1245,17 +1245,24 @@ async fn insert_usage_rows(
                 .push_bind(to_i64(r.latency_ms))
                 .push_bind(r.created_at_ms)
                 .push_bind(r.cost_usd_nanos.map(to_i64))
-                .push_bind(r.lane.map(Lane::as_str))
+                .push_bind(r.lane.map(|l| text(l.as_str())))
                 .push_bind(r.upstream_remaining_requests.map(to_i64))
                 .push_bind(r.upstream_remaining_tokens.map(to_i64))
-                .push_bind(r.served_by.clone())
+                .push_bind(r.served_by.as_deref().map(text))
                 .push_bind(i64::from(r.fallbacks))
-                .push_bind(r.cache.map(CacheOutcome::as_str));
+                .push_bind(r.cache.map(|c| text(c.as_str())));
         });
         q.push(" ON CONFLICT (request_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A text value to bind. sqlx keeps a bound `String` as an `Arc<String>` (a copy of
+/// the string and a second allocation for the `Arc`); an `Arc<str>` is bound as it is,
+/// one allocation. SQLite copies the text either way.
+fn text(s: &str) -> std::sync::Arc<str> {
+    std::sync::Arc::from(s)
 }
 
 /// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
