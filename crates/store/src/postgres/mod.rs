@@ -9,15 +9,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Arguments as _, AssertSqlSafe, Connection, Row};
 
 use crate::model::CatalogModel;
 use crate::model::{
-    check_rotation, last_used_by_key, AccessKind, Actor, AuditEntry, CacheOutcome, KeyChange,
-    KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit, NewKey, NewProject, OutputCap,
-    OutputCapRule, OverCap, Project, ProjectSetting, RateLimitRule, Role, UsageFilter, UsageGroup,
-    UsageRecord, UsageTotals,
+    check_rotation, last_used_by_key, usage_insert_sql, AccessKind, Actor, AuditEntry,
+    CacheOutcome, KeyChange, KeyRecord, Lane, LimitScope, ModelAccess, ModelAlias, NewAudit,
+    NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Placeholders, Project, ProjectSetting,
+    RateLimitRule, Role, UsageFilter, UsageGroup, UsageRecord, UsageTotals,
 };
 use crate::{detail, now_ms, to_i64, Result, StoreError};
 
@@ -1226,48 +1226,52 @@ async fn insert_usage_rows(
     for rows in crate::model::usage_chunks(records.len()) {
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "INSERT INTO usage (request_id, upstream_request_id, response_id, key_id, project, \
-             env, endpoint, model_requested, model_served, status, error_code, input_tokens, \
-             output_tokens, total_tokens, cached_tokens, reasoning_tokens, streamed, \
-             client_disconnected, attempts, ttfb_ms, latency_ms, created_at_ms, cost_usd_nanos, \
-             lane, upstream_remaining_requests, upstream_remaining_tokens, served_by, fallbacks, \
-             cache) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.request_id.clone())
-                .push_bind(r.upstream_request_id.clone())
-                .push_bind(r.response_id.clone())
-                .push_bind(r.key_id.clone())
-                .push_bind(r.project.clone())
-                .push_bind(r.env.clone())
-                .push_bind(r.endpoint.clone())
-                .push_bind(r.model_requested.clone())
-                .push_bind(r.model_served.clone())
-                .push_bind(i32::from(r.status))
-                .push_bind(r.error_code.clone())
-                .push_bind(to_i64(r.input_tokens))
-                .push_bind(to_i64(r.output_tokens))
-                .push_bind(to_i64(r.total_tokens))
-                .push_bind(to_i64(r.cached_tokens))
-                .push_bind(to_i64(r.reasoning_tokens))
-                .push_bind(r.streamed)
-                .push_bind(r.client_disconnected)
-                .push_bind(i32::try_from(r.attempts).unwrap_or(i32::MAX))
-                .push_bind(r.ttfb_ms.map(to_i64))
-                .push_bind(to_i64(r.latency_ms))
-                .push_bind(r.created_at_ms)
-                .push_bind(r.cost_usd_nanos.map(to_i64))
-                .push_bind(r.lane.map(Lane::as_str))
-                .push_bind(r.upstream_remaining_requests.map(to_i64))
-                .push_bind(r.upstream_remaining_tokens.map(to_i64))
-                .push_bind(r.served_by.clone())
-                .push_bind(i64::from(r.fallbacks))
-                .push_bind(r.cache.map(CacheOutcome::as_str));
-        });
-        q.push(" ON CONFLICT (request_id) DO NOTHING");
-        q.build().execute(&mut **tx).await?;
+        let mut args = PgArguments::default();
+        for r in chunk {
+            bind_usage(&mut args, r).map_err(sqlx::Error::Encode)?;
+        }
+        let sql = usage_insert_sql(rows, Placeholders::Numbered);
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(&mut **tx)
+            .await?;
     }
+    Ok(())
+}
+
+/// Binds one usage row's values, in the column order of [`usage_insert_sql`].
+fn bind_usage(
+    args: &mut PgArguments,
+    r: &UsageRecord,
+) -> std::result::Result<(), sqlx::error::BoxDynError> {
+    args.add(r.request_id.as_str())?;
+    args.add(r.upstream_request_id.as_deref())?;
+    args.add(r.response_id.as_deref())?;
+    args.add(r.key_id.as_deref())?;
+    args.add(r.project.as_deref())?;
+    args.add(r.env.as_deref())?;
+    args.add(r.endpoint.as_str())?;
+    args.add(r.model_requested.as_deref())?;
+    args.add(r.model_served.as_deref())?;
+    args.add(i32::from(r.status))?;
+    args.add(r.error_code.as_deref())?;
+    args.add(to_i64(r.input_tokens))?;
+    args.add(to_i64(r.output_tokens))?;
+    args.add(to_i64(r.total_tokens))?;
+    args.add(to_i64(r.cached_tokens))?;
+    args.add(to_i64(r.reasoning_tokens))?;
+    args.add(r.streamed)?;
+    args.add(r.client_disconnected)?;
+    args.add(i32::try_from(r.attempts).unwrap_or(i32::MAX))?;
+    args.add(r.ttfb_ms.map(to_i64))?;
+    args.add(to_i64(r.latency_ms))?;
+    args.add(r.created_at_ms)?;
+    args.add(r.cost_usd_nanos.map(to_i64))?;
+    args.add(r.lane.map(Lane::as_str))?;
+    args.add(r.upstream_remaining_requests.map(to_i64))?;
+    args.add(r.upstream_remaining_tokens.map(to_i64))?;
+    args.add(r.served_by.as_deref())?;
+    args.add(i64::from(r.fallbacks))?;
+    args.add(r.cache.map(CacheOutcome::as_str))?;
     Ok(())
 }
 
