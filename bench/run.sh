@@ -608,6 +608,10 @@ print(sum(r["requests"] for r in rows), sum(r["errors"] for r in rows))' 2>/dev/
 USAGE_RECORDS="${USAGE% *}"
 USAGE_ERRORS="${USAGE#* }"
 TG_LOG_LINES="$(wc -l <"$TMP/tollgate.err")"
+# Its log lines by level (tracing's compact format: time, level, target, message); any
+# WARN or ERROR line is shown in full in the report.
+TG_LOG_LEVELS="$(awk '{ n[$2]++ } END { for (l in n) printf "%s%s %d", (c++ ? ", " : ""), l, n[l] }' "$TMP/tollgate.err")"
+TG_LOG_PROBLEMS="$(grep -E '^[^ ]+ +(WARN|ERROR) ' "$TMP/tollgate.err" | head -20 || true)"
 
 # ---------------------------------------------------------------- report
 f1() { awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
@@ -712,7 +716,15 @@ PY
         echo "Redis: $rd_where; the Redis tollgate fell back to local counters ${RD_FALLBACKS} time(s) (must be 0 for the figures to count) and made ${RD_CALLS:-?} script calls in all (admissions, settlements, budget re-syncs) for ${RD_RT_N} admissions. The round trip is interpolated within the histogram's buckets (50, 100, 150, 200, 300, 400, 500, 750 µs, 1 ms, …)."
     fi
     echo
-    echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr."
+    echo "tollgate usage records after a graceful shutdown: $USAGE_RECORDS ($USAGE_ERRORS with an error status); requests the load tools completed against tollgate (smoke test, warm-ups and measured runs): $TG_COUNTED — records may exceed it by up to $CONNECTIONS per $LOADGEN run (requests in flight when a run stops, recorded as client disconnects). tollgate wrote $TG_LOG_LINES lines to stderr (${TG_LOG_LEVELS:-none})."
+    if [[ -n "$TG_LOG_PROBLEMS" ]]; then
+        echo
+        echo "tollgate's warnings and errors (first 20):"
+        echo
+        echo '```'
+        printf '%s\n' "$TG_LOG_PROBLEMS"
+        echo '```'
+    fi
     echo
     echo "CPU is the server's own (nginx: master + workers; tollgate: the process), from /proc/PID/stat over the measured run; the load generator's and the upstream's CPU are not included. Peak RSS is VmHWM (summed over nginx's processes)."
 } >"$REPORT"
