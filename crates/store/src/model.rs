@@ -840,6 +840,19 @@ pub(crate) fn last_used_by_key(records: &[UsageRecord]) -> Vec<(&str, i64)> {
     newest.into_iter().collect()
 }
 
+/// The records whose request id is not in `stored`: what a batch written again (after a
+/// commit whose outcome was lost) still has to add.
+pub(crate) fn without(
+    records: &[UsageRecord],
+    stored: &std::collections::HashSet<String>,
+) -> Vec<UsageRecord> {
+    records
+        .iter()
+        .filter(|r| !stored.contains(&r.request_id))
+        .cloned()
+        .collect()
+}
+
 /// The priced spend of a batch of usage records per project, environment, key and UTC
 /// day (start ms): what the batch adds to the `usage_spend_daily` roll-up, from which
 /// budgets read a period's spend without scanning its usage rows.

@@ -1812,6 +1812,28 @@ async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &Te
         store.spend_since(day, month, Some("shop")).await.unwrap(),
         vec![row("key_a", "dev", 105, 125), row("key_b", "prod", 3, 3)]
     );
+    // A batch written again after a commit whose outcome was lost, with a record it
+    // did not hold before: the stored record adds nothing more, the new one its spend.
+    store
+        .insert_usage(&[
+            priced("r7", "key_a", "dev", now + 1, Some(5)),
+            priced("r8", "key_a", "dev", now + 2, Some(7)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.spend_since(day, month, Some("shop")).await.unwrap(),
+        vec![row("key_a", "dev", 112, 132), row("key_b", "prod", 3, 3)]
+    );
+    let ids: Vec<String> = store
+        .usage_records(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids.iter().filter(|id| *id == "r7").count(), 1);
+    assert_eq!(ids.iter().filter(|id| *id == "r8").count(), 1);
 }
 
 async fn a_soft_threshold_notice_is_claimed_once_per_period(db: &TestDb) {

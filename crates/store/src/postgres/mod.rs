@@ -995,21 +995,23 @@ impl PostgresStore {
 
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        insert_usage_rows(&mut tx, records).await?;
-        add_daily_spend(&mut tx, records).await?;
-        // last_used comes from the batch, so the request path never writes to keys.
-        for (key_id, at_ms) in last_used_by_key(records) {
-            sqlx::query(
-                "UPDATE keys SET last_used_at_ms = GREATEST(COALESCE(last_used_at_ms, 0), $1) \
-                 WHERE id = $2",
-            )
-            .bind(at_ms)
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
+        if insert_usage_rows(&mut tx, records).await? == records.len() {
+            return finish_usage(tx, records, records).await;
         }
-        tx.commit().await?;
-        Ok(())
+        // Some of the batch is already stored: a batch written again after a commit
+        // whose outcome was lost (the connection dropped as it committed). Start over
+        // and add only the new records' spend.
+        tx.rollback().await?;
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT request_id FROM usage WHERE request_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let fresh = crate::model::without(records, &stored.into_iter().collect());
+        insert_usage_rows(&mut tx, &fresh).await?;
+        finish_usage(tx, &fresh, records).await
     }
 
     pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<Vec<UsageTotals>> {
@@ -1205,23 +1207,39 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
 }
 
 /// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
-async fn add_daily_spend(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    records: &[UsageRecord],
+/// Completes a usage batch's transaction: adds the spend of the records it inserted
+/// (`fresh`) to the daily roll-up, the batch's last use to its keys, and commits.
+async fn finish_usage(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    fresh: &[UsageRecord],
+    batch: &[UsageRecord],
 ) -> Result<()> {
-    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Postgres>(records) {
-        q.build().execute(&mut **tx).await?;
+    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Postgres>(fresh) {
+        q.build().execute(&mut *tx).await?;
     }
+    // last_used comes from the batch, so the request path never writes to keys.
+    for (key_id, at_ms) in last_used_by_key(batch) {
+        sqlx::query(
+            "UPDATE keys SET last_used_at_ms = GREATEST(COALESCE(last_used_at_ms, 0), $1) \
+             WHERE id = $2",
+        )
+        .bind(at_ms)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
 /// Inserts records with multi-row INSERT statements in the few shapes
 /// [`crate::model::usage_chunks`] gives, so each stays prepared (one round trip each); a
-/// replayed record (same `request_id`) is skipped.
+/// replayed record (same `request_id`) is skipped. Returns how many it inserted.
 async fn insert_usage_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     records: &[UsageRecord],
-) -> Result<()> {
+) -> Result<usize> {
+    let mut inserted = 0;
     let mut rest = records;
     for rows in crate::model::usage_chunks(records.len()) {
         let (chunk, tail) = rest.split_at(rows);
@@ -1231,11 +1249,12 @@ async fn insert_usage_rows(
             bind_usage(&mut args, r).map_err(sqlx::Error::Encode)?;
         }
         let sql = usage_insert_sql(rows, Placeholders::Numbered);
-        sqlx::query_with(AssertSqlSafe(sql), args)
+        inserted += sqlx::query_with(AssertSqlSafe(sql), args)
             .execute(&mut **tx)
-            .await?;
+            .await?
+            .rows_affected();
     }
-    Ok(())
+    Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
 }
 
 /// Binds one usage row's values, in the column order of [`usage_insert_sql`].

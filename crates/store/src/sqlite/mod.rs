@@ -1039,21 +1039,16 @@ impl SqliteStore {
 
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        insert_usage_rows(&mut tx, records).await?;
-        add_daily_spend(&mut tx, records).await?;
-        // last_used comes from the batch, so the request path never writes to keys.
-        for (key_id, at_ms) in last_used_by_key(records) {
-            sqlx::query(
-                "UPDATE keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) \
-                 WHERE id = ?",
-            )
-            .bind(at_ms)
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
+        if insert_usage_rows(&mut tx, records).await? == records.len() {
+            return finish_usage(tx, records, records).await;
         }
-        tx.commit().await?;
-        Ok(())
+        // Some of the batch is already stored: a batch written again after a commit
+        // whose outcome was lost. Start over and add only the new records' spend.
+        tx.rollback().await?;
+        let mut tx = self.write_tx().await?;
+        let fresh = unstored(&mut tx, records).await?;
+        insert_usage_rows(&mut tx, &fresh).await?;
+        finish_usage(tx, &fresh, records).await
     }
 
     pub async fn usage_totals(&self, filter: &UsageFilter) -> Result<Vec<UsageTotals>> {
@@ -1204,11 +1199,13 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Resu
 }
 
 /// Inserts records with multi-row INSERT statements in the few shapes
-/// [`crate::model::usage_chunks`] gives, so each stays prepared (one round trip each).
+/// [`crate::model::usage_chunks`] gives, so each stays prepared (one round trip each);
+/// a record already stored (same `request_id`) is skipped. Returns how many it inserted.
 async fn insert_usage_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[UsageRecord],
-) -> Result<()> {
+) -> Result<usize> {
+    let mut inserted = 0;
     let mut rest = records;
     for rows in crate::model::usage_chunks(records.len()) {
         let (chunk, tail) = rest.split_at(rows);
@@ -1219,11 +1216,12 @@ async fn insert_usage_rows(
             bind_usage(&mut args, r).map_err(sqlx::Error::Encode)?;
         }
         let sql = usage_insert_sql(rows, Placeholders::Question);
-        sqlx::query_with(AssertSqlSafe(sql), args)
+        inserted += sqlx::query_with(AssertSqlSafe(sql), args)
             .execute(&mut **tx)
-            .await?;
+            .await?
+            .rows_affected();
     }
-    Ok(())
+    Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
 }
 
 /// Binds one usage row's values, in the column order of [`usage_insert_sql`].
@@ -1271,14 +1269,50 @@ fn text(s: &str) -> std::sync::Arc<str> {
 }
 
 /// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
-async fn add_daily_spend(
+/// Completes a usage batch's transaction: adds the spend of the records it inserted
+/// (`fresh`) to the daily roll-up, the batch's last use to its keys, and commits.
+async fn finish_usage(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    fresh: &[UsageRecord],
+    batch: &[UsageRecord],
+) -> Result<()> {
+    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Sqlite>(fresh) {
+        q.build().execute(&mut *tx).await?;
+    }
+    // last_used comes from the batch, so the request path never writes to keys.
+    for (key_id, at_ms) in last_used_by_key(batch) {
+        sqlx::query(
+            "UPDATE keys SET last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), ?) \
+             WHERE id = ?",
+        )
+        .bind(at_ms)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The records of `records` whose request id is not stored yet.
+async fn unstored(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     records: &[UsageRecord],
-) -> Result<()> {
-    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Sqlite>(records) {
-        q.build().execute(&mut **tx).await?;
+) -> Result<Vec<UsageRecord>> {
+    let mut stored = std::collections::HashSet::new();
+    for chunk in records.chunks(crate::model::USAGE_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT request_id FROM usage WHERE request_id IN (",
+        );
+        let mut ids = q.separated(", ");
+        for r in chunk {
+            ids.push_bind(r.request_id.as_str());
+        }
+        q.push(")");
+        let found: Vec<String> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        stored.extend(found);
     }
-    Ok(())
+    Ok(crate::model::without(records, &stored))
 }
 
 fn key_from_row(r: &SqliteRow) -> Result<KeyRecord> {
