@@ -168,7 +168,7 @@ pub async fn relay(
             tap,
             guard: Some(guard),
         });
-        return (status, headers, body).into_response();
+        return answer(status, headers, body);
     }
     guard.mark_first_byte();
     let bytes = match reply.body.collect().await {
@@ -195,7 +195,16 @@ pub async fn relay(
         guard.record().error_code = error_code(&bytes);
     }
     guard.finish().await;
-    (status, headers, bytes).into_response()
+    answer(status, headers, Body::from(bytes))
+}
+
+/// The caller's response: the upstream's status, the relayed headers moved in as they
+/// are (not re-inserted one by one into a new map) and the body.
+fn answer(status: http::StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
 }
 
 /// The headers of the answer relayed to the caller, but for the `x-ratelimit-*` ones

@@ -46,6 +46,8 @@ use crate::{
     preflight, schema,
 };
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
     let request_id = accept::request_id();
@@ -58,7 +60,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respo
         .into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert("x-request-id", v);
+        res.headers_mut().insert(X_REQUEST_ID, v);
     }
     res
 }
