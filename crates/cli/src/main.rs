@@ -57,7 +57,7 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
+    let done = match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Projects(args) => projects::run(args).await,
@@ -78,6 +78,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Usage(args) => usage::run(args).await,
         Command::Config(args) => config_cmd::run(args),
         Command::Mock(args) => mock::run(args).await,
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // What went wrong and why, on one line; never a backtrace, which
+            // `RUST_BACKTRACE=1` in an operator's shell would otherwise add.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

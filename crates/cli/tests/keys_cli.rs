@@ -424,6 +424,23 @@ fn rate_limits_and_output_caps_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     json(dir, &["projects", "create", "shop", "--json"]);
+    // A failing command says what is wrong on one line and exits 1, without a
+    // backtrace even when the operator's shell sets RUST_BACKTRACE.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["limits", "clear", "--project", "shop", "--env", "prod"])
+        .env("TOLLGATE_DATA_DIR", dir)
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .env_remove("TOLLGATE_CONFIG")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("Error: no rate limit has exactly the scope project shop, env prod"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
     let key = json(
         dir,
         &[
