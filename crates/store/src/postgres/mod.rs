@@ -1206,7 +1206,6 @@ async fn bump_keys_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Re
     Ok(())
 }
 
-/// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
 /// Completes a usage batch's transaction: adds the spend of the records it inserted
 /// (`fresh`) to the daily roll-up, the batch's last use to its keys, and commits.
 async fn finish_usage(

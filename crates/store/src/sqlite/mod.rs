@@ -1268,7 +1268,6 @@ fn text(s: &str) -> std::sync::Arc<str> {
     std::sync::Arc::from(s)
 }
 
-/// Adds a batch's priced spend to the per-day roll-up budgets read (one statement).
 /// Completes a usage batch's transaction: adds the spend of the records it inserted
 /// (`fresh`) to the daily roll-up, the batch's last use to its keys, and commits.
 async fn finish_usage(
