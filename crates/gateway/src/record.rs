@@ -146,19 +146,12 @@ impl UsageSink {
 
     /// Enqueues without waiting (for `Drop` and stream ends): if the queue is full a
     /// task takes over the wait, and keeps the writer open until it has sent.
-    pub fn send_now(&self, mut record: UsageRecord) {
-        price(&self.catalog.current(), &mut record);
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                let tx = self.tx.clone();
-                self.background.spawn(async move {
-                    let _ = tx.send(record).await;
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(record)) => {
-                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
-            }
+    pub fn send_now(&self, record: UsageRecord) {
+        if let Some(record) = self.offer(record) {
+            let tx = self.tx.clone();
+            self.background.spawn(async move {
+                let _ = tx.send(record).await;
+            });
         }
     }
 }
@@ -276,6 +269,8 @@ impl RecordGuard {
 
     /// Sends the record, waiting for queue capacity (back-pressure).
     pub async fn finish(mut self) {
+        // `UsageSink::send`'s two steps, not a call to it: its future would hold the
+        // record as its argument, a second copy inside every request's future.
         let Some(rec) = self.take() else { return };
         if let Some(rec) = self.sink.offer(rec) {
             Box::pin(self.sink.wait_for_room(rec)).await;
