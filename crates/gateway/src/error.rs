@@ -603,7 +603,6 @@ fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
 /// values, without an intermediate string.
 pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInfo) {
     use http::HeaderName;
-    use std::fmt::Write as _;
     const LIMIT_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::LIMIT_REQUESTS);
     const REMAINING_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::REMAINING_REQUESTS);
     const RESET_REQUESTS: HeaderName = HeaderName::from_static(ratelimit::RESET_REQUESTS);
@@ -623,7 +622,7 @@ pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInf
     for ((name, v), slot) in counts.into_iter().zip(&mut spans) {
         if let Some(v) = v {
             let start = text.len();
-            let _ = write!(text, "{v}");
+            text.push_str(itoa::Buffer::new().format(v));
             *slot = Some((name, start, text.len()));
         }
     }

@@ -164,15 +164,22 @@ pub fn write_go_duration(out: &mut String, d: Duration) {
 /// Writes `value / unit` with the fraction's trailing zeros trimmed.
 fn push_fraction(out: &mut String, value: u128, unit: u128) {
     let whole = value / unit;
-    let mut frac = value % unit;
-    let _ = write!(out, "{whole}");
+    // `unit` is at most 10^9, so the fraction fits a u64 (cheaper to divide).
+    let mut frac = u64::try_from(value % unit).unwrap_or(0);
+    out.push_str(itoa::Buffer::new().format(whole));
     if frac > 0 {
         let mut width = unit.ilog10() as usize;
         while frac % 10 == 0 {
             frac /= 10;
             width -= 1;
         }
-        let _ = write!(out, ".{frac:0width$}");
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(frac);
+        out.push('.');
+        for _ in digits.len()..width {
+            out.push('0');
+        }
+        out.push_str(digits);
     }
 }
 
