@@ -114,7 +114,11 @@ struct ErrorJson {
 /// Reads usage from a complete JSON answer (non-streamed). Unparseable bodies give
 /// nothing: accounting never fails a call.
 pub fn from_json_body(endpoint: Endpoint, body: &[u8]) -> Observed {
-    let Ok(b) = serde_json::from_slice::<BodyJson>(body) else {
+    // UTF-8 checked once for the whole body rather than by serde_json for each string.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Observed::default();
+    };
+    let Ok(b) = serde_json::from_str::<BodyJson>(text) else {
         return Observed::default();
     };
     let error = b.error.map(|e| e.code.unwrap_or_else(|| "error".into()));

@@ -31,10 +31,9 @@
 //! held for a few arithmetic steps and never across an await. Memory is bounded: at
 //! most [`MAX_RANGES`] IP ranges per key and [`MAX_KEYS_PER_SHARD`] keys per shard.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -242,7 +241,9 @@ struct Series {
 /// One shard of the per-key map.
 #[derive(Debug, Default)]
 struct Shard {
-    keys: HashMap<String, KeyState>,
+    /// By key id. Key ids are tollgate's own (a caller reaches this with a valid key
+    /// only), so a fast seeded hash serves, not SipHash.
+    keys: HashMap<String, KeyState, foldhash::fast::RandomState>,
     /// The minute idle keys were last swept out, so a full shard is scanned at most
     /// once a minute.
     swept_minute: Option<i64>,
@@ -438,9 +439,8 @@ impl Detector {
     }
 
     fn shard(&self, key_id: &str) -> &Mutex<Shard> {
-        let mut h = DefaultHasher::new();
-        key_id.hash(&mut h);
-        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
+        let h = foldhash::fast::FixedState::default().hash_one(key_id);
+        let i = usize::try_from(h % SHARDS as u64).unwrap_or(0);
         &self.shards[i]
     }
 

@@ -158,7 +158,13 @@ pub fn run(
             ..Preflight::default()
         });
     }
-    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson {
+    // Checked as UTF-8 once, so serde_json does not check each string it reads again
+    // (a call per member name); a body that is not UTF-8 gets serde_json's own error.
+    let parsed = match std::str::from_utf8(&body) {
+        Ok(text) => serde_json::from_str::<Peek<'_>>(text),
+        Err(_) => serde_json::from_slice::<Peek<'_>>(&body),
+    };
+    let peek = parsed.map_err(|e| GatewayError::InvalidJson {
         detail: format!("line {} column {}", e.line(), e.column()),
     })?;
     // `model` may be any JSON: the upstream judges its type. We route strings only.
