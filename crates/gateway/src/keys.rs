@@ -27,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -37,6 +36,7 @@ use tollgate_store::{
 };
 
 use crate::anomaly::ProjectPolicy;
+use crate::snapshot::{own, Snapshot, ThreadCopy};
 use crate::upstream::Upstream;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -141,10 +141,12 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// The keys a server knows (all but revoked ones), by digest. Lookups never touch the
-/// store.
+/// store, and read each I/O thread's own copy of the map (see `snapshot`): every
+/// request looks its key up, and a shared lock and shared reference counts moved
+/// their cache lines between the cores on every call.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    by_digest: RwLock<HashMap<[u8; 32], Arc<CachedKey>>>,
+    by_digest: Snapshot<KeyMap>,
     /// Resolves the provider credentials of the keys on each load (none in unit tests).
     upstream: Option<Upstream>,
     /// The projects' auto-suspend choices, refreshed on each load.
@@ -156,13 +158,13 @@ impl KeyCache {
     /// checks expiry, suspension and rotation. Looking up by digest means the map
     /// never holds a secret, and timing reveals nothing about one.
     pub fn lookup(&self, secret: &str) -> Option<Arc<CachedKey>> {
-        self.by_digest.read().get(&digest(secret)).cloned()
+        self.by_digest.get().0.get(&digest(secret)).cloned()
     }
 
     /// An empty cache whose loads resolve provider credentials through `upstream`.
     pub fn with_upstream(upstream: Upstream) -> Self {
         Self {
-            by_digest: RwLock::default(),
+            by_digest: Snapshot::default(),
             upstream: Some(upstream),
             anomaly_policy: Arc::default(),
         }
@@ -192,14 +194,15 @@ impl KeyCache {
                 Some((d, Arc::new(cached(k, r))))
             })
             .collect();
-        *self.by_digest.write() = map;
+        self.by_digest.set(KeyMap(map));
     }
 
     /// Keys not rotated, suspended or expired that expire within 14 days of `now_ms`.
     pub fn due_for_rotation(&self, now_ms: i64) -> Vec<Arc<CachedKey>> {
         let mut due: Vec<Arc<CachedKey>> = self
             .by_digest
-            .read()
+            .shared()
+            .0
             .values()
             .filter(|k| {
                 k.rotated_to.is_none()
@@ -213,11 +216,28 @@ impl KeyCache {
     }
 
     pub fn len(&self) -> usize {
-        self.by_digest.read().len()
+        self.by_digest.shared().0.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The cached keys by digest.
+#[derive(Debug, Default)]
+struct KeyMap(HashMap<[u8; 32], Arc<CachedKey>>);
+
+impl ThreadCopy for KeyMap {
+    /// With keys and principals of its own: each request clones them, and a thread's
+    /// clones then count on the thread's own copies.
+    fn thread_copy(&self) -> Self {
+        let copy = self.0.iter().map(|(digest, key)| {
+            let mut key = CachedKey::clone(key);
+            own(&mut key.principal);
+            (*digest, Arc::new(key))
+        });
+        Self(copy.collect())
     }
 }
 
@@ -452,8 +472,22 @@ mod tests {
         assert_eq!(p.principal.key_id, m.record.id);
         assert_eq!(p.principal.env, "prod");
         assert!(cache.lookup("tg-prod-wrong").is_none());
-        cache.replace(&[]);
+        // Another thread's copy of the map (made on its first lookup) gives way to a
+        // change at its next lookup: a revoked key stops working on every thread.
+        let (looked, changed) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(cache.lookup(&m.secret).is_some());
+                looked.wait();
+                changed.wait();
+                assert!(cache.lookup(&m.secret).is_none());
+            });
+            looked.wait();
+            cache.replace(&[]);
+            changed.wait();
+        });
         assert!(cache.lookup(&m.secret).is_none());
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
