@@ -398,12 +398,64 @@ impl Client {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<RawResponse, Error> {
-        let mut out = headers;
-        strip_hop_by_hop(&mut out);
-        out.remove(header::AUTHORIZATION);
-        out.remove(header::HOST);
-        out.remove(header::CONTENT_LENGTH);
-        for (name, value) in self.inner.headers.iter().chain(self.call.headers.iter()) {
+        self.relay(method, path, Caller::All(&headers), body).await
+    }
+
+    /// [`Client::raw`] with the caller's headers borrowed and filtered by `keep`: the
+    /// headers of each attempt are built from them directly, with no intermediate
+    /// copy to clone per attempt (what a gateway relaying a request needs).
+    pub async fn forward(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &HeaderMap,
+        keep: fn(&HeaderName) -> bool,
+        body: Bytes,
+    ) -> Result<RawResponse, Error> {
+        self.relay(method, path, Caller::Filtered(headers, keep), body)
+            .await
+    }
+
+    async fn relay(
+        &self,
+        method: Method,
+        path: &str,
+        caller: Caller<'_>,
+        body: Bytes,
+    ) -> Result<RawResponse, Error> {
+        if let Some(direct) = &self.inner.direct {
+            return self.raw_direct(direct, method, path, caller, body).await;
+        }
+        // Boxed: only a client behind a system proxy goes this way, and reqwest's
+        // future is large; the direct path's future stays small.
+        let out = self.outgoing(caller);
+        Box::pin(self.raw_proxied(method, path, out, body)).await
+    }
+
+    /// The headers sent upstream for `caller`'s: its own but for hop-by-hop ones (and
+    /// any its `Connection` names), `Authorization`, `Host` and `Content-Length`;
+    /// then the client's default headers for names it did not send, and the client's
+    /// key. Built in one pass, once per attempt.
+    fn outgoing(&self, caller: Caller<'_>) -> HeaderMap {
+        let (src, keep) = match caller {
+            Caller::All(h) => (h, None),
+            Caller::Filtered(h, keep) => (h, Some(keep)),
+        };
+        let connection = src.get_all(header::CONNECTION);
+        let (inner, call) = (&self.inner.headers, &self.call.headers);
+        let mut out = HeaderMap::with_capacity(src.keys_len() + inner.len() + call.len() + 4);
+        for (name, value) in src {
+            let dropped = HOP_BY_HOP.contains(name)
+                || name == header::AUTHORIZATION
+                || name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || listed(&connection, name)
+                || keep.is_some_and(|keep| !keep(name));
+            if !dropped {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in inner.iter().chain(call.iter()) {
             if !out.contains_key(name) {
                 out.insert(name.clone(), value.clone());
             }
@@ -411,12 +463,7 @@ impl Client {
         if let Some(auth) = &self.inner.auth {
             out.insert(header::AUTHORIZATION, auth.clone());
         }
-        if let Some(direct) = &self.inner.direct {
-            return self.raw_direct(direct, method, path, out, body).await;
-        }
-        // Boxed: only a client behind a system proxy goes this way, and reqwest's
-        // future is large; the direct path's future stays small.
-        Box::pin(self.raw_proxied(method, path, out, body)).await
+        out
     }
 
     /// [`Client::raw`] through reqwest (a system proxy applies).
@@ -468,7 +515,7 @@ impl Client {
         direct: &Arc<Transport>,
         method: Method,
         path: &str,
-        headers: HeaderMap,
+        caller: Caller<'_>,
         body: Bytes,
     ) -> Result<RawResponse, Error> {
         let label = path_only(path);
@@ -478,7 +525,7 @@ impl Client {
             self.max_retries(),
             deadline,
             label,
-            |n| self.send_direct(direct, &method, path, &headers, &body, n),
+            |n| self.send_direct(direct, &method, path, caller, &body, n),
         )
         .await;
         match sent {
@@ -507,7 +554,7 @@ impl Client {
         direct: &Arc<Transport>,
         method: &Method,
         path: &str,
-        headers: &HeaderMap,
+        caller: Caller<'_>,
         body: &Bytes,
         attempt: u32,
     ) -> Result<(http::Response<PooledBody>, u32), Failure<Failed>> {
@@ -516,7 +563,7 @@ impl Client {
             verdict: Verdict::Retry { after: None },
         };
         let request = direct
-            .request(method.clone(), path, headers.clone(), body.clone())
+            .request(method.clone(), path, self.outgoing(caller), body.clone())
             .map_err(|error| Failure {
                 error: Failed::Transport { error, attempt },
                 verdict: Verdict::Fatal,
@@ -856,26 +903,37 @@ async fn read_all(mut body: PooledBody) -> Result<Bytes, BoxError> {
     Ok(Bytes::from(out))
 }
 
+/// The caller's headers a relayed request starts from.
+#[derive(Clone, Copy)]
+enum Caller<'a> {
+    /// All of them.
+    All(&'a HeaderMap),
+    /// Those `keep` accepts.
+    Filtered(&'a HeaderMap, fn(&HeaderName) -> bool),
+}
+
+/// Whether a message's `Connection` header lists `name` (which makes it hop-by-hop
+/// for that message). The tokens are compared where they are, not parsed into names.
+fn listed(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    connection
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
 /// Drops hop-by-hop headers, including any named in `Connection`. One walk over the
 /// names finds them: most messages carry none or only `connection`, and removing the
 /// nine names one by one hashed each of them (about 1,500 instructions a call).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| HOP_BY_HOP.contains(n))
-        .cloned()
-        .collect();
-    if found.is_empty() {
-        return;
-    }
-    found.extend(
+    let found: Vec<HeaderName> = {
+        let connection = headers.get_all(header::CONNECTION);
         headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-    );
+            .keys()
+            .filter(|n| HOP_BY_HOP.contains(n) || listed(&connection, n))
+            .cloned()
+            .collect()
+    };
     for name in found {
         headers.remove(name);
     }
@@ -975,6 +1033,79 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn relayed_requests_carry_the_callers_headers_but_hop_by_hop_and_credentials() {
+        let c = Client::builder()
+            .base_url("http://127.0.0.1:9/v1")
+            .api_key("sk-upstream")
+            .default_header(
+                HeaderName::from_static("x-default"),
+                HeaderValue::from_static("client"),
+            )
+            .default_header(
+                HeaderName::from_static("x-trace"),
+                HeaderValue::from_static("client"),
+            )
+            .build()
+            .unwrap();
+        let mut caller = HeaderMap::new();
+        for (n, v) in [
+            ("authorization", "Bearer tg-prod-secret"),
+            ("host", "gateway.example"),
+            ("content-length", "12"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+            ("x-trace", "caller"),
+            ("x-drop", "by the filter"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+        ] {
+            caller.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let names = |h: &HeaderMap| {
+            let mut n: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            n.sort();
+            n
+        };
+        let all = c.outgoing(Caller::All(&caller));
+        assert_eq!(
+            names(&all),
+            [
+                "authorization",
+                "content-type",
+                "x-a",
+                "x-default",
+                "x-drop",
+                "x-trace"
+            ]
+        );
+        assert_eq!(all["authorization"], "Bearer sk-upstream");
+        assert_eq!(
+            all["x-trace"], "caller",
+            "the caller's value wins over a default"
+        );
+        assert_eq!(all["x-default"], "client");
+        assert_eq!(all.get_all("x-a").iter().count(), 2);
+
+        fn keep(name: &HeaderName) -> bool {
+            name.as_str() != "x-drop"
+        }
+        let filtered = c.outgoing(Caller::Filtered(&caller, keep));
+        let mut expected = all.clone();
+        expected.remove("x-drop");
+        assert_eq!(filtered, expected);
+
+        // The same as `raw` did before it built headers per attempt: strip, then fill in.
+        let mut edited = caller.clone();
+        strip_hop_by_hop(&mut edited);
+        for name in [header::AUTHORIZATION, header::HOST, header::CONTENT_LENGTH] {
+            edited.remove(name);
+        }
+        assert_eq!(names(&edited), ["content-type", "x-a", "x-drop", "x-trace"]);
     }
 
     #[test]

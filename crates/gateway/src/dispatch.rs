@@ -55,15 +55,14 @@ fn forwarded(name: &HeaderName, has_body: bool) -> bool {
     }
 }
 
-/// The headers sent upstream: the caller's, but for those not [`forwarded`].
-fn upstream_headers(caller: &HeaderMap, has_body: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(caller.keys_len());
-    for (name, value) in caller {
-        if forwarded(name, has_body) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
+/// [`forwarded`] for a request with a body.
+fn forwarded_with_body(name: &HeaderName) -> bool {
+    forwarded(name, true)
+}
+
+/// [`forwarded`] for a request without one.
+fn forwarded_without_body(name: &HeaderName) -> bool {
+    forwarded(name, false)
 }
 
 /// Response headers relayed from the upstream (`x-request-id` is relayed as
@@ -121,7 +120,13 @@ pub async fn send(
     parts: &Parts,
     preflight: &Preflight,
 ) -> Result<Reply, GatewayError> {
-    let headers = upstream_headers(&parts.headers, !preflight.body.is_empty());
+    // The client builds each attempt's headers from the caller's, keeping those
+    // forwarded: no filtered copy is made first and cloned per attempt.
+    let keep = if preflight.body.is_empty() {
+        forwarded_without_body
+    } else {
+        forwarded_with_body
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -129,7 +134,13 @@ pub async fn send(
     // The upstream base URL already ends in /v1.
     let path = path.strip_prefix("/v1").unwrap_or(path);
     client
-        .raw(parts.method.clone(), path, headers, preflight.body.clone())
+        .forward(
+            parts.method.clone(),
+            path,
+            &parts.headers,
+            keep,
+            preflight.body.clone(),
+        )
         .await
         .map_err(|e| match e {
             ClientError::Timeout { attempts, .. } => GatewayError::UpstreamTimeout { attempts },
@@ -343,7 +354,16 @@ mod tests {
         ] {
             caller.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
-        let out = upstream_headers(&caller, true);
+        let filtered = |keep: fn(&HeaderName) -> bool| {
+            let mut out = HeaderMap::new();
+            for (name, value) in &caller {
+                if keep(name) {
+                    out.append(name.clone(), value.clone());
+                }
+            }
+            out
+        };
+        let out = filtered(forwarded_with_body);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(
             names,
@@ -356,7 +376,7 @@ mod tests {
         );
         assert_eq!(out.get_all("x-stainless-retry-count").iter().count(), 2);
         // Without a body there is no content type to send.
-        let bare = upstream_headers(&caller, false);
+        let bare = filtered(forwarded_without_body);
         assert!(!bare.contains_key(header::CONTENT_TYPE));
         assert_eq!(bare.len(), out.len() - 1);
     }
