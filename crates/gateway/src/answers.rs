@@ -99,9 +99,9 @@ pub async fn run(
     principal: &Principal,
     parts: &Parts,
     preflight: &Preflight,
-    reply: Reply,
+    reply: Box<Reply>,
     guard: &mut RecordGuard,
-) -> Result<Reply, GatewayError> {
+) -> Result<Box<Reply>, GatewayError> {
     let config = &gw.config.answers;
     if !config.validate_projects.contains(&principal.project)
         || preflight.stream
@@ -112,7 +112,7 @@ pub async fn run(
     // Boxed: validation (and its retry) is for the projects that ask for it; every
     // other call's future stays small.
     let call = (gw, endpoint, principal, parts, preflight);
-    Box::pin(validate(call, reply, guard)).await
+    Box::pin(validate(call, *reply, guard)).await.map(Box::new)
 }
 
 /// [`run`] for a call whose answer is validated.

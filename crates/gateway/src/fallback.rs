@@ -85,10 +85,15 @@ struct Target {
 
 impl Target {
     fn label(&self) -> String {
-        match &self.model {
-            Some(m) => format!("{}/{m}", self.upstream),
-            None => self.upstream.clone(),
-        }
+        label(&self.upstream, self.model.as_deref())
+    }
+}
+
+/// How a usage record names a target: `<upstream>/<model>`, or the upstream alone.
+fn label(upstream: &str, model: Option<&str>) -> String {
+    match model {
+        Some(m) => format!("{upstream}/{m}"),
+        None => upstream.to_owned(),
     }
 }
 
@@ -319,7 +324,7 @@ async fn chained(
                 fb.fell_back.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(served_by = %label, fallbacks = before, "served by a fallback target");
             }
-            mark(guard, &mut target_pf, &label, before);
+            mark(guard, &mut target_pf, label, before);
             return result.map(|reply| Served::Upstream(target_pf, Box::new(reply)));
         }
         permit.failure();
@@ -351,7 +356,7 @@ async fn chained(
     }
     match last {
         Some((mut pf, result, label, n)) => {
-            mark(guard, &mut pf, &label, n);
+            mark(guard, &mut pf, label, n);
             result.map(|reply| Served::Upstream(pf, Box::new(reply)))
         }
         None => {
@@ -400,23 +405,20 @@ async fn direct(
             return Ok(Served::Answered(res));
         }
     }
-    let target = Target {
-        upstream: fb.primary.clone(),
-        model: preflight.model.clone(),
-    };
-    mark(guard, &mut preflight, &target.label(), 0);
+    let label = label(&fb.primary, preflight.model.as_deref());
+    mark(guard, &mut preflight, label, 0);
     let reply = reply?;
     Ok(Served::Upstream(preflight, Box::new(reply)))
 }
 
 /// Notes on the record and the answer which target's answer the caller gets.
-fn mark(guard: &mut RecordGuard, preflight: &mut Preflight, label: &str, before: u32) {
-    let rec = guard.record();
-    rec.served_by = Some(label.to_owned());
-    rec.fallbacks = before;
-    if let Ok(v) = HeaderValue::from_str(label) {
+fn mark(guard: &mut RecordGuard, preflight: &mut Preflight, label: String, before: u32) {
+    if let Ok(v) = HeaderValue::from_str(&label) {
         preflight.headers.push((SERVED_BY, v));
     }
+    let rec = guard.record();
+    rec.served_by = Some(label);
+    rec.fallbacks = before;
 }
 
 /// Where the response cache serves a stored answer for the same request when every

@@ -51,26 +51,33 @@ const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-
 /// The handler for every path but the health endpoints.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Response {
     let request_id = accept::request_id();
+    // The header's copy is made first, so the id itself moves into the usage record.
+    let id_header = HeaderValue::from_str(&request_id).ok();
     let mut res = match Endpoint::route(req.method(), req.uri().path()) {
-        Some(endpoint) => proxy(&gw, endpoint, &request_id, req).await,
+        Some(endpoint) => proxy(&gw, endpoint, request_id, req).await,
         None => GatewayError::InvalidUrl {
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
         }
         .into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Some(v) = id_header {
         res.headers_mut().insert(X_REQUEST_ID, v);
     }
     res
 }
 
 /// Runs the stages for a proxied endpoint and records the outcome.
-async fn proxy(gw: &Gateway, endpoint: Endpoint, request_id: &str, req: Request<Body>) -> Response {
+async fn proxy(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    request_id: String,
+    req: Request<Body>,
+) -> Response {
     let mut guard = RecordGuard::new(
         gw.usage.clone(),
         UsageRecord {
-            request_id: request_id.to_owned(),
+            request_id,
             endpoint: endpoint.label().to_owned(),
             created_at_ms: accept::now_ms(),
             ..UsageRecord::default()
@@ -207,9 +214,9 @@ async fn stages(
     match fallback::run(gw, endpoint, &principal, &parts, preflight, guard, flight).await? {
         fallback::Served::Upstream(preflight, reply) => {
             let reply =
-                crate::answers::run(gw, endpoint, &principal, &parts, &preflight, *reply, guard)
+                crate::answers::run(gw, endpoint, &principal, &parts, &preflight, reply, guard)
                     .await?;
-            Ok(Outcome::Upstream(preflight, Box::new(reply)))
+            Ok(Outcome::Upstream(preflight, reply))
         }
         fallback::Served::Answered(res) => Ok(Outcome::Served(res)),
     }
