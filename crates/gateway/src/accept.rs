@@ -17,7 +17,16 @@ pub fn request_id() -> String {
     // per record (which made every batch rewrite hundreds of pages).
     let ms = u64::try_from(now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
     let random: u128 = rand::random::<u128>() >> 48;
-    format!("req_{ms:012x}{random:020x}")
+    // 32 hex digits of (ms << 80 | random), written directly: `format!` with two
+    // padded hex arguments cost about 1,400 instructions per request.
+    let id = (u128::from(ms) << 80) | random;
+    let mut out = String::with_capacity(36);
+    out.push_str("req_");
+    for shift in (0..32).rev() {
+        let digit = ((id >> (shift * 4)) & 0xf) as u8;
+        out.push(char::from(b"0123456789abcdef"[usize::from(digit)]));
+    }
+    out
 }
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
@@ -54,7 +63,12 @@ mod tests {
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert!(id.starts_with("req_"));
-        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        // The first 12 digits are the time in milliseconds.
+        let ms = i64::from_str_radix(&id[4..16], 16).unwrap();
+        assert!((now_ms() - ms).abs() < 5_000, "{id}");
         assert_ne!(id, request_id());
         // Time-ordered: a later id sorts after an earlier one (different milliseconds).
         std::thread::sleep(Duration::from_millis(2));
