@@ -441,7 +441,7 @@ impl Client {
             Caller::All(h) => (h, None),
             Caller::Filtered(h, keep) => (h, Some(keep)),
         };
-        let connection = src.get_all(header::CONNECTION);
+        let listed = listed_in_connection(src);
         let (inner, call) = (&self.inner.headers, &self.call.headers);
         let mut out = HeaderMap::with_capacity(src.keys_len() + inner.len() + call.len() + 4);
         for (name, value) in src {
@@ -449,7 +449,7 @@ impl Client {
                 || name == header::AUTHORIZATION
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
-                || listed(&connection, name)
+                || listed.contains(name)
                 || keep.is_some_and(|keep| !keep(name));
             if !dropped {
                 out.append(name.clone(), value.clone());
@@ -912,28 +912,39 @@ enum Caller<'a> {
     Filtered(&'a HeaderMap, fn(&HeaderName) -> bool),
 }
 
-/// Whether a message's `Connection` header lists `name` (which makes it hop-by-hop
-/// for that message). The tokens are compared where they are, not parsed into names.
-fn listed(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
-    connection
+/// The names a message's `Connection` header lists (hop-by-hop for that message)
+/// that it carries, beyond the standard hop-by-hop names: usually none, and then
+/// nothing is allocated (`Connection: keep-alive` names only a standard one).
+fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        .map(str::trim)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(t))
+        })
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
 }
 
 /// Drops hop-by-hop headers, including any named in `Connection`. One walk over the
 /// names finds them: most messages carry none or only `connection`, and removing the
 /// nine names one by one hashed each of them (about 1,500 instructions a call).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let found: Vec<HeaderName> = {
-        let connection = headers.get_all(header::CONNECTION);
-        headers
-            .keys()
-            .filter(|n| HOP_BY_HOP.contains(n) || listed(&connection, n))
-            .cloned()
-            .collect()
-    };
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    found.extend(listed_in_connection(headers));
     for name in found {
         headers.remove(name);
     }
