@@ -1110,13 +1110,19 @@ mod tests {
         expected.remove("x-drop");
         assert_eq!(filtered, expected);
 
-        // The same as `raw` did before it built headers per attempt: strip, then fill in.
+        // The same headers as editing a copy of the caller's in place (what `raw` did
+        // before it built each attempt's headers): strip, fill in, set the key.
         let mut edited = caller.clone();
         strip_hop_by_hop(&mut edited);
         for name in [header::AUTHORIZATION, header::HOST, header::CONTENT_LENGTH] {
             edited.remove(name);
         }
-        assert_eq!(names(&edited), ["content-type", "x-a", "x-drop", "x-trace"]);
+        edited.insert("x-default", HeaderValue::from_static("client"));
+        edited.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-upstream"),
+        );
+        assert_eq!(edited, all);
     }
 
     #[test]
