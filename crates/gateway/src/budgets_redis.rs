@@ -15,7 +15,8 @@
 //! takes it), checks `spent + reserved + worst case <= limit` for all, and reserves
 //! in all or none. Settlement ([`SETTLE_LUA`], sent without waiting): reserved −=
 //! worst case, spent += real cost. The re-sync from the store
-//! (`budgets.sync_interval_ms`) only raises spent to max(Redis, store) ([`RAISE_LUA`]):
+//! (`budgets.sync_interval_ms`) only raises spent to max(Redis, store) ([`RAISE_LUA`]),
+//! the store's sum less this replica's settlements Redis has not answered yet:
 //! while Redis is up its spent already holds every settled call and the store's sum
 //! lags it by the usage writers' delay, so Redis is the source of truth and the store
 //! only restores what Redis missed (settlements lost or made in the fallback).
@@ -289,6 +290,10 @@ impl RedisBudgetCounters {
             return;
         }
         let (s, _) = key_names(self.link.key_prefix(), key, period_start_ms);
+        // Without this replica's settlements still on their way: the store's sum may
+        // hold those calls already, and raising to it would count them twice when the
+        // settlements land (a settlement delayed past the writer and a re-sync did).
+        let sum = sum.saturating_sub(self.link.settlements().unsent_spend(&s));
         let ttl = spent_ttl(key.1, period_start_ms, now_ms);
         let link = self.link.clone();
         self.link.spawn(async move {

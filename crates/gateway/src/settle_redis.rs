@@ -87,6 +87,11 @@ impl Owed {
 #[derive(Debug, Default)]
 pub struct Settlements {
     owed: Mutex<HashMap<String, Owed>>,
+    /// Spend of the budget settlements added and not yet answered by Redis (waiting
+    /// in `owed` or being sent), by spent counter. A re-sync's raise to the store's
+    /// sum leaves it out: the store may hold those calls' records already, and the
+    /// settlements add them again when they land.
+    unsent_spend: Mutex<HashMap<String, u64>>,
     /// Wakes the sender when the table gets its first entry of an interval.
     wake: Arc<Notify>,
     started: AtomicBool,
@@ -96,6 +101,9 @@ impl Settlements {
     /// Adds a settlement of counter `key`; the link's sender (started on first use, on
     /// the background runtime) sends it within [`SETTLE_INTERVAL`].
     pub fn add(&self, link: &Arc<RedisLink>, key: String, owed: Owed) {
+        if let Owed::Budget { spent, .. } = &owed {
+            *self.unsent_spend.lock().entry(key.clone()).or_default() += spent;
+        }
         let first = {
             let mut table = self.owed.lock();
             let first = table.is_empty();
@@ -118,6 +126,23 @@ impl Settlements {
     /// Entries waiting (tests, diagnostics).
     pub fn pending(&self) -> usize {
         self.owed.lock().len()
+    }
+
+    /// Spend settled against spent counter `key` that Redis has not answered yet.
+    pub fn unsent_spend(&self, key: &str) -> u64 {
+        self.unsent_spend.lock().get(key).copied().unwrap_or(0)
+    }
+
+    /// Redis answered (or failed, and the update is counted lost) a settlement of
+    /// `spent` against `key`.
+    fn answered(&self, key: &str, spent: u64) {
+        let mut unsent = self.unsent_spend.lock();
+        if let Some(v) = unsent.get_mut(key) {
+            *v = v.saturating_sub(spent);
+            if *v == 0 {
+                unsent.remove(key);
+            }
+        }
     }
 
     /// Sends everything owed now: one script call per counter, concurrently (pipelined
@@ -143,14 +168,16 @@ impl Settlements {
                 } => {
                     let seed = local.saturating_sub(spent);
                     let call = crate::budgets_redis::settle_invocation(
-                        key,
+                        key.clone(),
                         reserved_key,
                         released,
                         spent,
                         seed,
                         ttl_ms,
                     );
-                    (link.call::<i64>(&call).await, "a budget settlement")
+                    let result = link.call::<i64>(&call).await;
+                    self.answered(&key, spent);
+                    (result, "a budget settlement")
                 }
             };
             if result.is_err() {
@@ -211,5 +238,22 @@ mod tests {
         s.merge(budget(20, 6, 106, 4));
         // Seed at send: 106 − 10 = 96, this replica's count without both calls.
         assert_eq!(s, budget(30, 10, 106, 4));
+    }
+
+    #[test]
+    fn unsent_budget_spend_is_counted_until_redis_answers() {
+        let s = Settlements::default();
+        *s.unsent_spend.lock().entry("k:s".into()).or_default() += 4;
+        *s.unsent_spend.lock().entry("k:s".into()).or_default() += 6;
+        assert_eq!(s.unsent_spend("k:s"), 10);
+        assert_eq!(s.unsent_spend("other:s"), 0);
+        s.answered("k:s", 4);
+        assert_eq!(s.unsent_spend("k:s"), 6);
+        s.answered("k:s", 6);
+        assert_eq!(s.unsent_spend("k:s"), 0);
+        assert!(
+            s.unsent_spend.lock().is_empty(),
+            "answered entries are dropped"
+        );
     }
 }
