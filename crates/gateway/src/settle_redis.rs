@@ -102,7 +102,14 @@ impl Settlements {
     /// the background runtime) sends it within [`SETTLE_INTERVAL`].
     pub fn add(&self, link: &Arc<RedisLink>, key: String, owed: Owed) {
         if let Owed::Budget { spent, .. } = &owed {
-            *self.unsent_spend.lock().entry(key.clone()).or_default() += spent;
+            let mut unsent = self.unsent_spend.lock();
+            // A busy counter's entry is there already: no copy of its name then.
+            match unsent.get_mut(&key) {
+                Some(v) => *v += spent,
+                None => {
+                    unsent.insert(key.clone(), *spent);
+                }
+            }
         }
         let first = {
             let mut table = self.owed.lock();
