@@ -102,14 +102,7 @@ impl Settlements {
     /// the background runtime) sends it within [`SETTLE_INTERVAL`].
     pub fn add(&self, link: &Arc<RedisLink>, key: String, owed: Owed) {
         if let Owed::Budget { spent, .. } = &owed {
-            let mut unsent = self.unsent_spend.lock();
-            // A busy counter's entry is there already: no copy of its name then.
-            match unsent.get_mut(&key) {
-                Some(v) => *v += spent,
-                None => {
-                    unsent.insert(key.clone(), *spent);
-                }
-            }
+            self.unanswered(&key, *spent);
         }
         let first = {
             let mut table = self.owed.lock();
@@ -138,6 +131,18 @@ impl Settlements {
     /// Spend settled against spent counter `key` that Redis has not answered yet.
     pub fn unsent_spend(&self, key: &str) -> u64 {
         self.unsent_spend.lock().get(key).copied().unwrap_or(0)
+    }
+
+    /// A settlement of `spent` against `key` is on its way to Redis.
+    fn unanswered(&self, key: &str, spent: u64) {
+        let mut unsent = self.unsent_spend.lock();
+        // A busy counter's entry is there already: no copy of its name then.
+        match unsent.get_mut(key) {
+            Some(v) => *v += spent,
+            None => {
+                unsent.insert(key.to_owned(), spent);
+            }
+        }
     }
 
     /// Redis answered (or failed, and the update is counted lost) a settlement of
@@ -250,8 +255,8 @@ mod tests {
     #[test]
     fn unsent_budget_spend_is_counted_until_redis_answers() {
         let s = Settlements::default();
-        *s.unsent_spend.lock().entry("k:s".into()).or_default() += 4;
-        *s.unsent_spend.lock().entry("k:s".into()).or_default() += 6;
+        s.unanswered("k:s", 4);
+        s.unanswered("k:s", 6);
         assert_eq!(s.unsent_spend("k:s"), 10);
         assert_eq!(s.unsent_spend("other:s"), 0);
         s.answered("k:s", 4);
