@@ -655,7 +655,7 @@ impl Budgets {
     /// Swaps in `budgets` with the store's `spend` (see [`sync`]).
     pub fn replace(&self, budgets: Vec<Budget>, spend: &[tollgate_store::Spend], now_ms: i64) {
         if !budgets.is_empty() {
-            // A budget prices every governed request's input: have the vocabulary ready.
+            // A budget prices every governed request's input: have the tokenizer ready.
             tollgate_wire::tokens::prepare_in_background();
         }
         let set = BudgetSet::new(budgets);

@@ -669,7 +669,7 @@ impl Limits {
     /// whose limit changed keeps its bucket (capped at the new limit).
     pub fn replace(&self, rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) {
         if rules.iter().any(|r| r.tpm.is_some()) {
-            // A TPM rule counts every request's input: have the vocabulary ready.
+            // A TPM rule counts every request's input: have the tokenizer ready.
             tollgate_wire::tokens::prepare_in_background();
         }
         let set = RuleSet::new(rules, caps);

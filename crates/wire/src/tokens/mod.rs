@@ -3,8 +3,9 @@
 //! deltas, and an estimate of a request body's input tokens. The simulator counts its
 //! usage with it; the gateway estimates what a request will cost before sending it.
 //!
-//! Each BPE is built once per process (building one parses a ~4 MB vocabulary) and
-//! shared. Text is encoded as ordinary text, so a prompt that contains
+//! The vocabularies are tables compiled into the binary (`build.rs`, `bpe`): counting
+//! needs no map built at run time, only each encoding's split pattern compiled once
+//! per process. Text is encoded as ordinary text, so a prompt that contains
 //! `<|endoftext|>` counts as the characters it is, never as a special token.
 
 use std::cell::RefCell;
@@ -14,10 +15,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use tiktoken_rs::CoreBPE;
 
-static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+mod bpe;
+
+use bpe::Vocabulary;
+
+static O200K: OnceLock<Option<Vocabulary>> = OnceLock::new();
+static CL100K: OnceLock<Option<Vocabulary>> = OnceLock::new();
 
 /// The BPE vocabularies tollgate counts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,17 +57,21 @@ impl Encoding {
         }
     }
 
-    /// The shared BPE, or `None` if it could not be built (then counts fall back to
-    /// an estimate rather than failing the request).
-    fn bpe(self) -> Option<&'static CoreBPE> {
+    /// The shared vocabulary, or `None` if its pattern did not compile (then counts
+    /// fall back to an estimate rather than failing the request).
+    fn bpe(self) -> Option<&'static Vocabulary> {
         match self {
-            Self::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()),
-            Self::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()),
+            Self::O200kBase => {
+                O200K.get_or_init(|| Vocabulary::new(&bpe::O200K_BASE, bpe::O200K_BASE_PATTERN))
+            }
+            Self::Cl100kBase => {
+                CL100K.get_or_init(|| Vocabulary::new(&bpe::CL100K_BASE, bpe::CL100K_BASE_PATTERN))
+            }
         }
         .as_ref()
     }
 
-    /// Whether this encoding's BPE is built (or failed to build: counts then estimate).
+    /// Whether this encoding is ready to count (or failed to be: counts then estimate).
     pub fn is_prepared(self) -> bool {
         match self {
             Self::O200kBase => O200K.get().is_some(),
@@ -71,9 +79,10 @@ impl Encoding {
         }
     }
 
-    /// Builds this encoding's BPE now if it is not built yet (o200k: about 100 ms of
-    /// CPU and 40 MB). Whoever counts first otherwise builds it, and a gateway I/O
-    /// thread that does stalls every connection it serves for that long.
+    /// Makes this encoding ready now if it is not yet: compiles its split pattern
+    /// (o200k: about 10 ms of CPU; the vocabulary itself is compiled in). Whoever
+    /// counts first otherwise does it, and a gateway I/O thread that does stalls every
+    /// connection it serves for that long.
     pub fn prepare(self) {
         let _ = self.bpe();
     }
@@ -89,7 +98,7 @@ impl Encoding {
                 return n;
             }
             let n = match self.bpe() {
-                Some(bpe) => bpe.encode_ordinary(text).len(),
+                Some(bpe) => bpe.count(text),
                 None => estimate(text),
             };
             cache.put(key, text.len(), n);
@@ -105,21 +114,19 @@ impl Encoding {
             let n = estimate(&cut);
             return (cut, n);
         };
-        let tokens = bpe.encode_ordinary(text);
+        let tokens = bpe.token_ranges(text);
         if tokens.len() <= max_tokens {
             return (text.to_owned(), tokens.len());
         }
-        // A cut can fall inside a multi-byte character, and re-encoding a decoded
-        // prefix can (rarely) merge differently: back off until both are fine.
-        let mut keep = max_tokens;
-        while keep > 0 {
-            if let Ok(prefix) = bpe.decode(&tokens[..keep]) {
-                let n = bpe.encode_ordinary(&prefix).len();
+        // A cut can fall inside a multi-byte character, and encoding a prefix on its
+        // own can (rarely) merge differently: back off until both are fine.
+        for keep in (1..=max_tokens).rev() {
+            if let Some(prefix) = text.get(..tokens[keep - 1].end) {
+                let n = bpe.count(prefix);
                 if n <= max_tokens {
-                    return (prefix, n);
+                    return (prefix.to_owned(), n);
                 }
             }
-            keep -= 1;
         }
         (String::new(), 0)
     }
@@ -132,18 +139,15 @@ impl Encoding {
             return text.chars().map(String::from).collect();
         };
         let mut out = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
-        for token in bpe.encode_ordinary(text) {
-            if let Ok(bytes) = bpe.decode_bytes(&[token]) {
-                pending.extend_from_slice(&bytes);
-            }
-            if let Ok(piece) = std::str::from_utf8(&pending) {
+        let mut start = 0;
+        for token in bpe.token_ranges(text) {
+            if let Some(piece) = text.get(start..token.end) {
                 out.push(piece.to_owned());
-                pending.clear();
+                start = token.end;
             }
         }
-        if !pending.is_empty() {
-            out.push(String::from_utf8_lossy(&pending).into_owned());
+        if start < text.len() {
+            out.push(text[start..].to_owned());
         }
         out
     }
@@ -182,11 +186,11 @@ pub fn estimate_input(model: &str, body: &serde_json::Value) -> usize {
     Body { enc }.deserialize(body).unwrap_or(REPLY_PRIMING)
 }
 
-/// Builds the default family's BPE (o200k: gpt-4o, gpt-4.1, gpt-5, o-series, unknown
-/// models) on a thread of its own, once per process: the gateway calls it when a rule
-/// or budget that counts tokens appears, so the first request it governs finds the
-/// vocabulary ready instead of building it on an I/O thread. cl100k (gpt-4,
-/// gpt-3.5, embeddings) is still built on first use. Returns the thread when this
+/// Prepares the default family's encoding (o200k: gpt-4o, gpt-4.1, gpt-5, o-series,
+/// unknown models) on a thread of its own, once per process: the gateway calls it when
+/// a rule or budget that counts tokens appears, so the first request it governs finds
+/// the pattern compiled instead of compiling it on an I/O thread. cl100k (gpt-4,
+/// gpt-3.5, embeddings) is still prepared on first use. Returns the thread when this
 /// call started it.
 pub fn prepare_in_background() -> Option<std::thread::JoinHandle<()>> {
     static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -766,7 +770,7 @@ mod tests {
         for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
             let bpe = enc.bpe().unwrap();
             for t in texts {
-                let fresh = bpe.encode_ordinary(t).len();
+                let fresh = bpe.count(t);
                 assert_eq!(enc.count(t), fresh, "{t}");
                 assert_eq!(enc.count(t), fresh, "{t} (remembered)");
             }
@@ -775,7 +779,7 @@ mod tests {
         let bpe = Encoding::O200kBase.bpe().unwrap();
         for i in 0..CountCache::CAPACITY + 10 {
             let t = format!("word{i} ");
-            assert_eq!(count("gpt-4o", &t), bpe.encode_ordinary(&t).len(), "{t}");
+            assert_eq!(count("gpt-4o", &t), bpe.count(&t), "{t}");
         }
         assert_eq!(count("gpt-4o", "hello world"), 2);
     }
