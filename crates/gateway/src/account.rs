@@ -58,7 +58,7 @@ impl Observed {
     }
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Deserialize)]
 struct UsageJson {
     #[serde(alias = "prompt_tokens")]
     input_tokens: Option<u64>,
@@ -71,7 +71,7 @@ struct UsageJson {
     output_tokens_details: Option<Details>,
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Deserialize)]
 struct Details {
     cached_tokens: Option<u64>,
     reasoning_tokens: Option<u64>,
@@ -98,7 +98,7 @@ impl From<UsageJson> for Tokens {
 }
 
 /// The parts of a response object or chat chunk accounting reads.
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Deserialize)]
 struct BodyJson {
     id: Option<String>,
     model: Option<String>,
@@ -106,175 +106,19 @@ struct BodyJson {
     error: Option<ErrorJson>,
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Deserialize)]
 struct ErrorJson {
     code: Option<String>,
-}
-
-impl BodyJson {
-    /// Reads the members accounting needs from a JSON object, parsing only those: the
-    /// rest (`choices`, `output`: most of an answer) is stepped over by [`members`],
-    /// which follows strings and brackets without decoding them. `None` when the
-    /// object is not whole or a member read has the wrong type, as serde refuses it.
-    fn read(json: &[u8]) -> Option<Self> {
-        fn parse<'de, T: Deserialize<'de>>(raw: Option<&'de [u8]>) -> Option<Option<T>> {
-            raw.map_or(Some(None), |raw| serde_json::from_slice(raw).ok())
-        }
-        let m = members(json)?;
-        Some(Self {
-            id: parse(m.id)?,
-            model: parse(m.model)?,
-            usage: parse(m.usage)?,
-            error: parse(m.error)?,
-        })
-    }
-}
-
-/// The raw values of the top-level members [`BodyJson`] reads.
-#[derive(Default)]
-struct Members<'a> {
-    id: Option<&'a [u8]>,
-    model: Option<&'a [u8]>,
-    usage: Option<&'a [u8]>,
-    error: Option<&'a [u8]>,
-}
-
-/// Finds the members of a JSON object that [`BodyJson`] reads, as written. `None`
-/// when `json` is not one object whose structure — strings, brackets, separators —
-/// is whole, or when it names one of them twice. Names are compared as written (no
-/// answer escapes `id` or `usage`); the values stepped over are not checked further.
-fn members(json: &[u8]) -> Option<Members<'_>> {
-    let mut s = Scanner { json, at: 0 };
-    let mut found = Members::default();
-    s.space();
-    s.expect(b'{')?;
-    s.space();
-    if s.peek() == Some(b'}') {
-        s.at += 1;
-    } else {
-        loop {
-            s.space();
-            let name = s.string()?;
-            s.space();
-            s.expect(b':')?;
-            s.space();
-            let value = s.value()?;
-            let slot = match name {
-                br#""id""# => Some(&mut found.id),
-                br#""model""# => Some(&mut found.model),
-                br#""usage""# => Some(&mut found.usage),
-                br#""error""# => Some(&mut found.error),
-                _ => None,
-            };
-            if slot.is_some_and(|slot| slot.replace(value).is_some()) {
-                return None;
-            }
-            s.space();
-            match s.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
-    s.space();
-    (s.at == json.len()).then_some(found)
-}
-
-/// A cursor over JSON text that steps over whole values.
-struct Scanner<'a> {
-    json: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Scanner<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.json.get(self.at).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.at += 1;
-        Some(c)
-    }
-
-    fn expect(&mut self, c: u8) -> Option<()> {
-        (self.next()? == c).then_some(())
-    }
-
-    fn space(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            self.at += 1;
-        }
-    }
-
-    /// The string at the cursor, quotes included.
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let start = self.at;
-        self.expect(b'"')?;
-        loop {
-            let rest = self.json.get(self.at..)?;
-            let stop = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
-            self.at += stop + 1;
-            if rest[stop] == b'"' {
-                return self.json.get(start..self.at);
-            }
-            // A backslash: the character it escapes cannot end the string.
-            self.at += 1;
-        }
-    }
-
-    /// The value at the cursor, as written.
-    fn value(&mut self) -> Option<&'a [u8]> {
-        let start = self.at;
-        match self.peek()? {
-            b'"' => {
-                self.string()?;
-            }
-            b'{' | b'[' => {
-                // The first stop is this opening bracket: depth 1.
-                let mut depth = 0usize;
-                loop {
-                    let rest = self.json.get(self.at..)?;
-                    let stop = rest
-                        .iter()
-                        .position(|&c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))?;
-                    self.at += stop;
-                    match rest[stop] {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        _ => depth -= 1,
-                    }
-                    self.at += 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-            }
-            _ => {
-                // A number, `true`, `false` or `null`: up to the next separator.
-                let rest = self.json.get(self.at..)?;
-                let len = rest
-                    .iter()
-                    .position(|&c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
-                    .unwrap_or(rest.len());
-                if len == 0 {
-                    return None;
-                }
-                self.at += len;
-            }
-        }
-        self.json.get(start..self.at)
-    }
 }
 
 /// Reads usage from a complete JSON answer (non-streamed). Unparseable bodies give
 /// nothing: accounting never fails a call.
 pub fn from_json_body(endpoint: Endpoint, body: &[u8]) -> Observed {
-    let Some(b) = BodyJson::read(body) else {
+    // UTF-8 checked once for the whole body rather than by serde_json for each string.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Observed::default();
+    };
+    let Ok(b) = serde_json::from_str::<BodyJson>(text) else {
         return Observed::default();
     };
     let error = b.error.map(|e| e.code.unwrap_or_else(|| "error".into()));
@@ -393,7 +237,7 @@ impl StreamTap {
         if !(first || has_usage || has_error) || ev.is_done() {
             return;
         }
-        let Some(b) = BodyJson::read(ev.data.as_bytes()) else {
+        let Ok(b) = serde_json::from_str::<BodyJson>(&ev.data) else {
             return;
         };
         if first {
@@ -469,76 +313,6 @@ mod tests {
             from_json_body(Endpoint::Responses, b"not json"),
             Observed::default()
         );
-    }
-
-    /// Answers of every shape accounting reads, written as OpenAI and other servers
-    /// write them: compact and pretty, with strings that hold brackets, quotes and
-    /// escapes, numbers of every form, and empty containers.
-    const ANSWERS: [&str; 10] = [
-        r#"{"id":"chatcmpl-1","object":"chat.completion","created":1735689600,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":9,"total_tokens":30,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}},"service_tier":"default","system_fingerprint":"fp_1"}"#,
-        r#"{"id":"resp_1","object":"response","status":"completed","error":null,"model":"gpt-4o-2024-08-06","output":[{"type":"message","content":[{"type":"output_text","text":"a } ] { [ \" \\ \/ \u00e9 \ud83c\udf89 ,:","annotations":[]}]}],"reasoning":{},"tools":[],"usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":2},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":15},"metadata":{}}"#,
-        "{\n  \"id\" : \"chatcmpl-2\",\n\t\"model\":\"gpt-4o\" ,\r\n  \"choices\" : [ { \"index\" : 0 } ] ,\n  \"usage\" : { \"prompt_tokens\" : 7 , \"completion_tokens\" : 5 , \"total_tokens\" : 12 }\n}\n",
-        r#"{"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"x"}}],"usage":null}"#,
-        r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
-        r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2e-3,3,1E+2,-0]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":4,"total_tokens":4}}"#,
-        r#"{"a":[],"b":{},"c":[[],{},[[{}]]],"d":true,"e":false,"f":null,"id":"x","model":"gpt\u002d4o"}"#,
-        r#"{"id":7,"model":"gpt-4o"}"#,
-        r#"{"model":null,"usage":{"input_tokens":"many"}}"#,
-        "{}",
-    ];
-
-    #[test]
-    fn members_are_read_as_serde_reads_the_whole_answer() {
-        for a in ANSWERS {
-            let serde = serde_json::from_slice::<BodyJson>(a.as_bytes()).ok();
-            assert_eq!(BodyJson::read(a.as_bytes()), serde, "{a}");
-        }
-        // The answers carry what the test says they do.
-        assert!(BodyJson::read(ANSWERS[0].as_bytes()).is_some_and(|b| b.usage.is_some()));
-        assert!(BodyJson::read(ANSWERS[2].as_bytes()).is_some_and(|b| b.usage.is_some()));
-        assert!(
-            BodyJson::read(ANSWERS[7].as_bytes()).is_none(),
-            "a numeric id"
-        );
-        assert!(
-            BodyJson::read(ANSWERS[8].as_bytes()).is_none(),
-            "a text count"
-        );
-        let b = BodyJson::read(ANSWERS[6].as_bytes()).unwrap();
-        assert_eq!(b.model.as_deref(), Some("gpt-4o"));
-        assert_eq!(b.id.as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn an_answer_cut_short_or_followed_by_more_gives_nothing() {
-        for a in ANSWERS {
-            for end in 0..a.trim_end().len() {
-                let cut = &a.as_bytes()[..end];
-                assert_eq!(
-                    BodyJson::read(cut),
-                    None,
-                    "{}",
-                    String::from_utf8_lossy(cut)
-                );
-            }
-            for tail in [" x", ",", "}", "{}"] {
-                let more = format!("{a}{tail}");
-                assert_eq!(BodyJson::read(more.as_bytes()), None, "{more}");
-            }
-        }
-        let not_one = [
-            "",
-            "null",
-            "[1]",
-            "\"id\"",
-            r#"{"id":"a","id":"b"}"#,
-            r#"{"id" "a"}"#,
-            r#"{"id":}"#,
-            r#"{"id":"a",}"#,
-        ];
-        for json in not_one {
-            assert_eq!(BodyJson::read(json.as_bytes()), None, "{json}");
-        }
     }
 
     #[test]
