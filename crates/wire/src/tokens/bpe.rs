@@ -123,14 +123,25 @@ impl Vocabulary {
         out
     }
 
-    /// The pieces the pattern splits `text` into, with where each starts (a match the
-    /// regex engine gives up on, which its backtracking limit allows in theory, ends
-    /// the split there).
+    /// The pieces the pattern splits `text` into, with where each starts. Where the
+    /// regex engine gives up (its backtracking limit: a megabyte of spaces before a
+    /// letter reaches it), the rest of the text is one piece, merged in chunks.
     fn pieces<'t>(&'t self, text: &'t str) -> impl Iterator<Item = (usize, &'t str)> + 't {
-        self.pattern
-            .find_iter(text)
-            .map_while(Result::ok)
-            .map(|m| (m.start(), m.as_str()))
+        let mut matches = self.pattern.find_iter(text);
+        let mut end = 0;
+        std::iter::from_fn(move || match matches.next()? {
+            Ok(m) => {
+                end = m.end();
+                Some((m.start(), m.as_str()))
+            }
+            Err(_) => {
+                let rest = (end < text.len()).then(|| (end, &text[end..]));
+                end = text.len();
+                // Nothing after the rest: the matches stop here.
+                matches = self.pattern.find_iter("");
+                rest
+            }
+        })
     }
 
     /// The tokens of one piece. When it is not a token itself, `parts` is left holding
@@ -219,16 +230,19 @@ impl Vocabulary {
         let mut merged = vec![false; n];
         // (rank, start, middle, end) of a pair: the part at `start` and the one at
         // `middle`, which ends at `end`.
-        let mut heap = BinaryHeap::with_capacity(n);
         let push = |heap: &mut BinaryHeap<Reverse<(u32, u32, u32, u32)>>, start, middle, end| {
             let rank = self.rank_or_none(&piece[start..end]);
             if rank != NONE {
                 heap.push(Reverse((rank, at(start), at(middle), at(end))));
             }
         };
-        for i in 0..n - 1 {
-            push(&mut heap, i, i + 1, i + 2);
-        }
+        // The first pairs made into a heap at once, in linear time.
+        let mut heap: BinaryHeap<_> = (0..n - 1)
+            .filter_map(|i| {
+                let rank = self.rank_or_none(&piece[i..i + 2]);
+                (rank != NONE).then(|| Reverse((rank, at(i), at(i + 1), at(i + 2))))
+            })
+            .collect();
         while let Some(Reverse((_, start, middle, end))) = heap.pop() {
             let (start, middle, end) = (start as usize, middle as usize, end as usize);
             let current = !merged[start]
@@ -486,6 +500,20 @@ mod tests {
             }
             assert_eq!(end, text.len());
         }
+    }
+
+    #[test]
+    fn text_the_pattern_gives_up_on_is_still_counted_whole() {
+        // A megabyte of spaces before a letter takes the pattern past its backtracking
+        // limit: the rest is counted as one piece, in chunks, not dropped.
+        let v = Vocabulary::new(&O200K_BASE, O200K_BASE_PATTERN).unwrap();
+        let text = format!("hello{}x", " ".repeat(1 << 20));
+        let ranges = v.token_ranges(&text);
+        assert_eq!(ranges.first(), Some(&(0..5)));
+        assert_eq!(ranges.last().map(|r| r.end), Some(text.len()));
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(v.count(&text), ranges.len());
+        assert!(ranges.len() > 1000, "{}", ranges.len());
     }
 
     #[test]
