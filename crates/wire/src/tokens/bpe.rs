@@ -245,10 +245,8 @@ impl Vocabulary {
             .collect();
         while let Some(Reverse((_, start, middle, end))) = heap.pop() {
             let (start, middle, end) = (start as usize, middle as usize, end as usize);
-            let current = !merged[start]
-                && next[start] == middle
-                && !merged[middle]
-                && next.get(middle).map_or(n, |&e| e) == end;
+            // Still two neighbouring parts as they were when the pair was pushed.
+            let current = !merged[start] && next[start] == middle && next[middle] == end;
             if !current {
                 continue;
             }
