@@ -362,6 +362,25 @@ mod tests {
         assert_eq!(ours.count(text), reference.len(), "{text:?}");
     }
 
+    /// A xorshift generator: the same texts on every run.
+    struct Random(u64);
+
+    impl Random {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        /// `len` characters drawn from `alphabet`.
+        fn text(&mut self, alphabet: &[char], len: usize) -> String {
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len())])
+                .collect()
+        }
+    }
+
     /// Texts that exercise every branch of both patterns and the merges.
     const TRICKY: [&str; 24] = [
         "",
@@ -424,20 +443,12 @@ mod tests {
             "aZé'sT 1 9\n\r\t\u{a0}\u{2003}.,!?-/\\\"(){}#日本ш\u{301}🎉😀'LLve\u{200d}_"
                 .chars()
                 .collect();
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = Random(0x2545_F491_4F6C_DD1D);
         for o200k in [true, false] {
             let (ours, theirs) = both(o200k);
             for _ in 0..1500 {
-                let len = (next() % 60) as usize;
-                let text: String = (0..len)
-                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                    .collect();
+                let len = random.below(60);
+                let text = random.text(&alphabet, len);
                 assert_same(&ours, theirs, &text);
             }
         }
@@ -448,18 +459,8 @@ mod tests {
         // Pieces past SCAN_MAX: one word of letters, a run of punctuation, of spaces,
         // of one script or another, each as long as a few hundred to a few thousand
         // bytes.
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut word = |alphabet: &[char], len: usize| -> String {
-            (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect()
-        };
+        let mut random = Random(0x9E37_79B9_7F4A_7C15);
+        let mut word = |alphabet: &[char], len: usize| random.text(alphabet, len);
         let lower: Vec<char> = "abcdefghijklmnopqrstuvwxyzéü".chars().collect();
         let texts = [
             "ab".repeat(400),
