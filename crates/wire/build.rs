@@ -13,73 +13,47 @@
 //! binary, where building tiktoken-rs's own maps took about 40 MB of heap and 100 ms.
 
 use std::error::Error;
+#[cfg(feature = "tokens")]
 use std::path::Path;
 
+#[cfg(feature = "tokens")]
 include!("src/tokens/vocab_hash.rs");
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/tokens/vocab_hash.rs");
-    if std::env::var_os("CARGO_FEATURE_TOKENS").is_none() {
-        return Ok(());
+    #[cfg(feature = "tokens")]
+    {
+        let out = std::env::var("OUT_DIR")?;
+        let out = Path::new(&out);
+        write_tables(&ordinary(&tiktoken_rs::o200k_base()?)?, out, "o200k_base")?;
+        write_tables(&ordinary(&tiktoken_rs::cl100k_base()?)?, out, "cl100k_base")?;
     }
-    let out = std::env::var("OUT_DIR")?;
-    write_tables(&tables::o200k_base()?, Path::new(&out), "o200k_base")?;
-    write_tables(&tables::cl100k_base()?, Path::new(&out), "cl100k_base")?;
     Ok(())
 }
 
+/// Every ordinary token's bytes, by rank: ranks run from 0 with no gaps until the
+/// special tokens, so this stops at the first rank that decodes to nothing or to a
+/// special token.
 #[cfg(feature = "tokens")]
-mod tables {
-    use super::Error;
-
-    /// Every ordinary token's bytes, by rank (an empty entry for a rank the
-    /// vocabulary skips or gives to a special token).
-    pub type Tokens = Vec<Vec<u8>>;
-
-    pub fn o200k_base() -> Result<Tokens, Box<dyn Error>> {
-        ordinary(&tiktoken_rs::o200k_base()?)
-    }
-
-    pub fn cl100k_base() -> Result<Tokens, Box<dyn Error>> {
-        ordinary(&tiktoken_rs::cl100k_base()?)
-    }
-
-    fn ordinary(bpe: &tiktoken_rs::CoreBPE) -> Result<Tokens, Box<dyn Error>> {
-        let special = bpe.special_tokens();
-        let mut tokens = Vec::new();
-        // Ranks run from 0 with no gaps until the special tokens; stop at the first
-        // rank that decodes to nothing or to a special token.
-        for rank in 0u32.. {
-            match bpe.decode_bytes(&[rank]) {
-                Ok(bytes) if !std::str::from_utf8(&bytes).is_ok_and(|s| special.contains(s)) => {
-                    tokens.push(bytes);
-                }
-                _ => break,
+fn ordinary(bpe: &tiktoken_rs::CoreBPE) -> Result<Vec<Vec<u8>>, Box<dyn Error>> {
+    let special = bpe.special_tokens();
+    let mut tokens = Vec::new();
+    for rank in 0u32.. {
+        match bpe.decode_bytes(&[rank]) {
+            Ok(bytes) if !std::str::from_utf8(&bytes).is_ok_and(|s| special.contains(s)) => {
+                tokens.push(bytes);
             }
+            _ => break,
         }
-        if tokens.len() < 50_000 {
-            return Err(format!("only {} ordinary tokens", tokens.len()).into());
-        }
-        Ok(tokens)
     }
+    if tokens.len() < 50_000 {
+        return Err(format!("only {} ordinary tokens", tokens.len()).into());
+    }
+    Ok(tokens)
 }
 
-#[cfg(not(feature = "tokens"))]
-mod tables {
-    use super::Error;
-
-    pub type Tokens = Vec<Vec<u8>>;
-
-    pub fn o200k_base() -> Result<Tokens, Box<dyn Error>> {
-        Err("the `tokens` feature builds the tables".into())
-    }
-
-    pub fn cl100k_base() -> Result<Tokens, Box<dyn Error>> {
-        o200k_base()
-    }
-}
-
+#[cfg(feature = "tokens")]
 fn write_tables(tokens: &[Vec<u8>], out: &Path, name: &str) -> Result<(), Box<dyn Error>> {
     if tokens.len() >= usize::try_from(VOCAB_RANK_MASK)? {
         return Err(format!("{name}: {} ranks do not fit the index", tokens.len()).into());

@@ -16,21 +16,20 @@ include!("vocab_hash.rs");
 /// A vocabulary: the three tables `build.rs` wrote, and the pattern that splits text
 /// into pieces.
 pub(super) struct Vocabulary {
-    /// Every token's bytes, by rank, one after the other.
-    bytes: &'static [u8],
-    /// Little-endian `u32` start of each rank's bytes, and the end.
-    offsets: &'static [u8],
-    /// Little-endian `u32` slots: tag and rank + 1, or 0.
-    index: &'static [u8],
+    tables: Tables,
     /// 64 − log2(slots): a hash's slot is its high bits.
     shift: u32,
     pattern: Regex,
 }
 
 /// The tables of an encoding, as compiled in.
+#[derive(Clone, Copy)]
 pub(super) struct Tables {
+    /// Every token's bytes, by rank, one after the other.
     pub bytes: &'static [u8],
+    /// Little-endian `u32` start of each rank's bytes, and the end.
     pub offsets: &'static [u8],
+    /// Little-endian `u32` slots: tag and rank + 1, or 0.
     pub index: &'static [u8],
 }
 
@@ -91,9 +90,7 @@ impl Vocabulary {
             return None;
         }
         Some(Self {
-            bytes: tables.bytes,
-            offsets: tables.offsets,
-            index: tables.index,
+            tables: *tables,
             shift: 64 - slots.trailing_zeros(),
             pattern: Regex::new(pattern).ok()?,
         })
@@ -278,10 +275,10 @@ impl Vocabulary {
     fn rank(&self, bytes: &[u8]) -> Option<u32> {
         let h = vocab_hash(bytes);
         let tag = vocab_tag(h);
-        let mask = (self.index.len() / 4) - 1;
+        let mask = (self.tables.index.len() / 4) - 1;
         let mut slot = usize::try_from(h >> self.shift).ok()?;
         loop {
-            let entry = read_u32(self.index, slot)?;
+            let entry = read_u32(self.tables.index, slot)?;
             if entry == 0 {
                 return None;
             }
@@ -298,9 +295,9 @@ impl Vocabulary {
     /// The bytes of the token of rank `rank`.
     fn token(&self, rank: u32) -> Option<&'static [u8]> {
         let r = usize::try_from(rank).ok()?;
-        let start = usize::try_from(read_u32(self.offsets, r)?).ok()?;
-        let end = usize::try_from(read_u32(self.offsets, r + 1)?).ok()?;
-        self.bytes.get(start..end)
+        let start = usize::try_from(read_u32(self.tables.offsets, r)?).ok()?;
+        let end = usize::try_from(read_u32(self.tables.offsets, r + 1)?).ok()?;
+        self.tables.bytes.get(start..end)
     }
 }
 

@@ -80,7 +80,7 @@ impl Encoding {
     }
 
     /// Makes this encoding ready now if it is not yet: compiles its split pattern
-    /// (o200k: about 10 ms of CPU; the vocabulary itself is compiled in). Whoever
+    /// (o200k: about 6 ms of CPU; the vocabulary itself is compiled in). Whoever
     /// counts first otherwise does it, and a gateway I/O thread that does stalls every
     /// connection it serves for that long.
     pub fn prepare(self) {
