@@ -133,16 +133,17 @@ fn main() {
     );
     let t = Instant::now();
     for _ in 0..n {
-        let plan = admit::plan(
-            &l,
-            &budgets,
-            Endpoint::ChatCompletions,
-            &principal,
-            &p,
-            4096,
-            now,
-        )
-        .unwrap();
+        let plan = rt
+            .block_on(admit::plan(
+                &l,
+                &budgets,
+                Endpoint::ChatCompletions,
+                &principal,
+                &p,
+                4096,
+                now,
+            ))
+            .unwrap();
         let a = rt.block_on(admit::commit(&l, &plan, 0.0)).unwrap();
         drop(a);
     }

@@ -35,7 +35,7 @@
 //! rule of each dimension (least remaining); a dimension no rule limits keeps the
 //! upstream's headers.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ use crate::keys::Principal;
 use crate::limits::{
     BucketKey, BucketState, Counters, Demand, Dimension, Limits, RedisCounters, Refused, Rule,
 };
+use crate::offload;
 use crate::preflight::{Endpoint, Preflight};
 
 /// What admission hands on: the tokens and the spend to settle, and the headers to send.
@@ -129,8 +130,10 @@ impl<'a> Plan<'a> {
 
 /// The plan of a call accepted at `at_ms`: its rate limits and spend budgets, with
 /// the token estimate made once for both (and only when one needs it). Refuses a
-/// budgeted call to a model without a price (`budgets`).
-pub fn plan<'a>(
+/// budgeted call to a model without a price (`budgets`). A large body is counted off
+/// the I/O thread (`offload`), once a first pass of the plan has shown that a rule
+/// or budget needs its count.
+pub async fn plan<'a>(
     limits: &Limits,
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
@@ -139,10 +142,51 @@ pub fn plan<'a>(
     default_output_tokens: u64,
     at_ms: i64,
 ) -> Result<Plan<'a>, GatewayError> {
-    let parts = OnceCell::new();
+    let counted = OnceCell::new();
+    if preflight.body.len() > offload::INLINE_BYTES {
+        let needed = Cell::new(false);
+        let probe = || {
+            needed.set(true);
+            (0, 0)
+        };
+        let first = plan_with(
+            limits, budgets, endpoint, principal, preflight, probe, at_ms,
+        )?;
+        if !needed.get() {
+            return Ok(first);
+        }
+        let input = {
+            let model = preflight.model.clone().unwrap_or_default();
+            let body = preflight.body.clone();
+            offload::run(body.len(), move || {
+                tollgate_wire::tokens::estimate_input_json(&model, &body)
+            })
+            .await
+        };
+        let _ = counted.set(estimate_from(
+            endpoint,
+            preflight,
+            default_output_tokens,
+            input,
+        ));
+    }
     let estimate =
-        || *parts.get_or_init(|| estimate_parts(endpoint, preflight, default_output_tokens));
-    let mut plan = Plan::rates_with(limits, endpoint, principal, preflight, estimate);
+        || *counted.get_or_init(|| estimate_parts(endpoint, preflight, default_output_tokens));
+    plan_with(
+        limits, budgets, endpoint, principal, preflight, estimate, at_ms,
+    )
+}
+
+fn plan_with<'a>(
+    limits: &Limits,
+    budgets: &Arc<Budgets>,
+    endpoint: Endpoint,
+    principal: &Principal,
+    preflight: &'a Preflight,
+    estimate: impl Fn() -> (u64, u64),
+    at_ms: i64,
+) -> Result<Plan<'a>, GatewayError> {
+    let mut plan = Plan::rates_with(limits, endpoint, principal, preflight, &estimate);
     plan.spend = budgets::plan(budgets, endpoint, principal, preflight, estimate, at_ms)?;
     Ok(plan)
 }
@@ -502,7 +546,18 @@ pub fn estimate_parts(
     default_output_tokens: u64,
 ) -> (u64, u64) {
     let model = preflight.model.as_deref().unwrap_or_default();
-    let Some(input) = tollgate_wire::tokens::estimate_input_json(model, &preflight.body) else {
+    let input = tollgate_wire::tokens::estimate_input_json(model, &preflight.body);
+    estimate_from(endpoint, preflight, default_output_tokens, input)
+}
+
+/// [`estimate_parts`] from the input's count (`None`: the body is not a JSON object).
+fn estimate_from(
+    endpoint: Endpoint,
+    preflight: &Preflight,
+    default_output_tokens: u64,
+    input: Option<usize>,
+) -> (u64, u64) {
+    let Some(input) = input else {
         return (0, default_output_tokens);
     };
     let output = match endpoint {
@@ -730,6 +785,7 @@ mod tests {
             4096,
             now,
         )
+        .await
         .unwrap();
         let e = commit(&l, &plan, 0.0).await.unwrap_err();
         let GatewayError::BudgetExceeded(r) = &e else {
@@ -740,5 +796,72 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.headers.remaining_requests, Some(1));
+    }
+
+    /// A body too large to count on the I/O thread is counted elsewhere, to the same
+    /// estimate, for a TPM rule and for a budget alike — and not at all when neither
+    /// governs the call.
+    #[tokio::test]
+    async fn a_large_body_is_estimated_as_a_small_one_is() {
+        let text = "hello world ".repeat(2_000);
+        let p = pre(&format!(
+            r#"{{"model":"gpt-4o","input":"{text}","max_output_tokens":7}}"#
+        ));
+        assert!(p.body.len() > offload::INLINE_BYTES);
+        let inline = estimate(Endpoint::Responses, &p, 4096);
+        assert!(inline > 4_000, "{inline}");
+        let catalog = crate::catalog::Catalog::builtin();
+        let no_budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
+            catalog.clone(),
+        ))));
+        let now = crate::accept::now_ms();
+        let plan_of = |l: &Arc<Limits>, b: &Arc<Budgets>| {
+            let (l, b, p) = (l.clone(), b.clone(), &p);
+            async move {
+                plan(&l, &b, Endpoint::Responses, &principal(), p, 4096, now)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        let tpm = plan_of(&limits(&[(None, Some(100), Some(1_000_000))]), &no_budgets).await;
+        assert_eq!(tpm.tokens, inline);
+        let rpm = plan_of(&limits(&[(None, Some(100), None)]), &no_budgets).await;
+        assert_eq!(
+            (rpm.rules.len(), rpm.tokens),
+            (1, 0),
+            "nothing needed a count"
+        );
+
+        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
+            catalog.clone(),
+        ))));
+        budgets.replace(
+            vec![tollgate_store::Budget {
+                scope: tollgate_store::BudgetScope {
+                    project: "shop".into(),
+                    env: None,
+                    key_id: None,
+                },
+                daily_usd_nanos: Some(1_000_000_000_000),
+                monthly_usd_nanos: None,
+                soft_percent: 80,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            }],
+            &[],
+            now - 1_000,
+        );
+        let spend = plan_of(&limits(&[]), &budgets).await.spend.unwrap();
+        let (input, output) = estimate_parts(Endpoint::Responses, &p, 4096);
+        let priced = catalog
+            .get("gpt-4o")
+            .unwrap()
+            .cost(crate::catalog::BilledTokens {
+                input,
+                cached: 0,
+                output,
+            });
+        assert_eq!(spend.worst, priced.usd_nanos());
     }
 }

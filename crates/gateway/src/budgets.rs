@@ -704,7 +704,7 @@ pub struct SpendPlan {
     pub(crate) budgets: Arc<Budgets>,
     pub(crate) demands: Vec<SpendDemand>,
     /// The call's worst case, in nano-USD.
-    worst: u64,
+    pub(crate) worst: u64,
     /// When the call was accepted.
     pub(crate) at_ms: i64,
 }

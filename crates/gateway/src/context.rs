@@ -6,7 +6,8 @@
 //! Cheap first: a byte-level BPE never makes more tokens than the text has bytes, and
 //! the input's text is a part of the body, so when the body's length plus the output
 //! asked for fits the window, nothing is counted. Only a body larger than that is
-//! tokenised (the model family's real tokenizer, OpenAI's per-message recipe).
+//! tokenised (the model family's real tokenizer, OpenAI's per-message recipe), and a
+//! large one off the I/O thread (`offload`).
 //!
 //! Images, audio and files are not counted: their cost in tokens is the upstream's to
 //! judge (it depends on size and detail), and their base64 data is not text, so it is
@@ -20,13 +21,15 @@ use serde_json::Value;
 
 use crate::catalog::Catalog;
 use crate::error::{ContextRefusal, GatewayError};
+use crate::offload;
 use crate::preflight::{Endpoint, Preflight};
 
 /// Members whose string values are encoded media, not text the model reads.
 const MEDIA: [&str; 3] = ["file_data", "image_url", "data"];
 
-/// Refuses a request that cannot fit its model's context window.
-pub fn run(
+/// Refuses a request that cannot fit its model's context window. A body that needs
+/// counting is counted off the I/O thread when it is large (`offload`).
+pub async fn run(
     catalog: &Catalog,
     endpoint: Endpoint,
     preflight: &Preflight,
@@ -49,7 +52,10 @@ pub fn run(
     if body_bytes.saturating_add(output) <= window {
         return Ok(());
     }
-    let input = input_tokens(model, &preflight.body);
+    let input = {
+        let (model, body) = (model.to_owned(), preflight.body.clone());
+        offload::run(body.len(), move || input_tokens(&model, &body)).await
+    };
     if input.saturating_add(output) <= window {
         return Ok(());
     }
@@ -106,12 +112,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn input_plus_output_above_the_window_is_refused_with_the_numbers() {
+    #[tokio::test]
+    async fn input_plus_output_above_the_window_is_refused_with_the_numbers() {
         let c = Catalog::builtin();
         let body = r#"{"model":"gpt-4o-mini","input":"hello world"}"#.to_owned();
-        assert!(run(&c, Endpoint::Responses, &pre(body.clone(), Some(1_000))).is_ok());
-        let e = run(&c, Endpoint::Responses, &pre(body, Some(200_000))).unwrap_err();
+        assert!(
+            run(&c, Endpoint::Responses, &pre(body.clone(), Some(1_000)))
+                .await
+                .is_ok()
+        );
+        let e = run(&c, Endpoint::Responses, &pre(body, Some(200_000)))
+            .await
+            .unwrap_err();
         let GatewayError::ContextLengthExceeded(r) = &e else {
             panic!("{e:?}");
         };
@@ -138,14 +150,16 @@ mod tests {
         assert_eq!(e.param(), Some("input"));
     }
 
-    #[test]
-    fn a_long_input_is_counted_and_media_is_not() {
+    #[tokio::test]
+    async fn a_long_input_is_counted_and_media_is_not() {
         let c = Catalog::builtin();
         // ~140k tokens of text: more than gpt-4o's 128k.
         let text = "hello ".repeat(140_000);
         let chat =
             format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{text}"}}]}}"#);
-        let e = run(&c, Endpoint::ChatCompletions, &pre(chat, None)).unwrap_err();
+        let e = run(&c, Endpoint::ChatCompletions, &pre(chat, None))
+            .await
+            .unwrap_err();
         let GatewayError::ContextLengthExceeded(r) = &e else {
             panic!("{e:?}");
         };
@@ -156,9 +170,13 @@ mod tests {
         let file = format!(
             r#"{{"model":"gpt-4o","input":[{{"role":"user","content":[{{"type":"input_file","file_data":"{data}"}},{{"type":"input_text","text":"summarise"}}]}}]}}"#
         );
-        assert!(run(&c, Endpoint::Responses, &pre(file, Some(100))).is_ok());
+        assert!(run(&c, Endpoint::Responses, &pre(file, Some(100)))
+            .await
+            .is_ok());
         // Unknown models and other endpoints are not checked.
         let unknown = format!(r#"{{"model":"my-model","input":"{text}"}}"#);
-        assert!(run(&c, Endpoint::Responses, &pre(unknown, None)).is_ok());
+        assert!(run(&c, Endpoint::Responses, &pre(unknown, None))
+            .await
+            .is_ok());
     }
 }

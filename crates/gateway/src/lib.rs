@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod models;
 pub mod moderate;
 pub mod offline;
+pub mod offload;
 pub mod pipeline;
 pub mod preflight;
 pub mod record;

@@ -181,7 +181,7 @@ async fn stages(
     let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
     let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas)?;
     if gw.config.preflight.context_window {
-        context::run(&gw.limits.catalog().current(), endpoint, &preflight)?;
+        context::run(&gw.limits.catalog().current(), endpoint, &preflight).await?;
     }
 
     let at_ms = guard.record().created_at_ms;
@@ -194,7 +194,8 @@ async fn stages(
         &preflight,
         default_output_tokens,
         at_ms,
-    )?;
+    )
+    .await?;
     let admission = gw.lanes.admit(&gw.limits, &plan, lane).await?;
     drop(plan);
     *limit_headers = admission.headers;

@@ -1328,6 +1328,7 @@ async fn admit_counted(
         4096,
         now_ms(),
     )
+    .await
     .unwrap();
     let before = link.calls_total();
     let answer = admit::commit(limits, &plan, 0.0).await;
