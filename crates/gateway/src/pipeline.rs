@@ -179,7 +179,7 @@ async fn stages(
     rec.model_requested = preflight.model_requested().map(str::to_owned);
     rec.streamed = preflight.stream;
     let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
-    let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas)?;
+    let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas).await?;
     if gw.config.preflight.context_window {
         context::run(&gw.limits.catalog().current(), endpoint, &preflight).await?;
     }

@@ -6,11 +6,22 @@
 //! (json_schema: `json_schema.schema`, `json_schema.strict`) and
 //! `tools[i].function.parameters` (`strict` beside them). Each is checked as a JSON
 //! Schema (draft 2020-12, as OpenAI reads them) with the `jsonschema` crate — against
-//! the meta-schema, then compiled (unresolvable `$ref`s, bad patterns) — and, when
-//! `strict` is `true`, against OpenAI's strict-mode rules: the root is an object, and
-//! every object schema lists all of its properties in `required` and sets
+//! the meta-schema, then compiled (unresolvable `$ref`s) — and, when `strict` is
+//! `true`, against OpenAI's strict-mode rules: the root is an object, and every object
+//! schema lists all of its properties in `required` and sets
 //! `additionalProperties: false`. An error is a 400 whose `param` is the path of the
 //! offending part (`text.format.schema/properties/address`).
+//!
+//! Regular expressions (`pattern`, the names of `patternProperties`) are checked for
+//! ECMA-262 syntax, the dialect JSON Schema names, and never compiled: the schema is
+//! compiled without them. A compiled regex grows with the product of its repetition
+//! counts (`((a{30}){30}){30}` takes 9 ms and 1.3 MB), so compiling what a caller
+//! sends let one request of a few hundred kilobytes hold an I/O thread for tens of
+//! seconds and the process's memory past 4 GB. Whether the upstream's engine accepts a
+//! well-formed pattern is the upstream's to say.
+//!
+//! A set of schemas in a body over `offload::INLINE_BYTES` is checked off the I/O
+//! thread.
 //!
 //! `response_format` on `/v1/responses` is not a Responses parameter (the upstream
 //! answers 400); by default it is moved into `text.format` — Chat's nested
@@ -35,6 +46,7 @@ use serde_json::{Map, Value};
 use crate::caps;
 use crate::config::{PreflightConfig, ResponseFormatMode};
 use crate::error::GatewayError;
+use crate::offload;
 use crate::preflight::{Endpoint, Preflight};
 
 /// The warning sent with a translated `response_format`.
@@ -46,6 +58,42 @@ const MAX_ERRORS: usize = 3;
 
 /// Digests kept at most; the set is emptied when full (a cache, not a record).
 const CHECKED_MAX: usize = 4096;
+
+/// What a rule on schemas finds: nothing, or the pointer and message of the first
+/// violation.
+type Verdict = Result<(), (String, String)>;
+
+/// Characters of an offending pattern quoted in an error, at most.
+const QUOTED_MAX: usize = 80;
+
+/// Keywords whose value is a map of names to subschemas.
+const NAMED_SUBSCHEMAS: [&str; 6] = [
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+    "dependencies",
+];
+
+/// Keywords whose value is a subschema or an array of subschemas.
+const SUBSCHEMAS: [&str; 15] = [
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "additionalProperties",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contains",
+    "propertyNames",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+];
 
 /// Digests of request schema parts already checked and found valid.
 #[derive(Debug, Default)]
@@ -68,7 +116,7 @@ impl Checked {
 }
 
 /// Translates `response_format` on Responses and checks every schema of the request.
-pub fn run(
+pub async fn run(
     config: &PreflightConfig,
     endpoint: Endpoint,
     mut preflight: Preflight,
@@ -102,7 +150,8 @@ pub fn run(
         match preflight.schema_digest {
             Some(d) if checked.contains(d) => {}
             digest => {
-                check(endpoint, &preflight.body)?;
+                let body = preflight.body.clone();
+                offload::run(body.len(), move || check(endpoint, &body)).await?;
                 if let Some(d) = digest {
                     checked.insert(d);
                 }
@@ -279,7 +328,8 @@ fn check_one(f: &Found<'_>) -> Result<(), GatewayError> {
             format!("not a valid JSON Schema: {detail}"),
         ));
     }
-    if let Err(e) = jsonschema::draft202012::new(f.schema) {
+    patterns(f.schema, &mut String::new()).map_err(|(p, m)| refuse(&p, m))?;
+    if let Err(e) = jsonschema::draft202012::new(&without_patterns(f.schema, false)) {
         let pointer = e.instance_path().as_str().to_owned();
         return Err(refuse(&pointer, format!("the schema cannot be used: {e}")));
     }
@@ -296,7 +346,7 @@ fn check_one(f: &Found<'_>) -> Result<(), GatewayError> {
 }
 
 /// OpenAI's strict-mode rules on every object schema below `schema` (at `pointer`).
-fn strict_rules(schema: &Value, pointer: &mut String) -> Result<(), (String, String)> {
+fn strict_rules(schema: &Value, pointer: &mut String) -> Verdict {
     let Value::Object(o) = schema else {
         return Ok(());
     };
@@ -342,34 +392,127 @@ fn strict_rules(schema: &Value, pointer: &mut String) -> Result<(), (String, Str
     for key in ["properties", "$defs", "definitions"] {
         if let Some(Value::Object(subs)) = o.get(key) {
             for (name, sub) in subs {
-                descend(sub, pointer, &[key, name])?;
+                descend(sub, pointer, &[key, name], strict_rules)?;
             }
         }
     }
     for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
         if let Some(Value::Array(subs)) = o.get(key) {
             for (i, sub) in subs.iter().enumerate() {
-                descend(sub, pointer, &[key, &i.to_string()])?;
+                descend(sub, pointer, &[key, &i.to_string()], strict_rules)?;
             }
         }
     }
     for key in ["items", "additionalProperties"] {
         if let Some(sub @ Value::Object(_)) = o.get(key) {
-            descend(sub, pointer, &[key])?;
+            descend(sub, pointer, &[key], strict_rules)?;
         }
     }
     Ok(())
 }
 
-fn descend(sub: &Value, pointer: &mut String, parts: &[&str]) -> Result<(), (String, String)> {
+/// Runs `rules` on the subschema `sub`, at `pointer` followed by `parts`.
+fn descend(
+    sub: &Value,
+    pointer: &mut String,
+    parts: &[&str],
+    rules: fn(&Value, &mut String) -> Verdict,
+) -> Verdict {
     let len = pointer.len();
+    push_parts(pointer, parts);
+    let r = rules(sub, pointer);
+    pointer.truncate(len);
+    r
+}
+
+/// Appends `parts` to a JSON Pointer, each escaped.
+fn push_parts(pointer: &mut String, parts: &[&str]) {
     for p in parts {
         pointer.push('/');
         pointer.push_str(&p.replace('~', "~0").replace('/', "~1"));
     }
-    let r = strict_rules(sub, pointer);
-    pointer.truncate(len);
-    r
+}
+
+/// Checks the syntax of every regular expression of `schema` (at `pointer`) and of
+/// its subschemas, without compiling any (see the module docs).
+fn patterns(schema: &Value, pointer: &mut String) -> Verdict {
+    let Value::Object(o) = schema else {
+        return Ok(());
+    };
+    if let Some(Value::String(p)) = o.get("pattern") {
+        if !jsonschema_regex::is_valid_ecma_regex(p) {
+            return Err(not_a_regex(pointer, &["pattern"], p));
+        }
+    }
+    if let Some(Value::Object(named)) = o.get("patternProperties") {
+        if let Some(p) = named
+            .keys()
+            .find(|p| !jsonschema_regex::is_valid_ecma_regex(p))
+        {
+            return Err(not_a_regex(pointer, &["patternProperties", p], p));
+        }
+    }
+    for key in NAMED_SUBSCHEMAS {
+        if let Some(Value::Object(subs)) = o.get(key) {
+            for (name, sub) in subs {
+                descend(sub, pointer, &[key, name], patterns)?;
+            }
+        }
+    }
+    for key in SUBSCHEMAS {
+        match o.get(key) {
+            Some(sub @ Value::Object(_)) => descend(sub, pointer, &[key], patterns)?,
+            Some(Value::Array(subs)) => {
+                for (i, sub) in subs.iter().enumerate() {
+                    descend(sub, pointer, &[key, &i.to_string()], patterns)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The error for the malformed pattern `p`, at `pointer` followed by `parts`.
+fn not_a_regex(pointer: &str, parts: &[&str], p: &str) -> (String, String) {
+    let mut at = pointer.to_owned();
+    push_parts(&mut at, parts);
+    let mut quoted: String = p.chars().take(QUOTED_MAX).collect();
+    if quoted.len() < p.len() {
+        quoted.push('…');
+    }
+    (
+        at,
+        format!("the pattern \"{quoted}\" is not a valid regular expression (ECMA-262)"),
+    )
+}
+
+/// A copy of `v` to compile: every `pattern` emptied and every `patternProperties`
+/// left out, wherever they sit, since a `$ref` may point anywhere in the document
+/// (even into a `default`) and jsonschema compiles what it points to. `names`: `v` is
+/// a map of names to subschemas (`properties`, …), whose members are not keywords.
+fn without_patterns(v: &Value, names: bool) -> Value {
+    match v {
+        Value::Object(o) if names => Value::Object(
+            o.iter()
+                .map(|(k, sub)| (k.clone(), without_patterns(sub, false)))
+                .collect(),
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, sub)| !(k.as_str() == "patternProperties" && sub.is_object()))
+                .map(|(k, sub)| {
+                    let sub = match sub {
+                        Value::String(_) if k == "pattern" => Value::String(String::new()),
+                        _ => without_patterns(sub, NAMED_SUBSCHEMAS.contains(&k.as_str())),
+                    };
+                    (k.clone(), sub)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|x| without_patterns(x, false)).collect()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -492,6 +635,82 @@ mod tests {
         );
     }
 
+    /// A regular expression is checked for its syntax where a schema has one, and
+    /// never compiled: one that compiles past the regex engine's size limit (so
+    /// compiling it was an error) passes, where it sits and where a `$ref` leads.
+    #[test]
+    fn patterns_are_checked_for_syntax_not_compiled() {
+        let tool = |parameters: Value| json!({"tools": [{"type": "function", "name": "f", "parameters": parameters}]});
+        let e = err(
+            Endpoint::Responses,
+            tool(json!({"type": "object", "properties": {"a": {"anyOf": [
+                {"type": "integer"}, {"type": "string", "pattern": "^(ab$"}]}}})),
+        );
+        assert_eq!(
+            e.param(),
+            Some("tools[0].parameters/properties/a/anyOf/1/pattern")
+        );
+        assert!(
+            e.message()
+                .contains(r#"the pattern "^(ab$" is not a valid regular expression"#),
+            "{}",
+            e.message()
+        );
+        let e = err(
+            Endpoint::ChatCompletions,
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "p",
+                   "schema": {"type": "object", "patternProperties": {"^x/[": {"type": "string"}}}}}}),
+        );
+        assert_eq!(
+            e.param(),
+            Some("response_format.json_schema.schema/patternProperties/^x~1[")
+        );
+        // A long pattern is quoted in part.
+        let long = format!("({}", "a".repeat(500));
+        let e = err(
+            Endpoint::Responses,
+            tool(
+                json!({"type": "object", "properties": {"a": {"type": "string", "pattern": long}}}),
+            ),
+        );
+        assert!(
+            e.message().contains(&format!("\"({}…\"", "a".repeat(79))),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().len() < 300, "{}", e.message());
+
+        let huge = "((a{100}){100}){100}";
+        ok(
+            Endpoint::Responses,
+            tool(json!({"type": "object",
+                "properties": {"a": {"type": "string", "pattern": huge}, "b": {"$ref": "#/$defs/b"},
+                               "c": {"$ref": "#/default/c"}},
+                "patternProperties": {huge: {"type": "string"}},
+                "$defs": {"b": {"type": "string", "pattern": huge}},
+                "default": {"c": {"type": "string", "pattern": huge}}})),
+        );
+        // Data that looks like a pattern is not one: a property named `pattern`, and
+        // values in `default`, `enum` and `const`.
+        ok(
+            Endpoint::Responses,
+            tool(json!({"type": "object",
+                "properties": {"pattern": {"type": "string"}, "patternProperties": {"type": "object"}},
+                "default": {"pattern": "(("},
+                "enum": [{"pattern": "(("}],
+                "const": {"patternProperties": {"((": 1}}})),
+        );
+        // What the compile finds is still found with the patterns left out.
+        let e = err(
+            Endpoint::Responses,
+            tool(
+                json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "^a$"},
+                        "b": {"$ref": "#/$defs/missing"}}}),
+            ),
+        );
+        assert!(e.message().contains("cannot be used"), "{}", e.message());
+    }
+
     #[test]
     fn response_format_moves_to_text_format_flattened() {
         let body = br#"{"model":"gpt-4o","input":"h\u00e9","response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"type":"object"},"strict":false}},"text":{"verbosity":"low"}}"#;
@@ -514,8 +733,8 @@ mod tests {
         assert_eq!(e.param(), Some("response_format"));
     }
 
-    #[test]
-    fn the_stage_translates_or_refuses_as_configured() {
+    #[tokio::test]
+    async fn the_stage_translates_or_refuses_as_configured() {
         let pre = |body: &'static [u8]| Preflight {
             body: Bytes::from_static(body),
             has_response_format: true,
@@ -529,6 +748,7 @@ mod tests {
             pre(body),
             &Checked::default(),
         )
+        .await
         .unwrap();
         assert_eq!(p.headers[0].0, "x-tollgate-warning");
         assert!(p.body.starts_with(br#"{"text""#));
@@ -539,18 +759,21 @@ mod tests {
             pre(body),
             &Checked::default(),
         )
+        .await
         .unwrap();
         assert_eq!(&p.body[..], body);
         let reject = PreflightConfig {
             response_format_on_responses: ResponseFormatMode::Reject,
             ..PreflightConfig::default()
         };
-        let e = run(&reject, Endpoint::Responses, pre(body), &Checked::default()).unwrap_err();
+        let e = run(&reject, Endpoint::Responses, pre(body), &Checked::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some("unsupported_parameter"));
     }
 
-    #[test]
-    fn a_set_of_schemas_found_valid_is_not_checked_again() {
+    #[tokio::test]
+    async fn a_set_of_schemas_found_valid_is_not_checked_again() {
         let checked = Checked::default();
         let valid = Preflight {
             body: Bytes::from_static(
@@ -566,6 +789,7 @@ mod tests {
             valid,
             &checked,
         )
+        .await
         .unwrap();
         // The same digest is taken as checked (the body here would fail a check)...
         let invalid = |digest| Preflight {
@@ -582,6 +806,7 @@ mod tests {
             invalid(7),
             &checked
         )
+        .await
         .is_ok());
         // ... another is checked, and an invalid one is not remembered.
         assert!(run(
@@ -590,6 +815,7 @@ mod tests {
             invalid(8),
             &checked
         )
+        .await
         .is_err());
         assert!(run(
             &PreflightConfig::default(),
@@ -597,6 +823,7 @@ mod tests {
             invalid(8),
             &checked
         )
+        .await
         .is_err());
     }
 }
