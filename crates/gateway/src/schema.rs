@@ -66,6 +66,9 @@ type Verdict = Result<(), (String, String)>;
 /// Characters of an offending pattern quoted in an error, at most.
 const QUOTED_MAX: usize = 80;
 
+/// Missing property names listed in an error, at most.
+const MISSING_LISTED: usize = 10;
+
 /// Keywords whose value is a map of names to subschemas.
 const NAMED_SUBSCHEMAS: [&str; 6] = [
     "properties",
@@ -329,7 +332,7 @@ fn check_one(f: &Found<'_>) -> Result<(), GatewayError> {
         ));
     }
     patterns(f.schema, &mut String::new()).map_err(|(p, m)| refuse(&p, m))?;
-    if let Err(e) = jsonschema::draft202012::new(&without_patterns(f.schema, false)) {
+    if let Err(e) = jsonschema::draft202012::new(&to_compile(f.schema, false)) {
         let pointer = e.instance_path().as_str().to_owned();
         return Err(refuse(&pointer, format!("the schema cannot be used: {e}")));
     }
@@ -364,7 +367,7 @@ fn strict_rules(schema: &Value, pointer: &mut String) -> Verdict {
                     .into(),
             ));
         }
-        let required: Vec<&str> = o
+        let required: HashSet<&str> = o
             .get("required")
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
@@ -376,13 +379,17 @@ fn strict_rules(schema: &Value, pointer: &mut String) -> Verdict {
                 .filter(|k| !required.contains(k))
                 .collect();
             if !missing.is_empty() {
+                let listed = missing[..missing.len().min(MISSING_LISTED)].join("', '");
+                let more = match missing.len().checked_sub(MISSING_LISTED) {
+                    Some(more) if more > 0 => format!(" and {more} more"),
+                    _ => String::new(),
+                };
                 return Err((
                     pointer.clone(),
                     format!(
                         "in strict mode 'required' is required to be supplied and to be an \
-                         array including every key in properties. Missing '{}' (make a \
-                         property optional with a \"null\" type instead)",
-                        missing.join("', '")
+                         array including every key in properties. Missing '{listed}'{more} \
+                         (make a property optional with a \"null\" type instead)"
                     ),
                 ));
             }
@@ -489,28 +496,35 @@ fn not_a_regex(pointer: &str, parts: &[&str], p: &str) -> (String, String) {
 
 /// A copy of `v` to compile: every `pattern` emptied and every `patternProperties`
 /// left out, wherever they sit, since a `$ref` may point anywhere in the document
-/// (even into a `default`) and jsonschema compiles what it points to. `names`: `v` is
-/// a map of names to subschemas (`properties`, …), whose members are not keywords.
-fn without_patterns(v: &Value, names: bool) -> Value {
+/// (even into a `default`) and jsonschema compiles what it points to; and every
+/// `required` left out: the meta-schema has checked it, and jsonschema's compile of
+/// one that names every property (as strict mode has it) compares each name with
+/// each, which for 70,000 properties took seconds. `names`: `v` is a map of names to
+/// subschemas (`properties`, …), whose members are not keywords.
+fn to_compile(v: &Value, names: bool) -> Value {
     match v {
         Value::Object(o) if names => Value::Object(
             o.iter()
-                .map(|(k, sub)| (k.clone(), without_patterns(sub, false)))
+                .map(|(k, sub)| (k.clone(), to_compile(sub, false)))
                 .collect(),
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .filter(|(k, sub)| !(k.as_str() == "patternProperties" && sub.is_object()))
+                .filter(|(k, sub)| match k.as_str() {
+                    "patternProperties" => !sub.is_object(),
+                    "required" => !sub.is_array(),
+                    _ => true,
+                })
                 .map(|(k, sub)| {
                     let sub = match sub {
                         Value::String(_) if k == "pattern" => Value::String(String::new()),
-                        _ => without_patterns(sub, NAMED_SUBSCHEMAS.contains(&k.as_str())),
+                        _ => to_compile(sub, NAMED_SUBSCHEMAS.contains(&k.as_str())),
                     };
                     (k.clone(), sub)
                 })
                 .collect(),
         ),
-        Value::Array(a) => Value::Array(a.iter().map(|x| without_patterns(x, false)).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| to_compile(x, false)).collect()),
         other => other.clone(),
     }
 }
@@ -599,6 +613,21 @@ mod tests {
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "array"}}}}),
         );
         assert_eq!(e.param(), Some("response_format.json_schema.schema"));
+
+        // Many missing names: the first ten, and how many more.
+        let props: Map<String, Value> = (0..25)
+            .map(|i| (format!("p{i:02}"), json!({"type": "string"})))
+            .collect();
+        let e = err(
+            Endpoint::Responses,
+            json!({"text": {"format": {"type": "json_schema", "name": "p", "strict": true,
+                   "schema": {"type": "object", "properties": props, "required": ["p00"],
+                              "additionalProperties": false}}}}),
+        );
+        let m = e.message();
+        assert!(m.contains("Missing 'p01', 'p02'"), "{m}");
+        assert!(m.contains("'p10' and 14 more (make"), "{m}");
+        assert!(!m.contains("p11"), "{m}");
     }
 
     #[test]
