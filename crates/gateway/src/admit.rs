@@ -589,6 +589,33 @@ mod tests {
         }
     }
 
+    /// Budgets on the built-in catalog, with a daily budget of `daily_usd_nanos` on
+    /// project `shop` when one is given.
+    fn daily_budget(daily_usd_nanos: Option<u64>, now: i64) -> Arc<Budgets> {
+        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
+            crate::catalog::Catalog::builtin(),
+        ))));
+        if daily_usd_nanos.is_some() {
+            budgets.replace(
+                vec![tollgate_store::Budget {
+                    scope: tollgate_store::BudgetScope {
+                        project: "shop".into(),
+                        env: None,
+                        key_id: None,
+                    },
+                    daily_usd_nanos,
+                    monthly_usd_nanos: None,
+                    soft_percent: 80,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                }],
+                &[],
+                now - 1_000,
+            );
+        }
+        budgets
+    }
+
     fn pre(body: &str) -> Preflight {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         Preflight {
@@ -753,28 +780,9 @@ mod tests {
     #[tokio::test]
     async fn a_budget_refusal_takes_no_request_in_memory() {
         let l = limits(&[(None, Some(2), None)]);
-        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
-            crate::catalog::Catalog::builtin(),
-        ))));
-        let scope = tollgate_store::BudgetScope {
-            project: "shop".into(),
-            env: None,
-            key_id: None,
-        };
         let now = crate::accept::now_ms();
         // A budget of one nano-USD: no call fits.
-        budgets.replace(
-            vec![tollgate_store::Budget {
-                scope,
-                daily_usd_nanos: Some(1),
-                monthly_usd_nanos: None,
-                soft_percent: 80,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            }],
-            &[],
-            now - 1_000,
-        );
+        let budgets = daily_budget(Some(1), now);
         let p = pre(BODY);
         let plan = plan(
             &l,
@@ -810,11 +818,8 @@ mod tests {
         assert!(p.body.len() > offload::INLINE_BYTES);
         let inline = estimate(Endpoint::Responses, &p, 4096);
         assert!(inline > 4_000, "{inline}");
-        let catalog = crate::catalog::Catalog::builtin();
-        let no_budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
-            catalog.clone(),
-        ))));
         let now = crate::accept::now_ms();
+        let no_budgets = daily_budget(None, now);
         let plan_of = |l: &Arc<Limits>, b: &Arc<Budgets>| {
             let (l, b, p) = (l.clone(), b.clone(), &p);
             async move {
@@ -833,28 +838,10 @@ mod tests {
             "nothing needed a count"
         );
 
-        let budgets = Arc::new(Budgets::new(Arc::new(crate::catalog::LiveCatalog::new(
-            catalog.clone(),
-        ))));
-        budgets.replace(
-            vec![tollgate_store::Budget {
-                scope: tollgate_store::BudgetScope {
-                    project: "shop".into(),
-                    env: None,
-                    key_id: None,
-                },
-                daily_usd_nanos: Some(1_000_000_000_000),
-                monthly_usd_nanos: None,
-                soft_percent: 80,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            }],
-            &[],
-            now - 1_000,
-        );
+        let budgets = daily_budget(Some(1_000_000_000_000), now);
         let spend = plan_of(&limits(&[]), &budgets).await.spend.unwrap();
         let (input, output) = estimate_parts(Endpoint::Responses, &p, 4096);
-        let priced = catalog
+        let priced = crate::catalog::Catalog::builtin()
             .get("gpt-4o")
             .unwrap()
             .cost(crate::catalog::BilledTokens {
