@@ -142,7 +142,6 @@ pub async fn plan<'a>(
     default_output_tokens: u64,
     at_ms: i64,
 ) -> Result<Plan<'a>, GatewayError> {
-    let counted = OnceCell::new();
     if preflight.body.len() > offload::INLINE_BYTES {
         let needed = Cell::new(false);
         let probe = || {
@@ -163,13 +162,18 @@ pub async fn plan<'a>(
             })
             .await
         };
-        let _ = counted.set(estimate_from(
+        let parts = estimate_from(endpoint, preflight, default_output_tokens, input);
+        return plan_with(
+            limits,
+            budgets,
             endpoint,
+            principal,
             preflight,
-            default_output_tokens,
-            input,
-        ));
+            || parts,
+            at_ms,
+        );
     }
+    let counted = OnceCell::new();
     let estimate =
         || *counted.get_or_init(|| estimate_parts(endpoint, preflight, default_output_tokens));
     plan_with(
@@ -177,6 +181,8 @@ pub async fn plan<'a>(
     )
 }
 
+/// [`plan`] with `estimate`, which gives the request's input and output tokens and may
+/// be called once by the rate limits and once by the budgets.
 fn plan_with<'a>(
     limits: &Limits,
     budgets: &Arc<Budgets>,
