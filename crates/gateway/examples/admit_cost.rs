@@ -133,8 +133,8 @@ fn main() {
     );
     let t = Instant::now();
     for _ in 0..n {
-        let plan = rt
-            .block_on(admit::plan(
+        let a = rt.block_on(async {
+            let plan = admit::plan(
                 &l,
                 &budgets,
                 Endpoint::ChatCompletions,
@@ -142,9 +142,11 @@ fn main() {
                 &p,
                 4096,
                 now,
-            ))
+            )
+            .await
             .unwrap();
-        let a = rt.block_on(admit::commit(&l, &plan, 0.0)).unwrap();
+            admit::commit(&l, &plan, 0.0).await.unwrap()
+        });
         drop(a);
     }
     println!(
