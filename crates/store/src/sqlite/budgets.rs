@@ -163,7 +163,7 @@ impl SqliteStore {
         .bind(env)
         .bind(key_id)
         .bind(period_start_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(claimed == 1)

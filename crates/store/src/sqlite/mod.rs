@@ -53,7 +53,14 @@ const AUDIT_COLUMNS: &str = "id, at_ms, actor, action, target, detail, source";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Connections for reads (WAL readers never wait for the writer).
     pool: SqlitePool,
+    /// The one connection every write transaction takes. SQLite lets one writer in at a
+    /// time anyway; one connection keeps its page cache across transactions, where a
+    /// pool rotating over several connections had each discard its cache at the start
+    /// of a transaction because another had written since (the usage table's B-tree
+    /// pages read back from the file for nearly every usage batch).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -84,11 +91,15 @@ impl SqliteStore {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let opened = async {
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.clone())
+                    .await?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(options.clone())
                     .await?;
-                let store = Self { pool };
+                let store = Self { pool, writer };
                 store.migrate().await?;
                 Ok::<_, StoreError>(store)
             }
@@ -136,7 +147,7 @@ impl SqliteStore {
     /// deferred one that reads first would fail with SQLITE_BUSY, without waiting,
     /// when another connection writes in between; this one waits `busy_timeout`.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     pub async fn ping(&self) -> Result<()> {
