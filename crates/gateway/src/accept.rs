@@ -29,21 +29,130 @@ pub fn request_id() -> String {
     out
 }
 
+/// Bodies of up to this many bytes are not counted against
+/// `server.max_body_bytes_in_flight`: they are in the same class as the buffers every
+/// connection has anyway.
+pub const UNCOUNTED_BYTES: usize = crate::offload::INLINE_BYTES;
+
+/// Bounds the bytes of request bodies held at once, across all connections
+/// (`server.max_body_bytes_in_flight`). Each body over [`UNCOUNTED_BYTES`] takes room
+/// for its declared length (`Content-Length`) before a byte of it is read, or for the
+/// largest body accepted when it declares none (then the room is trimmed to what came),
+/// and keeps it until its request is finished. Taking the whole room at once, never a
+/// part, means two bodies can never each hold half of what both need.
+#[derive(Debug, Clone)]
+pub struct BodyGate {
+    /// One permit per KiB.
+    room: std::sync::Arc<tokio::sync::Semaphore>,
+    limit_bytes: usize,
+}
+
+/// Room a body holds in the [`BodyGate`]; dropping it gives the room back.
+#[derive(Debug)]
+pub struct BodyRoom(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl BodyGate {
+    pub fn new(limit_bytes: usize) -> Self {
+        let kib = limit_bytes
+            .div_ceil(1024)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            room: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+            limit_bytes,
+        }
+    }
+
+    /// Bytes of request bodies held now, in whole KiB.
+    pub fn held_bytes(&self) -> u64 {
+        let total = self.limit_bytes.div_ceil(1024);
+        (total.saturating_sub(self.room.available_permits()) as u64) * 1024
+    }
+
+    /// Waits until `bytes` of room are free, until `deadline` at most.
+    async fn take(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let busy = GatewayError::BodiesInFlight {
+            limit: self.limit_bytes,
+        };
+        match tokio::time::timeout_at(deadline, self.room.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a timeout means no room freed up in time.
+            Ok(Err(_)) | Err(_) => Err(busy),
+        }
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
-/// than `timeout` to arrive.
-pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError> {
+/// than `timeout` to arrive (waiting for room in `gate` included). A body over
+/// [`UNCOUNTED_BYTES`] comes with the room it holds in `gate`.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    gate: &BodyGate,
+) -> Result<(Bytes, Option<BodyRoom>), GatewayError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let declared = axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let wanted = declared.unwrap_or(limit).min(limit);
+    let mut room = None;
+    if wanted > UNCOUNTED_BYTES {
+        match gate.take(wanted, deadline).await {
+            Ok(taken) => room = Some(taken),
+            Err(busy) => {
+                // Read what was sent without keeping it, so the answer reaches the
+                // caller: closing a socket with unread data resets the connection.
+                discard_body(body, limit, timeout).await;
+                return Err(busy);
+            }
+        }
+    }
     let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(GatewayError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let bytes = match tokio::time::timeout_at(deadline, collect).await {
+        Err(_) => return Err(GatewayError::BodyTimeout),
+        Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge { limit })
+            return Err(GatewayError::BodyTooLarge { limit })
         }
         // The client went away or sent a malformed body.
-        Ok(Err(_)) => Err(GatewayError::InvalidJson {
-            detail: "the body could not be read".into(),
-        }),
+        Ok(Err(_)) => {
+            return Err(GatewayError::InvalidJson {
+                detail: "the body could not be read".into(),
+            })
+        }
+    };
+    // A body that declared no length took room for the largest: keep what it needs.
+    if declared.is_none() {
+        room = match (room, bytes.len() > UNCOUNTED_BYTES) {
+            (Some(mut all), true) => all.split(bytes.len().div_ceil(1024)),
+            _ => None,
+        };
     }
+    Ok((bytes, room.map(BodyRoom)))
+}
+
+/// Reads and drops a body the gateway will not use (a caller it refused before reading
+/// it), within the same limits, so the caller's keep-alive connection stays usable.
+/// Nothing is kept: each chunk is dropped as it arrives.
+pub async fn discard_body(body: Body, limit: usize, timeout: Duration) {
+    let drain = async {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 /// Unix milliseconds now.
@@ -77,13 +186,114 @@ mod tests {
 
     #[tokio::test]
     async fn body_limit_gives_413() {
-        let ok = read_body(Body::from("12345"), 5, Duration::from_secs(1))
+        let gate = BodyGate::new(1 << 20);
+        let (ok, room) = read_body(Body::from("12345"), 5, Duration::from_secs(1), &gate)
             .await
             .unwrap();
         assert_eq!(&ok[..], b"12345");
-        let e = read_body(Body::from("123456"), 5, Duration::from_secs(1))
+        assert!(room.is_none());
+        let e = read_body(Body::from("123456"), 5, Duration::from_secs(1), &gate)
             .await
             .unwrap_err();
         assert_eq!(e, GatewayError::BodyTooLarge { limit: 5 });
+        assert_eq!(gate.held_bytes(), 0);
+    }
+
+    /// A body whose length is not declared, as chunked transfer sends it.
+    fn undeclared(bytes: Vec<u8>) -> Body {
+        let chunks = bytes
+            .chunks(4096)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn large_bodies_hold_room_until_dropped_and_wait_for_it() {
+        let gate = BodyGate::new(64 * 1024);
+        let timeout = Duration::from_secs(5);
+        // Declared: the room is the declared length, taken before reading.
+        let (a, room_a) = read_body(Body::from(vec![b'a'; 40_000]), 64 * 1024, timeout, &gate)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 40_000);
+        assert!(room_a.is_some());
+        assert_eq!(gate.held_bytes(), 40 * 1024);
+        // Undeclared: room for the largest body while reading, trimmed to what came.
+        let (b, room_b) = read_body(undeclared(vec![b'b'; 10_000]), 24 * 1024, timeout, &gate)
+            .await
+            .unwrap();
+        assert_eq!(b.len(), 10_000);
+        assert_eq!(gate.held_bytes(), (40 + 10) * 1024);
+        // Small bodies take no room, even when none is left.
+        let (c, room_c) = read_body(Body::from(vec![b'c'; 8 * 1024]), 64 * 1024, timeout, &gate)
+            .await
+            .unwrap();
+        assert_eq!(c.len(), 8 * 1024);
+        assert!(room_c.is_none());
+
+        // No room for another 20,000 bytes: it waits, and is refused at its deadline.
+        let short = Duration::from_millis(50);
+        let e = read_body(Body::from(vec![b'd'; 20_000]), 64 * 1024, short, &gate)
+            .await
+            .unwrap_err();
+        assert_eq!(e, GatewayError::BodiesInFlight { limit: 64 * 1024 });
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), Some("server_busy"));
+        assert!(e.retryable());
+
+        // It goes ahead as soon as enough room is given back.
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { read_body(Body::from(vec![b'e'; 20_000]), 64 * 1024, timeout, &gate).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(room_b);
+        // The room is handed straight to the waiting body.
+        assert_eq!(gate.held_bytes(), (40 + 20) * 1024);
+        let (e, room_e) = waiting.await.unwrap().unwrap();
+        assert_eq!(e.len(), 20_000);
+        assert_eq!(gate.held_bytes(), (40 + 20) * 1024);
+        drop((room_a, room_e));
+        assert_eq!(gate.held_bytes(), 0);
+    }
+
+    /// A body fed chunk by chunk through a channel of one slot, so a send returns only
+    /// once the body's reader has taken the chunk before it.
+    fn fed() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, std::io::Error>(chunk), rx))
+        });
+        (tx, Body::from_stream(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_discarded_body_is_read_to_its_end_or_its_limit() {
+        let within = Duration::from_secs(10);
+        // Read to its end: every chunk is taken, and the drain ends with the body.
+        let (tx, body) = fed();
+        let drained = tokio::spawn(discard_body(body, 10_000, Duration::from_secs(60)));
+        for _ in 0..5 {
+            tx.send(Bytes::from(vec![0u8; 1000])).await.unwrap();
+        }
+        drop(tx);
+        tokio::time::timeout(within, drained)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Past its limit it stops and lets the body go while the sender still has more.
+        let (tx, body) = fed();
+        let drained = tokio::spawn(discard_body(body, 1500, Duration::from_secs(60)));
+        tx.send(Bytes::from(vec![0u8; 1000])).await.unwrap();
+        tx.send(Bytes::from(vec![0u8; 1000])).await.unwrap();
+        tokio::time::timeout(within, drained)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(tx.is_closed(), "the body was dropped once past the limit");
     }
 }

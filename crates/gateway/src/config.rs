@@ -175,6 +175,10 @@ pub struct RawUpstream {
 pub struct RawServer {
     /// Largest request body accepted (default 8 MiB).
     pub max_body_bytes: Option<u64>,
+    /// Most bytes of request bodies over 8 KiB held at once, across all connections
+    /// (default 128 MiB); a body that does not fit waits for room within the body
+    /// timeout, then gets a 503.
+    pub max_body_bytes_in_flight: Option<u64>,
     /// Time allowed for a client to send request headers, also the keep-alive idle
     /// limit between requests (default 30 s).
     pub header_timeout_ms: Option<u64>,
@@ -280,6 +284,8 @@ pub struct Config {
     pub database_url: Option<String>,
     pub upstream: UpstreamConfig,
     pub max_body_bytes: usize,
+    /// See [`RawServer::max_body_bytes_in_flight`]; at least `max_body_bytes`.
+    pub max_body_bytes_in_flight: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -562,6 +568,11 @@ impl TryFrom<RawConfig> for Config {
             raw.server.max_body_bytes,
             8 * 1024 * 1024,
         );
+        let in_flight = positive(
+            "server.max_body_bytes_in_flight",
+            raw.server.max_body_bytes_in_flight,
+            128 * 1024 * 1024,
+        );
         let header_ms = positive(
             "server.header_timeout_ms",
             raw.server.header_timeout_ms,
@@ -652,6 +663,15 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let mut catalog = Catalog::builtin();
+        if in_flight < max_body {
+            errors.push(ConfigError {
+                path: "server.max_body_bytes_in_flight".into(),
+                message: format!(
+                    "{in_flight} is less than server.max_body_bytes ({max_body}): \
+                     a body of the largest size accepted could never be read"
+                ),
+            });
+        }
         match catalog::validate_models(&raw.models, "models") {
             Ok(entries) => catalog.apply(entries),
             Err(model_errors) => errors.extend(model_errors),
@@ -709,6 +729,7 @@ impl TryFrom<RawConfig> for Config {
             database_url: raw.database_url,
             upstream,
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
+            max_body_bytes_in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
             header_timeout: Duration::from_millis(header_ms),
             body_timeout: Duration::from_millis(body_ms),
             shutdown_grace: Duration::from_millis(grace_ms),
@@ -976,6 +997,24 @@ mod tests {
         assert_eq!(c.upstream.api_key, SecretRef::Env("OPENAI_API_KEY".into()));
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(c.data_dir, PathBuf::from("./tollgate-data"));
+    }
+
+    #[test]
+    fn bodies_in_flight_must_hold_the_largest_body() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.max_body_bytes_in_flight, 128 * 1024 * 1024);
+        let e = Config::from_toml_str(
+            "[server]\nmax_body_bytes = 1048576\nmax_body_bytes_in_flight = 1048575\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].path, "server.max_body_bytes_in_flight");
+        assert!(e.0[0].message.contains("less than server.max_body_bytes"));
+        let c = Config::from_toml_str(
+            "[server]\nmax_body_bytes = 1048576\nmax_body_bytes_in_flight = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_body_bytes_in_flight, 1 << 20);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum GatewayError {
     UpstreamTimeout { attempts: u32 },
     #[error("not ready")]
     NotReady { reason: &'static str },
+    /// The request bodies held at once reached `server.max_body_bytes_in_flight`, and
+    /// no room freed up within the body timeout.
+    #[error("too many request bodies in flight")]
+    BodiesInFlight { limit: usize },
     #[error("internal error")]
     Internal,
     /// The key's role may not use this part of the admin API.
@@ -198,7 +202,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady { .. } | Self::BodiesInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -225,6 +229,7 @@ impl GatewayError {
             | Self::Internal
             | Self::InvalidStructuredOutput { .. } => "server_error",
             Self::NotReady { .. }
+            | Self::BodiesInFlight { .. }
             | Self::CredentialUnavailable { .. }
             | Self::LimiterUnavailable
             | Self::UpstreamUnavailable { .. } => "service_unavailable_error",
@@ -250,6 +255,7 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::NotReady { .. } => Some("not_ready"),
+            Self::BodiesInFlight { .. } => Some("server_busy"),
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => {
                 Some("permission_denied")
             }
@@ -298,6 +304,7 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::NotReady { .. } => "not_ready",
+            Self::BodiesInFlight { .. } => "bodies_in_flight",
             Self::Internal => "internal",
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
@@ -322,6 +329,7 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
                 | Self::UpstreamTimeout { .. }
                 | Self::NotReady { .. }
+                | Self::BodiesInFlight { .. }
                 | Self::RateLimited(_)
                 | Self::LimiterUnavailable
                 | Self::UpstreamUnavailable { .. }
@@ -383,6 +391,12 @@ impl GatewayError {
                  for fewer output tokens."
             ),
             Self::NotReady { reason } => format!("The gateway is not ready: {reason}. Retry shortly."),
+            Self::BodiesInFlight { limit } => format!(
+                "The gateway is holding as many large request bodies as it may at once \
+                 ({}, server.max_body_bytes_in_flight) and none finished in time. Retry \
+                 shortly; if this persists, send fewer large requests at once or raise the limit.",
+                bytes_text(*limit)
+            ),
             Self::Internal => "The gateway had an internal error. Retry; if it persists, check the \
                 gateway's logs for this request id."
                 .into(),
@@ -642,6 +656,17 @@ pub fn insert_rate_limit_info(headers: &mut http::HeaderMap, info: &RateLimitInf
         if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
             headers.insert(name, v);
         }
+    }
+}
+
+/// A byte count as a person would write it: `128 MiB`, or `65536 bytes` when it is not
+/// a whole number of MiB.
+fn bytes_text(n: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{n} bytes")
     }
 }
 

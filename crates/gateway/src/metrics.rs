@@ -95,6 +95,11 @@ pub fn render(gw: &Gateway) -> String {
         &[(vec![], gw.usage.queue_depth() as u64)],
     );
     out.gauge(
+        "tollgate_request_body_bytes_in_flight",
+        "Bytes of request bodies over 8 KiB held now (server.max_body_bytes_in_flight bounds them).",
+        &[(vec![], gw.bodies.held_bytes())],
+    );
+    out.gauge(
         "tollgate_usage_queue_capacity",
         "Capacity of the usage record queue.",
         &[(vec![], gw.usage.queue_capacity() as u64)],

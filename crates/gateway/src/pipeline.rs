@@ -160,12 +160,14 @@ async fn stages(
             // keep-alive connection stays usable: an SDK's pooled connection would
             // otherwise be closed under its next request.
             let limit = gw.config.max_body_bytes;
-            let _ = accept::read_body(body, limit, gw.config.body_timeout).await;
+            accept::discard_body(body, limit, gw.config.body_timeout).await;
             return Err(e);
         }
     };
 
-    let body = accept::read_body(body, gw.config.max_body_bytes, gw.config.body_timeout).await?;
+    let (max, timeout) = (gw.config.max_body_bytes, gw.config.body_timeout);
+    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies).await?;
+    guard.hold_body(room);
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
     let rules = gw.limits.models();

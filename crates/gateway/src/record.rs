@@ -222,6 +222,9 @@ pub struct RecordGuard {
     reservation: Option<Reservation>,
     /// Spend reserved from budgets, settled likewise.
     budget: Option<BudgetReservation>,
+    /// The request body's room among the bodies in flight, given back when the
+    /// request is finished (the body is held until then, for retries and fallbacks).
+    body_room: Option<crate::accept::BodyRoom>,
 }
 
 impl RecordGuard {
@@ -232,6 +235,7 @@ impl RecordGuard {
             started: Instant::now(),
             reservation: None,
             budget: None,
+            body_room: None,
         }
     }
 
@@ -245,6 +249,11 @@ impl RecordGuard {
     /// then (pricing the record).
     pub fn hold_budget(&mut self, budget: Option<BudgetReservation>) {
         self.budget = budget;
+    }
+
+    /// Keeps the request body's room (accept stage) until the record is finished.
+    pub fn hold_body(&mut self, room: Option<crate::accept::BodyRoom>) {
+        self.body_room = room;
     }
 
     /// The record being filled in.
@@ -293,6 +302,7 @@ impl RecordGuard {
         if let Some(b) = self.budget.take() {
             b.settle(&mut rec);
         }
+        self.body_room = None;
         self.sink.observe(&rec);
         Some(rec)
     }

@@ -78,6 +78,8 @@ pub struct Gateway {
     pub fallbacks: crate::fallback::Fallbacks,
     /// The response cache (stage 5).
     pub cache: Arc<crate::cache::Cache>,
+    /// Room for large request bodies (`server.max_body_bytes_in_flight`).
+    pub bodies: crate::accept::BodyGate,
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -217,6 +219,7 @@ pub async fn serve(
     let grace = config.shutdown_grace;
     let header_timeout = config.header_timeout;
     let (lanes, adaptive_threshold) = (config.lanes, config.upstream.adaptive_threshold);
+    let bodies = crate::accept::BodyGate::new(config.max_body_bytes_in_flight);
     let gateway = Arc::new(Gateway {
         config,
         keys,
@@ -229,6 +232,7 @@ pub async fn serve(
         lanes: Lanes::new(lanes),
         throttle: Throttle::new(adaptive_threshold),
         schemas: crate::schema::Checked::default(),
+        bodies,
         fallbacks,
         cache,
     });

@@ -667,3 +667,85 @@ async fn a_refused_key_leaves_the_keep_alive_connection_usable() {
     assert!(answer.contains("chat.completion"), "{answer}");
     h.stop().await;
 }
+
+/// The gauge `tollgate_request_body_bytes_in_flight`, scraped over HTTP.
+async fn bodies_in_flight(h: &support::Harness) -> u64 {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tollgate_request_body_bytes_in_flight ")?
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn large_bodies_held_at_once_are_bounded_and_small_ones_pass() {
+    let mut h = start_with(|c| {
+        c.server.max_body_bytes = Some(64 * 1024);
+        c.server.max_body_bytes_in_flight = Some(64 * 1024);
+        c.server.body_timeout_ms = Some(500);
+    })
+    .await;
+    // About 40 KB each: two do not fit in 64 KiB at once.
+    let big = |tag: &str| json!({"model": "gpt-4o-mini", "input": format!("{tag} {}", "word ".repeat(8_000))});
+    let held = tokio::spawn(
+        h.post("/v1/responses", big("held"))
+            .header("x-sim-latency-ms", "5000")
+            .send(),
+    );
+    let holding = eventually(Duration::from_secs(10), || async {
+        bodies_in_flight(&h).await >= 40_000
+    })
+    .await;
+    assert!(holding.is_some(), "the first body never took its room");
+
+    // A second large body waits for room within the body timeout, then gets a 503
+    // that official SDKs retry.
+    let res = h
+        .post("/v1/responses", big("refused"))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 503);
+    assert_eq!(e["error"]["code"], "server_busy");
+    assert_eq!(e["error"]["type"], "service_unavailable_error");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("server.max_body_bytes_in_flight"),
+        "{message}"
+    );
+
+    // A small body needs no room.
+    let small = json!({"model": "gpt-4o-mini", "input": "hi"});
+    let res = h.post("/v1/responses", small).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The held request finishes, gives its room back, and the next large body goes.
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    let given_back = || async { bodies_in_flight(&h).await == 0 };
+    assert!(eventually(Duration::from_secs(10), given_back)
+        .await
+        .is_some());
+    let res = h.post("/v1/responses", big("after")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(eventually(Duration::from_secs(10), given_back)
+        .await
+        .is_some());
+
+    let records = h.stop_and_records().await;
+    let refused: Vec<_> = records.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].error_code.as_deref(), Some("server_busy"));
+    assert_eq!(records.iter().filter(|r| r.status == 200).count(), 3);
+}
