@@ -24,7 +24,17 @@ pub const INLINE_BYTES: usize = 8 * 1024;
 /// (its client disconnected) while the work runs leaves the slot taken until the work
 /// ends, so dropped requests cannot pile up work.
 pub async fn run<T: Send + 'static>(len: usize, work: impl FnOnce() -> T + Send + 'static) -> T {
-    if len <= INLINE_BYTES {
+    run_over(INLINE_BYTES, len, work).await
+}
+
+/// As [`run`], for work so much cheaper per byte than counting tokens that a body of
+/// up to `inline` bytes is worked on by the calling thread.
+pub async fn run_over<T: Send + 'static>(
+    inline: usize,
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if len <= inline {
         return work();
     }
     let Ok(slot) = slots().clone().acquire_owned().await else {

@@ -749,3 +749,41 @@ async fn large_bodies_held_at_once_are_bounded_and_small_ones_pass() {
     assert_eq!(refused[0].error_code.as_deref(), Some("server_busy"));
     assert_eq!(records.iter().filter(|r| r.status == 200).count(), 3);
 }
+
+#[tokio::test]
+async fn a_large_answer_is_accounted_as_a_small_one_is() {
+    let mut h = start().await;
+    // 48 inputs at 3,072 dimensions: an answer of megabytes, read for usage off the
+    // I/O thread. Then one input: read where it is.
+    let inputs: Vec<String> = (0..48).map(|i| format!("document number {i}")).collect();
+    let mut seen = Vec::new();
+    for input in [json!(inputs), json!("one short document")] {
+        let body = json!({"model": "text-embedding-3-large", "input": input});
+        let res = h.post("/v1/embeddings", body).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        seen.push((
+            text.len(),
+            answer["usage"]["prompt_tokens"].as_u64().unwrap(),
+        ));
+    }
+    assert!(
+        seen[0].0 > 1 << 20,
+        "the large answer has {} bytes",
+        seen[0].0
+    );
+    assert!(
+        seen[1].0 < 256 * 1024,
+        "the small answer has {} bytes",
+        seen[1].0
+    );
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 2);
+    for (rec, (_, prompt_tokens)) in records.iter().zip(&seen) {
+        assert_eq!(rec.input_tokens, *prompt_tokens);
+        assert_eq!(rec.total_tokens, *prompt_tokens);
+        assert!(rec.input_tokens > 0);
+        assert_eq!(rec.model_served.as_deref(), Some("text-embedding-3-large"));
+    }
+}
