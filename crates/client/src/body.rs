@@ -16,6 +16,10 @@ use crate::transport::BoxError;
 
 type LiveBody = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
+/// The most a declared `Content-Length` makes [`ByteStream::collect_sized`] set aside
+/// before the bytes arrive; a larger body grows its buffer as it comes.
+pub const TRUSTED_LENGTH: usize = 256 * 1024 * 1024;
+
 /// The body of an answer, chunk by chunk, as the server sent it.
 pub struct ByteStream {
     source: Source,
@@ -75,14 +79,29 @@ impl ByteStream {
     }
 
     /// Reads the rest of the body into one buffer.
-    pub async fn collect(mut self) -> Result<Bytes, Error> {
-        let mut out = BytesMut::new();
+    pub async fn collect(self) -> Result<Bytes, Error> {
+        self.collect_sized(None).await
+    }
+
+    /// Reads the rest of the body into one buffer, made `expected` bytes large up front
+    /// (the answer's `Content-Length`, trusted up to [`TRUSTED_LENGTH`]): a large body
+    /// is then copied once, where growing the buffer as chunks came would copy it about
+    /// twice over and touch twice its size in fresh memory. A body of one chunk is that
+    /// chunk, not copied at all.
+    pub async fn collect_sized(mut self, expected: Option<usize>) -> Result<Bytes, Error> {
+        let Some(first) = self.next().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.next().await.transpose()? else {
+            return Ok(first);
+        };
+        let at_least = first.len() + second.len();
+        let size = expected.unwrap_or(0).min(TRUSTED_LENGTH).max(at_least);
+        let mut out = BytesMut::with_capacity(size);
+        out.extend_from_slice(&first);
+        out.extend_from_slice(&second);
         while let Some(chunk) = self.next().await {
-            let chunk = chunk?;
-            if out.is_empty() && self.done {
-                return Ok(chunk);
-            }
-            out.extend_from_slice(&chunk);
+            out.extend_from_slice(&chunk?);
         }
         Ok(out.freeze())
     }
@@ -158,5 +177,70 @@ impl fmt::Debug for ByteStream {
             .field("attempts", &self.attempts)
             .field("done", &self.done)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(chunks: Vec<&'static [u8]>) -> ByteStream {
+        let items = chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(Bytes::from_static(c)))
+            .collect::<Vec<_>>();
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(60);
+        ByteStream::from_stream(
+            Box::pin(futures_util::stream::iter(items)),
+            now,
+            deadline,
+            1,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_is_collected_whole_and_one_chunk_is_not_copied() {
+        let many = stream_of(vec![b"{\"a\":", b"[1,2,", b"3]", b"}"])
+            .collect()
+            .await;
+        assert_eq!(&many.unwrap()[..], b"{\"a\":[1,2,3]}");
+        // Sized by its declared length, or by what came when that is wrong.
+        for expected in [Some(13), Some(4), Some(1 << 40), None] {
+            let chunks = vec![&b"{\"a\":"[..], b"[1,2,", b"3]", b"}"];
+            let body = stream_of(chunks).collect_sized(expected).await.unwrap();
+            assert_eq!(&body[..], b"{\"a\":[1,2,3]}", "{expected:?}");
+        }
+
+        static ONE: &[u8] = b"{\"only\":true}";
+        let one = stream_of(vec![ONE]).collect().await.unwrap();
+        assert_eq!(
+            one.as_ptr(),
+            ONE.as_ptr(),
+            "the one chunk is handed over as it is"
+        );
+
+        assert!(stream_of(vec![]).collect().await.unwrap().is_empty());
+        let buffered = ByteStream::buffered(Bytes::from_static(ONE), 1, None);
+        assert_eq!(buffered.collect().await.unwrap().as_ptr(), ONE.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_cut_body_is_an_error_not_a_shorter_body() {
+        let items: Vec<Result<Bytes, BoxError>> = vec![
+            Ok(Bytes::from_static(b"{\"a\":")),
+            Err("connection reset".into()),
+        ];
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(60);
+        let s = ByteStream::from_stream(
+            Box::pin(futures_util::stream::iter(items)),
+            now,
+            deadline,
+            1,
+            None,
+        );
+        assert!(matches!(s.collect().await, Err(Error::Stream { .. })));
     }
 }

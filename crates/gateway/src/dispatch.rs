@@ -167,6 +167,12 @@ pub async fn relay(
     rec.status = status.as_u16();
     rec.upstream_request_id = reply.meta.request_id.take();
     rec.attempts = reply.attempts();
+    // The answer's declared length (not relayed: the caller's is set anew).
+    let declared: Option<usize> = reply
+        .meta
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let mut headers = relay_headers(std::mem::take(&mut reply.meta.headers), own_limits);
     for (name, value) in &preflight.headers {
         headers.insert(name.clone(), value.clone());
@@ -182,7 +188,7 @@ pub async fn relay(
         return answer(status, headers, body);
     }
     guard.mark_first_byte();
-    let bytes = match reply.body.collect().await {
+    let bytes = match reply.body.collect_sized(declared).await {
         Ok(b) => b,
         Err(e) => {
             let rec = guard.record();
