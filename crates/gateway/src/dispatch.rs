@@ -209,7 +209,7 @@ pub async fn relay(
     let observed = {
         let (len, bytes) = (bytes.len(), bytes.clone());
         let read = move || account::from_json_body(endpoint, &bytes);
-        crate::offload::run_over(ANSWER_INLINE_BYTES, len, read).await
+        crate::offload::run_over(crate::offload::JSON_INLINE_BYTES, len, read).await
     };
     observed.apply(guard.record());
     if !status.is_success() {
@@ -218,12 +218,6 @@ pub async fn relay(
     guard.finish().await;
     answer(status, headers, Body::from(bytes))
 }
-
-/// Answers of up to this many bytes are read for usage on the I/O thread (a quarter
-/// millisecond or so of JSON); a larger one, such as the embeddings of many inputs
-/// (about 60 KB of JSON per input at 3,072 dimensions, 125 MB for 2,048 inputs), on
-/// the blocking pool, so the thread's other callers do not wait for it.
-const ANSWER_INLINE_BYTES: usize = 256 * 1024;
 
 /// The caller's response: the upstream's status, the relayed headers moved in as they
 /// are (not re-inserted one by one into a new map) and the body.

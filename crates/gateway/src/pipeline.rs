@@ -43,7 +43,7 @@ use crate::record::RecordGuard;
 use crate::server::{self, Gateway};
 use crate::{
     accept, admit, authenticate, cache, caps, context, dispatch, fallback, lanes, moderate,
-    preflight, schema,
+    offload, preflight, schema,
 };
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -171,12 +171,21 @@ async fn stages(
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
     let rules = gw.limits.models();
-    let preflight =
-        preflight::run(endpoint, body, model_in_path, &rules, &principal).inspect_err(|e| {
-            if let GatewayError::ModelNotFound { model, .. } = e {
-                guard.record().model_requested = Some(model.clone());
-            }
-        })?;
+    let preflight = if body.len() <= offload::JSON_INLINE_BYTES {
+        preflight::run(endpoint, body, model_in_path, &rules, &principal)
+    } else {
+        // A large body is parsed off the I/O thread (see offload).
+        let (len, model_in_path) = (body.len(), model_in_path.map(str::to_owned));
+        let principal = principal.clone();
+        let parse =
+            move || preflight::run(endpoint, body, model_in_path.as_deref(), &rules, &principal);
+        offload::run_over(offload::JSON_INLINE_BYTES, len, parse).await
+    };
+    let preflight = preflight.inspect_err(|e| {
+        if let GatewayError::ModelNotFound { model, .. } = e {
+            guard.record().model_requested = Some(model.clone());
+        }
+    })?;
     let rec = guard.record();
     rec.model_requested = preflight.model_requested().map(str::to_owned);
     rec.streamed = preflight.stream;

@@ -787,3 +787,51 @@ async fn a_large_answer_is_accounted_as_a_small_one_is() {
         assert_eq!(rec.model_served.as_deref(), Some("text-embedding-3-large"));
     }
 }
+
+#[tokio::test]
+async fn a_large_request_is_read_as_a_small_one_is() {
+    let mut h = start().await;
+    // Over 256 KiB: parsed off the I/O thread. The same checks, the same answers.
+    let filler = "lorem ipsum ".repeat(30_000);
+    let ok = json!({"model": "gpt-4o-mini", "input": filler});
+    let res = h.post("/v1/responses", ok).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    let unknown = json!({"model": "gpt-nonexistent", "input": filler});
+    let res = h.post("/v1/responses", unknown).send().await.unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["code"], "model_not_found");
+
+    let broken = format!("{{\"model\": \"gpt-4o-mini\", \"input\": \"{filler}\"");
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(&h.key)
+        .header("content-type", "application/json")
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("line 1 column"));
+
+    let records = h.stop_and_records().await;
+    let models: Vec<_> = records
+        .iter()
+        .map(|r| (r.status, r.model_requested.as_deref()))
+        .collect();
+    assert_eq!(
+        models,
+        [
+            (200, Some("gpt-4o-mini")),
+            (404, Some("gpt-nonexistent")),
+            (400, None)
+        ]
+    );
+}
