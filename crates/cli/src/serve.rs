@@ -50,6 +50,9 @@ const DEMO_ENV: &str = "dev";
 const DEMO_KEY_FILE: &str = "demo-key";
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some((from, to)) = raise_open_files_limit() {
+        tracing::info!(from, to, "raised the open-file limit to its hard limit");
+    }
     let mut raw = match &args.state.config {
         Some(path) => state::read_config(path)?,
         None => RawConfig::default(),
@@ -229,4 +232,37 @@ Or from Python (pip install openai):
 
 Usage so far: tollgate usage --data-dir {data_dir}. Stop with Ctrl-C."#
     );
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do: each caller's connection takes a descriptor and each
+/// upstream connection another, and the soft limit most systems start a process with
+/// (1,024) would have the gateway refuse connections at about a thousand callers while
+/// the hard limit allows far more. Returns the limits before and after when it raised
+/// it; an unlimited hard limit raises it to 1,048,576 (Linux's usual `nr_open`).
+#[cfg(unix)]
+fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current?;
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if soft >= target {
+        return None;
+    }
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => Some((soft, target)),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, "could not raise the open-file limit");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() -> Option<(u64, u64)> {
+    None
 }

@@ -124,3 +124,42 @@ fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
         .sum();
     assert_eq!(requests, 2, "{rows}");
 }
+
+/// `serve` started with a low soft limit on open files raises it to the hard limit, so
+/// a busy gateway is not held to about a thousand connections.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -Sn 256 && exec "$0" serve --demo --listen 127.0.0.1:0 --data-dir "$1""#)
+        .arg(bin())
+        .arg(dir.path())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("TOLLGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("listening on http://"), "{first:?}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  SOFT  HARD  files"
+    let (soft, hard) = (fields[3], fields[4]);
+    let soft: u64 = soft.parse().unwrap();
+    assert!(soft > 256, "{line}");
+    match hard {
+        "unlimited" => assert_eq!(soft, 1 << 20, "{line}"),
+        hard => assert_eq!(soft, hard.parse::<u64>().unwrap(), "{line}"),
+    }
+}
