@@ -310,20 +310,6 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, got)
 }
 
-async fn metric(h: &Harness, line: &str) -> Option<u64> {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn the_soft_threshold_is_announced_once_per_period() {
     let (url, hooks) = webhook().await;
@@ -347,7 +333,9 @@ async fn the_soft_threshold_is_announced_once_per_period() {
         calls += 1;
     }
     let announced = eventually(Duration::from_secs(10), || async {
-        metric(&h, "tollgate_budget_soft_threshold_total{period=\"day\"}").await == Some(1)
+        h.metric("tollgate_budget_soft_threshold_total{period=\"day\"}")
+            .await
+            == Some(1)
     })
     .await;
     assert!(announced.is_some(), "no soft-threshold notice within 10 s");
@@ -372,11 +360,13 @@ async fn the_soft_threshold_is_announced_once_per_period() {
         .unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        metric(&h, "tollgate_budget_soft_threshold_total{period=\"day\"}").await,
+        h.metric("tollgate_budget_soft_threshold_total{period=\"day\"}")
+            .await,
         Some(1)
     );
     assert_eq!(
-        metric(&h, "tollgate_budget_soft_threshold_total{period=\"month\"}").await,
+        h.metric("tollgate_budget_soft_threshold_total{period=\"month\"}")
+            .await,
         Some(0)
     );
     let hooks = hooks.lock().clone();

@@ -247,15 +247,7 @@ async fn the_bounds_evict_the_least_recently_used_and_skip_large_answers() {
         Some("miss")
     );
     assert_eq!(upstream_calls(&h, path).await, 4);
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("tollgate_cache_evictions_total 2"),
         "{metrics}"

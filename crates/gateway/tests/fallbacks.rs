@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{eventually, sim_calls, sim_clear_faults, sim_fault, spawn_sim, Harness};
+use support::{eventually, sim_calls, sim_clear_faults, sim_fault, spawn_sim};
 use tollgate_gateway::config::RawConfig;
 use tollgate_gateway::fallback_config::{RawNamedUpstream, RawTarget};
 use tollgate_gateway::Config;
@@ -64,22 +64,6 @@ fn served_by(res: &reqwest::Response) -> String {
         .get("x-tollgate-served-by")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
-}
-
-async fn metric(h: &Harness, line_start: &str) -> Option<u64> {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -309,7 +293,7 @@ async fn the_breaker_opens_after_n_failures_skips_the_upstream_and_a_probe_close
     }
     assert_eq!(sim_calls(&h.sim), 2);
     let open = "tollgate_upstream_breaker_open{upstream=\"primary\"}";
-    assert_eq!(metric(&h, open).await, Some(1));
+    assert_eq!(h.metric(open).await, Some(1));
 
     // Open: the primary is skipped without a call.
     let res = h
@@ -333,10 +317,10 @@ async fn the_breaker_opens_after_n_failures_skips_the_upstream_and_a_probe_close
     })
     .await;
     assert!(closed.is_some(), "the circuit never closed");
-    assert_eq!(metric(&h, open).await, Some(0));
+    assert_eq!(h.metric(open).await, Some(0));
     let closes =
         "tollgate_upstream_breaker_transitions_total{upstream=\"primary\",state=\"closed\"}";
-    assert_eq!(metric(&h, closes).await, Some(1));
+    assert_eq!(h.metric(closes).await, Some(1));
     assert_eq!(sim_calls(&h.sim), 3, "exactly one probe");
     let recs = h.stop_and_records().await;
     assert_eq!(recs[2].fallbacks, 1, "a skipped target counts");

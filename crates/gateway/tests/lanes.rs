@@ -45,18 +45,9 @@ async fn set_project_rpm(h: &Harness, rpm: u64) {
 }
 
 async fn metric(h: &Harness, name: &str) -> u64 {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
+    h.metric(name)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Sends one request in `lane` (None: no header); returns its status and latency.

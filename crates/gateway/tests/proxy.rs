@@ -670,21 +670,8 @@ async fn a_refused_key_leaves_the_keep_alive_connection_usable() {
 
 /// The gauge `tollgate_request_body_bytes_in_flight`, scraped over HTTP.
 async fn bodies_in_flight(h: &support::Harness) -> u64 {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
+    h.metric("tollgate_request_body_bytes_in_flight")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("tollgate_request_body_bytes_in_flight ")?
-                .parse()
-                .ok()
-        })
         .unwrap()
 }
 

@@ -85,6 +85,24 @@ pub async fn start_with_sim(sim: SimConfig, tweak: impl FnOnce(&mut RawConfig)) 
 }
 
 impl Harness {
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let res = self.http.get(self.url("/metrics")).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
+    /// The value of the sample named `sample` (its labels included) on `/metrics`.
+    pub async fn metric(&self, sample: &str) -> Option<u64> {
+        let text = self.metrics().await;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
