@@ -450,15 +450,7 @@ async fn output_caps_clamp_refuse_default_and_bound_the_temperature() {
 
     // Above the cap: clamped, every other member as sent.
     let sent = r#"{"model":"gpt-4o","input":"Tell me a story","max_output_tokens":500,"metadata":{"a":"1.50"}}"#;
-    let res = h
-        .http
-        .post(h.url("/v1/responses"))
-        .bearer_auth(&h.key)
-        .header("content-type", "application/json")
-        .body(sent)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_raw("/v1/responses", sent).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     assert!(v["usage"]["output_tokens"].as_u64().unwrap() <= 20);

@@ -177,11 +177,7 @@ async fn unknown_paths_bad_json_and_big_bodies_are_refused_in_openai_shape() {
     assert_eq!(e["error"]["message"], "Invalid URL (GET /v1/files)");
 
     let res = h
-        .http
-        .post(h.url("/v1/chat/completions"))
-        .bearer_auth(&h.key)
-        .header("content-type", "application/json")
-        .body("{\"model\": ")
+        .post_raw("/v1/chat/completions", "{\"model\": ")
         .send()
         .await
         .unwrap();
@@ -205,15 +201,7 @@ async fn unknown_paths_bad_json_and_big_bodies_are_refused_in_openai_shape() {
 async fn unknown_fields_reach_the_upstream_byte_for_byte() {
     let h = start().await;
     let raw = r#"{"model":"gpt-4o-mini","input":"hi","metadata":{"a":"b"},"store":false,  "prompt_cache_key":"k1"}"#;
-    let res = h
-        .http
-        .post(h.url("/v1/responses"))
-        .bearer_auth(&h.key)
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_raw("/v1/responses", raw).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let seen = h.sim_requests().await;
     assert_eq!(seen[0]["body"], serde_json::from_str::<Value>(raw).unwrap());
@@ -791,15 +779,7 @@ async fn a_large_request_is_read_as_a_small_one_is() {
     assert_eq!(e["error"]["code"], "model_not_found");
 
     let broken = format!("{{\"model\": \"gpt-4o-mini\", \"input\": \"{filler}\"");
-    let res = h
-        .http
-        .post(h.url("/v1/responses"))
-        .bearer_auth(&h.key)
-        .header("content-type", "application/json")
-        .body(broken)
-        .send()
-        .await
-        .unwrap();
+    let res = h.post_raw("/v1/responses", broken).send().await.unwrap();
     let (status, e) = error_of(res).await;
     assert_eq!(status, 400);
     assert_eq!(e["error"]["type"], "invalid_request_error");

@@ -114,6 +114,15 @@ impl Harness {
             .json(&body)
     }
 
+    /// A POST of `body` exactly as given (not re-serialised), as JSON, with the key.
+    pub fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
     /// Mints another key in the harness's project.
     pub async fn mint(&self, env: &str, role: Role) -> (String, String) {
         let m = keys::mint("shop", env, role, None, now_ms());
