@@ -94,8 +94,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
-    let config =
+    let cap_set = raw.server.max_connections.is_some();
+    let mut config =
         Config::try_from(raw).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    if let Some(files) = open_files_limit() {
+        let fitted = connections_within(config.max_connections, files);
+        if fitted < config.max_connections {
+            // A cap someone chose is worth a warning; the default fitted is not.
+            let (configured, open_files) = (config.max_connections, files);
+            let message = "server.max_connections lowered to fit the open-file limit (raise \
+                           it with `ulimit -Hn` or LimitNOFILE=)";
+            if cap_set {
+                tracing::warn!(configured, open_files, lowered_to = fitted, "{message}");
+            } else {
+                tracing::info!(configured, open_files, lowered_to = fitted, "{message}");
+            }
+            config.max_connections = fitted;
+        }
+    }
     let provider_key = match &demo {
         Some((_, key)) => key.clone(),
         None => resolve_provider_key(&config.upstream.api_key)?,
@@ -265,4 +281,43 @@ fn raise_open_files_limit() -> Option<(u64, u64)> {
 #[cfg(not(unix))]
 fn raise_open_files_limit() -> Option<(u64, u64)> {
     None
+}
+
+/// The soft limit on open files, if there is one.
+#[cfg(unix)]
+fn open_files_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[cfg(not(unix))]
+fn open_files_limit() -> Option<u64> {
+    None
+}
+
+/// Descriptors kept aside from client and upstream connections: the store's files, the
+/// listener, Redis, the blocking pool's files, an upstream pool's idle connections.
+const RESERVED_FILES: u64 = 256;
+
+/// The most client connections that fit `open_files` descriptors: each caller's
+/// connection takes one and its call's upstream connection another, so `cap` is
+/// lowered to half of what the reserve leaves (at least one).
+fn connections_within(cap: usize, open_files: u64) -> usize {
+    let fit = open_files.saturating_sub(RESERVED_FILES) / 2;
+    cap.min(usize::try_from(fit).unwrap_or(usize::MAX)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_lowered_to_fit_the_open_file_limit() {
+        // Plenty of descriptors: the configured cap stands.
+        assert_eq!(connections_within(10_000, 1 << 20), 10_000);
+        // 1,024: a caller and its upstream call take two each, beside the reserve.
+        assert_eq!(connections_within(10_000, 1_024), 384);
+        assert_eq!(connections_within(100, 1_024), 100);
+        // Too few to fit any: still one, so the gateway serves.
+        assert_eq!(connections_within(10_000, 100), 1);
+    }
 }

@@ -128,14 +128,16 @@ fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
 /// `serve` started with a low soft limit on open files raises it to the hard limit, so
 /// a busy gateway is not held to about a thousand connections.
 #[cfg(target_os = "linux")]
-#[test]
-fn serve_raises_the_open_file_limit_to_the_hard_limit() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `serve --demo` in `data` after the shell commands `limits` (`ulimit …`);
+/// returns the child and its address.
+fn start_demo_under(limits: &str, data: &Path) -> (Child, String) {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -Sn 256 && exec "$0" serve --demo --listen 127.0.0.1:0 --data-dir "$1""#)
+        .arg(format!(
+            r#"{limits} && exec "$0" serve --demo --listen 127.0.0.1:0 --data-dir "$1""#
+        ))
         .arg(bin())
-        .arg(dir.path())
+        .arg(data)
         .env_remove("OPENAI_API_KEY")
         .env_remove("TOLLGATE_CONFIG")
         .stdout(Stdio::piped())
@@ -145,7 +147,19 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    assert!(first.starts_with("listening on http://"), "{first:?}");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, addr)
+}
+
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = start_demo_under("ulimit -Sn 256", dir.path());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -162,4 +176,32 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
         "unlimited" => assert_eq!(soft, 1 << 20, "{line}"),
         hard => assert_eq!(soft, hard.parse::<u64>().unwrap(), "{line}"),
     }
+}
+
+#[test]
+fn serve_fits_its_connection_cap_to_a_low_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // A hard limit of 1,024 cannot be raised: 10,000 connections (and their upstream
+    // calls) would not fit, so the cap is lowered to what does.
+    let (child, addr) = start_demo_under("ulimit -Sn 1024 && ulimit -Hn 1024", dir.path());
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    interrupt(child);
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .trim()
+            .to_owned()
+    };
+    // (1,024 - 256 kept aside) / 2.
+    assert_eq!(sample("tollgate_connections_max"), "384");
+    assert_eq!(sample("tollgate_connections_open"), "1", "the scrape's own");
 }

@@ -25,6 +25,10 @@ use crate::secret::SecretRef;
 /// several servers may share.
 const DATABASE_SCHEMES: &[&str] = &["sqlite:", "postgres://", "postgresql://"];
 
+/// `server.max_connections` when unset: a few hundred megabytes of connection buffers
+/// at most, and far below the open-file limit `tollgate serve` raises itself to.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+
 /// `tollgate.toml` as written. Every field is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +183,9 @@ pub struct RawServer {
     /// (default 128 MiB); a body that does not fit waits for room within the body
     /// timeout, then gets a 503.
     pub max_body_bytes_in_flight: Option<u64>,
+    /// Most client connections open at once (default 10,000); at the cap, new
+    /// connections wait in the listen queue until one closes.
+    pub max_connections: Option<u64>,
     /// Time allowed for a client to send request headers, also the keep-alive idle
     /// limit between requests (default 30 s).
     pub header_timeout_ms: Option<u64>,
@@ -286,6 +293,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// See [`RawServer::max_body_bytes_in_flight`]; at least `max_body_bytes`.
     pub max_body_bytes_in_flight: usize,
+    /// See [`RawServer::max_connections`].
+    pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -573,6 +582,11 @@ impl TryFrom<RawConfig> for Config {
             raw.server.max_body_bytes_in_flight,
             128 * 1024 * 1024,
         );
+        let max_connections = positive(
+            "server.max_connections",
+            raw.server.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        );
         let header_ms = positive(
             "server.header_timeout_ms",
             raw.server.header_timeout_ms,
@@ -730,6 +744,7 @@ impl TryFrom<RawConfig> for Config {
             upstream,
             max_body_bytes: usize::try_from(max_body).unwrap_or(usize::MAX),
             max_body_bytes_in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             header_timeout: Duration::from_millis(header_ms),
             body_timeout: Duration::from_millis(body_ms),
             shutdown_grace: Duration::from_millis(grace_ms),
@@ -997,6 +1012,22 @@ mod tests {
         assert_eq!(c.upstream.api_key, SecretRef::Env("OPENAI_API_KEY".into()));
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(c.data_dir, PathBuf::from("./tollgate-data"));
+    }
+
+    #[test]
+    fn connections_are_capped_at_a_positive_number() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.max_connections, 10_000);
+        let c = Config::from_toml_str("[server]\nmax_connections = 64\n").unwrap();
+        assert_eq!(c.max_connections, 64);
+        let e = Config::from_toml_str("[server]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].path, "server.max_connections");
+        assert!(
+            e.0[0].message.contains("greater than 0"),
+            "{}",
+            e.0[0].message
+        );
     }
 
     #[test]

@@ -99,6 +99,22 @@ pub fn render(gw: &Gateway) -> String {
         "Bytes of request bodies over 8 KiB held now (server.max_body_bytes_in_flight bounds them).",
         &[(vec![], gw.bodies.held_bytes())],
     );
+    let connections = &gw.connections;
+    out.gauge(
+        "tollgate_connections_open",
+        "Client connections open now.",
+        &[(vec![], connections.open() as u64)],
+    );
+    out.gauge(
+        "tollgate_connections_max",
+        "The most client connections open at once (server.max_connections).",
+        &[(vec![], connections.cap() as u64)],
+    );
+    out.counter(
+        "tollgate_connection_limit_waits_total",
+        "Times server.max_connections was reached and new connections waited for one to close.",
+        &[(vec![], connections.waits_total())],
+    );
     out.gauge(
         "tollgate_usage_queue_capacity",
         "Capacity of the usage record queue.",

@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tollgate_store::Store;
 
@@ -80,6 +80,53 @@ pub struct Gateway {
     pub cache: Arc<crate::cache::Cache>,
     /// Room for large request bodies (`server.max_body_bytes_in_flight`).
     pub bodies: crate::accept::BodyGate,
+    /// Client connections open, and their cap (`server.max_connections`).
+    pub connections: Arc<Connections>,
+}
+
+/// Client connections open at once, bounded by `server.max_connections`: the acceptor
+/// takes a slot before it accepts a connection, and the connection gives it back when
+/// it closes. At the cap, new connections wait in the kernel's listen queue, holding
+/// none of tollgate's file descriptors or memory, until one closes.
+#[derive(Debug)]
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    cap: usize,
+    /// Connections open on each I/O thread (the acceptor hands a new one to the thread
+    /// with the fewest).
+    open: Vec<Arc<AtomicUsize>>,
+    /// Times the acceptor found every slot taken.
+    waits: AtomicU64,
+}
+
+impl Connections {
+    /// `cap` slots (at least one), counted over `threads` I/O threads.
+    pub fn new(cap: usize, threads: usize) -> Self {
+        let cap = cap.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            open: (0..threads)
+                .map(|_| Arc::new(AtomicUsize::new(0)))
+                .collect(),
+            waits: AtomicU64::new(0),
+        }
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.open.iter().map(|o| o.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The most that may be open at once.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Times the acceptor found the cap reached and waited for a connection to close.
+    pub fn waits_total(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts of what a finished server did, for logs and tests.
@@ -220,6 +267,7 @@ pub async fn serve(
     let header_timeout = config.header_timeout;
     let (lanes, adaptive_threshold) = (config.lanes, config.upstream.adaptive_threshold);
     let bodies = crate::accept::BodyGate::new(config.max_body_bytes_in_flight);
+    let connections = Arc::new(Connections::new(config.max_connections, io_threads()));
     let gateway = Arc::new(Gateway {
         config,
         keys,
@@ -233,18 +281,22 @@ pub async fn serve(
         throttle: Throttle::new(adaptive_threshold),
         schemas: crate::schema::Checked::default(),
         bodies,
+        connections: connections.clone(),
         fallbacks,
         cache,
     });
 
     let app = router(gateway.clone());
-    let threads = (0..io_threads())
-        .map(|i| spawn_io_thread(i, app.clone(), gateway.clone(), header_timeout, grace))
+    let threads = (connections.open.iter().enumerate())
+        .map(|(i, open)| {
+            let gateway = gateway.clone();
+            spawn_io_thread(i, open, app.clone(), gateway, header_timeout, grace)
+        })
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(crate::StartError::Threads)?;
     // Only the I/O threads hold the gateway now: its usage sink closes with the last.
     drop((app, gateway));
-    accept(listener, threads, shutdown).await;
+    accept(listener, threads, &connections, shutdown).await;
 
     let _ = stop_tx.send(true);
     let _ = watcher.await;
@@ -282,8 +334,17 @@ fn io_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// A connection handed from the acceptor to an I/O thread, counted from the hand-off.
-type Accepted = (std::net::TcpStream, SocketAddr, OpenGuard);
+/// A connection handed from the acceptor to an I/O thread, counted on the thread from
+/// the hand-off, with its slot among `server.max_connections`.
+type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    OpenGuard,
+    OwnedSemaphorePermit,
+);
+
+/// How often, at most, reaching `server.max_connections` is logged.
+const CAP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The acceptor's handle on one I/O thread.
 struct IoThread {
@@ -296,15 +357,40 @@ struct IoThread {
 
 /// Accepts on the caller's runtime and hands each connection to the I/O thread with
 /// the fewest open ones (the kernel would wake every thread's accept for each
-/// connection and give most of them to one thread); on `shutdown`, stops accepting
-/// and waits for every thread's graceful shutdown.
+/// connection and give most of them to one thread); takes a slot among
+/// `server.max_connections` before each accept, waiting at the cap for a connection to
+/// close; on `shutdown`, stops accepting and waits for every thread's graceful
+/// shutdown.
 async fn accept(
     listener: TcpListener,
     threads: Vec<IoThread>,
+    connections: &Connections,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
+    let mut warned: Option<std::time::Instant> = None;
     loop {
+        let slot = match connections.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                connections.waits.fetch_add(1, Ordering::Relaxed);
+                if warned.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = connections.cap,
+                        "connection limit reached (server.max_connections): new connections \
+                         wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    slot = connections.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -322,7 +408,7 @@ async fn accept(
         };
         match stream.into_std() {
             Ok(stream) => {
-                let _ = threads[i].tx.send((stream, peer, counted));
+                let _ = threads[i].tx.send((stream, peer, counted, slot));
             }
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
         }
@@ -337,13 +423,14 @@ async fn accept(
 
 fn spawn_io_thread(
     i: usize,
+    open: &Arc<AtomicUsize>,
     app: Router,
     gateway: Arc<Gateway>,
     header_timeout: std::time::Duration,
     grace: std::time::Duration,
 ) -> std::io::Result<IoThread> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = open.clone();
     let (done_tx, done) = oneshot::channel::<()>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -407,7 +494,7 @@ async fn serve_connections(
     // connection (opened for a request that went over another one) for a long time.
     let (stopping_tx, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
-    while let Some((stream, peer, counted)) = rx.recv().await {
+    while let Some((stream, peer, counted, slot)) = rx.recv().await {
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -439,7 +526,7 @@ async fn serve_connections(
         let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
         connections.spawn(async move {
-            let _counted = counted;
+            let _counted = (counted, slot);
             // Protocol detection waits for the first bytes without a timer of its own,
             // so a connection that never speaks is closed here (after the header
             // timeout, or at once on shutdown); after the first request hyper's header

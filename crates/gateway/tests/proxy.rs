@@ -481,6 +481,66 @@ async fn idle_and_slow_header_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_with(|c| c.server.max_connections = Some(2)).await;
+    // Reads one answer to a GET of a short body on a kept-alive connection.
+    async fn one_answer(conn: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("\"status\":\"ok\"}") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+    const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Two kept-alive connections, each served once: both slots are taken.
+    let mut first = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    first.write_all(HEALTH).await.unwrap();
+    assert!(one_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    second.write_all(HEALTH).await.unwrap();
+    assert!(one_answer(&mut second).await.starts_with("HTTP/1.1 200"));
+
+    // A third is let into the kernel's queue, not served while both are open.
+    let mut third = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    third
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond the cap: {early:?}");
+
+    // The first closes: the third is served, and the scrape shows the cap and the wait.
+    drop(first);
+    let mut metrics = String::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_string(&mut metrics))
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let sample = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(sample("tollgate_connections_max"), 2);
+    assert_eq!(
+        sample("tollgate_connections_open"),
+        2,
+        "the second and the third"
+    );
+    assert!(sample("tollgate_connection_limit_waits_total") >= 1);
+    // The second, still open, is still served.
+    second.write_all(HEALTH).await.unwrap();
+    assert!(one_answer(&mut second).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
 async fn a_mixed_run_leaves_exactly_one_record_per_request_with_its_tokens() {
     let mut h = start().await;
     // Plain.
