@@ -183,8 +183,9 @@ pub struct RawServer {
     /// (default 128 MiB); a body that does not fit waits for room within the body
     /// timeout, then gets a 503.
     pub max_body_bytes_in_flight: Option<u64>,
-    /// Most client connections open at once (default 10,000); at the cap, new
-    /// connections wait in the listen queue until one closes.
+    /// Most client connections open at once (default 10,000); at the cap, the oldest
+    /// are asked to close (each once its call in flight is answered) and new ones wait
+    /// until they do.
     pub max_connections: Option<u64>,
     /// Time allowed for a client to send request headers, also the keep-alive idle
     /// limit between requests (default 30 s).

@@ -115,6 +115,11 @@ pub fn render(gw: &Gateway) -> String {
         "Times server.max_connections was reached and new connections waited for one to close.",
         &[(vec![], connections.waits_total())],
     );
+    out.counter(
+        "tollgate_connections_drained_total",
+        "Connections asked to close (at once if idle, else after their call) to make room under server.max_connections.",
+        &[(vec![], connections.drained_total())],
+    );
     out.gauge(
         "tollgate_usage_queue_capacity",
         "Capacity of the usage record queue.",

@@ -21,6 +21,7 @@
 //! them as disconnected); stop the key and rate-limit watchers; drop the last usage senders and wait
 //! for the writer to flush every queued record; send the settlements still owed to Redis.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +36,6 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -84,10 +84,14 @@ pub struct Gateway {
     pub connections: Arc<Connections>,
 }
 
-/// Client connections open at once, bounded by `server.max_connections`: the acceptor
-/// takes a slot before it accepts a connection, and the connection gives it back when
-/// it closes. At the cap, new connections wait in the kernel's listen queue, holding
-/// none of tollgate's file descriptors or memory, until one closes.
+/// Client connections open at once, bounded by `server.max_connections`: each
+/// accepted connection takes a slot, and gives it back when it closes. At the cap, the
+/// acceptor holds the connection it accepted and accepts no other (the rest wait in the
+/// kernel's listen queue, holding none of tollgate's descriptors or memory), and the
+/// oldest open connections are
+/// asked to close (as nginx does with its kept-alive ones when it runs short): an idle
+/// one closes at once, a busy one once its request in flight is answered, so no call
+/// is cut and the waiting ones get in.
 #[derive(Debug)]
 pub struct Connections {
     slots: Arc<Semaphore>,
@@ -97,6 +101,8 @@ pub struct Connections {
     open: Vec<Arc<AtomicUsize>>,
     /// Times the acceptor found every slot taken.
     waits: AtomicU64,
+    /// Connections asked to close to make room.
+    drained: AtomicU64,
 }
 
 impl Connections {
@@ -110,7 +116,19 @@ impl Connections {
                 .map(|_| Arc::new(AtomicUsize::new(0)))
                 .collect(),
             waits: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
         }
+    }
+
+    /// Connections asked to close because the cap was reached.
+    pub fn drained_total(&self) -> u64 {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// How many of the oldest connections to ask to close each time the cap is
+    /// reached: an eighth of the cap, at least one and at most 32 (nginx's figures).
+    fn drain_batch(&self) -> usize {
+        (self.cap / 8).clamp(1, 32)
     }
 
     /// Client connections open now.
@@ -346,9 +364,21 @@ type Accepted = (
 /// How often, at most, reaching `server.max_connections` is logged.
 const CAP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long the acceptor waits at the cap before asking more connections to close
+/// (those asked were all busy with long calls).
+const DRAIN_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the acceptor sends an I/O thread.
+enum ToThread {
+    /// A new connection to serve.
+    Serve(Accepted),
+    /// Ask this many of the thread's oldest connections to close.
+    Drain(usize),
+}
+
 /// The acceptor's handle on one I/O thread.
 struct IoThread {
-    tx: mpsc::UnboundedSender<Accepted>,
+    tx: mpsc::UnboundedSender<ToThread>,
     /// Connections the thread has open, to hand each new one to the least busy.
     open: Arc<AtomicUsize>,
     /// Resolves (with an error) when the thread has shut down.
@@ -357,10 +387,10 @@ struct IoThread {
 
 /// Accepts on the caller's runtime and hands each connection to the I/O thread with
 /// the fewest open ones (the kernel would wake every thread's accept for each
-/// connection and give most of them to one thread); takes a slot among
-/// `server.max_connections` before each accept, waiting at the cap for a connection to
-/// close; on `shutdown`, stops accepting and waits for every thread's graceful
-/// shutdown.
+/// connection and give most of them to one thread), each with a slot among
+/// `server.max_connections` (at the cap, the connection accepted waits, and the oldest
+/// open ones are asked to close, until one does); on `shutdown`, stops accepting and
+/// waits for every thread's graceful shutdown.
 async fn accept(
     listener: TcpListener,
     threads: Vec<IoThread>,
@@ -369,28 +399,7 @@ async fn accept(
 ) {
     tokio::pin!(shutdown);
     let mut warned: Option<std::time::Instant> = None;
-    loop {
-        let slot = match connections.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                connections.waits.fetch_add(1, Ordering::Relaxed);
-                if warned.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
-                    warned = Some(std::time::Instant::now());
-                    tracing::warn!(
-                        max_connections = connections.cap,
-                        "connection limit reached (server.max_connections): new connections \
-                         wait until one closes"
-                    );
-                }
-                tokio::select! {
-                    slot = connections.slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
-        };
+    'accepting: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -403,12 +412,41 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
+        // Its slot, taken once it is there (so room is made only for a connection
+        // that came): while it waits for one, no other is accepted.
+        let slot = match connections.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                connections.waits.fetch_add(1, Ordering::Relaxed);
+                if warned.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = connections.cap,
+                        "connection limit reached (server.max_connections): the oldest \
+                         connections are asked to close, new ones wait until they do"
+                    );
+                }
+                loop {
+                    drain_oldest(&threads, connections.drain_batch());
+                    tokio::select! {
+                        slot = connections.slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => break slot,
+                            Err(_) => break 'accepting,
+                        },
+                        () = tokio::time::sleep(DRAIN_AGAIN) => {}
+                        () = &mut shutdown => break 'accepting,
+                    }
+                }
+            }
+        };
         let Some((i, counted)) = hand_off(threads.iter().map(|t| &t.open)) else {
             break;
         };
         match stream.into_std() {
             Ok(stream) => {
-                let _ = threads[i].tx.send((stream, peer, counted, slot));
+                let _ = threads[i]
+                    .tx
+                    .send(ToThread::Serve((stream, peer, counted, slot)));
             }
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
         }
@@ -418,6 +456,31 @@ async fn accept(
     let done: Vec<_> = threads.into_iter().map(|t| t.done).collect();
     for d in done {
         let _ = d.await;
+    }
+}
+
+/// Asks `n` connections to close, taken from the threads with the most open (the
+/// first of equals), each thread's oldest first.
+fn drain_oldest(threads: &[IoThread], n: usize) {
+    let mut open: Vec<usize> = threads
+        .iter()
+        .map(|t| t.open.load(Ordering::Relaxed))
+        .collect();
+    let mut asked = vec![0; threads.len()];
+    for _ in 0..n {
+        let Some(most) = (0..open.len()).rev().max_by_key(|&i| open[i]) else {
+            return;
+        };
+        if open[most] == 0 {
+            break;
+        }
+        open[most] -= 1;
+        asked[most] += 1;
+    }
+    for (thread, n) in threads.iter().zip(asked) {
+        if n > 0 {
+            let _ = thread.tx.send(ToThread::Drain(n));
+        }
     }
 }
 
@@ -474,10 +537,40 @@ fn hand_off<'a>(open: impl Iterator<Item = &'a Arc<AtomicUsize>>) -> Option<(usi
     Some((i, OpenGuard::new(counter)))
 }
 
+/// A thread's connections in the order they were accepted, each by the sender that
+/// asks it to close.
+#[derive(Default)]
+struct Oldest(VecDeque<oneshot::Sender<()>>);
+
+impl Oldest {
+    /// Remembers a new connection; forgets the closed ones when they outnumber the
+    /// open ones, so the queue stays within twice what is open.
+    fn push(&mut self, close: oneshot::Sender<()>, open: usize) {
+        self.0.push_back(close);
+        if self.0.len() > 2 * open + 64 {
+            self.0.retain(|c| !c.is_closed());
+        }
+    }
+
+    /// Asks the `n` oldest open connections to close; returns how many were asked.
+    fn drain(&mut self, n: usize) -> usize {
+        let mut asked = 0;
+        while asked < n {
+            let Some(close) = self.0.pop_front() else {
+                break;
+            };
+            if close.send(()).is_ok() {
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
 /// One I/O thread: serves the connections handed to it until the acceptor closes its
 /// queue, then shuts down gracefully within `grace`.
 async fn serve_connections(
-    mut rx: mpsc::UnboundedReceiver<Accepted>,
+    mut rx: mpsc::UnboundedReceiver<ToThread>,
     app: Router,
     gateway: Arc<Gateway>,
     header_timeout: std::time::Duration,
@@ -488,13 +581,22 @@ async fn serve_connections(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    let graceful = GracefulShutdown::new();
-    // Tells connections that have not sent a byte yet to close at shutdown: they hold a
-    // graceful-shutdown watcher but no request, and a client's pool may keep such a
-    // connection (opened for a request that went over another one) for a long time.
+    // Tells every connection to close at shutdown: at once if it is idle or has not
+    // sent a byte yet (a client's pool may keep such a connection, opened for a request
+    // that went over another one, for a long time), else once its call is answered.
     let (stopping_tx, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
-    while let Some((stream, peer, counted, slot)) = rx.recv().await {
+    let mut oldest = Oldest::default();
+    while let Some(message) = rx.recv().await {
+        let (stream, peer, counted, slot) = match message {
+            ToThread::Serve(accepted) => accepted,
+            ToThread::Drain(n) => {
+                let asked = oldest.drain(n) as u64;
+                let drained = &gateway.connections.drained;
+                drained.fetch_add(asked, Ordering::Relaxed);
+                continue;
+            }
+        };
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -523,13 +625,22 @@ async fn serve_connections(
             }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
+        let (close_tx, close_rx) = oneshot::channel();
+        oldest.push(close_tx, connections.len() + 1);
         connections.spawn(async move {
             let _counted = (counted, slot);
+            // Asked to close: the server stops, or the connection cap needs room.
+            let close = async move {
+                tokio::select! {
+                    _ = close_rx => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
+            };
+            tokio::pin!(close);
             // Protocol detection waits for the first bytes without a timer of its own,
             // so a connection that never speaks is closed here (after the header
-            // timeout, or at once on shutdown); after the first request hyper's header
+            // timeout, or at once when asked); after the first request hyper's header
             // timer and graceful shutdown cover idle keep-alive.
             let mut first = [0u8; 1];
             tokio::select! {
@@ -539,21 +650,31 @@ async fn serve_connections(
                         _ => return Ok(()),
                     }
                 }
-                _ = stopping.wait_for(|s| *s) => return Ok(()),
+                () = &mut close => return Ok(()),
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => return served,
+                // Closes now if idle, else once the call in flight is answered.
+                () = &mut close => conn.as_mut().graceful_shutdown(),
+            }
+            conn.await
         });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
     }
     drop(app);
     let _ = stopping_tx.send(true);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(open = connections.len(), "shutdown grace period over; closing remaining connections");
-        }
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_closed).await.is_err() {
+        let open = connections.len();
+        tracing::warn!(
+            open,
+            "shutdown grace period over; closing remaining connections"
+        );
     }
     connections.shutdown().await;
 }

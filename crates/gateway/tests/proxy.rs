@@ -481,11 +481,12 @@ async fn idle_and_slow_header_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_cap_wait_until_one_closes() {
+async fn at_the_connection_cap_the_oldest_connection_makes_room() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     let h = start_with(|c| c.server.max_connections = Some(2)).await;
-    // Reads one answer to a GET of a short body on a kept-alive connection.
-    async fn one_answer(conn: &mut tokio::net::TcpStream) -> String {
+    // Reads one answer to a GET of /healthz on a kept-alive connection.
+    async fn one_answer(conn: &mut TcpStream) -> String {
         let mut got = Vec::new();
         let mut buf = [0u8; 1024];
         while !String::from_utf8_lossy(&got).contains("\"status\":\"ok\"}") {
@@ -496,26 +497,21 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         String::from_utf8(got).unwrap()
     }
     const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    // Two kept-alive connections, each served once: both slots are taken.
-    let mut first = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // Two kept-alive connections, each served once and idle now: both slots taken.
+    let mut first = TcpStream::connect(h.addr).await.unwrap();
     first.write_all(HEALTH).await.unwrap();
     assert!(one_answer(&mut first).await.starts_with("HTTP/1.1 200"));
-    let mut second = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut second = TcpStream::connect(h.addr).await.unwrap();
     second.write_all(HEALTH).await.unwrap();
     assert!(one_answer(&mut second).await.starts_with("HTTP/1.1 200"));
 
-    // A third is let into the kernel's queue, not served while both are open.
-    let mut third = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // A third waits in the listen queue while the oldest, idle, is asked to close;
+    // then it is served, with no client closing anything.
+    let mut third = TcpStream::connect(h.addr).await.unwrap();
     third
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
-    assert!(early.is_err(), "served beyond the cap: {early:?}");
-
-    // The first closes: the third is served, and the scrape shows the cap and the wait.
-    drop(first);
     let mut metrics = String::new();
     tokio::time::timeout(Duration::from_secs(10), third.read_to_string(&mut metrics))
         .await
@@ -535,9 +531,48 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         "the second and the third"
     );
     assert!(sample("tollgate_connection_limit_waits_total") >= 1);
-    // The second, still open, is still served.
+    assert_eq!(sample("tollgate_connections_drained_total"), 1);
+
+    // The oldest was the one closed (by the server: it reads the end of the stream);
+    // the second is still served.
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "{end:?}");
     second.write_all(HEALTH).await.unwrap();
     assert!(one_answer(&mut second).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_call_in_flight_is_answered_before_its_connection_makes_room() {
+    let mut h = start_with(|c| c.server.max_connections = Some(1)).await;
+    // One call held at the simulator, on the only slot.
+    let slow = tokio::spawn(
+        h.post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow"}]}),
+        )
+        .header("x-sim-latency-ms", "700")
+        .send(),
+    );
+    let arrived = || async { h.sim.state().requests().len() == 1 };
+    assert!(eventually(Duration::from_secs(10), arrived).await.is_some());
+    // A second client waits; the first connection is asked to close, and closes only
+    // once its call is answered in full (the only slot is free then: the second is
+    // served, well before the idle timeout of 30 s would have closed the first).
+    let other = reqwest::Client::new();
+    let res = tokio::time::timeout(Duration::from_secs(10), other.get(h.url("/healthz")).send())
+        .await
+        .expect("the waiting client was never served")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200);
+    let answer: Value = slow.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, 200);
+    assert!(!records[0].client_disconnected);
 }
 
 #[tokio::test]
