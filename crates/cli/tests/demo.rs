@@ -13,10 +13,16 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tollgate")
 }
 
-/// Starts `serve --demo` in `data`; returns the child, its address and the printed key.
-fn start_demo(data: &Path) -> (Child, String, String) {
-    let mut child = Command::new(bin())
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+/// Starts `serve --demo` in `data` after the shell commands `limits` (`ulimit …`, or
+/// `true`); returns the child, the rest of its standard output and its address (the
+/// first line).
+fn spawn_demo(limits: &str, data: &Path) -> (Child, BufReader<ChildStdout>, String) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"{limits} && exec "$0" serve --demo --listen 127.0.0.1:0 --data-dir "$1""#
+        ))
+        .arg(bin())
         .arg(data)
         .env_remove("OPENAI_API_KEY")
         .env_remove("TOLLGATE_CONFIG")
@@ -24,7 +30,7 @@ fn start_demo(data: &Path) -> (Child, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out: BufReader<ChildStdout> = BufReader::new(child.stdout.take().unwrap());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     let addr = first
@@ -32,6 +38,12 @@ fn start_demo(data: &Path) -> (Child, String, String) {
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_owned();
+    (child, out, addr)
+}
+
+/// Starts `serve --demo` in `data`; returns the child, its address and the printed key.
+fn start_demo(data: &Path) -> (Child, String, String) {
+    let (child, mut out, addr) = spawn_demo("true", data);
     // The banner: read until the Python snippet, which closes it.
     let mut banner = String::new();
     while !banner.contains("print(r.output_text") {
@@ -125,37 +137,17 @@ fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
     assert_eq!(requests, 2, "{rows}");
 }
 
-/// `serve` started with a low soft limit on open files raises it to the hard limit, so
-/// a busy gateway is not held to about a thousand connections.
-#[cfg(target_os = "linux")]
 /// Starts `serve --demo` in `data` after the shell commands `limits` (`ulimit …`);
-/// returns the child and its address.
+/// returns the child and its address, its output read and dropped meanwhile.
 fn start_demo_under(limits: &str, data: &Path) -> (Child, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            r#"{limits} && exec "$0" serve --demo --listen 127.0.0.1:0 --data-dir "$1""#
-        ))
-        .arg(bin())
-        .arg(data)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("TOLLGATE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let (child, mut out, addr) = spawn_demo(limits, data);
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, addr)
 }
 
+/// `serve` started with a low soft limit on open files raises it to the hard limit, so
+/// a busy gateway is not held to about a thousand connections.
+#[cfg(target_os = "linux")]
 #[test]
 fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +170,9 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     }
 }
 
+/// `serve` under a hard limit on open files too low for its connection cap lowers the
+/// cap to what fits.
+#[cfg(unix)]
 #[test]
 fn serve_fits_its_connection_cap_to_a_low_open_file_limit() {
     let dir = tempfile::tempdir().unwrap();

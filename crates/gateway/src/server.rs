@@ -88,10 +88,9 @@ pub struct Gateway {
 /// accepted connection takes a slot, and gives it back when it closes. At the cap, the
 /// acceptor holds the connection it accepted and accepts no other (the rest wait in the
 /// kernel's listen queue, holding none of tollgate's descriptors or memory), and the
-/// oldest open connections are
-/// asked to close (as nginx does with its kept-alive ones when it runs short): an idle
-/// one closes at once, a busy one once its request in flight is answered, so no call
-/// is cut and the waiting ones get in.
+/// oldest open connections are asked to close (as nginx does with its kept-alive ones
+/// when it runs short): an idle one closes at once, a busy one once its call in flight
+/// is answered, so no call is cut and the waiting ones get in.
 #[derive(Debug)]
 pub struct Connections {
     slots: Arc<Semaphore>,
@@ -120,17 +119,6 @@ impl Connections {
         }
     }
 
-    /// Connections asked to close because the cap was reached.
-    pub fn drained_total(&self) -> u64 {
-        self.drained.load(Ordering::Relaxed)
-    }
-
-    /// How many of the oldest connections to ask to close each time the cap is
-    /// reached: an eighth of the cap, at least one and at most 32 (nginx's figures).
-    fn drain_batch(&self) -> usize {
-        (self.cap / 8).clamp(1, 32)
-    }
-
     /// Client connections open now.
     pub fn open(&self) -> usize {
         self.open.iter().map(|o| o.load(Ordering::Relaxed)).sum()
@@ -144,6 +132,17 @@ impl Connections {
     /// Times the acceptor found the cap reached and waited for a connection to close.
     pub fn waits_total(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Connections asked to close because the cap was reached.
+    pub fn drained_total(&self) -> u64 {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// How many of the oldest connections to ask to close each time the cap is
+    /// reached: an eighth of the cap, at least one and at most 32 (nginx's figures).
+    fn drain_batch(&self) -> usize {
+        (self.cap / 8).clamp(1, 32)
     }
 }
 
@@ -712,5 +711,29 @@ mod tests {
         drop(next);
         assert_eq!(open[1].load(Ordering::Relaxed), 0);
         assert!(hand_off(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn the_oldest_open_connections_are_asked_first_and_closed_ones_forgotten() {
+        let mut oldest = Oldest::default();
+        let (first_tx, mut first) = oneshot::channel();
+        oldest.push(first_tx, 1);
+        // Two hundred connections come and go: the queue forgets them as it grows.
+        for _ in 0..200 {
+            let (tx, rx) = oneshot::channel();
+            oldest.push(tx, 2);
+            drop(rx);
+            assert!(oldest.0.len() <= 2 * 2 + 64 + 1, "{}", oldest.0.len());
+        }
+        let (young_tx, mut young) = oneshot::channel();
+        oldest.push(young_tx, 2);
+        // One asked: the first, over any closed ones left before the young one.
+        assert_eq!(oldest.drain(1), 1);
+        assert_eq!(first.try_recv(), Ok(()));
+        assert!(young.try_recv().is_err());
+        // Asking for more than are open asks those there are.
+        assert_eq!(oldest.drain(5), 1);
+        assert_eq!(young.try_recv(), Ok(()));
+        assert_eq!(oldest.drain(1), 0);
     }
 }
