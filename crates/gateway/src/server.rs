@@ -304,11 +304,8 @@ pub async fn serve(
     });
 
     let app = router(gateway.clone());
-    let threads = (connections.open.iter().enumerate())
-        .map(|(i, open)| {
-            let gateway = gateway.clone();
-            spawn_io_thread(i, open, app.clone(), gateway, header_timeout, grace)
-        })
+    let threads = (0..connections.open.len())
+        .map(|i| spawn_io_thread(i, app.clone(), gateway.clone(), header_timeout, grace))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(crate::StartError::Threads)?;
     // Only the I/O threads hold the gateway now: its usage sink closes with the last.
@@ -378,8 +375,6 @@ enum ToThread {
 /// The acceptor's handle on one I/O thread.
 struct IoThread {
     tx: mpsc::UnboundedSender<ToThread>,
-    /// Connections the thread has open, to hand each new one to the least busy.
-    open: Arc<AtomicUsize>,
     /// Resolves (with an error) when the thread has shut down.
     done: oneshot::Receiver<()>,
 }
@@ -426,7 +421,7 @@ async fn accept(
                     );
                 }
                 loop {
-                    drain_oldest(&threads, connections.drain_batch());
+                    drain_oldest(&threads, connections, connections.drain_batch());
                     tokio::select! {
                         slot = connections.slots.clone().acquire_owned() => match slot {
                             Ok(slot) => break slot,
@@ -438,7 +433,7 @@ async fn accept(
                 }
             }
         };
-        let Some((i, counted)) = hand_off(threads.iter().map(|t| &t.open)) else {
+        let Some((i, counted)) = hand_off(connections.open.iter()) else {
             break;
         };
         match stream.into_std() {
@@ -460,10 +455,9 @@ async fn accept(
 
 /// Asks `n` connections to close, taken from the threads with the most open (the
 /// first of equals), each thread's oldest first.
-fn drain_oldest(threads: &[IoThread], n: usize) {
-    let mut open: Vec<usize> = threads
-        .iter()
-        .map(|t| t.open.load(Ordering::Relaxed))
+fn drain_oldest(threads: &[IoThread], connections: &Connections, n: usize) {
+    let mut open: Vec<usize> = (connections.open.iter())
+        .map(|o| o.load(Ordering::Relaxed))
         .collect();
     let mut asked = vec![0; threads.len()];
     for _ in 0..n {
@@ -485,14 +479,12 @@ fn drain_oldest(threads: &[IoThread], n: usize) {
 
 fn spawn_io_thread(
     i: usize,
-    open: &Arc<AtomicUsize>,
     app: Router,
     gateway: Arc<Gateway>,
     header_timeout: std::time::Duration,
     grace: std::time::Duration,
 ) -> std::io::Result<IoThread> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let open = open.clone();
     let (done_tx, done) = oneshot::channel::<()>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -506,7 +498,7 @@ fn spawn_io_thread(
             drop(runtime);
             drop(done_tx);
         })?;
-    Ok(IoThread { tx, open, done })
+    Ok(IoThread { tx, done })
 }
 
 /// Counts an open connection for as long as it lives.
