@@ -16,9 +16,18 @@ use crate::transport::BoxError;
 
 type LiveBody = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
-/// The most a declared `Content-Length` makes [`ByteStream::collect_sized`] set aside
+/// The most a declared `Content-Length` makes [`ByteStream::collect_within`] set aside
 /// before the bytes arrive; a larger body grows its buffer as it comes.
-pub const TRUSTED_LENGTH: usize = 256 * 1024 * 1024;
+const TRUSTED_LENGTH: usize = 256 * 1024 * 1024;
+
+/// What [`ByteStream::collect_within`] read.
+#[derive(Debug)]
+pub enum Collected {
+    /// The whole body.
+    Whole(Bytes),
+    /// A body longer than the limit: what was read of it, and the rest.
+    Over { head: Bytes, rest: ByteStream },
+}
 
 /// The body of an answer, chunk by chunk, as the server sent it.
 pub struct ByteStream {
@@ -80,30 +89,59 @@ impl ByteStream {
 
     /// Reads the rest of the body into one buffer.
     pub async fn collect(self) -> Result<Bytes, Error> {
-        self.collect_sized(None).await
+        match self.collect_within(usize::MAX, None).await? {
+            Collected::Whole(bytes) => Ok(bytes),
+            // No body is longer than `usize::MAX` bytes.
+            Collected::Over { head, .. } => Ok(head),
+        }
     }
 
-    /// Reads the rest of the body into one buffer, made `expected` bytes large up front
-    /// (the answer's `Content-Length`, trusted up to [`TRUSTED_LENGTH`]): a large body
-    /// is then copied once, where growing the buffer as chunks came would copy it about
-    /// twice over and touch twice its size in fresh memory. A body of one chunk is that
-    /// chunk, not copied at all.
-    pub async fn collect_sized(mut self, expected: Option<usize>) -> Result<Bytes, Error> {
+    /// Reads the rest of the body into one buffer if it is at most `limit` bytes long,
+    /// else hands back what was read and the rest still to come. A body that declares
+    /// more (`expected`, its `Content-Length`) is handed back before a byte is read.
+    ///
+    /// The buffer is made `expected` bytes large up front (trusted up to 256 MiB): a
+    /// large body is then copied once, where growing the buffer as chunks came would
+    /// copy it about twice over and touch twice its size in fresh memory. A body of one
+    /// chunk is that chunk, not copied at all.
+    pub async fn collect_within(
+        mut self,
+        limit: usize,
+        expected: Option<usize>,
+    ) -> Result<Collected, Error> {
+        if expected.is_some_and(|n| n > limit) {
+            return Ok(Collected::Over {
+                head: Bytes::new(),
+                rest: self,
+            });
+        }
         let Some(first) = self.next().await.transpose()? else {
-            return Ok(Bytes::new());
+            return Ok(Collected::Whole(Bytes::new()));
         };
+        if first.len() > limit {
+            return Ok(Collected::Over {
+                head: first,
+                rest: self,
+            });
+        }
         let Some(second) = self.next().await.transpose()? else {
-            return Ok(first);
+            return Ok(Collected::Whole(first));
         };
         let at_least = first.len() + second.len();
         let size = expected.unwrap_or(0).min(TRUSTED_LENGTH).max(at_least);
         let mut out = BytesMut::with_capacity(size);
         out.extend_from_slice(&first);
         out.extend_from_slice(&second);
-        while let Some(chunk) = self.next().await {
-            out.extend_from_slice(&chunk?);
+        while out.len() <= limit {
+            match self.next().await {
+                Some(chunk) => out.extend_from_slice(&chunk?),
+                None => return Ok(Collected::Whole(out.freeze())),
+            }
         }
-        Ok(out.freeze())
+        Ok(Collected::Over {
+            head: out.freeze(),
+            rest: self,
+        })
     }
 
     /// The upstream `x-request-id` of the answer this body belongs to.
@@ -209,7 +247,10 @@ mod tests {
         // Sized by its declared length, or by what came when that is wrong.
         for expected in [Some(13), Some(4), Some(1 << 40), None] {
             let chunks = vec![&b"{\"a\":"[..], b"[1,2,", b"3]", b"}"];
-            let body = stream_of(chunks).collect_sized(expected).await.unwrap();
+            let body = stream_of(chunks).collect_within(usize::MAX, expected);
+            let Collected::Whole(body) = body.await.unwrap() else {
+                panic!("{expected:?}: not whole");
+            };
             assert_eq!(&body[..], b"{\"a\":[1,2,3]}", "{expected:?}");
         }
 
@@ -224,6 +265,37 @@ mod tests {
         assert!(stream_of(vec![]).collect().await.unwrap().is_empty());
         let buffered = ByteStream::buffered(Bytes::from_static(ONE), 1, None);
         assert_eq!(buffered.collect().await.unwrap().as_ptr(), ONE.as_ptr());
+    }
+
+    /// The chunks of `body`, `collect_within(limit, expected)`: read whole, or what was
+    /// read and what was left.
+    async fn within(limit: usize, expected: Option<usize>) -> Result<Bytes, (Vec<u8>, Vec<u8>)> {
+        let chunks = vec![&b"{\"a\":"[..], b"[1,2,", b"3]", b"}"];
+        match stream_of(chunks).collect_within(limit, expected).await {
+            Ok(Collected::Whole(bytes)) => Ok(bytes),
+            Ok(Collected::Over { head, rest }) => {
+                Err((head.to_vec(), rest.collect().await.unwrap().to_vec()))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_handed_back_with_what_was_read() {
+        let whole = b"{\"a\":[1,2,3]}";
+        assert_eq!(&within(13, None).await.unwrap()[..], whole);
+        assert_eq!(&within(13, Some(13)).await.unwrap()[..], whole);
+        // Declared longer than the limit: handed back before a byte is read.
+        assert_eq!(
+            within(100, Some(101)).await.unwrap_err(),
+            (vec![], whole.to_vec())
+        );
+        // Found longer as it came: the chunks that passed the limit, then the rest.
+        for (limit, read) in [(4, 5), (5, 10), (6, 10), (10, 12), (11, 12), (12, 13)] {
+            let (head, rest) = within(limit, None).await.unwrap_err();
+            assert_eq!(head.len(), read, "limit {limit}");
+            assert_eq!([head, rest].concat(), whole, "limit {limit}");
+        }
     }
 
     #[tokio::test]

@@ -64,7 +64,7 @@ mod stream;
 mod transport;
 
 pub use api::{Chat, Embeddings, Models, Moderations, Responses};
-pub use body::ByteStream;
+pub use body::{ByteStream, Collected};
 pub use client::{Client, ClientBuilder, RawResponse, DEFAULT_BASE_URL};
 pub use error::{ApiError, Error, ErrorPayload};
 pub use meta::{ApiResponse, ResponseMeta};

@@ -130,6 +130,265 @@ pub fn from_json_body(endpoint: Endpoint, body: &[u8]) -> Observed {
     }
 }
 
+/// The top-level members of a JSON answer that accounting reads, in [`JsonTap`]'s
+/// order.
+const MEMBERS: [&[u8]; 4] = [b"id", b"model", b"usage", b"error"];
+/// The most of one member's value [`JsonTap`] keeps; a longer one is dropped (the
+/// usage object of an answer is a few hundred bytes).
+const MEMBER_LIMIT: usize = 64 * 1024;
+
+/// Bytes that matter outside a string: where strings, objects, arrays and members begin
+/// and end. Everything else (numbers, literals, whitespace) is stepped over.
+const STRUCTURAL: [bool; 256] = byte_set(b"\"{}[],:");
+/// Bytes that matter inside a string: its end and escapes.
+const IN_STRING: [bool; 256] = byte_set(b"\"\\");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[bytes[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
+/// Where [`JsonTap`] is among the members of the top-level object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Before the first `{`.
+    Start,
+    /// Where a member's name may begin.
+    Name,
+    /// Inside a member's name.
+    InName,
+    /// After a name, before its `:`.
+    Colon,
+    /// Inside a member's value.
+    Value,
+    /// After the closing `}`.
+    End,
+    /// The answer is not one JSON object.
+    Invalid,
+}
+
+/// Watches a plain JSON answer as it passes, chunk by chunk, for what
+/// [`from_json_body`] reads from a whole one: the values of the top-level `id`,
+/// `model`, `usage` and `error` members are kept (up to 64 KiB each) and parsed at the
+/// end; the rest is only followed for where strings, objects and arrays begin and end.
+/// A large answer (the embeddings of many inputs) is then relayed as it arrives
+/// instead of being held whole. An answer that is not one complete JSON object gives
+/// nothing, as an unparseable body does.
+#[derive(Debug)]
+pub struct JsonTap {
+    at: At,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    name: [u8; 8],
+    name_len: usize,
+    /// The member whose value is being kept, by its index in [`MEMBERS`].
+    keeping: Option<usize>,
+    values: [Vec<u8>; 4],
+    /// Members whose value was longer than [`MEMBER_LIMIT`].
+    dropped: [bool; 4],
+}
+
+impl Default for JsonTap {
+    fn default() -> Self {
+        Self {
+            at: At::Start,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            name: [0; 8],
+            name_len: 0,
+            keeping: None,
+            values: Default::default(),
+            dropped: [false; 4],
+        }
+    }
+}
+
+impl JsonTap {
+    /// Follows one more chunk of the answer.
+    pub fn pass(&mut self, chunk: &[u8]) {
+        // Where the kept member's value began in this chunk.
+        let mut kept_from = self.keeping.map(|_| 0);
+        let mut i = 0;
+        while i < chunk.len() {
+            if matches!(self.at, At::End | At::Invalid) {
+                self.trailing(&chunk[i..]);
+                return;
+            }
+            if self.escaped {
+                self.escaped = false;
+                self.name_bytes(&chunk[i..=i]);
+                i += 1;
+                continue;
+            }
+            let set = if self.in_string {
+                &IN_STRING
+            } else {
+                &STRUCTURAL
+            };
+            let rest = &chunk[i..];
+            let skip = rest
+                .iter()
+                .position(|&b| set[usize::from(b)])
+                .unwrap_or(rest.len());
+            if self.in_string {
+                self.name_bytes(&rest[..skip]);
+            } else if matches!(self.at, At::Start | At::Name | At::Colon)
+                && rest[..skip].iter().any(|b| !b.is_ascii_whitespace())
+            {
+                self.at = At::Invalid;
+                continue;
+            }
+            i += skip;
+            let Some(&b) = chunk.get(i) else { break };
+            i += 1;
+            if self.in_string {
+                if b == b'\\' {
+                    self.escaped = true;
+                } else {
+                    self.in_string = false;
+                    if self.at == At::InName {
+                        self.at = At::Colon;
+                    }
+                }
+                continue;
+            }
+            match (b, self.at) {
+                (b'{', At::Start) => {
+                    self.depth = 1;
+                    self.at = At::Name;
+                }
+                (b'"', At::Name) => {
+                    self.in_string = true;
+                    self.at = At::InName;
+                    self.name_len = 0;
+                }
+                (b':', At::Colon) => {
+                    self.at = At::Value;
+                    let name = self.name.get(..self.name_len).unwrap_or_default();
+                    self.keeping = MEMBERS.iter().position(|m| *m == name);
+                    if let Some(m) = self.keeping {
+                        self.values[m].clear();
+                        self.dropped[m] = false;
+                        kept_from = Some(i);
+                    }
+                }
+                (b'"', At::Value) => self.in_string = true,
+                (b'{' | b'[', At::Value) => self.depth += 1,
+                (b'}' | b']', At::Value) if self.depth > 1 => self.depth -= 1,
+                (b',', At::Value) if self.depth == 1 => {
+                    self.keep(chunk, kept_from.take(), i - 1);
+                    self.at = At::Name;
+                }
+                (b'}', At::Value | At::Name) if self.depth == 1 => {
+                    self.keep(chunk, kept_from.take(), i - 1);
+                    self.depth = 0;
+                    self.at = At::End;
+                }
+                (_, At::Value) => {}
+                _ => self.at = At::Invalid,
+            }
+        }
+        if self.at == At::Value {
+            self.keep(chunk, kept_from, chunk.len());
+        }
+    }
+
+    /// Bytes of a string: kept when they are part of a member's name (up to one byte
+    /// more than the longest name read, so that a longer name matches none).
+    fn name_bytes(&mut self, bytes: &[u8]) {
+        if self.at != At::InName {
+            return;
+        }
+        for &b in bytes {
+            if let Some(slot) = self.name.get_mut(self.name_len) {
+                *slot = b;
+                self.name_len += 1;
+            } else {
+                self.name_len = self.name.len() + 1;
+                return;
+            }
+        }
+    }
+
+    /// Keeps `chunk[from..to]` as part of the value being kept; `to` short of the
+    /// chunk's end is where the value ended.
+    fn keep(&mut self, chunk: &[u8], from: Option<usize>, to: usize) {
+        let (Some(m), Some(from)) = (self.keeping, from) else {
+            return;
+        };
+        if to < chunk.len() {
+            self.keeping = None;
+        }
+        let value = &mut self.values[m];
+        if self.dropped[m] || value.len() + (to - from) > MEMBER_LIMIT {
+            self.dropped[m] = true;
+            *value = Vec::new();
+        } else {
+            value.extend_from_slice(&chunk[from..to]);
+        }
+    }
+
+    /// After the object: only whitespace may follow.
+    fn trailing(&mut self, rest: &[u8]) {
+        if rest.iter().any(|b| !b.is_ascii_whitespace()) {
+            self.at = At::Invalid;
+        }
+    }
+
+    /// The value kept of member `m`, parsed.
+    fn value<T: serde::de::DeserializeOwned>(&self, m: usize) -> Option<T> {
+        if self.dropped[m] || self.values[m].is_empty() {
+            return None;
+        }
+        serde_json::from_slice(&self.values[m]).ok()
+    }
+
+    /// What the whole answer said, as [`from_json_body`] reads it.
+    pub fn observed(&self, endpoint: Endpoint) -> Observed {
+        if self.at != At::End {
+            return Observed::default();
+        }
+        let id: Option<String> = self.value(0);
+        let error: Option<ErrorJson> = self.value(3);
+        Observed {
+            response_id: id.filter(|_| endpoint.has_response_id()),
+            model_served: self.value(1),
+            usage: self.value::<UsageJson>(2).map(Tokens::from),
+            stream_error: error.map(|e| e.code.unwrap_or_else(|| "error".into())),
+        }
+    }
+
+    /// The `error.code` (or `error.type`) of an error answer, as
+    /// [`error_code`] reads it from a whole one.
+    pub fn error_code(&self) -> Option<String> {
+        if self.at != At::End {
+            return None;
+        }
+        code_or_type(&self.value(3)?)
+    }
+}
+
+/// The `error.code` (or `error.type`) of an upstream error body.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    code_or_type(v.get("error")?)
+}
+
+fn code_or_type(error: &serde_json::Value) -> Option<String> {
+    error
+        .get("code")
+        .and_then(|c| c.as_str())
+        .or_else(|| error.get("type").and_then(|t| t.as_str()))
+        .map(str::to_owned)
+}
+
 /// Watches a stream as it passes; optionally rewrites it (see the module docs).
 #[derive(Debug)]
 pub struct StreamTap {
@@ -361,5 +620,77 @@ mod tests {
             assert_eq!(tap.observed.usage.unwrap().total, 5);
             assert_eq!(tap.observed.model_served.as_deref(), Some("gpt-4o-mini"));
         }
+    }
+
+    /// `body` through a [`JsonTap`] in pieces split at `at` (each offset a cut).
+    fn tapped(body: &[u8], cuts: &[usize]) -> JsonTap {
+        let mut tap = JsonTap::default();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&body.len()]) {
+            tap.pass(&body[from..cut]);
+            from = cut;
+        }
+        tap
+    }
+
+    #[test]
+    fn the_json_tap_reads_what_a_whole_answer_gives_however_it_is_cut() {
+        let bodies: &[&str] = &[
+            r#"{"id":"resp_1","object":"response","model":"gpt-4o-2024-08-06","usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":2},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":15}}"#,
+            // Member names and braces inside strings, escaped quotes and backslashes.
+            r#"{"id":"chatcmpl-1","choices":[{"message":{"content":"say \"usage\":{\"total_tokens\":9} \\ \\\"} and {\"id\":\"x\"}"}}],"model":"gpt-4o-mini","usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}"#,
+            // The same names nested; a longer name that begins as one; a short one.
+            r#"{"metadata":{"usage":"nested","id":"inner"},"usage_details":{"x":1},"i":2,"id":"resp_2","output":[{"id":"msg_1","usage":{"input_tokens":99}}],"usage":{"input_tokens":1,"output_tokens":2},"model":"m"}"#,
+            r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2.5e-3,3]},{"object":"embedding","index":1,"embedding":[]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            "{\n  \"id\" : \"resp_3\" ,\n  \"model\"\t:\"gpt-4o\",\r\n  \"usage\" : { \"input_tokens\" : 7 , \"output_tokens\" : 1 }\n}\n",
+            r#"{"id":"caf\u00e9 \u2603 é","model":"m","usage":null}"#,
+            r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#,
+            r#"{"error":{"message":"slow down","type":"requests","param":null,"code":null}}"#,
+            r#"{}"#,
+            // Not one complete JSON object: nothing, as from a whole one.
+            r#"{"id":"resp_4","model":"m","usage":{"input_tokens":1}"#,
+            r#"{"id":"resp_4","model":"m"} trailing"#,
+            r#"[{"id":"resp_4"}]"#,
+            r#"not json"#,
+            "",
+        ];
+        for body in bodies {
+            let bytes = body.as_bytes();
+            let endpoint = Endpoint::Responses;
+            let whole = from_json_body(endpoint, bytes);
+            let code = error_code(bytes);
+            let mut cuts: Vec<Vec<usize>> = (0..=bytes.len()).map(|c| vec![c]).collect();
+            cuts.push((1..bytes.len()).collect());
+            for cut in &cuts {
+                let tap = tapped(bytes, cut);
+                assert_eq!(tap.observed(endpoint), whole, "{body} cut at {cut:?}");
+                assert_eq!(tap.error_code(), code, "{body} cut at {cut:?}");
+            }
+        }
+        // The cases above say something: usage, ids, models and codes were found.
+        let found = |body: &str| from_json_body(Endpoint::Responses, body.as_bytes());
+        assert_eq!(found(bodies[2]).usage.unwrap().input, 1);
+        assert_eq!(found(bodies[2]).response_id.as_deref(), Some("resp_2"));
+        assert_eq!(found(bodies[3]).usage.unwrap().total, 8);
+        assert_eq!(found(bodies[5]).response_id.as_deref(), Some("café ☃ é"));
+        assert_eq!(
+            error_code(bodies[6].as_bytes()).as_deref(),
+            Some("model_not_found")
+        );
+        assert_eq!(
+            error_code(bodies[7].as_bytes()).as_deref(),
+            Some("requests")
+        );
+    }
+
+    #[test]
+    fn the_json_tap_keeps_only_short_values() {
+        let long = "x".repeat(MEMBER_LIMIT);
+        let body = format!(r#"{{"model":"{long}","usage":{{"input_tokens":3}}}}"#);
+        let tap = tapped(body.as_bytes(), &[10, MEMBER_LIMIT / 2]);
+        let seen = tap.observed(Endpoint::Embeddings);
+        assert_eq!(seen.model_served, None, "a value over 64 KiB is not kept");
+        assert_eq!(seen.usage.unwrap().input, 3);
+        assert_eq!(seen.response_id, None);
     }
 }

@@ -400,8 +400,9 @@ impl Cache {
             .to_owned();
         let status = res.status().as_u16();
         let (parts, body) = res.into_parts();
-        if !preflight.stream {
-            // A plain answer's body is in memory: collecting it does not wait.
+        // A plain answer's body is in memory (its size is known), unless it was too
+        // large to hold (see dispatch::ANSWER_INLINE_BYTES): collecting it does not wait.
+        if !preflight.stream && hyper::body::Body::size_hint(&body).exact().is_some() {
             let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
                 return GatewayError::UpstreamUnreachable { attempts: 1 }.into_response();
             };
@@ -412,10 +413,15 @@ impl Cache {
             }
             return Response::from_parts(parts, Body::from(bytes));
         }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         let capture = Capture {
             inner: body.into_data_stream(),
             buf: Vec::new(),
             limit: self.config.max_entry_bytes,
+            declared,
             store: Some((self.clone(), plan, status, content_type)),
         };
         Response::from_parts(parts, Body::from_stream(capture))
@@ -660,6 +666,9 @@ struct Capture {
     inner: BodyDataStream,
     buf: Vec<u8>,
     limit: usize,
+    /// The answer's declared length: the caller's side stops asking once it has that
+    /// many bytes, so the answer is stored with its last.
+    declared: Option<usize>,
     /// `None` once stored, or given up (too large, failed).
     store: Option<(Arc<Cache>, Plan, u16, String)>,
 }
@@ -677,20 +686,28 @@ impl Stream for Capture {
                     this.buf = Vec::new();
                 } else {
                     this.buf.extend_from_slice(chunk);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.store = None,
-            Poll::Ready(None) => {
-                if let Some((cache, plan, status, content_type)) = this.store.take() {
-                    let body = std::mem::take(&mut this.buf);
-                    if complete(plan.endpoint, &content_type, &body) {
-                        cache.put(&plan, status, content_type, Bytes::from(body));
+                    if this.declared == Some(this.buf.len()) {
+                        this.store();
                     }
                 }
             }
+            Poll::Ready(Some(Err(_))) => this.store = None,
+            Poll::Ready(None) => this.store(),
             _ => {}
         }
         next
+    }
+}
+
+impl Capture {
+    /// Stores what passed, if it is a complete answer.
+    fn store(&mut self) {
+        if let Some((cache, plan, status, content_type)) = self.store.take() {
+            let body = std::mem::take(&mut self.buf);
+            if complete(plan.endpoint, &content_type, &body) {
+                cache.put(&plan, status, content_type, Bytes::from(body));
+            }
+        }
     }
 }
 

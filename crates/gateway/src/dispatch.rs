@@ -9,7 +9,10 @@
 //!
 //! Streams are relayed chunk by chunk as they arrive (nothing is buffered), through
 //! the account stage's tap; dropping the relayed body (the caller went away) drops
-//! the upstream body, which cancels the upstream request.
+//! the upstream body, which cancels the upstream request. A plain answer is read
+//! whole and then relayed, unless it is larger than [`ANSWER_INLINE_BYTES`]: then it
+//! too is relayed as it arrives, and a caller that leaves it does not cancel it (it
+//! was generated already); its rest is read for the usage it ends with.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,7 +23,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use tollgate_client::{ByteStream, Client, Error as ClientError, RawResponse};
+use tollgate_client::{ByteStream, Client, Collected, Error as ClientError, RawResponse};
 use tollgate_wire::ratelimit::RateLimitInfo;
 
 use crate::account::{self, StreamTap};
@@ -154,6 +157,12 @@ pub async fn send(
         })
 }
 
+/// A plain answer up to this size is read whole before it is relayed (accounted, then
+/// written in one piece); a larger one is relayed as it arrives, watched by the
+/// account stage's [`account::JsonTap`], so that answers of many megabytes (the
+/// embeddings of many inputs) are never held whole.
+pub const ANSWER_INLINE_BYTES: usize = 256 * 1024;
+
 /// Relays the answer to the caller, accounting usage and finishing the record.
 pub async fn relay(
     endpoint: Endpoint,
@@ -179,17 +188,27 @@ pub async fn relay(
     }
     let streaming = status.is_success() && preflight.stream;
     if streaming {
-        let tap = StreamTap::new(endpoint, preflight.strip_stream_usage);
-        let body = Body::from_stream(Relay {
-            upstream: reply.body,
-            tap,
-            guard: Some(guard),
-        });
-        return answer(status, headers, body);
+        let tap = Tap::Events(StreamTap::new(endpoint, preflight.strip_stream_usage));
+        let relay = Relay::new(reply.body, tap, guard);
+        return answer(status, headers, Body::from_stream(relay));
     }
     guard.mark_first_byte();
-    let bytes = match reply.body.collect_sized(declared).await {
-        Ok(b) => b,
+    // A models list is filtered whole (it is small); any other answer over
+    // ANSWER_INLINE_BYTES is relayed as it arrives.
+    let limit = match preflight.list_filter {
+        Some(_) => usize::MAX,
+        None => ANSWER_INLINE_BYTES,
+    };
+    let bytes = match reply.body.collect_within(limit, declared).await {
+        Ok(Collected::Whole(b)) => b,
+        Ok(Collected::Over { head, rest }) => {
+            if let Some(n) = declared {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            let tap = Tap::Json(account::JsonTap::default(), endpoint, status);
+            let relay = Relay::new(rest, tap, guard).after(head, declared);
+            return answer(status, headers, Body::from_stream(relay));
+        }
         Err(e) => {
             let rec = guard.record();
             rec.error_code = Some("upstream_body_failed".into());
@@ -206,14 +225,9 @@ pub async fn relay(
         }
         _ => bytes,
     };
-    let observed = {
-        let (len, bytes) = (bytes.len(), bytes.clone());
-        let read = move || account::from_json_body(endpoint, &bytes);
-        crate::offload::run_over(crate::offload::JSON_INLINE_BYTES, len, read).await
-    };
-    observed.apply(guard.record());
+    account::from_json_body(endpoint, &bytes).apply(guard.record());
     if !status.is_success() {
-        guard.record().error_code = error_code(&bytes);
+        guard.record().error_code = account::error_code(&bytes);
     }
     guard.finish().await;
     answer(status, headers, Body::from(bytes))
@@ -266,28 +280,89 @@ fn relay_headers(upstream: HeaderMap, own_limits: &RateLimitInfo) -> HeaderMap {
     out
 }
 
-/// The `error.code` (or `error.type`) of an upstream error body.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let e = v.get("error")?;
-    e.get("code")
-        .and_then(|c| c.as_str())
-        .or_else(|| e.get("type").and_then(|t| t.as_str()))
-        .map(str::to_owned)
+/// What watches a relayed answer: a stream's events, or a large plain answer's JSON.
+enum Tap {
+    Events(StreamTap),
+    Json(account::JsonTap, Endpoint, http::StatusCode),
 }
 
-/// The relayed stream body: upstream chunks through the tap, then the record.
+impl Tap {
+    /// Watches a chunk; returns the bytes to forward (see [`StreamTap::pass`]).
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        match self {
+            Self::Events(tap) => tap.pass(chunk),
+            Self::Json(tap, ..) => {
+                tap.pass(&chunk);
+                chunk
+            }
+        }
+    }
+
+    /// Copies what was observed into the record.
+    fn apply(&self, rec: &mut tollgate_store::UsageRecord) {
+        match self {
+            Self::Events(tap) => tap.observed.apply(rec),
+            Self::Json(tap, endpoint, status) => {
+                tap.observed(*endpoint).apply(rec);
+                if !status.is_success() {
+                    rec.error_code = tap.error_code();
+                }
+            }
+        }
+    }
+}
+
+/// A relayed body: upstream chunks through the tap, then the record.
 struct Relay {
-    upstream: ByteStream,
-    tap: StreamTap,
-    /// `Some` until the stream ends; dropping it early records a disconnect.
+    /// `None` once it has ended.
+    upstream: Option<ByteStream>,
+    /// What was read of the answer before it was relayed (a large plain answer's).
+    head: Option<Bytes>,
+    /// The bytes still to come of an answer of declared length: the caller's side
+    /// stops asking once it has them all, so the answer is finished with the last.
+    remaining: Option<usize>,
+    tap: Tap,
+    /// `Some` until the answer ends; dropping it early records a disconnect.
     guard: Option<RecordGuard>,
 }
 
 impl Relay {
+    fn new(upstream: ByteStream, tap: Tap, guard: RecordGuard) -> Self {
+        Self {
+            upstream: Some(upstream),
+            head: None,
+            remaining: None,
+            tap,
+            guard: Some(guard),
+        }
+    }
+
+    /// Relays `head` (read already) first; `declared` is the whole answer's length.
+    fn after(mut self, head: Bytes, declared: Option<usize>) -> Self {
+        self.remaining = declared;
+        self.head = Some(head).filter(|h| !h.is_empty());
+        self
+    }
+
+    /// A chunk of the answer through the tap; the answer finished if it was the last.
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        if let Some(g) = self.guard.as_mut() {
+            g.mark_first_byte();
+        }
+        if let Some(left) = self.remaining.as_mut() {
+            *left = left.saturating_sub(chunk.len());
+        }
+        let out = self.tap.pass(chunk);
+        if self.remaining == Some(0) {
+            self.finish(None);
+        }
+        out
+    }
+
     fn finish(&mut self, error: Option<&str>) {
+        self.upstream = None;
         if let Some(mut guard) = self.guard.take() {
-            self.tap.observed.apply(guard.record());
+            self.tap.apply(guard.record());
             if let Some(code) = error {
                 guard.record().error_code = Some(code.to_owned());
             }
@@ -301,13 +376,16 @@ impl Stream for Relay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(this.pass(head))));
+        }
         loop {
-            return match Pin::new(&mut this.upstream).poll_next(cx) {
+            let Some(upstream) = this.upstream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            return match Pin::new(upstream).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    if let Some(g) = this.guard.as_mut() {
-                        g.mark_first_byte();
-                    }
-                    let out = this.tap.pass(chunk);
+                    let out = this.pass(chunk);
                     // A chunk that completed no event (when re-framing) yields nothing.
                     if out.is_empty() {
                         continue;
@@ -316,8 +394,8 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.finish(Some("upstream_stream_failed"));
-                    // Cut the caller's connection too, so it sees a broken stream
-                    // rather than a clean end without the terminal event.
+                    // Cut the caller's connection too, so it sees a broken answer
+                    // rather than a clean end without its last part.
                     Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
@@ -332,12 +410,39 @@ impl Stream for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Some(mut guard) = self.guard.take() {
-            // The caller went away mid-stream: keep what was observed; the guard's
-            // own Drop marks the disconnect.
-            self.tap.observed.apply(guard.record());
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        // The caller went away mid-answer.
+        if let (Tap::Json(tap, endpoint, status), Some(upstream)) =
+            (&mut self.tap, self.upstream.take())
+        {
+            // A plain answer was generated, and paid for, in full: read the rest of it
+            // (within the call's deadline) for its usage, which comes last.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let tap = Tap::Json(std::mem::take(tap), *endpoint, *status);
+                runtime.spawn(drain(upstream, tap, guard));
+                return;
+            }
+        }
+        // Keep what was observed; the guard's own Drop marks the disconnect.
+        self.tap.apply(guard.record());
+    }
+}
+
+/// Reads the rest of an answer its caller left, through the tap, then records the
+/// call (as a client disconnect, by the guard's Drop).
+async fn drain(mut upstream: ByteStream, mut tap: Tap, mut guard: RecordGuard) {
+    use futures_util::StreamExt;
+    while let Some(chunk) = upstream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                tap.pass(chunk);
+            }
+            Err(_) => break,
         }
     }
+    tap.apply(guard.record());
 }
 
 #[cfg(test)]

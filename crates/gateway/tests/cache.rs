@@ -5,7 +5,7 @@
 //!   (`x-tollgate-cache: on`) and per project (`cache.projects`); `off`; `refresh`;
 //!   a bad header value is a 400 that never reaches the upstream;
 //! - TTL expiry, the entry bound (least recently used evicted) and the size bound of
-//!   one answer;
+//!   one answer; a large plain answer relayed as it arrives is stored as it passes;
 //! - a streamed hit replays the same events as a valid stream; a stream the upstream
 //!   cut is not stored;
 //! - two projects never share an entry;
@@ -270,6 +270,26 @@ async fn the_bounds_evict_the_least_recently_used_and_skip_large_answers() {
         assert!(bytes.len() > 64);
     }
     assert_eq!(upstream_calls(&small, path).await, 2);
+}
+
+#[tokio::test]
+async fn a_large_plain_answer_relayed_as_it_arrives_is_stored_as_it_passes() {
+    let h = support::start_with(|raw: &mut RawConfig| {
+        raw.cache.max_entry_bytes = Some(8 << 20);
+    })
+    .await;
+    // 48 inputs at 3,072 dimensions: an answer of megabytes, over the 256 KiB a plain
+    // answer is read whole up to.
+    let inputs: Vec<String> = (0..48).map(|i| format!("stored document {i}")).collect();
+    let body = json!({"model": "text-embedding-3-large", "input": inputs});
+    let path = "/v1/embeddings";
+    let first = call(&h, &h.key, path, &body, Some("on")).await;
+    assert_eq!((first.0.as_deref(), first.1), (Some("miss"), 200));
+    assert!(first.2.len() > 1 << 20, "{} bytes", first.2.len());
+    let second = call(&h, &h.key, path, &body, Some("on")).await;
+    assert_eq!((second.0.as_deref(), second.1), (Some("hit"), 200));
+    assert!(first.2 == second.2, "the hit is the stored answer");
+    assert_eq!(upstream_calls(&h, path).await, 1);
 }
 
 /// The `data:` payloads of an SSE body, checking its framing.

@@ -831,8 +831,13 @@ async fn a_large_answer_is_accounted_as_a_small_one_is() {
         let body = json!({"model": "text-embedding-3-large", "input": input});
         let res = h.post("/v1/embeddings", body).send().await.unwrap();
         assert_eq!(res.status(), 200);
+        let length = res.content_length().map(|n| n as usize);
         let text = res.text().await.unwrap();
         let answer: Value = serde_json::from_str(&text).unwrap();
+        if text.len() > 256 * 1024 {
+            // Relayed as it arrived, with the length the upstream declared.
+            assert_eq!(length, Some(text.len()));
+        }
         seen.push((
             text.len(),
             answer["usage"]["prompt_tokens"].as_u64().unwrap(),
@@ -851,6 +856,7 @@ async fn a_large_answer_is_accounted_as_a_small_one_is() {
     let records = h.stop_and_records().await;
     assert_eq!(records.len(), 2);
     for (rec, (_, prompt_tokens)) in records.iter().zip(&seen) {
+        assert_eq!((rec.status, rec.client_disconnected), (200, false));
         assert_eq!(rec.input_tokens, *prompt_tokens);
         assert_eq!(rec.total_tokens, *prompt_tokens);
         assert!(rec.input_tokens > 0);
@@ -896,4 +902,166 @@ async fn a_large_request_is_read_as_a_small_one_is() {
             (400, None)
         ]
     );
+}
+
+/// An embeddings answer in two parts of about 600 KB each, the usage (77 prompt tokens)
+/// at the end of the second.
+fn two_part_answer() -> (Vec<u8>, Vec<u8>) {
+    let item = |i: usize| {
+        let values: Vec<String> = (0..3072)
+            .map(|d| format!("{:.6}", (i * d) as f64 * 1e-6))
+            .collect();
+        format!(
+            r#"{{"object":"embedding","index":{i},"embedding":[{}]}}"#,
+            values.join(",")
+        )
+    };
+    let head = format!(
+        r#"{{"object":"list","data":[{}"#,
+        (0..24).map(item).collect::<Vec<_>>().join(",")
+    );
+    let tail = format!(
+        r#",{}],"model":"text-embedding-3-large","usage":{{"prompt_tokens":77,"total_tokens":77}}}}"#,
+        (24..48).map(item).collect::<Vec<_>>().join(",")
+    );
+    (head.into_bytes(), tail.into_bytes())
+}
+
+/// An upstream for one call that answers with `head` and, once `go` fires, with `tail`,
+/// in pieces: declared with a `Content-Length`, or chunked. Returns its base URL.
+async fn two_part_upstream(
+    (head, tail): (Vec<u8>, Vec<u8>),
+    declared: bool,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        // The request: its head, then the body its Content-Length declares.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let body_at = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before sending its request");
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head_text = String::from_utf8_lossy(&seen[..body_at]).to_ascii_lowercase();
+        let length: usize = head_text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while seen.len() < body_at + length {
+            let n = conn.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let framing = if declared {
+            format!("content-length: {}", head.len() + tail.len())
+        } else {
+            "transfer-encoding: chunked".to_owned()
+        };
+        let status = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: req_upstream\r\n{framing}\r\n\r\n"
+        );
+        let frame = |part: &[u8]| match declared {
+            true => part.to_vec(),
+            false => [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat(),
+        };
+        conn.write_all(status.as_bytes()).await.unwrap();
+        conn.write_all(&frame(&head)).await.unwrap();
+        let _ = go.await;
+        for piece in tail.chunks(16 * 1024) {
+            conn.write_all(&frame(piece)).await.unwrap();
+        }
+        if !declared {
+            conn.write_all(b"0\r\n\r\n").await.unwrap();
+        }
+        // Open until the gateway lets the connection go.
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_large_plain_answer_is_relayed_as_it_arrives() {
+    for declared in [true, false] {
+        let answer = two_part_answer();
+        let expected = [answer.0.clone(), answer.1.clone()].concat();
+        let head_len = answer.0.len();
+        let (go, wait) = tokio::sync::oneshot::channel();
+        let url = two_part_upstream(answer, declared, wait).await;
+        let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+        let body = json!({"model": "text-embedding-3-large", "input": "a document"});
+        let relayed = async {
+            let res = h.post("/v1/embeddings", body).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let length = res.headers().get("content-length").cloned();
+            let mut chunks = res.bytes_stream();
+            let mut got = Vec::new();
+            // The upstream sends the rest only once the caller has had the first part,
+            // so an answer held whole by the gateway never gets here.
+            while got.len() < head_len {
+                got.extend_from_slice(&chunks.next().await.unwrap().unwrap());
+            }
+            go.send(()).unwrap();
+            while let Some(chunk) = chunks.next().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            (length, got)
+        };
+        let (length, got) = tokio::time::timeout(Duration::from_secs(20), relayed)
+            .await
+            .expect("the first part of the answer reached the caller before the rest was sent");
+        assert!(got == expected, "the answer arrives whole, byte for byte");
+        match declared {
+            true => assert_eq!(length.unwrap(), expected.len().to_string().as_str()),
+            false => assert!(length.is_none()),
+        }
+        let records = h.stop_and_records().await;
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!((r.status, r.client_disconnected), (200, false));
+        assert_eq!((r.input_tokens, r.total_tokens), (77, 77));
+        assert_eq!(r.model_served.as_deref(), Some("text-embedding-3-large"));
+        assert_eq!(r.upstream_request_id.as_deref(), Some("req_upstream"));
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_a_large_answer_still_has_its_usage_recorded() {
+    let answer = two_part_answer();
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let url = two_part_upstream(answer, true, wait).await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "text-embedding-3-large", "input": "a document"});
+    let res = h.post("/v1/embeddings", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut chunks = res.bytes_stream();
+    let first = chunks.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // The caller leaves with most of the answer unread; only then does the usage,
+    // at the end of the answer, leave the upstream.
+    drop(chunks);
+    go.send(()).unwrap();
+    let store = h.store.clone();
+    let recorded = eventually(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { !store.usage_records(0).await.unwrap().is_empty() }
+    })
+    .await;
+    assert!(recorded.is_some(), "the call was recorded");
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!((r.status, r.client_disconnected), (499, true));
+    assert_eq!(
+        (r.input_tokens, r.total_tokens),
+        (77, 77),
+        "the tokens the caller left were paid for, and counted"
+    );
+    assert_eq!(r.model_served.as_deref(), Some("text-embedding-3-large"));
 }
