@@ -137,11 +137,27 @@ const MEMBERS: [&[u8]; 4] = [b"id", b"model", b"usage", b"error"];
 /// usage object of an answer is a few hundred bytes).
 const MEMBER_LIMIT: usize = 64 * 1024;
 
-/// Bytes that matter outside a string: where strings, objects, arrays and members begin
-/// and end. Everything else (numbers, literals, whitespace) is stepped over.
+/// Bytes that matter outside a string in the top-level object: where strings,
+/// objects, arrays and members begin and end. Everything else (numbers, literals,
+/// whitespace) is stepped over.
 const STRUCTURAL: [bool; 256] = byte_set(b"\"{}[],:");
-/// Bytes that matter inside a string: its end and escapes.
-const IN_STRING: [bool; 256] = byte_set(b"\"\\");
+
+/// Where the first byte `wanted` is in `bytes`, or their length. Blocks of 32 bytes
+/// are tested at once (the test compiles to vector compares), so the run of numbers in
+/// an array of embeddings or the text of a long answer is passed over quickly; deeper
+/// down than the top level only strings, objects and arrays matter.
+#[inline]
+fn first_of(bytes: &[u8], wanted: impl Fn(u8) -> bool) -> usize {
+    let mut at = 0;
+    for block in bytes.chunks_exact(32) {
+        if block.iter().fold(false, |hit, &b| hit | wanted(b)) {
+            break;
+        }
+        at += 32;
+    }
+    let rest = &bytes[at..];
+    at + rest.iter().position(|&b| wanted(b)).unwrap_or(rest.len())
+}
 
 const fn byte_set(bytes: &[u8]) -> [bool; 256] {
     let mut set = [false; 256];
@@ -227,16 +243,13 @@ impl JsonTap {
                 i += 1;
                 continue;
             }
-            let set = if self.in_string {
-                &IN_STRING
-            } else {
-                &STRUCTURAL
-            };
             let rest = &chunk[i..];
-            let skip = rest
-                .iter()
-                .position(|&b| set[usize::from(b)])
-                .unwrap_or(rest.len());
+            let skip = match (self.in_string, self.depth) {
+                (true, _) => first_of(rest, |b| b == b'"' || b == b'\\'),
+                (false, 0 | 1) => first_of(rest, |b| STRUCTURAL[usize::from(b)]),
+                // `{` and `[`, `}` and `]` differ by one bit.
+                (false, _) => first_of(rest, |b| b == b'"' || matches!(b | 0x20, b'{' | b'}')),
+            };
             if self.in_string {
                 self.name_bytes(&rest[..skip]);
             } else if matches!(self.at, At::Start | At::Name | At::Colon)
@@ -654,7 +667,27 @@ mod tests {
             r#"not json"#,
             "",
         ];
-        for body in bodies {
+        // Long runs of numbers and text, passed over in blocks, with the bytes that
+        // matter at every offset within a block.
+        let numbers: Vec<String> = (0..300)
+            .map(|i| format!("{}.{i}e-{}", i % 7, i % 3))
+            .collect();
+        let text: String = (0..40)
+            .map(|i| format!("{}\\\"{{", "ab".repeat(i)))
+            .collect();
+        let long = format!(
+            r#"{{"data":[{{"embedding":[{}],"text":"{text}"}}],"usage":{{"prompt_tokens":{}}},"model":"m"}}"#,
+            numbers.join(","),
+            numbers.len()
+        );
+        assert_eq!(
+            from_json_body(Endpoint::Embeddings, long.as_bytes())
+                .usage
+                .unwrap()
+                .input,
+            300
+        );
+        for body in bodies.iter().copied().chain([long.as_str()]) {
             let bytes = body.as_bytes();
             let endpoint = Endpoint::Responses;
             let whole = from_json_body(endpoint, bytes);
