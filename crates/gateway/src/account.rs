@@ -409,8 +409,16 @@ pub struct StreamTap {
     decoder: SseDecoder,
     events: Vec<SseEvent>,
     strip_usage: bool,
+    /// The most one event may hold (see [`MAX_EVENT_BYTES`]).
+    max_event_bytes: usize,
     pub observed: Observed,
 }
+
+/// The most one event of a stream may hold before it ends: an upstream that sends
+/// more without ending it is broken, and its stream is cut rather than held. OpenAI's
+/// largest events (a finished response with its whole output, an image as base64)
+/// are a few megabytes.
+pub const MAX_EVENT_BYTES: usize = 64 << 20;
 
 /// `"usage":null` as compact JSON writes it; inside a JSON string the quotes would be
 /// escaped, so this sequence can only be the member itself.
@@ -423,6 +431,7 @@ impl StreamTap {
             decoder: SseDecoder::new(),
             events: Vec::new(),
             strip_usage,
+            max_event_bytes: MAX_EVENT_BYTES,
             observed: Observed::default(),
         }
     }
@@ -449,6 +458,12 @@ impl StreamTap {
         };
         self.events = events;
         out
+    }
+
+    /// Whether the event the stream is in the middle of holds more than
+    /// [`MAX_EVENT_BYTES`].
+    pub fn overflowed(&self) -> bool {
+        self.decoder.pending_bytes() > self.max_event_bytes
     }
 
     fn observe(&mut self, ev: &SseEvent) {
@@ -632,6 +647,24 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), expected);
             assert_eq!(tap.observed.usage.unwrap().total, 5);
             assert_eq!(tap.observed.model_served.as_deref(), Some("gpt-4o-mini"));
+        }
+    }
+
+    #[test]
+    fn a_stream_tap_tells_of_an_event_that_never_ends() {
+        for strip in [false, true] {
+            let mut tap = StreamTap::new(Endpoint::ChatCompletions, strip);
+            tap.max_event_bytes = 1000;
+            tap.pass(Bytes::from_static(
+                b"data: {\"id\":\"c1\"}\n\ndata: {\"a\":\"",
+            ));
+            assert!(!tap.overflowed());
+            for _ in 0..9 {
+                tap.pass(Bytes::from(vec![b'x'; 100]));
+            }
+            assert!(!tap.overflowed(), "{strip}: 900 bytes and the line's start");
+            tap.pass(Bytes::from(vec![b'x'; 100]));
+            assert!(tap.overflowed(), "{strip}: over 1,000 bytes");
         }
     }
 

@@ -298,6 +298,14 @@ impl Tap {
         }
     }
 
+    /// Whether a stream's event outgrew [`account::MAX_EVENT_BYTES`].
+    fn overflowed(&self) -> bool {
+        match self {
+            Self::Events(tap) => tap.overflowed(),
+            Self::Json(..) => false,
+        }
+    }
+
     /// Copies what was observed into the record.
     fn apply(&self, rec: &mut tollgate_store::UsageRecord) {
         match self {
@@ -386,6 +394,19 @@ impl Stream for Relay {
             return match Pin::new(upstream).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = this.pass(chunk);
+                    if this.tap.overflowed() {
+                        this.finish(Some("upstream_event_too_large"));
+                        tracing::warn!(
+                            limit = account::MAX_EVENT_BYTES,
+                            "an upstream stream event outgrew its limit; the stream is cut"
+                        );
+                        return Poll::Ready(Some(Err(ClientError::Stream {
+                            message: "an event of the upstream stream outgrew 64 MiB".into(),
+                            error: None,
+                            request_id: None,
+                            source: None,
+                        })));
+                    }
                     // A chunk that completed no event (when re-framing) yields nothing.
                     if out.is_empty() {
                         continue;

@@ -927,6 +927,92 @@ fn two_part_answer() -> (Vec<u8>, Vec<u8>) {
     (head.into_bytes(), tail.into_bytes())
 }
 
+/// Reads one request from `conn`: its head, then the body its `Content-Length`
+/// declares.
+async fn read_request(conn: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_at = loop {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the gateway closed before sending its request");
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&seen[..body_at]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while seen.len() < body_at + length {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the gateway closed before sending its whole request");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An upstream for one call that answers with an event stream whose second event
+/// never ends: it sends megabytes of it until the gateway lets go. Returns its base
+/// URL.
+async fn endless_event_upstream() -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        read_request(&mut conn).await;
+        let first = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[]}\n\ndata: {\"x\":\"";
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let frame =
+            |part: &[u8]| [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&frame(first.as_bytes())).await.unwrap();
+        let more = frame(&vec![b'x'; 1 << 20]);
+        // 128 MiB at most: the gateway is expected to let go after 64.
+        for _ in 0..128 {
+            if conn.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        panic!("the gateway read 128 MiB of one event");
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_stream_event_that_never_ends_is_cut_at_its_limit() {
+    let url = endless_event_upstream().await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let res = h.post("/v1/chat/completions", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut chunks = res.bytes_stream();
+    let mut got = Vec::new();
+    let cut = loop {
+        match chunks.next().await {
+            Some(Ok(chunk)) => got.extend_from_slice(&chunk),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(cut, "the caller's stream is cut, not ended as if whole");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("data: {\"id\":\"c1\""),
+        "{}",
+        &text[..80.min(text.len())]
+    );
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.error_code.as_deref(), Some("upstream_event_too_large"));
+    assert!(r.streamed);
+    assert_eq!(r.model_served.as_deref(), Some("gpt-4o-mini"));
+}
+
 /// An upstream for one call that answers with `head` and, once `go` fires, with `tail`,
 /// in pieces: declared with a `Content-Length`, or chunked. Returns its base URL.
 async fn two_part_upstream(
@@ -939,26 +1025,8 @@ async fn two_part_upstream(
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
-        // The request: its head, then the body its Content-Length declares.
-        let mut seen = Vec::new();
+        read_request(&mut conn).await;
         let mut buf = [0u8; 4096];
-        let body_at = loop {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the gateway closed before sending its request");
-            seen.extend_from_slice(&buf[..n]);
-            if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-        };
-        let head_text = String::from_utf8_lossy(&seen[..body_at]).to_ascii_lowercase();
-        let length: usize = head_text
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while seen.len() < body_at + length {
-            let n = conn.read(&mut buf).await.unwrap();
-            seen.extend_from_slice(&buf[..n]);
-        }
         let framing = if declared {
             format!("content-length: {}", head.len() + tail.len())
         } else {

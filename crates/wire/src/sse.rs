@@ -53,6 +53,9 @@ pub fn encode_event(event: Option<&str>, data: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no line end (a long line arriving in many
+    /// chunks is scanned once, not again with every chunk).
+    scanned: usize,
     /// The previous chunk ended in CR: an LF at the start of the next one belongs to it.
     pending_cr: bool,
     started: bool,
@@ -86,7 +89,7 @@ impl SseDecoder {
         }
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
-        let mut i = 0;
+        let mut i = self.scanned;
         while i < self.buf.len() {
             let b = self.buf[i];
             if b != b'\n' && b != b'\r' {
@@ -109,6 +112,13 @@ impl SseDecoder {
             }
         }
         self.buf.drain(..start);
+        self.scanned = self.buf.len();
+    }
+
+    /// The bytes held for the event not yet complete: its data so far and the line
+    /// not yet ended.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len() + self.data.len()
     }
 
     /// Processes one complete line; returns an event when the line dispatches one.
@@ -226,6 +236,28 @@ mod tests {
         let ev = d.push(b"\n\n");
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].data, "x\ny");
+    }
+
+    #[test]
+    fn a_long_line_in_many_chunks_and_what_is_held_for_it() {
+        let mut d = SseDecoder::new();
+        assert!(d.push(b"event: big\ndata: first\n").is_empty());
+        assert_eq!(d.pending_bytes(), "first".len());
+        let long = "x".repeat(100_000);
+        for piece in format!("data: {long}").as_bytes().chunks(1000) {
+            assert!(d.push(piece).is_empty());
+        }
+        assert_eq!(
+            d.pending_bytes(),
+            "first".len() + "data: ".len() + long.len()
+        );
+        // A CR ends the line even when the LF comes in the next chunk.
+        assert!(d.push(b"\r").is_empty());
+        let ev = d.push(b"\n\r\n");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event.as_deref(), Some("big"));
+        assert_eq!(ev[0].data, format!("first\n{long}"));
+        assert_eq!(d.pending_bytes(), 0);
     }
 
     #[test]
