@@ -401,7 +401,10 @@ impl Stream for Relay {
                             "an upstream stream event outgrew its limit; the stream is cut"
                         );
                         return Poll::Ready(Some(Err(ClientError::Stream {
-                            message: "an event of the upstream stream outgrew 64 MiB".into(),
+                            message: format!(
+                                "an event of the upstream stream outgrew {} MiB",
+                                account::MAX_EVENT_BYTES >> 20
+                            ),
                             error: None,
                             request_id: None,
                             source: None,
