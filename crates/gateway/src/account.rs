@@ -137,15 +137,9 @@ const MEMBERS: [&[u8]; 4] = [b"id", b"model", b"usage", b"error"];
 /// usage object of an answer is a few hundred bytes).
 const MEMBER_LIMIT: usize = 64 * 1024;
 
-/// Bytes that matter outside a string in the top-level object: where strings,
-/// objects, arrays and members begin and end. Everything else (numbers, literals,
-/// whitespace) is stepped over.
-const STRUCTURAL: [bool; 256] = byte_set(b"\"{}[],:");
-
 /// Where the first byte `wanted` is in `bytes`, or their length. Blocks of 32 bytes
 /// are tested at once (the test compiles to vector compares), so the run of numbers in
-/// an array of embeddings or the text of a long answer is passed over quickly; deeper
-/// down than the top level only strings, objects and arrays matter.
+/// an array of embeddings or the text of a long answer is passed over quickly.
 #[inline]
 fn first_of(bytes: &[u8], wanted: impl Fn(u8) -> bool) -> usize {
     let mut at = 0;
@@ -157,16 +151,6 @@ fn first_of(bytes: &[u8], wanted: impl Fn(u8) -> bool) -> usize {
     }
     let rest = &bytes[at..];
     at + rest.iter().position(|&b| wanted(b)).unwrap_or(rest.len())
-}
-
-const fn byte_set(bytes: &[u8]) -> [bool; 256] {
-    let mut set = [false; 256];
-    let mut i = 0;
-    while i < bytes.len() {
-        set[bytes[i] as usize] = true;
-        i += 1;
-    }
-    set
 }
 
 /// Where [`JsonTap`] is among the members of the top-level object.
@@ -246,8 +230,13 @@ impl JsonTap {
             let rest = &chunk[i..];
             let skip = match (self.in_string, self.depth) {
                 (true, _) => first_of(rest, |b| b == b'"' || b == b'\\'),
-                (false, 0 | 1) => first_of(rest, |b| STRUCTURAL[usize::from(b)]),
-                // `{` and `[`, `}` and `]` differ by one bit.
+                // In the top-level object: where strings, objects, arrays and members
+                // begin and end. Numbers, literals and whitespace are stepped over.
+                (false, 0 | 1) => first_of(rest, |b| {
+                    matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':')
+                }),
+                // Deeper down only strings, objects and arrays matter; `{` and `[`,
+                // `}` and `]` differ by one bit.
                 (false, _) => first_of(rest, |b| b == b'"' || matches!(b | 0x20, b'{' | b'}')),
             };
             if self.in_string {
@@ -668,7 +657,7 @@ mod tests {
         }
     }
 
-    /// `body` through a [`JsonTap`] in pieces split at `at` (each offset a cut).
+    /// `body` through a [`JsonTap`] in pieces, cut at each offset of `cuts`.
     fn tapped(body: &[u8], cuts: &[usize]) -> JsonTap {
         let mut tap = JsonTap::default();
         let mut from = 0;

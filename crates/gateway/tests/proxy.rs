@@ -953,6 +953,11 @@ async fn read_request(conn: &mut tokio::net::TcpStream) {
     }
 }
 
+/// `part` as one chunk of a chunked HTTP/1.1 body.
+fn chunk_of(part: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat()
+}
+
 /// An upstream for one call that answers with an event stream whose second event
 /// never ends: it sends megabytes of it until the gateway lets go. Returns its base
 /// URL.
@@ -965,11 +970,9 @@ async fn endless_event_upstream() -> String {
         read_request(&mut conn).await;
         let first = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[]}\n\ndata: {\"x\":\"";
         let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        let frame =
-            |part: &[u8]| [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
         conn.write_all(head.as_bytes()).await.unwrap();
-        conn.write_all(&frame(first.as_bytes())).await.unwrap();
-        let more = frame(&vec![b'x'; 1 << 20]);
+        conn.write_all(&chunk_of(first.as_bytes())).await.unwrap();
+        let more = chunk_of(&vec![b'x'; 1 << 20]);
         // 128 MiB at most: the gateway is expected to let go after 64.
         for _ in 0..128 {
             if conn.write_all(&more).await.is_err() {
@@ -1037,7 +1040,7 @@ async fn two_part_upstream(
         );
         let frame = |part: &[u8]| match declared {
             true => part.to_vec(),
-            false => [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat(),
+            false => chunk_of(part),
         };
         conn.write_all(status.as_bytes()).await.unwrap();
         conn.write_all(&frame(&head)).await.unwrap();
