@@ -111,6 +111,18 @@ struct ErrorJson {
     code: Option<String>,
 }
 
+impl BodyJson {
+    /// What a whole answer says (a plain answer's; a stream's events are read apart).
+    fn observed(self, endpoint: Endpoint) -> Observed {
+        Observed {
+            response_id: self.id.filter(|_| endpoint.has_response_id()),
+            model_served: self.model,
+            usage: self.usage.map(Tokens::from),
+            stream_error: self.error.map(|e| e.code.unwrap_or_else(|| "error".into())),
+        }
+    }
+}
+
 /// Reads usage from a complete JSON answer (non-streamed). Unparseable bodies give
 /// nothing: accounting never fails a call.
 pub fn from_json_body(endpoint: Endpoint, body: &[u8]) -> Observed {
@@ -118,16 +130,8 @@ pub fn from_json_body(endpoint: Endpoint, body: &[u8]) -> Observed {
     let Ok(text) = std::str::from_utf8(body) else {
         return Observed::default();
     };
-    let Ok(b) = serde_json::from_str::<BodyJson>(text) else {
-        return Observed::default();
-    };
-    let error = b.error.map(|e| e.code.unwrap_or_else(|| "error".into()));
-    Observed {
-        response_id: b.id.filter(|_| endpoint.has_response_id()),
-        model_served: b.model,
-        usage: b.usage.map(Tokens::from),
-        stream_error: error,
-    }
+    serde_json::from_str::<BodyJson>(text)
+        .map_or_else(|_| Observed::default(), |b| b.observed(endpoint))
 }
 
 /// The top-level members of a JSON answer that accounting reads, in [`JsonTap`]'s
@@ -189,9 +193,9 @@ pub struct JsonTap {
     name_len: usize,
     /// The member whose value is being kept, by its index in [`MEMBERS`].
     keeping: Option<usize>,
+    /// The members' values as kept; empty when absent or longer than
+    /// [`MEMBER_LIMIT`].
     values: [Vec<u8>; 4],
-    /// Members whose value was longer than [`MEMBER_LIMIT`].
-    dropped: [bool; 4],
 }
 
 impl Default for JsonTap {
@@ -205,7 +209,6 @@ impl Default for JsonTap {
             name_len: 0,
             keeping: None,
             values: Default::default(),
-            dropped: [false; 4],
         }
     }
 }
@@ -277,7 +280,6 @@ impl JsonTap {
                     self.keeping = MEMBERS.iter().position(|m| *m == name);
                     if let Some(m) = self.keeping {
                         self.values[m].clear();
-                        self.dropped[m] = false;
                         kept_from = Some(i);
                     }
                 }
@@ -320,20 +322,21 @@ impl JsonTap {
     }
 
     /// Keeps `chunk[from..to]` as part of the value being kept; `to` short of the
-    /// chunk's end is where the value ended.
+    /// chunk's end is where the value ended. A value that outgrows [`MEMBER_LIMIT`] is
+    /// let go, and no more of it kept.
     fn keep(&mut self, chunk: &[u8], from: Option<usize>, to: usize) {
         let (Some(m), Some(from)) = (self.keeping, from) else {
             return;
         };
-        if to < chunk.len() {
-            self.keeping = None;
-        }
         let value = &mut self.values[m];
-        if self.dropped[m] || value.len() + (to - from) > MEMBER_LIMIT {
-            self.dropped[m] = true;
+        if value.len() + (to - from) > MEMBER_LIMIT {
             *value = Vec::new();
+            self.keeping = None;
         } else {
             value.extend_from_slice(&chunk[from..to]);
+            if to < chunk.len() {
+                self.keeping = None;
+            }
         }
     }
 
@@ -346,9 +349,6 @@ impl JsonTap {
 
     /// The value kept of member `m`, parsed.
     fn value<T: serde::de::DeserializeOwned>(&self, m: usize) -> Option<T> {
-        if self.dropped[m] || self.values[m].is_empty() {
-            return None;
-        }
         serde_json::from_slice(&self.values[m]).ok()
     }
 
@@ -357,14 +357,13 @@ impl JsonTap {
         if self.at != At::End {
             return Observed::default();
         }
-        let id: Option<String> = self.value(0);
-        let error: Option<ErrorJson> = self.value(3);
-        Observed {
-            response_id: id.filter(|_| endpoint.has_response_id()),
-            model_served: self.value(1),
-            usage: self.value::<UsageJson>(2).map(Tokens::from),
-            stream_error: error.map(|e| e.code.unwrap_or_else(|| "error".into())),
-        }
+        let body = BodyJson {
+            id: self.value(0),
+            model: self.value(1),
+            usage: self.value(2),
+            error: self.value(3),
+        };
+        body.observed(endpoint)
     }
 
     /// The `error.code` (or `error.type`) of an error answer, as
@@ -740,12 +739,23 @@ mod tests {
 
     #[test]
     fn the_json_tap_keeps_only_short_values() {
-        let long = "x".repeat(MEMBER_LIMIT);
-        let body = format!(r#"{{"model":"{long}","usage":{{"input_tokens":3}}}}"#);
-        let tap = tapped(body.as_bytes(), &[10, MEMBER_LIMIT / 2]);
-        let seen = tap.observed(Endpoint::Embeddings);
-        assert_eq!(seen.model_served, None, "a value over 64 KiB is not kept");
-        assert_eq!(seen.usage.unwrap().input, 3);
-        assert_eq!(seen.response_id, None);
+        // Outgrown where the value ends, and in a piece the value goes on after.
+        for (len, cuts) in [
+            (MEMBER_LIMIT, [10, MEMBER_LIMIT / 2]),
+            (2 * MEMBER_LIMIT, [10, MEMBER_LIMIT + 100]),
+        ] {
+            let long = "x".repeat(len);
+            let body = format!(r#"{{"model":"{long}","usage":{{"input_tokens":3}}}}"#);
+            let seen = tapped(body.as_bytes(), &cuts).observed(Endpoint::Embeddings);
+            assert_eq!(
+                seen.model_served, None,
+                "{len}: a value over 64 KiB is not kept"
+            );
+            assert_eq!(seen.usage.unwrap().input, 3, "{len}");
+            assert_eq!(seen.response_id, None);
+        }
+        let short = r#"{"model":"m","usage":{"input_tokens":3}}"#;
+        let seen = tapped(short.as_bytes(), &[10]).observed(Endpoint::Embeddings);
+        assert_eq!(seen.model_served.as_deref(), Some("m"));
     }
 }

@@ -413,10 +413,7 @@ impl Cache {
             }
             return Response::from_parts(parts, Body::from(bytes));
         }
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let declared = crate::dispatch::content_length(&parts.headers);
         let capture = Capture {
             inner: body.into_data_stream(),
             buf: Vec::new(),

@@ -177,11 +177,7 @@ pub async fn relay(
     rec.upstream_request_id = reply.meta.request_id.take();
     rec.attempts = reply.attempts();
     // The answer's declared length (not relayed: the caller's is set anew).
-    let declared: Option<usize> = reply
-        .meta
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let declared = content_length(&reply.meta.headers);
     let mut headers = relay_headers(std::mem::take(&mut reply.meta.headers), own_limits);
     for (name, value) in &preflight.headers {
         headers.insert(name.clone(), value.clone());
@@ -231,6 +227,12 @@ pub async fn relay(
     }
     guard.finish().await;
     answer(status, headers, Body::from(bytes))
+}
+
+/// The `Content-Length` an answer declares.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<usize> {
+    let value = headers.get(header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.parse().ok()
 }
 
 /// The caller's response: the upstream's status, the relayed headers moved in as they
