@@ -236,6 +236,8 @@ async fn create(
         expires_in,
         lane,
     } = key;
+    // Checked before the project is created for it: a refused key changes nothing.
+    tollgate_store::validate_env_name(env)?;
     let max_age = store
         .project_by_name(project)
         .await?

@@ -21,7 +21,8 @@ pub struct MockArgs {
     #[arg(
         long = "api-key",
         env = "TOLLGATE_MOCK_API_KEYS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     api_keys: Vec<String>,
     /// Requests per minute allowed per API key (default: unlimited).

@@ -2,7 +2,7 @@
 //! in-process as the upstream and a demo project and key are created (or reused), so a
 //! newcomer sees tollgate work without a provider key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -44,10 +44,12 @@ pub struct ServeArgs {
     state: StateArgs,
 }
 
-/// The demo project, environment and the file that keeps its key between runs.
+/// The demo project, environment and key name.
 const DEMO_PROJECT: &str = "demo";
 const DEMO_ENV: &str = "dev";
-const DEMO_KEY_FILE: &str = "demo-key";
+const DEMO_KEY_NAME: &str = "demo";
+/// Where releases before this one kept the demo key's secret.
+const LEGACY_DEMO_KEY_FILE: &str = "demo-key";
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((from, to)) = raise_open_files_limit() {
@@ -122,15 +124,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let data_dir_arg = config.data_dir.display().to_string();
+    // Where `tollgate usage` finds this server's records (a password in a database
+    // URL is not printed).
+    let store_arg = match &config.database_url {
+        Some(url) => format!(
+            "--database-url '{}'",
+            tollgate_gateway::config::redact_url(url)
+        ),
+        None => format!("--data-dir {}", config.data_dir.display()),
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    if let Some(key) = &demo_key {
-        print_demo_banner(&addr.to_string(), key, &data_dir_arg);
-    }
     let state_at = match &config.database_url {
         Some(_) => "database URL".to_owned(),
         None => config.data_dir.display().to_string(),
@@ -140,14 +146,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .url
         .as_ref()
         .map_or_else(|| "memory".to_owned(), |u| u.redacted());
-    tracing::info!(upstream = %config.upstream.url, state = %state_at, limits = %limits_at, "tollgate serving");
-
-    let report = tollgate_gateway::serve(
+    let upstream_at = config.upstream.url.clone();
+    // Announced once everything that can fail at start has succeeded.
+    let ready = || {
+        println!("listening on http://{addr}");
+        if let Some(key) = &demo_key {
+            print_demo_banner(&addr.to_string(), key, &store_arg);
+        }
+        tracing::info!(upstream = %upstream_at, state = %state_at, limits = %limits_at, "tollgate serving");
+    };
+    let report = tollgate_gateway::serve_announced(
         listener,
         config,
         store,
         provider_key,
         crate::shutdown_signal(),
+        ready,
     )
     .await
     .context("gateway failed")?;
@@ -171,56 +185,41 @@ fn resolve_provider_key(reference: &SecretRef) -> anyhow::Result<Secret> {
     })
 }
 
-/// Reuses the demo key kept in the data directory if the store still accepts it,
-/// otherwise mints a new one. The file holds a key that only reaches the in-process
-/// simulator; it is written with mode 0600.
+/// Mints the demo key: a new one at each start, printed once and stored only as its
+/// digest like every key. Earlier demo keys are revoked, so a demo's key never outlives
+/// the next start, and a data directory later served against a real provider holds no
+/// secret a reader could use. (Earlier versions kept the demo key in a
+/// `demo-key` file to reuse it; the file is removed.)
 async fn demo_key(store: &Store, data_dir: &Path) -> anyhow::Result<String> {
     store.ensure_project(DEMO_PROJECT).await?;
-    // With a database URL nothing else creates the data directory.
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let path: PathBuf = data_dir.join(DEMO_KEY_FILE);
-    if let Ok(saved) = std::fs::read_to_string(&path) {
-        let saved = saved.trim().to_owned();
-        let digest = keys::digest_hex(&saved);
-        if store
-            .active_keys()
-            .await?
-            .iter()
-            .any(|k| k.digest_hex == digest)
-        {
-            return Ok(saved);
+    let now = state::now_ms();
+    for earlier in store.list_keys().await? {
+        let is_demo = earlier.project == DEMO_PROJECT
+            && earlier.env == DEMO_ENV
+            && earlier.name.as_deref() == Some(DEMO_KEY_NAME);
+        if is_demo && earlier.revoked_at_ms.is_none() {
+            let reason = Some("replaced by a new `serve --demo`");
+            store.revoke_key(&earlier.id, reason, now).await?;
         }
+    }
+    match std::fs::remove_file(data_dir.join(LEGACY_DEMO_KEY_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, "cannot remove the old demo-key file");
+        }
+        _ => {}
     }
     let minted = keys::mint(
         DEMO_PROJECT,
         DEMO_ENV,
         Role::Member,
-        Some("demo".into()),
-        state::now_ms(),
+        Some(DEMO_KEY_NAME.into()),
+        now,
     );
     store.insert_key(&minted.record).await?;
-    write_private(&path, &minted.secret)?;
     Ok(minted.secret)
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
-fn print_demo_banner(addr: &str, key: &str, data_dir: &str) {
+fn print_demo_banner(addr: &str, key: &str, store_arg: &str) {
     // A reader of stdout that went away (a script that read the key and closed the
     // pipe) must not stop the server: println! would panic on the broken pipe.
     use std::io::Write as _;
@@ -246,7 +245,7 @@ Or from Python (pip install openai):
   r = client.responses.create(model="gpt-4o-mini", input="Say hello in five words.")
   print(r.output_text, r.usage)
 
-Usage so far: tollgate usage --data-dir {data_dir}. Stop with Ctrl-C."#
+Usage so far: tollgate usage {store_arg}. Stop with Ctrl-C."#
     );
 }
 

@@ -19,7 +19,12 @@ pub struct StateArgs {
     #[arg(long, env = "TOLLGATE_DATA_DIR", global = true)]
     pub data_dir: Option<String>,
     /// Database URL instead of the data directory: postgres://… or sqlite://PATH.
-    #[arg(long, env = "TOLLGATE_DATABASE_URL", global = true)]
+    #[arg(
+        long,
+        env = "TOLLGATE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 

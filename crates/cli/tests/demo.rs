@@ -1,7 +1,8 @@
 //! The README's main command, `tollgate serve --demo`: it starts with no provider key
 //! and no configuration, prints its address first and then a key, a curl command and a
-//! Python snippet that work as printed; a second start reuses the demo key; SIGINT stops
-//! it with exit 0 and the call recorded.
+//! Python snippet that work as printed; the key is stored nowhere but as its digest, and
+//! a second start mints a new one and revokes the first; SIGINT stops it with exit 0
+//! and the calls recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -107,19 +108,35 @@ fn interrupt(mut child: Child) {
     );
 }
 
+/// Whether any file under `dir` holds `needle`'s bytes.
+fn stored_anywhere(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            return stored_anywhere(&path, needle);
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
 #[test]
-fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
+fn serve_demo_answers_the_printed_commands_and_mints_a_new_key_each_start() {
     let dir = tempfile::tempdir().unwrap();
     let (child, addr, key) = start_demo(dir.path());
     let answer = call(&addr, &key);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"object\":\"response\""), "{answer}");
     interrupt(child);
+    // The secret is kept nowhere in the data directory (the store has its digest).
+    assert!(!stored_anywhere(dir.path(), &key));
 
-    // A second start reuses the same demo key, and the first call was recorded.
+    // A second start prints a new key and revokes the first; both calls were recorded.
     let (child, addr, again) = start_demo(dir.path());
-    assert_eq!(again, key);
-    assert!(call(&addr, &key).starts_with("HTTP/1.1 200"));
+    assert_ne!(again, key);
+    assert!(call(&addr, &again).starts_with("HTTP/1.1 200"));
+    let refused = call(&addr, &key);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
     interrupt(child);
     let usage = Command::new(bin())
         .args(["usage", "--json", "--data-dir"])
@@ -134,7 +151,7 @@ fn serve_demo_answers_the_printed_commands_and_keeps_its_key() {
         .iter()
         .map(|r| r["requests"].as_u64().unwrap())
         .sum();
-    assert_eq!(requests, 2, "{rows}");
+    assert_eq!(requests, 3, "{rows}");
 }
 
 /// Starts `serve --demo` in `data` after the shell commands `limits` (`ulimit …`);

@@ -241,3 +241,48 @@ fn usage_records(data: &Path) -> String {
         serde_json::to_string(&store.usage_records(0).await.unwrap()).unwrap()
     })
 }
+
+/// `--help` shows which environment variables a flag reads, never their values when
+/// they may hold a password or key.
+#[test]
+fn help_never_shows_the_value_of_a_secret_environment_variable() {
+    for args in [
+        &["keys", "list", "--help"][..],
+        &["serve", "--help"],
+        &["mock", "--help"],
+    ] {
+        let out = Command::new(bin())
+            .args(args)
+            .env(
+                "TOLLGATE_DATABASE_URL",
+                "postgres://tg:hunter2@127.0.0.1:1/x",
+            )
+            .env("TOLLGATE_REDIS_URL", "redis://:hunter3@127.0.0.1:1")
+            .env("TOLLGATE_MOCK_API_KEYS", "sk-hunter4")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("hunter"), "{args:?}: {text}");
+    }
+}
+
+/// A start that fails (here: a provider key that cannot go in a header) prints no
+/// `listening on` line first: a supervisor reading it would take the gateway as up.
+#[test]
+fn a_start_that_fails_announces_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "sk-line-one\nsk-line-two\n").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream-api-key"])
+        .arg(format!("file:{}", key_file.display()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("sk-line"), "{err}");
+}

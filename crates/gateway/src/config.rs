@@ -386,8 +386,32 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+/// What is wrong with an upstream's base URL, if anything. The URL is quoted only when
+/// it carries no user or password (which would be a credential in logs, `/readyz` and
+/// errors, and cannot work: the provider key replaces `Authorization`).
+pub(crate) fn base_url_problem(url: &str) -> Option<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!("{url:?} must start with http:// or https://"));
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return Some(format!(
+            "{:?} carries a user name or password: remove it (the provider key goes in \
+             api_key, as a secret reference)",
+            redact_url(url)
+        ));
+    }
+    if scheme != "http" && scheme != "https" {
+        return Some(format!("{url:?} must start with http:// or https://"));
+    }
+    if authority.is_empty() {
+        return Some(format!("{url:?} names no host"));
+    }
+    None
+}
+
 /// `scheme://user:password@host…` → `scheme://***@host…`.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "***".into();
     };
@@ -474,7 +498,13 @@ impl std::error::Error for ConfigErrors {}
 impl RawConfig {
     /// Parses TOML; an error names the dotted path of the offending key.
     pub fn from_toml_str(s: &str) -> Result<Self, ConfigErrors> {
-        let de = toml::Deserializer::parse(s).map_err(|e| one("(file)", e.message()))?;
+        let de = toml::Deserializer::parse(s).map_err(|e| {
+            let at = e.span().map_or_else(String::new, |span| {
+                let (line, column) = line_and_column(s, span.start);
+                format!(" (line {line}, column {column})")
+            });
+            one("(file)", &format!("{}{at}", e.message().trim()))
+        })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." {
@@ -492,6 +522,18 @@ impl Config {
     pub fn from_toml_str(s: &str) -> Result<Self, ConfigErrors> {
         Self::try_from(RawConfig::from_toml_str(s)?)
     }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
 }
 
 fn one(path: &str, message: &str) -> ConfigErrors {
@@ -522,18 +564,14 @@ impl TryFrom<RawConfig> for Config {
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
 
-        let url = raw
+        let url_text = raw
             .upstream
             .url
             .as_deref()
-            .unwrap_or("https://api.openai.com/v1")
-            .trim_end_matches('/')
-            .to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            err(
-                "upstream.url",
-                format!("{url:?} must start with http:// or https://"),
-            );
+            .unwrap_or("https://api.openai.com/v1");
+        let url = url_text.trim_end_matches('/').to_owned();
+        if let Some(problem) = base_url_problem(url_text) {
+            err("upstream.url", problem);
         }
         let key_text = raw
             .upstream
@@ -1066,6 +1104,36 @@ mod tests {
 
         let e = Config::from_toml_str("[server]\nmax_body_bytes = \"big\"\n").unwrap_err();
         assert_eq!(e.0[0].path, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn a_syntax_error_says_where_it_is() {
+        let e = Config::from_toml_str(
+            "listen = \"127.0.0.1:1\"\n[upstream]\nurl = \"a\"\nurl = \"b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].path, "(file)");
+        assert!(e.0[0].message.contains("line 4, column 1"), "{e}");
+        let e = Config::from_toml_str("[upstream\n").unwrap_err();
+        assert!(e.0[0].message.contains("line 1, column 10"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_url_with_a_password_is_refused_without_echoing_it() {
+        for url in [
+            "http://proxyuser:hunter2@127.0.0.1:9/v1",
+            "https://hunter2@example.com/v1",
+        ] {
+            let toml = format!("[upstream]\nurl = \"{url}\"\n");
+            let e = Config::from_toml_str(&toml).unwrap_err();
+            assert_eq!(e.0[0].path, "upstream.url", "{e}");
+            assert!(e.0[0].message.contains("user name or password"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let e = Config::from_toml_str("[upstream]\nurl = \"https://\"\n").unwrap_err();
+        assert!(e.0[0].message.contains("names no host"), "{e}");
+        let ok = Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:9/v1?a=b@c\"\n");
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]

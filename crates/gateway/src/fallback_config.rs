@@ -154,17 +154,15 @@ pub fn resilience_config(
             );
         }
         names.push(name.clone());
-        let url = u
-            .url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/')
-            .to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let url_text = u.url.as_deref().unwrap_or("");
+        let url = url_text.trim_end_matches('/').to_owned();
+        if url_text.is_empty() {
             err(
                 at("url"),
                 "must be a base URL starting with http:// or https:// (including /v1)".into(),
             );
+        } else if let Some(problem) = crate::config::base_url_problem(url_text) {
+            err(at("url"), problem);
         }
         let api_key = match u.api_key.as_deref().map(SecretRef::parse) {
             Some(Ok(r)) => r,

@@ -283,11 +283,18 @@ async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
             .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| refs.for_key(&k.project, &k.env).map(str::to_owned))
             .collect();
-        if let Err(e) = tokio::task::spawn_blocking(move || upstream.resolve_refs(&used)).await {
+        // New references are read before the swap (their keys need them); the known
+        // ones are re-read after it, off the reload, so a slow `exec:` command does not
+        // delay a revocation.
+        let (first, then) = (upstream.clone(), used.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || first.resolve_new(&used)).await {
             tracing::error!(error = %e, "resolving provider credentials failed");
         }
+        cache.replace_with_refs(&keys, &refs);
+        tokio::task::spawn_blocking(move || upstream.refresh(&then));
+    } else {
+        cache.replace_with_refs(&keys, &refs);
     }
-    cache.replace_with_refs(&keys, &refs);
     cache.anomaly_policy.replace(auto_suspend);
     Ok(keys.len())
 }

@@ -53,7 +53,7 @@ pub mod upstream;
 
 pub use config::{Config, RawConfig};
 pub use error::GatewayError;
-pub use server::{serve, Gateway, ServeReport};
+pub use server::{serve, serve_announced, Gateway, ServeReport};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -72,17 +72,88 @@ impl SecretRef {
     }
 }
 
+/// How long an `exec:` command may take: one that hangs (a vault CLI waiting on the
+/// network) must not hold up the start or a reload of the keys for ever.
+pub const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn run(cmd: &str) -> Result<String, SecretError> {
-    let out = Command::new("sh")
+    run_within(cmd, EXEC_TIMEOUT)
+}
+
+/// Runs `cmd` with `sh -c` in a process group of its own; past `limit` the whole group
+/// is killed (the shell and whatever it started).
+fn run_within(cmd: &str, limit: std::time::Duration) -> Result<String, SecretError> {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // stderr may echo the secret: it is not read.
+        .stderr(Stdio::null());
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .spawn()
         .map_err(|e| SecretError::Exec(e.kind().to_string()))?;
-    if !out.status.success() {
-        // stderr may echo the secret; report only the status.
-        return Err(SecretError::Exec(format!("exited with {}", out.status)));
+    let mut stdout = child.stdout.take();
+    // Read on a thread of its own, so a command that writes a lot cannot block on a
+    // full pipe while it is waited for.
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_end(&mut out);
+        }
+        out
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                kill_group(&mut child);
+                return Err(SecretError::Exec(format!(
+                    "did not finish within {} s",
+                    limit.as_secs()
+                )));
+            }
+            Err(e) => return Err(SecretError::Exec(e.kind().to_string())),
+        }
+    };
+    if !status.success() {
+        // Only the status is reported: the output may hold the secret.
+        return Err(SecretError::Exec(format!("exited with {status}")));
     }
-    String::from_utf8(out.stdout).map_err(|_| SecretError::Exec("output is not UTF-8".into()))
+    let out = reader
+        .join()
+        .map_err(|_| SecretError::Exec("reading its output failed".into()))?;
+    String::from_utf8(out).map_err(|_| SecretError::Exec("output is not UTF-8".into()))
+}
+
+/// Kills the command's process group (unix), else the command.
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A stored reference as logs may show it: an `exec:` command's program only (its
+/// arguments may hold a token), and nothing of text that is not a reference.
+pub fn describe(reference: &str) -> String {
+    SecretRef::parse(reference).map_or_else(|_| "(not a reference)".to_owned(), |r| r.to_string())
 }
 
 impl fmt::Display for SecretRef {
@@ -180,5 +251,42 @@ mod tests {
             SecretRef::Env("TOLLGATE_TEST_SURELY_UNSET_VAR".into()).resolve(),
             Err(SecretError::EnvMissing(_))
         ));
+    }
+
+    #[test]
+    fn logs_describe_a_command_by_its_program_only() {
+        let described = describe("exec:vault read -field=key -header X-Vault-Token:hvs.SECRET");
+        assert_eq!(described, "exec:vault …");
+        assert_eq!(describe("file:/run/key"), "file:/run/key");
+        assert_eq!(describe("sk-pasted"), "(not a reference)");
+    }
+
+    #[test]
+    fn a_command_that_hangs_is_stopped_at_its_limit_with_what_it_started() {
+        // The shell starts a child that would outlive it, holding the output open.
+        let started = std::time::Instant::now();
+        let err = run_within(
+            "sleep 31.4159; echo sk-late",
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // The group was killed: no `sleep 31.4159` is left running (a killed process
+        // may take a moment to go).
+        #[cfg(target_os = "linux")]
+        {
+            let running = || {
+                std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+                    let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    cmdline.starts_with(b"sleep\x0031.4159")
+                })
+            };
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while running() && std::time::Instant::now() < until {
+                std::thread::yield_now();
+            }
+            assert!(!running(), "the command's child was left running");
+        }
     }
 }

@@ -32,7 +32,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -205,6 +205,20 @@ pub async fn serve(
     provider_key: Secret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<ServeReport, crate::StartError> {
+    serve_announced(listener, config, store, provider_key, shutdown, || {}).await
+}
+
+/// [`serve`], calling `ready` once everything that can fail at start has succeeded,
+/// just before connections are accepted (`tollgate serve` prints its `listening on`
+/// line there, so the line never comes before a start that fails).
+pub async fn serve_announced(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    provider_key: Secret,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: impl FnOnce(),
+) -> Result<ServeReport, crate::StartError> {
     let upstream = Upstream::new(&config.upstream, provider_key)?;
     let fallbacks = crate::fallback::Fallbacks::start(&config)?;
     let keys = Arc::new(KeyCache::with_upstream(upstream.clone()));
@@ -310,6 +324,7 @@ pub async fn serve(
         .map_err(crate::StartError::Threads)?;
     // Only the I/O threads hold the gateway now: its usage sink closes with the last.
     drop((app, gateway));
+    ready();
     accept(listener, threads, &connections, shutdown).await;
 
     let _ = stop_tx.send(true);
@@ -610,8 +625,17 @@ async fn serve_connections(
             };
             async move {
                 match to {
-                    Ok(gw) => Ok(pipeline::handle(State(gw), req).await),
-                    Err(mut app) => tower_service::Service::call(&mut app, req).await,
+                    Ok(gw) => {
+                        Ok::<_, std::convert::Infallible>(pipeline::handle(State(gw), req).await)
+                    }
+                    Err(mut app) => {
+                        let mut res = tower_service::Service::call(&mut app, req).await?;
+                        // Health, metrics and admin answers carry an id too.
+                        if let Ok(id) = HeaderValue::from_str(&crate::accept::request_id()) {
+                            res.headers_mut().entry("x-request-id").or_insert(id);
+                        }
+                        Ok(res)
+                    }
                 }
             }
         });

@@ -4,8 +4,10 @@
 //!
 //! The global `upstream.api_key` has its client from start-up. Projects and their
 //! environments may name other credentials (secret references, see
-//! `docs/gateway.md`); those are resolved off the request path, whenever the key cache
-//! loads ([`Upstream::resolve_refs`]), and kept in a map reference → client that
+//! `docs/gateway.md`); those are resolved off the request path whenever the key cache
+//! loads: a new reference before the keys that need it are swapped in
+//! ([`Upstream::resolve_new`]), the known ones again after it ([`Upstream::refresh`],
+//! so a slow `exec:` command never delays a revocation), and kept in a map reference → client that
 //! requests only read. A reference that cannot be read is logged by reference, never
 //! by value, and calls that need it are refused with
 //! [`GatewayError::CredentialUnavailable`].
@@ -63,15 +65,41 @@ impl Upstream {
         }
     }
 
-    /// Resolves every reference given (re-reading each, so a secret changed behind
-    /// its reference is picked up on the next key change) and forgets the others.
-    /// Blocking (files, commands): call it off the request path.
-    pub fn resolve_refs(&self, refs: &BTreeSet<String>) {
-        let resolved: HashMap<String, Option<Client>> = refs
+    /// Resolves the references given that are not resolved yet, and forgets those not
+    /// given. Blocking (files, commands), but only for new references: a reload of the
+    /// keys (a revocation) is not held up by re-running known ones; [`Self::refresh`]
+    /// re-reads those afterwards.
+    pub fn resolve_new(&self, refs: &BTreeSet<String>) {
+        let known: HashMap<String, Option<Client>> = {
+            let map = self.by_ref.read();
+            refs.iter()
+                .filter_map(|r| Some((r.clone(), map.get(r)?.clone())))
+                .collect()
+        };
+        let fresh: Vec<(String, Option<Client>)> = refs
+            .iter()
+            .filter(|r| !known.contains_key(*r))
+            .map(|r| (r.clone(), self.resolve_one(r)))
+            .collect();
+        let mut map = known;
+        map.extend(fresh);
+        *self.by_ref.write() = map;
+    }
+
+    /// Re-reads each reference given (so a secret changed behind its reference is
+    /// picked up) and updates those still in use; never adds or removes one, so it
+    /// may run after a later [`Self::resolve_new`] without undoing it. Blocking.
+    pub fn refresh(&self, refs: &BTreeSet<String>) {
+        let resolved: Vec<(String, Option<Client>)> = refs
             .iter()
             .map(|r| (r.clone(), self.resolve_one(r)))
             .collect();
-        *self.by_ref.write() = resolved;
+        let mut map = self.by_ref.write();
+        for (reference, client) in resolved {
+            if let Some(slot) = map.get_mut(&reference) {
+                *slot = client;
+            }
+        }
     }
 
     fn resolve_one(&self, reference: &str) -> Option<Client> {
@@ -82,10 +110,10 @@ impl Upstream {
         match result {
             Ok(client) => Some(client),
             Err(error) => {
-                // The error names the reference (an env var name, a path, a command),
-                // never the value.
+                // The error names the reference (an env var name, a path, a command's
+                // program), never the value nor a command's arguments.
                 tracing::error!(
-                    reference = %reference,
+                    reference = %crate::secret::describe(reference),
                     error = %error,
                     "a provider credential reference cannot be read; calls that use it get 503"
                 );

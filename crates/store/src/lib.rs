@@ -953,6 +953,12 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// An environment name a key may be created in: 1–64 of `[a-z0-9_-]`, starting
+/// alphanumeric (checked before anything is written for the key).
+pub fn validate_env_name(name: &str) -> Result<()> {
+    validate_name("environment", name)
+}
+
 /// A project name a user may create: a valid name not starting with the reserved
 /// prefix `_` (which [`validate_name`] refuses anyway; this says why).
 pub fn validate_project_name(name: &str) -> Result<()> {
