@@ -586,7 +586,9 @@ impl Client {
             return Ok((response, attempt));
         }
         let (parts, live) = response.into_parts();
-        let body = read_all(live).await.unwrap_or_default();
+        // An error answer cut short (or absurdly large) is no answer: it is not relayed
+        // as an empty or partial one, and is retried like a dropped connection.
+        let body = read_all(live).await.map_err(transport)?;
         let verdict = classify_status(status, &parts.headers, &body);
         Err(Failure {
             error: Failed::Status {
@@ -703,7 +705,35 @@ impl Client {
             return Ok((response, attempt));
         }
         let headers = response.headers().clone();
-        let body = response.bytes().await.unwrap_or_default();
+        let mut response = response;
+        let mut collected = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if collected.len() + chunk.len() <= ERROR_BODY_LIMIT => {
+                    collected.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => {
+                    return Err(Failure {
+                        error: Failed::Transport {
+                            error: error_body_too_large(),
+                            attempt,
+                        },
+                        verdict: Verdict::Retry { after: None },
+                    })
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(Failure {
+                        error: Failed::Transport {
+                            error: Box::new(error),
+                            attempt,
+                        },
+                        verdict: Verdict::Retry { after: None },
+                    })
+                }
+            }
+        }
+        let body = Bytes::from(collected);
         let verdict = classify_status(status, &headers, &body);
         Err(Failure {
             error: Failed::Status {
@@ -894,11 +924,27 @@ fn system_proxy_set(https: bool) -> bool {
 }
 
 /// Reads a whole body from the in-task transport.
+/// The most of an error answer read: OpenAI's are well under a kilobyte.
+const ERROR_BODY_LIMIT: usize = 4 << 20;
+
+fn error_body_too_large() -> BoxError {
+    format!(
+        "the upstream's error answer is larger than {} MiB",
+        ERROR_BODY_LIMIT >> 20
+    )
+    .into()
+}
+
+/// An error answer, whole: up to [`ERROR_BODY_LIMIT`], and only if it arrives whole.
 async fn read_all(mut body: PooledBody) -> Result<Bytes, BoxError> {
     use futures_util::StreamExt;
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk?);
+        let chunk = chunk?;
+        if out.len() + chunk.len() > ERROR_BODY_LIMIT {
+            return Err(error_body_too_large());
+        }
+        out.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(out))
 }

@@ -119,7 +119,8 @@ pub async fn read_body(
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(GatewayError::BodyTooLarge { limit })
         }
-        // The client went away or sent a malformed body.
+        // The client went away, or sent a malformed body.
+        Ok(Err(e)) if cut_short(&*e) => return Err(GatewayError::ClientGone),
         Ok(Err(_)) => {
             return Err(GatewayError::InvalidJson {
                 detail: "the body could not be read".into(),
@@ -134,6 +135,32 @@ pub async fn read_body(
         };
     }
     Ok((bytes, room.map(BodyRoom)))
+}
+
+/// Whether a body's read failed because the connection ended before the body did
+/// (hyper reports an early end of a body as an I/O error of kind `UnexpectedEof`).
+fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        let gone = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::BrokenPipe
+                )
+            });
+        if gone {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Reads and drops a body the gateway will not use (a caller it refused before reading

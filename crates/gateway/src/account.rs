@@ -399,6 +399,9 @@ pub struct StreamTap {
     strip_usage: bool,
     /// The most one event may hold (see [`MAX_EVENT_BYTES`]).
     max_event_bytes: usize,
+    /// Whether the stream's last event came: Chat's `[DONE]`, a Responses stream's
+    /// `response.completed` / `.incomplete` / `.failed`, or an error event.
+    ended: bool,
     pub observed: Observed,
 }
 
@@ -420,8 +423,15 @@ impl StreamTap {
             events: Vec::new(),
             strip_usage,
             max_event_bytes: MAX_EVENT_BYTES,
+            ended: false,
             observed: Observed::default(),
         }
+    }
+
+    /// Whether the stream's last event came (an upstream stream that stops before it
+    /// was cut short, however cleanly it closed).
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     /// Observes a chunk and returns the bytes to forward: the chunk itself, or when
@@ -485,6 +495,13 @@ impl StreamTap {
         let Ok(w) = serde_json::from_str::<Wrapper>(&ev.data) else {
             return;
         };
+        let kind = w.kind.as_deref().unwrap_or(name);
+        if matches!(
+            kind,
+            "response.completed" | "response.incomplete" | "response.failed" | "error"
+        ) {
+            self.ended = true;
+        }
         if w.kind.as_deref() == Some("error") {
             self.observed.stream_error = Some(w.code.unwrap_or_else(|| "stream_error".into()));
             return;
@@ -509,6 +526,9 @@ impl StreamTap {
         let first = self.observed.model_served.is_none();
         let has_usage = ev.data.contains("\"usage\"") && !ev.data.contains(USAGE_NULL);
         let has_error = ev.data.starts_with("{\"error\"");
+        if ev.is_done() || has_error {
+            self.ended = true;
+        }
         if !(first || has_usage || has_error) || ev.is_done() {
             return;
         }
@@ -517,6 +537,8 @@ impl StreamTap {
         };
         if first {
             self.observed.model_served = b.model;
+            // Every chunk carries the completion's id; the first one's is kept.
+            self.observed.response_id = b.id;
         }
         if let Some(u) = b.usage {
             self.observed.usage = Some(u.into());
@@ -552,7 +574,8 @@ fn strip_usage(data: &str) -> Option<std::borrow::Cow<'_, str>> {
     if is_usage_chunk {
         return None;
     }
-    obj.remove("usage");
+    // Shifted out, not swapped: the other members keep their order.
+    obj.shift_remove("usage");
     Some(Cow::Owned(v.to_string()))
 }
 
@@ -614,6 +637,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_has_ended_only_once_its_last_event_came() {
+        let responses = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\"}}\n\n",
+        ];
+        let chat = [
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        for (endpoint, events) in [
+            (Endpoint::Responses, responses),
+            (Endpoint::ChatCompletions, chat),
+        ] {
+            let mut tap = StreamTap::new(endpoint, false);
+            tap.pass(Bytes::from_static(events[0].as_bytes()));
+            assert!(!tap.ended(), "{endpoint:?}");
+            tap.pass(Bytes::from_static(events[1].as_bytes()));
+            assert!(tap.ended(), "{endpoint:?}");
+        }
+        // An error event ends a stream too.
+        let mut tap = StreamTap::new(Endpoint::Responses, false);
+        tap.pass(Bytes::from_static(
+            b"event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\"}\n\n",
+        ));
+        assert!(tap.ended());
+    }
+
+    #[test]
     fn chat_tap_strips_injected_usage_and_keeps_everything_else() {
         let upstream = concat!(
             "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a \\\"usage\\\":null\"}}],\"usage\":null}\n\n",
@@ -635,6 +686,7 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), expected);
             assert_eq!(tap.observed.usage.unwrap().total, 5);
             assert_eq!(tap.observed.model_served.as_deref(), Some("gpt-4o-mini"));
+            assert_eq!(tap.observed.response_id.as_deref(), Some("c1"));
         }
     }
 

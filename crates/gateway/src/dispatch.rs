@@ -111,7 +111,10 @@ pub fn primary_client(upstream: &Upstream, principal: &Principal) -> Result<Clie
         tracing::warn!(
             project = %principal.project,
             env = %principal.env,
-            reference = principal.upstream_ref.as_deref().unwrap_or("-"),
+            reference = principal
+                .upstream_ref
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), crate::secret::describe),
             "provider credential unavailable for this call"
         );
     })
@@ -214,6 +217,9 @@ pub async fn relay(
             return GatewayError::UpstreamUnreachable { attempts: 1 }.into_response();
         }
     };
+    if status == http::StatusCode::UNAUTHORIZED {
+        return credential_rejected(guard, &bytes, &headers).await;
+    }
     // A caller with access lists sees only the models it may use.
     let bytes = match &preflight.list_filter {
         Some(filter) if status.is_success() => {
@@ -227,6 +233,41 @@ pub async fn relay(
     }
     guard.finish().await;
     answer(status, headers, Body::from(bytes))
+}
+
+/// The caller's answer when the upstream refused the provider credential (a 401: the
+/// caller's own key was accepted before the call went out). The upstream's message is
+/// not relayed: it quotes part of the provider key, and would have the SDK blame the
+/// caller's key. The log gets the upstream's error code and request id.
+async fn credential_rejected(
+    mut guard: RecordGuard,
+    upstream_body: &[u8],
+    relayed: &HeaderMap,
+) -> Response {
+    let upstream_code = account::error_code(upstream_body);
+    let rec = guard.record();
+    let (project, env) = (
+        rec.project.clone().unwrap_or_default(),
+        rec.env.clone().unwrap_or_default(),
+    );
+    tracing::warn!(
+        project = %project,
+        env = %env,
+        upstream_code = upstream_code.as_deref().unwrap_or("-"),
+        upstream_request_id = rec.upstream_request_id.as_deref().unwrap_or("-"),
+        "the upstream rejected the provider credential (401): fix upstream.api_key or the \
+         project's credential"
+    );
+    let e = GatewayError::CredentialRejected { project, env };
+    rec.status = e.status().as_u16();
+    rec.error_code = e.code().map(str::to_owned);
+    guard.finish().await;
+    let mut res = e.into_response();
+    if let Some(id) = relayed.get("x-upstream-request-id") {
+        res.headers_mut()
+            .insert("x-upstream-request-id", id.clone());
+    }
+    res
 }
 
 /// The `Content-Length` an answer declares.
@@ -425,7 +466,10 @@ impl Stream for Relay {
                     Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
-                    this.finish(None);
+                    // A stream that closed before its last event is recorded as cut
+                    // short (the caller sees the same clean end the upstream gave).
+                    let cut = matches!(&this.tap, Tap::Events(tap) if !tap.ended());
+                    this.finish(cut.then_some("upstream_stream_incomplete"));
                     Poll::Ready(None)
                 }
                 Poll::Pending => Poll::Pending,

@@ -77,6 +77,15 @@ pub enum GatewayError {
     /// value) for the log; the caller's message names only the project and env.
     #[error("provider credential unavailable")]
     CredentialUnavailable { project: String, env: String },
+    /// The upstream refused the gateway's provider credential (an upstream 401). The
+    /// caller's own key was accepted: the upstream's answer (which quotes part of the
+    /// provider key) is not relayed, and the SDK is told not to retry.
+    #[error("provider credential rejected")]
+    CredentialRejected { project: String, env: String },
+    /// The caller's connection ended before its body did (recorded as a disconnect,
+    /// status 499; the answer reaches no one).
+    #[error("client went away while sending its body")]
+    ClientGone,
     /// A rate-limit rule has no room for the request now (`admit`).
     #[error("rate limit reached")]
     RateLimited(Box<RateRefusal>),
@@ -193,14 +202,16 @@ impl GatewayError {
             Self::InvalidUrl { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // Nginx's "client closed request".
+            Self::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
             | Self::ContextLengthExceeded(_)
             | Self::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::UpstreamUnreachable { .. } | Self::InvalidStructuredOutput { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable { .. }
+            | Self::InvalidStructuredOutput { .. }
+            | Self::CredentialRejected { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } | Self::BodiesInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,7 +238,8 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::Internal
-            | Self::InvalidStructuredOutput { .. } => "server_error",
+            | Self::InvalidStructuredOutput { .. }
+            | Self::CredentialRejected { .. } => "server_error",
             Self::NotReady { .. }
             | Self::BodiesInFlight { .. }
             | Self::CredentialUnavailable { .. }
@@ -261,6 +273,7 @@ impl GatewayError {
             }
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
+            Self::CredentialRejected { .. } => Some("provider_credential_rejected"),
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) => Some("rate_limit_exceeded"),
             Self::BudgetExceeded(_) => Some("insufficient_quota"),
             Self::UnpricedModel { .. } => Some("model_not_priced"),
@@ -309,6 +322,8 @@ impl GatewayError {
             Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
+            Self::CredentialRejected { .. } => "provider_credential_rejected",
+            Self::ClientGone => "client_disconnected",
             Self::RateLimited(_) => "rate_limited",
             Self::RequestExceedsLimit(_) => "request_exceeds_limit",
             Self::BudgetExceeded(_) => "budget_exceeded",
@@ -319,6 +334,16 @@ impl GatewayError {
             Self::ContextLengthExceeded(_) => "context_length_exceeded",
             Self::InvalidParameter { .. } => "invalid_parameter",
             Self::InvalidStructuredOutput { .. } => "invalid_structured_output",
+        }
+    }
+
+    /// Upstream calls made before the error, when it came from the upstream.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Self::UpstreamUnreachable { attempts }
+            | Self::UpstreamTimeout { attempts }
+            | Self::InvalidStructuredOutput { attempts, .. } => Some(*attempts),
+            _ => None,
         }
     }
 
@@ -426,6 +451,16 @@ impl GatewayError {
                 "The provider credential of project {project:?} (environment {env:?}) cannot be \
                  read by the gateway, so the call was not sent. Ask an admin to check the \
                  reference with `tollgate projects show {project}` and the gateway's logs."
+            ),
+            Self::ClientGone => "The connection closed before the request body was complete: \
+                send the whole body (its Content-Length, or every chunk)."
+                .into(),
+            Self::CredentialRejected { project, env } => format!(
+                "The upstream API rejected the gateway's provider credential for project \
+                 {project:?} (environment {env:?}); your tollgate key was accepted. The call \
+                 cannot succeed until an admin fixes that credential (`upstream.api_key`, or \
+                 the project's own: `tollgate projects show {project}`); the gateway's log has \
+                 the upstream's request id."
             ),
             Self::RateLimited(r) => format!(
                 "Rate limit reached for {} on {} by the limit of {}: Limit {}, Used {}, \

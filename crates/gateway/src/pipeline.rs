@@ -101,6 +101,10 @@ async fn proxy(
             let rec = guard.record();
             rec.status = e.status().as_u16();
             rec.error_code = Some(e.code().unwrap_or(e.kind()).to_owned());
+            if let Some(attempts) = e.attempts() {
+                rec.attempts = attempts;
+            }
+            rec.client_disconnected = matches!(e, GatewayError::ClientGone);
             guard.finish().await;
             e.into_response()
         }

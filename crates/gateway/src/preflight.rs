@@ -30,6 +30,22 @@ pub enum Endpoint {
     Model,
 }
 
+/// Whether a model id taken from the path is forwarded as it is: not empty, and
+/// without a segment that a server or proxy on the way could read as a step up
+/// (`..`, `.`, also percent-encoded) or an encoded separator, which would send the
+/// provider key to another path (`/v1/models/../files`).
+fn plain_model_id(id: &str) -> bool {
+    let lower = id.to_ascii_lowercase();
+    !id.is_empty()
+        && !lower.contains("%2f")
+        && !lower.contains("%5c")
+        && !id.contains('\\')
+        && lower.split('/').all(|segment| {
+            let decoded = segment.replace("%2e", ".");
+            !segment.is_empty() && decoded != "." && decoded != ".."
+        })
+}
+
 impl Endpoint {
     /// Routes a method and path; `None` for anything tollgate does not proxy.
     pub fn route(method: &Method, path: &str) -> Option<Self> {
@@ -40,9 +56,10 @@ impl Endpoint {
             (&Method::POST, "embeddings") => Some(Self::Embeddings),
             (&Method::POST, "moderations") => Some(Self::Moderations),
             (&Method::GET, "models") => Some(Self::Models),
-            (&Method::GET, r) if r.starts_with("models/") && r.len() > "models/".len() => {
-                Some(Self::Model)
-            }
+            (&Method::GET, r) => r
+                .strip_prefix("models/")
+                .filter(|id| plain_model_id(id))
+                .map(|_| Self::Model),
             _ => None,
         }
     }
@@ -209,7 +226,7 @@ pub fn run(
         .stream_options
         .as_ref()
         .and_then(|o| o.get("include_usage"))
-        .and_then(|v| v.as_bool())
+        .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     let inject = endpoint == Endpoint::ChatCompletions && stream && !caller_wants_usage;
     let body = resolved_body.unwrap_or(body);
@@ -273,58 +290,96 @@ fn first_output(
 
 /// `body` with the JSON value `raw` (a slice of it) replaced by the string `with`.
 fn replace_raw(body: &Bytes, raw: &RawValue, with: &str) -> Result<Bytes, GatewayError> {
+    let value = serde_json::to_string(with).map_err(|_| GatewayError::Internal)?;
+    Ok(splice(body, span(body, raw)?, &value, ""))
+}
+
+/// Adds `stream_options.include_usage = true`, changing nothing else in the body: the
+/// member is inserted after the opening brace when there is no `stream_options` (or it
+/// is `null`, which replaces it), inserted into an object without it, or its `false`
+/// (or `null`) replaced. Numbers, escapes and spacing elsewhere stay byte-identical.
+fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        // Read raw even when `null` (an `Option` would take null for absent).
+        #[serde(default, borrow, deserialize_with = "present")]
+        stream_options: Option<&'a RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
+    }
+    #[derive(Deserialize)]
+    struct Options<'a> {
+        #[serde(default, borrow, deserialize_with = "present")]
+        include_usage: Option<&'a RawValue>,
+    }
+    let not_object = || GatewayError::InvalidRequest {
+        message: "The request body must be a JSON object.".into(),
+        param: None,
+    };
+    let text = std::str::from_utf8(body).map_err(|_| not_object())?;
+    let open = text.len() - text.trim_start().len();
+    if !text[open..].starts_with('{') {
+        return Err(not_object());
+    }
+    let top: Top<'_> = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
+        detail: format!("line {} column {}", e.line(), e.column()),
+    })?;
+    const MEMBER: &str = r#""stream_options":{"include_usage":true}"#;
+    let Some(options) = top.stream_options.filter(|o| o.get() != "null") else {
+        return Ok(match top.stream_options {
+            Some(null) => splice(body, span(body, null)?, "", r#"{"include_usage":true}"#),
+            None => {
+                let empty = text[open + 1..].trim_start().starts_with('}');
+                splice(
+                    body,
+                    (open + 1, open + 1),
+                    MEMBER,
+                    if empty { "" } else { "," },
+                )
+            }
+        });
+    };
+    if !options.get().starts_with('{') {
+        // A stream_options that is not an object is the upstream's to reject.
+        return Ok(body.clone());
+    }
+    let o: Options<'_> = serde_json::from_str(options.get()).map_err(|_| not_object())?;
+    Ok(match o.include_usage {
+        Some(flag) => splice(body, span(body, flag)?, "true", ""),
+        None => {
+            let (start, _) = span(body, options)?;
+            let empty = options.get()[1..].trim_start().starts_with('}');
+            let then = if empty { "" } else { "," };
+            splice(
+                body,
+                (start + 1, start + 1),
+                r#""include_usage":true"#,
+                then,
+            )
+        }
+    })
+}
+
+/// Where `raw`, a slice of `body`, lies in it.
+fn span(body: &[u8], raw: &RawValue) -> Result<(usize, usize), GatewayError> {
     let text = raw.get().as_bytes();
     let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
     let end = start.wrapping_add(text.len());
     if end > body.len() || start > end || body.get(start..end) != Some(text) {
         return Err(GatewayError::Internal);
     }
-    let value = serde_json::to_string(with).map_err(|_| GatewayError::Internal)?;
-    let mut out = Vec::with_capacity(body.len() + value.len());
-    out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(&body[end..]);
-    Ok(Bytes::from(out))
+    Ok((start, end))
 }
 
-/// Adds `stream_options.include_usage = true`. Without `stream_options` the member is
-/// inserted after the opening brace and the rest stays byte-identical; otherwise the
-/// body is re-serialised (key order preserved).
-fn with_include_usage(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson {
-            detail: format!("line {} column {}", e.line(), e.column()),
-        })?;
-    let Some(obj) = v.as_object_mut() else {
-        return Err(GatewayError::InvalidRequest {
-            message: "The request body must be a JSON object.".into(),
-            param: None,
-        });
-    };
-    if !obj.contains_key("stream_options") {
-        let start = body.iter().position(|b| *b == b'{').unwrap_or(0);
-        let mut out = Vec::with_capacity(body.len() + 40);
-        out.extend_from_slice(&body[..=start]);
-        out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true}");
-        let rest = &body[start + 1..];
-        if rest.iter().any(|b| !b.is_ascii_whitespace() && *b != b'}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest);
-        return Ok(Bytes::from(out));
-    }
-    match obj.get_mut("stream_options") {
-        Some(serde_json::Value::Object(o)) => {
-            o.insert("include_usage".into(), serde_json::Value::Bool(true));
-        }
-        _ => {
-            // A non-object stream_options is the upstream's to reject; leave it alone.
-            return Ok(Bytes::copy_from_slice(body));
-        }
-    }
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .map_err(|_| GatewayError::Internal)
+/// `body` with the bytes in `range` replaced by `insert` followed by `then`.
+fn splice(body: &[u8], (start, end): (usize, usize), insert: &str, then: &str) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + insert.len() + then.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(then.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -447,6 +502,22 @@ mod tests {
             Some(Endpoint::Model)
         );
         assert_eq!(Endpoint::route(&Method::GET, "/v1/models/"), None);
+        // Ids with a namespace pass; steps up and encoded separators do not.
+        assert_eq!(
+            Endpoint::route(&Method::GET, "/v1/models/meta-llama/Llama-3-8b"),
+            Some(Endpoint::Model)
+        );
+        for path in [
+            "/v1/models/../files",
+            "/v1/models/gpt-4o/../../embeddings",
+            "/v1/models/%2e%2E/files",
+            "/v1/models/./x",
+            "/v1/models/a%2Ffiles",
+            "/v1/models/a%5cb",
+            "/v1/models/a//b",
+        ] {
+            assert_eq!(Endpoint::route(&Method::GET, path), None, "{path}");
+        }
         assert_eq!(Endpoint::route(&Method::GET, "/v1/responses"), None);
         assert_eq!(Endpoint::route(&Method::POST, "/v1/files"), None);
         assert_eq!(Endpoint::route(&Method::POST, "/responses"), None);
@@ -477,16 +548,38 @@ mod tests {
         assert!(!p.strip_stream_usage);
         assert_eq!(p.body, asked);
 
-        let other = Bytes::from_static(
-            br#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[]}"#,
-        );
-        let p = plain(Endpoint::ChatCompletions, other, None).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        // Whatever stream_options holds, only include_usage changes: numbers, escapes
+        // and spacing elsewhere reach the upstream as the caller wrote them.
+        let rest = r#""top_p":1e0,"seed":123456789012345678901234567890,"messages":[{"role":"user","content":"h\u00e9"}] }"#;
+        for (options, sent) in [
+            (r#"{"x":1}"#, r#"{"include_usage":true,"x":1}"#),
+            (r#"{ }"#, r#"{"include_usage":true }"#),
+            (r#"null"#, r#"{"include_usage":true}"#),
+            (
+                r#"{"include_usage": false, "x":1}"#,
+                r#"{"include_usage": true, "x":1}"#,
+            ),
+            (r#"{"include_usage":null}"#, r#"{"include_usage":true}"#),
+        ] {
+            let body =
+                format!(r#"{{"model":"m", "stream":true, "stream_options":{options}, {rest}"#);
+            let p = plain(Endpoint::ChatCompletions, Bytes::from(body), None).unwrap();
+            let expected =
+                format!(r#"{{"model":"m", "stream":true, "stream_options":{sent}, {rest}"#);
+            assert_eq!(std::str::from_utf8(&p.body).unwrap(), expected);
+            assert!(p.strip_stream_usage);
+        }
+        // A stream_options that is not an object is left for the upstream to judge.
+        let odd = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":7}"#);
+        let p = plain(Endpoint::ChatCompletions, odd.clone(), None).unwrap();
+        assert_eq!(p.body, odd);
+        // A number beyond f64 elsewhere does not stop the injection.
+        let big = Bytes::from_static(br#"{"model":"m","stream":true,"temperature":1e400}"#);
+        let p = plain(Endpoint::ChatCompletions, big, None).unwrap();
         assert_eq!(
-            v["stream_options"],
-            serde_json::json!({"x": 1, "include_usage": true})
+            &p.body[..],
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"temperature":1e400}"#
         );
-        assert!(p.strip_stream_usage);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! records or the audit log.
 //!
 //! The simulator accepts only the right provider key, so which credential a call used
-//! shows as the upstream's 401 (a wrong one) or a 200 (the right one).
+//! shows as a 200 (the right one) or, for a wrong one, the upstream's 401 turned into a
+//! 502 `provider_credential_rejected` that neither blames the caller's key nor quotes
+//! the upstream's message (which shows part of the provider key).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -65,13 +67,23 @@ async fn each_environment_uses_its_own_provider_credential() {
         .unwrap();
     // Two changes, two versions: a reload may fall between them, so wait for both.
     let took = eventually(Duration::from_secs(1), || async {
-        status(&h, &prod).await.0 == 401 && status(&h, &dev).await.0 == 200
+        status(&h, &prod).await.0 == 502 && status(&h, &dev).await.0 == 200
     })
     .await;
     assert!(took.is_some(), "prod did not switch to the project default");
     assert_eq!(status(&h, &dev).await.0, 200, "dev uses its own credential");
     let (code, body) = status(&h, &prod).await;
-    assert_eq!(code, 401, "{body}");
+    assert_eq!(code, 502, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "provider_credential_rejected", "{body}");
+    assert_eq!(v["error"]["type"], "server_error", "{body}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shop") && message.contains("your tollgate key was accepted"));
+    // The upstream's own message quotes the key's first and last characters.
+    assert!(
+        !body.contains("Incorrect API key") && !body.contains("6789"),
+        "{body}"
+    );
 
     // prod gets the right credential: it works within a second.
     h.store
@@ -114,7 +126,7 @@ async fn each_environment_uses_its_own_provider_credential() {
         .await
         .unwrap();
     let took = eventually(Duration::from_secs(1), || async {
-        status(&h, &prod).await.0 == 401
+        status(&h, &prod).await.0 == 502
     })
     .await;
     assert!(took.is_some());
@@ -125,6 +137,9 @@ async fn each_environment_uses_its_own_provider_credential() {
         .iter()
         .any(|r| r.status == 503
             && r.error_code.as_deref() == Some("provider_credential_unavailable")));
+    assert!(records.iter().any(|r| r.status == 502
+        && r.error_code.as_deref() == Some("provider_credential_rejected")
+        && r.upstream_request_id.is_some()));
     let everything = format!("{records:?} {audit:?} {body}");
     for secret in [PROVIDER_KEY, WRONG_KEY] {
         assert!(!everything.contains(secret), "a provider key leaked");

@@ -433,10 +433,22 @@ async fn health_endpoints_answer() {
     let h = start().await;
     let res = h.http.get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(res.status(), 200);
+    assert!(res.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
     let res = h.http.get(h.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["store"], "ok");
+    // Every answer has its id, the admin API's refusals and a wrong method's too.
+    let res = h.http.get(h.url("/admin/v1/keys")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("x-request-id"));
+    let res = h.http.post(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert!(res.headers().contains_key("x-request-id"));
 }
 
 #[tokio::test]
@@ -1135,4 +1147,105 @@ async fn a_caller_that_leaves_a_large_answer_still_has_its_usage_recorded() {
         "the tokens the caller left were paid for, and counted"
     );
     assert_eq!(r.model_served.as_deref(), Some("text-embedding-3-large"));
+}
+
+/// An upstream that answers every request with `answer` (head and body as bytes) and
+/// then closes the connection; returns its base URL and a count of requests served.
+async fn fixed_upstream(
+    answer: &'static [u8],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                read_request(&mut conn).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test]
+async fn an_error_answer_cut_short_is_not_relayed_as_an_empty_one() {
+    // It declares 100 bytes and sends 20.
+    let (url, served) = fixed_upstream(
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"error\":{\"message\"",
+    )
+    .await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "hi"});
+    let res = h.post("/v1/responses", body).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+    // Retried as a dropped connection would be (the default two retries).
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, 502);
+    assert_eq!(
+        records[0].error_code.as_deref(),
+        Some("upstream_unreachable")
+    );
+    assert_eq!(records[0].attempts, 3);
+}
+
+#[tokio::test]
+async fn a_stream_that_closes_before_its_last_event_is_recorded_as_cut_short() {
+    let (url, _) = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+          4d\r\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[]}\n\n\r\n\
+          0\r\n\r\n",
+    )
+    .await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let res = h.post("/v1/chat/completions", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(text.starts_with("data: {\"id\":\"c1\""), "{text}");
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, 200);
+    assert_eq!(
+        records[0].error_code.as_deref(),
+        Some("upstream_stream_incomplete")
+    );
+    assert_eq!(records[0].response_id.as_deref(), Some("c1"));
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_while_sending_its_body_is_recorded_as_gone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = start().await;
+    let mut conn = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":\"gpt-4o-mini\",",
+        h.key
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    // The gateway gives up on the body and closes; whatever it wrote is not read.
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest).await;
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].client_disconnected, "{records:?}");
+    assert_eq!(records[0].status, 499);
+    assert_eq!(
+        records[0].error_code.as_deref(),
+        Some("client_disconnected")
+    );
+    assert_eq!(h.sim_requests().await.len(), 0, "nothing went upstream");
 }

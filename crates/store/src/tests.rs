@@ -116,6 +116,7 @@ both_backends!(
     keys_round_trip_and_revocation_bumps_the_version,
     a_key_needs_an_existing_project_and_a_unique_digest,
     usage_batches_are_written_once_and_totalled,
+    usage_text_with_a_nul_is_stored_and_failed_streams_count_as_errors,
     usage_totals_group_by_key_project_and_day,
     usage_costs_are_stored_exactly_and_unknown_costs_stay_null,
     reopening_keeps_data_and_does_not_rerun_migrations,
@@ -300,6 +301,39 @@ async fn usage_batches_are_written_once_and_totalled(db: &TestDb) {
 
     let k = store.key_by_id("key_1").await.unwrap().unwrap();
     assert_eq!(k.last_used_at_ms, Some(86_400_500));
+}
+
+async fn usage_text_with_a_nul_is_stored_and_failed_streams_count_as_errors(db: &TestDb) {
+    let store = db.open().await;
+    store.ensure_project("shop").await.unwrap();
+    store
+        .insert_key(&new_key("key_1", "shop", "aa"))
+        .await
+        .unwrap();
+    // A caller can put a NUL in a model name; PostgreSQL's text refuses NUL, which
+    // must not fail the batch (the writer would retry it forever).
+    let mut odd = usage("req_1", "key_1", "gpt-4o\0x", 1, 1, 86_400_000);
+    odd.status = 404;
+    // A stream cut after its first byte: status 200, with an error code.
+    let mut cut = usage("req_2", "key_1", "gpt-4o", 5, 0, 86_400_001);
+    cut.error_code = Some("upstream_stream_failed".into());
+    let fine = usage("req_3", "key_1", "gpt-4o", 5, 5, 86_400_002);
+    store.insert_usage(&[odd, cut, fine]).await.unwrap();
+    let records = store.usage_records(0).await.unwrap();
+    assert_eq!(records.len(), 3);
+    let model = records[0].model_requested.as_deref().unwrap();
+    assert!(
+        model.starts_with("gpt-4o") && model.ends_with('x'),
+        "{model:?}"
+    );
+    let totals = store
+        .usage_totals(&UsageFilter {
+            group: UsageGroup::Key,
+            since_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((totals[0].requests, totals[0].errors), (3, 2));
 }
 
 async fn reopening_keeps_data_and_does_not_rerun_migrations(db: &TestDb) {

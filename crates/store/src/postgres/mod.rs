@@ -1026,7 +1026,8 @@ impl PostgresStore {
         // SUM over BIGINT is NUMERIC in PostgreSQL; cast back so it decodes as i64.
         let sql = format!(
             "SELECT ({group}) COLLATE \"C\" AS grp, COUNT(*) AS requests, \
-             SUM(CASE WHEN status >= 400 OR client_disconnected THEN 1 ELSE 0 END)::BIGINT \
+             SUM(CASE WHEN status >= 400 OR client_disconnected OR error_code IS NOT NULL \
+             THEN 1 ELSE 0 END)::BIGINT \
              AS errors, \
              SUM(input_tokens)::BIGINT AS input_tokens, \
              SUM(output_tokens)::BIGINT AS output_tokens, \
@@ -1261,17 +1262,17 @@ fn bind_usage(
     args: &mut PgArguments,
     r: &UsageRecord,
 ) -> std::result::Result<(), sqlx::error::BoxDynError> {
-    args.add(r.request_id.as_str())?;
-    args.add(r.upstream_request_id.as_deref())?;
-    args.add(r.response_id.as_deref())?;
-    args.add(r.key_id.as_deref())?;
-    args.add(r.project.as_deref())?;
-    args.add(r.env.as_deref())?;
-    args.add(r.endpoint.as_str())?;
-    args.add(r.model_requested.as_deref())?;
-    args.add(r.model_served.as_deref())?;
+    args.add(pg_text(r.request_id.as_str()))?;
+    args.add(r.upstream_request_id.as_deref().map(pg_text))?;
+    args.add(r.response_id.as_deref().map(pg_text))?;
+    args.add(r.key_id.as_deref().map(pg_text))?;
+    args.add(r.project.as_deref().map(pg_text))?;
+    args.add(r.env.as_deref().map(pg_text))?;
+    args.add(pg_text(r.endpoint.as_str()))?;
+    args.add(r.model_requested.as_deref().map(pg_text))?;
+    args.add(r.model_served.as_deref().map(pg_text))?;
     args.add(i32::from(r.status))?;
-    args.add(r.error_code.as_deref())?;
+    args.add(r.error_code.as_deref().map(pg_text))?;
     args.add(to_i64(r.input_tokens))?;
     args.add(to_i64(r.output_tokens))?;
     args.add(to_i64(r.total_tokens))?;
@@ -1287,10 +1288,20 @@ fn bind_usage(
     args.add(r.lane.map(Lane::as_str))?;
     args.add(r.upstream_remaining_requests.map(to_i64))?;
     args.add(r.upstream_remaining_tokens.map(to_i64))?;
-    args.add(r.served_by.as_deref())?;
+    args.add(r.served_by.as_deref().map(pg_text))?;
     args.add(i64::from(r.fallbacks))?;
     args.add(r.cache.map(CacheOutcome::as_str))?;
     Ok(())
+}
+
+/// Text as PostgreSQL can store it: a NUL character (which a caller can put in a model
+/// name, and which PostgreSQL's text refuses, failing the whole batch) becomes U+FFFD.
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 fn key_from_row(r: &PgRow) -> Result<KeyRecord> {

@@ -1071,7 +1071,8 @@ impl SqliteStore {
         };
         let sql = format!(
             "SELECT {group} AS grp, COUNT(*) AS requests, \
-             SUM(CASE WHEN status >= 400 OR client_disconnected = 1 THEN 1 ELSE 0 END) AS errors, \
+             SUM(CASE WHEN status >= 400 OR client_disconnected = 1 OR error_code IS NOT NULL \
+             THEN 1 ELSE 0 END) AS errors, \
              SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
              SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
              SUM(reasoning_tokens) AS reasoning_tokens, \
