@@ -77,7 +77,12 @@ fn usd(v: Option<Value>, param: &'static str) -> Result<Option<u64>, GatewayErro
     let text = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s,
-        Some(Value::Number(n)) => n.to_string(),
+        // A float prints as `5e-5` when small; nano-USD is the finest unit kept.
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(whole), _) => whole.to_string(),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 => format!("{f:.9}"),
+            _ => n.to_string(),
+        },
         Some(_) => return Err(invalid(format!("{param} must be an amount of USD"), param)),
     };
     match crate::budgets::parse_usd(&text) {
@@ -153,4 +158,22 @@ async fn clear_budget(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Res
     }
     .await;
     reply(result, StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_read_from_strings_whole_numbers_and_small_floats() {
+        let nanos = |v: Value| usd(Some(v), "daily_usd").map_err(|e| e.message());
+        assert_eq!(nanos(Value::from("0.5")), Ok(Some(500_000_000)));
+        assert_eq!(nanos(Value::from(10)), Ok(Some(10_000_000_000)));
+        // serde_json prints this float as 5e-5.
+        assert_eq!(nanos(Value::from(0.00005)), Ok(Some(50_000)));
+        assert_eq!(nanos(Value::from(2.25)), Ok(Some(2_250_000_000)));
+        assert!(nanos(Value::from(-1.5)).is_err());
+        assert!(nanos(Value::from(0.0)).is_err());
+        assert_eq!(usd(None, "daily_usd").ok(), Some(None));
+    }
 }

@@ -69,6 +69,9 @@ pub struct Reservation {
     limits: Arc<Limits>,
     buckets: Vec<(BucketKey, u64)>,
     reserved: u64,
+    /// Taken in Redis (else in this replica's memory): settled where it was taken,
+    /// whatever the link's state by then.
+    in_redis: bool,
 }
 
 /// What a request asks of the counters, computed once before any is touched ([`plan`]):
@@ -253,7 +256,11 @@ pub async fn commit(
         ))));
     }
     match take(limits, &demands, plan.spend.as_ref()).await {
-        Taken::Admitted { states, budget } => {
+        Taken::Admitted {
+            states,
+            in_redis,
+            budget,
+        } => {
             let budget = plan
                 .spend
                 .as_ref()
@@ -277,6 +284,7 @@ pub async fn commit(
                     limits: limits.clone(),
                     buckets,
                     reserved: plan.tokens,
+                    in_redis,
                 }),
                 budget,
             })
@@ -307,6 +315,8 @@ enum Taken {
     /// budgets, which of their demands were reserved and whether in Redis.
     Admitted {
         states: Vec<BucketState>,
+        /// Whether the rate limits were taken in Redis.
+        in_redis: bool,
         budget: Option<(Vec<bool>, bool)>,
     },
     /// A rate limit refused; nothing taken.
@@ -329,28 +339,30 @@ async fn take(limits: &Limits, demands: &[Demand], spend: Option<&SpendPlan>) ->
             return take_in_one_call(limits, rates, budgets, demands, spend).await;
         }
     }
-    let states = if demands.is_empty() {
-        Vec::new()
+    let (states, in_redis) = if demands.is_empty() {
+        (Vec::new(), false)
     } else {
         match limits.counters.take(demands, Instant::now()).await {
-            Ok(states) => states,
+            Ok(taken) => taken,
             Err(refused) => return Taken::Rate(refused),
         }
     };
     let Some(spend) = spend else {
         return Taken::Admitted {
             states,
+            in_redis,
             budget: None,
         };
     };
     match spend.reserve().await {
         Ok(budget) => Taken::Admitted {
             states,
+            in_redis,
             budget: Some(budget),
         },
         Err(refused) => Taken::Budget {
             refused,
-            states: give_back(limits, demands, states),
+            states: give_back(limits, demands, states, in_redis),
         },
     }
 }
@@ -375,6 +387,7 @@ async fn take_in_one_call(
             return match answer {
                 Answer::Admitted(states) => Taken::Admitted {
                     states,
+                    in_redis: true,
                     budget: Some((part.taken(), true)),
                 },
                 Answer::RateRefused(denied) => Taken::Rate(Refused::Limit(denied)),
@@ -403,18 +416,24 @@ async fn take_in_one_call(
     match budgets.fallback(&spend.demands, spend.at_ms) {
         Ok(budget) => Taken::Admitted {
             states,
+            in_redis: false,
             budget: Some(budget),
         },
         Err(refused) => Taken::Budget {
             refused,
-            states: give_back(limits, demands, states),
+            states: give_back(limits, demands, states, false),
         },
     }
 }
 
 /// Gives back what a take took (a budget refused the call after it) and answers the
 /// buckets' states as they are again.
-fn give_back(limits: &Limits, demands: &[Demand], states: Vec<BucketState>) -> Vec<BucketState> {
+fn give_back(
+    limits: &Limits,
+    demands: &[Demand],
+    states: Vec<BucketState>,
+    in_redis: bool,
+) -> Vec<BucketState> {
     let now = Instant::now();
     demands
         .iter()
@@ -425,6 +444,7 @@ fn give_back(limits: &Limits, demands: &[Demand], states: Vec<BucketState>) -> V
                 d.limit,
                 i64::try_from(d.amount).unwrap_or(i64::MAX),
                 now,
+                in_redis,
             );
             // The refill time of the amount: a minute per limit.
             let refill_us = u128::from(d.amount) * 60_000_000 / u128::from(d.limit.max(1));
@@ -440,13 +460,14 @@ fn give_back(limits: &Limits, demands: &[Demand], states: Vec<BucketState>) -> V
 }
 
 impl Reservation {
-    /// Settles against a finished call's record (see the module docs for the rule).
-    pub fn settle(self, rec: &UsageRecord) {
+    /// Settles against a finished call's record (see the module docs for the rule);
+    /// `sent`: whether the call went upstream at all.
+    pub fn settle(self, rec: &UsageRecord, sent: bool) {
         let used = if rec.total_tokens > 0 {
             Some(rec.total_tokens)
         } else if rec.input_tokens + rec.output_tokens > 0 {
             Some(rec.input_tokens + rec.output_tokens)
-        } else if rec.served_from_cache() || (rec.status >= 400 && rec.status != 499) {
+        } else if !sent || rec.failed_without_cost() {
             Some(0)
         } else {
             None
@@ -461,7 +482,9 @@ impl Reservation {
         }
         let now = Instant::now();
         for (key, limit) in &self.buckets {
-            self.limits.counters.adjust(key, *limit, delta, now);
+            self.limits
+                .counters
+                .adjust(key, *limit, delta, now, self.in_redis);
         }
     }
 
@@ -694,35 +717,71 @@ mod tests {
         let reserved = a.reservation.as_ref().unwrap().reserved();
         assert_eq!(a.headers.remaining_tokens, Some(1_000 - reserved));
         assert_eq!(a.headers.remaining_requests, Some(99));
-        a.reservation.unwrap().settle(&UsageRecord {
-            status: 200,
-            total_tokens: 5,
-            ..UsageRecord::default()
-        });
+        a.reservation.unwrap().settle(
+            &UsageRecord {
+                status: 200,
+                total_tokens: 5,
+                ..UsageRecord::default()
+            },
+            true,
+        );
         let b = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
             .await
             .unwrap();
         assert_eq!(b.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A failed call without usage gives its tokens back.
-        b.reservation.unwrap().settle(&UsageRecord {
-            status: 502,
-            ..UsageRecord::default()
-        });
+        b.reservation.unwrap().settle(
+            &UsageRecord {
+                status: 502,
+                ..UsageRecord::default()
+            },
+            true,
+        );
         let c = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
             .await
             .unwrap();
         assert_eq!(c.headers.remaining_tokens, Some(1_000 - 5 - reserved));
         // A disconnect with nothing observed keeps its reservation.
-        c.reservation.unwrap().settle(&UsageRecord {
-            status: 200,
-            ..UsageRecord::default()
-        });
+        c.reservation.unwrap().settle(
+            &UsageRecord {
+                status: 499,
+                client_disconnected: true,
+                ..UsageRecord::default()
+            },
+            true,
+        );
         let d = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
             .await
             .unwrap();
         assert_eq!(d.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
+        // A stream the upstream broke off, without usage, gives its tokens back.
+        d.reservation.unwrap().settle(
+            &UsageRecord {
+                status: 200,
+                error_code: Some("upstream_stream_failed".into()),
+                ..UsageRecord::default()
+            },
+            true,
+        );
+        let e = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(e.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
+        // So does a call whose caller left before it was ever sent upstream.
+        e.reservation.unwrap().settle(
+            &UsageRecord {
+                status: 499,
+                client_disconnected: true,
+                ..UsageRecord::default()
+            },
+            false,
+        );
+        let f = run(&l, Endpoint::Responses, &principal(), &pre(BODY), 4096, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(f.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
         // Requests are never given back.
-        assert_eq!(d.headers.remaining_requests, Some(96));
+        assert_eq!(f.headers.remaining_requests, Some(94));
     }
 
     #[tokio::test]

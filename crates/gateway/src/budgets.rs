@@ -265,17 +265,19 @@ impl BudgetCounters {
         }
     }
 
-    /// Settles a reservation made in the period starting at `period_start_ms`:
-    /// `reserved` is released and `spent` counted (a period gone by is left alone).
+    /// Settles a reservation made at `reserved_at_ms`, in the period starting at
+    /// `period_start_ms`: `reserved` is released and `spent` counted (a period gone by,
+    /// or a counter created after the reservation, is left alone).
     pub fn settle(
         &self,
         demand: &SpendDemand,
         period_start_ms: i64,
+        reserved_at_ms: i64,
         reserved: u64,
         spent: u64,
     ) -> Option<Notice> {
         self.local()
-            .settle(demand, period_start_ms, reserved, spent)
+            .settle(demand, period_start_ms, reserved_at_ms, reserved, spent)
     }
 
     /// A record of cost `cost`, accepted at `created_at_ms`, is now in the store.
@@ -450,12 +452,15 @@ impl MemoryBudgetCounters {
         &self,
         d: &SpendDemand,
         period_start_ms: i64,
+        reserved_at_ms: i64,
         reserved: u64,
         spent: u64,
     ) -> Option<Notice> {
         let mut counters = self.counters.lock();
         let c = counters.get_mut(&d.key)?;
-        if c.period_start_ms != period_start_ms {
+        // A counter made after the reservation (the budget was cleared and set again)
+        // never held it; the call's record reaches it when written (`written`).
+        if c.period_start_ms != period_start_ms || reserved_at_ms < c.since_ms {
             return None;
         }
         c.reserved = c.reserved.saturating_sub(reserved);
@@ -566,6 +571,9 @@ pub struct BudgetReservation {
     budgets: Arc<Budgets>,
     demands: Vec<(SpendDemand, i64)>,
     reserved: u64,
+    /// When it was reserved: a counter created later (a budget cleared and set again
+    /// meanwhile) never held it, and counts the call from its record instead.
+    at_ms: i64,
     /// Reserved in Redis (else in this replica's memory).
     in_redis: bool,
 }
@@ -808,6 +816,7 @@ impl SpendPlan {
             budgets: self.budgets.clone(),
             demands,
             reserved: self.worst,
+            at_ms: self.at_ms,
             in_redis,
         })
     }
@@ -855,14 +864,14 @@ fn demands<'a>(
 
 impl BudgetReservation {
     /// Settles against the finished call's record, pricing it now if the writer has
-    /// not (see the module docs for the rule).
-    pub fn settle(self, rec: &mut UsageRecord) {
+    /// not (see the module docs for the rule); `sent`: whether the call went upstream.
+    pub fn settle(self, rec: &mut UsageRecord, sent: bool) {
         let observed = rec.input_tokens + rec.output_tokens > 0;
         crate::record::price(&self.budgets.catalog.current(), rec);
         let spent = if observed {
             // A served model the catalog does not know: keep the worst case.
             rec.cost_usd_nanos.unwrap_or(self.reserved)
-        } else if rec.served_from_cache() || (rec.status >= 400 && rec.status != 499) {
+        } else if !sent || rec.failed_without_cost() {
             0
         } else {
             self.reserved
@@ -872,7 +881,10 @@ impl BudgetReservation {
         // there too, and held there only.
         let held_here = if self.in_redis { 0 } else { self.reserved };
         for (d, start) in &self.demands {
-            let notice = self.budgets.counters.settle(d, *start, held_here, spent);
+            let notice = self
+                .budgets
+                .counters
+                .settle(d, *start, self.at_ms, held_here, spent);
             self.budgets.announce(notice);
         }
         if let (true, BudgetCounters::Redis(r)) = (self.in_redis, &self.budgets.counters) {
@@ -1340,7 +1352,7 @@ mod tests {
         assert_eq!(spent(&b, BudgetPeriod::Day).reserved, worst(100));
         assert_eq!(spent(&b, BudgetPeriod::Month).reserved, worst(100));
         let mut rec = record(200, 10, 5);
-        r.settle(&mut rec);
+        r.settle(&mut rec, true);
         let cost = 10 * 2_500 + 5 * 10_000;
         assert_eq!(rec.cost_usd_nanos, Some(cost), "priced at settlement");
         let s = spent(&b, BudgetPeriod::Day);
@@ -1350,12 +1362,27 @@ mod tests {
         assert_eq!(spent(&b, BudgetPeriod::Day).spent, cost);
         // A failed call without usage gives everything back.
         let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
-        r.settle(&mut record(502, 0, 0));
+        r.settle(&mut record(502, 0, 0), true);
         let s = spent(&b, BudgetPeriod::Day);
         assert_eq!((s.spent, s.reserved), (cost, 0));
-        // A client gone with nothing observed keeps the worst case.
+        // So does a stream the upstream broke off before any usage.
         let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
-        r.settle(&mut record(200, 0, 0));
+        let mut broken = record(200, 0, 0);
+        broken.error_code = Some("upstream_stream_failed".into());
+        r.settle(&mut broken, true);
+        assert_eq!(spent(&b, BudgetPeriod::Day).spent, cost);
+        // And a call whose caller left before it was sent upstream.
+        let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        let mut gone = record(499, 0, 0);
+        gone.client_disconnected = true;
+        r.settle(&mut gone, false);
+        assert_eq!(spent(&b, BudgetPeriod::Day).spent, cost);
+        // A client gone from a call sent upstream, with nothing observed, keeps the
+        // worst case (the upstream may have spent it).
+        let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        let mut gone = record(499, 0, 0);
+        gone.client_disconnected = true;
+        r.settle(&mut gone, true);
         let s = spent(&b, BudgetPeriod::Day);
         assert_eq!((s.spent, s.reserved), (cost + worst(100), 0));
     }
@@ -1387,7 +1414,7 @@ mod tests {
             admit_at(&b, &p, 100, NOW),
             Err(GatewayError::BudgetExceeded(_))
         ));
-        first.settle(&mut record(200, 1, 1));
+        first.settle(&mut record(200, 1, 1), true);
         assert!(admit_at(&b, &p, 100, NOW).is_ok());
         // Another key is not governed.
         assert!(admit_at(&b, &principal("prod", "key_2"), 10_000, NOW)
@@ -1432,21 +1459,55 @@ mod tests {
     }
 
     #[test]
+    fn a_call_in_flight_while_its_budget_is_set_again_is_counted_once() {
+        let rule = budget(Some("prod"), None, Some(100_000_000), None);
+        let b = budgets(vec![rule.clone()]);
+        let p = principal("prod", "key_1");
+        let held = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        // Cleared, then set again while the call runs: a new counter, from NOW + 10.
+        b.replace(vec![], &[], NOW + 5);
+        b.replace(vec![rule], &[], NOW + 10);
+        let mut rec = UsageRecord {
+            created_at_ms: NOW,
+            project: Some("shop".into()),
+            env: Some("prod".into()),
+            key_id: Some("key_1".into()),
+            model_served: Some("gpt-4o".into()),
+            input_tokens: 10,
+            output_tokens: 10,
+            total_tokens: 20,
+            status: 200,
+            ..UsageRecord::default()
+        };
+        held.settle(&mut rec, true);
+        let cost = rec.cost_usd_nanos.unwrap();
+        assert!(cost > 0);
+        // The new counter never held the reservation: it counts the call once, when
+        // its record is written.
+        b.written(std::slice::from_ref(&rec));
+        let day = spent(&b, BudgetPeriod::Day);
+        assert_eq!((day.spent, day.reserved), (cost, 0));
+    }
+
+    #[test]
     fn the_soft_threshold_is_noticed_once_per_period() {
         let b = budgets(vec![budget(Some("prod"), None, Some(100_000), None)]);
         let d = demands(b.set().rules(), 0).next().unwrap();
         let start = BudgetPeriod::Day.bounds(NOW).0;
-        assert_eq!(b.counters.settle(&d, start, 0, 79_999), None);
-        let n = b.counters.settle(&d, start, 0, 1).unwrap();
+        assert_eq!(b.counters.settle(&d, start, NOW, 0, 79_999), None);
+        let n = b.counters.settle(&d, start, NOW, 0, 1).unwrap();
         assert_eq!(
             (n.spent, n.limit, n.soft_percent, n.period),
             (80_000, 100_000, 80, BudgetPeriod::Day)
         );
-        assert_eq!(b.counters.settle(&d, start, 0, 1_000), None, "once");
+        assert_eq!(b.counters.settle(&d, start, NOW, 0, 1_000), None, "once");
         // A new period notices again.
         let next = BudgetPeriod::Day.bounds(NOW + DAY_MS).0;
         assert_eq!(b.counters.state(&d.key, NOW + DAY_MS).unwrap().spent, 0);
-        assert!(b.counters.settle(&d, next, 0, 90_000).is_some());
+        assert!(b
+            .counters
+            .settle(&d, next, NOW + DAY_MS, 0, 90_000)
+            .is_some());
         // Without a notifier a notice is counted as dropped.
         b.announce(Some(n.clone()));
         assert_eq!(b.metrics.notices_dropped_total(), 1);

@@ -5,8 +5,9 @@
 //! with `:s` (spent: settled nano-USD) and `:r` (reserved: worst cases of calls in
 //! flight), integers changed with `INCRBY`/`DECRBY` only. Spent expires a day after
 //! its period ends; reserved after [`RESERVED_IDLE_MS`] without a reservation or a
-//! settlement (a settlement lost while Redis was unreachable holds its worst case
-//! no longer than that).
+//! settlement. A settlement made while Redis is unreachable is held and sent once it
+//! is back (`settle_redis`); one whose call failed is lost, and its worst case stays
+//! reserved until the counter idles out.
 //!
 //! Admission is one call of the admission script (`admit_redis::ADMIT_LUA`, the same
 //! call that takes the rate-limit buckets when a rate limit governs the call too):
@@ -249,9 +250,9 @@ impl RedisBudgetCounters {
     }
 
     /// Settles a reservation made in Redis, without waiting: merged per period with the
-    /// interval's other settlements and sent within milliseconds (`settle_redis`).
-    /// Counted as lost when Redis is unreachable (the store re-sync then restores the
-    /// spend; the worst case stays reserved until the reserved counter idles out).
+    /// interval's other settlements and sent within milliseconds (`settle_redis`), or
+    /// once Redis is back when it is unreachable now (the worst case it releases was
+    /// reserved there, and stays reserved until it is).
     pub fn settle_shared(
         &self,
         demands: &[(SpendDemand, i64)],
@@ -260,10 +261,6 @@ impl RedisBudgetCounters {
         now_ms: i64,
     ) {
         if demands.is_empty() {
-            return;
-        }
-        if !self.link.is_up() {
-            self.link.update_lost("a budget settlement");
             return;
         }
         let prefix = self.link.key_prefix();

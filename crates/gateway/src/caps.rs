@@ -60,12 +60,19 @@ pub fn apply(
     check_temperature(cap, &members)?;
     let mut changed = false;
     let mut present = false;
+    // A `null` limit means none was set: the default applies to it as to a missing one.
+    let mut null_slot = None;
     for name in fields {
-        let Some(slot) = members.iter_mut().find(|(k, _)| k == name) else {
+        let Some(at) = members.iter().position(|(k, _)| k == name) else {
             continue;
         };
+        let slot = &mut members[at];
+        if slot.1.get() == "null" {
+            null_slot.get_or_insert(at);
+            continue;
+        }
         present = true;
-        // A non-integer or null value is the upstream's to judge (null means "none").
+        // A value that is not a whole number is the upstream's to judge.
         let Ok(asked) = serde_json::from_str::<u64>(slot.1.get()) else {
             continue;
         };
@@ -94,7 +101,12 @@ pub fn apply(
     }
     if !present {
         if let Some(default) = cap.default_output_tokens.or(cap.max_output_tokens) {
-            members.push((Cow::Borrowed(fields[0]), raw_number(default)?));
+            let value = raw_number(default)?;
+            match null_slot {
+                // The member the caller named keeps its place.
+                Some(at) => members[at].1 = value,
+                None => members.push((Cow::Borrowed(fields[0]), value)),
+            }
             changed = true;
         }
     }
@@ -283,6 +295,22 @@ mod tests {
             text(out.unwrap()),
             r#"{"max_tokens":100,"max_completion_tokens":100}"#
         );
+        // A null limit is no limit: the default takes its place, in place.
+        let out = apply(
+            Endpoint::Responses,
+            &cap(Some(30), OverCap::Refuse, Some(20)),
+            br#"{"input":"x","max_output_tokens":null,"n":1}"#,
+        );
+        assert_eq!(
+            text(out.unwrap()),
+            r#"{"input":"x","max_output_tokens":20,"n":1}"#
+        );
+        let out = apply(
+            Endpoint::ChatCompletions,
+            &cap(Some(30), OverCap::Clamp, None),
+            br#"{"max_tokens":null,"messages":[]}"#,
+        );
+        assert_eq!(text(out.unwrap()), r#"{"max_tokens":30,"messages":[]}"#);
         // Embeddings have no output.
         assert!(apply(
             Endpoint::Embeddings,

@@ -307,6 +307,7 @@ async fn chained(
         } else {
             retarget(&preflight, target.model.as_deref())?
         };
+        guard.mark_sent();
         let result = dispatch::send(&client, parts, &target_pf).await;
         if i == 0 {
             if let (Some(f), Ok(reply)) = (flight.take(), &result) {
@@ -388,6 +389,7 @@ async fn direct(
     flight: Flight,
 ) -> Result<Served, GatewayError> {
     let fb = &gw.fallbacks;
+    guard.mark_sent();
     let reply = dispatch::run(&gw.upstream, principal, parts, &preflight).await;
     let ok = match &reply {
         Ok(r) => !falls_back(r.status()),

@@ -133,15 +133,20 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Takes every demand's amount, or none if any bucket lacks it. The states are
-    /// empty when nothing was counted (Redis unreachable, `redis.on_failure = "open"`).
+    /// Takes every demand's amount, or none if any bucket lacks it; answers the
+    /// buckets' states and whether they were taken in Redis (a settlement goes where
+    /// its take went). The states are empty when nothing was counted (Redis
+    /// unreachable, `redis.on_failure = "open"`).
     pub async fn take(
         &self,
         demands: &[Demand],
         now: Instant,
-    ) -> Result<Vec<BucketState>, Refused> {
+    ) -> Result<(Vec<BucketState>, bool), Refused> {
         match self {
-            Self::Memory(m) => m.take(demands, now).map_err(Refused::Limit),
+            Self::Memory(m) => m
+                .take(demands, now)
+                .map(|states| (states, false))
+                .map_err(Refused::Limit),
             Self::Redis(r) => r.take(demands, now).await,
         }
     }
@@ -155,11 +160,13 @@ impl Counters {
     }
 
     /// Gives back (`delta > 0`) or charges more (`delta < 0`) on one bucket: a
-    /// settlement. A bucket never holds more than its limit.
-    pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
+    /// settlement, applied where the take was (`in_redis`). A bucket never holds more
+    /// than its limit.
+    pub fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant, in_redis: bool) {
         match self {
             Self::Memory(m) => m.adjust(key, limit, delta, now),
-            Self::Redis(r) => r.adjust(key, limit, delta, now),
+            Self::Redis(r) if in_redis => r.adjust_shared(key, limit, delta),
+            Self::Redis(r) => r.local.adjust(key, limit, delta, now),
         }
     }
 
@@ -233,15 +240,19 @@ impl RedisCounters {
         &self.link
     }
 
-    async fn take(&self, demands: &[Demand], now: Instant) -> Result<Vec<BucketState>, Refused> {
+    async fn take(
+        &self,
+        demands: &[Demand],
+        now: Instant,
+    ) -> Result<(Vec<BucketState>, bool), Refused> {
         if self.link.is_up() {
             let started = Instant::now();
             if let Some(answer) = self.run(demands, true).await {
                 self.link.observe_admission(started.elapsed());
-                return answer;
+                return answer.map(|states| (states, true));
             }
         }
-        self.fallback(demands, now)
+        self.fallback(demands, now).map(|states| (states, false))
     }
 
     /// What a take does while Redis is unreachable (`redis.on_failure`).
@@ -282,15 +293,11 @@ impl RedisCounters {
         }
     }
 
-    /// Owed to the bucket, merged with the interval's other settlements of it and sent
-    /// within milliseconds (`settle_redis`); a settlement that fails is logged and
-    /// counted (`tollgate_redis_updates_lost_total`). While Redis is unreachable it
-    /// applies to the local fallback.
-    fn adjust(&self, key: &BucketKey, limit: u64, delta: i64, now: Instant) {
-        if !self.link.is_up() {
-            self.local.adjust(key, limit, delta, now);
-            return;
-        }
+    /// Owed to a bucket taken in Redis, merged with the interval's other settlements
+    /// of it and sent within milliseconds (`settle_redis`), or once Redis is back if it
+    /// is unreachable now; a settlement whose call fails is logged and counted
+    /// (`tollgate_redis_updates_lost_total`).
+    fn adjust_shared(&self, key: &BucketKey, limit: u64, delta: i64) {
         let name = bucket_name(self.link.key_prefix(), key);
         let owed = crate::settle_redis::Owed::Bucket { limit, delta };
         self.link.settlements().add(&self.link, name, owed);

@@ -225,6 +225,9 @@ pub struct RecordGuard {
     /// The request body's room among the bodies in flight, given back when the
     /// request is finished (the body is held until then, for retries and fallbacks).
     body_room: Option<crate::accept::BodyRoom>,
+    /// Whether the call went upstream: one that never did (its caller left while it
+    /// waited its turn) cost nothing, and its reservations are given back whole.
+    sent: bool,
 }
 
 impl RecordGuard {
@@ -236,7 +239,13 @@ impl RecordGuard {
             reservation: None,
             budget: None,
             body_room: None,
+            sent: false,
         }
+    }
+
+    /// Marks the call as sent upstream (dispatch), before the first attempt.
+    pub fn mark_sent(&mut self) {
+        self.sent = true;
     }
 
     /// Keeps the admit stage's reservation until the record is finished, whichever
@@ -297,10 +306,10 @@ impl RecordGuard {
         let mut rec = self.record.take()?;
         rec.latency_ms = elapsed_ms(self.started);
         if let Some(r) = self.reservation.take() {
-            r.settle(&rec);
+            r.settle(&rec, self.sent);
         }
         if let Some(b) = self.budget.take() {
-            b.settle(&mut rec);
+            b.settle(&mut rec, self.sent);
         }
         self.body_room = None;
         self.sink.observe(&rec);

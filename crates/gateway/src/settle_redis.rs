@@ -13,9 +13,12 @@
 //! changed in that interval, all pipelined on one connection, whatever the request
 //! rate. Counters therefore see a settlement up to that much later — a reservation
 //! is held a few milliseconds longer, which errs on the side of the limit. The table
-//! is bounded by the number of distinct counters, not by the request rate. At
-//! shutdown the server sends what is left ([`Settlements::flush`]); a call that fails
-//! is counted as lost (`tollgate_redis_updates_lost_total`), as before.
+//! is bounded by the number of distinct counters, not by the request rate. While Redis
+//! is unreachable the table is kept (a settlement made then is still owed to the
+//! counter its reservation was taken from) and sent once Redis is back. At shutdown
+//! the server sends what is left ([`Settlements::flush`]); a call that fails is counted
+//! as lost (`tollgate_redis_updates_lost_total`): it may have run, and sending it again
+//! could count it twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,9 +163,18 @@ impl Settlements {
     /// Sends everything owed now: one script call per counter, concurrently (pipelined
     /// on this thread's connection). A call that fails is counted as lost.
     pub async fn flush(&self, link: &RedisLink) {
+        self.send(link, true).await;
+    }
+
+    /// Sends everything owed, unless Redis is unreachable and this is not the `last`
+    /// chance: then it stays owed. Answers whether anything is still owed.
+    async fn send(&self, link: &RedisLink, last: bool) -> bool {
+        if !last && !link.is_up() {
+            return !self.owed.lock().is_empty();
+        }
         let owed = std::mem::take(&mut *self.owed.lock());
         if owed.is_empty() {
-            return;
+            return false;
         }
         let calls = owed.into_iter().map(|(key, o)| async move {
             let (result, what) = match o {
@@ -197,8 +209,12 @@ impl Settlements {
             }
         });
         futures_util::future::join_all(calls).await;
+        !self.owed.lock().is_empty()
     }
 }
+
+/// How often settlements held while Redis is unreachable are tried again.
+const HELD_RETRY: Duration = Duration::from_millis(100);
 
 /// The sender: waits for a first entry, lets the interval gather more, sends. Ends
 /// with the link.
@@ -213,8 +229,15 @@ async fn send_every_interval(link: Weak<RedisLink>) {
         // this task waiting until its runtime ends; one per link.)
         wake.notified().await;
         tokio::time::sleep(SETTLE_INTERVAL).await;
-        let Some(l) = link.upgrade() else { return };
-        l.settlements().flush(&l).await;
+        loop {
+            let Some(l) = link.upgrade() else { return };
+            if !l.settlements().send(&l, false).await {
+                break;
+            }
+            // Held while Redis is unreachable (or more came meanwhile): again soon.
+            drop(l);
+            tokio::time::sleep(HELD_RETRY).await;
+        }
     }
 }
 

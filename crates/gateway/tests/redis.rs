@@ -149,7 +149,7 @@ async fn the_script_takes_all_or_nothing_and_reports_the_longest_wait() {
         ]
     };
     let now = Instant::now();
-    let st = c.take(&both(500), now).await.unwrap();
+    let (st, _) = c.take(&both(500), now).await.unwrap();
     assert_eq!((st[0].remaining, st[1].remaining), (100, 5_500));
     // Time to full: 500 tokens at 10/s and at 100/s.
     let slack = Duration::from_millis(500);
@@ -173,7 +173,7 @@ async fn the_script_takes_all_or_nothing_and_reports_the_longest_wait() {
         peek[1].remaining >= 5_500 && peek[1].remaining < 5_550,
         "{peek:?}"
     );
-    let st = c.take(&both(100), now).await.unwrap();
+    let (st, _) = c.take(&both(100), now).await.unwrap();
     assert!(st[0].remaining < 10, "{st:?}");
     assert!(
         st[1].remaining >= 5_400 && st[1].remaining < 5_450,
@@ -201,7 +201,7 @@ async fn a_batch_take_leaves_its_reserve_in_redis_and_takes_only_its_amount() {
         keep: 2_000,
         ..demand(&a, Dimension::Requests, 6_000, amount)
     };
-    let st = c.take(&[batch(3_000)], now).await.unwrap();
+    let (st, _) = c.take(&[batch(3_000)], now).await.unwrap();
     assert_eq!(st[0].remaining, 3_000, "only the amount is taken");
     // 1 500 more would leave less than the reserve: refused, with the wait for it.
     let Err(Refused::Limit(denied)) = c.take(&[batch(1_500)], now).await else {
@@ -217,7 +217,7 @@ async fn a_batch_take_leaves_its_reserve_in_redis_and_takes_only_its_amount() {
         "{denied:?}"
     );
     // An interactive take may use the reserve.
-    let st = c
+    let (st, _) = c
         .take(&[demand(&a, Dimension::Requests, 6_000, 2_900)], now)
         .await
         .unwrap();
@@ -230,7 +230,7 @@ async fn buckets_refill_continuously_on_the_servers_clock() {
     let s = scope(None);
     // 60 000 a minute: one per millisecond.
     let all = [demand(&s, Dimension::Requests, 60_000, 60_000)];
-    let st = c.take(&all, Instant::now()).await.unwrap();
+    let (st, _) = c.take(&all, Instant::now()).await.unwrap();
     assert_eq!(st[0].remaining, 0);
     let one = [demand(&s, Dimension::Requests, 60_000, 1)];
     let refilled = eventually(Duration::from_secs(5), || async {
@@ -240,7 +240,7 @@ async fn buckets_refill_continuously_on_the_servers_clock() {
     assert!(refilled.is_some(), "the bucket never refilled");
     // Never above the limit however long idle: a fresh bucket is a full one.
     let other = scope(Some("gpt-4o-mini"));
-    let st = c
+    let (st, _) = c
         .take(
             &[demand(&other, Dimension::Requests, 10, 1)],
             Instant::now(),
@@ -267,7 +267,7 @@ async fn settlements_refund_or_charge_and_a_full_bucket_is_deleted() {
     .await
     .unwrap();
     // Used 400 of the 1000 reserved: 600 come back (sent without waiting).
-    c.adjust(&key, 6_000, 600, Instant::now());
+    c.adjust(&key, 6_000, 600, Instant::now(), true);
     let back = eventually(Duration::from_secs(5), || async {
         (5_600..5_700).contains(&tokens_left(&c, &s).await)
     })
@@ -278,7 +278,7 @@ async fn settlements_refund_or_charge_and_a_full_bucket_is_deleted() {
         tokens_left(&c, &s).await
     );
     // Used 7000 more than reserved: a debt of about 1400 delays the next call ~15 s.
-    c.adjust(&key, 6_000, -7_000, Instant::now());
+    c.adjust(&key, 6_000, -7_000, Instant::now(), true);
     let charged = eventually(Duration::from_secs(5), || async {
         match c
             .take(&[demand(&s, Dimension::Tokens, 6_000, 100)], Instant::now())
@@ -292,7 +292,7 @@ async fn settlements_refund_or_charge_and_a_full_bucket_is_deleted() {
     assert!(charged.is_some(), "the charge never arrived");
     assert_eq!(tokens_left(&c, &s).await, 0);
     // A refund never lifts a bucket over its limit; a full bucket is no key at all.
-    c.adjust(&key, 6_000, 1_000_000, Instant::now());
+    c.adjust(&key, 6_000, 1_000_000, Instant::now(), true);
     let r = redis_conn().await;
     let name = bucket_name(link.key_prefix(), &key);
     let gone = eventually(Duration::from_secs(5), || {
@@ -313,6 +313,56 @@ async fn settlements_refund_or_charge_and_a_full_bucket_is_deleted() {
     assert_eq!(link.lost_total(), 0);
 }
 
+/// A TPM reservation taken in Redis is settled there even when Redis is unreachable
+/// by the time the call ends: the settlement is held and sent once Redis is back
+/// (applied to the local fallback instead, Redis would keep the estimate taken).
+#[tokio::test]
+async fn a_settlement_owed_to_redis_while_it_is_unreachable_is_sent_once_it_is_back() {
+    let fwd = Forwarder::start(redis_addr().await).await;
+    let config = redis_config(&fwd.url(), &prefix(), "local");
+    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
+    link.check().await;
+    assert!(link.is_up());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn(link.clone().probe(stop_rx));
+    let c = Counters::Redis(RedisCounters::new(link.clone()));
+    let s = scope(None);
+    let key = (s.clone(), Dimension::Tokens);
+    // 500 000 of 600 000 taken; the bucket refills 10 000 a second.
+    let (_, in_redis) = c
+        .take(
+            &[demand(&s, Dimension::Tokens, 600_000, 500_000)],
+            Instant::now(),
+        )
+        .await
+        .unwrap();
+    assert!(in_redis);
+
+    fwd.cut();
+    link.check().await;
+    assert!(!link.is_up());
+    // The call ends having used nothing: all 500 000 are owed back to Redis.
+    c.adjust(&key, 600_000, 500_000, Instant::now(), true);
+    assert_eq!(link.settlements().pending(), 1, "held, not dropped");
+
+    fwd.restore();
+    let back = eventually(Duration::from_secs(10), || async { link.is_up() }).await;
+    assert!(back.is_some(), "the probe never found Redis again");
+    let d = [demand(&s, Dimension::Tokens, 600_000, 0)];
+    let refunded = eventually(Duration::from_secs(5), || async {
+        c.peek(&d, Instant::now()).await[0].remaining >= 590_000
+    })
+    .await;
+    assert!(
+        refunded.is_some(),
+        "the refund never reached Redis: {} left",
+        c.peek(&d, Instant::now()).await[0].remaining
+    );
+    assert_eq!(link.lost_total(), 0);
+    let _ = stop_tx.send(true);
+    probe.await.unwrap();
+}
+
 #[tokio::test]
 async fn settlements_of_one_bucket_gather_into_one_script_call() {
     let (c, link) = counters(&prefix()).await;
@@ -329,7 +379,7 @@ async fn settlements_of_one_bucket_gather_into_one_script_call() {
     // the sender's interval ended in the middle of the loop on a stalled machine.)
     let before = link.calls_total();
     for delta in [500, -100, 300, 200, 100] {
-        c.adjust(&key, 6_000, delta, Instant::now());
+        c.adjust(&key, 6_000, delta, Instant::now(), true);
     }
     assert!(
         link.settlements().pending() <= 1,
@@ -361,7 +411,7 @@ async fn a_flushed_script_cache_is_reloaded_and_the_call_still_counts() {
         .query_async(&mut r)
         .await
         .unwrap();
-    let st = c.take(&d, Instant::now()).await.unwrap();
+    let (st, _) = c.take(&d, Instant::now()).await.unwrap();
     assert_eq!(st[0].remaining, 8);
     assert!(link.is_up());
     assert_eq!(link.errors_total(), 0);

@@ -721,6 +721,16 @@ impl UsageRecord {
     pub fn served_from_cache(&self) -> bool {
         matches!(self.cache, Some(CacheOutcome::Hit | CacheOutcome::Stale))
     }
+
+    /// Whether a call that reported no usage is known to have cost nothing upstream:
+    /// served from the cache, refused or failed with an error status, or failed on the
+    /// way (an error code on a 200, such as a stream the upstream broke off). A caller
+    /// that left (499) is not: the upstream may have worked on regardless.
+    pub fn failed_without_cost(&self) -> bool {
+        self.served_from_cache()
+            || (self.status >= 400 && self.status != 499)
+            || (self.error_code.is_some() && !self.client_disconnected)
+    }
 }
 
 /// What the response cache did for a call.
