@@ -108,12 +108,14 @@ impl Lanes {
     }
 
     /// Admits the request in its lane (see the module docs): interactive at once or a
-    /// 429; batch keeping the reserve, waiting its turn when it does not fit.
+    /// 429; batch keeping the reserve, waiting its turn when it does not fit, until
+    /// `batch_max_wait` after it `arrived`.
     pub async fn admit(
         &self,
         limits: &Arc<Limits>,
         plan: &Plan<'_>,
         lane: Lane,
+        arrived: Instant,
     ) -> Result<Admission, GatewayError> {
         let reserve = match lane {
             Lane::Interactive => 0.0,
@@ -126,7 +128,7 @@ impl Lanes {
             Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
             other => return other,
         };
-        let deadline = Instant::now() + self.config.batch_max_wait;
+        let deadline = arrived + self.config.batch_max_wait;
         if Instant::now() + refusal.retry_after > deadline {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(GatewayError::RateLimited(refusal));
@@ -264,7 +266,7 @@ mod tests {
     async fn admit(lanes: &Lanes, l: &Arc<Limits>, lane: Lane) -> Result<Admission, GatewayError> {
         let pre = pre();
         let plan = Plan::rates(l, Endpoint::Responses, &principal(), &pre, 16);
-        lanes.admit(l, &plan, lane).await
+        lanes.admit(l, &plan, lane, Instant::now()).await
     }
 
     // These run in real time: the counters read the real clock, so paused tokio time
@@ -291,6 +293,25 @@ mod tests {
         );
         assert_eq!(lanes.timeouts_total(), 1);
         assert_eq!(lanes.waits_total(), 0);
+        // The bound counts from arrival: a request that arrived 2.5 s ago (its body
+        // was slow) may wait 0.5 s more, so a 1 s wait is refused too.
+        let roomy = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.5,
+            batch_max_wait: Duration::from_secs(3),
+        }));
+        let l60 = limits(60);
+        for _ in 0..30 {
+            admit(&roomy, &l60, Lane::Batch).await.unwrap();
+        }
+        let pre = pre();
+        let plan = Plan::rates(&l60, Endpoint::Responses, &principal(), &pre, 16);
+        let late = Instant::now() - Duration::from_millis(2_500);
+        let e = roomy
+            .admit(&l60, &plan, Lane::Batch, late)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GatewayError::RateLimited(_)));
+        assert_eq!(roomy.timeouts_total(), 1);
         // Interactive takes the reserve without waiting.
         for _ in 0..5 {
             admit(&lanes, &l, Lane::Interactive).await.unwrap();

@@ -211,7 +211,8 @@ async fn stages(
         at_ms,
     )
     .await?;
-    let admission = gw.lanes.admit(&gw.limits, &plan, lane).await?;
+    let arrived = tokio::time::Instant::from_std(guard.started());
+    let admission = gw.lanes.admit(&gw.limits, &plan, lane, arrived).await?;
     drop(plan);
     *limit_headers = admission.headers;
     guard.hold(admission.reservation);
@@ -224,7 +225,7 @@ async fn stages(
     }
     moderate::run(&principal, &preflight)?;
 
-    let deadline = tokio::time::Instant::from_std(guard.started()) + gw.lanes.max_wait();
+    let deadline = arrived + gw.lanes.max_wait();
     let model = preflight.model.as_deref();
     let flight = gw.throttle.pace(&principal, model, lane, deadline).await;
     match fallback::run(gw, endpoint, &principal, &parts, preflight, guard, flight).await? {
