@@ -48,6 +48,8 @@
 #                          load average is below this before measuring
 #   BENCH_NO_INSTALL=1     never call apt-get (fail if a tool is missing)
 #   BENCH_NO_BUILD=1       use the existing target/release/tollgate
+#   BENCH_TOLLGATE=PATH    measure this tollgate binary instead (e.g. the PGO build of
+#                          scripts/build-release: target/pgo/release/tollgate)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -167,7 +169,7 @@ if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
     fi
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TOLLGATE="$TARGET_DIR/release/tollgate"
+TOLLGATE="${BENCH_TOLLGATE:-$TARGET_DIR/release/tollgate}"
 [[ -x "$TOLLGATE" ]] || die "$TOLLGATE not found"
 PROXY_FLOOR="$TARGET_DIR/release/examples/proxy_floor"
 [[ "$FLOOR" != 1 || -x "$PROXY_FLOOR" ]] || die "$PROXY_FLOOR not found (BENCH_FLOOR=0 to skip it)"
