@@ -140,7 +140,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         KeysCommand::SetLane { id, lane, json } => {
             set_lane(&args.state.open().await?, &id, lane, json).await
         }
-        KeysCommand::List { json } => list(&args.state.open().await?, json).await,
+        KeysCommand::List { json } => list(&args.state.open_existing().await?, json).await,
         KeysCommand::Rotate { id, grace, json } => {
             let grace_ms = state::parse_span_ms(&grace)?;
             rotate(&args.state.open().await?, &id, grace_ms, json).await

@@ -39,17 +39,40 @@ impl StateArgs {
         }
     }
 
-    /// Opens the store these options point at (config file included).
+    /// Opens the store these options point at (config file included), creating an
+    /// embedded one if there is none yet.
     pub async fn open(&self) -> anyhow::Result<Store> {
+        self.open_with(true).await
+    }
+
+    /// Opens the store these options point at for reading: a data directory without
+    /// one is an error (a mistyped `--data-dir` must not answer "no usage" from a new,
+    /// empty store it just created).
+    pub async fn open_existing(&self) -> anyhow::Result<Store> {
+        self.open_with(false).await
+    }
+
+    async fn open_with(&self, create: bool) -> anyhow::Result<Store> {
         let mut raw = match &self.config {
             Some(path) => read_config(path)?,
             None => RawConfig::default(),
         };
         self.apply(&mut raw);
         let dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data"));
+        if !create && raw.database_url.is_none() && !dir.join(SQLITE_FILE).exists() {
+            anyhow::bail!(
+                "no tollgate store in {}: check --data-dir (or TOLLGATE_DATA_DIR, or \
+                 --database-url); a store is created by `tollgate serve` or \
+                 `tollgate keys create`",
+                dir.display()
+            );
+        }
         open_store(&dir, raw.database_url.as_deref()).await
     }
 }
+
+/// The embedded store's file in a data directory.
+const SQLITE_FILE: &str = "tollgate.db";
 
 /// Reads and parses a config file (validation happens later, once flags are applied).
 pub fn read_config(path: &Path) -> anyhow::Result<RawConfig> {

@@ -40,7 +40,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
         By::Model => UsageGroup::Model,
         By::Day => UsageGroup::Day,
     };
-    let store = args.state.open().await?;
+    let store = args.state.open_existing().await?;
     let totals = store.usage_totals(&UsageFilter { group, since_ms }).await?;
     if args.json {
         return print_json(&totals);

@@ -719,3 +719,27 @@ fn a_keys_lane_from_the_command_line() {
     );
     assert_eq!(json(dir, &["keys", "list", "--json"]), list);
 }
+
+/// Commands that only read refuse a data directory with no store in it (a mistyped
+/// `--data-dir` answering "no usage" would mislead), and leave it as it was; a key
+/// refused for its environment's name creates nothing, its project included.
+#[test]
+fn reading_a_missing_store_or_a_refused_key_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("tollgate-dat");
+    for args in [&["usage"][..], &["keys", "list"], &["audit"]] {
+        fails(&typo, args, "no tollgate store in");
+    }
+    assert!(!typo.exists(), "a reading command created the directory");
+
+    let dir = tmp.path().join("data");
+    fails(
+        &dir,
+        &["keys", "create", "--project", "newproj", "--env", "Bad Env"],
+        "invalid environment name",
+    );
+    let projects = json(&dir, &["projects", "list", "--json"]);
+    assert_eq!(projects, serde_json::json!([]), "{projects}");
+    let audit = json(&dir, &["audit", "--json"]);
+    assert_eq!(audit, serde_json::json!([]), "{audit}");
+}
