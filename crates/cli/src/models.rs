@@ -220,10 +220,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
 fn has_store(state: &StateArgs, raw: &RawConfig) -> bool {
     let mut raw = raw.clone();
     state.apply(&mut raw);
-    raw.database_url.is_some()
-        || std::path::Path::new(raw.data_dir.as_deref().unwrap_or("./tollgate-data"))
-            .join("tollgate.db")
-            .exists()
+    crate::state::has_store(&raw)
 }
 
 /// The config's catalog with the store's entries over it.

@@ -58,8 +58,8 @@ impl StateArgs {
             None => RawConfig::default(),
         };
         self.apply(&mut raw);
-        let dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data"));
-        if !create && raw.database_url.is_none() && !dir.join(SQLITE_FILE).exists() {
+        let dir = data_dir(&raw);
+        if !create && !has_store(&raw) {
             anyhow::bail!(
                 "no tollgate store in {}: check --data-dir (or TOLLGATE_DATA_DIR, or \
                  --database-url); a store is created by `tollgate serve` or \
@@ -71,8 +71,16 @@ impl StateArgs {
     }
 }
 
-/// The embedded store's file in a data directory.
-const SQLITE_FILE: &str = "tollgate.db";
+/// The data directory a config (flags applied) names.
+fn data_dir(raw: &RawConfig) -> PathBuf {
+    PathBuf::from(raw.data_dir.as_deref().unwrap_or("./tollgate-data"))
+}
+
+/// Whether a config (flags applied) points at a store that exists: a database URL, or
+/// a data directory holding the embedded one.
+pub fn has_store(raw: &RawConfig) -> bool {
+    raw.database_url.is_some() || data_dir(raw).join(tollgate_store::SQLITE_FILE).exists()
+}
 
 /// Reads and parses a config file (validation happens later, once flags are applied).
 pub fn read_config(path: &Path) -> anyhow::Result<RawConfig> {

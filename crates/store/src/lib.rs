@@ -17,6 +17,9 @@ mod postgres;
 mod sqlite;
 pub mod testing;
 
+/// The embedded store's file in a data directory.
+pub const SQLITE_FILE: &str = "tollgate.db";
+
 use model::{KeyChange, ProjectSetting};
 use std::path::Path;
 

@@ -70,7 +70,7 @@ impl SqliteStore {
             path: dir.display().to_string(),
             source,
         })?;
-        Self::open_file(&dir.join("tollgate.db")).await
+        Self::open_file(&dir.join(crate::SQLITE_FILE)).await
     }
 
     /// Opens a database file, creating it if needed, and runs the migrations.
