@@ -131,6 +131,34 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The `x-ratelimit-*` headers for a call refused before admission (its body, its
+/// model, a cap, a schema, the context window): the buckets of the rules governing its
+/// caller and `model` as they are, nothing taken. Empty when no rule governs it.
+pub async fn current_headers(
+    limits: &Limits,
+    endpoint: Endpoint,
+    principal: &Principal,
+    model: Option<&str>,
+) -> RateLimitInfo {
+    if !endpoint.has_body() {
+        return RateLimitInfo::default();
+    }
+    let set = limits.rules();
+    if set.is_empty() {
+        return RateLimitInfo::default();
+    }
+    let rules = set.matching(&principal.project, &principal.env, &principal.key_id, model);
+    let demands = demands(&rules, 0, 0.0);
+    if demands.is_empty() {
+        return RateLimitInfo::default();
+    }
+    let states = limits.counters.peek(&demands, Instant::now()).await;
+    if states.len() != demands.len() {
+        return RateLimitInfo::default();
+    }
+    headers(&demands, &states)
+}
+
 /// The plan of a call accepted at `at_ms`: its rate limits and spend budgets, with
 /// the token estimate made once for both (and only when one needs it). Refuses a
 /// budgeted call to a model without a price (`budgets`). A large body is counted off

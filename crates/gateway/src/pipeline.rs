@@ -26,7 +26,8 @@
 //! every outcome below — refusal, upstream error, success, client disconnect — leaves
 //! exactly one usage record. Every response carries tollgate's `x-request-id`, and
 //! every response to a call a rate-limit rule governs carries that rule's
-//! `x-ratelimit-*` headers (set by admit, whatever happens after).
+//! `x-ratelimit-*` headers (set by admit, whatever happens after; for a call refused
+//! before admission, the buckets as they are).
 
 use std::sync::Arc;
 
@@ -146,6 +147,68 @@ fn caller(
     Ok((principal, lane, cache_mode))
 }
 
+/// Stage 1's body and stage 3 with its checks: everything that may refuse the call
+/// before admission counts it.
+async fn checked(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    parts: &http::request::Parts,
+    body: Body,
+    principal: &Arc<Principal>,
+    guard: &mut RecordGuard,
+) -> Result<Preflight, GatewayError> {
+    let (max, timeout) = (gw.config.max_body_bytes, gw.config.body_timeout);
+    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies).await?;
+    guard.hold_body(room);
+    let model_in_path =
+        (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
+    let rules = gw.limits.models();
+    let preflight = if body.len() <= offload::JSON_INLINE_BYTES {
+        preflight::run(endpoint, body, model_in_path, &rules, principal)
+    } else {
+        // A large body is parsed off the I/O thread (see offload).
+        let (len, model_in_path) = (body.len(), model_in_path.map(str::to_owned));
+        let principal = principal.clone();
+        let parse =
+            move || preflight::run(endpoint, body, model_in_path.as_deref(), &rules, &principal);
+        offload::run_over(offload::JSON_INLINE_BYTES, len, parse).await
+    };
+    let preflight = preflight.inspect_err(|e| {
+        if let GatewayError::ModelNotFound { model, .. } = e {
+            guard.record().model_requested = Some(model.clone());
+        }
+    })?;
+    let rec = guard.record();
+    rec.model_requested = preflight.model_requested().map(str::to_owned);
+    rec.streamed = preflight.stream;
+    let preflight = caps::run(&gw.limits, endpoint, principal, preflight)?;
+    let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas).await?;
+    if gw.config.preflight.context_window {
+        context::run(&gw.limits.catalog().current(), endpoint, &preflight).await?;
+    }
+    Ok(preflight)
+}
+
+/// The `x-ratelimit-*` headers of a call refused before admission, for the model it
+/// asked for (an alias resolved).
+async fn limits_now(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    principal: &Principal,
+    guard: &mut RecordGuard,
+) -> tollgate_wire::ratelimit::RateLimitInfo {
+    let asked = guard.record().model_requested.clone();
+    let rules = gw.limits.models();
+    let resolved = asked.as_deref().and_then(|name| {
+        let target = rules
+            .route(&principal.project, &principal.env, name)
+            .ok()??;
+        Some(target.to_owned())
+    });
+    let model = resolved.or(asked);
+    admit::current_headers(&gw.limits, endpoint, principal, model.as_deref()).await
+}
+
 /// Stages 1–7.
 async fn stages(
     gw: &Gateway,
@@ -169,35 +232,14 @@ async fn stages(
         }
     };
 
-    let (max, timeout) = (gw.config.max_body_bytes, gw.config.body_timeout);
-    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies).await?;
-    guard.hold_body(room);
-    let model_in_path =
-        (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
-    let rules = gw.limits.models();
-    let preflight = if body.len() <= offload::JSON_INLINE_BYTES {
-        preflight::run(endpoint, body, model_in_path, &rules, &principal)
-    } else {
-        // A large body is parsed off the I/O thread (see offload).
-        let (len, model_in_path) = (body.len(), model_in_path.map(str::to_owned));
-        let principal = principal.clone();
-        let parse =
-            move || preflight::run(endpoint, body, model_in_path.as_deref(), &rules, &principal);
-        offload::run_over(offload::JSON_INLINE_BYTES, len, parse).await
-    };
-    let preflight = preflight.inspect_err(|e| {
-        if let GatewayError::ModelNotFound { model, .. } = e {
-            guard.record().model_requested = Some(model.clone());
+    let preflight = match checked(gw, endpoint, &parts, body, &principal, guard).await {
+        Ok(preflight) => preflight,
+        Err(e) => {
+            // Refused before admission: the caller still learns where its limits stand.
+            *limit_headers = limits_now(gw, endpoint, &principal, guard).await;
+            return Err(e);
         }
-    })?;
-    let rec = guard.record();
-    rec.model_requested = preflight.model_requested().map(str::to_owned);
-    rec.streamed = preflight.stream;
-    let preflight = caps::run(&gw.limits, endpoint, &principal, preflight)?;
-    let preflight = schema::run(&gw.config.preflight, endpoint, preflight, &gw.schemas).await?;
-    if gw.config.preflight.context_window {
-        context::run(&gw.limits.catalog().current(), endpoint, &preflight).await?;
-    }
+    };
 
     let at_ms = guard.record().created_at_ms;
     let default_output_tokens = gw.config.default_output_tokens;

@@ -511,3 +511,72 @@ async fn output_caps_clamp_refuse_default_and_bound_the_temperature() {
         .unwrap()
         .contains("limit of 5"));
 }
+
+/// A call a rule governs that is refused before admission (malformed JSON, a cap, a
+/// temperature out of range) still carries the rule's six headers, and takes nothing
+/// from its buckets.
+#[tokio::test]
+async fn refusals_before_admission_carry_the_headers_and_take_nothing() {
+    use tollgate_store::{OutputCap, OverCap};
+    let h = support::start().await;
+    set(&h, &scope(None, None, None), Some(50), Some(100_000)).await;
+    let cap = OutputCap {
+        max_output_tokens: Some(20),
+        over: OverCap::Refuse,
+        temperature_min: Some(0.0),
+        temperature_max: Some(1.0),
+        ..OutputCap::default()
+    };
+    h.store
+        .set_output_cap("shop", None, &cap, support::now_ms(), &Actor::system())
+        .await
+        .unwrap();
+    until_applied(
+        &h,
+        "text-embedding-3-small",
+        "x-ratelimit-limit-requests",
+        50,
+    )
+    .await;
+    let taken_before = {
+        let res = h
+            .post(
+                "/v1/embeddings",
+                json!({"model": "text-embedding-3-small", "input": "x"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        num(&res, "x-ratelimit-remaining-requests")
+    };
+    let refused = [
+        h.post_raw("/v1/responses", "{\"model\": ")
+            .send()
+            .await
+            .unwrap(),
+        h.post(
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "hi", "max_output_tokens": 500}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        h.post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "temperature": 3, "messages": []}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    ];
+    for res in &refused {
+        assert_eq!(res.status(), 400);
+        assert_eq!(num(res, "x-ratelimit-limit-requests"), 50);
+        assert_eq!(num(res, "x-ratelimit-limit-tokens"), 100_000);
+        // Nothing taken: the one request counted is the embeddings call before.
+        assert!(num(res, "x-ratelimit-remaining-requests") >= taken_before);
+        for name in ["x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens"] {
+            assert!(header(res, name).is_some(), "{name} missing");
+        }
+    }
+}
