@@ -705,35 +705,12 @@ impl Client {
             return Ok((response, attempt));
         }
         let headers = response.headers().clone();
-        let mut response = response;
-        let mut collected = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if collected.len() + chunk.len() <= ERROR_BODY_LIMIT => {
-                    collected.extend_from_slice(&chunk);
-                }
-                Ok(Some(_)) => {
-                    return Err(Failure {
-                        error: Failed::Transport {
-                            error: error_body_too_large(),
-                            attempt,
-                        },
-                        verdict: Verdict::Retry { after: None },
-                    })
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    return Err(Failure {
-                        error: Failed::Transport {
-                            error: Box::new(error),
-                            attempt,
-                        },
-                        verdict: Verdict::Retry { after: None },
-                    })
-                }
-            }
-        }
-        let body = Bytes::from(collected);
+        let body = read_all(response.bytes_stream())
+            .await
+            .map_err(|error| Failure {
+                error: Failed::Transport { error, attempt },
+                verdict: Verdict::Retry { after: None },
+            })?;
         let verdict = classify_status(status, &headers, &body);
         Err(Failure {
             error: Failed::Status {
@@ -935,12 +912,16 @@ fn error_body_too_large() -> BoxError {
     .into()
 }
 
-/// An error answer, whole: up to [`ERROR_BODY_LIMIT`], and only if it arrives whole.
-async fn read_all(mut body: PooledBody) -> Result<Bytes, BoxError> {
+/// An error answer, whole: up to [`ERROR_BODY_LIMIT`], and only if it arrives whole
+/// (an answer cut short, or longer, is no answer).
+async fn read_all<E: Into<BoxError>>(
+    body: impl futures_util::Stream<Item = Result<Bytes, E>>,
+) -> Result<Bytes, BoxError> {
     use futures_util::StreamExt;
+    let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
+        let chunk = chunk.map_err(Into::into)?;
         if out.len() + chunk.len() > ERROR_BODY_LIMIT {
             return Err(error_body_too_large());
         }

@@ -277,23 +277,25 @@ async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
         .into_iter()
         .filter_map(|p| Some((p.name, p.anomaly_auto_suspend?)))
         .collect();
+    // New references are read before the swap (their keys need them); the known ones
+    // are re-read after it, off the reload, so a slow `exec:` command does not delay a
+    // revocation.
+    let mut refresh = None;
     if let Some(upstream) = cache.upstream.clone() {
         let used: BTreeSet<String> = keys
             .iter()
             .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| refs.for_key(&k.project, &k.env).map(str::to_owned))
             .collect();
-        // New references are read before the swap (their keys need them); the known
-        // ones are re-read after it, off the reload, so a slow `exec:` command does not
-        // delay a revocation.
-        let (first, then) = (upstream.clone(), used.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || first.resolve_new(&used)).await {
-            tracing::error!(error = %e, "resolving provider credentials failed");
+        let first = upstream.clone();
+        match tokio::task::spawn_blocking(move || first.resolve_new(&used)).await {
+            Ok(known) => refresh = Some((upstream, known)),
+            Err(e) => tracing::error!(error = %e, "resolving provider credentials failed"),
         }
-        cache.replace_with_refs(&keys, &refs);
-        tokio::task::spawn_blocking(move || upstream.refresh(&then));
-    } else {
-        cache.replace_with_refs(&keys, &refs);
+    }
+    cache.replace_with_refs(&keys, &refs);
+    if let Some((upstream, known)) = refresh {
+        tokio::task::spawn_blocking(move || upstream.refresh(&known));
     }
     cache.anomaly_policy.replace(auto_suspend);
     Ok(keys.len())

@@ -7,8 +7,8 @@
 //! `docs/gateway.md`); those are resolved off the request path whenever the key cache
 //! loads: a new reference before the keys that need it are swapped in
 //! ([`Upstream::resolve_new`]), the known ones again after it ([`Upstream::refresh`],
-//! so a slow `exec:` command never delays a revocation), and kept in a map reference → client that
-//! requests only read. A reference that cannot be read is logged by reference, never
+//! so a slow `exec:` command never delays a revocation). They are kept in a map
+//! reference → client that requests only read. A reference that cannot be read is logged by reference, never
 //! by value, and calls that need it are refused with
 //! [`GatewayError::CredentialUnavailable`].
 
@@ -67,9 +67,9 @@ impl Upstream {
 
     /// Resolves the references given that are not resolved yet, and forgets those not
     /// given. Blocking (files, commands), but only for new references: a reload of the
-    /// keys (a revocation) is not held up by re-running known ones; [`Self::refresh`]
-    /// re-reads those afterwards.
-    pub fn resolve_new(&self, refs: &BTreeSet<String>) {
+    /// keys (a revocation) is not held up by re-running known ones. Answers the known
+    /// ones, for [`Self::refresh`] to re-read afterwards.
+    pub fn resolve_new(&self, refs: &BTreeSet<String>) -> BTreeSet<String> {
         let known: HashMap<String, Option<Client>> = {
             let map = self.by_ref.read();
             refs.iter()
@@ -81,9 +81,11 @@ impl Upstream {
             .filter(|r| !known.contains_key(*r))
             .map(|r| (r.clone(), self.resolve_one(r)))
             .collect();
+        let before = known.keys().cloned().collect();
         let mut map = known;
         map.extend(fresh);
         *self.by_ref.write() = map;
+        before
     }
 
     /// Re-reads each reference given (so a secret changed behind its reference is

@@ -41,6 +41,17 @@ fn num(res: &reqwest::Response, name: &str) -> u64 {
         .unwrap()
 }
 
+/// A cheap call, to read the headers the rules give.
+async fn embed(h: &Harness) -> reqwest::Response {
+    h.post(
+        "/v1/embeddings",
+        json!({"model": "text-embedding-3-small", "input": "x"}),
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
 /// Waits until the server applies a rule: a cheap model call shows its limit.
 async fn until_applied(h: &Harness, model: &str, header_name: &str, limit: u64) {
     let applied = eventually(Duration::from_secs(5), || async {
@@ -386,14 +397,7 @@ async fn a_request_larger_than_a_tpm_limit_is_refused_for_good() {
         .await
         .unwrap());
     let gone = eventually(Duration::from_secs(5), || async {
-        let res = h
-            .post(
-                "/v1/embeddings",
-                json!({"model": "text-embedding-3-small", "input": "x"}),
-            )
-            .send()
-            .await
-            .unwrap();
+        let res = embed(&h).await;
         header(&res, "x-ratelimit-limit-tokens").as_deref() != Some("100")
     })
     .await;
@@ -539,14 +543,7 @@ async fn refusals_before_admission_carry_the_headers_and_take_nothing() {
     )
     .await;
     let taken_before = {
-        let res = h
-            .post(
-                "/v1/embeddings",
-                json!({"model": "text-embedding-3-small", "input": "x"}),
-            )
-            .send()
-            .await
-            .unwrap();
+        let res = embed(&h).await;
         num(&res, "x-ratelimit-remaining-requests")
     };
     let refused = [
