@@ -163,13 +163,16 @@ pub async fn current_headers(
 /// the token estimate made once for both (and only when one needs it). Refuses a
 /// budgeted call to a model without a price (`budgets`). A large body is counted off
 /// the I/O thread (`offload`), once a first pass of the plan has shown that a rule
-/// or budget needs its count.
+/// or budget needs its count. `alternatives`: the models a fallback may serve the call
+/// with (the budgets price the dearest, `budgets::plan`).
+#[allow(clippy::too_many_arguments)]
 pub async fn plan<'a>(
     limits: &Limits,
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
     principal: &Principal,
     preflight: &'a Preflight,
+    alternatives: &[&str],
     default_output_tokens: u64,
     at_ms: i64,
 ) -> Result<Plan<'a>, GatewayError> {
@@ -180,7 +183,14 @@ pub async fn plan<'a>(
             (0, 0)
         };
         let first = plan_with(
-            limits, budgets, endpoint, principal, preflight, probe, at_ms,
+            limits,
+            budgets,
+            endpoint,
+            principal,
+            preflight,
+            alternatives,
+            probe,
+            at_ms,
         )?;
         if !needed.get() {
             return Ok(first);
@@ -200,6 +210,7 @@ pub async fn plan<'a>(
             endpoint,
             principal,
             preflight,
+            alternatives,
             || parts,
             at_ms,
         );
@@ -208,23 +219,40 @@ pub async fn plan<'a>(
     let estimate =
         || *counted.get_or_init(|| estimate_parts(endpoint, preflight, default_output_tokens));
     plan_with(
-        limits, budgets, endpoint, principal, preflight, estimate, at_ms,
+        limits,
+        budgets,
+        endpoint,
+        principal,
+        preflight,
+        alternatives,
+        estimate,
+        at_ms,
     )
 }
 
 /// [`plan`] with `estimate`, which gives the request's input and output tokens and may
 /// be called once by the rate limits and once by the budgets.
+#[allow(clippy::too_many_arguments)]
 fn plan_with<'a>(
     limits: &Limits,
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
     principal: &Principal,
     preflight: &'a Preflight,
+    alternatives: &[&str],
     estimate: impl Fn() -> (u64, u64),
     at_ms: i64,
 ) -> Result<Plan<'a>, GatewayError> {
     let mut plan = Plan::rates_with(limits, endpoint, principal, preflight, &estimate);
-    plan.spend = budgets::plan(budgets, endpoint, principal, preflight, estimate, at_ms)?;
+    plan.spend = budgets::plan(
+        budgets,
+        endpoint,
+        principal,
+        preflight,
+        alternatives,
+        estimate,
+        at_ms,
+    )?;
     Ok(plan)
 }
 
@@ -883,6 +911,7 @@ mod tests {
             Endpoint::Responses,
             &principal(),
             &p,
+            &[],
             4096,
             now,
         )
@@ -916,7 +945,7 @@ mod tests {
         let plan_of = |l: &Arc<Limits>, b: &Arc<Budgets>| {
             let (l, b, p) = (l.clone(), b.clone(), &p);
             async move {
-                plan(&l, &b, Endpoint::Responses, &principal(), p, 4096, now)
+                plan(&l, &b, Endpoint::Responses, &principal(), p, &[], 4096, now)
                     .await
                     .unwrap()
             }

@@ -720,12 +720,15 @@ pub struct SpendPlan {
 /// The budgets governing a call accepted at `at_ms` and its worst case (`None`: no
 /// budget governs it), or a refusal of a governed model without a price (see the
 /// module docs). `estimate` gives the call's input and allowed output tokens; it is
-/// called only for a governed call.
+/// called only for a governed call. `alternatives`: the other models its fallback
+/// chain may serve it with; the worst case is the dearest of them all (one the
+/// catalog does not price is charged the worst case if it serves).
 pub fn plan(
     budgets: &Arc<Budgets>,
     endpoint: Endpoint,
     principal: &Principal,
     preflight: &Preflight,
+    alternatives: &[&str],
     estimate: impl FnOnce() -> (u64, u64),
     at_ms: i64,
 ) -> Result<Option<SpendPlan>, GatewayError> {
@@ -754,13 +757,14 @@ pub fn plan(
         });
     };
     let (input, output) = estimate();
-    let worst = entry
-        .cost(BilledTokens {
-            input,
-            cached: 0,
-            output,
-        })
-        .usd_nanos();
+    let tokens = BilledTokens {
+        input,
+        cached: 0,
+        output,
+    };
+    let worst = (alternatives.iter().filter_map(|m| catalog.get(m)))
+        .map(|e| e.cost(tokens).usd_nanos())
+        .fold(entry.cost(tokens).usd_nanos(), u64::max);
     Ok(Some(SpendPlan {
         budgets: budgets.clone(),
         demands: demands(rules, worst).collect(),
@@ -780,7 +784,16 @@ pub async fn admit(
     at_ms: i64,
 ) -> Result<Option<BudgetReservation>, GatewayError> {
     let estimate = || crate::admit::estimate_parts(endpoint, preflight, default_output_tokens);
-    let Some(plan) = plan(budgets, endpoint, principal, preflight, estimate, at_ms)? else {
+    let Some(plan) = plan(
+        budgets,
+        endpoint,
+        principal,
+        preflight,
+        &[],
+        estimate,
+        at_ms,
+    )?
+    else {
         return Ok(None);
     };
     match plan.reserve().await {

@@ -489,7 +489,8 @@ impl GatewayError {
                 format!(
                     "You exceeded your current quota: the {period} budget of {} is ${} \
                      (spent ${} {when}, ${} held by calls in flight), and this request may \
-                     cost up to ${} (its input plus the output it allows). Retrying will not \
+                     cost up to ${} (its input plus the output it allows, at the price of the \
+                     dearest model that may serve it). Retrying will not \
                      help before the budget resets at {} 00:00 UTC. Ask for fewer output \
                      tokens (max_output_tokens / max_completion_tokens / max_tokens), or ask \
                      a project admin to raise the budget (`tollgate budgets show`, \

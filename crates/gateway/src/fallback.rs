@@ -146,6 +146,26 @@ impl Fallbacks {
             .map(Vec::as_slice)
     }
 
+    /// The models other than its own that a call may be served by: its chain's
+    /// targets that name a model the caller's access lists permit (a target without
+    /// one serves the call's own model). A budget prices a call at the dearest of
+    /// them (`budgets::plan`), so a fallback cannot spend past the budget.
+    pub fn alternatives(
+        &self,
+        endpoint: Endpoint,
+        principal: &Principal,
+        preflight: &Preflight,
+        limits: &crate::limits::Limits,
+    ) -> Vec<&str> {
+        let Some(chain) = endpoint.has_body().then(|| self.chain(preflight)).flatten() else {
+            return Vec::new();
+        };
+        let rules = limits.models();
+        (chain.iter().filter_map(|t| t.model.as_deref()))
+            .filter(|m| rules.permits(&principal.project, &principal.env, m))
+            .collect()
+    }
+
     /// The call's targets in order, the first being its own.
     fn targets(&self, preflight: &Preflight, chain: &[TargetConfig]) -> Vec<Target> {
         let mut out = vec![Target {

@@ -243,12 +243,14 @@ async fn stages(
 
     let at_ms = guard.record().created_at_ms;
     let default_output_tokens = gw.config.default_output_tokens;
+    let alternatives = (gw.fallbacks).alternatives(endpoint, &principal, &preflight, &gw.limits);
     let plan = admit::plan(
         &gw.limits,
         &gw.budgets,
         endpoint,
         &principal,
         &preflight,
+        &alternatives,
         default_output_tokens,
         at_ms,
     )

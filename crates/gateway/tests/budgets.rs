@@ -235,6 +235,70 @@ async fn the_worst_case_is_refused_up_front_and_reservations_settle_to_the_real_
     assert!(report[0].day.is_none());
 }
 
+/// A call whose fallback chain may serve it with a dearer model is priced at that
+/// model: a budget cannot be overrun by the fallback. gpt-4o is pinned at ten times
+/// gpt-4o-mini's prices, so its worst case is ten times the same call's.
+#[tokio::test]
+async fn a_call_is_priced_at_the_dearest_model_its_fallbacks_may_serve_it_with() {
+    let mut h = support::start_with(|raw| {
+        raw.models = RawConfig::from_toml_str(
+            "[[models]]\nid = \"gpt-4o-mini\"\ninput_per_1m = 1\noutput_per_1m = 4\n\
+             [[models]]\nid = \"gpt-4o\"\ninput_per_1m = 10\noutput_per_1m = 40\n",
+        )
+        .unwrap()
+        .models;
+        raw.upstream.max_retries = Some(0);
+        raw.fallbacks.insert(
+            "gpt-4o-mini".into(),
+            vec![tollgate_gateway::fallback_config::RawTarget {
+                model: Some("gpt-4o".into()),
+                upstream: None,
+            }],
+        );
+    })
+    .await;
+    let big = 20_000;
+    // Room for gpt-4o-mini's worst case five times over, not once for gpt-4o's.
+    let limit = 5 * worst(big);
+    set(&h, &env_scope("dev"), Some(limit), None).await;
+    until_applied(&h).await;
+    let res = h.post("/v1/responses", body(big)).send().await.unwrap();
+    assert_eq!(res.status(), 429, "priced at gpt-4o, the chain's dearest");
+    let err: Value = res.json().await.unwrap();
+    let msg = err["error"]["message"].as_str().unwrap();
+    let dearest = tollgate_gateway::budgets::usd(10 * worst(big));
+    assert!(msg.contains(&format!("may cost up to ${dearest}")), "{msg}");
+    assert!(msg.contains("dearest model that may serve it"), "{msg}");
+
+    // A call whose dearest worst case fits is admitted; when the primary fails and
+    // gpt-4o serves it, it settles at gpt-4o's price, within what was reserved.
+    let small = 1_000;
+    assert!(10 * worst(small) < limit);
+    support::sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+    let res = h.post("/v1/responses", body(small)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "x-tollgate-served-by").as_deref(),
+        Some("primary/gpt-4o")
+    );
+    let v: Value = res.json().await.unwrap();
+    let cost = v["usage"]["input_tokens"].as_u64().unwrap() * 10 * IN
+        + v["usage"]["output_tokens"].as_u64().unwrap() * 10 * OUT;
+    assert!(cost <= 10 * worst(small));
+
+    let records = h.stop_and_records().await;
+    let served: Vec<_> = records.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(served.len(), 1);
+    assert_eq!(
+        served[0]
+            .model_served
+            .as_deref()
+            .map(|m| m.starts_with("gpt-4o")),
+        Some(true)
+    );
+    assert_eq!(served[0].cost_usd_nanos, Some(cost), "priced as gpt-4o");
+}
+
 #[tokio::test]
 async fn a_governed_model_without_a_price_is_refused_and_others_are_not() {
     let h = support::start().await;

@@ -1375,6 +1375,7 @@ async fn admit_counted(
         Endpoint::Responses,
         &shop_principal(),
         &pre,
+        &[],
         4096,
         now_ms(),
     )
