@@ -140,6 +140,7 @@ fn main() {
                 Endpoint::ChatCompletions,
                 &principal,
                 &p,
+                &[],
                 4096,
                 now,
             )

@@ -51,14 +51,16 @@ for i = 1, n do
   local keep = tonumber(ARGV[3 * i + 2])
   local cap = limit * U
   local level, at = cap, now
-  local v = redis.call('HMGET', KEYS[i], 'l', 't')
+  local v = redis.call('HMGET', KEYS[i], 'l', 't', 'm')
   if v[1] then
     level, at = tonumber(v[1]), tonumber(v[2])
+    local was = tonumber(v[3]) or limit
     if now > at then
-      level = level + (now - at) * limit
+      level = level + (now - at) * was
       at = now
     end
-    if level > cap then level = cap end
+    if level > was * U then level = was * U end
+    if was ~= limit then level = math.max(level + (limit - was) * U, math.min(level, 0)) end
   end
   levels[i], ats[i], limits[i], amounts[i] = level, at, limit, amount
   local w = wait_for(level, limit, amount + keep)
@@ -90,7 +92,7 @@ elseif take then
       local level = levels[i] - amounts[i] * U
       levels[i] = level
       local ttl = math.ceil((limits[i] * U - level) / math.max(limits[i], 1) / 1000) + 1000
-      redis.call('HSET', KEYS[i], 'l', string.format('%.0f', level), 't', string.format('%.0f', ats[i]))
+      redis.call('HSET', KEYS[i], 'l', string.format('%.0f', level), 't', string.format('%.0f', ats[i]), 'm', limits[i])
       redis.call('PEXPIRE', KEYS[i], ttl)
     end
   end

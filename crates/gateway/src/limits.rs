@@ -13,7 +13,9 @@
 //! Buckets: one per rule and dimension (requests, tokens), with capacity the
 //! per-minute limit, refilled continuously at limit/60 s. A bucket's level may go
 //! below zero when a call used more tokens than it reserved (the debt is paid back by
-//! the refill), so token accounting is exact over time. Levels are kept in units of
+//! the refill), so token accounting is exact over time. When a rule's limit changes,
+//! what was used stays used: a raised limit is available at once, a lowered one
+//! leaves what is left of it (see `rebase`). Levels are kept in units of
 //! 1/60 000 000 of a token, so a refill of `limit` units per microsecond is exact
 //! integer arithmetic and a wait time is exact to the microsecond.
 //!
@@ -188,20 +190,23 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
 local cap = limit * U
 local level, at = cap, now
-local v = redis.call('HMGET', KEYS[1], 'l', 't')
+local v = redis.call('HMGET', KEYS[1], 'l', 't', 'm')
 if v[1] then
   level, at = tonumber(v[1]), tonumber(v[2])
+  local was = tonumber(v[3]) or limit
   if now > at then
-    level = level + (now - at) * limit
+    level = level + (now - at) * was
     at = now
   end
+  level = math.min(level, was * U)
+  if was ~= limit then level = math.max(level + (limit - was) * U, math.min(level, 0)) end
 end
 level = math.min(level, cap) + delta * U
 if level >= cap then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('HSET', KEYS[1], 'l', string.format('%.0f', level), 't', string.format('%.0f', at))
+redis.call('HSET', KEYS[1], 'l', string.format('%.0f', level), 't', string.format('%.0f', at), 'm', limit)
 redis.call('PEXPIRE', KEYS[1], math.ceil((cap - level) / math.max(limit, 1) / 1000) + 1000)
 return 1
 ";
@@ -394,6 +399,8 @@ struct Bucket {
     /// Units available at `at` (may be negative: a debt).
     level: i128,
     at: Instant,
+    /// The per-minute limit the level was counted against.
+    limit: u64,
 }
 
 impl Bucket {
@@ -401,15 +408,20 @@ impl Bucket {
         Self {
             level: i128::from(limit) * UNITS,
             at: now,
+            limit,
         }
     }
 
-    /// Refills up to `now` (capacity: the limit, which may have changed).
+    /// Refills up to `now` at the limit it had, then moves to `limit` (see [`rebase`]).
     fn refill(&mut self, limit: u64, now: Instant) {
-        let cap = i128::from(limit) * UNITS;
         let us = i128::try_from(now.saturating_duration_since(self.at).as_micros()).unwrap_or(0);
-        self.level = (self.level + us * i128::from(limit)).min(cap);
+        let cap = i128::from(self.limit) * UNITS;
+        self.level = (self.level + us * i128::from(self.limit)).min(cap);
         self.at = self.at.max(now);
+        if self.limit != limit {
+            self.level = rebase(self.level, self.limit, limit);
+            self.limit = limit;
+        }
     }
 
     /// Time until the level reaches `amount` whole units.
@@ -508,6 +520,16 @@ impl MemoryCounters {
             .lock()
             .retain(|(scope, _), _| rules.contains(scope));
     }
+}
+
+/// A bucket's level when its rule's limit changes from `from` to `to` per minute:
+/// what was used stays used, so a raised limit is available at once (a caller
+/// throttled at 10 RPM gets 90 more requests the moment the limit becomes 100) and a
+/// lowered one leaves what is left of the new limit, never below zero — a debt (a
+/// call that used more than it reserved) is kept as it was, not deepened.
+fn rebase(level: i128, from: u64, to: u64) -> i128 {
+    let moved = level + (i128::from(to) - i128::from(from)) * UNITS;
+    moved.max(level.min(0))
 }
 
 /// Stores `b` as `key`'s bucket, cloning the key only for a bucket not yet in the map.
@@ -673,7 +695,7 @@ impl Limits {
     }
 
     /// Swaps in new rules and caps and forgets the buckets of removed rules. A rule
-    /// whose limit changed keeps its bucket (capped at the new limit).
+    /// whose limit changed keeps its bucket, moved by as much as the limit (`rebase`).
     pub fn replace(&self, rules: Vec<RateLimitRule>, caps: Vec<OutputCapRule>) {
         if rules.iter().any(|r| r.tpm.is_some()) {
             // A TPM rule counts every request's input: have the tokenizer ready.
@@ -826,6 +848,32 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_limit_moves_what_is_available_by_as_much() {
+        let c = MemoryCounters::default();
+        let s = scope(None);
+        let t0 = Instant::now();
+        let take = |limit: u64, n: u64| c.take(&[demand(&s, Dimension::Requests, limit, n)], t0);
+        // 10 RPM, all used: refused.
+        take(10, 10).unwrap();
+        assert!(take(10, 1).is_err());
+        // Raised to 100: 90 more at once, not one every 0.6 s.
+        assert_eq!(take(100, 90).unwrap()[0].remaining, 0);
+        assert!(take(100, 1).is_err());
+        // 100 used; lowered to 50: nothing left, and the wait is one request at the
+        // new rate (never a debt of 50).
+        let denied = take(50, 1).unwrap_err();
+        assert_eq!(denied.wait, Duration::from_millis(1_200));
+        // Raised to 130 with 100 used: 30 left.
+        assert_eq!(take(130, 0).unwrap()[0].remaining, 30);
+        // A debt is kept as it is when the limit falls.
+        let key = (s.clone(), Dimension::Requests);
+        c.adjust(&key, 130, -50, t0);
+        let denied = take(20, 1).unwrap_err();
+        // 20 in debt, then one request, at 20 a minute: 63 s.
+        assert_eq!(denied.wait, Duration::from_secs(63));
+    }
+
+    #[test]
     fn admission_is_all_or_nothing_and_the_longest_wait_wins() {
         let c = MemoryCounters::default();
         let (a, b) = (scope(None), scope(Some("gpt-4o")));
@@ -916,13 +964,18 @@ mod tests {
             .take(&[demand(&whole, Dimension::Requests, 10, 10)], t0)
             .await
             .unwrap();
-        // Same rule reloaded with a new limit: the bucket stays (nothing refilled).
+        // Same rule reloaded with a new limit: the bucket stays, the 10 used stay used.
         limits.replace(vec![rule(None, None, None)], vec![]);
         assert!(limits
             .counters
-            .take(&[demand(&whole, Dimension::Requests, 20, 1)], t0)
+            .take(&[demand(&whole, Dimension::Requests, 20, 11)], t0)
             .await
             .is_err());
+        assert!(limits
+            .counters
+            .take(&[demand(&whole, Dimension::Requests, 20, 10)], t0)
+            .await
+            .is_ok());
         // Rule gone and back: a fresh, full bucket.
         limits.replace(vec![], vec![]);
         assert!(limits.rules().is_empty());

@@ -250,6 +250,39 @@ async fn buckets_refill_continuously_on_the_servers_clock() {
     assert_eq!(st[0].remaining, 9);
 }
 
+/// A rule's limit changed while its bucket lives in Redis: what was used stays used,
+/// so a raised limit is available at once and a lowered one leaves no more than what
+/// is left of it; a debt is kept, not deepened.
+#[tokio::test]
+async fn a_changed_limit_moves_what_is_available_in_redis_by_as_much() {
+    let (c, _link) = counters(&prefix()).await;
+    let s = scope(None);
+    let at = |limit: u64, n: u64| [demand(&s, Dimension::Requests, limit, n)];
+    let (st, _) = c.take(&at(10, 10), Instant::now()).await.unwrap();
+    assert_eq!(st[0].remaining, 0);
+    assert!(c.take(&at(10, 1), Instant::now()).await.is_err());
+    // Raised to 100: 90 at once (at 10 a minute, less than one came back meanwhile).
+    assert_eq!(c.peek(&at(100, 0), Instant::now()).await[0].remaining, 90);
+    c.take(&at(100, 90), Instant::now()).await.unwrap();
+    // Lowered to 50 with about 100 used: nothing left.
+    assert_eq!(c.peek(&at(50, 0), Instant::now()).await[0].remaining, 0);
+    // A debt of about 50 at 100 a minute, then lowered to 20: the debt stays 50, so
+    // one more request waits about (50 + 1) × 3 s.
+    let key = (s.clone(), Dimension::Requests);
+    c.adjust(&key, 100, -50, Instant::now(), true);
+    let kept = eventually(Duration::from_secs(5), || async {
+        match c.take(&at(20, 1), Instant::now()).await {
+            Err(Refused::Limit(d)) => d.wait > Duration::from_secs(140),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        kept.is_some(),
+        "the debt was not kept through the lowered limit"
+    );
+}
+
 async fn tokens_left(c: &Counters, s: &Arc<LimitScope>) -> u64 {
     let d = [demand(s, Dimension::Tokens, 6_000, 0)];
     c.peek(&d, Instant::now()).await[0].remaining
