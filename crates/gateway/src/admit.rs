@@ -44,7 +44,7 @@ use tollgate_wire::ratelimit::RateLimitInfo;
 
 use crate::admit_redis::{self, Answer};
 use crate::budgets::{self, BudgetCounters, BudgetReservation, Budgets, SpendPlan, SpendRefused};
-use crate::budgets_redis::{RedisBudgetCounters, RESERVED_IDLE_MS};
+use crate::budgets_redis::RedisBudgetCounters;
 use crate::error::{GatewayError, RateRefusal};
 use crate::keys::Principal;
 use crate::limits::{
@@ -437,7 +437,7 @@ async fn take_in_one_call(
     let part = budgets.plan(&spend.demands, spend.at_ms);
     if link.is_up() {
         let started = Instant::now();
-        let answer = admit_redis::run(link, demands, true, &part.takes, RESERVED_IDLE_MS).await;
+        let answer = admit_redis::run(link, demands, true, &part.takes).await;
         if let Some(answer) = answer {
             link.observe_admission(started.elapsed());
             return match answer {

@@ -20,11 +20,12 @@ use redis::Script;
 use crate::limits::{bucket_name, BucketState, Demand, Denied};
 use crate::redis_link::RedisLink;
 
-/// `KEYS`: the `n` rate-limit buckets, then the spent and reserved counters of each
-/// budget demand. `ARGV`: take (1) or peek (0), `n`, then per bucket its limit,
-/// amount and keep (what the take must leave: a batch request's reserve; only the
-/// amount is taken), then per budget demand its limit, amount, seed and spent TTL,
-/// then (with budget demands) the reserved TTL.
+/// `KEYS`: the `n` rate-limit buckets, then per budget demand its spent counter and
+/// its reserved counters of the previous, current and next epoch (`budgets_redis`).
+/// `ARGV`: take (1) or peek (0), `n`, then per bucket its limit, amount and keep (what
+/// the take must leave: a batch request's reserve; only the amount is taken), then
+/// per budget demand its limit, amount, seed, spent TTL and reserved TTL. A budget's
+/// reserved is the sum of its three epochs; a reservation goes to the current one.
 ///
 /// Answers `{status, a, b, c, then per bucket remaining and µs until full}`:
 /// status 1 admitted (all taken); 0 a bucket lacks room (`a` its 0-based index, `b`
@@ -70,12 +71,15 @@ local out = {1, 0, 0, 0}
 if worst > 0 then
   out = {0, worst - 1, worst_wait, 0}
 elseif take then
-  local m, base = (#KEYS - n) / 2, 3 * n + 2
+  local m, base = (#KEYS - n) / 4, 3 * n + 2
   for j = 1, m do
-    local s, r, a = KEYS[n + 2 * j - 1], KEYS[n + 2 * j], base + 4 * (j - 1)
+    local s, k, a = KEYS[n + 4 * j - 3], n + 4 * j - 3, base + 5 * (j - 1)
     redis.call('SET', s, ARGV[a + 3], 'NX', 'PX', ARGV[a + 4])
     local sv = tonumber(redis.call('GET', s))
-    local rv = math.max(tonumber(redis.call('GET', r) or '0'), 0)
+    local rv = 0
+    for e = 1, 3 do
+      rv = rv + math.max(tonumber(redis.call('GET', KEYS[k + e]) or '0'), 0)
+    end
     local limit, amount = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local committed = sv + rv
     if committed >= limit or committed + amount > limit then
@@ -85,8 +89,9 @@ elseif take then
   end
   if out[1] == 1 then
     for j = 1, m do
-      redis.call('INCRBY', KEYS[n + 2 * j], ARGV[base + 4 * (j - 1) + 2])
-      redis.call('PEXPIRE', KEYS[n + 2 * j], ARGV[#ARGV])
+      local r, a = KEYS[n + 4 * j - 1], base + 5 * (j - 1)
+      redis.call('INCRBY', r, ARGV[a + 2])
+      redis.call('PEXPIRE', r, ARGV[a + 5])
     end
     for i = 1, n do
       local level = levels[i] - amounts[i] * U
@@ -112,12 +117,16 @@ static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(ADMIT_LUA));
 #[derive(Debug, Clone)]
 pub struct BudgetTake {
     pub spent_key: String,
-    pub reserved_key: String,
+    /// The reserved counters of the previous, current and next epoch; the
+    /// reservation goes to the current one.
+    pub reserved_keys: [String; 3],
     pub limit: u64,
     pub amount: u64,
     /// This replica's count of the period, for a spent counter Redis lacks.
     pub seed: u64,
     pub spent_ttl_ms: i64,
+    /// How long the current epoch's reserved counter lives from now.
+    pub reserved_ttl_ms: i64,
 }
 
 /// What the admission script answered.
@@ -139,14 +148,12 @@ pub enum Answer {
 
 /// One call of the admission script: takes (or with `take` false, only reads) the
 /// buckets of `demands` and reserves `budget`, all or nothing; `None` when the call
-/// failed (already logged and counted by the link). `reserved_ttl_ms`: how long a
-/// reserved counter lives after its last change.
+/// failed (already logged and counted by the link).
 pub async fn run(
     link: &RedisLink,
     demands: &[Demand],
     take: bool,
     budget: &[BudgetTake],
-    reserved_ttl_ms: i64,
 ) -> Option<Answer> {
     let mut call = ADMIT.prepare_invoke();
     call.arg(u8::from(take)).arg(demands.len());
@@ -157,15 +164,15 @@ pub async fn run(
             .arg(d.keep);
     }
     for b in budget {
-        call.key(&b.spent_key)
-            .key(&b.reserved_key)
-            .arg(b.limit)
+        call.key(&b.spent_key);
+        for r in &b.reserved_keys {
+            call.key(r);
+        }
+        call.arg(b.limit)
             .arg(b.amount)
             .arg(b.seed)
-            .arg(b.spent_ttl_ms);
-    }
-    if !budget.is_empty() {
-        call.arg(reserved_ttl_ms);
+            .arg(b.spent_ttl_ms)
+            .arg(b.reserved_ttl_ms);
     }
     let reply: Vec<i64> = link.call(&call).await.ok()?;
     let answer = parse(&reply, demands, budget.len());

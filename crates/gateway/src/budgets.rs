@@ -901,7 +901,8 @@ impl BudgetReservation {
             self.budgets.announce(notice);
         }
         if let (true, BudgetCounters::Redis(r)) = (self.in_redis, &self.budgets.counters) {
-            r.settle_shared(&self.demands, self.reserved, spent, crate::accept::now_ms());
+            let now = crate::accept::now_ms();
+            r.settle_shared(&self.demands, self.reserved, spent, self.at_ms, now);
         }
     }
 

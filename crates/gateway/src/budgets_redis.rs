@@ -2,12 +2,21 @@
 //! sharing a Redis enforce one budget exactly rather than each up to the remainder.
 //!
 //! Keys: `<prefix>budget:<project>:<env|*>:<key|*>:<day|month>:<period start ms>`
-//! with `:s` (spent: settled nano-USD) and `:r` (reserved: worst cases of calls in
-//! flight), integers changed with `INCRBY`/`DECRBY` only. Spent expires a day after
-//! its period ends; reserved after [`RESERVED_IDLE_MS`] without a reservation or a
-//! settlement. A settlement made while Redis is unreachable is held and sent once it
-//! is back (`settle_redis`); one whose call failed is lost, and its worst case stays
-//! reserved until the counter idles out.
+//! with `:s` (spent: settled nano-USD) and `:r:<epoch>` (reserved: worst cases of
+//! calls in flight that were admitted in that epoch), integers changed with
+//! `INCRBY`/`DECRBY` only. Spent expires a day after its period ends.
+//!
+//! Reserved counters are kept per epoch of [`RESERVED_EPOCH_MS`] (15 minutes, from
+//! the call's acceptance time): an admission counts the previous, current and next
+//! epoch (the next: another replica's clock may run ahead) and reserves in the
+//! current one, which expires at the end of the epoch after it. A reservation nobody
+//! settles therefore stops holding budget 15 to 30 minutes after it was made,
+//! whatever the traffic: a replica that crashed or was killed with calls in flight, a
+//! settlement whose call failed, or an admission that ran in Redis after its caller
+//! had given up on it (a timeout; the caller then admitted the call in its fallback).
+//! A call still running after that has spent what it spent: its settlement still adds
+//! the real cost. A settlement made while Redis is unreachable is held and sent once
+//! it is back (`settle_redis`).
 //!
 //! Admission is one call of the admission script (`admit_redis::ADMIT_LUA`, the same
 //! call that takes the rate-limit buckets when a rate limit governs the call too):
@@ -40,25 +49,29 @@ use crate::budgets::{CounterKey, MemoryBudgetCounters, SpendDemand, SpendDenied,
 use crate::config::OnFailure;
 use crate::redis_link::RedisLink;
 
-/// How long a reserved counter lives after its last reservation or settlement (ms).
-pub const RESERVED_IDLE_MS: i64 = 15 * 60 * 1000;
+/// The span of one reserved counter (ms): a reservation holds budget for one to
+/// two of these (see the module docs).
+pub const RESERVED_EPOCH_MS: i64 = 15 * 60 * 1000;
+
+/// How long an epoch's reserved counter outlives the epoch after it (ms): replicas'
+/// clocks differ by less.
+const RESERVED_SKEW_MS: i64 = 60_000;
 
 /// Spent counters live this long after their period ends (ms).
 const SPENT_GRACE_MS: i64 = 86_400_000;
 
-/// KEYS: spent and reserved of each demand. ARGV: reserved, spent, then seed and
-/// spent TTL of each demand, then the reserved TTL.
+/// KEYS[1]: a spent counter, then the reserved counters to release from. ARGV: the
+/// spend, the seed and TTL of a missing spent counter, then the amount released from
+/// each reserved counter. A reserved counter at or below zero is deleted (it expired
+/// while its calls ran: they were no longer held).
 pub const SETTLE_LUA: &str = r"
-for i = 1, #KEYS / 2 do
-  local s, r = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('DECRBY', r, ARGV[1]) <= 0 then
-    redis.call('DEL', r)
-  else
-    redis.call('PEXPIRE', r, ARGV[#ARGV])
+for i = 2, #KEYS do
+  if redis.call('DECRBY', KEYS[i], ARGV[i + 2]) <= 0 then
+    redis.call('DEL', KEYS[i])
   end
-  redis.call('SET', s, ARGV[2 * i + 1], 'NX', 'PX', ARGV[2 * i + 2])
-  redis.call('INCRBY', s, ARGV[2])
 end
+redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
+redis.call('INCRBY', KEYS[1], ARGV[1])
 return 1
 ";
 
@@ -74,20 +87,44 @@ return 1
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
 static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
-/// The settlement of one budget period's counters (see [`SETTLE_LUA`]).
+/// The settlement of one budget period's counters (see [`SETTLE_LUA`]): `released`
+/// from each of its reserved counters, `spent` added.
 pub(crate) fn settle_invocation(
     spent_key: String,
-    reserved_key: String,
-    released: u64,
+    released: Vec<(String, u64)>,
     spent: u64,
     seed: u64,
     ttl_ms: i64,
 ) -> redis::ScriptInvocation<'static> {
     let mut call = SETTLE.prepare_invoke();
-    call.arg(released).arg(spent);
-    call.key(spent_key).key(reserved_key).arg(seed).arg(ttl_ms);
-    call.arg(RESERVED_IDLE_MS);
+    call.key(spent_key).arg(spent).arg(seed).arg(ttl_ms);
+    for (reserved_key, amount) in released {
+        call.key(reserved_key).arg(amount);
+    }
     call
+}
+
+/// The epoch of a call accepted at `at_ms`.
+pub fn epoch(at_ms: i64) -> i64 {
+    at_ms.div_euclid(RESERVED_EPOCH_MS)
+}
+
+/// The reserved counter of `epoch`, from the period's reserved name of [`key_names`].
+pub fn epoch_key(reserved: &str, epoch: i64) -> String {
+    format!("{reserved}:{epoch}")
+}
+
+/// The reserved counters an admission at `at_ms` counts: the previous, current and
+/// next epoch.
+fn epoch_keys(reserved: &str, at_ms: i64) -> [String; 3] {
+    let e = epoch(at_ms);
+    [e - 1, e, e + 1].map(|e| epoch_key(reserved, e))
+}
+
+/// How long, from `now_ms`, the reserved counter of a call accepted at `at_ms` lives:
+/// to the end of the epoch after its own, plus the clocks' skew.
+fn reserved_ttl(at_ms: i64, now_ms: i64) -> i64 {
+    ((epoch(at_ms) + 2) * RESERVED_EPOCH_MS + RESERVED_SKEW_MS - now_ms).max(1_000)
 }
 
 /// Why a reservation was refused.
@@ -210,14 +247,15 @@ impl RedisBudgetCounters {
                 continue;
             }
             let start = d.key.1.bounds(at_ms).0;
-            let (spent_key, reserved_key) = key_names(self.link.key_prefix(), &d.key, start);
+            let (spent_key, reserved) = key_names(self.link.key_prefix(), &d.key, start);
             plan.takes.push(BudgetTake {
                 spent_key,
-                reserved_key,
+                reserved_keys: epoch_keys(&reserved, at_ms),
                 limit: d.limit,
                 amount: d.amount,
                 seed,
                 spent_ttl_ms: spent_ttl(d.key.1, start, at_ms),
+                reserved_ttl_ms: reserved_ttl(at_ms, crate::accept::now_ms()),
             });
             plan.governed.push(i);
         }
@@ -235,7 +273,7 @@ impl RedisBudgetCounters {
         if plan.takes.is_empty() {
             return Some(Ok(()));
         }
-        match admit_redis::run(&self.link, &[], true, &plan.takes, RESERVED_IDLE_MS).await? {
+        match admit_redis::run(&self.link, &[], true, &plan.takes).await? {
             Answer::Admitted(_) => Some(Ok(())),
             Answer::BudgetRefused {
                 index,
@@ -253,11 +291,13 @@ impl RedisBudgetCounters {
     /// interval's other settlements and sent within milliseconds (`settle_redis`), or
     /// once Redis is back when it is unreachable now (the worst case it releases was
     /// reserved there, and stays reserved until it is).
+    /// `at_ms`: when the call was accepted (its reservation's epoch).
     pub fn settle_shared(
         &self,
         demands: &[(SpendDemand, i64)],
         reserved: u64,
         spent: u64,
+        at_ms: i64,
         now_ms: i64,
     ) {
         if demands.is_empty() {
@@ -269,8 +309,7 @@ impl RedisBudgetCounters {
             // The memory counters have counted this call already: a missing key is
             // seeded without the calls being settled, then counts them once.
             let owed = crate::settle_redis::Owed::Budget {
-                reserved_key: r,
-                released: reserved,
+                released: vec![(epoch_key(&r, epoch(at_ms)), reserved)],
                 spent,
                 local: self.local.seed(&d.key, *start),
                 ttl_ms: spent_ttl(d.key.1, *start, now_ms),
@@ -300,11 +339,14 @@ impl RedisBudgetCounters {
         });
     }
 
-    /// The spent and reserved counters of a period in Redis (tests, diagnostics).
+    /// The spent and reserved counters of a period in Redis, reserved as an
+    /// admission now counts it (tests, diagnostics).
     pub async fn shared_state(&self, key: &CounterKey, period_start_ms: i64) -> Option<(u64, u64)> {
         let (s, r) = key_names(self.link.key_prefix(), key, period_start_ms);
         let mut call = STATE.key(s);
-        call.key(r);
+        for r in epoch_keys(&r, crate::accept::now_ms()) {
+            call.key(r);
+        }
         let v: Vec<u64> = self.link.call(&call).await.ok()?;
         match v.as_slice() {
             [s, r] => Some((*s, *r)),
@@ -315,8 +357,9 @@ impl RedisBudgetCounters {
 
 static STATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "return {tonumber(redis.call('GET', KEYS[1]) or '0'), \
-         math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), 0)}",
+        "local r = 0 \
+         for i = 2, #KEYS do r = r + math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), 0) end \
+         return {tonumber(redis.call('GET', KEYS[1]) or '0'), r}",
     )
 });
 
@@ -325,8 +368,9 @@ fn spent_ttl(period: BudgetPeriod, start: i64, now_ms: i64) -> i64 {
     (period.bounds(start).1 + SPENT_GRACE_MS - now_ms).max(1_000)
 }
 
-/// The Redis keys (spent, reserved) of a counter in the period starting at `start`
-/// (see the module docs; `%`, `:` and `*` in names are `%`-escaped).
+/// The Redis keys of a counter in the period starting at `start`: its spent counter
+/// and the name its reserved counters' epochs are appended to ([`epoch_key`]; see the
+/// module docs; `%`, `:` and `*` in names are `%`-escaped).
 pub fn key_names(prefix: &str, key: &CounterKey, start: i64) -> (String, String) {
     let (scope, period) = key;
     let mut out = String::with_capacity(prefix.len() + 64);

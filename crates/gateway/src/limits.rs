@@ -291,7 +291,7 @@ impl RedisCounters {
         demands: &[Demand],
         take: bool,
     ) -> Option<Result<Vec<BucketState>, Refused>> {
-        match admit_redis::run(&self.link, demands, take, &[], 0).await? {
+        match admit_redis::run(&self.link, demands, take, &[]).await? {
             Answer::Admitted(states) => Some(Ok(states)),
             Answer::RateRefused(denied) => Some(Err(Refused::Limit(denied))),
             Answer::BudgetRefused { .. } => None,

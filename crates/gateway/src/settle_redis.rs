@@ -39,11 +39,11 @@ pub enum Owed {
     /// A TPM bucket: whole tokens given back (> 0) or charged (< 0), under `limit`.
     Bucket { limit: u64, delta: i64 },
     /// A budget period (keyed by its spent counter): worst cases to release from its
-    /// reserved counter, nano-USD spent, and this replica's count of the period, from
-    /// which a missing spent counter is seeded (`local − spent`: without these calls).
+    /// reserved counters (one per epoch the calls were admitted in), nano-USD spent,
+    /// and this replica's count of the period, from which a missing spent counter is
+    /// seeded (`local − spent`: without these calls).
     Budget {
-        reserved_key: String,
-        released: u64,
+        released: Vec<(String, u64)>,
         spent: u64,
         /// This replica's count of the period, these calls included.
         local: u64,
@@ -75,7 +75,12 @@ impl Owed {
                     ..
                 },
             ) => {
-                *released = released.saturating_add(r);
+                for (key, amount) in r {
+                    match released.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, a)) => *a = a.saturating_add(amount),
+                        None => released.push((key, amount)),
+                    }
+                }
                 *spent = spent.saturating_add(s);
                 *local = (*local).max(l);
                 *ttl_ms = t;
@@ -184,7 +189,6 @@ impl Settlements {
                     "a TPM settlement",
                 ),
                 Owed::Budget {
-                    reserved_key,
                     released,
                     spent,
                     local,
@@ -193,7 +197,6 @@ impl Settlements {
                     let seed = local.saturating_sub(spent);
                     let call = crate::budgets_redis::settle_invocation(
                         key.clone(),
-                        reserved_key,
                         released,
                         spent,
                         seed,
@@ -262,17 +265,22 @@ mod tests {
                 delta: -2
             }
         );
-        let budget = |released, spent, local, ttl_ms| Owed::Budget {
-            reserved_key: "r".into(),
-            released,
+        let budget = |released: &[(&str, u64)], spent, local, ttl_ms| Owed::Budget {
+            released: released
+                .iter()
+                .map(|(k, a)| ((*k).to_owned(), *a))
+                .collect(),
             spent,
             local,
             ttl_ms,
         };
-        let mut s = budget(10, 4, 100, 5);
-        s.merge(budget(20, 6, 106, 4));
+        let mut s = budget(&[("r:1", 10)], 4, 100, 5);
+        s.merge(budget(&[("r:1", 20)], 6, 106, 4));
         // Seed at send: 106 − 10 = 96, this replica's count without both calls.
-        assert_eq!(s, budget(30, 10, 106, 4));
+        assert_eq!(s, budget(&[("r:1", 30)], 10, 106, 4));
+        // A call admitted in the next epoch releases from that epoch's counter.
+        s.merge(budget(&[("r:2", 7)], 1, 107, 4));
+        assert_eq!(s, budget(&[("r:1", 30), ("r:2", 7)], 11, 107, 4));
     }
 
     #[test]

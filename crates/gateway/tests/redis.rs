@@ -37,7 +37,7 @@ use tollgate_gateway::admit;
 use tollgate_gateway::budgets::{
     BudgetCounters, Budgets, CounterKey, RedisBudgetCounters, SpendDemand, SpendRefused,
 };
-use tollgate_gateway::budgets_redis::key_names;
+use tollgate_gateway::budgets_redis::{epoch, epoch_key, key_names, RESERVED_EPOCH_MS};
 use tollgate_gateway::config::{RawConfig, RedisConfig};
 use tollgate_gateway::keys::Principal;
 use tollgate_gateway::limits::{
@@ -1010,6 +1010,7 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
         200,
         50,
         now,
+        now,
     );
     let settled = eventually(Duration::from_secs(5), || async {
         shared(&project).await == (350, 0) && shared(&prod).await == (150, 0)
@@ -1044,7 +1045,7 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
     // A re-sync that reads a store already holding a call whose settlement Redis has
     // not answered yet (it waits for its 10 ms batch) leaves that settlement out of
     // the raise: the call counts once when the settlement lands, 450 and not 500.
-    counters.settle_shared(&[(ok[0].clone(), start)], 0, 50, now);
+    counters.settle_shared(&[(ok[0].clone(), start)], 0, 50, now, now);
     assert_eq!(link.settlements().unsent_spend(&project_spent), 50);
     budgets.counters.sync(&ok[0], start, 450, now);
     let landed = eventually(Duration::from_secs(5), || async {
@@ -1064,6 +1065,101 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
         .await
         .unwrap();
     assert!(ttl > 0, "{ttl}");
+    assert_eq!((link.errors_total(), link.lost_total()), (0, 0));
+}
+
+/// A reservation nobody settles — its replica crashed mid-call, or an admission ran
+/// in Redis after its caller had timed out and admitted the call locally — stops
+/// holding budget once its epoch and the next are over, however busy the budget is:
+/// an admission counts the previous, current and next epoch and reserves in the
+/// current one, whose counter expires after the next.
+#[tokio::test]
+async fn an_unsettled_reservation_stops_holding_budget_after_its_epochs() {
+    let prefix = prefix();
+    let mut r = redis_conn().await;
+    let config = redis_config(&redis_url(), &prefix, "local");
+    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
+    link.check().await;
+    assert!(link.is_up(), "the link did not reach the test Redis");
+    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
+        RedisBudgetCounters::new(link.clone()),
+    ));
+    let scope = budget_scope(None);
+    let now = now_ms();
+    budgets.replace(vec![budget(&scope, 1_000)], &[], now - 1_000);
+    let key: CounterKey = (Arc::new(scope.clone()), BudgetPeriod::Day);
+    let start = BudgetPeriod::Day.bounds(now).0;
+    let (_, reserved) = key_names(&prefix, &key, start);
+    let demand = |amount: u64| SpendDemand {
+        key: key.clone(),
+        limit: 1_000,
+        soft_percent: 80,
+        amount,
+    };
+    let e = epoch(now);
+    // 900 held by a call admitted two epochs ago and never settled: not counted.
+    let _: () = redis::cmd("SET")
+        .arg(epoch_key(&reserved, e - 2))
+        .arg(900)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let (taken, in_redis) = budgets.counters.reserve(&[demand(600)], now).await.unwrap();
+    assert_eq!((taken, in_redis), (vec![true], true));
+    // The reservation went to this epoch's counter, which lives to the end of the
+    // next epoch (plus the clocks' skew), not longer.
+    let current = epoch_key(&reserved, e);
+    let held: Option<u64> = redis::cmd("GET")
+        .arg(&current)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(held, Some(600));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&current)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 2 * RESERVED_EPOCH_MS + 60_000, "{ttl}");
+    // Held in the previous or the next epoch, it is counted: 600 + 300 + 200 > 1 000.
+    for other in [e - 1, e + 1] {
+        let _: () = redis::cmd("SET")
+            .arg(epoch_key(&reserved, other))
+            .arg(300)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let Err(SpendRefused::Denied(denied)) = budgets.counters.reserve(&[demand(200)], now).await
+        else {
+            panic!("epoch {other}'s reservation was not counted");
+        };
+        assert_eq!(denied.state.reserved, 900);
+        let _: () = redis::cmd("DEL")
+            .arg(epoch_key(&reserved, other))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    // Settled: released from the epoch it was taken in, and that counter deleted.
+    let BudgetCounters::Redis(counters) = &budgets.counters else {
+        unreachable!()
+    };
+    counters.settle_shared(&[(demand(600), start)], 600, 10, now, now);
+    let released = eventually(Duration::from_secs(5), || async {
+        counters.shared_state(&key, start).await == Some((10, 0))
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "{:?}",
+        counters.shared_state(&key, start).await
+    );
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&current)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     assert_eq!((link.errors_total(), link.lost_total()), (0, 0));
 }
 
