@@ -9,7 +9,10 @@
 //!   not fit, it waits in a queue instead of being refused at once: one FIFO queue per
 //!   refused bucket (rule and dimension), whose head sleeps exactly until the bucket's
 //!   refill makes room (the wait the counters compute; no polling) and then tries
-//!   again; the others wait their turn behind it. A request whose wait would end past
+//!   again; the others wait their turn behind it. A head that another bucket refuses
+//!   (a request governed by several rules) gives up its turn and queues for that
+//!   bucket, so those behind it, who may need only the first bucket's room, are not
+//!   held up by a bucket that does not govern them. A request whose wait would end past
 //!   `lanes.batch_max_wait` (measured from its arrival) gets the usual 429 with
 //!   `retry-after` — at once when the bucket's own wait is already longer than that,
 //!   else when its time is up.
@@ -135,26 +138,37 @@ impl Lanes {
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting::new(&self.depth);
-        let key = (refusal.scope.clone(), refusal.dimension);
-        let queue = self.queues.lock().entry(key.clone()).or_default().clone();
-        let result = self.wait_turn(&queue, deadline, attempt).await;
-        drop(queue);
-        // Forget the queue once nobody waits in it (the map's reference is the last).
-        let mut queues = self.queues.lock();
-        if queues.get(&key).is_some_and(|q| Arc::strong_count(q) == 1) {
-            queues.remove(&key);
+        let mut refusal = refusal;
+        loop {
+            let key = (refusal.scope.clone(), refusal.dimension);
+            let queue = self.queues.lock().entry(key.clone()).or_default().clone();
+            let turn = self.wait_turn(&queue, &key, deadline, &attempt).await;
+            drop(queue);
+            // Forget the queue once nobody waits in it (the map's reference is the last).
+            {
+                let mut queues = self.queues.lock();
+                if queues.get(&key).is_some_and(|q| Arc::strong_count(q) == 1) {
+                    queues.remove(&key);
+                }
+            }
+            match turn {
+                Turn::Done(result) => return result,
+                Turn::Elsewhere(r) => refusal = r,
+            }
         }
-        result
     }
 
-    /// Waits to be the head of `queue`, then tries whenever the bucket's refill
-    /// should have made room, until admitted or past `deadline`.
+    /// Waits to be the head of `queue` (bucket `key`'s), then tries whenever the
+    /// bucket's refill should have made room, until admitted or past `deadline` — or
+    /// until another bucket refuses it: then it gives up its turn here (those behind
+    /// it need only this bucket's room) and queues for that one.
     async fn wait_turn<F, Fut>(
         &self,
         queue: &Queue,
+        key: &(String, Dimension),
         deadline: Instant,
-        attempt: F,
-    ) -> Result<Admission, GatewayError>
+        attempt: &F,
+    ) -> Turn
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Admission, GatewayError>>,
@@ -163,17 +177,28 @@ impl Lanes {
         loop {
             let r = match attempt().await {
                 Err(GatewayError::RateLimited(r)) => r,
-                other => return other,
+                other => return Turn::Done(other),
             };
             // Out of time behind others, or room only after the deadline: refused.
             let wake = Instant::now() + r.retry_after;
             if turn.is_err() || wake > deadline {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(GatewayError::RateLimited(r));
+                return Turn::Done(Err(GatewayError::RateLimited(r)));
+            }
+            if r.scope != key.0 || r.dimension != key.1 {
+                return Turn::Elsewhere(r);
             }
             tokio::time::sleep_until(wake).await;
         }
     }
+}
+
+/// How a turn at the head of one bucket's queue ended.
+enum Turn {
+    /// Admitted, or refused for good.
+    Done(Result<Admission, GatewayError>),
+    /// Refused by another bucket, with room there before the deadline.
+    Elsewhere(Box<crate::error::RateRefusal>),
 }
 
 /// Counts a waiting request in the depth gauge until dropped (which a disconnect does).
@@ -366,6 +391,85 @@ mod tests {
         assert_eq!(lanes.queue_depth(), 0);
         assert_eq!(lanes.waits_total(), 4);
         assert!(lanes.queues.lock().is_empty(), "empty queues are forgotten");
+    }
+
+    /// A batch request at the head of one bucket's queue that another bucket refuses
+    /// moves to that bucket's queue, so the requests behind it get the first bucket's
+    /// room as it appears instead of waiting on a limit that does not govern them.
+    #[tokio::test]
+    async fn a_head_refused_by_another_bucket_queues_there_and_lets_the_others_by() {
+        let lanes = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.0,
+            batch_max_wait: Duration::from_secs(15),
+        }));
+        let rule = |key_id: Option<&str>, rpm| RateLimitRule {
+            scope: LimitScope {
+                project: "shop".into(),
+                env: None,
+                key_id: key_id.map(Into::into),
+                model: None,
+            },
+            rpm: Some(rpm),
+            tpm: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        // The project: 120 a minute (one every 0.5 s). key_1 alone: 6 (one every 10 s).
+        let l = Arc::new(Limits::default());
+        l.replace(vec![rule(None, 120), rule(Some("key_1"), 6)], vec![]);
+        let who = |key: &str| Principal {
+            key_id: key.into(),
+            ..principal()
+        };
+        let pre = pre();
+        let call = |key: &str, lane| {
+            let (lanes, l, p, pre) = (lanes.clone(), l.clone(), who(key), pre.clone());
+            async move {
+                let plan = Plan::rates(&l, Endpoint::Responses, &p, &pre, 16);
+                lanes.admit(&l, &plan, lane, Instant::now()).await
+            }
+        };
+        // key_1 has one request left; the project none.
+        for _ in 0..5 {
+            call("key_1", Lane::Interactive).await.unwrap();
+        }
+        for _ in 0..115 {
+            call("key_2", Lane::Interactive).await.unwrap();
+        }
+        let start = Instant::now();
+        // key_1's batch request, then key_2's: both wait for the project's room.
+        let first = tokio::spawn(call("key_1", Lane::Batch));
+        tokio::task::yield_now().await;
+        let second = tokio::spawn(call("key_2", Lane::Batch));
+        tokio::task::yield_now().await;
+        assert_eq!(lanes.queue_depth(), 2);
+        // Meanwhile key_1's own last request goes (a call settled elsewhere, say).
+        let rules = l.rules();
+        let key_1 = rules.matching("shop", "prod", "key_1", Some("gpt-4o"));
+        let own = key_1.iter().find(|r| r.scope.key_id.is_some()).unwrap();
+        l.counters.adjust(
+            &(own.scope.clone(), Dimension::Requests),
+            6,
+            -1,
+            std::time::Instant::now(),
+            false,
+        );
+        // The project's room at 0.5 s goes to key_1's request, which key_1's rule
+        // refuses for 10 s: it queues there, and key_2's takes the project's room.
+        second.await.unwrap().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(lanes.queue_depth(), 1);
+        assert!(!first.is_finished());
+        let queued: Vec<_> = lanes.queues.lock().keys().cloned().collect();
+        assert_eq!(queued.len(), 1);
+        assert!(queued[0].0.contains("key_1"), "{queued:?}");
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(lanes.queue_depth(), 0);
     }
 
     #[tokio::test]
