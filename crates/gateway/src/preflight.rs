@@ -127,6 +127,16 @@ impl Preflight {
     }
 }
 
+/// The refusal of a body that is JSON but not an object (an array, a string, …).
+fn not_an_object() -> GatewayError {
+    GatewayError::InvalidRequest {
+        message: "The request body must be a JSON object, such as {\"model\": \"gpt-4o-mini\", \
+                  \"input\": \"Hello\"}; this one is valid JSON of another type."
+            .into(),
+        param: None,
+    }
+}
+
 /// The members preflight reads; the others are skipped (and stay as they are).
 #[derive(Deserialize)]
 struct Peek<'a> {
@@ -175,15 +185,26 @@ pub fn run(
             ..Preflight::default()
         });
     }
+    let invalid = |e: serde_json::Error| GatewayError::InvalidJson {
+        detail: format!("line {} column {}", e.line(), e.column()),
+    };
+    // serde reads a struct from an array too (members by position): the top level
+    // must be an object. Anything else is told apart from malformed JSON.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                Ok(_) => not_an_object(),
+                Err(e) => invalid(e),
+            },
+        );
+    }
     // Checked as UTF-8 once, so serde_json does not check each string it reads again
     // (a call per member name); a body that is not UTF-8 gets serde_json's own error.
     let parsed = match std::str::from_utf8(&body) {
         Ok(text) => serde_json::from_str::<Peek<'_>>(text),
         Err(_) => serde_json::from_slice::<Peek<'_>>(&body),
     };
-    let peek = parsed.map_err(|e| GatewayError::InvalidJson {
-        detail: format!("line {} column {}", e.line(), e.column()),
-    })?;
+    let peek = parsed.map_err(invalid)?;
     // `model` may be any JSON: the upstream judges its type. We route strings only.
     let mut model = peek
         .model
@@ -313,14 +334,10 @@ fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
         #[serde(default, borrow, deserialize_with = "present")]
         include_usage: Option<&'a RawValue>,
     }
-    let not_object = || GatewayError::InvalidRequest {
-        message: "The request body must be a JSON object.".into(),
-        param: None,
-    };
-    let text = std::str::from_utf8(body).map_err(|_| not_object())?;
+    let text = std::str::from_utf8(body).map_err(|_| not_an_object())?;
     let open = text.len() - text.trim_start().len();
     if !text[open..].starts_with('{') {
-        return Err(not_object());
+        return Err(not_an_object());
     }
     let top: Top<'_> = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
         detail: format!("line {} column {}", e.line(), e.column()),
@@ -344,7 +361,11 @@ fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
         // A stream_options that is not an object is the upstream's to reject.
         return Ok(body.clone());
     }
-    let o: Options<'_> = serde_json::from_str(options.get()).map_err(|_| not_object())?;
+    let o: Options<'_> =
+        serde_json::from_str(options.get()).map_err(|_| GatewayError::InvalidRequest {
+            message: "stream_options must be an object, such as {\"include_usage\": true}.".into(),
+            param: Some("stream_options"),
+        })?;
     Ok(match o.include_usage {
         Some(flag) => splice(body, span(body, flag)?, "true", ""),
         None => {
@@ -591,5 +612,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, GatewayError::InvalidJson { .. }));
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_refused_as_such() {
+        for body in [&b"[1, 2]"[..], b"\"hello\"", b"42", b"null"] {
+            let e = plain(Endpoint::ChatCompletions, Bytes::from(body), None).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+            assert!(
+                e.message().contains("must be a JSON object"),
+                "{}",
+                e.message()
+            );
+        }
     }
 }
