@@ -15,7 +15,8 @@
 //! Settlement ([`BudgetReservation::settle`], when the usage record is finished):
 //! the real cost replaces the worst case (plain and streamed answers); a call that
 //! failed without usage gets its reservation back; a call cut short with no usage
-//! seen (client gone mid-stream) keeps it, since the upstream may have spent it.
+//! seen (client gone mid-stream) keeps it, since the upstream may have spent it, and
+//! its usage record carries that worst case as its cost, so the store's sum agrees.
 //!
 //! Counters ([`BudgetCounters`]): one per budget and period, in memory. Each holds
 //! `base` — the store's sum of priced usage of the period (from its per-day roll-up,
@@ -887,6 +888,10 @@ impl BudgetReservation {
         } else if !sent || rec.failed_without_cost() {
             0
         } else {
+            // Cut short before its usage was seen (the caller left mid-stream): the
+            // upstream may have spent the worst case, so that is what is charged — and
+            // recorded, so the store's sum (`budgets show`, the re-syncs) agrees.
+            rec.cost_usd_nanos = Some(self.reserved);
             self.reserved
         };
         // This replica's memory counts every settlement (its view of the spend, the
@@ -1399,6 +1404,19 @@ mod tests {
         r.settle(&mut gone, true);
         let s = spent(&b, BudgetPeriod::Day);
         assert_eq!((s.spent, s.reserved), (cost + worst(100), 0));
+        // Its record says so, so the written record moves exactly that to the base
+        // (it used to say 0, and the worst case stayed unwritten in memory while the
+        // store's sum never had it).
+        assert_eq!(gone.cost_usd_nanos, Some(worst(100)));
+        b.written(&[gone]);
+        let s = spent(&b, BudgetPeriod::Day);
+        assert_eq!((s.spent, s.reserved), (cost + worst(100), 0));
+        let (c, unwritten) = {
+            let counters = b.counters.local().counters.lock();
+            let c = counters.values().next().copied().unwrap();
+            (c.base, c.unwritten)
+        };
+        assert_eq!((c, unwritten), (cost + worst(100), 0));
     }
 
     #[test]
