@@ -181,26 +181,27 @@ impl Counters {
     }
 }
 
-/// Settles one bucket: `ARGV` = its limit and the whole units to give back (> 0) or
-/// charge (< 0). A bucket full again is deleted (a missing bucket is a full one).
+/// Settles one bucket: `ARGV` = a limit and the whole units to give back (> 0) or
+/// charge (< 0). The bucket keeps the limit it holds (`m`, set by admissions; the
+/// settled call's limit may be older); the one given serves a missing bucket or one
+/// written before buckets kept theirs. A bucket full again is deleted (a missing
+/// bucket is a full one).
 const ADJUST_LUA: &str = r"
 local U = 60000000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
-local cap = limit * U
-local level, at = cap, now
+local level, at = limit * U, now
 local v = redis.call('HMGET', KEYS[1], 'l', 't', 'm')
 if v[1] then
   level, at = tonumber(v[1]), tonumber(v[2])
-  local was = tonumber(v[3]) or limit
+  limit = tonumber(v[3]) or limit
   if now > at then
-    level = level + (now - at) * was
+    level = level + (now - at) * limit
     at = now
   end
-  level = math.min(level, was * U)
-  if was ~= limit then level = math.max(level + (limit - was) * U, math.min(level, 0)) end
 end
+local cap = limit * U
 level = math.min(level, cap) + delta * U
 if level >= cap then
   redis.call('DEL', KEYS[1])
@@ -412,12 +413,19 @@ impl Bucket {
         }
     }
 
-    /// Refills up to `now` at the limit it had, then moves to `limit` (see [`rebase`]).
-    fn refill(&mut self, limit: u64, now: Instant) {
+    /// Refills up to `now` at its limit.
+    fn refill(&mut self, now: Instant) {
         let us = i128::try_from(now.saturating_duration_since(self.at).as_micros()).unwrap_or(0);
         let cap = i128::from(self.limit) * UNITS;
         self.level = (self.level + us * i128::from(self.limit)).min(cap);
         self.at = self.at.max(now);
+    }
+
+    /// Refills up to `now`, then moves to the rule's current `limit` (see [`rebase`]).
+    /// Only admissions move a bucket: a settlement carries the limit its call was
+    /// admitted under, which may be older.
+    fn refill_to(&mut self, limit: u64, now: Instant) {
+        self.refill(now);
         if self.limit != limit {
             self.level = rebase(self.level, self.limit, limit);
             self.limit = limit;
@@ -457,7 +465,7 @@ impl MemoryCounters {
                 .get(&d.key)
                 .copied()
                 .unwrap_or_else(|| Bucket::full(d.limit, now));
-            b.refill(d.limit, now);
+            b.refill_to(d.limit, now);
             let wait = b.wait_for(d.limit, d.amount.saturating_add(d.keep));
             if !wait.is_zero() && worst.is_none_or(|(_, w)| wait > w) {
                 worst = Some((i, wait));
@@ -495,7 +503,7 @@ impl MemoryCounters {
             .map(|d| match buckets.get(&d.key) {
                 Some(b) => {
                     let mut b = *b;
-                    b.refill(d.limit, now);
+                    b.refill_to(d.limit, now);
                     b.state(d.limit)
                 }
                 None => Bucket::full(d.limit, now).state(d.limit),
@@ -509,8 +517,8 @@ impl MemoryCounters {
             .get(key)
             .copied()
             .unwrap_or_else(|| Bucket::full(limit, now));
-        b.refill(limit, now);
-        let cap = i128::from(limit) * UNITS;
+        b.refill(now);
+        let cap = i128::from(b.limit) * UNITS;
         b.level = (b.level + i128::from(delta) * UNITS).min(cap);
         put(&mut buckets, key, b);
     }
@@ -871,6 +879,22 @@ mod tests {
         let denied = take(20, 1).unwrap_err();
         // 20 in debt, then one request, at 20 a minute: 63 s.
         assert_eq!(denied.wait, Duration::from_secs(63));
+    }
+
+    #[test]
+    fn a_settlement_under_an_older_limit_leaves_the_bucket_at_the_new_one() {
+        let c = MemoryCounters::default();
+        let s = scope(None);
+        let key = (s.clone(), Dimension::Tokens);
+        let t0 = Instant::now();
+        let take = |limit: u64, n: u64| c.take(&[demand(&s, Dimension::Tokens, limit, n)], t0);
+        take(10, 10).unwrap();
+        // Raised to 1000, then nearly used up: 5 left.
+        assert_eq!(take(1_000, 985).unwrap()[0].remaining, 5);
+        // A call admitted under the old limit of 10 settles, giving back 1: the bucket
+        // stays at 1000 (moved down to 10 and up again it would hold 990).
+        c.adjust(&key, 10, 1, t0);
+        assert_eq!(take(1_000, 0).unwrap()[0].remaining, 6);
     }
 
     #[test]

@@ -281,6 +281,23 @@ async fn a_changed_limit_moves_what_is_available_in_redis_by_as_much() {
         kept.is_some(),
         "the debt was not kept through the lowered limit"
     );
+
+    // A settlement of a call admitted under an older limit leaves the bucket at its
+    // current one: raised from 10 to 60 a minute and used down to 2, a late
+    // settlement made under 10 gives back its 1 (3 left), where a bucket moved down
+    // to 10 and up again would hold 51.
+    let t = scope(Some("gpt-4o"));
+    let tokens = |limit: u64, n: u64| [demand(&t, Dimension::Tokens, limit, n)];
+    c.take(&tokens(10, 10), Instant::now()).await.unwrap();
+    let (st, _) = c.take(&tokens(60, 48), Instant::now()).await.unwrap();
+    assert_eq!(st[0].remaining, 2);
+    c.adjust(&(t.clone(), Dimension::Tokens), 10, 1, Instant::now(), true);
+    let left = || async { c.peek(&tokens(60, 0), Instant::now()).await[0].remaining };
+    let settled = eventually(Duration::from_secs(5), || async { left().await >= 3 }).await;
+    assert!(settled.is_some(), "the settlement never arrived");
+    // 3, plus one a second of refill.
+    let left = left().await;
+    assert!((3..10).contains(&left), "{left}");
 }
 
 async fn tokens_left(c: &Counters, s: &Arc<LimitScope>) -> u64 {
