@@ -883,8 +883,9 @@ impl BudgetReservation {
         let observed = rec.input_tokens + rec.output_tokens > 0;
         crate::record::price(&self.budgets.catalog.current(), rec);
         let spent = if observed {
-            // A served model the catalog does not know: keep the worst case.
-            rec.cost_usd_nanos.unwrap_or(self.reserved)
+            // A served model the catalog does not know (a fallback's, say): the worst
+            // case is charged, and recorded so the store's sum agrees.
+            *rec.cost_usd_nanos.get_or_insert(self.reserved)
         } else if !sent || rec.failed_without_cost() {
             0
         } else {
@@ -1417,6 +1418,22 @@ mod tests {
             (c.base, c.unwritten)
         };
         assert_eq!((c, unwritten), (cost + worst(100), 0));
+        let before = spent(&b, BudgetPeriod::Day).spent;
+        // An offline answer (every target failed) costs nothing.
+        let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        let mut offline = record(200, 0, 0);
+        offline.served_by = Some(tollgate_store::SERVED_OFFLINE.into());
+        r.settle(&mut offline, true);
+        assert_eq!(offline.cost_usd_nanos, Some(0));
+        assert_eq!(spent(&b, BudgetPeriod::Day).spent, before);
+        // A model the catalog does not price served the call (a fallback's): the
+        // worst case is charged and recorded.
+        let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        let mut unpriced = record(200, 10, 5);
+        unpriced.model_served = Some("not-in-the-catalog".into());
+        r.settle(&mut unpriced, true);
+        assert_eq!(unpriced.cost_usd_nanos, Some(worst(100)));
+        assert_eq!(spent(&b, BudgetPeriod::Day).spent, before + worst(100));
     }
 
     #[test]

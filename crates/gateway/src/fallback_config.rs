@@ -16,7 +16,7 @@ use crate::secret::SecretRef;
 pub const DEFAULT_PRIMARY: &str = "primary";
 
 /// `served_by` of an offline answer; no upstream may take this name.
-pub const OFFLINE: &str = "offline";
+pub const OFFLINE: &str = tollgate_store::SERVED_OFFLINE;
 
 /// `[[upstreams]]`: another OpenAI-compatible upstream a fallback chain may name.
 /// Unset timeouts and retries are the primary's.

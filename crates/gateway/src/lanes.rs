@@ -12,14 +12,16 @@
 //!   again; the others wait their turn behind it. A head that another bucket refuses
 //!   (a request governed by several rules) gives up its turn and queues for that
 //!   bucket, so those behind it, who may need only the first bucket's room, are not
-//!   held up by a bucket that does not govern them. A request whose wait would end past
+//!   held up by a bucket that does not govern them; it rejoins a queue at its tail, so
+//!   under steady pressure on both of its rules it may wait longer than the requests
+//!   it arrived before. A request whose wait would end past
 //!   `lanes.batch_max_wait` (measured from its arrival) gets the usual 429 with
 //!   `retry-after` — at once when the bucket's own wait is already longer than that,
 //!   else when its time is up.
 //!
 //! Fairness is FIFO per bucket: requests of every key that share a rule wait in
 //! arrival order, so a key that floods the queue delays the keys behind it, but no
-//! batch request overtakes an older one refused by the same bucket. (A newcomer tries
+//! batch request overtakes an older one waiting in the same queue. (A newcomer tries
 //! once before joining the queue, so it may take room the head has not claimed yet;
 //! the head wakes exactly when room appears, so in practice it wins.)
 //!
@@ -138,22 +140,15 @@ impl Lanes {
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting::new(&self.depth);
-        let mut refusal = refusal;
+        let (mut refusal, mut not_before) = (refusal, None);
         loop {
-            let key = (refusal.scope.clone(), refusal.dimension);
-            let queue = self.queues.lock().entry(key.clone()).or_default().clone();
-            let turn = self.wait_turn(&queue, &key, deadline, &attempt).await;
-            drop(queue);
-            // Forget the queue once nobody waits in it (the map's reference is the last).
-            {
-                let mut queues = self.queues.lock();
-                if queues.get(&key).is_some_and(|q| Arc::strong_count(q) == 1) {
-                    queues.remove(&key);
-                }
-            }
+            let joined = Joined::new(self, (refusal.scope.clone(), refusal.dimension));
+            let turn = self
+                .wait_turn(&joined, deadline, not_before, &attempt)
+                .await;
             match turn {
                 Turn::Done(result) => return result,
-                Turn::Elsewhere(r) => refusal = r,
+                Turn::Elsewhere(r, wake) => (refusal, not_before) = (r, Some(wake)),
             }
         }
     }
@@ -164,16 +159,21 @@ impl Lanes {
     /// it need only this bucket's room) and queues for that one.
     async fn wait_turn<F, Fut>(
         &self,
-        queue: &Queue,
-        key: &(String, Dimension),
+        joined: &Joined<'_>,
         deadline: Instant,
+        not_before: Option<Instant>,
         attempt: &F,
     ) -> Turn
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Admission, GatewayError>>,
     {
-        let turn = tokio::time::timeout_at(deadline, queue.turn.lock()).await;
+        let key = &joined.key;
+        let turn = tokio::time::timeout_at(deadline, joined.queue.turn.lock()).await;
+        if let (Ok(_), Some(wake)) = (&turn, not_before) {
+            // Refused by this bucket a moment ago: no room before then.
+            tokio::time::sleep_until(wake).await;
+        }
         loop {
             let r = match attempt().await {
                 Err(GatewayError::RateLimited(r)) => r,
@@ -186,7 +186,7 @@ impl Lanes {
                 return Turn::Done(Err(GatewayError::RateLimited(r)));
             }
             if r.scope != key.0 || r.dimension != key.1 {
-                return Turn::Elsewhere(r);
+                return Turn::Elsewhere(r, wake);
             }
             tokio::time::sleep_until(wake).await;
         }
@@ -197,8 +197,38 @@ impl Lanes {
 enum Turn {
     /// Admitted, or refused for good.
     Done(Result<Admission, GatewayError>),
-    /// Refused by another bucket, with room there before the deadline.
-    Elsewhere(Box<crate::error::RateRefusal>),
+    /// Refused by another bucket, which has room at the instant given (before the
+    /// deadline).
+    Elsewhere(Box<crate::error::RateRefusal>, Instant),
+}
+
+/// A request's place in one bucket's queue. Dropped — the request admitted, refused,
+/// moved to another queue or its client gone — it forgets the queue once nobody else
+/// waits in it.
+struct Joined<'a> {
+    lanes: &'a Lanes,
+    key: (String, Dimension),
+    queue: Arc<Queue>,
+}
+
+impl<'a> Joined<'a> {
+    fn new(lanes: &'a Lanes, key: (String, Dimension)) -> Self {
+        let queue = lanes.queues.lock().entry(key.clone()).or_default().clone();
+        Self { lanes, key, queue }
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.lanes.queues.lock();
+        // The map's reference and this one: nobody else waits here.
+        if queues
+            .get(&self.key)
+            .is_some_and(|q| Arc::ptr_eq(q, &self.queue) && Arc::strong_count(q) == 2)
+        {
+            queues.remove(&self.key);
+        }
+    }
 }
 
 /// Counts a waiting request in the depth gauge until dropped (which a disconnect does).
@@ -470,6 +500,10 @@ mod tests {
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
         assert_eq!(lanes.queue_depth(), 0);
+        assert!(
+            lanes.queues.lock().is_empty(),
+            "a client gone leaves no queue behind"
+        );
     }
 
     #[tokio::test]
@@ -512,5 +546,6 @@ mod tests {
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
         assert_eq!(lanes.queue_depth(), 0);
+        assert!(lanes.queues.lock().is_empty(), "its queue is forgotten");
     }
 }

@@ -29,7 +29,7 @@ pub use model::{
     NewAudit, NewKey, NewProject, OutputCap, OutputCapRule, OverCap, Project, ProjectDetail,
     ProjectEnv, ProjectSummary, RateLimitRule, Role, Spend, UsageFilter, UsageGroup, UsageRecord,
     UsageTotals, DEFAULT_MAX_KEY_AGE_MS, DEFAULT_SOFT_PERCENT, GATEWAY_PROJECT,
-    RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS,
+    RESERVED_PROJECT_PREFIX, ROTATION_WARNING_MS, SERVED_OFFLINE,
 };
 
 /// Store failures. Messages never contain secrets.

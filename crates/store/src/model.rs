@@ -716,6 +716,10 @@ pub struct UsageRecord {
     pub cache: Option<CacheOutcome>,
 }
 
+/// `served_by` of a call answered with its project's offline answer after every
+/// upstream target failed.
+pub const SERVED_OFFLINE: &str = "offline";
+
 impl UsageRecord {
     /// Answered from the response cache (fresh or stale): no upstream tokens used.
     pub fn served_from_cache(&self) -> bool {
@@ -723,11 +727,12 @@ impl UsageRecord {
     }
 
     /// Whether a call that reported no usage is known to have cost nothing upstream:
-    /// served from the cache, refused or failed with an error status, or failed on the
+    /// served from the cache or offline, refused or failed with an error status, or failed on the
     /// way (an error code on a 200, such as a stream the upstream broke off). A caller
     /// that left (499) is not: the upstream may have worked on regardless.
     pub fn failed_without_cost(&self) -> bool {
         self.served_from_cache()
+            || self.served_by.as_deref() == Some(SERVED_OFFLINE)
             || (self.status >= 400 && self.status != 499)
             || (self.error_code.is_some() && !self.client_disconnected)
     }
