@@ -572,6 +572,8 @@ pub struct BudgetReservation {
     budgets: Arc<Budgets>,
     demands: Vec<(SpendDemand, i64)>,
     reserved: u64,
+    /// The tokens the worst case was priced on (input counted, output allowed).
+    tokens: BilledTokens,
     /// When it was reserved: a counter created later (a budget cleared and set again
     /// meanwhile) never held it, and counts the call from its record instead.
     at_ms: i64,
@@ -714,6 +716,8 @@ pub struct SpendPlan {
     pub(crate) demands: Vec<SpendDemand>,
     /// The call's worst case, in nano-USD.
     pub(crate) worst: u64,
+    /// The tokens it was priced on.
+    tokens: BilledTokens,
     /// When the call was accepted.
     pub(crate) at_ms: i64,
 }
@@ -770,6 +774,7 @@ pub fn plan(
         budgets: budgets.clone(),
         demands: demands(rules, worst).collect(),
         worst,
+        tokens,
         at_ms,
     }))
 }
@@ -830,6 +835,7 @@ impl SpendPlan {
             budgets: self.budgets.clone(),
             demands,
             reserved: self.worst,
+            tokens: self.tokens,
             at_ms: self.at_ms,
             in_redis,
         })
@@ -890,10 +896,16 @@ impl BudgetReservation {
             0
         } else {
             // Cut short before its usage was seen (the caller left mid-stream): the
-            // upstream may have spent the worst case, so that is what is charged — and
-            // recorded, so the store's sum (`budgets show`, the re-syncs) agrees.
-            rec.cost_usd_nanos = Some(self.reserved);
-            self.reserved
+            // upstream may have spent the worst case — of the model that was serving
+            // it, when known (a chain is reserved at its dearest) — so that is what is
+            // charged, and recorded, so the store's sum (`budgets show`, the re-syncs)
+            // agrees.
+            let serving = (rec.served_by.as_deref())
+                .and_then(|label| label.split_once('/'))
+                .and_then(|(_, model)| self.budgets.catalog.current().cost(model, self.tokens));
+            let charged = serving.map_or(self.reserved, |c| c.usd_nanos().min(self.reserved));
+            rec.cost_usd_nanos = Some(charged);
+            charged
         };
         // This replica's memory counts every settlement (its view of the spend, the
         // fallback and the soft-threshold notices); a reservation in Redis is settled
@@ -1418,6 +1430,23 @@ mod tests {
             (c.base, c.unwritten)
         };
         assert_eq!((c, unwritten), (cost + worst(100), 0));
+        // Cut short while a cheaper model than the one reserved for was serving it
+        // (a chain is reserved at its dearest): charged that model's worst case.
+        let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
+        let mini = b
+            .catalog
+            .current()
+            .cost("gpt-4o-mini", r.tokens)
+            .unwrap()
+            .usd_nanos();
+        assert!(mini < r.reserved());
+        let mut gone = record(499, 0, 0);
+        gone.client_disconnected = true;
+        gone.served_by = Some("primary/gpt-4o-mini".into());
+        let before = spent(&b, BudgetPeriod::Day).spent;
+        r.settle(&mut gone, true);
+        assert_eq!(gone.cost_usd_nanos, Some(mini));
+        assert_eq!(spent(&b, BudgetPeriod::Day).spent, before + mini);
         let before = spent(&b, BudgetPeriod::Day).spent;
         // An offline answer (every target failed) costs nothing.
         let r = admit_at(&b, &p, 100, NOW).unwrap().unwrap();
