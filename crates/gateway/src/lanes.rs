@@ -221,10 +221,16 @@ impl<'a> Joined<'a> {
 impl Drop for Joined<'_> {
     fn drop(&mut self) {
         let mut queues = self.lanes.queues.lock();
-        // The map's reference and this one: nobody else waits here.
-        if queues
-            .get(&self.key)
-            .is_some_and(|q| Arc::ptr_eq(q, &self.queue) && Arc::strong_count(q) == 2)
+        // Released here, under the lock (every reference is made and released under
+        // it), so the count below is exact even when two threads leave at once.
+        let ours = std::mem::take(&mut self.queue);
+        let same = queues.get(&self.key).is_some_and(|q| Arc::ptr_eq(q, &ours));
+        drop(ours);
+        // Only the map's reference left: nobody else waits here.
+        if same
+            && queues
+                .get(&self.key)
+                .is_some_and(|q| Arc::strong_count(q) == 1)
         {
             queues.remove(&self.key);
         }

@@ -333,7 +333,8 @@ impl Drop for RecordGuard {
 /// Sets the record's cost from the catalog, by the model that served (a dated
 /// snapshot is priced as its base) or else the one requested. A call that used no
 /// tokens cost nothing whatever the model; one of a model the catalog does not know
-/// stays unpriced (`None`), never 0.
+/// stays unpriced (`None`), never 0 — unless a budget governed it: then its
+/// settlement records the worst case it charged (`budgets`).
 pub(crate) fn price(catalog: &Catalog, rec: &mut UsageRecord) {
     if rec.cost_usd_nanos.is_some() {
         return;
