@@ -242,6 +242,7 @@ impl RedisBudgetCounters {
             governed: Vec::with_capacity(demands.len()),
             governs: seeds.iter().map(|s| s.0).collect(),
         };
+        let reserved_ttl_ms = reserved_ttl(at_ms, crate::accept::now_ms());
         for (i, (d, &(governs, seed))) in demands.iter().zip(&seeds).enumerate() {
             if !governs {
                 continue;
@@ -255,7 +256,7 @@ impl RedisBudgetCounters {
                 amount: d.amount,
                 seed,
                 spent_ttl_ms: spent_ttl(d.key.1, start, at_ms),
-                reserved_ttl_ms: reserved_ttl(at_ms, crate::accept::now_ms()),
+                reserved_ttl_ms,
             });
             plan.governed.push(i);
         }

@@ -4,8 +4,9 @@
 //! A call's chain starts with its own target — the primary upstream with the model as
 //! resolved — followed by the `[fallbacks]` entry of the model **as the caller named
 //! it** (an alias), or else of the model it resolved to. Each target is an upstream
-//! (by name) and a model; the body's `model` is rewritten for a target with another
-//! model. Targets whose model the caller's access lists refuse are left out.
+//! (by name) and a model; for a target with another model only the value of the
+//! body's `model` is replaced, every other byte stays. Targets whose model the caller's
+//! access lists refuse are left out.
 //!
 //! The next target is tried when one answers, after the client's own retries, with
 //! 429 or any 5xx, or does not answer in time or at all. Other 4xx answers are the
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::response::Response;
-use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
@@ -474,7 +474,7 @@ fn retarget(preflight: &Preflight, model: Option<&str>) -> Result<Preflight, Gat
     let Some(model) = model.filter(|m| Some(*m) != preflight.model.as_deref()) else {
         return Ok(out);
     };
-    out.body = with_model(&preflight.body, model)?;
+    out.body = crate::preflight::with_model(&preflight.body, model)?;
     out.model = Some(model.to_owned());
     if let Some(plan) = out.cache.as_mut() {
         plan.not_this_request();
@@ -486,20 +486,10 @@ fn retarget(preflight: &Preflight, model: Option<&str>) -> Result<Preflight, Gat
     Ok(out)
 }
 
-/// `body` (a JSON object) with its `model` set to `model`.
-fn with_model(body: &Bytes, model: &str) -> Result<Bytes, GatewayError> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| GatewayError::Internal)?;
-    let obj = v.as_object_mut().ok_or(GatewayError::Internal)?;
-    obj.insert("model".into(), serde_json::Value::String(model.to_owned()));
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .map_err(|_| GatewayError::Internal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn only_429_and_5xx_fall_back() {
@@ -533,5 +523,25 @@ mod tests {
         assert_eq!(t.headers[0].1, "gpt-4o-mini");
         let same = retarget(&pf, Some("gpt-4o")).unwrap();
         assert_eq!(same.body, pf.body);
+        // Nothing else in the body changes: numbers and spacing stay as sent.
+        let pf = Preflight {
+            model: Some("gpt-4o".into()),
+            body: Bytes::from_static(
+                br#"{ "temperature": 1e0, "model": "gpt-4o", "seed": 12345678901234567890 }"#,
+            ),
+            ..Preflight::default()
+        };
+        let t = retarget(&pf, Some("gpt-4o-mini")).unwrap();
+        assert_eq!(
+            &t.body[..],
+            br#"{ "temperature": 1e0, "model": "gpt-4o-mini", "seed": 12345678901234567890 }"#
+        );
+        // A body without a model gets it first.
+        let pf = Preflight {
+            body: Bytes::from_static(br#"{"input":"hi"}"#),
+            ..Preflight::default()
+        };
+        let t = retarget(&pf, Some("gpt-4o-mini")).unwrap();
+        assert_eq!(&t.body[..], br#"{"model":"gpt-4o-mini","input":"hi"}"#);
     }
 }

@@ -304,23 +304,25 @@ mod tests {
         }
     }
 
+    /// An RPM rule on project shop, or on one of its keys.
+    fn rule(key_id: Option<&str>, rpm: u64) -> RateLimitRule {
+        RateLimitRule {
+            scope: LimitScope {
+                project: "shop".into(),
+                env: None,
+                key_id: key_id.map(Into::into),
+                model: None,
+            },
+            rpm: Some(rpm),
+            tpm: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
     fn limits(rpm: u64) -> Arc<Limits> {
         let l = Arc::new(Limits::default());
-        l.replace(
-            vec![RateLimitRule {
-                scope: LimitScope {
-                    project: "shop".into(),
-                    env: None,
-                    key_id: None,
-                    model: None,
-                },
-                rpm: Some(rpm),
-                tpm: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            }],
-            vec![],
-        );
+        l.replace(vec![rule(None, rpm)], vec![]);
         l
     }
 
@@ -438,18 +440,6 @@ mod tests {
             batch_reserve: 0.0,
             batch_max_wait: Duration::from_secs(15),
         }));
-        let rule = |key_id: Option<&str>, rpm| RateLimitRule {
-            scope: LimitScope {
-                project: "shop".into(),
-                env: None,
-                key_id: key_id.map(Into::into),
-                model: None,
-            },
-            rpm: Some(rpm),
-            tpm: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        };
         // The project: 120 a minute (one every 0.5 s). key_1 alone: 6 (one every 10 s).
         let l = Arc::new(Limits::default());
         l.replace(vec![rule(None, 120), rule(Some("key_1"), 6)], vec![]);

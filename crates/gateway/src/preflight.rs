@@ -127,6 +127,13 @@ impl Preflight {
     }
 }
 
+/// The refusal of a body that is not JSON, with where its parse stopped.
+fn invalid_json(e: serde_json::Error) -> GatewayError {
+    GatewayError::InvalidJson {
+        detail: format!("line {} column {}", e.line(), e.column()),
+    }
+}
+
 /// The refusal of a body that is JSON but not an object (an array, a string, …).
 fn not_an_object() -> GatewayError {
     GatewayError::InvalidRequest {
@@ -185,16 +192,13 @@ pub fn run(
             ..Preflight::default()
         });
     }
-    let invalid = |e: serde_json::Error| GatewayError::InvalidJson {
-        detail: format!("line {} column {}", e.line(), e.column()),
-    };
     // serde reads a struct from an array too (members by position): the top level
     // must be an object. Anything else is told apart from malformed JSON.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
                 Ok(_) => not_an_object(),
-                Err(e) => invalid(e),
+                Err(e) => invalid_json(e),
             },
         );
     }
@@ -204,7 +208,7 @@ pub fn run(
         Ok(text) => serde_json::from_str::<Peek<'_>>(text),
         Err(_) => serde_json::from_slice::<Peek<'_>>(&body),
     };
-    let peek = parsed.map_err(invalid)?;
+    let peek = parsed.map_err(invalid_json)?;
     // `model` may be any JSON: the upstream judges its type. We route strings only.
     let mut model = peek
         .model
@@ -322,12 +326,8 @@ fn replace_raw(body: &Bytes, raw: &RawValue, with: &str) -> Result<Bytes, Gatewa
 fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
     #[derive(Deserialize)]
     struct Top<'a> {
-        // Read raw even when `null` (an `Option` would take null for absent).
         #[serde(default, borrow, deserialize_with = "present")]
         stream_options: Option<&'a RawValue>,
-    }
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-        <&RawValue>::deserialize(d).map(Some)
     }
     #[derive(Deserialize)]
     struct Options<'a> {
@@ -339,22 +339,12 @@ fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
     if !text[open..].starts_with('{') {
         return Err(not_an_object());
     }
-    let top: Top<'_> = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
-        detail: format!("line {} column {}", e.line(), e.column()),
-    })?;
+    let top: Top<'_> = serde_json::from_str(text).map_err(invalid_json)?;
     const MEMBER: &str = r#""stream_options":{"include_usage":true}"#;
     let Some(options) = top.stream_options.filter(|o| o.get() != "null") else {
         return Ok(match top.stream_options {
             Some(null) => splice(body, span(body, null)?, "", r#"{"include_usage":true}"#),
-            None => {
-                let empty = text[open + 1..].trim_start().starts_with('}');
-                splice(
-                    body,
-                    (open + 1, open + 1),
-                    MEMBER,
-                    if empty { "" } else { "," },
-                )
-            }
+            None => insert_first(body, open, MEMBER),
         });
     };
     if !options.get().starts_with('{') {
@@ -368,18 +358,45 @@ fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
         })?;
     Ok(match o.include_usage {
         Some(flag) => splice(body, span(body, flag)?, "true", ""),
-        None => {
-            let (start, _) = span(body, options)?;
-            let empty = options.get()[1..].trim_start().starts_with('}');
-            let then = if empty { "" } else { "," };
-            splice(
-                body,
-                (start + 1, start + 1),
-                r#""include_usage":true"#,
-                then,
-            )
-        }
+        None => insert_first(body, span(body, options)?.0, r#""include_usage":true"#),
     })
+}
+
+/// `body` (a JSON object, checked by [`run`]) with its `model` set to `model`, changing
+/// nothing else: the member's value replaced, or the member inserted first.
+pub(crate) fn with_model(body: &Bytes, model: &str) -> Result<Bytes, GatewayError> {
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(default, borrow, deserialize_with = "present")]
+        model: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
+    if let Some(raw) = top.model {
+        return replace_raw(body, raw, model);
+    }
+    let member = format!(
+        r#""model":{}"#,
+        serde_json::to_string(model).map_err(|_| GatewayError::Internal)?
+    );
+    let brace = body
+        .iter()
+        .position(|b| *b == b'{')
+        .ok_or_else(not_an_object)?;
+    Ok(insert_first(body, brace, &member))
+}
+
+/// Deserialises a member raw even when it is `null` (an `Option` would take `null`
+/// for absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// `body` with `member` (`"name":value`) inserted first in the object whose `{` is at
+/// `brace`, followed by a comma unless the object was empty.
+fn insert_first(body: &[u8], brace: usize, member: &str) -> Bytes {
+    let empty = body[brace + 1..].trim_ascii_start().first() == Some(&b'}');
+    let at = brace + 1;
+    splice(body, (at, at), member, if empty { "" } else { "," })
 }
 
 /// Where `raw`, a slice of `body`, lies in it.
