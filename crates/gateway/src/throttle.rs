@@ -148,7 +148,8 @@ impl Throttle {
                     );
                 }
             }
-            tokio::time::sleep_until((now + wait).min(deadline)).await;
+            let until = now.checked_add(wait).map_or(deadline, |t| t.min(deadline));
+            tokio::time::sleep_until(until).await;
         }
     }
 
@@ -280,8 +281,10 @@ impl Level {
         if level >= floor || self.per_sec <= 0.0 {
             return None;
         }
-        // At least a millisecond: never a spin.
-        Some(Duration::from_secs_f64((floor - level) / self.per_sec).max(Duration::from_millis(1)))
+        // At least a millisecond: never a spin. An upstream's absurd reset (years) gives
+        // a wait too long for a `Duration`: the longest one, cut by the caller's deadline.
+        let wait = Duration::try_from_secs_f64((floor - level) / self.per_sec);
+        Some(wait.unwrap_or(Duration::MAX).max(Duration::from_millis(1)))
     }
 }
 
@@ -338,6 +341,15 @@ mod tests {
         );
         let w = p.wait(t0, 0.1).unwrap();
         assert!((w.as_secs_f64() - 6.0).abs() < 0.01, "{w:?}");
+        // An absurd reset (the longest a `Duration` holds) implies a refill too slow
+        // to wait for: the longest wait, not a panic; the caller's deadline cuts it.
+        let absurd = RateLimitInfo {
+            reset_requests: Some(Duration::MAX),
+            ..info(100, 0, 0)
+        };
+        p.observe(&absurd, t0);
+        p.in_flight = 1_000_000;
+        assert_eq!(p.wait(t0, 0.1), Some(Duration::MAX));
     }
 
     fn principal() -> Principal {
@@ -383,6 +395,18 @@ mod tests {
         let start = Instant::now();
         drop(t.pace(&p, Some("gpt-4o-mini"), Lane::Batch, far).await);
         assert_eq!(Instant::now(), start);
+        // An absurd reset from the upstream: the batch request waits until its
+        // deadline (the wait is too long to add to a clock reading).
+        let absurd = RateLimitInfo {
+            reset_requests: Some(Duration::MAX),
+            ..info(100, 0, 0)
+        };
+        pair.lock().observe(&absurd, Instant::now());
+        pair.lock().in_flight = 1_000_000;
+        let soon = Instant::now() + Duration::from_millis(300);
+        drop(t.pace(&p, Some("gpt-4o"), Lane::Batch, soon).await);
+        assert_eq!(Instant::now(), soon);
+        pair.lock().in_flight = 0;
         // Off: nothing is tracked.
         let off = Throttle::new(0.0);
         assert!(off.pace(&p, None, Lane::Batch, far).await.pair.is_none());

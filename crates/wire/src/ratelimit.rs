@@ -113,12 +113,12 @@ impl RateLimitInfo {
 }
 
 /// A server-directed retry delay: `retry-after-ms` (float milliseconds) first, then
-/// `retry-after` (float seconds). HTTP-date values are not interpreted. Negative or
-/// non-finite values are ignored.
+/// `retry-after` (float seconds). HTTP-date values are not interpreted. Negative,
+/// non-finite and too large (beyond a `Duration`) values are ignored.
 pub fn retry_after<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Duration> {
     let parse = |v: &str, scale: f64| {
         let f = v.trim().parse::<f64>().ok()?;
-        (f.is_finite() && f >= 0.0).then(|| Duration::from_secs_f64(f * scale))
+        Duration::try_from_secs_f64(f * scale).ok()
     };
     get(RETRY_AFTER_MS)
         .and_then(|v| parse(v, 0.001))
@@ -219,7 +219,8 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    Some(Duration::from_secs_f64(total))
+    // Too large for a `Duration` (Go's own parser refuses such values too): none.
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -293,6 +294,14 @@ mod tests {
         for bad in ["", "s", "1x", "-1s", "1.2.3s", "abc"] {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
         }
+        // Beyond a `Duration` (Go refuses these too): none, not a panic.
+        for huge in ["99999999999999999999s", "5124095576030431h1s", "1e400h"] {
+            assert_eq!(parse_go_duration(huge), None, "{huge}");
+        }
+        assert_eq!(
+            parse_go_duration("2562047h"),
+            Some(Duration::from_secs(2_562_047 * 3600))
+        );
     }
 
     #[test]
@@ -316,6 +325,11 @@ mod tests {
         assert_eq!(retry_after(only_secs), Some(Duration::from_secs(3)));
         let negative = |n: &str| (n == RETRY_AFTER).then_some("-1");
         assert_eq!(retry_after(negative), None);
+        // Values beyond a `Duration` are ignored, not a panic.
+        for (name, huge) in [(RETRY_AFTER, "1e20"), (RETRY_AFTER_MS, "1e300")] {
+            let get = |n: &str| (n == name).then_some(huge);
+            assert_eq!(retry_after(get), None, "{name}: {huge}");
+        }
         let sent = info.to_headers();
         let back = RateLimitInfo::from_headers(|n| {
             sent.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
