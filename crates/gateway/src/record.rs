@@ -137,10 +137,35 @@ impl UsageSink {
         }
     }
 
-    /// Waits for room in the full queue (back-pressure), then enqueues.
+    /// Waits for room in the full queue (back-pressure), then enqueues. The record
+    /// waits beside the future, not in it: a request cancelled while it waits (its
+    /// client left, or shutdown's grace ran out) hands its record to a task that
+    /// waits instead ([`UsageSink::send_now`]), so it is never dropped.
     async fn wait_for_room(&self, record: UsageRecord) {
-        if let Err(e) = self.tx.send(record).await {
-            tracing::error!(request_id = %e.0.request_id, "usage writer is gone; record lost");
+        struct Waiting<'a> {
+            sink: &'a UsageSink,
+            record: Option<UsageRecord>,
+        }
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if let Some(record) = self.record.take() {
+                    self.sink.send_now(record);
+                }
+            }
+        }
+        let mut waiting = Waiting {
+            sink: self,
+            record: Some(record),
+        };
+        let room = self.tx.reserve().await;
+        let Some(record) = waiting.record.take() else {
+            return;
+        };
+        match room {
+            Ok(permit) => permit.send(record),
+            Err(_) => {
+                tracing::error!(request_id = %record.request_id, "usage writer is gone; record lost");
+            }
         }
     }
 
@@ -405,6 +430,37 @@ mod tests {
             .iter()
             .filter(|r| r.client_disconnected)
             .all(|r| r.status == 499));
+    }
+
+    #[tokio::test]
+    async fn a_record_waiting_for_queue_room_survives_its_request_being_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_data_dir(dir.path()).await.unwrap();
+        let catalog: Arc<LiveCatalog> = Arc::default();
+        let budgets = Arc::new(Budgets::new(catalog.clone()));
+        let (sink, writer) =
+            UsageSink::start_with_budgets(store.clone(), 1, 1, catalog, budgets.clone());
+        // The writer stalls before its first write (the budgets' gate is held), so the
+        // queue, with room for one, fills: later requests wait for room in `finish`,
+        // and are cancelled while they wait (their clients left).
+        let gate = budgets.gate().lock().await;
+        let mut cancelled = 0;
+        for i in 0..6 {
+            let guard = RecordGuard::new(sink.clone(), rec(&format!("req_{i}")));
+            let finish = tokio::time::timeout(Duration::from_millis(20), guard.finish());
+            if finish.await.is_err() {
+                cancelled += 1;
+            }
+        }
+        assert!(cancelled >= 4, "only {cancelled} requests waited for room");
+        drop(gate);
+        drop(sink);
+        assert_eq!(
+            writer.await.unwrap(),
+            6,
+            "a cancelled request's record was lost"
+        );
+        assert_eq!(store.usage_records(0).await.unwrap().len(), 6);
     }
 
     #[tokio::test]
