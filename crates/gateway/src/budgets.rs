@@ -385,6 +385,16 @@ impl Counter {
     }
 }
 
+/// Whether counter `c` (rolled to the period starting at `start`, or later) governs a
+/// call accepted at `at_ms`: not when the counter was created after the call was
+/// accepted (a budget set meanwhile), nor when it has moved on to a later period (the
+/// call waited in its lane past midnight while another call rolled it). Such a call
+/// reserves nothing: it could not be settled against the period it belongs to, and
+/// its record still counts in that period's total.
+fn governs(c: &Counter, start: i64, at_ms: i64) -> bool {
+    c.since_ms <= at_ms && c.period_start_ms == start
+}
+
 impl MemoryBudgetCounters {
     /// Whether each demand's counter governs a call accepted at `at_ms`, and its
     /// spend (the seed of a missing Redis counter); creates missing counters.
@@ -398,7 +408,7 @@ impl MemoryBudgetCounters {
                     .entry(d.key.clone())
                     .or_insert_with(|| Counter::new(start, at_ms));
                 c.roll(start);
-                (c.since_ms <= at_ms, c.spent())
+                (governs(c, start, at_ms), c.spent())
             })
             .collect()
     }
@@ -427,7 +437,7 @@ impl MemoryBudgetCounters {
                 .entry(d.key.clone())
                 .or_insert_with(|| Counter::new(start, at_ms));
             c.roll(start);
-            let governs = c.since_ms <= at_ms;
+            let governs = governs(c, start, at_ms);
             let committed = u128::from(c.spent()) + u128::from(c.reserved);
             if check
                 && governs
@@ -1368,6 +1378,39 @@ mod tests {
         .unwrap_err();
         assert!(matches!(&e, GatewayError::UnpricedModel { model } if model == "llama-local"));
         assert!(e.message().contains("[[models]]"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_call_admitted_after_its_day_rolled_over_holds_nothing_in_the_next() {
+        let b = budgets(vec![budget(Some("prod"), None, Some(1_000_000_000), None)]);
+        let p = principal("prod", "key_1");
+        let midnight = BudgetPeriod::Day.bounds(NOW).1;
+        let rule = b.set().rules().next().unwrap().clone();
+        let day = |at: i64| {
+            b.counters
+                .state(&(rule.scope.clone(), BudgetPeriod::Day), at)
+        };
+        // A call accepted just after midnight rolls the day's counter over.
+        let after = admit_at(&b, &p, 100, midnight + 1).unwrap().unwrap();
+        // One accepted a second before midnight (it waited its turn in the batch lane)
+        // is admitted now: it reserves nothing in the new day, so nothing leaks there.
+        let late = admit_at(&b, &p, 100, midnight - 1_000).unwrap();
+        assert_eq!(day(midnight + 2).unwrap().reserved, worst(100));
+        if let Some(late) = late {
+            let mut rec = record(200, 10, 5);
+            rec.created_at_ms = midnight - 1_000;
+            late.settle(&mut rec, true);
+        }
+        let mut rec = record(200, 10, 5);
+        rec.created_at_ms = midnight + 1;
+        after.settle(&mut rec, true);
+        let state = day(midnight + 2).unwrap();
+        assert_eq!((state.period_start_ms, state.reserved), (midnight, 0));
+        assert_eq!(
+            state.spent,
+            10 * 2_500 + 5 * 10_000,
+            "only the new day's call"
+        );
     }
 
     #[test]

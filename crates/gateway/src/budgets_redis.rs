@@ -21,8 +21,8 @@
 //! Admission is one call of the admission script (`admit_redis::ADMIT_LUA`, the same
 //! call that takes the rate-limit buckets when a rate limit governs the call too):
 //! for every governing (scope, period) it seeds spent with this replica's count (the store's sum plus its own
-//! settled spend; `SET NX`, so only a missing key — a new period, a restarted Redis —
-//! takes it), checks `spent + reserved + worst case <= limit` for all, and reserves
+//! settled spend, less its settlements Redis has not answered yet; `SET NX`, so only a
+//! missing key — a new period, a restarted Redis — takes it), checks `spent + reserved + worst case <= limit` for all, and reserves
 //! in all or none. Settlement ([`SETTLE_LUA`], sent without waiting): reserved −=
 //! worst case, spent += real cost. The re-sync from the store
 //! (`budgets.sync_interval_ms`) only raises spent to max(Redis, store) ([`RAISE_LUA`]),
@@ -249,6 +249,11 @@ impl RedisBudgetCounters {
             }
             let start = d.key.1.bounds(at_ms).0;
             let (spent_key, reserved) = key_names(self.link.key_prefix(), &d.key, start);
+            // Without this replica's settlements still on their way: the local count
+            // holds them already, and each adds its spend when it lands, so a counter
+            // this admission creates would count them twice (as a re-sync's raise
+            // would; see `raise`).
+            let seed = seed.saturating_sub(self.link.settlements().unsent_spend(&spent_key));
             plan.takes.push(BudgetTake {
                 spent_key,
                 reserved_keys: epoch_keys(&reserved, at_ms),

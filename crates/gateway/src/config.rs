@@ -818,13 +818,31 @@ fn lanes_config(raw: &RawLanes, err: &mut impl FnMut(&str, String)) -> LanesConf
             "must be at least 0 and below 1 (a fraction of each limit)".into(),
         );
     }
+    let batch_max_wait = raw
+        .batch_max_wait_ms
+        .map_or(d.batch_max_wait, Duration::from_millis);
+    if batch_max_wait > MAX_BATCH_WAIT {
+        err(
+            "lanes.batch_max_wait_ms",
+            format!(
+                "must be at most {} (10 minutes): a call holds its budget reservation in \
+                 Redis for at least 15 minutes from its arrival, and the SDKs' own request \
+                 timeout is 10 minutes",
+                MAX_BATCH_WAIT.as_millis()
+            ),
+        );
+    }
     LanesConfig {
         batch_reserve,
-        batch_max_wait: raw
-            .batch_max_wait_ms
-            .map_or(d.batch_max_wait, Duration::from_millis),
+        batch_max_wait,
     }
 }
+
+/// The longest `lanes.batch_max_wait_ms`: a budget reservation made in Redis is held
+/// for 15 to 30 minutes from the call's arrival (`budgets_redis::RESERVED_EPOCH_MS`),
+/// so it must be made well within the first 15; and no official SDK waits longer for
+/// an answer (their default timeout is 10 minutes).
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(600);
 
 /// Checks `[redis]`, filling in defaults. The URL is never echoed: it may hold a
 /// password.
@@ -1279,6 +1297,10 @@ mod tests {
         );
         let e = Config::from_toml_str("[lanes]\nreserve = 0.1\n").unwrap_err();
         assert_eq!(e.0[0].path, "lanes.reserve");
+        let ok = Config::from_toml_str("[lanes]\nbatch_max_wait_ms = 600000\n").unwrap();
+        assert_eq!(ok.lanes.batch_max_wait, Duration::from_secs(600));
+        let e = Config::from_toml_str("[lanes]\nbatch_max_wait_ms = 600001\n").unwrap_err();
+        assert_eq!(e.0[0].path, "lanes.batch_max_wait_ms");
     }
 
     #[test]

@@ -1075,6 +1075,34 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
     })
     .await;
     assert!(counted.is_some(), "{:?}", shared(&project).await);
+
+    // The counter goes missing (a restarted Redis) while a settlement of 40 is on its
+    // way (it waits for its 10 ms batch). The admission that creates the counter again
+    // seeds it with this replica's count less that settlement, which adds its 40 when
+    // it lands: the call counts once.
+    let _: () = redis::cmd("DEL")
+        .arg(&project_spent)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    counters.settle_shared(&[(ok[0].clone(), start)], 0, 40, now, now);
+    let local = budgets.counters.state(&ok[0].key, now).unwrap().spent;
+    assert_eq!(link.settlements().unsent_spend(&project_spent), 40);
+    let (taken, in_redis) = budgets
+        .counters
+        .reserve(&[demand(&project, 1_000_000, 7)], now)
+        .await
+        .unwrap();
+    assert_eq!((taken, in_redis), (vec![true], true));
+    let once = eventually(Duration::from_secs(5), || async {
+        link.settlements().unsent_spend(&project_spent) == 0 && shared(&project).await.0 == local
+    })
+    .await;
+    assert!(
+        once.is_some(),
+        "{:?}, the replica counts {local}",
+        shared(&project).await
+    );
     // Both keys expire (the day's spent a day after it ends).
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&project_spent)
