@@ -99,6 +99,11 @@ pub async fn read_body(
     let declared = axum::body::HttpBody::size_hint(&body)
         .exact()
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    // Declared too large: refused before a byte is read or any room taken.
+    if declared.is_some_and(|n| n > limit) {
+        discard_body(body, drain_limit(limit), timeout).await;
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
     let wanted = declared.unwrap_or(limit).min(limit);
     let mut room = None;
     if wanted > UNCOUNTED_BYTES {
@@ -107,17 +112,21 @@ pub async fn read_body(
             Err(busy) => {
                 // Read what was sent without keeping it, so the answer reaches the
                 // caller: closing a socket with unread data resets the connection.
-                discard_body(body, limit, timeout).await;
+                discard_body(body, drain_limit(limit), timeout).await;
                 return Err(busy);
             }
         }
     }
-    let collect = Limited::new(body, limit).collect();
+    let mut body = body;
+    let collect = Limited::new(&mut body, limit).collect();
     let bytes = match tokio::time::timeout_at(deadline, collect).await {
         Err(_) => return Err(GatewayError::BodyTimeout),
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(GatewayError::BodyTooLarge { limit })
+            // The rest is read and dropped too (see above).
+            drop(room);
+            discard_body(body, drain_limit(limit), timeout).await;
+            return Err(GatewayError::BodyTooLarge { limit });
         }
         // The client went away, or sent a malformed body.
         Ok(Err(e)) if cut_short(&*e) => return Err(GatewayError::ClientGone),
@@ -161,6 +170,16 @@ fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+/// How much of a refused body is read and dropped before its connection is closed
+/// (unread, the answer would not reach the caller: see [`discard_body`]): a body
+/// larger than this is cut off, and its caller sees the connection reset.
+const DRAIN_BYTES: usize = 64 << 20;
+
+/// The most of a refused body read for a gateway accepting `limit` bytes.
+pub fn drain_limit(limit: usize) -> usize {
+    limit.max(DRAIN_BYTES)
 }
 
 /// Reads and drops a body the gateway will not use (a caller it refused before reading

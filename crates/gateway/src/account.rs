@@ -536,9 +536,11 @@ impl StreamTap {
             return;
         };
         if first {
-            self.observed.model_served = b.model;
-            // Every chunk carries the completion's id; the first one's is kept.
-            self.observed.response_id = b.id;
+            // Every chunk carries the completion's id; the first one's is kept. An
+            // empty one is none (Azure opens a stream with a content-filter chunk
+            // whose `model` and `id` are ""): a later chunk's are then taken.
+            self.observed.model_served = b.model.filter(|m| !m.is_empty());
+            self.observed.response_id = b.id.filter(|i| !i.is_empty());
         }
         if let Some(u) = b.usage {
             self.observed.usage = Some(u.into());
@@ -688,6 +690,24 @@ mod tests {
             assert_eq!(tap.observed.model_served.as_deref(), Some("gpt-4o-mini"));
             assert_eq!(tap.observed.response_id.as_deref(), Some("c1"));
         }
+    }
+
+    #[test]
+    fn a_chat_stream_opened_by_a_chunk_without_model_or_id_takes_them_from_the_next() {
+        // Azure's first chunk: the prompt's content-filter results, `model` and `id` "".
+        let upstream = concat!(
+            "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[]}\n\n",
+            "data: {\"id\":\"c9\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-11-20\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"id\":\"c9\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-11-20\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut tap = StreamTap::new(Endpoint::ChatCompletions, false);
+        tap.pass(Bytes::from_static(upstream.as_bytes()));
+        assert!(tap.ended());
+        let o = &tap.observed;
+        assert_eq!(o.model_served.as_deref(), Some("gpt-4o-2024-11-20"));
+        assert_eq!(o.response_id.as_deref(), Some("c9"));
+        assert_eq!(o.usage.as_ref().unwrap().total, 4);
     }
 
     #[test]

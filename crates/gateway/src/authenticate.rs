@@ -81,15 +81,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Enough of a presented key to recognise it, never enough to use it: OpenAI's
-/// `sk-abc***wxyz` style.
+/// `sk-abc***wxyz` style for a key of real length (32 characters or more: at most
+/// 12 of them, 37.5 %, shown), only its first four for a shorter one (at most a
+/// quarter), nothing of one shorter than 16.
 fn display_prefix(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
-    if chars.len() <= 12 {
-        return "***".into();
+    let shown = |range: std::ops::Range<usize>| chars[range].iter().collect::<String>();
+    match chars.len() {
+        n if n >= 32 => format!("{}***{}", shown(0..8), shown(n - 4..n)),
+        n if n >= 16 => format!("{}***", shown(0..4)),
+        _ => "***".into(),
     }
-    let head: String = chars[..8].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}***{tail}")
 }
 
 #[cfg(test)]
@@ -104,7 +106,12 @@ mod tests {
         assert_eq!(bearer(&h), Some("tg-dev-abc"));
         h.insert("authorization", "Basic xyz".parse().unwrap());
         assert_eq!(bearer(&h), None);
-        assert_eq!(display_prefix("tg-dev-0123456789abcdef"), "tg-dev-0***cdef");
+        assert_eq!(
+            display_prefix("tg-dev-0123456789abcdefghijklmnopqrstuv"),
+            "tg-dev-0***stuv"
+        );
+        assert_eq!(display_prefix("tg-dev-0123456789abcdef"), "tg-d***");
+        assert_eq!(display_prefix("sk-0123456789a"), "***");
         assert_eq!(display_prefix("short"), "***");
     }
 

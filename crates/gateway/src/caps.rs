@@ -133,20 +133,21 @@ fn check_temperature(
     let (Some(min), Some(max)) = (cap.temperature_min, cap.temperature_max) else {
         return Ok(());
     };
-    let Some((_, raw)) = members.iter().find(|(k, _)| k == "temperature") else {
-        return Ok(());
-    };
-    let Ok(t) = serde_json::from_str::<f64>(raw.get()) else {
-        return Ok(());
-    };
-    if t < min || t > max {
-        return Err(GatewayError::InvalidRequest {
-            message: format!(
-                "temperature {t} is outside the range this key allows ({min} to {max}). \
-                 Send a temperature within it, or none."
-            ),
-            param: Some("temperature"),
-        });
+    // Every `temperature` member, when the caller sent it twice: parsers differ on
+    // which one counts (most keep the last), so each must be within the range.
+    for (_, raw) in members.iter().filter(|(k, _)| k == "temperature") {
+        let Ok(t) = serde_json::from_str::<f64>(raw.get()) else {
+            continue;
+        };
+        if t < min || t > max {
+            return Err(GatewayError::InvalidRequest {
+                message: format!(
+                    "temperature {t} is outside the range this key allows ({min} to {max}). \
+                     Send a temperature within it, or none."
+                ),
+                param: Some("temperature"),
+            });
+        }
     }
     Ok(())
 }
@@ -334,5 +335,14 @@ mod tests {
         assert!(apply(Endpoint::Responses, &c, br#"{"temperature":null}"#)
             .unwrap()
             .is_none());
+        // Sent twice, the one out of range is refused whichever comes first (most
+        // parsers, the upstream's among them, keep the last).
+        for body in [
+            &br#"{"temperature":0.5,"temperature":1.9}"#[..],
+            br#"{"temperature":1.9,"temperature":0.5}"#,
+        ] {
+            let e = apply(Endpoint::Responses, &c, body).unwrap_err();
+            assert_eq!(e.param(), Some("temperature"));
+        }
     }
 }

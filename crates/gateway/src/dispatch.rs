@@ -133,10 +133,12 @@ pub async fn send(
     } else {
         forwarded_with_body
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
+    let path = preflight.upstream_path.as_deref().unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str())
+    });
     // The upstream base URL already ends in /v1.
     let path = path.strip_prefix("/v1").unwrap_or(path);
     client
@@ -181,11 +183,17 @@ pub async fn relay(
     rec.attempts = reply.attempts();
     // The answer's declared length (not relayed: the caller's is set anew).
     let declared = content_length(&reply.meta.headers);
+    // A stream was asked for, but a JSON answer is read as one: an upstream that does
+    // not stream this endpoint (`"stream": true` on embeddings) ignores the member.
+    let json = is_json(&reply.meta.headers);
     let mut headers = relay_headers(std::mem::take(&mut reply.meta.headers), own_limits);
     for (name, value) in &preflight.headers {
         headers.insert(name.clone(), value.clone());
     }
-    let streaming = status.is_success() && preflight.stream;
+    let streaming = status.is_success() && preflight.stream && !json;
+    if status.is_success() && preflight.stream && json {
+        guard.record().streamed = false;
+    }
     if streaming {
         let tap = Tap::Events(StreamTap::new(endpoint, preflight.strip_stream_usage));
         let relay = Relay::new(reply.body, tap, guard);
@@ -200,6 +208,11 @@ pub async fn relay(
     };
     let bytes = match reply.body.collect_within(limit, declared).await {
         Ok(Collected::Whole(b)) => b,
+        // A refused credential's answer is never relayed, however long (it may quote
+        // the provider key): what came of it is enough for its error code.
+        Ok(Collected::Over { head, .. }) if status == http::StatusCode::UNAUTHORIZED => {
+            return credential_rejected(guard, &head, &headers).await;
+        }
         Ok(Collected::Over { head, rest }) => {
             if let Some(n) = declared {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -268,6 +281,15 @@ async fn credential_rejected(
             .insert("x-upstream-request-id", id.clone());
     }
     res
+}
+
+/// Whether an answer declares a JSON body (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The `Content-Length` an answer declares.
@@ -480,6 +502,12 @@ impl Stream for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        // A stream whose last event the caller had (`[DONE]`, `response.completed`)
+        // was answered in full, even if the caller closed before the upstream did.
+        if matches!(&self.tap, Tap::Events(tap) if tap.ended()) {
+            self.finish(None);
+            return;
+        }
         let Some(mut guard) = self.guard.take() else {
             return;
         };

@@ -394,7 +394,16 @@ impl GatewayError {
                 "This API key ({key_id}) is suspended. An admin of its project can resume it \
                  with `tollgate keys resume {key_id}` (the reason is in `tollgate audit`)."
             ),
-            Self::InvalidUrl { method, path } => format!("Invalid URL ({method} {path})"),
+            // OpenAI's own words; a path outside /v1 is most often a base URL set
+            // without it, so that is said too.
+            Self::InvalidUrl { method, path } if path.starts_with("/v1/") => {
+                format!("Invalid URL ({method} {path})")
+            }
+            Self::InvalidUrl { method, path } => format!(
+                "Invalid URL ({method} {path}). tollgate serves the OpenAI API under /v1: \
+                 set your SDK's base URL to this gateway's address followed by /v1 (for \
+                 example http://127.0.0.1:8080/v1)."
+            ),
             Self::BodyTooLarge { limit } => format!(
                 "The request body is larger than this gateway accepts ({limit} bytes). Send a \
                  smaller request, or raise server.max_body_bytes."
@@ -551,7 +560,7 @@ impl GatewayError {
                      {} tokens ({} in the {}, {} in the completion{asked}). Please reduce the \
                      length of the {} or of the completion. Model: {}.",
                     r.window,
-                    r.input_tokens + r.output_tokens,
+                    r.input_tokens.saturating_add(r.output_tokens),
                     r.input_tokens,
                     r.param,
                     r.output_tokens,

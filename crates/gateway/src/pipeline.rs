@@ -56,11 +56,17 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respo
     let id_header = HeaderValue::from_str(&request_id).ok();
     let mut res = match Endpoint::route(req.method(), req.uri().path()) {
         Some(endpoint) => proxy(&gw, endpoint, request_id, req).await,
-        None => GatewayError::InvalidUrl {
-            method: req.method().to_string(),
-            path: req.uri().path().to_owned(),
+        None => {
+            let refusal = GatewayError::InvalidUrl {
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+            };
+            // Its body is read and dropped, so the answer reaches the caller (an
+            // upload to an endpoint tollgate does not serve, say).
+            let limit = accept::drain_limit(gw.config.max_body_bytes);
+            accept::discard_body(req.into_body(), limit, gw.config.body_timeout).await;
+            refusal.into_response()
         }
-        .into_response(),
     };
     if let Some(v) = id_header {
         res.headers_mut().insert(X_REQUEST_ID, v);

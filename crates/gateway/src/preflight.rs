@@ -118,6 +118,9 @@ pub struct Preflight {
     pub list_filter: Option<ModelFilter>,
     /// What the response cache does for this call (set by the cache stage).
     pub cache: Option<crate::cache::Plan>,
+    /// The path to call upstream instead of the caller's (`GET /v1/models/{alias}`
+    /// goes to the alias's target).
+    pub upstream_path: Option<String>,
 }
 
 impl Preflight {
@@ -127,11 +130,54 @@ impl Preflight {
     }
 }
 
-/// The refusal of a body that is not JSON, with where its parse stopped.
-fn invalid_json(e: serde_json::Error) -> GatewayError {
-    GatewayError::InvalidJson {
-        detail: format!("line {} column {}", e.line(), e.column()),
+/// `text` with its percent-encoding undone; `None` when an escape is malformed or the
+/// bytes are not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return Some(text.to_owned());
     }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `text` as a path segment: every byte but letters, digits and `-._~:@` escaped.
+fn percent_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The refusal of a body that is not JSON, with what is wrong and where its parse
+/// stopped. serde_json's words are given for malformed JSON and for a member sent
+/// twice (fixed texts); any other data error could quote the caller's values, so
+/// only its place is.
+fn invalid_json(e: serde_json::Error) -> GatewayError {
+    use serde_json::error::Category;
+    let said = e.to_string();
+    let detail = match e.classify() {
+        Category::Syntax | Category::Eof => said,
+        Category::Data if said.starts_with("duplicate field") => said,
+        _ => format!("line {} column {}", e.line(), e.column()),
+    };
+    GatewayError::InvalidJson { detail }
 }
 
 /// The refusal of a body that is JSON but not an object (an array, a string, …).
@@ -180,11 +226,28 @@ pub fn run(
 ) -> Result<Preflight, GatewayError> {
     let (project, env) = (principal.project.as_str(), principal.env.as_str());
     if !endpoint.has_body() {
-        if let Some(id) = model_in_path {
-            rules.route(project, env, id)?;
+        let (mut model, mut alias, mut upstream_path, mut headers) = (None, None, None, Vec::new());
+        if let Some(raw) = model_in_path {
+            // The id as the upstream will read it (percent-encoding undone), so the
+            // access lists judge that one; an alias goes to its target.
+            let id = percent_decoded(raw).unwrap_or_else(|| raw.to_owned());
+            match rules.route(project, env, &id)? {
+                Some(target) => {
+                    upstream_path = Some(format!("/v1/models/{}", percent_encoded(target)));
+                    headers = HeaderValue::from_str(target)
+                        .map(|v| vec![(HeaderName::from_static("x-tollgate-model"), v)])
+                        .unwrap_or_default();
+                    model = Some(target.to_owned());
+                    alias = Some(id);
+                }
+                None => model = Some(id),
+            }
         }
         return Ok(Preflight {
-            model: model_in_path.map(str::to_owned),
+            model,
+            alias,
+            upstream_path,
+            headers,
             list_filter: (endpoint == Endpoint::Models)
                 .then(|| rules.filter(project, env))
                 .flatten(),
@@ -202,13 +265,17 @@ pub fn run(
             },
         );
     }
-    // Checked as UTF-8 once, so serde_json does not check each string it reads again
-    // (a call per member name); a body that is not UTF-8 gets serde_json's own error.
-    let parsed = match std::str::from_utf8(&body) {
-        Ok(text) => serde_json::from_str::<Peek<'_>>(text),
-        Err(_) => serde_json::from_slice::<Peek<'_>>(&body),
-    };
-    let peek = parsed.map_err(invalid_json)?;
+    // JSON is UTF-8 (RFC 8259). Checked once for the whole body, so serde_json does
+    // not check each string it reads again (a call per member name) — and a string
+    // it skips unread is checked too: serde_json does not look inside those, and a
+    // body whose text the gateway cannot read would be counted as no tokens at all.
+    let text = std::str::from_utf8(&body).map_err(|e| GatewayError::InvalidJson {
+        detail: format!(
+            "it is not UTF-8 text: the byte at offset {} is not valid UTF-8",
+            e.valid_up_to()
+        ),
+    })?;
+    let peek = serde_json::from_str::<Peek<'_>>(text).map_err(invalid_json)?;
     // `model` may be any JSON: the upstream judges its type. We route strings only.
     let mut model = peek
         .model
@@ -280,6 +347,7 @@ pub fn run(
         headers,
         list_filter: None,
         cache: None,
+        upstream_path: None,
     })
 }
 
@@ -525,8 +593,48 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.status(), http::StatusCode::NOT_FOUND);
+        // Percent-encoded, the id is judged as the upstream will read it.
+        let e = run(
+            Endpoint::Model,
+            Bytes::new(),
+            Some("gpt%2D4o"),
+            &rules,
+            &principal(),
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::NOT_FOUND);
+        // An alias in the path goes to its target.
+        let p = run(
+            Endpoint::Model,
+            Bytes::new(),
+            Some("fast"),
+            &rules,
+            &principal(),
+        )
+        .unwrap();
+        assert_eq!(p.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(p.upstream_path.as_deref(), Some("/v1/models/gpt-4o-mini"));
+        assert_eq!(p.model_requested(), Some("fast"));
         let p = run(Endpoint::Models, Bytes::new(), None, &rules, &principal()).unwrap();
         assert!(p.list_filter.unwrap().permits("gpt-4o-mini"));
+    }
+
+    #[test]
+    fn path_segments_decode_and_encode() {
+        assert_eq!(percent_decoded("gpt%2D4o").as_deref(), Some("gpt-4o"));
+        assert_eq!(
+            percent_decoded("ft%3Agpt-4o-mini%3Aorg%3Ax").as_deref(),
+            Some("ft:gpt-4o-mini:org:x")
+        );
+        assert_eq!(percent_decoded("plain").as_deref(), Some("plain"));
+        for bad in ["a%2", "a%zz", "%ff%fe"] {
+            assert_eq!(percent_decoded(bad), None, "{bad}");
+        }
+        assert_eq!(
+            percent_encoded("ft:gpt-4o:org:x_1.2~"),
+            "ft:gpt-4o:org:x_1.2~"
+        );
+        assert_eq!(percent_encoded("a b/c%"), "a%20b%2Fc%25");
     }
 
     #[test]
@@ -629,6 +737,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, GatewayError::InvalidJson { .. }));
+        assert!(
+            e.message().contains("EOF while parsing") && e.message().contains("line 1 column 10"),
+            "{}",
+            e.message()
+        );
+        // A member preflight reads, sent twice: valid JSON, refused with the reason.
+        let e = plain(
+            Endpoint::Responses,
+            Bytes::from_static(br#"{"model":"a","input":"x","model":"b"}"#),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("duplicate field `model`"),
+            "{}",
+            e.message()
+        );
+        // Bytes that are not UTF-8, even in a member preflight skips unread (whose
+        // text the token estimate would then count as nothing), are refused too.
+        let e = plain(
+            Endpoint::Responses,
+            Bytes::from_static(b"{\"model\":\"gpt-4o\",\"input\":\"ab\xff\"}"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        assert!(
+            e.message().contains("not UTF-8") && e.message().contains("offset 29"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

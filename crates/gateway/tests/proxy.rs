@@ -175,6 +175,22 @@ async fn unknown_paths_bad_json_and_big_bodies_are_refused_in_openai_shape() {
     let (status, e) = error_of(res).await;
     assert_eq!(status, 404);
     assert_eq!(e["error"]["message"], "Invalid URL (GET /v1/files)");
+    // A base URL set without /v1 is the likely mistake: the answer says so.
+    let res = h
+        .post(
+            "/chat/completions",
+            json!({"model": "gpt-4o", "messages": []}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 404);
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Invalid URL (POST /chat/completions)") && message.contains("/v1"),
+        "{message}"
+    );
 
     let res = h
         .post_raw("/v1/chat/completions", "{\"model\": ")
@@ -194,6 +210,49 @@ async fn unknown_paths_bad_json_and_big_bodies_are_refused_in_openai_shape() {
     let (status, e) = error_of(res).await;
     assert_eq!(status, 413);
     assert_eq!(e["error"]["code"], "request_too_large");
+    assert!(h.sim_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_large_upload_still_gets_its_answer() {
+    // A body well over the limit, and over what the sockets buffer: the gateway reads
+    // and drops the rest before answering, or the caller would see a reset connection
+    // instead of the answer (and an SDK would send it all again).
+    let h = start_with(|c| c.server.max_body_bytes = Some(1 << 20)).await;
+    let big = vec![b'x'; 20 << 20];
+    // Declared too large.
+    let res = h
+        .post_raw("/v1/chat/completions", big.clone())
+        .send()
+        .await
+        .expect("the 413 reached the caller");
+    let (status, e) = error_of(res).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+    // Of no declared length: found too large while read.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(256 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    let res = h
+        .post_raw("/v1/chat/completions", stream)
+        .send()
+        .await
+        .expect("the 413 reached the caller");
+    assert_eq!(res.status(), 413);
+    // Sent to a path tollgate does not serve.
+    let res = h
+        .http
+        .post(h.url("/v1/files"))
+        .bearer_auth(&h.key)
+        .body(big)
+        .send()
+        .await
+        .expect("the 404 reached the caller");
+    let (status, e) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["message"], "Invalid URL (POST /v1/files)");
     assert!(h.sim_requests().await.is_empty());
 }
 
@@ -1130,13 +1189,7 @@ async fn a_caller_that_leaves_a_large_answer_still_has_its_usage_recorded() {
     // at the end of the answer, leave the upstream.
     drop(chunks);
     go.send(()).unwrap();
-    let store = h.store.clone();
-    let recorded = eventually(Duration::from_secs(10), || {
-        let store = store.clone();
-        async move { !store.usage_records(0).await.unwrap().is_empty() }
-    })
-    .await;
-    assert!(recorded.is_some(), "the call was recorded");
+    wait_for_a_record(&h).await;
     let records = h.stop_and_records().await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
@@ -1147,6 +1200,17 @@ async fn a_caller_that_leaves_a_large_answer_still_has_its_usage_recorded() {
         "the tokens the caller left were paid for, and counted"
     );
     assert_eq!(r.model_served.as_deref(), Some("text-embedding-3-large"));
+}
+
+/// Waits (up to 10 s) until the store holds a usage record.
+async fn wait_for_a_record(h: &support::Harness) {
+    let store = h.store.clone();
+    let recorded = eventually(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { !store.usage_records(0).await.unwrap().is_empty() }
+    })
+    .await;
+    assert!(recorded.is_some(), "the call was recorded");
 }
 
 /// An upstream that answers every request with `answer` (head and body as bytes) and
@@ -1197,6 +1261,108 @@ async fn an_error_answer_cut_short_is_not_relayed_as_an_empty_one() {
         Some("upstream_unreachable")
     );
     assert_eq!(records[0].attempts, 3);
+}
+
+#[tokio::test]
+async fn a_long_refusal_of_the_provider_credential_is_not_relayed_either() {
+    // A 401 longer than the gateway holds whole (256 KiB): still not relayed, as it
+    // quotes part of the provider key.
+    let body = format!(
+        r#"{{"error":{{"message":"Incorrect API key provided: sk-pr****6789.{}","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#,
+        " ".repeat(300 * 1024)
+    );
+    let answer = format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (url, _) = fixed_upstream(Box::leak(answer.into_bytes().into_boxed_slice())).await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let text = res.text().await.unwrap();
+    assert!(!text.contains("6789"), "{}", &text[..text.len().min(300)]);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "provider_credential_rejected");
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].error_code.as_deref(),
+        Some("provider_credential_rejected")
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_closes_after_the_last_event_had_the_whole_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The upstream sends every event, `[DONE]` included, and keeps its connection
+    // open a while (as a proxy in front of it may); the caller closes on `[DONE]`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        read_request(&mut conn).await;
+        let events = concat!(
+            "data: {\"id\":\"c7\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"id\":\"c7\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&chunk_of(events.as_bytes())).await.unwrap();
+        let _ = held.await;
+        let mut buf = [0u8; 1024];
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let res = h.post("/v1/chat/completions", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut chunks = res.bytes_stream();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("[DONE]") {
+        got.extend_from_slice(&chunks.next().await.unwrap().unwrap());
+    }
+    drop(chunks);
+    wait_for_a_record(&h).await;
+    let _ = release.send(());
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!((r.status, r.client_disconnected), (200, false));
+    assert_eq!((r.error_code.as_deref(), r.total_tokens), (None, 5));
+}
+
+#[tokio::test]
+async fn a_json_answer_to_a_stream_request_is_accounted_as_json() {
+    // An upstream that does not stream embeddings ignores `"stream": true`.
+    const BODY: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let (url, _) = fixed_upstream(Box::leak(answer.into_bytes().into_boxed_slice())).await;
+    let mut h = start_with(|raw| raw.upstream.url = Some(url)).await;
+    let body = json!({"model": "text-embedding-3-small", "input": "abc", "stream": true});
+    let res = h.post("/v1/embeddings", body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), BODY, "relayed as it came");
+    let records = h.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!((r.status, r.error_code.as_deref()), (200, None));
+    assert_eq!((r.input_tokens, r.total_tokens), (3, 3));
+    assert_eq!(r.model_served.as_deref(), Some("text-embedding-3-small"));
+    assert!(!r.streamed);
 }
 
 #[tokio::test]
