@@ -162,17 +162,27 @@ pub fn count(model: &str, text: &str) -> usize {
 const PER_MESSAGE: usize = 3;
 /// Tokens that prime the assistant's reply.
 const REPLY_PRIMING: usize = 3;
-/// Members whose string values are structure, not text the model reads.
-const NOT_TEXT: [&str; 8] = [
+/// Members whose string values are structure, not text the model reads (a reasoning
+/// item's `encrypted_content` too: opaque, not text to count).
+const NOT_TEXT: [&str; 7] = [
     "type",
     "role",
     "id",
     "call_id",
     "status",
     "detail",
-    "image_url",
-    "file_id",
+    "encrypted_content",
 ];
+
+/// Members that carry or name an image, a file or audio (a URL, an id, or the bytes
+/// as base64): each counts [`MEDIA_TOKENS`], whatever its size. Counting base64 as
+/// text would make a 1 MB PDF look like hundreds of thousands of tokens and refuse it
+/// under any TPM limit; the call's real usage settles the difference either way.
+const MEDIA: [&str; 4] = ["image_url", "file_id", "file_data", "data"];
+
+/// What one image or file counts in an estimate: a 1024×1024 image in high detail
+/// (OpenAI's published 85 + 4 × 170 tokens).
+const MEDIA_TOKENS: usize = 765;
 
 /// An estimate of the input tokens of a request body for `model`: the text of
 /// `instructions`, `input` (Responses and Embeddings: a string, strings, or items) and
@@ -347,7 +357,7 @@ impl<'de> Visitor<'de> for Body {
                     mode: Mode::Instructions,
                 })?,
                 Key::Input | Key::Messages => map.next_value_seed(Items { enc })?,
-                Key::Tools => map.next_value_seed(Json { enc })?,
+                Key::Tools | Key::Functions => map.next_value_seed(Json { enc })?,
                 Key::Other => map.next_value::<IgnoredAny>().map(|_| 0)?,
             };
         }
@@ -361,6 +371,8 @@ enum Key {
     Input,
     Messages,
     Tools,
+    /// Chat's older form of `tools`.
+    Functions,
     Other,
 }
 
@@ -378,6 +390,7 @@ impl<'de> de::Deserialize<'de> for Key {
                     "input" => Key::Input,
                     "messages" => Key::Messages,
                     "tools" => Key::Tools,
+                    "functions" => Key::Functions,
                     _ => Key::Other,
                 })
             }
@@ -516,6 +529,13 @@ impl<'de> Visitor<'de> for Text {
                     mode: Mode::Role,
                 })?,
                 MemberKind::Structure => map.next_value::<IgnoredAny>().map(|_| 0)?,
+                MemberKind::Media => map.next_value::<Option<IgnoredAny>>().map(|v| {
+                    if v.is_some() {
+                        MEDIA_TOKENS
+                    } else {
+                        0
+                    }
+                })?,
                 MemberKind::Text => map.next_value_seed(Text {
                     enc,
                     mode: Mode::Any,
@@ -532,6 +552,7 @@ impl<'de> Visitor<'de> for Text {
 enum MemberKind {
     Role,
     Structure,
+    Media,
     Text,
 }
 
@@ -547,6 +568,7 @@ impl<'de> de::Deserialize<'de> for MemberKind {
                 Ok(match k {
                     "role" => MemberKind::Role,
                     k if NOT_TEXT.contains(&k) => MemberKind::Structure,
+                    k if MEDIA.contains(&k) => MemberKind::Media,
                     _ => MemberKind::Text,
                 })
             }
@@ -744,6 +766,41 @@ mod tests {
             estimate_input("gpt-4o", &serde_json::json!([1])),
             REPLY_PRIMING
         );
+    }
+
+    #[test]
+    fn images_files_and_audio_count_a_fixed_amount_not_their_bytes() {
+        let base = |content: serde_json::Value| {
+            estimate_input(
+                "gpt-4o",
+                &serde_json::json!({"messages": [{"role": "user", "content": content}]}),
+            )
+        };
+        let text_only = base(serde_json::json!([{"type": "text", "text": "what is this?"}]));
+        let b64 = "QUJD".repeat(256 * 1024); // 1 MiB of base64
+        for media in [
+            serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}"), "detail": "high"}}),
+            serde_json::json!({"type": "file", "file": {"file_data": format!("data:application/pdf;base64,{b64}")}}),
+            serde_json::json!({"type": "input_audio", "input_audio": {"data": b64}}),
+            serde_json::json!({"type": "input_file", "file_id": "file-abc"}),
+        ] {
+            let with = base(serde_json::json!([
+                {"type": "text", "text": "what is this?"},
+                media
+            ]));
+            assert_eq!(
+                with,
+                text_only + MEDIA_TOKENS,
+                "{}",
+                &media.to_string()[..60]
+            );
+        }
+        // Chat's older `functions` count as `tools` do.
+        let f = serde_json::json!([{"name": "lookup", "description": "Find an order by its id", "parameters": {"type": "object"}}]);
+        let tools = estimate_input("gpt-4o", &serde_json::json!({ "tools": f }));
+        let functions = estimate_input("gpt-4o", &serde_json::json!({ "functions": f }));
+        assert!(functions > REPLY_PRIMING + 5);
+        assert_eq!(functions, tools);
     }
 
     #[test]
