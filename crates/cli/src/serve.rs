@@ -27,7 +27,7 @@ pub struct ServeArgs {
     upstream_url: Option<String>,
     /// Secret reference of the provider key: env:NAME, file:/path or exec:command
     /// [default: env:OPENAI_API_KEY].
-    #[arg(long, env = "TOLLGATE_UPSTREAM_API_KEY")]
+    #[arg(long, env = "TOLLGATE_UPSTREAM_API_KEY", hide_env_values = true)]
     upstream_api_key: Option<String>,
     /// Redis for rate-limit counters shared by several replicas:
     /// redis://[:PASSWORD@]HOST[:PORT][/DB] [default: none, counters in memory].
@@ -119,6 +119,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => resolve_provider_key(&config.upstream.api_key)?,
     };
     let store = state::open_store(&config.data_dir, config.database_url.as_deref()).await?;
+    // Bound first: a second `serve --demo` that cannot listen (the first holds the
+    // port) must not revoke the first one's key on its way out.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let demo_key = match &demo {
         Some(_) => Some(demo_key(&store, &config.data_dir).await?),
         None => None,
@@ -133,9 +138,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => format!("--data-dir {}", config.data_dir.display()),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state_at = match &config.database_url {
         Some(_) => "database URL".to_owned(),
@@ -160,7 +162,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config,
         store,
         provider_key,
-        crate::shutdown_signal(),
+        shutdown_then_force(),
         ready,
     )
     .await
@@ -173,6 +175,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = sim.shutdown().await;
     }
     Ok(())
+}
+
+/// Resolves on the first SIGINT/SIGTERM, starting the graceful shutdown; a second
+/// one ends the process at once (exit status 130), for when the graceful shutdown
+/// cannot finish — its usage writer retrying against a store that is down, say. What
+/// was not written is said in the log.
+async fn shutdown_then_force() {
+    crate::shutdown_signal().await;
+    tracing::info!("shutting down gracefully; a second signal stops at once");
+    tokio::spawn(async {
+        crate::shutdown_signal().await;
+        tracing::error!(
+            "second signal: stopping now; usage records not yet written are lost, and \
+             calls still running are cut"
+        );
+        std::process::exit(130);
+    });
 }
 
 fn resolve_provider_key(reference: &SecretRef) -> anyhow::Result<Secret> {

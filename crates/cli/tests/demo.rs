@@ -137,6 +137,35 @@ fn serve_demo_answers_the_printed_commands_and_mints_a_new_key_each_start() {
     assert!(call(&addr, &again).starts_with("HTTP/1.1 200"));
     let refused = call(&addr, &key);
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // A third start on the same port fails (the second holds it) and leaves the
+    // running demo's key alone.
+    let third = Command::new(bin())
+        .args(["serve", "--demo", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!third.status.success());
+    assert!(
+        String::from_utf8_lossy(&third.stderr).contains("cannot listen"),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let listed = Command::new(bin())
+        .args(["keys", "list", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "the failed start minted no key: {keys:?}");
+    let active: Vec<_> = keys
+        .iter()
+        .filter(|k| k["revoked_at_ms"].is_null())
+        .collect();
+    assert_eq!(active.len(), 1, "{keys:?}");
+    assert!(again.starts_with(active[0]["prefix"].as_str().unwrap()));
+    let still = call(&addr, &again);
+    assert!(still.starts_with("HTTP/1.1 200"), "{still}");
     interrupt(child);
     let usage = Command::new(bin())
         .args(["usage", "--json", "--data-dir"])
@@ -151,7 +180,7 @@ fn serve_demo_answers_the_printed_commands_and_mints_a_new_key_each_start() {
         .iter()
         .map(|r| r["requests"].as_u64().unwrap())
         .sum();
-    assert_eq!(requests, 3, "{rows}");
+    assert_eq!(requests, 4, "{rows}");
 }
 
 /// Starts `serve --demo` in `data` after the shell commands `limits` (`ulimit …`);

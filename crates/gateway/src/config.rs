@@ -670,10 +670,12 @@ impl TryFrom<RawConfig> for Config {
                 );
             }
         }
-        if refresh_ms > 1_000 {
+        if refresh_ms > 900 {
             err(
                 "keys.refresh_interval_ms",
-                "must be at most 1000: revocations must take effect within a second".into(),
+                "must be at most 900: revocations must take effect within a second, the \
+                 reload included"
+                    .into(),
             );
         }
         let ca_pem = raw
@@ -701,6 +703,16 @@ impl TryFrom<RawConfig> for Config {
             });
         let anomaly = anomaly_config(&raw.anomaly, &mut err);
         let lanes = lanes_config(&raw.lanes, &mut err);
+        // Both are allocated up front (records of a few hundred bytes each): a typo
+        // of a few zeros must not abort the process after it started.
+        for (path, value, most) in [
+            ("usage.queue_capacity", queue, MAX_USAGE_QUEUE),
+            ("usage.batch_size", batch, MAX_USAGE_BATCH),
+        ] {
+            if value > most {
+                err(path, format!("must be at most {most}"));
+            }
+        }
         let adaptive_threshold = raw.upstream.adaptive_threshold.unwrap_or(0.1);
         if !(0.0..=1.0).contains(&adaptive_threshold) {
             err(
@@ -837,6 +849,12 @@ fn lanes_config(raw: &RawLanes, err: &mut impl FnMut(&str, String)) -> LanesConf
         batch_max_wait,
     }
 }
+
+/// The largest `usage.queue_capacity` (records held in memory at once).
+const MAX_USAGE_QUEUE: u64 = 1_000_000;
+
+/// The largest `usage.batch_size` (records written in one transaction).
+const MAX_USAGE_BATCH: u64 = 100_000;
 
 /// The longest `lanes.batch_max_wait_ms`: a budget reservation made in Redis is held
 /// for 15 to 30 minutes from the call's arrival (`budgets_redis::RESERVED_EPOCH_MS`),
@@ -1301,6 +1319,11 @@ mod tests {
         assert_eq!(ok.lanes.batch_max_wait, Duration::from_secs(600));
         let e = Config::from_toml_str("[lanes]\nbatch_max_wait_ms = 600001\n").unwrap_err();
         assert_eq!(e.0[0].path, "lanes.batch_max_wait_ms");
+        let e =
+            Config::from_toml_str("[usage]\nbatch_size = 100000000\nqueue_capacity = 2000000\n")
+                .unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["usage.queue_capacity", "usage.batch_size"]);
     }
 
     #[test]

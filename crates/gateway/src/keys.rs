@@ -151,6 +151,10 @@ pub struct KeyCache {
     upstream: Option<Upstream>,
     /// The projects' auto-suspend choices, refreshed on each load.
     anomaly_policy: Arc<ProjectPolicy>,
+    /// Held by a load from its first read to its swap: two loads at once (the watcher's
+    /// and one after an anomaly suspension) swap in the order they read, so an older
+    /// read never replaces a newer one (a revoked key coming back).
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl KeyCache {
@@ -167,6 +171,7 @@ impl KeyCache {
             by_digest: Snapshot::default(),
             upstream: Some(upstream),
             anomaly_policy: Arc::default(),
+            loading: tokio::sync::Mutex::default(),
         }
     }
 
@@ -261,6 +266,7 @@ fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
 
 /// Loads the cache now and returns the version it reflects.
 pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
+    let _loading = cache.loading.lock().await;
     let version = store.keys_version().await?;
     reload(cache, store).await?;
     Ok(version)
@@ -335,7 +341,10 @@ async fn poll(
         },
         || {
             let (cache, store) = (cache.clone(), store.clone());
-            async move { reload(&cache, &store).await }
+            async move {
+                let _loading = cache.loading.lock().await;
+                reload(&cache, &store).await
+            }
         },
     )
     .await;

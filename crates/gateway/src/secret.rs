@@ -29,6 +29,9 @@ pub enum SecretError {
     Empty(String),
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
+    /// Not echoed: text given where a variable's name belongs may be the secret.
+    #[error("env: takes the name of an environment variable (letters, digits and _, such as env:OPENAI_API_KEY), not a value")]
+    EnvName,
     #[error("cannot read secret file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("secret command failed: {0}")]
@@ -48,6 +51,13 @@ impl SecretRef {
         };
         if rest.is_empty() {
             return Err(SecretError::Empty(format!("{scheme}:")));
+        }
+        let name_like = |n: &str| {
+            n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !n.as_bytes()[0].is_ascii_digit()
+        };
+        if scheme == "env" && !name_like(rest) {
+            return Err(SecretError::EnvName);
         }
         Ok(make(rest.to_owned()))
     }
@@ -101,12 +111,13 @@ fn run_within(cmd: &str, limit: std::time::Duration) -> Result<String, SecretErr
     let mut stdout = child.stdout.take();
     // Read on a thread of its own, so a command that writes a lot cannot block on a
     // full pipe while it is waited for.
-    let reader = std::thread::spawn(move || {
+    let (send, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut out = Vec::new();
         if let Some(s) = stdout.as_mut() {
             let _ = s.read_to_end(&mut out);
         }
-        out
+        let _ = send.send(out);
     });
     let deadline = std::time::Instant::now() + limit;
     let status = loop {
@@ -126,12 +137,22 @@ fn run_within(cmd: &str, limit: std::time::Duration) -> Result<String, SecretErr
         }
     };
     if !status.success() {
+        kill_group(&mut child);
         // Only the status is reported: the output may hold the secret.
         return Err(SecretError::Exec(format!("exited with {status}")));
     }
-    let out = reader
-        .join()
-        .map_err(|_| SecretError::Exec("reading its output failed".into()))?;
+    // The output ends when every process holding the pipe has closed it: a command
+    // that left one running in the background (`sleep 1000 & echo sk-…`) would hold
+    // it open. Past the deadline, the group is killed, which closes it.
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let out = match done.recv_timeout(left) {
+        Ok(out) => out,
+        Err(_) => {
+            kill_group(&mut child);
+            done.recv()
+                .map_err(|_| SecretError::Exec("reading its output failed".into()))?
+        }
+    };
     String::from_utf8(out).map_err(|_| SecretError::Exec("output is not UTF-8".into()))
 }
 
@@ -161,8 +182,15 @@ impl fmt::Display for SecretRef {
         match self {
             Self::Env(n) => write!(f, "env:{n}"),
             Self::File(p) => write!(f, "file:{p}"),
-            // The command line itself may embed credentials: show only its program.
-            Self::Exec(c) => write!(f, "exec:{} …", c.split_whitespace().next().unwrap_or("")),
+            // The command line itself may embed credentials: show only its program
+            // (not a leading `NAME=value` assignment, which may be a token).
+            Self::Exec(c) => {
+                let program = c
+                    .split_whitespace()
+                    .find(|w| !w.contains('='))
+                    .unwrap_or("");
+                write!(f, "exec:{program} …")
+            }
         }
     }
 }
@@ -224,6 +252,11 @@ mod tests {
             SecretRef::parse("env:"),
             Err(SecretError::Empty(_))
         ));
+        // A value pasted where a variable's name belongs is refused, not echoed.
+        let e = SecretRef::parse("env:sk-proj-abc123").unwrap_err();
+        assert_eq!(e, SecretError::EnvName);
+        assert!(!e.to_string().contains("abc123"), "{e}");
+        assert!(SecretRef::parse("env:1ABC").is_err());
     }
 
     #[test]
@@ -257,6 +290,9 @@ mod tests {
     fn logs_describe_a_command_by_its_program_only() {
         let described = describe("exec:vault read -field=key -header X-Vault-Token:hvs.SECRET");
         assert_eq!(described, "exec:vault …");
+        // A leading assignment may be a token: the program after it is shown.
+        let described = describe("exec:VAULT_TOKEN=hvs.SECRET vault read x");
+        assert_eq!(described, "exec:vault …");
         assert_eq!(describe("file:/run/key"), "file:/run/key");
         assert_eq!(describe("sk-pasted"), "(not a reference)");
     }
@@ -288,5 +324,18 @@ mod tests {
             }
             assert!(!running(), "the command's child was left running");
         }
+    }
+
+    #[test]
+    fn a_command_that_leaves_a_child_holding_its_output_is_stopped_at_its_limit() {
+        // The shell prints and exits at once; its background child keeps the output
+        // open, so reading it to its end would wait for the child.
+        let started = std::time::Instant::now();
+        let out = run_within(
+            "sleep 27.1828 & printf sk-bg",
+            std::time::Duration::from_millis(300),
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(out.unwrap(), "sk-bg");
     }
 }
