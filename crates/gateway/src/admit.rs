@@ -285,10 +285,49 @@ pub async fn commit(
     plan: &Plan<'_>,
     reserve: f64,
 ) -> Result<Admission, GatewayError> {
-    if plan.rules.is_empty() && plan.spend.is_none() {
+    commit_rules(limits, plan, &plan.rules, reserve).await
+}
+
+/// [`commit`] for a call that waited since it was planned (a batch request in its
+/// lane): each of its rules counts with its limit as it is now, and a rule removed
+/// meanwhile no longer counts. (A limit taken with the limit of the plan would move
+/// the bucket back to it: lowered and then taken at the old one, capacity appeared
+/// from nothing.) Rules added meanwhile do not apply: the call was planned before them.
+pub async fn commit_current(
+    limits: &Arc<Limits>,
+    plan: &Plan<'_>,
+    reserve: f64,
+) -> Result<Admission, GatewayError> {
+    let set = limits.rules();
+    let rules: Vec<Rule> = plan
+        .rules
+        .iter()
+        .filter_map(|r| set.current(&r.scope))
+        .collect();
+    commit_rules(limits, plan, &rules, reserve).await
+}
+
+impl Plan<'_> {
+    /// The buckets its rules count in, as a refusal names them (scope, dimension).
+    pub fn buckets(&self) -> impl Iterator<Item = (String, Dimension)> + '_ {
+        self.rules.iter().flat_map(|r| {
+            let requests = r.rpm.map(|_| (r.scope.to_string(), Dimension::Requests));
+            let tokens = r.tpm.map(|_| (r.scope.to_string(), Dimension::Tokens));
+            requests.into_iter().chain(tokens)
+        })
+    }
+}
+
+async fn commit_rules(
+    limits: &Arc<Limits>,
+    plan: &Plan<'_>,
+    rules: &[Rule],
+    reserve: f64,
+) -> Result<Admission, GatewayError> {
+    if rules.is_empty() && plan.spend.is_none() {
         return Ok(Admission::default());
     }
-    let demands = demands(&plan.rules, plan.tokens, reserve);
+    let demands = demands(rules, plan.tokens, reserve);
     let refusal = |d: &Demand, used: u64, wait: Duration, states: &[BucketState]| RateRefusal {
         dimension: d.key.1,
         model: plan.model.to_owned(),

@@ -126,31 +126,49 @@ impl Lanes {
             Lane::Interactive => 0.0,
             Lane::Batch => self.config.batch_reserve,
         };
-        // A future per try: admission is asynchronous once counters live in Redis.
-        let attempt = || admit::commit(limits, plan, reserve);
-        let first = attempt().await;
-        let refusal = match first {
-            Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
-            other => return other,
-        };
         let deadline = arrived + self.config.batch_max_wait;
-        if Instant::now() + refusal.retry_after > deadline {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-            return Err(GatewayError::RateLimited(refusal));
-        }
+        // A batch request that finds others waiting for one of its buckets queues
+        // behind them: room given back (a settlement) would otherwise go to it, the
+        // newcomer, while they sleep until the refill they were told of.
+        let mut next = match self.queued(plan, lane) {
+            Some(key) => (key, None),
+            None => {
+                let refusal = match admit::commit(limits, plan, reserve).await {
+                    Err(GatewayError::RateLimited(r)) if lane == Lane::Batch => r,
+                    other => return other,
+                };
+                if Instant::now() + refusal.retry_after > deadline {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(GatewayError::RateLimited(refusal));
+                }
+                ((refusal.scope.clone(), refusal.dimension), None)
+            }
+        };
         self.waits.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting::new(&self.depth);
-        let (mut refusal, mut not_before) = (refusal, None);
+        // A future per try (admission is asynchronous once counters live in Redis),
+        // with the rules as they are by then (see `admit::commit_current`).
+        let attempt = || admit::commit_current(limits, plan, reserve);
         loop {
-            let joined = Joined::new(self, (refusal.scope.clone(), refusal.dimension));
-            let turn = self
-                .wait_turn(&joined, deadline, not_before, &attempt)
-                .await;
-            match turn {
+            let joined = Joined::new(self, next.0);
+            match self.wait_turn(&joined, deadline, next.1, &attempt).await {
                 Turn::Done(result) => return result,
-                Turn::Elsewhere(r, wake) => (refusal, not_before) = (r, Some(wake)),
+                Turn::Elsewhere(r, wake) => next = ((r.scope.clone(), r.dimension), Some(wake)),
             }
         }
+    }
+
+    /// The queue of one of `plan`'s buckets that batch requests wait in, if any (never
+    /// for an interactive request).
+    fn queued(&self, plan: &Plan<'_>, lane: Lane) -> Option<(String, Dimension)> {
+        if lane != Lane::Batch {
+            return None;
+        }
+        let queues = self.queues.lock();
+        if queues.is_empty() {
+            return None;
+        }
+        plan.buckets().find(|key| queues.contains_key(key))
     }
 
     /// Waits to be the head of `queue` (bucket `key`'s), then tries whenever the
@@ -500,6 +518,62 @@ mod tests {
             lanes.queues.lock().is_empty(),
             "a client gone leaves no queue behind"
         );
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_queues_behind_a_waiting_batch_request_for_room_given_back() {
+        let lanes = Arc::new(Lanes::new(LanesConfig {
+            batch_reserve: 0.0,
+            batch_max_wait: Duration::from_secs(10),
+        }));
+        // One a second, none left: a batch request waits for the next.
+        let l = limits(60);
+        for _ in 0..60 {
+            admit(&lanes, &l, Lane::Interactive).await.unwrap();
+        }
+        let first = {
+            let (lanes, l) = (lanes.clone(), l.clone());
+            tokio::spawn(async move { admit(&lanes, &l, Lane::Batch).await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(lanes.queue_depth(), 1);
+        // One request's room comes back (as a settlement gives tokens back) before
+        // the refill the waiter sleeps until; then a newcomer arrives.
+        let rules = l.rules();
+        let rule = &rules.matching("shop", "prod", "key_1", Some("gpt-4o"))[0];
+        l.counters.adjust(
+            &(rule.scope.clone(), Dimension::Requests),
+            60,
+            1,
+            std::time::Instant::now(),
+            false,
+        );
+        assert!(admit(&lanes, &l, Lane::Batch).await.is_ok());
+        assert!(
+            first.is_finished(),
+            "the newcomer took the room before the request waiting for it"
+        );
+        assert!(first.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_counts_with_the_limits_as_they_are_now() {
+        let l = limits(6_000);
+        let pre = pre();
+        let stale = Plan::rates(&l, Endpoint::Responses, &principal(), &pre, 16);
+        // The limit is lowered to 60 a minute while the request waits, and used up.
+        l.replace(vec![rule(None, 60)], vec![]);
+        let lanes = Lanes::new(LanesConfig::default());
+        for _ in 0..60 {
+            admit(&lanes, &l, Lane::Interactive).await.unwrap();
+        }
+        // Its next try counts with 60 (with 6 000 it fit, and moved the bucket back).
+        let e = admit::commit_current(&l, &stale, 0.0).await.unwrap_err();
+        assert!(matches!(e, GatewayError::RateLimited(_)), "{e:?}");
+        assert!(admit(&lanes, &l, Lane::Interactive).await.is_err());
+        // A rule removed meanwhile no longer holds it.
+        l.replace(vec![], vec![]);
+        assert!(admit::commit_current(&l, &stale, 0.0).await.is_ok());
     }
 
     #[tokio::test]

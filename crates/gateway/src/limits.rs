@@ -640,6 +640,15 @@ impl RuleSet {
         })
     }
 
+    /// The rule of `scope` as it is in this set, if it still is.
+    pub fn current(&self, scope: &LimitScope) -> Option<Rule> {
+        self.by_project
+            .get(&scope.project)?
+            .iter()
+            .find(|r| *r.scope == *scope)
+            .cloned()
+    }
+
     fn contains(&self, scope: &LimitScope) -> bool {
         self.by_project
             .get(&scope.project)
