@@ -307,6 +307,53 @@ pub async fn commit_current(
     commit_rules(limits, plan, &rules, reserve).await
 }
 
+/// Admits a fallback target's model (`preflight`, retargeted) against the rate limits
+/// of that model that the requested model's admission did not take: rules scoped to
+/// the target's model (every other rule governing the caller was taken already).
+/// Refuses as [`commit`] does when one has no room; `Ok(None)` when no such rule
+/// exists. The reservation, if any, settles with the call's real usage when the target
+/// serves it, and gives its tokens back when the target fails too
+/// ([`Reservation::release`]).
+pub async fn fallback(
+    limits: &Arc<Limits>,
+    endpoint: Endpoint,
+    principal: &Principal,
+    requested: Option<&str>,
+    preflight: &Preflight,
+    default_output_tokens: u64,
+) -> Result<Option<Reservation>, GatewayError> {
+    if !endpoint.has_body() {
+        return Ok(None);
+    }
+    let set = limits.rules();
+    if set.is_empty() {
+        return Ok(None);
+    }
+    let (project, env, key) = (&principal.project, &principal.env, &principal.key_id);
+    let model = preflight.model.as_deref();
+    let rules: Vec<Rule> = set
+        .matching(project, env, key, model)
+        .into_iter()
+        .filter(|r| r.scope.model.is_some() && !r.scope.matches(project, env, key, requested))
+        .collect();
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
+        let (input, output) = estimate_parts(endpoint, preflight, default_output_tokens);
+        input.saturating_add(output)
+    } else {
+        0
+    };
+    let plan = Plan {
+        rules,
+        tokens,
+        model: model.unwrap_or("this model"),
+        spend: None,
+    };
+    Ok(commit(limits, &plan, 0.0).await?.reservation)
+}
+
 impl Plan<'_> {
     /// The buckets its rules count in, as a refusal names them (scope, dimension).
     pub fn buckets(&self) -> impl Iterator<Item = (String, Dimension)> + '_ {
@@ -586,6 +633,21 @@ impl Reservation {
     /// The tokens reserved.
     pub fn reserved(&self) -> u64 {
         self.reserved
+    }
+
+    /// Gives every reserved token back: the call this reservation was for was not
+    /// served under it (a fallback target that failed too). The request stays counted.
+    pub fn release(self) {
+        let delta = i64::try_from(self.reserved).unwrap_or(i64::MAX);
+        if delta == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for (key, limit) in &self.buckets {
+            self.limits
+                .counters
+                .adjust(key, *limit, delta, now, self.in_redis);
+        }
     }
 }
 

@@ -327,6 +327,23 @@ async fn chained(
         } else {
             retarget(&preflight, target.model.as_deref())?
         };
+        // Another model is admitted against its own rate limits too.
+        let own = if i > 0 && target_pf.model != preflight.model {
+            let (limits, requested) = (&gw.limits, preflight.model.as_deref());
+            let out = gw.config.default_output_tokens;
+            match crate::admit::fallback(limits, endpoint, principal, requested, &target_pf, out)
+                .await
+            {
+                Ok(own) => own,
+                Err(e) => {
+                    tracing::info!(target = %target.label(), error = %e, "a rate limit of the target's model has no room: target skipped");
+                    before += 1;
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         guard.mark_sent();
         let result = dispatch::send(&client, parts, &target_pf).await;
         if i == 0 {
@@ -340,6 +357,7 @@ async fn chained(
         };
         if !failed {
             permit.success();
+            guard.hold_fallback(own);
             let label = target.label();
             if i > 0 {
                 fb.fell_back.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +367,9 @@ async fn chained(
             return result.map(|reply| Served::Upstream(target_pf, Box::new(reply)));
         }
         permit.failure();
+        if let Some(own) = own {
+            own.release();
+        }
         let label = target.label();
         tracing::warn!(
             target = %label,

@@ -245,6 +245,9 @@ pub struct RecordGuard {
     started: Instant,
     /// Rate-limit tokens to settle against the finished record (admit stage).
     reservation: Option<Reservation>,
+    /// The serving fallback target's own model rules' tokens (`admit::fallback`),
+    /// settled likewise.
+    fallback: Option<Reservation>,
     /// Spend reserved from budgets, settled likewise.
     budget: Option<BudgetReservation>,
     /// The request body's room among the bodies in flight, given back when the
@@ -262,6 +265,7 @@ impl RecordGuard {
             sink,
             started: Instant::now(),
             reservation: None,
+            fallback: None,
             budget: None,
             body_room: None,
             sent: false,
@@ -277,6 +281,12 @@ impl RecordGuard {
     /// way that happens, and settles it then.
     pub fn hold(&mut self, reservation: Option<Reservation>) {
         self.reservation = reservation;
+    }
+
+    /// Keeps the serving fallback target's reservation until the record is finished,
+    /// and settles it then.
+    pub fn hold_fallback(&mut self, reservation: Option<Reservation>) {
+        self.fallback = reservation;
     }
 
     /// Keeps the budgets' reservation until the record is finished, and settles it
@@ -330,7 +340,10 @@ impl RecordGuard {
     fn take(&mut self) -> Option<UsageRecord> {
         let mut rec = self.record.take()?;
         rec.latency_ms = elapsed_ms(self.started);
-        if let Some(r) = self.reservation.take() {
+        for r in [self.reservation.take(), self.fallback.take()]
+            .into_iter()
+            .flatten()
+        {
             r.settle(&rec, self.sent);
         }
         if let Some(b) = self.budget.take() {

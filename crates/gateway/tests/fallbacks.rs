@@ -163,6 +163,90 @@ async fn a_chain_on_an_alias_may_change_the_model_and_cost_follows_the_model_tha
 }
 
 #[tokio::test]
+async fn a_fallback_to_another_model_is_admitted_against_that_models_own_limits() {
+    let mut h = support::start_with(|raw| {
+        raw.upstream.max_retries = Some(0);
+        raw.fallbacks
+            .insert("gpt-4o".into(), vec![target(Some("gpt-4o-mini"), None)]);
+    })
+    .await;
+    // gpt-4o-mini: 2 requests a minute for the project.
+    let mini = tollgate_store::LimitScope {
+        project: "shop".into(),
+        env: None,
+        key_id: None,
+        model: Some("gpt-4o-mini".into()),
+    };
+    h.store
+        .set_rate_limit(
+            &mini,
+            Some(2),
+            None,
+            support::now_ms(),
+            &tollgate_store::Actor::system(),
+        )
+        .await
+        .unwrap();
+    // Applied once a call to gpt-4o-mini shows it (that call takes one of the two).
+    let applied = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        res.headers()
+            .get("x-ratelimit-limit-requests")
+            .is_some_and(|v| v == "2")
+    })
+    .await;
+    assert!(applied.is_some(), "the rule was never applied");
+    let calls = sim_calls(&h.sim);
+
+    // gpt-4o fails; its fallback takes gpt-4o-mini's last request.
+    sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(served_by(&res), "primary/gpt-4o-mini");
+    // Again: gpt-4o-mini has no room, so the fallback is skipped and the failure relayed.
+    sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        sim_calls(&h.sim),
+        calls + 3,
+        "gpt-4o-mini was not called again"
+    );
+    // A direct call to gpt-4o-mini sees the request the fallback took.
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let recs = h.stop_and_records().await;
+    let asked: Vec<_> = recs
+        .iter()
+        .filter(|r| r.model_requested.as_deref() == Some("gpt-4o"))
+        .map(|r| (r.status, r.served_by.as_deref()))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (200, Some("primary/gpt-4o-mini")),
+            (503, Some("primary/gpt-4o"))
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_429_falls_back_after_the_clients_own_retries_and_so_does_insufficient_quota() {
     let b = backup().await;
     let mut h = support::start_with(|raw| {
