@@ -246,3 +246,92 @@ fn serve_fits_its_connection_cap_to_a_low_open_file_limit() {
     assert_eq!(sample("tollgate_connections_max"), "384");
     assert_eq!(sample("tollgate_connections_open"), "1", "the scrape's own");
 }
+
+/// A graceful shutdown that cannot finish (a call waits on an upstream that never
+/// answers) is stopped at once by a second signal, with exit status 130.
+#[test]
+fn a_second_signal_stops_a_shutdown_that_cannot_finish() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let created = Command::new(bin())
+        .args([
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let key: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    // An upstream that takes connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let (took, called) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+            let _ = took.send(());
+        }
+    });
+    let mut serve = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--upstream-url")
+        .arg(format!("http://{upstream}/v1"))
+        .env("OPENAI_API_KEY", "sk-test-provider")
+        .env("RUST_LOG", "info")
+        .env_remove("TOLLGATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(serve.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let (said, log) = mpsc::channel();
+    let err = BufReader::new(serve.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    // A call that waits on the upstream for as long as the grace lasts.
+    std::thread::spawn(move || call(&addr, &key));
+    called
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call reached the upstream");
+    let signal = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal(serve.id());
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no word of the graceful shutdown");
+        if line.contains("shutting down gracefully") {
+            break;
+        }
+    }
+    signal(serve.id());
+    let status = serve.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}

@@ -88,20 +88,26 @@ impl BodyGate {
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
 /// than `timeout` to arrive (waiting for room in `gate` included). A body over
-/// [`UNCOUNTED_BYTES`] comes with the room it holds in `gate`.
+/// [`UNCOUNTED_BYTES`] comes with the room it holds in `gate`. `expects_continue`: the
+/// request carries `Expect: 100-continue` (its body comes only if it is read).
 pub async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
     gate: &BodyGate,
+    expects_continue: bool,
 ) -> Result<(Bytes, Option<BodyRoom>), GatewayError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let declared = axum::body::HttpBody::size_hint(&body)
         .exact()
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    // Declared too large: refused before a byte is read or any room taken.
-    if declared.is_some_and(|n| n > limit) {
-        discard_body(body, drain_limit(limit), timeout).await;
+    // Declared too large: refused without taking room. Its body is read and dropped
+    // first (so the answer reaches the caller), unless it is larger than that is worth,
+    // or the caller waits for a `100 Continue` before sending it (then it never does).
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        if n <= drain_limit(limit) && !expects_continue {
+            discard_body(body, drain_limit(limit), timeout).await;
+        }
         return Err(GatewayError::BodyTooLarge { limit });
     }
     let wanted = declared.unwrap_or(limit).min(limit);
@@ -233,14 +239,20 @@ mod tests {
     #[tokio::test]
     async fn body_limit_gives_413() {
         let gate = BodyGate::new(1 << 20);
-        let (ok, room) = read_body(Body::from("12345"), 5, Duration::from_secs(1), &gate)
+        let (ok, room) = read_body(Body::from("12345"), 5, Duration::from_secs(1), &gate, false)
             .await
             .unwrap();
         assert_eq!(&ok[..], b"12345");
         assert!(room.is_none());
-        let e = read_body(Body::from("123456"), 5, Duration::from_secs(1), &gate)
-            .await
-            .unwrap_err();
+        let e = read_body(
+            Body::from("123456"),
+            5,
+            Duration::from_secs(1),
+            &gate,
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e, GatewayError::BodyTooLarge { limit: 5 });
         assert_eq!(gate.held_bytes(), 0);
     }
@@ -259,30 +271,54 @@ mod tests {
         let gate = BodyGate::new(64 * 1024);
         let timeout = Duration::from_secs(5);
         // Declared: the room is the declared length, taken before reading.
-        let (a, room_a) = read_body(Body::from(vec![b'a'; 40_000]), 64 * 1024, timeout, &gate)
-            .await
-            .unwrap();
+        let (a, room_a) = read_body(
+            Body::from(vec![b'a'; 40_000]),
+            64 * 1024,
+            timeout,
+            &gate,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(a.len(), 40_000);
         assert!(room_a.is_some());
         assert_eq!(gate.held_bytes(), 40 * 1024);
         // Undeclared: room for the largest body while reading, trimmed to what came.
-        let (b, room_b) = read_body(undeclared(vec![b'b'; 10_000]), 24 * 1024, timeout, &gate)
-            .await
-            .unwrap();
+        let (b, room_b) = read_body(
+            undeclared(vec![b'b'; 10_000]),
+            24 * 1024,
+            timeout,
+            &gate,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(b.len(), 10_000);
         assert_eq!(gate.held_bytes(), (40 + 10) * 1024);
         // Small bodies take no room, even when none is left.
-        let (c, room_c) = read_body(Body::from(vec![b'c'; 8 * 1024]), 64 * 1024, timeout, &gate)
-            .await
-            .unwrap();
+        let (c, room_c) = read_body(
+            Body::from(vec![b'c'; 8 * 1024]),
+            64 * 1024,
+            timeout,
+            &gate,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(c.len(), 8 * 1024);
         assert!(room_c.is_none());
 
         // No room for another 20,000 bytes: it waits, and is refused at its deadline.
         let short = Duration::from_millis(50);
-        let e = read_body(Body::from(vec![b'd'; 20_000]), 64 * 1024, short, &gate)
-            .await
-            .unwrap_err();
+        let e = read_body(
+            Body::from(vec![b'd'; 20_000]),
+            64 * 1024,
+            short,
+            &gate,
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e, GatewayError::BodiesInFlight { limit: 64 * 1024 });
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), Some("server_busy"));
@@ -291,7 +327,16 @@ mod tests {
         // It goes ahead as soon as enough room is given back.
         let waiting = tokio::spawn({
             let gate = gate.clone();
-            async move { read_body(Body::from(vec![b'e'; 20_000]), 64 * 1024, timeout, &gate).await }
+            async move {
+                read_body(
+                    Body::from(vec![b'e'; 20_000]),
+                    64 * 1024,
+                    timeout,
+                    &gate,
+                    false,
+                )
+                .await
+            }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());

@@ -314,6 +314,7 @@ pub async fn commit_current(
 /// exists. The reservation, if any, settles with the call's real usage when the target
 /// serves it, and gives its tokens back when the target fails too
 /// ([`Reservation::release`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn fallback(
     limits: &Arc<Limits>,
     endpoint: Endpoint,
@@ -321,6 +322,7 @@ pub async fn fallback(
     requested: Option<&str>,
     preflight: &Preflight,
     default_output_tokens: u64,
+    reserve: f64,
 ) -> Result<Option<Reservation>, GatewayError> {
     if !endpoint.has_body() {
         return Ok(None);
@@ -340,7 +342,17 @@ pub async fn fallback(
         return Ok(None);
     }
     let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
-        let (input, output) = estimate_parts(endpoint, preflight, default_output_tokens);
+        let (input, output) = if preflight.body.len() > offload::INLINE_BYTES {
+            // A large body is counted off the I/O thread, as `plan` does.
+            let (model, body) = (model.unwrap_or_default().to_owned(), preflight.body.clone());
+            let input = offload::run(body.len(), move || {
+                tollgate_wire::tokens::estimate_input_json(&model, &body)
+            })
+            .await;
+            estimate_from(endpoint, preflight, default_output_tokens, input)
+        } else {
+            estimate_parts(endpoint, preflight, default_output_tokens)
+        };
         input.saturating_add(output)
     } else {
         0
@@ -351,7 +363,7 @@ pub async fn fallback(
         model: model.unwrap_or("this model"),
         spend: None,
     };
-    Ok(commit(limits, &plan, 0.0).await?.reservation)
+    Ok(commit(limits, &plan, reserve).await?.reservation)
 }
 
 impl Plan<'_> {
@@ -939,6 +951,71 @@ mod tests {
         assert_eq!(f.headers.remaining_tokens, Some(1_000 - 5 - 2 * reserved));
         // Requests are never given back.
         assert_eq!(f.headers.remaining_requests, Some(94));
+    }
+
+    #[tokio::test]
+    async fn a_fallback_model_is_admitted_against_its_own_rules_only() {
+        async fn now(l: &Arc<Limits>, model: &str) -> Admission {
+            let mut p = pre(BODY);
+            p.model = Some(model.into());
+            run(l, Endpoint::Responses, &principal(), &p, 4096, 0.0)
+                .await
+                .unwrap()
+        }
+        // A rule for the whole project, and one for the fallback's model.
+        let l = limits(&[
+            (None, Some(100), None),
+            (Some("gpt-4o-mini"), Some(10), Some(1_000)),
+        ]);
+        let who = principal();
+        let mut fell = pre(BODY);
+        fell.model = Some("gpt-4o-mini".into());
+        let take = |reserve| {
+            let requested = Some("gpt-4o");
+            fallback(
+                &l,
+                Endpoint::Responses,
+                &who,
+                requested,
+                &fell,
+                4096,
+                reserve,
+            )
+        };
+        let r = take(0.0)
+            .await
+            .unwrap()
+            .expect("gpt-4o-mini's rule governs it");
+        let reserved = r.reserved();
+        // gpt-4o-mini's own buckets were taken, the project's were not (the requested
+        // model's admission took those).
+        let a = now(&l, "gpt-4o-mini").await;
+        assert_eq!(a.headers.remaining_requests, Some(8));
+        assert_eq!(a.headers.remaining_tokens, Some(1_000 - 2 * reserved));
+        // Released (the fallback failed too): its tokens come back, its request not.
+        r.release();
+        a.reservation.unwrap().release();
+        let b = now(&l, "gpt-4o-mini").await;
+        assert_eq!(b.headers.remaining_requests, Some(7));
+        assert_eq!(b.headers.remaining_tokens, Some(1_000 - reserved));
+        // A batch call leaves the reserve: with half of 10 kept, 7 left admits 2 more.
+        b.reservation.unwrap().release();
+        assert!(take(0.5).await.is_ok());
+        assert!(take(0.5).await.is_ok());
+        assert!(matches!(take(0.5).await, Err(GatewayError::RateLimited(_))));
+        // No rule of the target's own: nothing to take.
+        let mut other = pre(BODY);
+        other.model = Some("gpt-4.1".into());
+        let none = fallback(
+            &l,
+            Endpoint::Responses,
+            &who,
+            Some("gpt-4o"),
+            &other,
+            4096,
+            0.0,
+        );
+        assert!(none.await.unwrap().is_none());
     }
 
     #[tokio::test]

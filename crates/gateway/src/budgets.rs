@@ -385,12 +385,13 @@ impl Counter {
     }
 }
 
-/// Whether counter `c` (rolled to the period starting at `start`, or later) governs a
-/// call accepted at `at_ms`: not when the counter was created after the call was
-/// accepted (a budget set meanwhile), nor when it has moved on to a later period (the
-/// call waited in its lane past midnight while another call rolled it). Such a call
-/// reserves nothing: it could not be settled against the period it belongs to, and
-/// its record still counts in that period's total.
+/// Whether memory counter `c` (rolled to the period starting at `start`, or later)
+/// governs a call accepted at `at_ms`: not when the counter was created after the call
+/// was accepted (a budget set meanwhile), nor when it has moved on to a later period
+/// (the call waited in its lane past midnight while another call rolled it). Such a
+/// call reserves nothing here: it could not be settled against the period it belongs
+/// to, and its record still counts in that period's total. (In Redis, where each
+/// period keeps its own counters, it is held against its own period: `seeds`.)
 fn governs(c: &Counter, start: i64, at_ms: i64) -> bool {
     c.since_ms <= at_ms && c.period_start_ms == start
 }
@@ -408,7 +409,15 @@ impl MemoryBudgetCounters {
                     .entry(d.key.clone())
                     .or_insert_with(|| Counter::new(start, at_ms));
                 c.roll(start);
-                (governs(c, start, at_ms), c.spent())
+                // In Redis the call's own period has counters of its own (settled by
+                // that period's start), so a counter here that has moved on to the
+                // next period does not stop it governing; it seeds nothing then.
+                let seed = if c.period_start_ms == start {
+                    c.spent()
+                } else {
+                    0
+                };
+                (c.since_ms <= at_ms, seed)
             })
             .collect()
     }

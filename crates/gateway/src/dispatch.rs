@@ -133,12 +133,18 @@ pub async fn send(
     } else {
         forwarded_with_body
     };
-    let path = preflight.upstream_path.as_deref().unwrap_or_else(|| {
-        parts
+    let with_query;
+    let path = match (&preflight.upstream_path, parts.uri.query()) {
+        (Some(p), Some(q)) => {
+            with_query = format!("{p}?{q}");
+            with_query.as_str()
+        }
+        (Some(p), None) => p.as_str(),
+        (None, _) => parts
             .uri
             .path_and_query()
-            .map_or(parts.uri.path(), |p| p.as_str())
-    });
+            .map_or(parts.uri.path(), |p| p.as_str()),
+    };
     // The upstream base URL already ends in /v1.
     let path = path.strip_prefix("/v1").unwrap_or(path);
     client

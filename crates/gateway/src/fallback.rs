@@ -331,9 +331,13 @@ async fn chained(
         let own = if i > 0 && target_pf.model != preflight.model {
             let (limits, requested) = (&gw.limits, preflight.model.as_deref());
             let out = gw.config.default_output_tokens;
-            match crate::admit::fallback(limits, endpoint, principal, requested, &target_pf, out)
-                .await
-            {
+            // A batch call leaves the target model's reserve to interactive ones too.
+            let lane = guard.record().lane.unwrap_or_default();
+            let reserve = gw.lanes.reserve(lane);
+            let own = crate::admit::fallback(
+                limits, endpoint, principal, requested, &target_pf, out, reserve,
+            );
+            match own.await {
                 Ok(own) => own,
                 Err(e) => {
                     tracing::info!(target = %target.label(), error = %e, "a rate limit of the target's model has no room: target skipped");

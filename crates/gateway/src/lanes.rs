@@ -16,14 +16,15 @@
 //!   under steady pressure on both of its rules it may wait longer than the requests
 //!   it arrived before. A request whose wait would end past
 //!   `lanes.batch_max_wait` (measured from its arrival) gets the usual 429 with
-//!   `retry-after` — at once when the bucket's own wait is already longer than that,
-//!   else when its time is up.
+//!   `retry-after` — at once when no queue holds it yet and the bucket's own wait is
+//!   already longer than that, else when its time is up.
 //!
 //! Fairness is FIFO per bucket: requests of every key that share a rule wait in
 //! arrival order, so a key that floods the queue delays the keys behind it, but no
-//! batch request overtakes an older one waiting in the same queue. (A newcomer tries
-//! once before joining the queue, so it may take room the head has not claimed yet;
-//! the head wakes exactly when room appears, so in practice it wins.)
+//! batch request overtakes an older one waiting in the same queue: a newcomer for
+//! whose buckets a queue exists joins it without trying first (room given back by a
+//! settlement would otherwise go to it before the head wakes). Each try after a wait
+//! counts with the rules as they are by then (`admit::commit_current`).
 //!
 //! A waiting request is a future like any other: when the client disconnects, the
 //! server drops it, which leaves the queue (the depth gauge's guard is released by
@@ -92,6 +93,14 @@ impl Lanes {
         }
     }
 
+    /// The share of every limit a request of `lane` must leave untouched.
+    pub fn reserve(&self, lane: Lane) -> f64 {
+        match lane {
+            Lane::Interactive => 0.0,
+            Lane::Batch => self.config.batch_reserve,
+        }
+    }
+
     /// The longest a batch request waits for capacity.
     pub fn max_wait(&self) -> std::time::Duration {
         self.config.batch_max_wait
@@ -122,10 +131,7 @@ impl Lanes {
         lane: Lane,
         arrived: Instant,
     ) -> Result<Admission, GatewayError> {
-        let reserve = match lane {
-            Lane::Interactive => 0.0,
-            Lane::Batch => self.config.batch_reserve,
-        };
+        let reserve = self.reserve(lane);
         let deadline = arrived + self.config.batch_max_wait;
         // A batch request that finds others waiting for one of its buckets queues
         // behind them: room given back (a settlement) would otherwise go to it, the

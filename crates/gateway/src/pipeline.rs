@@ -164,7 +164,11 @@ async fn checked(
     guard: &mut RecordGuard,
 ) -> Result<Preflight, GatewayError> {
     let (max, timeout) = (gw.config.max_body_bytes, gw.config.body_timeout);
-    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies).await?;
+    let expects_continue = parts
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies, expects_continue).await?;
     guard.hold_body(room);
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));

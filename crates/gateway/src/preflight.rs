@@ -152,11 +152,12 @@ fn percent_decoded(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `text` as a path segment: every byte but letters, digits and `-._~:@` escaped.
+/// `text` as a path: every byte but letters, digits, `/` (an id such as
+/// `meta-llama/Llama-3.1-8B` keeps its segments) and `-._~:@` escaped.
 fn percent_encoded(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~:@/".contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -232,6 +233,15 @@ pub fn run(
             // access lists judge that one; an alias goes to its target.
             let id = percent_decoded(raw).unwrap_or_else(|| raw.to_owned());
             match rules.route(project, env, &id)? {
+                // An alias whose target could step out of /v1/models is not followed
+                // in a path (`..` segments).
+                Some(target)
+                    if target
+                        .split('/')
+                        .any(|seg| seg.is_empty() || seg == "." || seg == "..") =>
+                {
+                    model = Some(id);
+                }
                 Some(target) => {
                     upstream_path = Some(format!("/v1/models/{}", percent_encoded(target)));
                     headers = HeaderValue::from_str(target)
@@ -634,7 +644,11 @@ mod tests {
             percent_encoded("ft:gpt-4o:org:x_1.2~"),
             "ft:gpt-4o:org:x_1.2~"
         );
-        assert_eq!(percent_encoded("a b/c%"), "a%20b%2Fc%25");
+        assert_eq!(percent_encoded("a b/c%"), "a%20b/c%25");
+        assert_eq!(
+            percent_encoded("meta-llama/Llama-3.1-8B"),
+            "meta-llama/Llama-3.1-8B"
+        );
     }
 
     #[test]

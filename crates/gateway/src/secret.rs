@@ -149,8 +149,9 @@ fn run_within(cmd: &str, limit: std::time::Duration) -> Result<String, SecretErr
         Ok(out) => out,
         Err(_) => {
             kill_group(&mut child);
-            done.recv()
-                .map_err(|_| SecretError::Exec("reading its output failed".into()))?
+            // A process that left the group (a daemon) may hold it still: not waited for.
+            done.recv_timeout(std::time::Duration::from_secs(1))
+                .map_err(|_| SecretError::Exec("its output was not closed".into()))?
         }
     };
     String::from_utf8(out).map_err(|_| SecretError::Exec("output is not UTF-8".into()))

@@ -257,6 +257,44 @@ async fn a_refused_large_upload_still_gets_its_answer() {
 }
 
 #[tokio::test]
+async fn a_body_declared_too_large_to_read_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_with(|c| c.server.max_body_bytes = Some(1 << 20)).await;
+    // Waiting for `100 Continue` (curl does, for large bodies), or declaring more than
+    // the gateway would read to drop: answered at once, and the body never sent.
+    for (length, expect) in [(20u64 << 20, true), (100 << 20, false)] {
+        let mut conn = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let expect = if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{expect}\r\n",
+            h.key
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before an answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            answered.is_ok(),
+            "no answer before the body ({length} bytes)"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    }
+    assert!(h.sim_requests().await.is_empty());
+}
+
+#[tokio::test]
 async fn unknown_fields_reach_the_upstream_byte_for_byte() {
     let h = start().await;
     let raw = r#"{"model":"gpt-4o-mini","input":"hi","metadata":{"a":"b"},"store":false,  "prompt_cache_key":"k1"}"#;

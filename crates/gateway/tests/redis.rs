@@ -1113,6 +1113,64 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
     assert_eq!((link.errors_total(), link.lost_total()), (0, 0));
 }
 
+/// In Redis each period keeps its own counters: a call accepted just before midnight
+/// and admitted after another call moved this replica's counter to the new day is
+/// still held against its own day (whose budget may be spent).
+#[tokio::test]
+async fn a_call_admitted_after_midnight_is_held_against_the_day_it_was_accepted_in_redis() {
+    let prefix = prefix();
+    let _ = redis_conn().await;
+    let config = redis_config(&redis_url(), &prefix, "local");
+    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
+    link.check().await;
+    assert!(link.is_up(), "the link did not reach the test Redis");
+    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
+        RedisBudgetCounters::new(link.clone()),
+    ));
+    let prod = budget_scope(Some("prod"));
+    let now = now_ms();
+    let midnight = BudgetPeriod::Day.bounds(now).1;
+    budgets.replace(vec![budget(&prod, 1_000)], &[], now - 1_000);
+    let demand = |amount: u64| SpendDemand {
+        key: (Arc::new(prod.clone()), BudgetPeriod::Day),
+        limit: 1_000,
+        soft_percent: 80,
+        amount,
+    };
+    let BudgetCounters::Redis(counters) = &budgets.counters else {
+        unreachable!()
+    };
+    // The day before midnight is spent already (another replica's calls).
+    let (today, _) = key_names(&prefix, &demand(0).key, BudgetPeriod::Day.bounds(now).0);
+    let _: () = redis::cmd("SET")
+        .arg(&today)
+        .arg(1_000)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    // A call just after midnight moves this replica's counter to the new day.
+    let (taken, _) = budgets
+        .counters
+        .reserve(&[demand(10)], midnight + 1)
+        .await
+        .unwrap();
+    assert_eq!(taken, [true]);
+    // One accepted a second before midnight is refused by its own day's budget.
+    let late = budgets
+        .counters
+        .reserve(&[demand(10)], midnight - 1_000)
+        .await;
+    let Err(SpendRefused::Denied(denied)) = late else {
+        panic!("the late call was not held against its day: {late:?}");
+    };
+    assert_eq!(denied.state.spent, 1_000);
+    let start = BudgetPeriod::Day.bounds(now).0;
+    assert_eq!(
+        counters.shared_state(&demand(0).key, start).await,
+        Some((1_000, 0))
+    );
+}
+
 /// A reservation nobody settles — its replica crashed mid-call, or an admission ran
 /// in Redis after its caller had timed out and admitted the call locally — stops
 /// holding budget once its epoch and the next are over, however busy the budget is:

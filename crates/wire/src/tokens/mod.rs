@@ -163,8 +163,9 @@ const PER_MESSAGE: usize = 3;
 /// Tokens that prime the assistant's reply.
 const REPLY_PRIMING: usize = 3;
 /// Members whose string values are structure, not text the model reads (a reasoning
-/// item's `encrypted_content` too: opaque, not text to count).
-const NOT_TEXT: [&str; 7] = [
+/// item's `encrypted_content` too: opaque, not text to count; and `file_id`, which
+/// also names files cited in replayed output, not only input files).
+const NOT_TEXT: [&str; 8] = [
     "type",
     "role",
     "id",
@@ -172,13 +173,14 @@ const NOT_TEXT: [&str; 7] = [
     "status",
     "detail",
     "encrypted_content",
+    "file_id",
 ];
 
-/// Members that carry or name an image, a file or audio (a URL, an id, or the bytes
-/// as base64): each counts [`MEDIA_TOKENS`], whatever its size. Counting base64 as
-/// text would make a 1 MB PDF look like hundreds of thousands of tokens and refuse it
-/// under any TPM limit; the call's real usage settles the difference either way.
-const MEDIA: [&str; 4] = ["image_url", "file_id", "file_data", "data"];
+/// Members that carry an image, a file or audio (a URL, or the bytes as base64): each
+/// counts [`MEDIA_TOKENS`], whatever its size. Counting base64 as text would make a
+/// 1 MB PDF look like hundreds of thousands of tokens and refuse it under any TPM
+/// limit; the call's real usage settles the difference either way.
+const MEDIA: [&str; 3] = ["image_url", "file_data", "data"];
 
 /// What one image or file counts in an estimate: a 1024×1024 image in high detail
 /// (OpenAI's published 85 + 4 × 170 tokens).
@@ -782,7 +784,6 @@ mod tests {
             serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}"), "detail": "high"}}),
             serde_json::json!({"type": "file", "file": {"file_data": format!("data:application/pdf;base64,{b64}")}}),
             serde_json::json!({"type": "input_audio", "input_audio": {"data": b64}}),
-            serde_json::json!({"type": "input_file", "file_id": "file-abc"}),
         ] {
             let with = base(serde_json::json!([
                 {"type": "text", "text": "what is this?"},
@@ -795,6 +796,12 @@ mod tests {
                 &media.to_string()[..60]
             );
         }
+        // A file by id, or a file cited by id in replayed output, counts nothing.
+        let by_id = base(serde_json::json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "input_file", "file_id": "file-abc"}
+        ]));
+        assert_eq!(by_id, text_only);
         // Chat's older `functions` count as `tools` do.
         let f = serde_json::json!([{"name": "lookup", "description": "Find an order by its id", "parameters": {"type": "object"}}]);
         let tools = estimate_input("gpt-4o", &serde_json::json!({ "tools": f }));
