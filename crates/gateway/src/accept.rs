@@ -88,25 +88,29 @@ impl BodyGate {
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes longer
 /// than `timeout` to arrive (waiting for room in `gate` included). A body over
-/// [`UNCOUNTED_BYTES`] comes with the room it holds in `gate`. `expects_continue`: the
-/// request carries `Expect: 100-continue` (its body comes only if it is read).
+/// [`UNCOUNTED_BYTES`] comes with the room it holds in `gate`. `headers`: the request's
+/// (`Expect: 100-continue`: its body comes only if it is read).
 pub async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
     gate: &BodyGate,
-    expects_continue: bool,
+    headers: &http::HeaderMap,
 ) -> Result<(Bytes, Option<BodyRoom>), GatewayError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let declared = axum::body::HttpBody::size_hint(&body)
         .exact()
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    // (The drains below are boxed: rare paths, kept out of every request's future.)
     // Declared too large: refused without taking room. Its body is read and dropped
     // first (so the answer reaches the caller), unless it is larger than that is worth,
     // or the caller waits for a `100 Continue` before sending it (then it never does).
     if let Some(n) = declared.filter(|&n| n > limit) {
+        let expects_continue = headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if n <= drain_limit(limit) && !expects_continue {
-            discard_body(body, drain_limit(limit), timeout).await;
+            Box::pin(discard_body(body, drain_limit(limit), timeout)).await;
         }
         return Err(GatewayError::BodyTooLarge { limit });
     }
@@ -118,7 +122,7 @@ pub async fn read_body(
             Err(busy) => {
                 // Read what was sent without keeping it, so the answer reaches the
                 // caller: closing a socket with unread data resets the connection.
-                discard_body(body, drain_limit(limit), timeout).await;
+                Box::pin(discard_body(body, drain_limit(limit), timeout)).await;
                 return Err(busy);
             }
         }
@@ -131,7 +135,7 @@ pub async fn read_body(
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             // The rest is read and dropped too (see above).
             drop(room);
-            discard_body(body, drain_limit(limit), timeout).await;
+            Box::pin(discard_body(body, drain_limit(limit), timeout)).await;
             return Err(GatewayError::BodyTooLarge { limit });
         }
         // The client went away, or sent a malformed body.
@@ -239,9 +243,15 @@ mod tests {
     #[tokio::test]
     async fn body_limit_gives_413() {
         let gate = BodyGate::new(1 << 20);
-        let (ok, room) = read_body(Body::from("12345"), 5, Duration::from_secs(1), &gate, false)
-            .await
-            .unwrap();
+        let (ok, room) = read_body(
+            Body::from("12345"),
+            5,
+            Duration::from_secs(1),
+            &gate,
+            &http::HeaderMap::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(&ok[..], b"12345");
         assert!(room.is_none());
         let e = read_body(
@@ -249,7 +259,7 @@ mod tests {
             5,
             Duration::from_secs(1),
             &gate,
-            false,
+            &http::HeaderMap::new(),
         )
         .await
         .unwrap_err();
@@ -276,7 +286,7 @@ mod tests {
             64 * 1024,
             timeout,
             &gate,
-            false,
+            &http::HeaderMap::new(),
         )
         .await
         .unwrap();
@@ -289,7 +299,7 @@ mod tests {
             24 * 1024,
             timeout,
             &gate,
-            false,
+            &http::HeaderMap::new(),
         )
         .await
         .unwrap();
@@ -301,7 +311,7 @@ mod tests {
             64 * 1024,
             timeout,
             &gate,
-            false,
+            &http::HeaderMap::new(),
         )
         .await
         .unwrap();
@@ -315,7 +325,7 @@ mod tests {
             64 * 1024,
             short,
             &gate,
-            false,
+            &http::HeaderMap::new(),
         )
         .await
         .unwrap_err();
@@ -333,7 +343,7 @@ mod tests {
                     64 * 1024,
                     timeout,
                     &gate,
-                    false,
+                    &http::HeaderMap::new(),
                 )
                 .await
             }

@@ -191,7 +191,7 @@ pub async fn relay(
     let declared = content_length(&reply.meta.headers);
     // A stream was asked for, but a JSON answer is read as one: an upstream that does
     // not stream this endpoint (`"stream": true` on embeddings) ignores the member.
-    let json = is_json(&reply.meta.headers);
+    let json = preflight.stream && is_json(&reply.meta.headers);
     let mut headers = relay_headers(std::mem::take(&mut reply.meta.headers), own_limits);
     for (name, value) in &preflight.headers {
         headers.insert(name.clone(), value.clone());

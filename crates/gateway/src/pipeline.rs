@@ -64,7 +64,9 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respo
             // Its body is read and dropped, so the answer reaches the caller (an
             // upload to an endpoint tollgate does not serve, say).
             let limit = accept::drain_limit(gw.config.max_body_bytes);
-            accept::discard_body(req.into_body(), limit, gw.config.body_timeout).await;
+            // Boxed: a rare path, kept out of every request's future.
+            let drain = accept::discard_body(req.into_body(), limit, gw.config.body_timeout);
+            Box::pin(drain).await;
             refusal.into_response()
         }
     };
@@ -164,11 +166,7 @@ async fn checked(
     guard: &mut RecordGuard,
 ) -> Result<Preflight, GatewayError> {
     let (max, timeout) = (gw.config.max_body_bytes, gw.config.body_timeout);
-    let expects_continue = parts
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies, expects_continue).await?;
+    let (body, room) = accept::read_body(body, max, timeout, &gw.bodies, &parts.headers).await?;
     guard.hold_body(room);
     let model_in_path =
         (endpoint == Endpoint::Model).then(|| parts.uri.path().trim_start_matches("/v1/models/"));
