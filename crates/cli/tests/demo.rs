@@ -31,6 +31,13 @@ fn spawn_demo(limits: &str, data: &Path) -> (Child, BufReader<ChildStdout>, Stri
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let (out, addr) = listening(&mut child);
+    (child, out, addr)
+}
+
+/// A started server's standard output, after its first line, and the address that
+/// line announces (`listening on http://ADDR`).
+fn listening(child: &mut Child) -> (BufReader<ChildStdout>, String) {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -39,7 +46,7 @@ fn spawn_demo(limits: &str, data: &Path) -> (Child, BufReader<ChildStdout>, Stri
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_owned();
-    (child, out, addr)
+    (out, addr)
 }
 
 /// Starts `serve --demo` in `data`; returns the child, its address and the printed key.
@@ -294,14 +301,7 @@ fn a_second_signal_stops_a_shutdown_that_cannot_finish() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(serve.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let (mut out, addr) = listening(&mut serve);
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let (said, log) = mpsc::channel();
     let err = BufReader::new(serve.stderr.take().unwrap());

@@ -630,7 +630,11 @@ impl Reservation {
             return;
         };
         let delta = i128::from(self.reserved) - i128::from(used);
-        let delta = i64::try_from(delta).unwrap_or(if delta > 0 { i64::MAX } else { i64::MIN });
+        self.give_back(i64::try_from(delta).unwrap_or(if delta > 0 { i64::MAX } else { i64::MIN }));
+    }
+
+    /// Gives `delta` tokens back to every bucket (takes them when negative).
+    fn give_back(&self, delta: i64) {
         if delta == 0 {
             return;
         }
@@ -650,16 +654,7 @@ impl Reservation {
     /// Gives every reserved token back: the call this reservation was for was not
     /// served under it (a fallback target that failed too). The request stays counted.
     pub fn release(self) {
-        let delta = i64::try_from(self.reserved).unwrap_or(i64::MAX);
-        if delta == 0 {
-            return;
-        }
-        let now = Instant::now();
-        for (key, limit) in &self.buckets {
-            self.limits
-                .counters
-                .adjust(key, *limit, delta, now, self.in_redis);
-        }
+        self.give_back(i64::try_from(self.reserved).unwrap_or(i64::MAX));
     }
 }
 

@@ -913,6 +913,20 @@ async fn redis_spent(prefix: &str, scope: &BudgetScope, now: i64) -> u64 {
     v.unwrap_or(0)
 }
 
+/// Budgets counted in the test Redis under `prefix` (`redis.on_failure = "local"`), and
+/// their link, up.
+async fn redis_budgets(prefix: &str) -> (Arc<RedisLink>, Budgets) {
+    let _ = redis_conn().await;
+    let config = redis_config(&redis_url(), prefix, "local");
+    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
+    link.check().await;
+    assert!(link.is_up(), "the link did not reach the test Redis");
+    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
+        RedisBudgetCounters::new(link.clone()),
+    ));
+    (link, budgets)
+}
+
 fn budget_scope(env: Option<&str>) -> BudgetScope {
     BudgetScope {
         project: "shop".into(),
@@ -935,14 +949,7 @@ fn budget(scope: &BudgetScope, daily: u64) -> Budget {
 #[tokio::test]
 async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() {
     let prefix = prefix();
-    let _ = redis_conn().await;
-    let config = redis_config(&redis_url(), &prefix, "local");
-    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
-    link.check().await;
-    assert!(link.is_up(), "the link did not reach the test Redis");
-    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
-        RedisBudgetCounters::new(link.clone()),
-    ));
+    let (link, budgets) = redis_budgets(&prefix).await;
     let (project, prod) = (budget_scope(None), budget_scope(Some("prod")));
     let now = now_ms();
     let start = BudgetPeriod::Day.bounds(now).0;
@@ -1119,14 +1126,7 @@ async fn the_budget_script_reserves_in_all_or_none_and_seeds_missing_counters() 
 #[tokio::test]
 async fn a_call_admitted_after_midnight_is_held_against_the_day_it_was_accepted_in_redis() {
     let prefix = prefix();
-    let _ = redis_conn().await;
-    let config = redis_config(&redis_url(), &prefix, "local");
-    let link = RedisLink::new(config.url.as_ref().unwrap(), &config).unwrap();
-    link.check().await;
-    assert!(link.is_up(), "the link did not reach the test Redis");
-    let budgets = Budgets::new(Arc::default()).with_counters(BudgetCounters::Redis(
-        RedisBudgetCounters::new(link.clone()),
-    ));
+    let (_link, budgets) = redis_budgets(&prefix).await;
     let prod = budget_scope(Some("prod"));
     let now = now_ms();
     let midnight = BudgetPeriod::Day.bounds(now).1;
