@@ -5,6 +5,8 @@
 //! and the calls recorded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -157,12 +159,7 @@ fn serve_demo_answers_the_printed_commands_and_mints_a_new_key_each_start() {
         "{}",
         String::from_utf8_lossy(&third.stderr)
     );
-    let listed = Command::new(bin())
-        .args(["keys", "list", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let keys: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let keys = support::json(dir.path(), &["keys", "list", "--json"]);
     let keys = keys.as_array().unwrap();
     assert_eq!(keys.len(), 2, "the failed start minted no key: {keys:?}");
     let active: Vec<_> = keys
@@ -261,8 +258,9 @@ fn a_second_signal_stops_a_shutdown_that_cannot_finish() {
     use std::sync::mpsc;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let created = Command::new(bin())
-        .args([
+    let created = support::json(
+        dir.path(),
+        &[
             "keys",
             "create",
             "--project",
@@ -270,14 +268,9 @@ fn a_second_signal_stops_a_shutdown_that_cannot_finish() {
             "--env",
             "dev",
             "--json",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(created.status.success());
-    let key: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
+        ],
+    );
+    let key = created["key"].as_str().unwrap().to_owned();
     // An upstream that takes connections and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = silent.local_addr().unwrap();

@@ -223,6 +223,16 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
+    /// [`read_body`] of a request without an `Expect` header.
+    async fn read(
+        body: Body,
+        limit: usize,
+        timeout: Duration,
+        gate: &BodyGate,
+    ) -> Result<(Bytes, Option<BodyRoom>), GatewayError> {
+        read_body(body, limit, timeout, gate, &http::HeaderMap::new()).await
+    }
+
     #[test]
     fn request_ids_look_like_openai_ones() {
         let id = request_id();
@@ -243,26 +253,14 @@ mod tests {
     #[tokio::test]
     async fn body_limit_gives_413() {
         let gate = BodyGate::new(1 << 20);
-        let (ok, room) = read_body(
-            Body::from("12345"),
-            5,
-            Duration::from_secs(1),
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+        let (ok, room) = read(Body::from("12345"), 5, Duration::from_secs(1), &gate)
+            .await
+            .unwrap();
         assert_eq!(&ok[..], b"12345");
         assert!(room.is_none());
-        let e = read_body(
-            Body::from("123456"),
-            5,
-            Duration::from_secs(1),
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap_err();
+        let e = read(Body::from("123456"), 5, Duration::from_secs(1), &gate)
+            .await
+            .unwrap_err();
         assert_eq!(e, GatewayError::BodyTooLarge { limit: 5 });
         assert_eq!(gate.held_bytes(), 0);
     }
@@ -281,54 +279,30 @@ mod tests {
         let gate = BodyGate::new(64 * 1024);
         let timeout = Duration::from_secs(5);
         // Declared: the room is the declared length, taken before reading.
-        let (a, room_a) = read_body(
-            Body::from(vec![b'a'; 40_000]),
-            64 * 1024,
-            timeout,
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+        let (a, room_a) = read(Body::from(vec![b'a'; 40_000]), 64 * 1024, timeout, &gate)
+            .await
+            .unwrap();
         assert_eq!(a.len(), 40_000);
         assert!(room_a.is_some());
         assert_eq!(gate.held_bytes(), 40 * 1024);
         // Undeclared: room for the largest body while reading, trimmed to what came.
-        let (b, room_b) = read_body(
-            undeclared(vec![b'b'; 10_000]),
-            24 * 1024,
-            timeout,
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+        let (b, room_b) = read(undeclared(vec![b'b'; 10_000]), 24 * 1024, timeout, &gate)
+            .await
+            .unwrap();
         assert_eq!(b.len(), 10_000);
         assert_eq!(gate.held_bytes(), (40 + 10) * 1024);
         // Small bodies take no room, even when none is left.
-        let (c, room_c) = read_body(
-            Body::from(vec![b'c'; 8 * 1024]),
-            64 * 1024,
-            timeout,
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+        let (c, room_c) = read(Body::from(vec![b'c'; 8 * 1024]), 64 * 1024, timeout, &gate)
+            .await
+            .unwrap();
         assert_eq!(c.len(), 8 * 1024);
         assert!(room_c.is_none());
 
         // No room for another 20,000 bytes: it waits, and is refused at its deadline.
         let short = Duration::from_millis(50);
-        let e = read_body(
-            Body::from(vec![b'd'; 20_000]),
-            64 * 1024,
-            short,
-            &gate,
-            &http::HeaderMap::new(),
-        )
-        .await
-        .unwrap_err();
+        let e = read(Body::from(vec![b'd'; 20_000]), 64 * 1024, short, &gate)
+            .await
+            .unwrap_err();
         assert_eq!(e, GatewayError::BodiesInFlight { limit: 64 * 1024 });
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), Some("server_busy"));
@@ -337,16 +311,7 @@ mod tests {
         // It goes ahead as soon as enough room is given back.
         let waiting = tokio::spawn({
             let gate = gate.clone();
-            async move {
-                read_body(
-                    Body::from(vec![b'e'; 20_000]),
-                    64 * 1024,
-                    timeout,
-                    &gate,
-                    &http::HeaderMap::new(),
-                )
-                .await
-            }
+            async move { read(Body::from(vec![b'e'; 20_000]), 64 * 1024, timeout, &gate).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());

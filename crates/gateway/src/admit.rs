@@ -116,6 +116,16 @@ impl<'a> Plan<'a> {
         }
         let model = preflight.model.as_deref();
         let rules = set.matching(&principal.project, &principal.env, &principal.key_id, model);
+        Self::from_rules(rules, model, estimate)
+    }
+
+    /// The plan of `rules` for a call to `model`: the estimate (input, output) is
+    /// made only when a rule counts tokens.
+    fn from_rules(
+        rules: Vec<Rule>,
+        model: Option<&'a str>,
+        estimate: impl FnOnce() -> (u64, u64),
+    ) -> Self {
         let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
             let (input, output) = estimate();
             input.saturating_add(output)
@@ -195,15 +205,7 @@ pub async fn plan<'a>(
         if !needed.get() {
             return Ok(first);
         }
-        let input = {
-            let model = preflight.model.clone().unwrap_or_default();
-            let body = preflight.body.clone();
-            offload::run(body.len(), move || {
-                tollgate_wire::tokens::estimate_input_json(&model, &body)
-            })
-            .await
-        };
-        let parts = estimate_from(endpoint, preflight, default_output_tokens, input);
+        let parts = estimate_off_thread(endpoint, preflight, default_output_tokens).await;
         return plan_with(
             limits,
             budgets,
@@ -341,29 +343,31 @@ pub async fn fallback(
     if rules.is_empty() {
         return Ok(None);
     }
-    let tokens = if rules.iter().any(|r| r.tpm.is_some()) {
-        let (input, output) = if preflight.body.len() > offload::INLINE_BYTES {
-            // A large body is counted off the I/O thread, as `plan` does.
-            let (model, body) = (model.unwrap_or_default().to_owned(), preflight.body.clone());
-            let input = offload::run(body.len(), move || {
-                tollgate_wire::tokens::estimate_input_json(&model, &body)
-            })
-            .await;
-            estimate_from(endpoint, preflight, default_output_tokens, input)
-        } else {
-            estimate_parts(endpoint, preflight, default_output_tokens)
-        };
-        input.saturating_add(output)
+    // A large body is counted off the I/O thread, as `plan` does.
+    let parts = if !rules.iter().any(|r| r.tpm.is_some()) {
+        (0, 0)
+    } else if preflight.body.len() > offload::INLINE_BYTES {
+        estimate_off_thread(endpoint, preflight, default_output_tokens).await
     } else {
-        0
+        estimate_parts(endpoint, preflight, default_output_tokens)
     };
-    let plan = Plan {
-        rules,
-        tokens,
-        model: model.unwrap_or("this model"),
-        spend: None,
-    };
+    let plan = Plan::from_rules(rules, model, || parts);
     Ok(commit(limits, &plan, reserve).await?.reservation)
+}
+
+/// [`estimate_parts`] with the input counted on the offload pool (a large body).
+async fn estimate_off_thread(
+    endpoint: Endpoint,
+    preflight: &Preflight,
+    default_output_tokens: u64,
+) -> (u64, u64) {
+    let model = preflight.model.clone().unwrap_or_default();
+    let body = preflight.body.clone();
+    let input = offload::run(body.len(), move || {
+        tollgate_wire::tokens::estimate_input_json(&model, &body)
+    })
+    .await;
+    estimate_from(endpoint, preflight, default_output_tokens, input)
 }
 
 impl Plan<'_> {

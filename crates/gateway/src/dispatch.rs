@@ -197,7 +197,7 @@ pub async fn relay(
         headers.insert(name.clone(), value.clone());
     }
     let streaming = status.is_success() && preflight.stream && !json;
-    if status.is_success() && preflight.stream && json {
+    if status.is_success() && json {
         guard.record().streamed = false;
     }
     if streaming {

@@ -42,14 +42,13 @@ use crate::dispatch::{self, Reply};
 use crate::error::GatewayError;
 use crate::fallback_config::{OfflineConfig, TargetConfig, OFFLINE};
 use crate::keys::Principal;
-use crate::preflight::{Endpoint, Preflight};
+use crate::preflight::{model_header, Endpoint, Preflight, MODEL_HEADER};
 use crate::record::RecordGuard;
 use crate::server::Gateway;
 use crate::throttle::Flight;
 use crate::upstream::Upstream;
 
 const SERVED_BY: HeaderName = HeaderName::from_static("x-tollgate-served-by");
-const MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
 /// `served_by` of an answer the response cache gave for a failed call.
 pub const CACHE: &str = "cache";
 
@@ -504,10 +503,8 @@ fn retarget(preflight: &Preflight, model: Option<&str>) -> Result<Preflight, Gat
     if let Some(plan) = out.cache.as_mut() {
         plan.not_this_request();
     }
-    out.headers.retain(|(n, _)| n != MODEL);
-    if let Ok(v) = HeaderValue::from_str(model) {
-        out.headers.push((MODEL, v));
-    }
+    out.headers.retain(|(n, _)| n != MODEL_HEADER);
+    out.headers.extend(model_header(model));
     Ok(out)
 }
 

@@ -266,7 +266,6 @@ fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
 
 /// Loads the cache now and returns the version it reflects.
 pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
-    let _loading = cache.loading.lock().await;
     let version = store.keys_version().await?;
     reload(cache, store).await?;
     Ok(version)
@@ -275,6 +274,7 @@ pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
 /// Reads the keys and credential references, resolves the references in use (on a
 /// blocking thread: files and commands), then swaps the map. Returns the key count.
 async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
+    let _loading = cache.loading.lock().await;
     let keys = store.active_keys().await?;
     let refs = store.credential_refs().await?;
     let auto_suspend = store
@@ -341,10 +341,7 @@ async fn poll(
         },
         || {
             let (cache, store) = (cache.clone(), store.clone());
-            async move {
-                let _loading = cache.loading.lock().await;
-                reload(&cache, &store).await
-            }
+            async move { reload(&cache, &store).await }
         },
     )
     .await;

@@ -130,6 +130,14 @@ impl Preflight {
     }
 }
 
+/// The header naming the model an alias (or a fallback) sent the call to.
+pub(crate) const MODEL_HEADER: HeaderName = HeaderName::from_static("x-tollgate-model");
+
+/// [`MODEL_HEADER`] for `model` (none for a name that is not a header value).
+pub(crate) fn model_header(model: &str) -> Option<(HeaderName, HeaderValue)> {
+    HeaderValue::from_str(model).ok().map(|v| (MODEL_HEADER, v))
+}
+
 /// `text` with its percent-encoding undone; `None` when an escape is malformed or the
 /// bytes are not UTF-8.
 fn percent_decoded(text: &str) -> Option<String> {
@@ -244,9 +252,7 @@ pub fn run(
                 }
                 Some(target) => {
                     upstream_path = Some(format!("/v1/models/{}", percent_encoded(target)));
-                    headers = HeaderValue::from_str(target)
-                        .map(|v| vec![(HeaderName::from_static("x-tollgate-model"), v)])
-                        .unwrap_or_default();
+                    headers.extend(model_header(target));
                     model = Some(target.to_owned());
                     alias = Some(id);
                 }
@@ -338,9 +344,7 @@ pub fn run(
         body
     };
     let headers = match (&alias, &model) {
-        (Some(_), Some(m)) => HeaderValue::from_str(m)
-            .map(|v| vec![(HeaderName::from_static("x-tollgate-model"), v)])
-            .unwrap_or_default(),
+        (Some(_), Some(m)) => model_header(m).into_iter().collect(),
         _ => Vec::new(),
     };
     Ok(Preflight {

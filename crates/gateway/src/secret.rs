@@ -52,11 +52,7 @@ impl SecretRef {
         if rest.is_empty() {
             return Err(SecretError::Empty(format!("{scheme}:")));
         }
-        let name_like = |n: &str| {
-            n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !n.as_bytes()[0].is_ascii_digit()
-        };
-        if scheme == "env" && !name_like(rest) {
+        if scheme == "env" && !tollgate_store::is_env_var_name(rest) {
             return Err(SecretError::EnvName);
         }
         Ok(make(rest.to_owned()))

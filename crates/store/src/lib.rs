@@ -1065,6 +1065,13 @@ fn validate_cap(cap: &OutputCap) -> Result<()> {
     }
 }
 
+/// Whether `name` can be an environment variable's name (what `env:NAME` takes):
+/// letters, digits and `_`, not starting with a digit.
+pub fn is_env_var_name(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+}
+
 /// A provider credential is stored as a secret reference, never as a value:
 /// `env:NAME` (an environment variable name), `file:PATH` or `exec:COMMAND`, at most
 /// 512 characters without control characters.
@@ -1072,9 +1079,7 @@ pub fn validate_secret_ref(reference: &str) -> Result<()> {
     let body = ["env:", "file:", "exec:"]
         .iter()
         .find_map(|scheme| reference.strip_prefix(scheme));
-    let env_name_ok = reference
-        .strip_prefix("env:")
-        .is_none_or(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let env_name_ok = reference.strip_prefix("env:").is_none_or(is_env_var_name);
     let ok = body.is_some_and(|b| !b.trim().is_empty())
         && env_name_ok
         && reference.len() <= 512

@@ -1078,7 +1078,15 @@ async fn provider_credentials_are_references_resolved_env_then_project(db: &Test
         .create_project("shop", None, 1_000, &cli())
         .await
         .unwrap();
-    for bad in ["sk-live-1234", "env:", "env:A B", "http://x", "file:"] {
+    for bad in [
+        "sk-live-1234",
+        "env:",
+        "env:A B",
+        "env:1KEY",
+        "env:sk-live-1234",
+        "http://x",
+        "file:",
+    ] {
         let before = store.keys_version().await.unwrap();
         assert!(
             matches!(
