@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -41,6 +41,8 @@ pub struct UsageSink {
     anomaly: Option<Arc<Detector>>,
     /// Records the writer has written so far (for `/metrics`).
     written: Arc<AtomicU64>,
+    /// Whether the writer's last attempt to write a batch failed (for `/readyz`).
+    failing: Arc<AtomicBool>,
     /// Prices each record as it is enqueued: the catalog when the call ended.
     catalog: Arc<LiveCatalog>,
 }
@@ -70,11 +72,12 @@ impl UsageSink {
     ) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_batches(
             store,
             rx,
             batch_size.max(1),
-            written.clone(),
+            (written.clone(), failing.clone()),
             (catalog.clone(), budgets),
         ));
         let sink = Self {
@@ -82,6 +85,7 @@ impl UsageSink {
             background: tokio::runtime::Handle::current(),
             anomaly: None,
             written,
+            failing,
             catalog,
         };
         (sink, writer)
@@ -100,6 +104,18 @@ impl UsageSink {
     /// The queue's capacity.
     pub fn queue_capacity(&self) -> usize {
         self.tx.max_capacity()
+    }
+
+    /// Whether records are getting through: the writer's last write failed (it keeps
+    /// retrying the batch), or the queue is full (requests wait for room).
+    pub fn health(&self) -> UsageHealth {
+        if self.failing.load(Ordering::Relaxed) {
+            UsageHealth::Failing
+        } else if self.tx.capacity() == 0 {
+            UsageHealth::Backlogged
+        } else {
+            UsageHealth::Ok
+        }
     }
 
     /// Also reports each finished call's tokens to `detector`.
@@ -181,6 +197,28 @@ impl UsageSink {
     }
 }
 
+/// How the usage path stands ([`UsageSink::health`]), for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageHealth {
+    /// Records are written as they come.
+    Ok,
+    /// The queue is full: finished requests wait for room before they answer.
+    Backlogged,
+    /// The writer's last write failed; it retries the batch with backoff.
+    Failing,
+}
+
+impl UsageHealth {
+    /// The word `/readyz` reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Backlogged => "backlogged",
+            Self::Failing => "failing",
+        }
+    }
+}
+
 /// How long the writer lets records gather after the first of a batch, so a steady
 /// trickle becomes a few transactions a second rather than one per request.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -195,7 +233,7 @@ async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
-    counter: Arc<AtomicU64>,
+    (counter, failing): (Arc<AtomicU64>, Arc<AtomicBool>),
     (catalog, budgets): (Arc<LiveCatalog>, Arc<Budgets>),
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
@@ -218,9 +256,14 @@ async fn write_batches(
             match store.insert_usage(&batch).await {
                 Ok(()) => {
                     budgets.written(&batch);
+                    if failing.load(Ordering::Relaxed) {
+                        failing.store(false, Ordering::Relaxed);
+                        tracing::info!(records = batch.len(), "usage writes succeed again");
+                    }
                     break;
                 }
                 Err(e) => {
+                    failing.store(true, Ordering::Relaxed);
                     tracing::warn!(error = %e, records = batch.len(), "usage write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -474,6 +517,39 @@ mod tests {
             "a cancelled request's record was lost"
         );
         assert_eq!(store.usage_records(0).await.unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn health_says_backlogged_while_the_queue_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_data_dir(dir.path()).await.unwrap();
+        let catalog: Arc<LiveCatalog> = Arc::default();
+        let budgets = Arc::new(Budgets::new(catalog.clone()));
+        let (sink, writer) =
+            UsageSink::start_with_budgets(store.clone(), 2, 1, catalog, budgets.clone());
+        assert_eq!(sink.health(), UsageHealth::Ok);
+        // The writer stalls before writing (the budgets' gate is held): its batch of one
+        // is out of the queue, and two more fill the queue.
+        let gate = budgets.gate().lock().await;
+        sink.send(rec("a")).await;
+        let taken = tokio::time::timeout(Duration::from_secs(10), async {
+            while sink.queue_depth() > 0 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(taken.await.is_ok(), "the writer did not take its batch");
+        sink.send(rec("b")).await;
+        sink.send(rec("c")).await;
+        assert_eq!(sink.health(), UsageHealth::Backlogged);
+        drop(gate);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while sink.health() != UsageHealth::Ok {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(drained.await.is_ok(), "the queue did not drain");
+        drop(sink);
+        assert_eq!(writer.await.unwrap(), 3);
     }
 
     #[tokio::test]

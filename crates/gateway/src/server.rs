@@ -48,7 +48,7 @@ use crate::keys::{self, KeyCache};
 use crate::lanes::Lanes;
 use crate::limits::{self, Counters, Limits, RedisCounters};
 use crate::pipeline;
-use crate::record::UsageSink;
+use crate::record::{UsageHealth, UsageSink};
 use crate::redis_link::RedisLink;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
@@ -173,15 +173,24 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    let store_ok = gw.store.ping().await.is_ok();
-    let status = if store_ok {
+    // A store that does not answer (a partitioned database) is as unready as one that
+    // refuses: the check has its own deadline, so a probe never hangs.
+    let ping = tokio::time::timeout(READY_PING_TIMEOUT, gw.store.ping()).await;
+    let store_ok = matches!(ping, Ok(Ok(())));
+    // Usage records that cannot be written, or a full queue that holds finished
+    // requests back, make the replica unready too: a balancer then sends its traffic
+    // to the others while it catches up.
+    let usage = gw.usage.health();
+    let ready = store_ok && usage == UsageHealth::Ok;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut body = serde_json::json!({
-        "status": if store_ok { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "store": if store_ok { "ok" } else { "unreachable" },
+        "usage": usage.as_str(),
         "upstream": gw.upstream.base_url(),
         "keys": gw.keys.len(),
     });
@@ -196,6 +205,9 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     )
         .into_response()
 }
+
+/// How long `/readyz` waits for the store to answer.
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs a gateway on `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn serve(

@@ -549,6 +549,60 @@ async fn health_endpoints_answer() {
 }
 
 #[tokio::test]
+async fn readyz_is_503_while_usage_records_cannot_be_written_and_200_once_they_can() {
+    let h = start_with(|c| c.usage.batch_size = Some(1)).await;
+    // A second connection to the data directory's database makes every usage insert
+    // fail, as a full disk or a broken database would.
+    let file = h.data_dir().join(tollgate_store::SQLITE_FILE);
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_usage BEFORE INSERT ON usage \
+         BEGIN SELECT RAISE(ABORT, 'usage refused by the test'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let ready = || async {
+        let res = h.http.get(h.url("/readyz")).send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let res = h.post("/v1/chat/completions", body).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the call itself does not wait on the store"
+    );
+    let unready = eventually(Duration::from_secs(10), || async { ready().await.0 == 503 }).await;
+    assert!(
+        unready.is_some(),
+        "still ready while records cannot be written"
+    );
+    let (_, v) = ready().await;
+    assert_eq!(v["status"], "not_ready");
+    assert_eq!(v["store"], "ok");
+    assert_eq!(v["usage"], "failing");
+    // The store takes writes again: the held record goes in, and the replica is ready.
+    sqlx::query("DROP TRIGGER refuse_usage")
+        .execute(&db)
+        .await
+        .unwrap();
+    let ready_again =
+        eventually(Duration::from_secs(15), || async { ready().await.0 == 200 }).await;
+    assert!(
+        ready_again.is_some(),
+        "not ready again: {}",
+        ready().await.1
+    );
+    assert_eq!(ready().await.1["usage"], "ok");
+    assert_eq!(h.store.usage_records(0).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn idle_and_slow_header_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = start_with(|c| c.server.header_timeout_ms = Some(200)).await;

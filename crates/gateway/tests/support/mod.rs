@@ -28,7 +28,7 @@ pub struct Harness {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<ServeReport, StartError>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 pub async fn start() -> Harness {
@@ -80,7 +80,7 @@ pub async fn start_with_sim(sim: SimConfig, tweak: impl FnOnce(&mut RawConfig)) 
         http: reqwest::Client::new(),
         stop: Some(tx),
         join: Some(join),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -101,6 +101,11 @@ impl Harness {
                 .parse()
                 .ok()
         })
+    }
+
+    /// The gateway's data directory (its SQLite file is there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {
