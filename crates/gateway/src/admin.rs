@@ -557,18 +557,21 @@ pub(crate) async fn project_json(gw: &Gateway, project: &str) -> Result<Value, G
         .project_detail(project)
         .await
         .map_err(store_error)?;
-    let default = d.project.upstream_api_key.clone();
+    // References as others may see them: an exec: command's arguments stay hidden.
+    let shown = |r: &Option<String>| r.as_deref().map(tollgate_store::shown_secret_ref);
+    let default = shown(&d.project.upstream_api_key);
     let envs: Vec<Value> = d
         .envs
         .iter()
         .map(|e| {
-            let (used, from) = match (&e.upstream_api_key, &default) {
+            let own = shown(&e.upstream_api_key);
+            let (used, from) = match (&own, &default) {
                 (Some(r), _) => (Some(r.clone()), "environment"),
                 (None, Some(r)) => (Some(r.clone()), "project"),
                 (None, None) => (None, "global"),
             };
             json!({
-                "env": e.env, "upstream_api_key": e.upstream_api_key,
+                "env": e.env, "upstream_api_key": own,
                 "credential_used": used, "credential_source": from,
                 "active_keys": e.active_keys,
             })
@@ -615,6 +618,10 @@ async fn set_env_credential(
         if let Some(r) = reference {
             // The message never echoes the value: it may be a pasted secret.
             tollgate_store::validate_secret_ref(r).map_err(|e| invalid(e.to_string(), "ref"))?;
+            // A project's admin may not run commands or read files on the host.
+            if let Some(scheme) = ["exec:", "file:"].into_iter().find(|s| r.starts_with(s)) {
+                return Err(GatewayError::HostCredentialRef { scheme });
+            }
         }
         gw.store
             .set_env_credential(&p.project, &env, reference, now_ms(), &actor)

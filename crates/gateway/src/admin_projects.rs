@@ -138,7 +138,8 @@ async fn list_projects(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Re
                 json!({
                     "object": "project", "name": p.name, "created_at_ms": p.created_at_ms,
                     "max_key_age_ms": p.effective_max_key_age_ms(),
-                    "upstream_api_key": p.upstream_api_key,
+                    "upstream_api_key": p.upstream_api_key.as_deref()
+                        .map(tollgate_store::shown_secret_ref),
                     "anomaly_auto_suspend": p.anomaly_auto_suspend,
                     "anomaly_auto_suspend_effective": p.anomaly_auto_suspend
                         .unwrap_or(gw.config.anomaly.auto_suspend),

@@ -69,6 +69,11 @@ pub enum GatewayError {
     /// (or, to read, a viewer) of the reserved `_gateway` project.
     #[error("gateway admin only")]
     GatewayAdminOnly { action: &'static str },
+    /// A project admin asked, over the admin API, for a credential reference that
+    /// runs a command or reads a file on the gateway's host (`exec:`, `file:`): only
+    /// an operator may, with the CLI on the host.
+    #[error("host credential reference over the admin API")]
+    HostCredentialRef { scheme: &'static str },
     /// An admin API object that does not exist in the caller's project.
     #[error("{what} not found")]
     NotFound { what: &'static str, id: String },
@@ -215,7 +220,9 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady { .. } | Self::BodiesInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => StatusCode::FORBIDDEN,
+            Self::AdminForbidden { .. }
+            | Self::GatewayAdminOnly { .. }
+            | Self::HostCredentialRef { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. }
             | Self::LimiterUnavailable
@@ -234,7 +241,8 @@ impl GatewayError {
             | Self::KeySuspended { .. }
             | Self::SuspendedKey { .. }
             | Self::AdminForbidden { .. }
-            | Self::GatewayAdminOnly { .. } => "permission_error",
+            | Self::GatewayAdminOnly { .. }
+            | Self::HostCredentialRef { .. } => "permission_error",
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::Internal
@@ -268,9 +276,9 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::NotReady { .. } => Some("not_ready"),
             Self::BodiesInFlight { .. } => Some("server_busy"),
-            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => {
-                Some("permission_denied")
-            }
+            Self::AdminForbidden { .. }
+            | Self::GatewayAdminOnly { .. }
+            | Self::HostCredentialRef { .. } => Some("permission_denied"),
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
             Self::CredentialRejected { .. } => Some("provider_credential_rejected"),
@@ -319,7 +327,9 @@ impl GatewayError {
             Self::NotReady { .. } => "not_ready",
             Self::BodiesInFlight { .. } => "bodies_in_flight",
             Self::Internal => "internal",
-            Self::AdminForbidden { .. } | Self::GatewayAdminOnly { .. } => "admin_forbidden",
+            Self::AdminForbidden { .. }
+            | Self::GatewayAdminOnly { .. }
+            | Self::HostCredentialRef { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
             Self::CredentialRejected { .. } => "provider_credential_rejected",
@@ -442,6 +452,12 @@ impl GatewayError {
                 "Only a key of the reserved _gateway project (role admin; viewer to read) may \
                  {action} over the admin API; this key belongs to a project. Create one with \
                  `tollgate keys create --project _gateway --env prod --role admin`."
+            ),
+            Self::HostCredentialRef { scheme } => format!(
+                "A {scheme} reference runs a command or reads a file on the gateway's host, \
+                 so the admin API takes only env:NAME references. An operator sets {scheme} \
+                 references on the host: `tollgate projects set-credential PROJECT --env ENV \
+                 --ref {scheme}...`."
             ),
             Self::NotFound { what: "project", id } => {
                 format!("No project {id:?}. List projects with GET /admin/v1/projects.")

@@ -181,13 +181,7 @@ impl fmt::Display for SecretRef {
             Self::File(p) => write!(f, "file:{p}"),
             // The command line itself may embed credentials: show only its program
             // (not a leading `NAME=value` assignment, which may be a token).
-            Self::Exec(c) => {
-                let program = c
-                    .split_whitespace()
-                    .find(|w| !w.contains('='))
-                    .unwrap_or("");
-                write!(f, "exec:{program} …")
-            }
+            Self::Exec(c) => f.write_str(&tollgate_store::shown_secret_ref(&format!("exec:{c}"))),
         }
     }
 }

@@ -204,6 +204,15 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["param"], "ref", "{bad}: {body}");
     }
+    // A project's admin may not run a command or read a file on the gateway's host.
+    for host_ref in ["exec:id > /tmp/owned; echo sk-x", "file:/etc/passwd"] {
+        let (code, body) = put(admin_key.clone(), json!({ "ref": host_ref })).await;
+        assert_eq!(code, 403, "{host_ref}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "permission_denied", "{body}");
+        assert!(body.contains("tollgate projects set-credential"), "{body}");
+        assert!(!body.contains(host_ref), "the value was echoed: {body}");
+    }
     // A bad environment name in the path.
     let res = h
         .http
@@ -255,5 +264,23 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     assert!(changes.iter().all(|a| a.target == "shop/prod"
         && a.source.starts_with("admin-api")
         && a.actor.starts_with("key:")));
+
+    // An operator's exec: reference may carry a token in its command line: readers of
+    // the project and of the audit log see its program only.
+    let command = "exec:VAULT_TOKEN=hvs.s3cr3t vault read -field=key secret/openai";
+    h.store
+        .set_env_credential("shop", "staging", Some(command), 1, &admin())
+        .await
+        .unwrap();
+    let (_, body) = get(viewer_key.clone()).await;
+    assert!(
+        !body.contains("s3cr3t") && !body.contains("secret/openai"),
+        "{body}"
+    );
+    assert!(body.contains("exec:vault …"), "{body}");
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.action, "project.set_env_credential");
+    assert!(!last.detail.contains("s3cr3t"), "{}", last.detail);
     h.stop().await;
 }

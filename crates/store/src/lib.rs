@@ -1095,6 +1095,22 @@ pub fn validate_secret_ref(reference: &str) -> Result<()> {
     }
 }
 
+/// A stored secret reference as others may see it (the admin API, audit details,
+/// logs): an `exec:` command shows its program only, since its arguments (or a
+/// leading `NAME=value`) may hold a token; `env:` and `file:` show as they are.
+pub fn shown_secret_ref(reference: &str) -> String {
+    match reference.strip_prefix("exec:") {
+        Some(command) => {
+            let program = command
+                .split_whitespace()
+                .find(|w| !w.contains('='))
+                .unwrap_or("");
+            format!("exec:{program} …")
+        }
+        None => reference.to_owned(),
+    }
+}
+
 /// The audit detail for a change: a JSON object as text.
 pub(crate) fn detail(value: serde_json::Value) -> String {
     value.to_string()

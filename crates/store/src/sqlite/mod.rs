@@ -242,7 +242,7 @@ impl SqliteStore {
             return Err(StoreError::Conflict(format!("project {name:?} exists")));
         }
         let d = detail(serde_json::json!({
-            "upstream_api_key": settings.upstream_api_key,
+            "upstream_api_key": settings.upstream_api_key.as_deref().map(crate::shown_secret_ref),
             "max_key_age_ms": settings.max_key_age_ms,
             "anomaly_auto_suspend": settings.anomaly_auto_suspend,
         }));
@@ -389,7 +389,8 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         let target = format!("{name}/{env}");
-        let d = detail(serde_json::json!({ "upstream_api_key": reference }));
+        let shown = reference.map(crate::shown_secret_ref);
+        let d = detail(serde_json::json!({ "upstream_api_key": shown }));
         audit(
             &mut tx,
             actor,
