@@ -65,7 +65,7 @@ async fn record(detector: &Detector, cache: &KeyCache, store: &Store, flag: &Ano
         .suspend_key(&flag.key_id, Some(&reason), flag.at_ms, &actor())
         .await
     {
-        Ok(_) => match keys::load(cache, store).await {
+        Ok(_) => match keys::load_keys(cache, store).await {
             // The cache refuses the key now; the in-memory suspension can go.
             Ok(_) => {
                 detector.resume(&flag.key_id);

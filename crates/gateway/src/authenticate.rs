@@ -166,6 +166,7 @@ mod tests {
             suspended: false,
             rotated_to: None,
             retire_at_ms: None,
+            wanted_ref: None,
         };
         assert_eq!(check_lifecycle(&key, 999), Ok(()));
         assert!(matches!(

@@ -69,6 +69,10 @@ pub struct CachedKey {
     pub rotated_to: Option<String>,
     /// End of a rotated key's grace period.
     pub retire_at_ms: Option<i64>,
+    /// The credential reference the store chooses for the key. Its principal's
+    /// `upstream_ref` is this one once it has been read; until then a key that was
+    /// already cached keeps the credential it had.
+    pub wanted_ref: Option<String>,
 }
 
 /// How often the rotation reminder looks at the cache.
@@ -188,18 +192,68 @@ impl KeyCache {
     }
 
     /// Replaces the whole set with the keys given (revoked ones are skipped), each
-    /// carrying the provider credential reference `refs` chooses for it.
+    /// carrying the provider credential reference `refs` chooses for it — once that
+    /// reference has been read (see [`KeyCache::effective_ref`]).
     pub fn replace_with_refs(&self, keys: &[KeyRecord], refs: &CredentialRefs) {
+        let previous = self.by_digest.shared();
         let map = keys
             .iter()
             .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| {
                 let d = parse_hex32(&k.digest_hex)?;
-                let r = refs.for_key(&k.project, &k.env).map(str::to_owned);
-                Some((d, Arc::new(cached(k, r))))
+                let wanted = refs.for_key(&k.project, &k.env).map(str::to_owned);
+                let before = previous.0.get(&d).map(|c| &c.principal.upstream_ref);
+                let used = self.effective_ref(wanted.as_deref(), before);
+                Some((d, Arc::new(cached(k, used, wanted))))
             })
             .collect();
         self.by_digest.set(KeyMap(map));
+    }
+
+    /// The credential a key's calls use now: the one the store chooses for it (`wanted`)
+    /// once it has been read; before that, the one the key had (`before`), if it was
+    /// cached and that one is read; a key new to the cache waits for its own (503).
+    fn effective_ref(
+        &self,
+        wanted: Option<&str>,
+        before: Option<&Option<String>>,
+    ) -> Option<String> {
+        let readable = |r: Option<&str>| match (r, &self.upstream) {
+            (Some(r), Some(upstream)) => upstream.is_resolved(r),
+            _ => true,
+        };
+        match before {
+            Some(before) if !readable(wanted) && readable(before.as_deref()) => before.clone(),
+            _ => wanted.map(str::to_owned),
+        }
+    }
+
+    /// Moves the keys whose chosen credential has been read since the last load onto
+    /// it. Changes nothing else, so it cannot bring back a key a newer load removed.
+    async fn adopt_resolved(&self) {
+        let _loading = self.loading.lock().await;
+        let current = self.by_digest.shared();
+        let mut changed = false;
+        let map = current
+            .0
+            .iter()
+            .map(|(d, k)| {
+                let used =
+                    self.effective_ref(k.wanted_ref.as_deref(), Some(&k.principal.upstream_ref));
+                if used == k.principal.upstream_ref {
+                    return (*d, k.clone());
+                }
+                changed = true;
+                let mut key = CachedKey::clone(k);
+                let mut principal = Principal::clone(&key.principal);
+                principal.upstream_ref = used;
+                key.principal = Arc::new(principal);
+                (*d, Arc::new(key))
+            })
+            .collect();
+        if changed {
+            self.by_digest.set(KeyMap(map));
+        }
     }
 
     /// Keys not rotated, suspended or expired that expire within 14 days of `now_ms`.
@@ -246,7 +300,7 @@ impl ThreadCopy for KeyMap {
     }
 }
 
-fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
+fn cached(k: &KeyRecord, upstream_ref: Option<String>, wanted_ref: Option<String>) -> CachedKey {
     CachedKey {
         principal: Arc::new(Principal {
             key_id: k.id.clone(),
@@ -261,19 +315,43 @@ fn cached(k: &KeyRecord, upstream_ref: Option<String>) -> CachedKey {
         suspended: k.suspended_at_ms.is_some(),
         rotated_to: k.rotated_to.clone(),
         retire_at_ms: k.retire_at_ms,
+        wanted_ref,
     }
 }
 
-/// Loads the cache now and returns the version it reflects.
+/// Loads the cache now, reading every provider credential its keys use before it
+/// returns (start-up: the first calls find their credentials), and returns the version
+/// it reflects.
 pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
     let version = store.keys_version().await?;
-    reload(cache, store).await?;
+    let (_, new) = reload(cache, store, true).await?;
+    if let Some(upstream) = cache.upstream.clone() {
+        let read = tokio::task::spawn_blocking(move || upstream.resolve(&new)).await;
+        if let Err(e) = read {
+            tracing::error!(error = %e, "resolving provider credentials failed");
+        }
+        cache.adopt_resolved().await;
+    }
     Ok(version)
 }
 
-/// Reads the keys and credential references, resolves the references in use (on a
-/// blocking thread: files and commands), then swaps the map. Returns the key count.
-async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
+/// Loads the cache now (after a change this process made, such as a suspension)
+/// without reading new provider credentials: the watcher does that when it sees the
+/// change.
+pub async fn load_keys(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
+    Ok(reload(cache, store, false).await?.0)
+}
+
+/// Reads the keys and credential references and swaps the map at once: no credential
+/// is read meanwhile, so a revocation is never held up by a slow `exec:` command or a
+/// file that does not answer. With `claim`, answers the references in use that are
+/// not read yet, claimed for the caller to read ([`Upstream::resolve`]); the known ones
+/// are re-read in the background. Returns the key count and the claimed references.
+async fn reload(
+    cache: &KeyCache,
+    store: &Store,
+    claim: bool,
+) -> Result<(usize, BTreeSet<String>), StoreError> {
     let _loading = cache.loading.lock().await;
     let keys = store.active_keys().await?;
     let refs = store.credential_refs().await?;
@@ -283,28 +361,48 @@ async fn reload(cache: &KeyCache, store: &Store) -> Result<usize, StoreError> {
         .into_iter()
         .filter_map(|p| Some((p.name, p.anomaly_auto_suspend?)))
         .collect();
-    // New references are read before the swap (their keys need them); the known ones
-    // are re-read after it, off the reload, so a slow `exec:` command does not delay a
-    // revocation.
-    let mut refresh = None;
+    cache.replace_with_refs(&keys, &refs);
+    cache.anomaly_policy.replace(auto_suspend);
+    let mut new = BTreeSet::new();
     if let Some(upstream) = cache.upstream.clone() {
-        let used: BTreeSet<String> = keys
+        // In use: the references the store chooses, and those keys still use while
+        // their new one is read.
+        let mut used: BTreeSet<String> = keys
             .iter()
             .filter(|k| k.revoked_at_ms.is_none())
             .filter_map(|k| refs.for_key(&k.project, &k.env).map(str::to_owned))
             .collect();
-        let first = upstream.clone();
-        match tokio::task::spawn_blocking(move || first.resolve_new(&used)).await {
-            Ok(known) => refresh = Some((upstream, known)),
-            Err(e) => tracing::error!(error = %e, "resolving provider credentials failed"),
+        let map = cache.by_digest.shared();
+        used.extend(
+            map.0
+                .values()
+                .filter_map(|k| k.principal.upstream_ref.clone()),
+        );
+        if claim {
+            new = upstream.claim_unresolved(&used);
         }
-    }
-    cache.replace_with_refs(&keys, &refs);
-    if let Some((upstream, known)) = refresh {
+        let known = upstream.retain(&used);
         tokio::task::spawn_blocking(move || upstream.refresh(&known));
     }
-    cache.anomaly_policy.replace(auto_suspend);
-    Ok(keys.len())
+    Ok((keys.len(), new))
+}
+
+/// Reads `new` (claimed by a load) on a blocking thread, then moves the keys waiting
+/// for them onto them.
+fn resolve_in_background(cache: Arc<KeyCache>, new: BTreeSet<String>) {
+    let Some(upstream) = cache.upstream.clone() else {
+        return;
+    };
+    if new.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let read = tokio::task::spawn_blocking(move || upstream.resolve(&new)).await;
+        if let Err(e) = read {
+            tracing::error!(error = %e, "resolving provider credentials failed");
+        }
+        cache.adopt_resolved().await;
+    });
 }
 
 /// Keeps `cache` in step with the store until `stop` fires: polls the change counter
@@ -341,7 +439,11 @@ async fn poll(
         },
         || {
             let (cache, store) = (cache.clone(), store.clone());
-            async move { reload(&cache, &store).await }
+            async move {
+                let (count, new) = reload(&cache, &store, true).await?;
+                resolve_in_background(cache, new);
+                Ok(count)
+            }
         },
     )
     .await;

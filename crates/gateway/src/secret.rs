@@ -32,6 +32,9 @@ pub enum SecretError {
     /// Not echoed: text given where a variable's name belongs may be the secret.
     #[error("env: takes the name of an environment variable (letters, digits and _, such as env:OPENAI_API_KEY), not a value")]
     EnvName,
+    /// Not echoed: a provider key pasted where a path or a command belongs.
+    #[error("file: and exec: take a path or a command, not the key itself (use env:NAME, file:/path or exec:command)")]
+    PastedKey,
     #[error("cannot read secret file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("secret command failed: {0}")]
@@ -52,6 +55,9 @@ impl SecretRef {
         if rest.is_empty() {
             return Err(SecretError::Empty(format!("{scheme}:")));
         }
+        if scheme != "env" && tollgate_store::is_pasted_key(rest) {
+            return Err(SecretError::PastedKey);
+        }
         if scheme == "env" && !tollgate_store::is_env_var_name(rest) {
             return Err(SecretError::EnvName);
         }
@@ -64,10 +70,7 @@ impl SecretRef {
             Self::Env(name) => {
                 std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?
             }
-            Self::File(path) => std::fs::read_to_string(path).map_err(|e| SecretError::File {
-                path: path.clone(),
-                reason: e.kind().to_string(),
-            })?,
+            Self::File(path) => read_secret_file(path)?,
             Self::Exec(cmd) => run(cmd)?,
         };
         let value = value.trim().to_owned();
@@ -76,6 +79,33 @@ impl SecretRef {
         }
         Ok(Secret(value))
     }
+}
+
+/// The most a secret file may hold: a key is a few hundred bytes.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a regular file of at most [`MAX_SECRET_FILE_BYTES`]. Anything else (a FIFO
+/// that no one writes, a device) is refused before it is opened, so a reference
+/// cannot hang the thread that reads it.
+fn read_secret_file(path: &str) -> Result<String, SecretError> {
+    use std::io::Read as _;
+    let fail = |reason: String| SecretError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.kind().to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(fail(format!("larger than {MAX_SECRET_FILE_BYTES} bytes")));
+    }
+    let file = std::fs::File::open(path).map_err(|e| fail(e.kind().to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.kind().to_string()))?;
+    Ok(text)
 }
 
 /// How long an `exec:` command may take: one that hangs (a vault CLI waiting on the
@@ -248,6 +278,39 @@ mod tests {
         assert_eq!(e, SecretError::EnvName);
         assert!(!e.to_string().contains("abc123"), "{e}");
         assert!(SecretRef::parse("env:1ABC").is_err());
+        // Nor is a key pasted after file: or exec:.
+        for pasted in ["file:sk-proj-abc123", "exec: sk-proj-abc123"] {
+            let e = SecretRef::parse(pasted).unwrap_err();
+            assert_eq!(e, SecretError::PastedKey);
+            assert!(!e.to_string().contains("abc123"), "{e}");
+            assert!(tollgate_store::validate_secret_ref(pasted).is_err());
+        }
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO no one writes would block the reading thread for ever.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = SecretRef::File(fifo.display().to_string())
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = SecretRef::File(dir.path().display().to_string())
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; 70_000]).unwrap();
+        let e = SecretRef::File(big.display().to_string())
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //!
 //! The global `upstream.api_key` has its client from start-up. Projects and their
 //! environments may name other credentials (secret references, see
-//! `docs/gateway.md`); those are resolved off the request path whenever the key cache
-//! loads: a new reference before the keys that need it are swapped in
-//! ([`Upstream::resolve_new`]), the known ones again after it ([`Upstream::refresh`],
-//! so a slow `exec:` command never delays a revocation). They are kept in a map
-//! reference → client that requests only read. A reference that cannot be read is logged by reference, never
+//! `docs/gateway.md`); those are resolved off the request path, never while the key
+//! cache swaps (see `keys`): a new reference on a blocking thread of its own
+//! ([`Upstream::claim_unresolved`], [`Upstream::resolve`]), the known ones again after
+//! each load ([`Upstream::refresh`]), so neither a slow `exec:` command nor a file that
+//! does not answer delays a revocation. They are kept in a map reference → client that
+//! requests only read. A reference that cannot be read is logged by reference, never
 //! by value, and calls that need it are refused with
 //! [`GatewayError::CredentialUnavailable`].
 
@@ -31,6 +32,8 @@ pub struct Upstream {
     client: Client,
     /// Reference → its client, or `None` when the reference could not be read.
     by_ref: Arc<RwLock<HashMap<String, Option<Client>>>>,
+    /// References being read now (claimed by a load, not yet in `by_ref`).
+    resolving: Arc<parking_lot::Mutex<BTreeSet<String>>>,
 }
 
 impl Upstream {
@@ -42,6 +45,7 @@ impl Upstream {
             cfg: cfg.clone(),
             client,
             by_ref: Arc::default(),
+            resolving: Arc::default(),
         })
     }
 
@@ -65,32 +69,46 @@ impl Upstream {
         }
     }
 
-    /// Resolves the references given that are not resolved yet, and forgets those not
-    /// given. Blocking (files, commands), but only for new references: a reload of the
-    /// keys (a revocation) is not held up by re-running known ones. Answers the known
-    /// ones, for [`Self::refresh`] to re-read afterwards.
-    pub fn resolve_new(&self, refs: &BTreeSet<String>) -> BTreeSet<String> {
-        let known: HashMap<String, Option<Client>> = {
-            let map = self.by_ref.read();
-            refs.iter()
-                .filter_map(|r| Some((r.clone(), map.get(r)?.clone())))
-                .collect()
-        };
-        let fresh: Vec<(String, Option<Client>)> = refs
+    /// The references of `used` neither read nor being read; claims them, for the
+    /// caller to read with [`Self::resolve`] (every claim must be resolved).
+    pub fn claim_unresolved(&self, used: &BTreeSet<String>) -> BTreeSet<String> {
+        let map = self.by_ref.read();
+        let mut resolving = self.resolving.lock();
+        let new: BTreeSet<String> = used
             .iter()
-            .filter(|r| !known.contains_key(*r))
-            .map(|r| (r.clone(), self.resolve_one(r)))
+            .filter(|r| !map.contains_key(*r) && !resolving.contains(*r))
+            .cloned()
             .collect();
-        let before = known.keys().cloned().collect();
-        let mut map = known;
-        map.extend(fresh);
-        *self.by_ref.write() = map;
-        before
+        resolving.extend(new.iter().cloned());
+        new
+    }
+
+    /// Whether `reference` has been read, well or not: a call that uses it gets its
+    /// client or a 503, never a wait.
+    pub fn is_resolved(&self, reference: &str) -> bool {
+        self.by_ref.read().contains_key(reference)
+    }
+
+    /// Reads each of `refs` (claimed with [`Self::claim_unresolved`]) and adds them.
+    /// Blocking: files and commands.
+    pub fn resolve(&self, refs: &BTreeSet<String>) {
+        for reference in refs {
+            let client = self.resolve_one(reference);
+            self.by_ref.write().insert(reference.clone(), client);
+            self.resolving.lock().remove(reference);
+        }
+    }
+
+    /// Forgets the references read but no longer in `used`; answers those kept.
+    pub fn retain(&self, used: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut map = self.by_ref.write();
+        map.retain(|r, _| used.contains(r));
+        map.keys().cloned().collect()
     }
 
     /// Re-reads each reference given (so a secret changed behind its reference is
     /// picked up) and updates those still in use; never adds or removes one, so it
-    /// may run after a later [`Self::resolve_new`] without undoing it. Blocking.
+    /// may run after a later load without undoing it. Blocking.
     pub fn refresh(&self, refs: &BTreeSet<String>) {
         let resolved: Vec<(String, Option<Client>)> = refs
             .iter()

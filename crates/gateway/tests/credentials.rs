@@ -284,3 +284,61 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     assert!(!last.detail.contains("s3cr3t"), "{}", last.detail);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_new_credential_does_not_hold_up_a_revocation() {
+    let mut h = support::start().await;
+    assert_eq!(status(&h, &h.key).await.0, 200);
+    // A new environment whose credential takes two seconds to read, and in the same
+    // moment a revocation: the revoked key is refused within the second all the same.
+    let (staging_key, _) = h.mint("staging", Role::Member).await;
+    h.store
+        .set_env_credential(
+            "shop",
+            "staging",
+            Some(&format!("exec:sleep 2; printf {PROVIDER_KEY}")),
+            support::now_ms(),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    h.store
+        .revoke_key(&h.key_id, Some("leaked"), support::now_ms())
+        .await
+        .unwrap();
+    let refused = eventually(Duration::from_secs(1), || async {
+        status(&h, &h.key).await.0 == 401
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the revocation waited for the credential"
+    );
+    // The new environment's key is refused (503) while its credential is read, then
+    // served with it.
+    let (code, body) = status(&h, &staging_key).await;
+    assert!(code == 503 || code == 200, "{code}: {body}");
+    let served = eventually(Duration::from_secs(10), || async {
+        status(&h, &staging_key).await.0 == 200
+    })
+    .await;
+    assert!(served.is_some(), "the new credential was never used");
+    // A credential changed to one that is slow to read: the environment's keys keep
+    // the one they had meanwhile, rather than getting 503.
+    h.store
+        .set_env_credential(
+            "shop",
+            "staging",
+            Some(&format!("exec:sleep 1.5; printf {PROVIDER_KEY}")),
+            support::now_ms(),
+            &admin(),
+        )
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let (code, body) = status(&h, &staging_key).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    h.stop().await;
+}

@@ -1072,6 +1072,13 @@ pub fn is_env_var_name(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
 }
 
+/// Whether the body of a `file:` or `exec:` reference is a provider key pasted where a
+/// path or a command belongs (OpenAI's keys start with `sk-`): such text is refused
+/// and never echoed.
+pub fn is_pasted_key(body: &str) -> bool {
+    body.trim_start().starts_with("sk-")
+}
+
 /// A provider credential is stored as a secret reference, never as a value:
 /// `env:NAME` (an environment variable name), `file:PATH` or `exec:COMMAND`, at most
 /// 512 characters without control characters.
@@ -1080,7 +1087,7 @@ pub fn validate_secret_ref(reference: &str) -> Result<()> {
         .iter()
         .find_map(|scheme| reference.strip_prefix(scheme));
     let env_name_ok = reference.strip_prefix("env:").is_none_or(is_env_var_name);
-    let ok = body.is_some_and(|b| !b.trim().is_empty())
+    let ok = body.is_some_and(|b| !b.trim().is_empty() && !is_pasted_key(b))
         && env_name_ok
         && reference.len() <= 512
         && !reference.chars().any(char::is_control);
