@@ -2375,3 +2375,60 @@ async fn catalog_models_are_set_replaced_listed_removed_and_audited(db: &TestDb)
         .any(|e| e.action == "models.catalog.set"
             && e.detail.contains("\"input_per_1m_milli_usd\":50")));
 }
+
+/// PostgreSQL runs READ COMMITTED: a project's delete must not count its live keys
+/// before a key being created in it commits, and then delete that key with the rest.
+#[tokio::test]
+async fn postgres_a_project_delete_waits_for_a_key_being_created_and_refuses() {
+    use sqlx::Connection as _;
+    let db = TestDb::postgres().await;
+    let TestDb::Postgres(schema) = &db else {
+        unreachable!()
+    };
+    let store = db.open().await;
+    store
+        .create_project("racy", None, 1_000, &cli())
+        .await
+        .unwrap();
+    // A key's creation, in flight: inserted, not committed.
+    let mut creating = sqlx::PgConnection::connect(&schema.url()).await.unwrap();
+    sqlx::raw_sql(
+        "BEGIN; INSERT INTO keys (id, project, env, role, prefix, digest_hex, created_at_ms, expires_at_ms) \
+         VALUES ('key_racy', 'racy', 'dev', 'member', 'tg-dev-r', 'racy-digest', 1000, 9000000000000)",
+    )
+    .execute(&mut creating)
+    .await
+    .unwrap();
+    let deleting = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_project("racy", 2_000, &cli()).await }
+    });
+    // Commit the key only once the delete waits on a lock.
+    let mut watcher = sqlx::PgConnection::connect(&schema.url()).await.unwrap();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%FROM projects WHERE name = $1%'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(waiting.await.is_ok(), "the delete never waited for the key");
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut creating)
+        .await
+        .unwrap();
+    let err = deleting.await.unwrap().unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(store.key_by_id("key_racy").await.unwrap().is_some());
+    assert!(store.project_by_name("racy").await.unwrap().is_some());
+    drop(store);
+    db.cleanup().await;
+}

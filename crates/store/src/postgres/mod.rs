@@ -251,7 +251,18 @@ impl PostgresStore {
 
     pub async fn delete_project(&self, name: &str, now_ms: i64, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        project_in_tx(&mut tx, name).await?;
+        // The project's row is locked first: a key being created in it (whose foreign
+        // key check holds the row) finishes before the count, or fails after the
+        // delete; under READ COMMITTED an unlocked count could miss a key committed
+        // just after it, which the deletes below would then remove.
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT name FROM projects WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound(format!("project {name:?}")));
+        }
         let live: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM keys WHERE project = $1 AND revoked_at_ms IS NULL",
         )
@@ -263,12 +274,14 @@ impl PostgresStore {
                 "project {name:?} still has {live} key(s) that are not revoked; revoke them first"
             )));
         }
-        // Revoked keys go with the project; the audit log keeps their history.
-        let revoked = sqlx::query("DELETE FROM keys WHERE project = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // Revoked keys go with the project; the audit log keeps their history. A live
+        // key is never deleted here: one would make the project's delete fail.
+        let revoked =
+            sqlx::query("DELETE FROM keys WHERE project = $1 AND revoked_at_ms IS NOT NULL")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         let envs = sqlx::query("DELETE FROM project_envs WHERE project = $1")
             .bind(name)
             .execute(&mut *tx)
