@@ -885,16 +885,14 @@ pub(crate) fn spend_by_day(records: &[UsageRecord]) -> Vec<(&str, &str, &str, i6
             day,
         );
         let sum = sums.entry(key).or_insert(0);
-        *sum = sum.saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
+        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+        *sum = sum.saturating_add(cost).min(DAILY_SPEND_CAP_NANOS);
     }
     sums.into_iter()
         .map(|((p, e, k, d), s)| (p, e, k, d, s))
         .collect()
 }
 
-/// The statement that adds a batch's priced spend to the `usage_spend_daily` roll-up
-/// budgets read (the same upsert on both backends, run in the batch's transaction), or
-/// `None` when the batch spent nothing.
 /// Rows per multi-row usage INSERT, at most: 29 columns each stays well under
 /// SQLite's limit of 32 766 bound parameters (and PostgreSQL's 65 535). A power of two,
 /// for [`usage_chunks`].
@@ -981,31 +979,52 @@ fn build_usage_insert(rows: usize, style: Placeholders) -> String {
     sql
 }
 
-pub(crate) fn daily_spend_upsert<DB>(records: &[UsageRecord]) -> Option<sqlx::QueryBuilder<DB>>
+/// The most a key's spend roll-up holds for one day, in nano-USD (about 144 million
+/// USD): an upstream reporting absurd token counts cannot overflow the day's sum, nor
+/// the sum of a month of days that budgets read (31 × this < `i64::MAX`).
+pub(crate) const DAILY_SPEND_CAP_NANOS: i64 = i64::MAX / 64;
+
+/// Rows per statement of [`daily_spend_upserts`]: 5 bound values each stays well under
+/// SQLite's limit of 32 766 bound parameters (and PostgreSQL's 65 535), whatever the
+/// batch size.
+pub(crate) const SPEND_ROWS_PER_UPSERT: usize = 1000;
+
+/// The statements that add a batch's priced spend to the `usage_spend_daily` roll-up
+/// budgets read (the same upserts on both backends, run in the batch's transaction):
+/// none when the batch spent nothing. A day's sum stops at [`DAILY_SPEND_CAP_NANOS`]
+/// rather than overflowing (PostgreSQL would refuse the batch for ever, SQLite turn
+/// the sum into a float).
+pub(crate) fn daily_spend_upserts<DB>(records: &[UsageRecord]) -> Vec<sqlx::QueryBuilder<DB>>
 where
     DB: sqlx::Database,
     for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
     let sums = spend_by_day(records);
-    if sums.is_empty() {
-        return None;
-    }
-    let mut q = sqlx::QueryBuilder::<DB>::new(
-        "INSERT INTO usage_spend_daily (project, env, key_id, day_start_ms, cost_usd_nanos) ",
-    );
-    q.push_values(sums, |mut b, (project, env, key_id, day, cost)| {
-        b.push_bind(project.to_owned())
-            .push_bind(env.to_owned())
-            .push_bind(key_id.to_owned())
-            .push_bind(day)
-            .push_bind(cost);
-    });
-    q.push(
-        " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
-         cost_usd_nanos = usage_spend_daily.cost_usd_nanos + excluded.cost_usd_nanos",
-    );
-    Some(q)
+    sums.chunks(SPEND_ROWS_PER_UPSERT)
+        .map(|chunk| {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
+                "INSERT INTO usage_spend_daily \
+                 (project, env, key_id, day_start_ms, cost_usd_nanos) ",
+            );
+            q.push_values(chunk, |mut b, (project, env, key_id, day, cost)| {
+                b.push_bind((*project).to_owned())
+                    .push_bind((*env).to_owned())
+                    .push_bind((*key_id).to_owned())
+                    .push_bind(*day)
+                    .push_bind(*cost);
+            });
+            q.push(format_args!(
+                " ON CONFLICT (project, env, key_id, day_start_ms) DO UPDATE SET \
+                 cost_usd_nanos = CASE \
+                 WHEN usage_spend_daily.cost_usd_nanos > {cap} - excluded.cost_usd_nanos \
+                 THEN {cap} \
+                 ELSE usage_spend_daily.cost_usd_nanos + excluded.cost_usd_nanos END",
+                cap = DAILY_SPEND_CAP_NANOS
+            ));
+            q
+        })
+        .collect()
 }
 
 #[cfg(test)]

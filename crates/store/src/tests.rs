@@ -113,6 +113,7 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    the_spend_roll_up_saturates_and_takes_batches_of_many_keys,
     keys_round_trip_and_revocation_bumps_the_version,
     a_key_needs_an_existing_project_and_a_unique_digest,
     usage_batches_are_written_once_and_totalled,
@@ -1799,6 +1800,49 @@ async fn budgets_are_refused_when_invalid_and_leave_nothing_behind(db: &TestDb) 
         )
         .await
         .is_err());
+}
+
+async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb) {
+    use crate::model::DAILY_SPEND_CAP_NANOS as CAP;
+    let store = db.open().await;
+    let now = 1_773_576_000_000;
+    let (day, _) = BudgetPeriod::Day.bounds(now);
+    let (month, _) = BudgetPeriod::Month.bounds(now);
+    let priced = |id: &str, key: &str, at: i64, cost: u64| UsageRecord {
+        cost_usd_nanos: Some(cost),
+        ..usage(id, key, "gpt-4o", 10, 10, at)
+    };
+    // An upstream that reports absurd token counts: the day's sum stops at its cap,
+    // through the insert and the conflict path, and a month of such days still sums.
+    for (id, at) in [("h1", now), ("h2", now + 1), ("h3", day - 1)] {
+        store
+            .insert_usage(&[priced(id, "key_a", at, u64::MAX)])
+            .await
+            .unwrap();
+    }
+    store
+        .insert_usage(&[priced("h4", "key_a", now + 2, 7)])
+        .await
+        .unwrap();
+    let spend = store.spend_since(day, month, None).await.unwrap();
+    assert_eq!(spend.len(), 1);
+    let cap = u64::try_from(CAP).unwrap();
+    assert_eq!(
+        (spend[0].day_usd_nanos, spend[0].month_usd_nanos),
+        (cap, 2 * cap)
+    );
+    // A batch spending under many keys: 7,000 roll-up rows of 5 values each would be
+    // past SQLite's 32,766 bound values in one statement.
+    let many: Vec<UsageRecord> = (0..7_000)
+        .map(|i| priced(&format!("m{i}"), &format!("key_{i:05}"), now, 1))
+        .collect();
+    store.insert_usage(&many).await.unwrap();
+    let spend = store.spend_since(day, month, None).await.unwrap();
+    assert_eq!(spend.len(), 7_001);
+    assert!(spend
+        .iter()
+        .filter(|s| s.key_id.starts_with("key_0"))
+        .all(|s| s.day_usd_nanos == 1));
 }
 
 async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &TestDb) {

@@ -1228,7 +1228,7 @@ async fn finish_usage(
     fresh: &[UsageRecord],
     batch: &[UsageRecord],
 ) -> Result<()> {
-    if let Some(mut q) = crate::model::daily_spend_upsert::<sqlx::Postgres>(fresh) {
+    for mut q in crate::model::daily_spend_upserts::<sqlx::Postgres>(fresh) {
         q.build().execute(&mut *tx).await?;
     }
     // last_used comes from the batch, so the request path never writes to keys.
