@@ -21,7 +21,7 @@ pub struct AuditArgs {
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let since_ms = state::now_ms() - state::parse_span_ms(&args.since)?;
+    let since_ms = state::now_ms() - state::positive_span(&args.since)?;
     let store = args.state.open_existing().await?;
     let entries = store.list_audit(since_ms, i64::from(args.limit)).await?;
     if args.json {

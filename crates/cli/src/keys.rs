@@ -127,7 +127,10 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             lane,
             json,
         } => {
-            let expires_in = expires_in.as_deref().map(positive_span).transpose()?;
+            let expires_in = expires_in
+                .as_deref()
+                .map(state::positive_span)
+                .transpose()?;
             let store = args.state.open().await?;
             let key = NewKeyArgs {
                 role,
@@ -162,7 +165,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             dry_run,
             json,
         } => {
-            let window = positive_span(&unused_for)?;
+            let window = state::positive_span(&unused_for)?;
             prune(
                 &args.state.open().await?,
                 window,
@@ -408,13 +411,6 @@ async fn known(store: &Store, id: &str) -> anyhow::Result<KeyRecord> {
         .key_by_id(id)
         .await?
         .with_context(|| format!("unknown key id {id:?}: see `tollgate keys list`"))
-}
-
-/// A duration flag that must be more than zero.
-fn positive_span(s: &str) -> anyhow::Result<i64> {
-    let ms = state::parse_span_ms(s)?;
-    anyhow::ensure!(ms > 0, "{s:?} must be longer than zero");
-    Ok(ms)
 }
 
 fn print_secret(secret: &str) {

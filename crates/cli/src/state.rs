@@ -182,6 +182,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A duration flag that must be more than zero (a window of no time reports nothing).
+pub fn positive_span(s: &str) -> anyhow::Result<i64> {
+    let ms = parse_span_ms(s)?;
+    anyhow::ensure!(ms > 0, "{s:?} must be longer than zero");
+    Ok(ms)
+}
+
 /// Parses `30s`, `15m`, `24h`, `7d` into milliseconds.
 pub fn parse_span_ms(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
@@ -218,6 +225,8 @@ mod tests {
         assert!(parse_span_ms("h").is_err());
         assert!(parse_span_ms("").is_err());
         assert!(parse_span_ms("-3d").is_err());
+        assert!(positive_span("0s").is_err());
+        assert_eq!(positive_span("1s").unwrap(), 1_000);
         assert_eq!(format_span_ms(90 * 86_400_000), "90d");
         assert_eq!(format_span_ms(36 * 3_600_000), "36h");
     }

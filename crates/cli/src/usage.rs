@@ -33,7 +33,7 @@ enum By {
 }
 
 pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
-    let since_ms = state::now_ms() - state::parse_span_ms(&args.since)?;
+    let since_ms = state::now_ms() - state::positive_span(&args.since)?;
     let group = match args.by {
         By::Key => UsageGroup::Key,
         By::Project => UsageGroup::Project,

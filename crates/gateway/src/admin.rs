@@ -494,13 +494,14 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
             r.project.as_deref() == Some(p.project.as_str())
                 && (!own_only || r.key_id.as_deref() == Some(p.key_id.as_str()))
         }) {
+            // Missing values group as "-", as in `tollgate usage`.
             let group = match by {
-                "key" => r.key_id.clone().unwrap_or_default(),
+                "key" => r.key_id.clone().unwrap_or_else(|| "-".into()),
                 "model" => r
                     .model_served
                     .clone()
                     .or_else(|| r.model_requested.clone())
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| "-".into()),
                 _ => day_of(r.created_at_ms),
             };
             let t = groups.entry(group.clone()).or_insert_with(|| UsageTotals {
@@ -517,12 +518,12 @@ async fn usage(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
                 cache_hits: 0,
             });
             t.requests += 1;
-            t.errors += u64::from(r.status >= 400);
-            t.input_tokens += r.input_tokens;
-            t.output_tokens += r.output_tokens;
-            t.total_tokens += r.total_tokens;
-            t.cached_tokens += r.cached_tokens;
-            t.reasoning_tokens += r.reasoning_tokens;
+            t.errors += u64::from(r.is_error());
+            t.input_tokens = t.input_tokens.saturating_add(r.input_tokens);
+            t.output_tokens = t.output_tokens.saturating_add(r.output_tokens);
+            t.total_tokens = t.total_tokens.saturating_add(r.total_tokens);
+            t.cached_tokens = t.cached_tokens.saturating_add(r.cached_tokens);
+            t.reasoning_tokens = t.reasoning_tokens.saturating_add(r.reasoning_tokens);
             t.cache_hits += u64::from(r.served_from_cache());
             match r.cost_usd_nanos {
                 Some(c) => t.cost_usd_nanos = Some(t.cost_usd_nanos.unwrap_or(0).saturating_add(c)),

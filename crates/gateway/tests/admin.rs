@@ -656,3 +656,48 @@ async fn a_keys_lane_is_set_over_the_admin_api_audited_and_refused_when_unknown(
         sets[0].actor
     );
 }
+
+#[tokio::test]
+async fn usage_counts_errors_as_tollgate_usage_does() {
+    let h = start().await;
+    let (viewer, _) = key(&h, tollgate_store::Role::Viewer).await;
+    let at = support::now_ms();
+    let rec = |id: &str, status: u16, code: Option<&str>, left: bool| tollgate_store::UsageRecord {
+        request_id: id.into(),
+        key_id: Some(h.key_id.clone()),
+        project: Some("shop".into()),
+        env: Some("dev".into()),
+        endpoint: "/v1/chat/completions".into(),
+        status,
+        error_code: code.map(str::to_owned),
+        client_disconnected: left,
+        created_at_ms: at,
+        ..tollgate_store::UsageRecord::default()
+    };
+    h.store
+        .insert_usage(&[
+            rec("ok", 200, None, false),
+            // A stream the upstream broke off: 200 with an error code.
+            rec("cut", 200, Some("upstream_stream_failed"), false),
+            rec("left", 499, None, true),
+            rec("refused", 429, Some("rate_limit_exceeded"), false),
+        ])
+        .await
+        .unwrap();
+    let (s, v) = admin(&h, &viewer, "get", "/admin/v1/usage?by=key", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"][0]["requests"], 4, "{v}");
+    assert_eq!(v["data"][0]["errors"], 3, "{v}");
+    let cli = h
+        .store
+        .usage_totals(&tollgate_store::UsageFilter {
+            group: tollgate_store::UsageGroup::Key,
+            since_ms: at - 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cli[0].errors, 3);
+    // A record without a model groups as "-", as in `tollgate usage --by model`.
+    let (_, v) = admin(&h, &viewer, "get", "/admin/v1/usage?by=model", None).await;
+    assert_eq!(v["data"][0]["group"], "-", "{v}");
+}

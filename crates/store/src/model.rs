@@ -721,6 +721,13 @@ pub struct UsageRecord {
 pub const SERVED_OFFLINE: &str = "offline";
 
 impl UsageRecord {
+    /// Whether usage reports count the call as an error: an error status, a caller
+    /// that left, or an error code on a 200 (a stream the upstream broke off). The
+    /// store's totals (`tollgate usage`) count errors by the same rule in SQL.
+    pub fn is_error(&self) -> bool {
+        self.status >= 400 || self.client_disconnected || self.error_code.is_some()
+    }
+
     /// Answered from the response cache (fresh or stale): no upstream tokens used.
     pub fn served_from_cache(&self) -> bool {
         matches!(self.cache, Some(CacheOutcome::Hit | CacheOutcome::Stale))
