@@ -166,11 +166,8 @@ struct CostArgs {
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let raw = match &args.state.config {
-        Some(path) => state::read_config(path)?,
-        None => RawConfig::default(),
-    };
-    let has_store = has_store(&args.state, &raw);
+    let raw = args.state.file_config()?;
+    let has_store = has_store(&args.state, &raw)?;
     let config =
         Config::try_from(raw).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let json = args.json;
@@ -217,10 +214,10 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
 
 /// Whether there is a store to read catalog entries from: a database URL, or a data
 /// directory holding a database (listing the catalog never creates one).
-fn has_store(state: &StateArgs, raw: &RawConfig) -> bool {
+fn has_store(state: &StateArgs, raw: &RawConfig) -> anyhow::Result<bool> {
     let mut raw = raw.clone();
-    state.apply(&mut raw);
-    crate::state::has_store(&raw)
+    state.apply(&mut raw)?;
+    Ok(crate::state::has_store(&raw))
 }
 
 /// The config's catalog with the store's entries over it.

@@ -7,7 +7,6 @@ use std::path::Path;
 use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
-use tollgate_gateway::config::RawConfig;
 use tollgate_gateway::keys;
 use tollgate_gateway::secret::{Secret, SecretRef};
 use tollgate_gateway::Config;
@@ -55,27 +54,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((from, to)) = raise_open_files_limit() {
         tracing::info!(from, to, "raised the open-file limit to its hard limit");
     }
-    let mut raw = match &args.state.config {
-        Some(path) => state::read_config(path)?,
-        None => RawConfig::default(),
-    };
-    args.state.apply(&mut raw);
-    if args.listen.is_some() {
-        raw.listen.clone_from(&args.listen);
+    let mut raw = args.state.file_config()?;
+    args.state.apply(&mut raw)?;
+    // An empty variable is unset: it does not blank what the config file says.
+    if let Some(listen) = state::given(&args.listen) {
+        raw.listen = Some(listen.to_owned());
     }
-    if args.upstream_url.is_some() {
-        raw.upstream.url.clone_from(&args.upstream_url);
+    if let Some(url) = state::given(&args.upstream_url) {
+        raw.upstream.url = Some(url.to_owned());
     }
-    if args.upstream_api_key.is_some() {
-        raw.upstream.api_key.clone_from(&args.upstream_api_key);
+    if let Some(reference) = state::given(&args.upstream_api_key) {
+        raw.upstream.api_key = Some(reference.to_owned());
     }
-    if args.redis_url.is_some() {
-        raw.redis.url.clone_from(&args.redis_url);
+    if let Some(url) = state::given(&args.redis_url) {
+        raw.redis.url = Some(url.to_owned());
     }
-    if let Some(model) = args.default_model.as_deref().map(str::trim) {
-        if !model.is_empty() {
-            raw.aliases.insert("default".into(), model.to_owned());
-        }
+    if let Some(model) = state::given(&args.default_model) {
+        raw.aliases
+            .insert("default".into(), model.trim().to_owned());
     }
 
     // In demo mode the simulator is the upstream and holds a key made up right here.

@@ -28,14 +28,41 @@ pub struct StateArgs {
     pub database_url: Option<String>,
 }
 
+/// A flag's value, or its variable's: `None` when not given or given empty (an empty
+/// `TOLLGATE_*` variable is unset, not a value that overrides the config file).
+pub fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
+}
+
 impl StateArgs {
-    /// Lays the flags over a raw config.
-    pub fn apply(&self, raw: &mut RawConfig) {
-        if self.data_dir.is_some() {
-            raw.data_dir.clone_from(&self.data_dir);
+    /// Lays the flags over a raw config. The data directory and the database URL are
+    /// one choice: given by a flag or variable, either one replaces whichever the file
+    /// made (giving both is an error).
+    pub fn apply(&self, raw: &mut RawConfig) -> anyhow::Result<()> {
+        match (given(&self.data_dir), given(&self.database_url)) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--data-dir (TOLLGATE_DATA_DIR) and --database-url (TOLLGATE_DATABASE_URL) \
+                 are both given: choose one"
+            ),
+            (Some(dir), None) => {
+                raw.data_dir = Some(dir.to_owned());
+                raw.database_url = None;
+            }
+            (None, Some(url)) => {
+                raw.database_url = Some(url.to_owned());
+                raw.data_dir = None;
+            }
+            (None, None) => {}
         }
-        if self.database_url.is_some() {
-            raw.database_url.clone_from(&self.database_url);
+        Ok(())
+    }
+
+    /// The config file's settings (`--config` / `TOLLGATE_CONFIG`; an empty variable
+    /// is unset), or the defaults without one. The flags are not laid over them.
+    pub fn file_config(&self) -> anyhow::Result<RawConfig> {
+        match self.config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => read_config(path),
+            None => Ok(RawConfig::default()),
         }
     }
 
@@ -53,11 +80,8 @@ impl StateArgs {
     }
 
     async fn open_with(&self, create: bool) -> anyhow::Result<Store> {
-        let mut raw = match &self.config {
-            Some(path) => read_config(path)?,
-            None => RawConfig::default(),
-        };
-        self.apply(&mut raw);
+        let mut raw = self.file_config()?;
+        self.apply(&mut raw)?;
         let dir = data_dir(&raw);
         if !create && !has_store(&raw) {
             anyhow::bail!(

@@ -743,3 +743,76 @@ fn reading_a_missing_store_or_a_refused_key_changes_nothing() {
     let audit = json(&dir, &["audit", "--json"]);
     assert_eq!(audit, serde_json::json!([]), "{audit}");
 }
+
+#[test]
+fn empty_variables_are_unset_and_a_storage_flag_replaces_the_files_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let k = json(
+        &dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--json",
+        ],
+    );
+    let id = k["id"].as_str().unwrap();
+    let run = |config: &str, vars: &[(&str, &str)], args: &[&str]| {
+        let file = tmp.path().join("tollgate.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("TOLLGATE_DATA_DIR")
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .env_remove("TOLLGATE_CONFIG");
+        for (name, value) in vars {
+            cmd.env(name, value);
+        }
+        cmd.output().unwrap()
+    };
+    let lists_the_key = |out: std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list[0]["id"], id, "{list}");
+    };
+    // An empty TOLLGATE_DATA_DIR does not blank the file's data_dir.
+    let file_dir = format!("data_dir = {:?}\n", dir.display().to_string());
+    lists_the_key(run(
+        &file_dir,
+        &[("TOLLGATE_DATA_DIR", "")],
+        &["keys", "list", "--json"],
+    ));
+    // --data-dir replaces the file's database_url (flags over the file).
+    let elsewhere = tmp.path().join("other.db");
+    let file_url = format!("database_url = \"sqlite://{}\"\n", elsewhere.display());
+    let flag_dir = dir.display().to_string();
+    lists_the_key(run(
+        &file_url,
+        &[],
+        &["keys", "list", "--json", "--data-dir", &flag_dir],
+    ));
+    assert!(!elsewhere.exists(), "the file's database was opened");
+    // Both at once is a choice to make.
+    let out = run(
+        "",
+        &[],
+        &[
+            "keys",
+            "list",
+            "--data-dir",
+            &flag_dir,
+            "--database-url",
+            "sqlite:///tmp/x.db",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one"));
+    fails(&dir, &["usage", "--since", "0s"], "longer than zero");
+}
