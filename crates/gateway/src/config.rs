@@ -960,6 +960,19 @@ fn cache_config(raw: &RawCache, err: &mut impl FnMut(&str, String)) -> CacheConf
             format!("must be at most cache.max_bytes ({max_bytes})"),
         );
     }
+    // A year at most: Redis refuses an expiry past its range, which would leave the
+    // shared cache storing nothing.
+    for (path, v) in [
+        ("cache.ttl_seconds", raw.ttl_seconds),
+        ("cache.stale_seconds", raw.stale_seconds),
+    ] {
+        if v.is_some_and(|v| v > MAX_CACHE_SECONDS) {
+            err(
+                path,
+                format!("must be at most {MAX_CACHE_SECONDS} (a year)"),
+            );
+        }
+    }
     let mut projects = |path: &str, list: &Option<Vec<String>>| {
         let list = list.clone().unwrap_or_default();
         for (i, p) in list.iter().enumerate() {
@@ -1075,9 +1088,31 @@ fn anomaly_config(raw: &RawAnomaly, err: &mut impl FnMut(&str, String)) -> Anoma
     }
 }
 
+/// The longest `cache.ttl_seconds` and `cache.stale_seconds`: a year.
+const MAX_CACHE_SECONDS: u64 = 365 * 24 * 3600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_times_are_at_most_a_year() {
+        let e = Config::from_toml_str(
+            "[cache]\nttl_seconds = 31536001\nstale_seconds = 18446744073709551615\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["cache.ttl_seconds", "cache.stale_seconds"]);
+        assert!(
+            e.0[0].message.contains("at most 31536000"),
+            "{}",
+            e.0[0].message
+        );
+        let c =
+            Config::from_toml_str("[cache]\nttl_seconds = 31536000\nstale_seconds = 31536000\n")
+                .unwrap();
+        assert_eq!(c.cache.ttl.as_secs(), 31_536_000);
+    }
 
     #[test]
     fn empty_file_gives_working_defaults() {
