@@ -2476,3 +2476,42 @@ async fn postgres_a_project_delete_waits_for_a_key_being_created_and_refuses() {
     drop(store);
     db.cleanup().await;
 }
+
+/// Lists sort byte-wise on PostgreSQL as on SQLite, whatever the database's collation.
+#[tokio::test]
+async fn postgres_lists_sort_byte_wise_under_any_collation() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    db.raw_script(
+        "ALTER TABLE projects ALTER COLUMN name TYPE TEXT COLLATE \"en-US-x-icu\"; \
+         ALTER TABLE project_envs ALTER COLUMN env TYPE TEXT COLLATE \"en-US-x-icu\"",
+    )
+    .await
+    .unwrap();
+    for name in ["ab", "a-c", "a_d"] {
+        store.create_project(name, None, 1, &cli()).await.unwrap();
+        store
+            .set_env_credential("ab", name, Some("env:K"), 1, &cli())
+            .await
+            .unwrap();
+    }
+    let names: Vec<String> = store
+        .list_projects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.project.name)
+        .collect();
+    assert_eq!(names, ["a-c", "a_d", "ab"]);
+    let envs: Vec<String> = store
+        .project_detail("ab")
+        .await
+        .unwrap()
+        .envs
+        .into_iter()
+        .map(|e| e.env)
+        .collect();
+    assert_eq!(envs, ["a-c", "a_d", "ab"]);
+    drop(store);
+    db.cleanup().await;
+}

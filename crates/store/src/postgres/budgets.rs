@@ -105,7 +105,7 @@ impl PostgresStore {
     pub async fn list_budgets(&self, project: Option<&str>) -> Result<Vec<Budget>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {BUDGET_COLUMNS} FROM budgets WHERE ($1::TEXT IS NULL OR project = $1) \
-             ORDER BY project, env, key_id"
+             ORDER BY project COLLATE \"C\", env COLLATE \"C\", key_id COLLATE \"C\""
         )))
         .bind(project)
         .fetch_all(&self.pool)
@@ -125,7 +125,8 @@ impl PostgresStore {
              SUM(cost_usd_nanos)::BIGINT AS month_usd_nanos \
              FROM usage_spend_daily WHERE day_start_ms >= $2 \
              AND ($3::TEXT IS NULL OR project = $3) \
-             GROUP BY project, env, key_id ORDER BY project, env, key_id",
+             GROUP BY project, env, key_id \
+             ORDER BY project COLLATE \"C\", env COLLATE \"C\", key_id COLLATE \"C\"",
         )
         .bind(day_start_ms)
         .bind(month_start_ms)

@@ -203,7 +203,7 @@ impl PostgresStore {
     }
 
     pub async fn list_projects(&self) -> Result<Vec<Project>> {
-        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name");
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name COLLATE \"C\"");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await?;
@@ -214,7 +214,7 @@ impl PostgresStore {
     pub async fn project_envs(&self, name: &str) -> Result<Vec<(String, Option<String>, i64)>> {
         let rows = sqlx::query(
             "SELECT env, upstream_api_key, created_at_ms FROM project_envs \
-             WHERE project = $1 ORDER BY env",
+             WHERE project = $1 ORDER BY env COLLATE \"C\"",
         )
         .bind(name)
         .fetch_all(&self.pool)
@@ -1051,7 +1051,7 @@ impl PostgresStore {
              SUM(cost_usd_nanos)::BIGINT AS cost_usd_nanos, \
              SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced, \
              SUM(CASE WHEN cache IN ('hit', 'stale') THEN 1 ELSE 0 END)::BIGINT AS cache_hits \
-             FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"
+             FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp COLLATE \"C\""
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(filter.since_ms)
