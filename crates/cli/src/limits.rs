@@ -28,7 +28,8 @@ struct ScopeArgs {
     /// Only requests of this key (its id, `key_…`).
     #[arg(long = "key", value_name = "KEY_ID")]
     key_id: Option<String>,
-    /// Only requests for this model (exact name, as the caller sends it).
+    /// Only requests for this model: the model a call resolves to (an alias's
+    /// target, not the alias).
     #[arg(long)]
     model: Option<String>,
 }
@@ -86,6 +87,9 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<()> {
             json,
         } => {
             let scope = scope.scope();
+            if let Some(model) = &scope.model {
+                refuse_alias(&args.state, &store, &scope.project, model).await?;
+            }
             let rule = store
                 .set_rate_limit(&scope, rpm, tpm, state::now_ms(), &state::actor())
                 .await?;
@@ -112,6 +116,32 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses a rule on an alias: rules match the model a call resolves to, so one on
+/// an alias would never apply. The aliases are the project's own (the store's) and the
+/// gateway's (built in, with the config file's `[aliases]` over them).
+async fn refuse_alias(
+    state: &StateArgs,
+    store: &Store,
+    project: &str,
+    model: &str,
+) -> anyhow::Result<()> {
+    let own = store.list_model_aliases(Some(project)).await?;
+    let target = match own.into_iter().find(|a| a.alias == model) {
+        Some(a) => Some(a.model),
+        None => {
+            let raw = state.file_config()?;
+            tollgate_gateway::models::global_aliases(&raw.aliases).remove(model)
+        }
+    };
+    if let Some(target) = target {
+        anyhow::bail!(
+            "{model:?} is an alias of {target:?}: rate-limit rules match the model a call \
+             resolves to, so a rule on the alias would never apply; use --model {target}"
+        );
     }
     Ok(())
 }

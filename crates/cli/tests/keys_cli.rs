@@ -814,5 +814,65 @@ fn empty_variables_are_unset_and_a_storage_flag_replaces_the_files_choice() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("choose one"));
-    fails(&dir, &["usage", "--since", "0s"], "longer than zero");
+}
+
+#[test]
+fn usage_windows_are_positive_and_rate_limits_refuse_aliases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    json(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "shop",
+            "--env",
+            "dev",
+            "--json",
+        ],
+    );
+    fails(dir, &["usage", "--since", "0s"], "longer than zero");
+    // A rate limit on an alias would never apply: refused, naming its target.
+    fails(
+        dir,
+        &[
+            "limits",
+            "set",
+            "--project",
+            "shop",
+            "--model",
+            "fast",
+            "--rpm",
+            "5",
+        ],
+        "--model gpt-4o-mini",
+    );
+    json(
+        dir,
+        &[
+            "models",
+            "alias",
+            "set",
+            "cheap",
+            "gpt-4.1-nano",
+            "--project",
+            "shop",
+            "--json",
+        ],
+    );
+    fails(
+        dir,
+        &[
+            "limits",
+            "set",
+            "--project",
+            "shop",
+            "--model",
+            "cheap",
+            "--rpm",
+            "5",
+        ],
+        "--model gpt-4.1-nano",
+    );
 }

@@ -759,6 +759,18 @@ async fn set_limit(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> Respon
             }
         }
         let scope = limit_scope(&p.project, b.env, b.key_id, b.model)?;
+        // Rules match the model a call resolves to: one on an alias would never apply.
+        if let Some(model) = &scope.model {
+            if let Some(target) = gw.limits.models().resolve(&p.project, model) {
+                return Err(invalid(
+                    format!(
+                        "{model:?} is an alias of {target:?} in this project: rate-limit \
+                         rules match the model a call resolves to; set the rule on {target:?}"
+                    ),
+                    "model",
+                ));
+            }
+        }
         let rule = gw
             .store
             .set_rate_limit(&scope, b.rpm, b.tpm, now_ms(), &actor)

@@ -409,6 +409,19 @@ async fn admins_set_rate_limits_and_caps_every_role_reads_them_and_the_gateway_h
     let (viewer, _) = key(&h, Role::Viewer).await;
     let member = h.key.clone();
 
+    // A rule on an alias would never apply (rules match the resolved model): refused.
+    let on_alias = json!({"env": "dev", "model": "fast", "rpm": 1});
+    let (s, v) = admin(&h, &admin_key, "put", "/admin/v1/limits", Some(on_alias)).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["param"], "model");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"gpt-4o-mini\""),
+        "{v}"
+    );
+
     let rule = json!({"env": "dev", "model": "gpt-4o-mini", "rpm": 1});
     let (s, v) = admin(
         &h,
