@@ -53,7 +53,7 @@ enum KeysCommand {
         json: bool,
     },
     /// Issue a successor (same project, environment, role, name and the key's own
-    /// limits and caps; printed once) and
+    /// limits, caps and budgets; printed once) and
     /// retire this key when the grace period ends.
     Rotate {
         /// The key id (key_…), as `keys list` shows it.

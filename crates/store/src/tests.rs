@@ -140,7 +140,7 @@ both_backends!(
     rate_limits_are_set_replaced_listed_cleared_and_audited,
     rate_limits_are_refused_when_invalid_and_leave_nothing_behind,
     output_caps_are_set_per_project_and_key_listed_and_cleared,
-    a_successor_inherits_the_keys_own_limits_and_caps,
+    a_successor_inherits_the_keys_own_limits_caps_and_budgets,
     budgets_are_set_replaced_listed_cleared_and_audited,
     budgets_are_refused_when_invalid_and_leave_nothing_behind,
     spend_is_summed_per_project_env_and_key_since_the_day_and_month,
@@ -1550,7 +1550,7 @@ async fn output_caps_are_set_per_project_and_key_listed_and_cleared(db: &TestDb)
 /// Rotation issues a successor "with the same limits": the old key's own rate-limit
 /// rules and output caps are copied to it in the rotation's transaction (and the
 /// limits version moves so servers pick them up); project-wide rules are untouched.
-async fn a_successor_inherits_the_keys_own_limits_and_caps(db: &TestDb) {
+async fn a_successor_inherits_the_keys_own_limits_caps_and_budgets(db: &TestDb) {
     let store = db.open().await;
     store.ensure_project("shop").await.unwrap();
     store
@@ -1589,6 +1589,22 @@ async fn a_successor_inherits_the_keys_own_limits_and_caps(db: &TestDb) {
         .set_output_cap("shop", Some("key_1"), &cap, 13, &cli())
         .await
         .unwrap();
+    let key_budget = |key: &str| BudgetScope {
+        project: "shop".into(),
+        env: None,
+        key_id: Some(key.into()),
+    };
+    store
+        .set_budget(
+            &key_budget("key_1"),
+            Some(5_000_000),
+            None,
+            Some(90),
+            14,
+            &cli(),
+        )
+        .await
+        .unwrap();
     let v0 = store.limits_version().await.unwrap();
 
     store
@@ -1625,6 +1641,20 @@ async fn a_successor_inherits_the_keys_own_limits_and_caps(db: &TestDb) {
         .find(|c| c.key_id.as_deref() == Some("key_2"))
         .expect("the successor has the key's cap");
     assert_eq!(successor_cap.cap, cap);
+    // And the key's own budget: a rotation does not leave the successor unlimited.
+    let budgets = store.list_budgets(Some("shop")).await.unwrap();
+    let successor_budget = budgets
+        .iter()
+        .find(|b| b.scope == key_budget("key_2"))
+        .expect("the successor has the key's budget");
+    assert_eq!(
+        (
+            successor_budget.daily_usd_nanos,
+            successor_budget.monthly_usd_nanos
+        ),
+        (Some(5_000_000), None)
+    );
+    assert_eq!(successor_budget.soft_percent, 90);
 
     // A key without rules of its own rotates without touching the limits version.
     store

@@ -493,7 +493,8 @@ impl PostgresStore {
             ..successor.clone()
         };
         insert_key_row(&mut tx, successor).await?;
-        // The successor inherits the key's own rate limits and output caps.
+        // The successor inherits the key's own rate limits, output caps and budgets (its
+        // spend starts at nothing: what the old key spent stays the old key's).
         let mut inherited = 0;
         for sql in [
             "INSERT INTO rate_limits (project, env, key_id, model, rpm, tpm, created_at_ms, updated_at_ms) \
@@ -502,6 +503,10 @@ impl PostgresStore {
          temperature_min, temperature_max, created_at_ms, updated_at_ms) \
          SELECT project, $1, max_output_tokens, over_cap, default_output_tokens, \
          temperature_min, temperature_max, $2, $3 FROM output_caps WHERE key_id = $4",
+            "INSERT INTO budgets (project, env, key_id, daily_usd_nanos, monthly_usd_nanos, \
+         soft_percent, created_at_ms, updated_at_ms) \
+         SELECT project, env, $1, daily_usd_nanos, monthly_usd_nanos, soft_percent, $2, $3 \
+         FROM budgets WHERE key_id = $4",
         ] {
             inherited += sqlx::query(sql)
                 .bind(&successor.id)

@@ -532,7 +532,8 @@ impl SqliteStore {
             ..successor.clone()
         };
         insert_key_row(&mut tx, successor).await?;
-        // The successor inherits the key's own rate limits and output caps.
+        // The successor inherits the key's own rate limits, output caps and budgets (its
+        // spend starts at nothing: what the old key spent stays the old key's).
         let mut inherited = 0;
         for sql in [
             "INSERT INTO rate_limits (project, env, key_id, model, rpm, tpm, created_at_ms, updated_at_ms) \
@@ -541,6 +542,10 @@ impl SqliteStore {
          temperature_min, temperature_max, created_at_ms, updated_at_ms) \
          SELECT project, ?, max_output_tokens, over_cap, default_output_tokens, \
          temperature_min, temperature_max, ?, ? FROM output_caps WHERE key_id = ?",
+            "INSERT INTO budgets (project, env, key_id, daily_usd_nanos, monthly_usd_nanos, \
+         soft_percent, created_at_ms, updated_at_ms) \
+         SELECT project, env, ?, daily_usd_nanos, monthly_usd_nanos, soft_percent, ?, ? \
+         FROM budgets WHERE key_id = ?",
         ] {
             inherited += sqlx::query(sql)
                 .bind(&successor.id)
