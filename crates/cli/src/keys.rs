@@ -318,12 +318,12 @@ async fn rotate(store: &Store, id: &str, grace_ms: i64, json: bool) -> anyhow::R
         .await?
         .map_or(DEFAULT_MAX_KEY_AGE_MS, |p| p.effective_max_key_age_ms());
     let now = state::now_ms();
-    let mut minted = keys::mint(&old.project, &old.env, old.role, old.name.clone(), now);
-    minted.record.expires_at_ms = now.saturating_add(max_age);
+    let minted = keys::successor(&old, max_age, now);
     let next = store
         .rotate_key(id, &minted.record, grace_ms, now, &state::actor())
         .await?;
-    let retire_at = now.saturating_add(grace_ms);
+    let stops_at = keys::stops_at(&old, grace_ms, now);
+    let retire_at = stops_at.unwrap_or(now);
     if json {
         let out = serde_json::json!({
             "id": next.id, "key": minted.secret, "prefix": next.prefix,
@@ -340,10 +340,13 @@ async fn rotate(store: &Store, id: &str, grace_ms: i64, json: bool) -> anyhow::R
             next.role,
             state::format_ms(next.expires_at_ms)
         );
-        println!(
-            "{id} keeps working until {} UTC, then stops.",
-            state::format_ms(retire_at)
-        );
+        match stops_at {
+            Some(at) => println!(
+                "{id} keeps working until {} UTC, then stops.",
+                state::format_ms(at)
+            ),
+            None => println!("{id} is refused already (suspended or expired)."),
+        }
         print_secret(&minted.secret);
     }
     Ok(())

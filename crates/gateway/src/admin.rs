@@ -366,18 +366,19 @@ async fn rotate_key_inner(
         .map_err(store_error)?
         .map_or(DEFAULT_MAX_KEY_AGE_MS, |pr| pr.effective_max_key_age_ms());
     let now = now_ms();
-    let mut minted = keys::mint(&old.project, &old.env, old.role, old.name.clone(), now);
-    minted.record.expires_at_ms = now.saturating_add(max_age);
+    let minted = keys::successor(&old, max_age, now);
     let next = gw
         .store
         .rotate_key(id, &minted.record, grace_ms, now, &actor)
         .await
         .map_err(store_error)?;
+    // When the old key stops: now, if it is refused already (suspended or expired).
+    let retires_at = keys::stops_at(&old, grace_ms, now).unwrap_or(now);
     Ok(json!({
         "id": next.id, "key": minted.secret, "prefix": next.prefix,
         "project": next.project, "env": next.env, "role": next.role,
         "name": next.name, "expires_at_ms": next.expires_at_ms, "lane": next.lane,
-        "predecessor": id, "predecessor_retires_at_ms": now.saturating_add(grace_ms),
+        "predecessor": id, "predecessor_retires_at_ms": retires_at,
     }))
 }
 

@@ -116,6 +116,29 @@ pub fn mint(project: &str, env: &str, role: Role, name: Option<String>, now_ms: 
     }
 }
 
+/// A rotated key's successor: the same project, environment, role and name, and the
+/// key's own lifetime (a short-lived key stays short-lived), at most the project's
+/// maximum key age (`max_age_ms`).
+pub fn successor(old: &KeyRecord, max_age_ms: i64, now_ms: i64) -> MintedKey {
+    let mut minted = mint(&old.project, &old.env, old.role, old.name.clone(), now_ms);
+    let lifetime = old
+        .expires_at_ms
+        .saturating_sub(old.created_at_ms)
+        .clamp(1, max_age_ms.max(1));
+    minted.record.expires_at_ms = now_ms.saturating_add(lifetime);
+    minted
+}
+
+/// When a key rotated at `now_ms` with `grace_ms` stops working: at the end of its
+/// grace, or at its expiry if that comes first; `None` when it is refused already
+/// (suspended or expired).
+pub fn stops_at(old: &KeyRecord, grace_ms: i64, now_ms: i64) -> Option<i64> {
+    if old.suspended_at_ms.is_some() || old.expires_at_ms <= now_ms {
+        return None;
+    }
+    Some(now_ms.saturating_add(grace_ms).min(old.expires_at_ms))
+}
+
 /// Lowercase hex SHA-256 of a secret.
 pub fn digest_hex(secret: &str) -> String {
     let d = Sha256::digest(secret.as_bytes());
@@ -544,6 +567,57 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(created: i64, expires: i64, suspended: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: "key_old".into(),
+            project: "shop".into(),
+            env: "dev".into(),
+            role: Role::Member,
+            name: Some("ci".into()),
+            prefix: "tg-dev-x".into(),
+            digest_hex: String::new(),
+            created_at_ms: created,
+            last_used_at_ms: None,
+            revoked_at_ms: None,
+            revoke_reason: None,
+            expires_at_ms: expires,
+            suspended_at_ms: suspended,
+            suspend_reason: None,
+            rotated_to: None,
+            retire_at_ms: None,
+            lane: Lane::Interactive,
+        }
+    }
+
+    #[test]
+    fn a_successor_keeps_the_keys_lifetime_within_the_projects_maximum() {
+        const DAY: i64 = 86_400_000;
+        let short = record(0, DAY, None);
+        let next = successor(&short, 90 * DAY, 10_000);
+        assert_eq!(next.record.expires_at_ms, 10_000 + DAY);
+        assert_eq!(
+            (next.record.project.as_str(), next.record.name.as_deref()),
+            ("shop", Some("ci"))
+        );
+        // A key older than the project's maximum now allows gets that maximum.
+        let long = record(0, 365 * DAY, None);
+        assert_eq!(
+            successor(&long, 90 * DAY, 5).record.expires_at_ms,
+            5 + 90 * DAY
+        );
+    }
+
+    #[test]
+    fn a_rotated_key_stops_at_its_grace_its_expiry_or_at_once() {
+        let live = record(0, 10_000, None);
+        assert_eq!(stops_at(&live, 1_000, 5_000), Some(6_000));
+        // Its expiry comes before the grace ends.
+        assert_eq!(stops_at(&live, 60_000, 5_000), Some(10_000));
+        // Suspended or expired: refused already.
+        assert_eq!(stops_at(&record(0, 10_000, Some(1)), 1_000, 5_000), None);
+        assert_eq!(stops_at(&live, 1_000, 10_000), None);
+    }
 
     #[test]
     fn minted_keys_have_the_env_prefix_enough_entropy_and_a_matching_digest() {
