@@ -409,6 +409,10 @@ impl GatewayError {
             Self::InvalidUrl { method, path } if path.starts_with("/v1/") => {
                 format!("Invalid URL ({method} {path})")
             }
+            Self::InvalidUrl { method, path } if path.starts_with("/admin/") => format!(
+                "Invalid URL ({method} {path}). The admin API's routes are listed in \
+                 docs/admin-api.md."
+            ),
             Self::InvalidUrl { method, path } => format!(
                 "Invalid URL ({method} {path}). tollgate serves the OpenAI API under /v1: \
                  set your SDK's base URL to this gateway's address followed by /v1 (for \
@@ -462,6 +466,13 @@ impl GatewayError {
             Self::NotFound { what: "project", id } => {
                 format!("No project {id:?}. List projects with GET /admin/v1/projects.")
             }
+            Self::NotFound {
+                what: "stored catalog entry",
+                id,
+            } => format!(
+                "No stored catalog entry {id:?}: the built-in and configured entries cannot be \
+                 deleted. List the catalog with GET /admin/v1/models/catalog."
+            ),
             Self::NotFound { what, id } => {
                 let list = match *what {
                     "rate limit" => "limits",
@@ -1139,6 +1150,34 @@ mod tests {
 #[cfg(test)]
 mod budget_tests {
     use super::*;
+
+    #[test]
+    fn not_found_messages_point_where_the_caller_can_look() {
+        let admin = GatewayError::InvalidUrl {
+            method: "GET".into(),
+            path: "/admin/v1/nope".into(),
+        }
+        .message();
+        assert!(
+            admin.contains("docs/admin-api.md") && !admin.contains("base URL"),
+            "{admin}"
+        );
+        let root = GatewayError::InvalidUrl {
+            method: "POST".into(),
+            path: "/chat/completions".into(),
+        }
+        .message();
+        assert!(root.contains("base URL"), "{root}");
+        let catalog = GatewayError::NotFound {
+            what: "stored catalog entry",
+            id: "llama".into(),
+        }
+        .message();
+        assert!(
+            catalog.contains("GET /admin/v1/models/catalog") && !catalog.contains("keys"),
+            "{catalog}"
+        );
+    }
 
     #[test]
     fn a_spent_budget_says_what_and_when_and_stops_sdk_retries() {
