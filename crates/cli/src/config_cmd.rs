@@ -17,8 +17,12 @@ pub struct ConfigArgs {
 enum ConfigCommand {
     /// Validate a tollgate.toml.
     Check {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check (or give it as --config, as `serve` takes it).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The file to check, as `serve --config` names it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print the result as JSON (problems still go to stderr with a non-zero exit).
         #[arg(long)]
         json: bool,
@@ -27,7 +31,10 @@ enum ConfigCommand {
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file, json } => {
+        ConfigCommand::Check { file, config, json } => {
+            let Some(file) = file.or(config) else {
+                anyhow::bail!("name the file to check: tollgate config check FILE");
+            };
             let raw = crate::state::read_config(&file)?;
             let config = Config::try_from(raw).map_err(|e| {
                 anyhow::anyhow!("invalid configuration in {}:\n{e}", file.display())

@@ -411,6 +411,30 @@ fn config_check_speaks_json_too() {
         out["listen"].is_string() && out["upstream"].is_string(),
         "{out}"
     );
+    // The file may be named as `serve` names it, too.
+    let out = json(
+        tmp.path(),
+        &[
+            "config",
+            "check",
+            "--config",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out["ok"], true);
+    // An upstream URL the client would refuse is refused here, with its path.
+    let bad_port = tmp.path().join("port.toml");
+    std::fs::write(
+        &bad_port,
+        "[upstream]\nurl = \"http://127.0.0.1:99999/v1\"\n",
+    )
+    .unwrap();
+    fails(
+        tmp.path(),
+        &["config", "check", bad_port.to_str().unwrap()],
+        "upstream.url",
+    );
     std::fs::write(&file, "[upstream]\nretry_base_ms = \"soon\"\n").unwrap();
     fails(
         tmp.path(),

@@ -63,6 +63,25 @@ mod retry;
 mod stream;
 mod transport;
 
+/// Checks a base URL as [`ClientBuilder::build`] will parse it: `Err` says what is
+/// wrong (a port out of range, say), for a configuration check before any client is
+/// built.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url.trim().trim_end_matches('/')).map_err(|e| e.to_string())?;
+    if matches!(parsed.scheme(), "http" | "https") {
+        Ok(())
+    } else {
+        Err("not http(s)".to_owned())
+    }
+}
+
+/// Checks a PEM bundle of CA certificates as a client will load them: each must parse
+/// and be usable as a trust anchor.
+pub fn check_root_certificates(pem: &[u8]) -> Result<(), String> {
+    transport::check_roots(pem)
+}
+
 pub use api::{Chat, Embeddings, Models, Moderations, Responses};
 pub use body::{ByteStream, Collected};
 pub use client::{Client, ClientBuilder, RawResponse, DEFAULT_BASE_URL};

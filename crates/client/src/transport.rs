@@ -354,6 +354,12 @@ pub(crate) fn parse_roots(bundles: &[Vec<u8>]) -> Result<Vec<CertificateDer<'sta
     Ok(out)
 }
 
+/// Whether a PEM bundle holds certificates a TLS configuration accepts as roots.
+pub(crate) fn check_roots(pem: &[u8]) -> Result<(), String> {
+    let certs = parse_roots(&[pem.to_vec()])?;
+    tls_config(&certs).map(|_| ())
+}
+
 /// rustls with the ring provider and the webpki roots (plus `extra` CA
 /// certificates), speaking HTTP/1.1 only.
 fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {

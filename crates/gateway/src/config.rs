@@ -407,7 +407,10 @@ pub(crate) fn base_url_problem(url: &str) -> Option<String> {
     if authority.is_empty() {
         return Some(format!("{url:?} names no host"));
     }
-    None
+    // What the client will refuse when it is built (a port out of range, say).
+    tollgate_client::check_base_url(url)
+        .err()
+        .map(|e| format!("{url:?} is not a valid URL: {e}"))
 }
 
 /// `scheme://user:password@host…` → `scheme://***@host…`.
@@ -585,10 +588,21 @@ impl TryFrom<RawConfig> for Config {
         });
         if let Some(db) = &raw.database_url {
             // The URL itself is not echoed: a PostgreSQL one may carry a password.
+            let sqlite_path = db
+                .strip_prefix("sqlite://")
+                .or_else(|| db.strip_prefix("sqlite:"));
             if !DATABASE_SCHEMES.iter().any(|s| db.starts_with(s)) {
                 err(
                     "database_url",
                     "unsupported database: use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+                        .into(),
+                );
+            } else if sqlite_path.is_some_and(|p| p.trim().is_empty() || p.starts_with(":memory:"))
+            {
+                // Each pooled connection would get an empty database of its own.
+                err(
+                    "database_url",
+                    "a SQLite database needs a file: sqlite://PATH (not empty, not :memory:)"
                         .into(),
                 );
             }
@@ -684,7 +698,13 @@ impl TryFrom<RawConfig> for Config {
             .as_deref()
             .and_then(|path| match std::fs::read(path) {
                 Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
-                    Some(pem)
+                    match tollgate_client::check_root_certificates(&pem) {
+                        Ok(()) => Some(pem),
+                        Err(e) => {
+                            err("upstream.ca_file", format!("{}: {e}", path.display()));
+                            None
+                        }
+                    }
                 }
                 Ok(_) => {
                     err(
@@ -1234,6 +1254,14 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_url_the_client_would_refuse_is_refused_when_validated() {
+        let e =
+            Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:99999/v1\"\n").unwrap_err();
+        assert_eq!(e.0[0].path, "upstream.url");
+        assert!(e.0[0].message.contains("not a valid URL"), "{e}");
+    }
+
+    #[test]
     fn an_upstream_ca_file_is_read_and_checked_when_validated() {
         let dir = tempfile::tempdir().unwrap();
         let toml = |path: &std::path::Path| {
@@ -1249,11 +1277,41 @@ mod tests {
         let e = Config::from_toml_str(&toml(&not_pem)).unwrap_err();
         assert!(e.0[0].message.contains("no PEM certificate"), "{e}");
 
-        let pem = dir.path().join("ca.pem");
+        // PEM armour around what is no certificate is refused now, not when serving.
+        let garbage = dir.path().join("garbage.pem");
         let body = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        std::fs::write(&pem, body).unwrap();
+        std::fs::write(&garbage, body).unwrap();
+        let e = Config::from_toml_str(&toml(&garbage)).unwrap_err();
+        assert_eq!(e.0[0].path, "upstream.ca_file");
+
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tollgate test CA",
+            ])
+            .args([
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args(["-keyout", "ca.key", "-out", "ca.pem"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let pem = dir.path().join("ca.pem");
         let c = Config::from_toml_str(&toml(&pem)).unwrap();
-        assert_eq!(c.upstream.ca_pem.as_deref(), Some(body.as_bytes()));
+        assert_eq!(c.upstream.ca_pem, Some(std::fs::read(&pem).unwrap()));
         assert_eq!(Config::from_toml_str("").unwrap().upstream.ca_pem, None);
     }
 
@@ -1370,6 +1428,11 @@ mod tests {
         ] {
             let c = Config::from_toml_str(&format!("database_url = {url:?}")).unwrap();
             assert_eq!(c.database_url.as_deref(), Some(url));
+        }
+        for memory in ["sqlite://", "sqlite::memory:", "sqlite://:memory:"] {
+            let e = Config::from_toml_str(&format!("database_url = {memory:?}")).unwrap_err();
+            assert_eq!(e.0[0].path, "database_url", "{memory}");
+            assert!(e.0[0].message.contains("needs a file"), "{e}");
         }
         let e = Config::from_toml_str("database_url = \"mysql://root:hunter2@db/x\"").unwrap_err();
         assert_eq!(e.0.len(), 1);
