@@ -684,6 +684,14 @@ impl TryFrom<RawConfig> for Config {
                 );
             }
         }
+        if default_output_tokens > 1_000_000 {
+            // No model answers with more; a typo here would make every request that
+            // sets no maximum reserve (and be refused for) millions of tokens.
+            err(
+                "limits.default_output_tokens",
+                "must be at most 1000000".into(),
+            );
+        }
         if refresh_ms > 900 {
             err(
                 "keys.refresh_interval_ms",
@@ -1114,6 +1122,14 @@ const MAX_CACHE_SECONDS: u64 = 365 * 24 * 3600;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_output_reservation_is_at_most_a_million_tokens() {
+        let e = Config::from_toml_str("[limits]\ndefault_output_tokens = 1000001\n").unwrap_err();
+        assert_eq!(e.0[0].path, "limits.default_output_tokens");
+        let c = Config::from_toml_str("[limits]\ndefault_output_tokens = 1000000\n").unwrap();
+        assert_eq!(c.default_output_tokens, 1_000_000);
+    }
 
     #[test]
     fn cache_times_are_at_most_a_year() {
