@@ -927,10 +927,26 @@ pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
     } else {
         &bytes
     };
-    serde_json::from_slice(text).map_err(|e| GatewayError::InvalidRequest {
-        message: format!("invalid request body: {e}"),
-        param: None,
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let param = offending_param(&e.path().to_string(), &e.inner().to_string()).map(Into::into);
+        GatewayError::InvalidRequest {
+            message: format!("invalid request body: {}", e.inner()),
+            param,
+        }
     })
+}
+
+/// The field a body or query error is about, for `param`: an unknown or missing
+/// field's name, or the path of a field whose value is wrong; `None` for the body as a
+/// whole (not JSON, say).
+fn offending_param(path: &str, message: &str) -> Option<String> {
+    for lead in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.strip_prefix(lead) {
+            return rest.split('`').next().map(str::to_owned);
+        }
+    }
+    (path != "." && !path.is_empty()).then(|| path.to_owned())
 }
 
 pub(crate) fn read_query<T: serde::de::DeserializeOwned + Default>(
@@ -949,16 +965,19 @@ fn serde_urlencoded_like<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, G
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         map.insert(k.to_owned(), Value::String(v.to_owned()));
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| GatewayError::InvalidRequest {
-        message: format!("invalid query: {e}"),
-        param: None,
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let param = offending_param(&e.path().to_string(), &e.inner().to_string()).map(Into::into);
+        GatewayError::InvalidRequest {
+            message: format!("invalid query: {}", e.inner()),
+            param,
+        }
     })
 }
 
 pub(crate) fn invalid(message: impl Into<String>, param: &'static str) -> GatewayError {
     GatewayError::InvalidRequest {
         message: message.into(),
-        param: Some(param),
+        param: Some(param.into()),
     }
 }
 

@@ -106,7 +106,7 @@ pub fn mode(headers: &HeaderMap) -> Result<Mode, GatewayError> {
                 "The {HEADER} header must be `on`, `off` or `refresh`; leave it out to use \
                  the project's cache setting."
             ),
-            param: Some(HEADER),
+            param: Some(HEADER.into()),
         }),
     }
 }

@@ -90,7 +90,7 @@ pub fn apply(
                          Ask for at most {max}, or ask a project admin to raise the cap \
                          (`tollgate caps set`)."
                     ),
-                    param: Some(static_name(name)),
+                    param: Some(static_name(name).into()),
                 });
             }
             OverCap::Clamp => {
@@ -145,7 +145,7 @@ fn check_temperature(
                     "temperature {t} is outside the range this key allows ({min} to {max}). \
                      Send a temperature within it, or none."
                 ),
-                param: Some("temperature"),
+                param: Some("temperature".into()),
             });
         }
     }

@@ -48,7 +48,7 @@ pub enum GatewayError {
     #[error("invalid request")]
     InvalidRequest {
         message: String,
-        param: Option<&'static str>,
+        param: Option<std::borrow::Cow<'static, str>>,
     },
     #[error("upstream unreachable")]
     UpstreamUnreachable { attempts: u32 },
@@ -298,7 +298,7 @@ impl GatewayError {
     /// OpenAI's `param`.
     pub fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidRequest { param, .. } => *param,
+            Self::InvalidRequest { param, .. } => param.as_deref(),
             Self::UnpricedModel { .. } => Some("model"),
             Self::ModelNotFound { .. } => Some("model"),
             Self::ContextLengthExceeded(r) => Some(r.param),
@@ -878,7 +878,7 @@ mod tests {
             (
                 GatewayError::InvalidRequest {
                     message: "m".into(),
-                    param: Some("model"),
+                    param: Some("model".into()),
                 },
                 400,
                 "invalid_request_error",

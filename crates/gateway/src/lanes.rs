@@ -80,7 +80,7 @@ pub fn lane(headers: &HeaderMap, default: Lane) -> Result<Lane, GatewayError> {
                 "The {PRIORITY_HEADER} header must be `batch` or `interactive`; leave it out \
                  to use the key's default lane."
             ),
-            param: Some(PRIORITY_HEADER),
+            param: Some(PRIORITY_HEADER.into()),
         }),
     }
 }

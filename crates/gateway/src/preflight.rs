@@ -436,7 +436,7 @@ fn with_include_usage(body: &Bytes) -> Result<Bytes, GatewayError> {
     let o: Options<'_> =
         serde_json::from_str(options.get()).map_err(|_| GatewayError::InvalidRequest {
             message: "stream_options must be an object, such as {\"include_usage\": true}.".into(),
-            param: Some("stream_options"),
+            param: Some("stream_options".into()),
         })?;
     Ok(match o.include_usage {
         Some(flag) => splice(body, span(body, flag)?, "true", ""),

@@ -186,7 +186,7 @@ pub fn translate_response_format(body: &[u8]) -> Result<Bytes, GatewayError> {
             let mut text: Map<String, Value> =
                 serde_json::from_str(raw.get()).map_err(|_| GatewayError::InvalidRequest {
                     message: "text must be an object.".into(),
-                    param: Some("text"),
+                    param: Some("text".into()),
                 })?;
             if text.get("format").is_some_and(|f| !f.is_null()) {
                 return Err(refuse_both());

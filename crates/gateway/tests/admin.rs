@@ -309,9 +309,9 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
             "post",
             "/admin/v1/keys".into(),
             json!({"env": "dev", "project": "rival"}),
-            None,
+            Some("project"),
         ),
-        ("post", "/admin/v1/keys".into(), json!({}), None),
+        ("post", "/admin/v1/keys".into(), json!({}), Some("env")),
         (
             "post",
             format!("/admin/v1/keys/{id}/rotate"),
@@ -328,7 +328,7 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
             "post",
             format!("/admin/v1/keys/{id}/suspend"),
             json!({"why": "x"}),
-            None,
+            Some("why"),
         ),
         (
             "get",
@@ -352,7 +352,7 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
             "get",
             "/admin/v1/audit?colour=red".into(),
             Value::Null,
-            None,
+            Some("colour"),
         ),
     ];
     let keys_before = h.store.list_keys().await.unwrap();
@@ -467,7 +467,7 @@ async fn admins_set_rate_limits_and_caps_every_role_reads_them_and_the_gateway_h
         (json!({"rpm": 0}), Value::from("rpm")),
         (json!({"env": "dev"}), Value::from("rpm")),
         (json!({"env": "Dev!", "rpm": 1}), Value::from("env")),
-        (json!({"rpm": 1, "burst": 2}), Value::Null),
+        (json!({"rpm": 1, "burst": 2}), Value::from("burst")),
     ] {
         let (s, v) = admin(
             &h,
@@ -713,4 +713,35 @@ async fn usage_counts_errors_as_tollgate_usage_does() {
     // A record without a model groups as "-", as in `tollgate usage --by model`.
     let (_, v) = admin(&h, &viewer, "get", "/admin/v1/usage?by=model", None).await;
     assert_eq!(v["data"][0]["group"], "-", "{v}");
+}
+
+#[tokio::test]
+async fn bad_input_names_the_offending_field() {
+    let h = start().await;
+    let (admin_key, _) = key(&h, Role::Admin).await;
+    for (body, param) in [
+        (json!({"rpm": 1, "bogus": 2}), "bogus"),
+        (json!({"rpm": "many"}), "rpm"),
+    ] {
+        let (s, v) = admin(
+            &h,
+            &admin_key,
+            "put",
+            "/admin/v1/limits",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    let (s, v) = admin(
+        &h,
+        &admin_key,
+        "get",
+        "/admin/v1/usage?since=1h&foo=1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["param"], "foo", "{v}");
 }
