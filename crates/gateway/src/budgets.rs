@@ -1018,21 +1018,32 @@ pub async fn watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync_tick = tokio::time::interval(sync_every);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Each store call has a deadline (see `keys::STORE_CALL_DEADLINE`): a re-sync stuck
+    // on a dead connection would also hold the gate the usage writer needs.
+    let deadline = crate::keys::STORE_CALL_DEADLINE;
+    let timed_out = || StoreError::Invalid("no answer from the store in time".into());
     loop {
         tokio::select! {
-            _ = tick.tick() => match store.limits_version().await {
-                Ok(v) if v == version => {}
-                Ok(v) => match reload(&budgets, &store).await {
-                    Ok(items) => {
-                        tracing::info!(items, version = v, "budgets reloaded");
-                        version = v;
+            _ = tick.tick() => {
+                let current = tokio::time::timeout(deadline, store.limits_version()).await;
+                match current.unwrap_or_else(|_| Err(timed_out())) {
+                    Ok(v) if v == version => {}
+                    Ok(v) => {
+                        let loaded = tokio::time::timeout(deadline, reload(&budgets, &store)).await;
+                        match loaded.unwrap_or_else(|_| Err(timed_out())) {
+                            Ok(items) => {
+                                tracing::info!(items, version = v, "budgets reloaded");
+                                version = v;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "budgets reload failed"),
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "budgets reload failed"),
-                },
-                Err(e) => tracing::warn!(error = %e, "budgets version check failed"),
-            },
+                    Err(e) => tracing::warn!(error = %e, "budgets version check failed"),
+                }
+            }
             _ = sync_tick.tick() => {
-                if let Err(e) = sync(&budgets, &store).await {
+                let synced = tokio::time::timeout(deadline, sync(&budgets, &store)).await;
+                if let Err(e) = synced.unwrap_or_else(|_| Err(timed_out())) {
                     tracing::warn!(error = %e, "budget spend re-sync failed");
                 }
             }

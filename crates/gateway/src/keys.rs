@@ -472,6 +472,10 @@ async fn poll(
     .await;
 }
 
+/// How long one store call of a watch loop may take before it is cut and tried again
+/// on the next tick.
+pub(crate) const STORE_CALL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The watch loop shared by the in-memory copies of store state (keys, rate limits):
 /// every `every`, reads the store's change counter with `current` and, when it moved,
 /// calls `reload` (which answers how many items it loaded). Store errors are logged
@@ -496,16 +500,20 @@ pub(crate) async fn poll_version<C, CF, R, RF>(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match current().await {
-            Ok(v) if v == version => {}
-            Ok(v) => match reload().await {
-                Ok(items) => {
+        // Each store call has a deadline: one stuck on a dead connection must not stop
+        // the watch for good (a revocation would never take effect).
+        match tokio::time::timeout(STORE_CALL_DEADLINE, current()).await {
+            Ok(Ok(v)) if v == version => {}
+            Ok(Ok(v)) => match tokio::time::timeout(STORE_CALL_DEADLINE, reload()).await {
+                Ok(Ok(items)) => {
                     tracing::info!(items, version = v, "{what} reloaded");
                     version = v;
                 }
-                Err(e) => tracing::warn!(error = %e, "{what} reload failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "{what} reload failed"),
+                Err(_) => tracing::warn!("{what} reload timed out; trying again"),
             },
-            Err(e) => tracing::warn!(error = %e, "{what} version check failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "{what} version check failed"),
+            Err(_) => tracing::warn!("{what} version check timed out; trying again"),
         }
     }
 }
@@ -588,6 +596,47 @@ mod tests {
             retire_at_ms: None,
             lane: Lane::Interactive,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_call_that_hangs_is_cut_and_the_watch_goes_on() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let checks = Arc::new(AtomicUsize::new(0));
+        let reloads = Arc::new(AtomicUsize::new(0));
+        let (stop_tx, stop) = watch::channel(false);
+        let (c, r) = (checks.clone(), reloads.clone());
+        let watcher = tokio::spawn(poll_version(
+            "test",
+            1,
+            Duration::from_millis(100),
+            stop,
+            move || {
+                // The first version check never answers (a dead connection).
+                let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(2)
+                }
+            },
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Ok(1) }
+            },
+        ));
+        tokio::time::sleep(STORE_CALL_DEADLINE + Duration::from_secs(1)).await;
+        assert!(
+            checks.load(Ordering::SeqCst) >= 2,
+            "the hung check was never cut"
+        );
+        assert_eq!(
+            reloads.load(Ordering::SeqCst),
+            1,
+            "the change was not loaded"
+        );
+        stop_tx.send(true).unwrap();
+        watcher.await.unwrap();
     }
 
     #[test]
