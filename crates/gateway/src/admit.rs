@@ -621,6 +621,18 @@ impl Reservation {
     /// Settles against a finished call's record (see the module docs for the rule);
     /// `sent`: whether the call went upstream at all.
     pub fn settle(self, rec: &UsageRecord, sent: bool) {
+        self.settle_as(rec, sent, false);
+    }
+
+    /// Settles like [`Self::settle`] a call a fallback target served with another
+    /// model: the buckets of rules scoped to a model (the requested one's) get every
+    /// reserved token back, since that model served none of the usage; the others
+    /// settle against it as usual.
+    pub fn settle_served_by_another_model(self, rec: &UsageRecord, sent: bool) {
+        self.settle_as(rec, sent, true);
+    }
+
+    fn settle_as(self, rec: &UsageRecord, sent: bool, another_model: bool) {
         let used = if rec.total_tokens > 0 {
             Some(rec.total_tokens)
         } else if rec.input_tokens + rec.output_tokens > 0 {
@@ -634,19 +646,32 @@ impl Reservation {
             return;
         };
         let delta = i128::from(self.reserved) - i128::from(used);
-        self.give_back(i64::try_from(delta).unwrap_or(if delta > 0 { i64::MAX } else { i64::MIN }));
+        let delta = i64::try_from(delta).unwrap_or(if delta > 0 { i64::MAX } else { i64::MIN });
+        let unused = i64::try_from(self.reserved).unwrap_or(i64::MAX);
+        self.give_back_each(|key| {
+            if another_model && key.0.model.is_some() {
+                unused
+            } else {
+                delta
+            }
+        });
     }
 
     /// Gives `delta` tokens back to every bucket (takes them when negative).
     fn give_back(&self, delta: i64) {
-        if delta == 0 {
-            return;
-        }
+        self.give_back_each(|_| delta);
+    }
+
+    /// Gives each bucket back the tokens `delta_of` says (takes them when negative).
+    fn give_back_each(&self, delta_of: impl Fn(&BucketKey) -> i64) {
         let now = Instant::now();
         for (key, limit) in &self.buckets {
-            self.limits
-                .counters
-                .adjust(key, *limit, delta, now, self.in_redis);
+            let delta = delta_of(key);
+            if delta != 0 {
+                self.limits
+                    .counters
+                    .adjust(key, *limit, delta, now, self.in_redis);
+            }
         }
     }
 

@@ -361,6 +361,9 @@ async fn chained(
         if !failed {
             permit.success();
             guard.hold_fallback(own);
+            if target_pf.model != preflight.model {
+                guard.mark_another_model();
+            }
             let label = target.label();
             if i > 0 {
                 fb.fell_back.fetch_add(1, Ordering::Relaxed);

@@ -299,6 +299,9 @@ pub struct RecordGuard {
     /// Whether the call went upstream: one that never did (its caller left while it
     /// waited its turn) cost nothing, and its reservations are given back whole.
     sent: bool,
+    /// Whether a fallback target served it with another model than the one asked
+    /// for: the requested model's own rules then get their reserved tokens back.
+    another_model: bool,
 }
 
 impl RecordGuard {
@@ -312,6 +315,7 @@ impl RecordGuard {
             budget: None,
             body_room: None,
             sent: false,
+            another_model: false,
         }
     }
 
@@ -330,6 +334,12 @@ impl RecordGuard {
     /// and settles it then.
     pub fn hold_fallback(&mut self, reservation: Option<Reservation>) {
         self.fallback = reservation;
+    }
+
+    /// Notes that a fallback target with another model than the one asked for served
+    /// the call (see [`Reservation::settle_served_by_another_model`]).
+    pub fn mark_another_model(&mut self) {
+        self.another_model = true;
     }
 
     /// Keeps the budgets' reservation until the record is finished, and settles it
@@ -383,10 +393,14 @@ impl RecordGuard {
     fn take(&mut self) -> Option<UsageRecord> {
         let mut rec = self.record.take()?;
         rec.latency_ms = elapsed_ms(self.started);
-        for r in [self.reservation.take(), self.fallback.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(r) = self.reservation.take() {
+            if self.another_model {
+                r.settle_served_by_another_model(&rec, self.sent);
+            } else {
+                r.settle(&rec, self.sent);
+            }
+        }
+        if let Some(r) = self.fallback.take() {
             r.settle(&rec, self.sent);
         }
         if let Some(b) = self.budget.take() {

@@ -247,6 +247,95 @@ async fn a_fallback_to_another_model_is_admitted_against_that_models_own_limits(
 }
 
 #[tokio::test]
+async fn the_requested_models_token_limit_is_not_charged_for_what_another_model_served() {
+    let mut h = support::start_with(|raw| {
+        raw.upstream.max_retries = Some(0);
+        raw.fallbacks
+            .insert("gpt-4o".into(), vec![target(Some("gpt-4o-mini"), None)]);
+    })
+    .await;
+    // gpt-4o: 60 tokens a minute, so a minute's refill is one token a second.
+    let gpt4o = tollgate_store::LimitScope {
+        project: "shop".into(),
+        env: None,
+        key_id: None,
+        model: Some("gpt-4o".into()),
+    };
+    h.store
+        .set_rate_limit(
+            &gpt4o,
+            None,
+            Some(60),
+            support::now_ms(),
+            &tollgate_store::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let body = json!({"model": "gpt-4o", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let remaining = |res: &reqwest::Response| -> i64 {
+        res.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // A: the first call the rule governs, served by gpt-4o itself.
+    let first = std::cell::RefCell::new(None);
+    let applied = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .post("/v1/chat/completions", body.clone())
+            .send()
+            .await
+            .unwrap();
+        let governed = res
+            .headers()
+            .get("x-ratelimit-limit-tokens")
+            .is_some_and(|v| v == "60");
+        if governed {
+            let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+            *first.borrow_mut() = Some((id, remaining(&res)));
+        }
+        governed
+    })
+    .await;
+    assert!(applied.is_some(), "the rule was never applied");
+    let (first_id, first_remaining) = first.into_inner().unwrap();
+    // B: gpt-4o fails and gpt-4o-mini serves the call.
+    sim_fault(&h.sim, json!({"count": 1, "status": 503})).await;
+    let res = h
+        .post("/v1/chat/completions", body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&res), "primary/gpt-4o-mini");
+    let fell_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    drop(res);
+    // C: the same call again. gpt-4o's bucket holds A's usage, not B's.
+    let res = h
+        .post("/v1/chat/completions", body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let third_remaining = remaining(&res);
+    let recs = h.stop_and_records().await;
+    let used = |id: &str| {
+        let r = recs.iter().find(|r| r.request_id == id).unwrap();
+        i64::try_from(r.total_tokens).unwrap()
+    };
+    let (a, b) = (used(&first_id), used(&fell_id));
+    assert!(b > 0);
+    // A and C reserve the same estimate; the bucket refills at most a token or two
+    // meanwhile, which only narrows the gap.
+    let gap = first_remaining - third_remaining;
+    assert!(
+        gap <= a,
+        "gpt-4o was charged {gap} tokens; it served {a} (gpt-4o-mini served {b})"
+    );
+}
+
+#[tokio::test]
 async fn a_429_falls_back_after_the_clients_own_retries_and_so_does_insufficient_quota() {
     let b = backup().await;
     let mut h = support::start_with(|raw| {
