@@ -64,8 +64,10 @@ pub const MAX_RANGES: usize = 32;
 pub const IDLE_EVICT_MINUTES: i64 = 60;
 /// Webhook deliveries waiting to be sent; beyond this, flags are logged but not sent.
 pub const WEBHOOK_QUEUE: usize = 256;
-/// Idle minutes folded into a baseline at once; after this many the mean is ~0 anyway.
-const MAX_GAP_MINUTES: i64 = 64;
+/// Idle minutes folded into a baseline as zeros: a short pause lowers it, a long one
+/// no more than this (0.8³ ≈ half), so a key back to its usual traffic after an idle
+/// hour is not flagged against a baseline decayed to nothing.
+const MAX_IDLE_ZEROS: i64 = 3;
 const MINUTE_MS: i64 = 60_000;
 
 /// The checked `[anomaly]` settings.
@@ -214,10 +216,14 @@ pub struct Detector {
     shards: Vec<Mutex<Shard>>,
     /// Flags raised, per [`AnomalyKind::index`].
     flagged: [AtomicU64; 3],
-    /// Flags that suspended their key.
+    /// Keys suspended (one per suspension, whatever the flags that caused it).
     suspended: AtomicU64,
     webhook_dropped: AtomicU64,
     flags_tx: broadcast::Sender<AnomalyFlag>,
+    /// The store writer's queue ([`Detector::store_queue`]): unlike the broadcast, it
+    /// loses no flag, so every suspension reaches the store. Bounded in practice by
+    /// the cooldown: at most one flag of each kind per key per `cooldown_minutes`.
+    store_tx: std::sync::OnceLock<mpsc::UnboundedSender<AnomalyFlag>>,
     webhook_tx: Option<mpsc::Sender<AnomalyFlag>>,
 }
 
@@ -285,6 +291,7 @@ impl Detector {
             suspended: AtomicU64::new(0),
             webhook_dropped: AtomicU64::new(0),
             flags_tx,
+            store_tx: std::sync::OnceLock::new(),
             webhook_tx: None,
         }
     }
@@ -333,7 +340,7 @@ impl Detector {
         self.flagged[kind.index()].load(Ordering::Relaxed)
     }
 
-    /// Flags since start that suspended their key (auto-suspend).
+    /// Keys suspended since start (auto-suspend), once per suspension.
     pub fn suspended_total(&self) -> u64 {
         self.suspended.load(Ordering::Relaxed)
     }
@@ -346,6 +353,13 @@ impl Detector {
     /// Every flag from now on; a slow subscriber misses the oldest (`Lagged`).
     pub fn flags(&self) -> broadcast::Receiver<AnomalyFlag> {
         self.flags_tx.subscribe()
+    }
+
+    /// Every flag from now on, none lost however far behind the reader falls: the
+    /// store writer's queue. `None` if it was taken already (there is one).
+    pub fn store_queue(&self) -> Option<mpsc::UnboundedReceiver<AnomalyFlag>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.store_tx.set(tx).ok().map(|()| rx)
     }
 
     /// Whether this process refuses the key after an anomaly.
@@ -530,7 +544,10 @@ impl Detector {
         }
         *last = Some(now_ms);
         let action = if self.auto_suspends(&state.project) {
-            state.suspended = Some(kind);
+            // Counted once per suspension, however many flags come with it.
+            if state.suspended.replace(kind).is_none() {
+                self.suspended.fetch_add(1, Ordering::Relaxed);
+            }
             AnomalyAction::Suspend
         } else {
             AnomalyAction::Notify
@@ -551,9 +568,6 @@ impl Detector {
     /// Logs, counts, publishes and queues the webhook; never waits.
     fn raise(&self, flag: AnomalyFlag) {
         self.flagged[flag.kind.index()].fetch_add(1, Ordering::Relaxed);
-        if flag.action == AnomalyAction::Suspend {
-            self.suspended.fetch_add(1, Ordering::Relaxed);
-        }
         tracing::warn!(
             key_id = %flag.key_id,
             project = %flag.project,
@@ -570,6 +584,9 @@ impl Detector {
                 self.webhook_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key_id = %flag.key_id, "anomaly webhook queue full; not sent");
             }
+        }
+        if let Some(tx) = self.store_tx.get() {
+            let _ = tx.send(flag.clone());
         }
         // No subscriber is fine: the flag has been logged and counted.
         let _ = self.flags_tx.send(flag);
@@ -632,10 +649,11 @@ impl KeyState {
 }
 
 impl Series {
-    /// Folds the current minute, then `gap - 1` idle minutes, into the baseline.
+    /// Folds the current minute, then `gap - 1` idle minutes (at most
+    /// [`MAX_IDLE_ZEROS`] of them), into the baseline.
     fn close(&mut self, gap: i64) {
         self.push(self.current as f64);
-        for _ in 1..gap.min(MAX_GAP_MINUTES) {
+        for _ in 0..(gap - 1).min(MAX_IDLE_ZEROS) {
             self.push(0.0);
         }
         self.current = 0;
@@ -927,6 +945,60 @@ mod tests {
         policy.replace(HashMap::from([("relaxed".to_owned(), false)]));
         assert!(!d.auto_suspends("relaxed"));
         assert!(d.auto_suspends("other"));
+    }
+
+    #[test]
+    fn the_store_queue_loses_no_flag_of_a_burst() {
+        let d = detector(|c| {
+            c.auto_suspend = true;
+            c.warmup_minutes = 0;
+            c.min_requests_per_min = 1;
+        });
+        let mut queue = d.store_queue().unwrap();
+        assert!(d.store_queue().is_none(), "one store writer");
+        // 200 keys flagged at once: past the broadcast's 64 a slow reader would miss.
+        for k in 0..200 {
+            let key = format!("key_{k}");
+            assert!(d
+                .observe_request(&key, "shop", "prod", None, at(0, 0))
+                .is_err());
+        }
+        let mut got = 0;
+        while queue.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 200);
+        assert_eq!(d.suspended_total(), 200);
+    }
+
+    #[test]
+    fn a_key_back_to_its_usual_traffic_after_an_idle_hour_is_not_flagged() {
+        let d = detector(|_| {});
+        for m in 0..15 {
+            minute_of(&d, m, 200);
+        }
+        // An hour of silence, then the same 200 a minute.
+        minute_of(&d, 75, 200);
+        minute_of(&d, 76, 200);
+        assert_eq!(d.flagged_total(), 0);
+        // A real burst after the pause still is.
+        minute_of(&d, 77, 2000);
+        assert_eq!(d.flagged_total(), 1);
+    }
+
+    #[test]
+    fn a_suspension_is_counted_once_whatever_flags_come_with_it() {
+        let d = detector(|c| {
+            c.auto_suspend = true;
+            c.warmup_minutes = 0;
+            c.min_requests_per_min = 1;
+            c.min_tokens_per_min = 1;
+        });
+        assert!(request(&d, at(0, 0)).is_err());
+        // The key's calls in flight finish with tokens: another flag, no second count.
+        assert!(d.observe_tokens(KEY, 1_000, at(0, 1)).is_some());
+        assert_eq!(d.flagged_total(), 2);
+        assert_eq!(d.suspended_total(), 1);
     }
 
     #[test]

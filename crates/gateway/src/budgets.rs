@@ -1062,13 +1062,16 @@ async fn notify(
     mut rx: mpsc::Receiver<Notice>,
 ) {
     while let Some(n) = rx.recv().await {
-        match store
-            .claim_budget_notice(&n.scope, n.period, n.period_start_ms)
-            .await
-        {
-            Ok(false) => continue,
-            Ok(true) => {}
-            Err(e) => tracing::warn!(error = %e, "budget notice claim failed; announcing anyway"),
+        // With a deadline: a store call stuck on a dead connection must not stop every
+        // later notice.
+        let claim = store.claim_budget_notice(&n.scope, n.period, n.period_start_ms);
+        match tokio::time::timeout(crate::keys::STORE_CALL_DEADLINE, claim).await {
+            Ok(Ok(false)) => continue,
+            Ok(Ok(true)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "budget notice claim failed; announcing anyway");
+            }
+            Err(_) => tracing::warn!("budget notice claim timed out; announcing anyway"),
         }
         metrics.soft[BudgetMetrics::index(n.period)].fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

@@ -413,6 +413,29 @@ pub(crate) fn base_url_problem(url: &str) -> Option<String> {
         .map(|e| format!("{url:?} is not a valid URL: {e}"))
 }
 
+/// What is wrong with a webhook URL, if anything: not http(s), or a user name or
+/// password in it (the notices are sent without them, so a receiver that wants them
+/// would refuse every one; the URL is not echoed, it may hold a password).
+fn webhook_url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Some("must start with http:// or https://".into());
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return Some(
+            "carries a user name or password, which notices are not sent with: use a URL \
+             with a token in its path instead"
+                .into(),
+        );
+    }
+    tollgate_client::check_base_url(url)
+        .err()
+        .map(|e| format!("is not a valid URL: {e}"))
+}
+
 /// `scheme://user:password@host…` → `scheme://***@host…`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -676,13 +699,13 @@ impl TryFrom<RawConfig> for Config {
             raw.budgets.sync_interval_ms,
             5_000,
         );
-        if let Some(url) = &raw.budgets.webhook_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                err(
-                    "budgets.webhook_url",
-                    "must start with http:// or https://".into(),
-                );
-            }
+        if let Some(problem) = raw
+            .budgets
+            .webhook_url
+            .as_deref()
+            .and_then(webhook_url_problem)
+        {
+            err("budgets.webhook_url", problem);
         }
         if default_output_tokens > 1_000_000 {
             // No model answers with more; a typo here would make every request that
@@ -1093,13 +1116,8 @@ fn anomaly_config(raw: &RawAnomaly, err: &mut impl FnMut(&str, String)) -> Anoma
         raw.cooldown_minutes.map(u64::from),
         u64::from(d.cooldown_minutes),
     );
-    if let Some(url) = &raw.webhook_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            err(
-                "anomaly.webhook_url",
-                "must start with http:// or https://".into(),
-            );
-        }
+    if let Some(problem) = raw.webhook_url.as_deref().and_then(webhook_url_problem) {
+        err("anomaly.webhook_url", problem);
     }
     AnomalyConfig {
         enabled: raw.enabled.unwrap_or(d.enabled),
@@ -1129,6 +1147,21 @@ mod tests {
         assert_eq!(e.0[0].path, "limits.default_output_tokens");
         let c = Config::from_toml_str("[limits]\ndefault_output_tokens = 1000000\n").unwrap();
         assert_eq!(c.default_output_tokens, 1_000_000);
+    }
+
+    #[test]
+    fn webhook_urls_are_http_without_credentials_and_not_echoed() {
+        for section in ["anomaly", "budgets"] {
+            let e = Config::from_toml_str(&format!(
+                "[{section}]\nwebhook_url = \"https://ops:hunter2@hooks.example/x\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.0[0].path, format!("{section}.webhook_url"));
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            let e = Config::from_toml_str(&format!("[{section}]\nwebhook_url = \"ftp://x\"\n"))
+                .unwrap_err();
+            assert_eq!(e.0[0].path, format!("{section}.webhook_url"));
+        }
     }
 
     #[test]

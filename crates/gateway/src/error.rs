@@ -82,6 +82,10 @@ pub enum GatewayError {
     /// value) for the log; the caller's message names only the project and env.
     #[error("provider credential unavailable")]
     CredentialUnavailable { project: String, env: String },
+    /// The provider credential chosen for the key's project and environment is new to
+    /// this server and still being read (an `exec:` command running): retry shortly.
+    #[error("provider credential being read")]
+    CredentialPending { project: String, env: String },
     /// The upstream refused the gateway's provider credential (an upstream 401). The
     /// caller's own key was accepted: the upstream's answer (which quotes part of the
     /// provider key) is not relayed, and the SDK is told not to retry.
@@ -225,6 +229,7 @@ impl GatewayError {
             | Self::HostCredentialRef { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::CredentialUnavailable { .. }
+            | Self::CredentialPending { .. }
             | Self::LimiterUnavailable
             | Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) | Self::BudgetExceeded(_) => {
@@ -251,6 +256,7 @@ impl GatewayError {
             Self::NotReady { .. }
             | Self::BodiesInFlight { .. }
             | Self::CredentialUnavailable { .. }
+            | Self::CredentialPending { .. }
             | Self::LimiterUnavailable
             | Self::UpstreamUnavailable { .. } => "service_unavailable_error",
             Self::RateLimited(r) => r.dimension.openai_type(),
@@ -281,6 +287,7 @@ impl GatewayError {
             | Self::HostCredentialRef { .. } => Some("permission_denied"),
             Self::NotFound { .. } => Some("not_found"),
             Self::CredentialUnavailable { .. } => Some("provider_credential_unavailable"),
+            Self::CredentialPending { .. } => Some("provider_credential_pending"),
             Self::CredentialRejected { .. } => Some("provider_credential_rejected"),
             Self::RateLimited(_) | Self::RequestExceedsLimit(_) => Some("rate_limit_exceeded"),
             Self::BudgetExceeded(_) => Some("insufficient_quota"),
@@ -332,6 +339,7 @@ impl GatewayError {
             | Self::HostCredentialRef { .. } => "admin_forbidden",
             Self::NotFound { .. } => "not_found",
             Self::CredentialUnavailable { .. } => "provider_credential_unavailable",
+            Self::CredentialPending { .. } => "provider_credential_pending",
             Self::CredentialRejected { .. } => "provider_credential_rejected",
             Self::ClientGone => "client_disconnected",
             Self::RateLimited(_) => "rate_limited",
@@ -368,6 +376,7 @@ impl GatewayError {
                 | Self::RateLimited(_)
                 | Self::LimiterUnavailable
                 | Self::UpstreamUnavailable { .. }
+                | Self::CredentialPending { .. }
         )
     }
 
@@ -483,6 +492,11 @@ impl GatewayError {
                 };
                 format!("No {what} {id:?} in this key's project. List them with GET /admin/v1/{list}.")
             }
+            Self::CredentialPending { project, env } => format!(
+                "The provider credential of project {project:?} (environment {env:?}) is new \
+                 to this gateway and still being read, so the call was not sent. Retry in a \
+                 moment."
+            ),
             Self::CredentialUnavailable { project, env } => format!(
                 "The provider credential of project {project:?} (environment {env:?}) cannot be \
                  read by the gateway, so the call was not sent. Ask an admin to check the \
@@ -656,6 +670,10 @@ impl IntoResponse for GatewayError {
 /// of a call a rate limit governs), and on a retryable rate-limit refusal
 /// `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the exact wait).
 fn rate_limit_headers(e: &GatewayError, headers: &mut http::HeaderMap) {
+    if let GatewayError::CredentialPending { .. } = e {
+        headers.insert(ratelimit::RETRY_AFTER, HeaderValue::from_static("1"));
+        return;
+    }
     if let GatewayError::UpstreamUnavailable { retry_after_ms, .. } = e {
         let secs = retry_after_ms.div_ceil(1000).max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

@@ -14,9 +14,11 @@
 //! (expiring within 14 days); it only reads the cache.
 //!
 //! Each load also picks every key's provider credential (its project/environment's
-//! reference, else the project's, else none for the global one) and has the
-//! [`Upstream`] resolve the references in use before the new map goes live, so
-//! requests never read a secret. Credential changes bump `keys_version` too.
+//! reference, else the project's, else none for the global one). The map goes live
+//! at once; a reference new to the server is read afterwards by the [`Upstream`], on a
+//! blocking thread, and a key keeps the credential it had until then (a key new to
+//! the server gets a retryable 503). Requests never read a secret. Credential changes
+//! bump `keys_version` too.
 //!
 //! Each load also refreshes the projects' own anomaly auto-suspend choices in the
 //! shared [`ProjectPolicy`] the anomaly detector reads; changing one bumps
@@ -349,9 +351,11 @@ pub async fn load(cache: &KeyCache, store: &Store) -> Result<i64, StoreError> {
     let version = store.keys_version().await?;
     let (_, new) = reload(cache, store, true).await?;
     if let Some(upstream) = cache.upstream.clone() {
-        let read = tokio::task::spawn_blocking(move || upstream.resolve(&new)).await;
+        let (reader, claimed) = (upstream.clone(), new.clone());
+        let read = tokio::task::spawn_blocking(move || reader.resolve(&claimed)).await;
         if let Err(e) = read {
             tracing::error!(error = %e, "resolving provider credentials failed");
+            upstream.unclaim(&new);
         }
         cache.adopt_resolved().await;
     }
@@ -420,9 +424,11 @@ fn resolve_in_background(cache: Arc<KeyCache>, new: BTreeSet<String>) {
         return;
     }
     tokio::spawn(async move {
-        let read = tokio::task::spawn_blocking(move || upstream.resolve(&new)).await;
+        let (reader, claimed) = (upstream.clone(), new.clone());
+        let read = tokio::task::spawn_blocking(move || reader.resolve(&claimed)).await;
         if let Err(e) = read {
             tracing::error!(error = %e, "resolving provider credentials failed");
+            upstream.unclaim(&new);
         }
         cache.adopt_resolved().await;
     });
@@ -476,6 +482,10 @@ async fn poll(
 /// on the next tick.
 pub(crate) const STORE_CALL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long a whole reload may take (several store reads of every key or rule, and
+/// waiting for a reload already running): generous, for large stores.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The watch loop shared by the in-memory copies of store state (keys, rate limits):
 /// every `every`, reads the store's change counter with `current` and, when it moved,
 /// calls `reload` (which answers how many items it loaded). Store errors are logged
@@ -504,7 +514,7 @@ pub(crate) async fn poll_version<C, CF, R, RF>(
         // the watch for good (a revocation would never take effect).
         match tokio::time::timeout(STORE_CALL_DEADLINE, current()).await {
             Ok(Ok(v)) if v == version => {}
-            Ok(Ok(v)) => match tokio::time::timeout(STORE_CALL_DEADLINE, reload()).await {
+            Ok(Ok(v)) => match tokio::time::timeout(RELOAD_DEADLINE, reload()).await {
                 Ok(Ok(items)) => {
                     tracing::info!(items, version = v, "{what} reloaded");
                     version = v;

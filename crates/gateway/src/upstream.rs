@@ -60,12 +60,15 @@ impl Upstream {
         let Some(reference) = principal.upstream_ref.as_deref() else {
             return Ok(self.client.clone());
         };
+        let (project, env) = (principal.project.clone(), principal.env.clone());
         match self.by_ref.read().get(reference) {
             Some(Some(client)) => Ok(client.clone()),
-            _ => Err(GatewayError::CredentialUnavailable {
-                project: principal.project.clone(),
-                env: principal.env.clone(),
-            }),
+            Some(None) => Err(GatewayError::CredentialUnavailable { project, env }),
+            // Not read yet: a new credential being read now (retry shortly).
+            None if self.resolving.lock().contains(reference) => {
+                Err(GatewayError::CredentialPending { project, env })
+            }
+            None => Err(GatewayError::CredentialUnavailable { project, env }),
         }
     }
 
@@ -96,6 +99,15 @@ impl Upstream {
             let client = self.resolve_one(reference);
             self.by_ref.write().insert(reference.clone(), client);
             self.resolving.lock().remove(reference);
+        }
+    }
+
+    /// Gives up claims whose reading failed to finish (its thread panicked), so a
+    /// later load claims them again.
+    pub fn unclaim(&self, refs: &BTreeSet<String>) {
+        let mut resolving = self.resolving.lock();
+        for r in refs {
+            resolving.remove(r);
         }
     }
 

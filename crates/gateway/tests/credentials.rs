@@ -314,31 +314,51 @@ async fn a_slow_new_credential_does_not_hold_up_a_revocation() {
         refused.is_some(),
         "the revocation waited for the credential"
     );
-    // The new environment's key is refused (503) while its credential is read, then
-    // served with it.
-    let (code, body) = status(&h, &staging_key).await;
-    assert!(code == 503 || code == 200, "{code}: {body}");
+    // The new environment's key is refused while its credential is read — a 503 the
+    // SDKs retry — then served with it.
+    let res = h
+        .http
+        .post(h.url("/v1/responses"))
+        .bearer_auth(&staging_key)
+        .json(&json!({"model": "gpt-4o-mini", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    if res.status() == 503 {
+        assert_eq!(res.headers()["x-should-retry"], "true");
+        assert_eq!(res.headers()["retry-after"], "1");
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "provider_credential_pending", "{v}");
+    } else {
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
     let served = eventually(Duration::from_secs(10), || async {
         status(&h, &staging_key).await.0 == 200
     })
     .await;
     assert!(served.is_some(), "the new credential was never used");
-    // A credential changed to one that is slow to read: the environment's keys keep
-    // the one they had meanwhile, rather than getting 503.
+    // The credential changed to one that is slow to read and that the upstream
+    // refuses: meanwhile the environment's keys keep the one they had (200), and once
+    // it is read they use it (the upstream refuses it: 502).
     h.store
         .set_env_credential(
             "shop",
             "staging",
-            Some(&format!("exec:sleep 1.5; printf {PROVIDER_KEY}")),
+            Some(&format!("exec:sleep 1.5; printf {WRONG_KEY}")),
             support::now_ms(),
             &admin(),
         )
         .await
         .unwrap();
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
+    while start.elapsed() < Duration::from_millis(1200) {
         let (code, body) = status(&h, &staging_key).await;
         assert_eq!(code, 200, "{body}");
     }
+    let switched = eventually(Duration::from_secs(10), || async {
+        status(&h, &staging_key).await.0 == 502
+    })
+    .await;
+    assert!(switched.is_some(), "the new credential was never adopted");
     h.stop().await;
 }
