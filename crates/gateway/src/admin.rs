@@ -682,7 +682,7 @@ async fn audit(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> 
                 json!({
                     "id": e.id, "at_ms": e.at_ms, "actor": e.actor, "action": e.action,
                     "target": e.target,
-                    "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null),
+                    "detail": shown_detail(&e.detail),
                     "source": e.source,
                 })
             })
@@ -935,6 +935,16 @@ pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
             param,
         }
     })
+}
+
+/// An audit detail as the admin API shows it: an `exec:` credential reference (in
+/// entries written before they were stored that way) shows its program only.
+fn shown_detail(detail: &str) -> Value {
+    let mut v = serde_json::from_str::<Value>(detail).unwrap_or(Value::Null);
+    if let Some(Value::String(r)) = v.get_mut("upstream_api_key") {
+        *r = tollgate_store::shown_secret_ref(r);
+    }
+    v
 }
 
 /// The field a body or query error is about, for `param`: an unknown or missing

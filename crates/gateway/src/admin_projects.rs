@@ -106,6 +106,10 @@ async fn create_project(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> R
             // The message never echoes the value: it may be a pasted secret.
             tollgate_store::validate_secret_ref(r)
                 .map_err(|e| invalid(e.to_string(), "upstream_api_key"))?;
+            // Files and commands on the host are for an operator with the CLI there.
+            if let Some(scheme) = ["exec:", "file:"].into_iter().find(|s| r.starts_with(s)) {
+                return Err(GatewayError::HostCredentialRef { scheme });
+            }
         }
         let max_key_age_ms = body
             .max_key_age

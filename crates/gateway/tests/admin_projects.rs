@@ -177,6 +177,13 @@ async fn bad_project_input_is_refused_and_changes_nothing() {
         );
         assert!(!message.contains(&long), "an oversized name is not echoed");
     }
+    // A credential that reads a file or runs a command on the host is the CLI's.
+    for host_ref in ["exec:id", "file:/etc/passwd"] {
+        let body = json!({"name": "ok", "upstream_api_key": host_ref});
+        let (s, b) = admin(&h, &gw, "post", "/admin/v1/projects", Some(body)).await;
+        assert_eq!(s, 403, "{host_ref}: {b}");
+        assert_eq!(b["error"]["code"], "permission_denied", "{b}");
+    }
     for body in [
         json!({"name": "ok", "colour": "red"}),
         json!({"name": "ok", "anomaly_auto_suspend": "yes"}),

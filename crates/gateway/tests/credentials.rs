@@ -269,7 +269,13 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     // the project and of the audit log see its program only.
     let command = "exec:VAULT_TOKEN=hvs.s3cr3t vault read -field=key secret/openai";
     h.store
-        .set_env_credential("shop", "staging", Some(command), 1, &admin())
+        .set_env_credential(
+            "shop",
+            "staging",
+            Some(command),
+            support::now_ms(),
+            &admin(),
+        )
         .await
         .unwrap();
     let (_, body) = get(viewer_key.clone()).await;
@@ -282,6 +288,27 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     let last = audit.last().unwrap();
     assert_eq!(last.action, "project.set_env_credential");
     assert!(!last.detail.contains("s3cr3t"), "{}", last.detail);
+    // The project's default credential likewise, in the store and over the API.
+    h.store
+        .set_project_credential("shop", Some(command), support::now_ms(), &admin())
+        .await
+        .unwrap();
+    let audit = h.store.list_audit(0, 1000).await.unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.action, "project.set_credential");
+    assert!(!last.detail.contains("s3cr3t"), "{}", last.detail);
+    let res = h
+        .http
+        .get(h.url("/admin/v1/audit"))
+        .bearer_auth(&viewer_key)
+        .send()
+        .await
+        .unwrap();
+    let body = res.text().await.unwrap();
+    assert!(
+        body.contains("exec:vault …") && !body.contains("s3cr3t"),
+        "{body}"
+    );
     h.stop().await;
 }
 

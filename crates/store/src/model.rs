@@ -1243,7 +1243,8 @@ impl ProjectSetting<'_> {
     pub(crate) fn detail(self) -> serde_json::Value {
         let value = match self {
             Self::MaxKeyAge(v) => serde_json::json!(v),
-            Self::Credential(v) => serde_json::json!(v),
+            // An exec: command's arguments may hold a token: its program only.
+            Self::Credential(v) => serde_json::json!(v.map(crate::shown_secret_ref)),
             Self::AnomalyAutoSuspend(v) => serde_json::json!(v),
         };
         serde_json::json!({ self.column(): value })
