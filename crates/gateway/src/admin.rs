@@ -601,10 +601,13 @@ async fn set_env_credential(
         check_env(&env)?;
         let body: serde_json::Map<String, Value> = read_body(req, false).await?;
         if let Some(other) = body.keys().find(|k| k.as_str() != "ref") {
-            return Err(invalid(
-                format!("unknown field {other:?}: the body is {{\"ref\": \"env:NAME\" | null}}"),
-                "ref",
-            ));
+            let other: String = other.chars().take(64).collect();
+            return Err(GatewayError::InvalidRequest {
+                message: format!(
+                    "unknown field {other:?}: the body is {{\"ref\": \"env:NAME\" | null}}"
+                ),
+                param: Some(other.into()),
+            });
         }
         let reference = match body.get("ref") {
             Some(Value::String(r)) => Some(r.as_str()),

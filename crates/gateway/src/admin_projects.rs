@@ -254,10 +254,10 @@ async fn read_settings(req: Request<Body>) -> Result<Option<bool>, GatewayError>
     let usage = "the body is {\"anomaly_auto_suspend\": true | false | null}";
     if let Some(other) = body.keys().find(|k| k.as_str() != "anomaly_auto_suspend") {
         let other: String = other.chars().take(MAX_NAME_CHARS).collect();
-        return Err(invalid(
-            format!("unknown field {other:?}: {usage}"),
-            "anomaly_auto_suspend",
-        ));
+        return Err(GatewayError::InvalidRequest {
+            message: format!("unknown field {other:?}: {usage}"),
+            param: Some(other.into()),
+        });
     }
     match body.get("anomaly_auto_suspend") {
         Some(Value::Bool(b)) => Ok(Some(*b)),

@@ -190,19 +190,19 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
     let version = h.store.keys_version().await.unwrap();
     let oversized = format!("env:{}", "A".repeat(600));
     let audit_before = h.store.list_audit(0, 10_000).await.unwrap();
-    for bad in [
-        json!({"ref": WRONG_KEY}),
-        json!({}),
-        json!({"ref": "env:X", "extra": 1}),
-        json!({"ref": 5}),
-        json!({"ref": oversized}),
+    for (bad, param) in [
+        (json!({"ref": WRONG_KEY}), "ref"),
+        (json!({}), "ref"),
+        (json!({"ref": "env:X", "extra": 1}), "extra"),
+        (json!({"ref": 5}), "ref"),
+        (json!({"ref": oversized}), "ref"),
     ] {
         let (code, body) = put(admin_key.clone(), bad.clone()).await;
         assert_eq!(code, 400, "{bad}: {body}");
         assert!(!body.contains(WRONG_KEY), "the value was echoed: {body}");
         assert!(!body.contains(&oversized), "the value was echoed: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["error"]["param"], "ref", "{bad}: {body}");
+        assert_eq!(v["error"]["param"], param, "{bad}: {body}");
     }
     // A project's admin may not run a command or read a file on the gateway's host.
     for host_ref in ["exec:id > /tmp/owned; echo sk-x", "file:/etc/passwd"] {
