@@ -122,7 +122,8 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<()> {
 
 /// Refuses a rule on an alias: rules match the model a call resolves to, so one on
 /// an alias would never apply. The aliases are the project's own (the store's) and the
-/// gateway's (built in, with the config file's `[aliases]` over them).
+/// gateway's (built in, with the config file's `[aliases]` and `OPENAI_MODEL` over
+/// them).
 async fn refuse_alias(
     state: &StateArgs,
     store: &Store,
@@ -133,8 +134,14 @@ async fn refuse_alias(
     let target = match own.into_iter().find(|a| a.alias == model) {
         Some(a) => Some(a.model),
         None => {
-            let raw = state.file_config()?;
-            tollgate_gateway::models::global_aliases(&raw.aliases).remove(model)
+            let mut configured = state.file_config()?.aliases;
+            // As `serve` takes it: OPENAI_MODEL names the `default` alias.
+            if let Ok(m) = std::env::var("OPENAI_MODEL") {
+                if !m.trim().is_empty() {
+                    configured.insert("default".into(), m.trim().to_owned());
+                }
+            }
+            tollgate_gateway::models::global_aliases(&configured).remove(model)
         }
     };
     if let Some(target) = target {

@@ -37,13 +37,13 @@ pub fn given(value: &Option<String>) -> Option<&str> {
 impl StateArgs {
     /// Lays the flags over a raw config. The data directory and the database URL are
     /// one choice: given by a flag or variable, either one replaces whichever the file
-    /// made (giving both is an error).
+    /// made; given both, the database URL wins (as it does in the file).
     pub fn apply(&self, raw: &mut RawConfig) -> anyhow::Result<()> {
         match (given(&self.data_dir), given(&self.database_url)) {
-            (Some(_), Some(_)) => anyhow::bail!(
-                "--data-dir (TOLLGATE_DATA_DIR) and --database-url (TOLLGATE_DATABASE_URL) \
-                 are both given: choose one"
-            ),
+            (Some(dir), Some(url)) => {
+                raw.data_dir = Some(dir.to_owned());
+                raw.database_url = Some(url.to_owned());
+            }
             (Some(dir), None) => {
                 raw.data_dir = Some(dir.to_owned());
                 raw.database_url = None;

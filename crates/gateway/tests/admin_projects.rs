@@ -195,7 +195,10 @@ async fn bad_project_input_is_refused_and_changes_nothing() {
     }
     for (body, param) in [
         (json!({}), "anomaly_auto_suspend"),
-        (json!({"anomaly_auto_suspend": "on"}), "anomaly_auto_suspend"),
+        (
+            json!({"anomaly_auto_suspend": "on"}),
+            "anomaly_auto_suspend",
+        ),
         (json!({"x": true}), "x"),
     ] {
         let (s, b) = admin(
