@@ -1132,6 +1132,25 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Token counts and durations are u64 in records, BIGINT (i64) in both databases.
+/// The most tokens one usage record keeps of each count: far above any real call
+/// (2^40 ≈ 1.1 × 10^12), low enough that the store's sums over millions of absurd
+/// records (an upstream reporting nonsense) cannot overflow.
+pub(crate) const MAX_RECORD_TOKENS: u64 = 1 << 40;
+
+/// The most nano-USD one usage record keeps (2^56 ≈ 72 million USD): above 2^53, so
+/// costs stay exact integers, and 128 such records still sum.
+pub(crate) const MAX_RECORD_COST: u64 = 1 << 56;
+
+/// A usage record's token count as stored: at most [`MAX_RECORD_TOKENS`].
+pub(crate) fn record_tokens(v: u64) -> i64 {
+    to_i64(v.min(MAX_RECORD_TOKENS))
+}
+
+/// A usage record's cost as stored: at most [`MAX_RECORD_COST`].
+pub(crate) fn record_cost(v: u64) -> i64 {
+    to_i64(v.min(MAX_RECORD_COST))
+}
+
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -1056,7 +1056,7 @@ impl PostgresStore {
              SUM(cost_usd_nanos)::BIGINT AS cost_usd_nanos, \
              SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced, \
              SUM(CASE WHEN cache IN ('hit', 'stale') THEN 1 ELSE 0 END)::BIGINT AS cache_hits \
-             FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp COLLATE \"C\""
+             FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(filter.since_ms)
@@ -1292,18 +1292,18 @@ fn bind_usage(
     args.add(r.model_served.as_deref().map(pg_text))?;
     args.add(i32::from(r.status))?;
     args.add(r.error_code.as_deref().map(pg_text))?;
-    args.add(to_i64(r.input_tokens))?;
-    args.add(to_i64(r.output_tokens))?;
-    args.add(to_i64(r.total_tokens))?;
-    args.add(to_i64(r.cached_tokens))?;
-    args.add(to_i64(r.reasoning_tokens))?;
+    args.add(crate::record_tokens(r.input_tokens))?;
+    args.add(crate::record_tokens(r.output_tokens))?;
+    args.add(crate::record_tokens(r.total_tokens))?;
+    args.add(crate::record_tokens(r.cached_tokens))?;
+    args.add(crate::record_tokens(r.reasoning_tokens))?;
     args.add(r.streamed)?;
     args.add(r.client_disconnected)?;
     args.add(i32::try_from(r.attempts).unwrap_or(i32::MAX))?;
     args.add(r.ttfb_ms.map(to_i64))?;
     args.add(to_i64(r.latency_ms))?;
     args.add(r.created_at_ms)?;
-    args.add(r.cost_usd_nanos.map(to_i64))?;
+    args.add(r.cost_usd_nanos.map(crate::record_cost))?;
     args.add(r.lane.map(Lane::as_str))?;
     args.add(r.upstream_remaining_requests.map(to_i64))?;
     args.add(r.upstream_remaining_tokens.map(to_i64))?;
