@@ -642,12 +642,17 @@ impl Reservation {
         } else {
             None
         };
+        let unused = i64::try_from(self.reserved).unwrap_or(i64::MAX);
         let Some(used) = used else {
+            // Usage unknown: the reservation stands as the estimate, except on the
+            // requested model's own rules when another model served.
+            if another_model {
+                self.give_back_each(|key| if key.0.model.is_some() { unused } else { 0 });
+            }
             return;
         };
         let delta = i128::from(self.reserved) - i128::from(used);
         let delta = i64::try_from(delta).unwrap_or(if delta > 0 { i64::MAX } else { i64::MIN });
-        let unused = i64::try_from(self.reserved).unwrap_or(i64::MAX);
         self.give_back_each(|key| {
             if another_model && key.0.model.is_some() {
                 unused

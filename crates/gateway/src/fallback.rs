@@ -296,18 +296,29 @@ async fn chained(
         offline,
     } = call;
     let fb = &gw.fallbacks;
-    let targets = fb.targets(&preflight, chain);
     let rules = gw.limits.models();
+    let mut targets = fb.targets(&preflight, chain);
+    // The caller's access lists leave out what it may not call; with nothing left but
+    // its own target and no offline answer, the call has no alternative, and the
+    // breaker must not refuse it.
+    let (project, env) = (&principal.project, &principal.env);
+    let mut own = true;
+    targets.retain(|t| {
+        let keep = own
+            || t.model
+                .as_deref()
+                .is_none_or(|m| rules.permits(project, env, m));
+        own = false;
+        keep
+    });
+    if targets.len() == 1 && offline.is_none() {
+        return direct(gw, principal, parts, preflight, guard, flight).await;
+    }
     let mut flight = Some(flight);
     let mut last: Option<(Preflight, Result<Reply, GatewayError>, String, u32)> = None;
     let mut skipped: Vec<(String, Instant)> = Vec::new();
     let mut before = 0u32;
     for (i, target) in targets.iter().enumerate() {
-        if let Some(m) = target.model.as_deref().filter(|_| i > 0) {
-            if !rules.permits(&principal.project, &principal.env, m) {
-                continue;
-            }
-        }
         let Some(breaker) = fb.breaker(&target.upstream, principal) else {
             continue;
         };
@@ -353,6 +364,12 @@ async fn chained(
             if let (Some(f), Ok(reply)) = (flight.take(), &result) {
                 gw.throttle.land(f, principal, reply, guard.record());
             }
+        } else if let Ok(reply) = &result {
+            // The record shows the capacity left where the answer came from (the
+            // adaptive throttle keeps to the primary's).
+            let rec = guard.record();
+            rec.upstream_remaining_requests = reply.meta.rate_limit.remaining_requests;
+            rec.upstream_remaining_tokens = reply.meta.rate_limit.remaining_tokens;
         }
         let failed = match &result {
             Ok(reply) => falls_back(reply.status()),
@@ -415,8 +432,12 @@ async fn chained(
                 .map(|(_, until)| until.saturating_duration_since(now).as_millis() as u64)
                 .min()
                 .unwrap_or(1_000);
-            let mut upstreams: Vec<String> = skipped.into_iter().map(|(n, _)| n).collect();
-            upstreams.dedup();
+            let mut upstreams: Vec<String> = Vec::new();
+            for (name, _) in skipped {
+                if !upstreams.contains(&name) {
+                    upstreams.push(name);
+                }
+            }
             Err(GatewayError::UpstreamUnavailable {
                 upstreams,
                 retry_after_ms,
@@ -442,7 +463,13 @@ async fn direct(
         Ok(r) => !falls_back(r.status()),
         Err(e) => !error_falls_back(e),
     };
-    if let Some(b) = fb.breaker(&fb.primary, principal) {
+    // Only what the upstream did counts: a call that never went out (its credential
+    // unreadable, say) says nothing of the upstream's health.
+    let reached = match &reply {
+        Ok(_) => true,
+        Err(e) => error_falls_back(e),
+    };
+    if let Some(b) = fb.breaker(&fb.primary, principal).filter(|_| reached) {
         b.observe(ok);
     }
     if let Ok(reply) = &reply {

@@ -549,6 +549,58 @@ async fn when_every_target_fails_the_last_error_stands_and_when_all_are_open_a_5
     assert_eq!(recs[1].fallbacks, 2);
 }
 
+#[tokio::test]
+async fn a_call_whose_fallbacks_its_project_may_not_use_is_never_refused_by_the_breaker() {
+    let mut h = support::start_with(|raw| {
+        raw.upstream.max_retries = Some(0);
+        raw.circuit_breaker.failures = Some(1);
+        raw.circuit_breaker.cooldown_ms = Some(60_000);
+        raw.fallbacks
+            .insert("gpt-4o".into(), vec![target(Some("gpt-4o-mini"), None)]);
+    })
+    .await;
+    // The project may not use the chain's only other model.
+    h.store
+        .set_model_access(
+            "shop",
+            None,
+            tollgate_store::AccessKind::Deny,
+            &["gpt-4o-mini".to_owned()],
+            support::now_ms(),
+            &tollgate_store::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let denied = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        res.status() == 404
+    })
+    .await;
+    assert!(denied.is_some(), "the deny list was never applied");
+    // gpt-4o fails once: the circuit opens.
+    sim_fault(&h.sim, json!({"count": 1, "status": 500})).await;
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    // With no alternative left, the next call still goes to the upstream.
+    let calls = sim_calls(&h.sim);
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim_calls(&h.sim), calls + 1);
+    h.stop_and_records().await;
+}
+
 fn sse_data(text: &str) -> Vec<Value> {
     text.split("\n\n")
         .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
