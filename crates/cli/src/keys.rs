@@ -322,8 +322,8 @@ async fn rotate(store: &Store, id: &str, grace_ms: i64, json: bool) -> anyhow::R
     let next = store
         .rotate_key(id, &minted.record, grace_ms, now, &state::actor())
         .await?;
-    let stops_at = keys::stops_at(&old, grace_ms, now);
-    let retire_at = stops_at.unwrap_or(now);
+    let retire_at = keys::stops_at(&old, grace_ms, now);
+    let refused = keys::refused_now(&old, now);
     if json {
         let out = serde_json::json!({
             "id": next.id, "key": minted.secret, "prefix": next.prefix,
@@ -340,12 +340,17 @@ async fn rotate(store: &Store, id: &str, grace_ms: i64, json: bool) -> anyhow::R
             next.role,
             state::format_ms(next.expires_at_ms)
         );
-        match stops_at {
-            Some(at) => println!(
+        if refused {
+            println!(
+                "{id} is refused already (suspended or expired); resumed, it would work \
+                 until {} UTC at most.",
+                state::format_ms(retire_at)
+            );
+        } else {
+            println!(
                 "{id} keeps working until {} UTC, then stops.",
-                state::format_ms(at)
-            ),
-            None => println!("{id} is refused already (suspended or expired)."),
+                state::format_ms(retire_at)
+            );
         }
         print_secret(&minted.secret);
     }

@@ -372,13 +372,13 @@ async fn rotate_key_inner(
         .rotate_key(id, &minted.record, grace_ms, now, &actor)
         .await
         .map_err(store_error)?;
-    // When the old key stops: now, if it is refused already (suspended or expired).
-    let retires_at = keys::stops_at(&old, grace_ms, now).unwrap_or(now);
     Ok(json!({
         "id": next.id, "key": minted.secret, "prefix": next.prefix,
         "project": next.project, "env": next.env, "role": next.role,
         "name": next.name, "expires_at_ms": next.expires_at_ms, "lane": next.lane,
-        "predecessor": id, "predecessor_retires_at_ms": retires_at,
+        "predecessor": id,
+        "predecessor_retires_at_ms": keys::stops_at(&old, grace_ms, now),
+        "predecessor_refused": keys::refused_now(&old, now),
     }))
 }
 

@@ -131,14 +131,17 @@ pub fn successor(old: &KeyRecord, max_age_ms: i64, now_ms: i64) -> MintedKey {
     minted
 }
 
-/// When a key rotated at `now_ms` with `grace_ms` stops working: at the end of its
-/// grace, or at its expiry if that comes first; `None` when it is refused already
-/// (suspended or expired).
-pub fn stops_at(old: &KeyRecord, grace_ms: i64, now_ms: i64) -> Option<i64> {
-    if old.suspended_at_ms.is_some() || old.expires_at_ms <= now_ms {
-        return None;
-    }
-    Some(now_ms.saturating_add(grace_ms).min(old.expires_at_ms))
+/// When a key rotated at `now_ms` with `grace_ms` stops working for good: at the end of
+/// its grace, or at its expiry if that comes first. (A suspended key is refused before
+/// then, until it is resumed: see [`refused_now`].)
+pub fn stops_at(old: &KeyRecord, grace_ms: i64, now_ms: i64) -> i64 {
+    now_ms.saturating_add(grace_ms).min(old.expires_at_ms)
+}
+
+/// Whether a key is refused already at `now_ms`, whatever its grace: suspended or
+/// expired.
+pub fn refused_now(old: &KeyRecord, now_ms: i64) -> bool {
+    old.suspended_at_ms.is_some() || old.expires_at_ms <= now_ms
 }
 
 /// Lowercase hex SHA-256 of a secret.
@@ -668,14 +671,17 @@ mod tests {
     }
 
     #[test]
-    fn a_rotated_key_stops_at_its_grace_its_expiry_or_at_once() {
+    fn a_rotated_key_stops_at_its_grace_or_its_expiry_and_may_be_refused_already() {
         let live = record(0, 10_000, None);
-        assert_eq!(stops_at(&live, 1_000, 5_000), Some(6_000));
+        assert_eq!(stops_at(&live, 1_000, 5_000), 6_000);
         // Its expiry comes before the grace ends.
-        assert_eq!(stops_at(&live, 60_000, 5_000), Some(10_000));
+        assert_eq!(stops_at(&live, 60_000, 5_000), 10_000);
+        assert!(!refused_now(&live, 5_000));
         // Suspended or expired: refused already.
-        assert_eq!(stops_at(&record(0, 10_000, Some(1)), 1_000, 5_000), None);
-        assert_eq!(stops_at(&live, 1_000, 10_000), None);
+        let suspended = record(0, 10_000, Some(1));
+        assert!(refused_now(&suspended, 5_000));
+        assert_eq!(stops_at(&suspended, 1_000, 5_000), 6_000);
+        assert!(refused_now(&live, 10_000));
     }
 
     #[test]

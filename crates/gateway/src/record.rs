@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -41,8 +41,9 @@ pub struct UsageSink {
     anomaly: Option<Arc<Detector>>,
     /// Records the writer has written so far (for `/metrics`).
     written: Arc<AtomicU64>,
-    /// Whether the writer's last attempt to write a batch failed (for `/readyz`).
-    failing: Arc<AtomicBool>,
+    /// Since when (Unix ms) the writer's writes have been failing; 0 while they
+    /// succeed (for `/readyz`).
+    failing_since_ms: Arc<AtomicI64>,
     /// Prices each record as it is enqueued: the catalog when the call ended.
     catalog: Arc<LiveCatalog>,
 }
@@ -72,12 +73,12 @@ impl UsageSink {
     ) -> (Self, JoinHandle<u64>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
-        let failing = Arc::new(AtomicBool::new(false));
+        let failing_since_ms = Arc::new(AtomicI64::new(0));
         let writer = tokio::spawn(write_batches(
             store,
             rx,
             batch_size.max(1),
-            (written.clone(), failing.clone()),
+            (written.clone(), failing_since_ms.clone()),
             (catalog.clone(), budgets),
         ));
         let sink = Self {
@@ -85,7 +86,7 @@ impl UsageSink {
             background: tokio::runtime::Handle::current(),
             anomaly: None,
             written,
-            failing,
+            failing_since_ms,
             catalog,
         };
         (sink, writer)
@@ -106,10 +107,12 @@ impl UsageSink {
         self.tx.max_capacity()
     }
 
-    /// Whether records are getting through: the writer's last write failed (it keeps
-    /// retrying the batch), or the queue is full (requests wait for room).
+    /// Whether records are getting through: the writer's writes have failed for
+    /// [`FAILING_AFTER_MS`] (it keeps retrying the batch; one failed write is not yet
+    /// a failing store), or the queue is full (requests wait for room).
     pub fn health(&self) -> UsageHealth {
-        if self.failing.load(Ordering::Relaxed) {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        if since != 0 && crate::accept::now_ms() - since >= FAILING_AFTER_MS {
             UsageHealth::Failing
         } else if self.tx.capacity() == 0 {
             UsageHealth::Backlogged
@@ -197,6 +200,9 @@ impl UsageSink {
     }
 }
 
+/// How long usage writes must keep failing before `/readyz` says so.
+pub const FAILING_AFTER_MS: i64 = 2_000;
+
 /// How the usage path stands ([`UsageSink::health`]), for `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UsageHealth {
@@ -233,7 +239,7 @@ async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<UsageRecord>,
     batch_size: usize,
-    (counter, failing): (Arc<AtomicU64>, Arc<AtomicBool>),
+    (counter, failing_since_ms): (Arc<AtomicU64>, Arc<AtomicI64>),
     (catalog, budgets): (Arc<LiveCatalog>, Arc<Budgets>),
 ) -> u64 {
     let mut batch = Vec::with_capacity(batch_size);
@@ -256,14 +262,19 @@ async fn write_batches(
             match store.insert_usage(&batch).await {
                 Ok(()) => {
                     budgets.written(&batch);
-                    if failing.load(Ordering::Relaxed) {
-                        failing.store(false, Ordering::Relaxed);
+                    if failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(records = batch.len(), "usage writes succeed again");
                     }
                     break;
                 }
                 Err(e) => {
-                    failing.store(true, Ordering::Relaxed);
+                    let now = crate::accept::now_ms().max(1);
+                    let _ = failing_since_ms.compare_exchange(
+                        0,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     tracing::warn!(error = %e, records = batch.len(), "usage write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
