@@ -356,6 +356,18 @@ impl GatewayError {
     }
 
     /// Upstream calls made before the error, when it came from the upstream.
+    /// This error with `earlier` more upstream attempts counted (made before it, on
+    /// other targets of a fallback chain).
+    pub fn with_earlier_attempts(mut self, earlier: u32) -> Self {
+        if let Self::UpstreamUnreachable { attempts }
+        | Self::UpstreamTimeout { attempts }
+        | Self::InvalidStructuredOutput { attempts, .. } = &mut self
+        {
+            *attempts = attempts.saturating_add(earlier);
+        }
+        self
+    }
+
     pub fn attempts(&self) -> Option<u32> {
         match self {
             Self::UpstreamUnreachable { attempts }

@@ -318,6 +318,8 @@ async fn chained(
     let mut last: Option<(Preflight, Result<Reply, GatewayError>, String, u32)> = None;
     let mut skipped: Vec<(String, Instant)> = Vec::new();
     let mut before = 0u32;
+    // Upstream attempts of the targets that failed: the record counts every one.
+    let mut spent = 0u32;
     for (i, target) in targets.iter().enumerate() {
         let Some(breaker) = fb.breaker(&target.upstream, principal) else {
             continue;
@@ -387,8 +389,14 @@ async fn chained(
                 tracing::info!(served_by = %label, fallbacks = before, "served by a fallback target");
             }
             mark(guard, &mut target_pf, label, before);
-            return result.map(|reply| Served::Upstream(target_pf, Box::new(reply)));
+            return with_earlier(result, spent)
+                .map(|reply| Served::Upstream(target_pf, Box::new(reply)));
         }
+        let earlier = spent;
+        spent = spent.saturating_add(match &result {
+            Ok(reply) => reply.attempts(),
+            Err(e) => e.attempts().unwrap_or(1),
+        });
         permit.failure();
         if let Some(own) = own {
             own.release();
@@ -399,10 +407,12 @@ async fn chained(
             status = result.as_ref().map(|r| r.status().as_u16()).unwrap_or(0),
             "target failed; trying the next one"
         );
-        last = Some((target_pf, result, label, before));
+        // Kept to relay if nothing else serves: its attempts become the chain's.
+        last = Some((target_pf, with_earlier(result, earlier), label, before));
         before += 1;
     }
 
+    guard.record().attempts = spent;
     if let Some(res) = cached_answer(gw, &preflight, guard, before).await {
         return Ok(Served::Answered(res));
     }
@@ -477,6 +487,10 @@ async fn direct(
     }
     if !ok {
         // Its only target failed: the same place for a cached answer as in `run`.
+        guard.record().attempts = match &reply {
+            Ok(r) => r.attempts(),
+            Err(e) => e.attempts().unwrap_or(1),
+        };
         if let Some(res) = cached_answer(gw, &preflight, guard, 1).await {
             return Ok(Served::Answered(res));
         }
@@ -485,6 +499,18 @@ async fn direct(
     mark(guard, &mut preflight, label, 0);
     let reply = reply?;
     Ok(Served::Upstream(preflight, Box::new(reply)))
+}
+
+/// A target's outcome with `earlier` upstream attempts (of targets tried before it)
+/// counted in.
+fn with_earlier(result: Result<Reply, GatewayError>, earlier: u32) -> Result<Reply, GatewayError> {
+    match result {
+        Ok(mut reply) => {
+            reply.meta.attempts = reply.meta.attempts.saturating_add(earlier);
+            Ok(reply)
+        }
+        Err(e) => Err(e.with_earlier_attempts(earlier)),
+    }
 }
 
 /// Notes on the record and the answer which target's answer the caller gets.

@@ -544,6 +544,8 @@ async fn when_every_target_fails_the_last_error_stands_and_when_all_are_open_a_5
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
     assert_eq!(recs[0].fallbacks, 1);
+    // Every upstream attempt counts, the failed primary's too.
+    assert_eq!(recs[0].attempts, 2, "{:?}", recs[0]);
     assert_eq!(recs[1].error_code.as_deref(), Some("upstream_unavailable"));
     assert_eq!(recs[1].served_by, None);
     assert_eq!(recs[1].fallbacks, 2);
@@ -809,5 +811,6 @@ async fn a_spoiled_structured_answer_from_a_fallback_is_asked_again_of_that_fall
     assert_eq!((sim_calls(&h.sim), sim_calls(&b.sim)), (1, 2));
     let recs = h.stop_and_records().await;
     assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
-    assert_eq!(recs[0].attempts, 2);
+    // Every upstream attempt: the primary's, and the backup's two.
+    assert_eq!(recs[0].attempts, 3);
 }
