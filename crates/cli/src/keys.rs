@@ -329,6 +329,7 @@ async fn rotate(store: &Store, id: &str, grace_ms: i64, json: bool) -> anyhow::R
             "id": next.id, "key": minted.secret, "prefix": next.prefix,
             "project": next.project, "env": next.env, "role": next.role,
             "expires_at_ms": next.expires_at_ms, "rotated": id, "old_key_retires_at_ms": retire_at,
+            "old_key_refused": refused,
         });
         println!("{out}");
     } else {

@@ -25,7 +25,8 @@ fn actor() -> Actor {
 }
 
 /// Runs until `stop` fires, writing every flag the detector raises; then writes the
-/// flags still queued, so none raised before shutdown goes unrecorded.
+/// flags still queued, for at most [`DRAIN_WITHIN`], so none raised before shutdown
+/// goes unrecorded unless the store cannot take it.
 pub async fn persist(
     detector: Arc<Detector>,
     cache: Arc<KeyCache>,
@@ -44,24 +45,64 @@ pub async fn persist(
             },
             _ = stop.changed() => break,
         };
-        record(&detector, &cache, &store, &flag, &stop).await;
+        record(&detector, &cache, &store, &flag, &mut stop).await;
     }
-    while let Ok(flag) = flags.try_recv() {
-        record(&detector, &cache, &store, &flag, &stop).await;
+    let drain = async {
+        while let Ok(flag) = flags.try_recv() {
+            record(&detector, &cache, &store, &flag, &mut stop).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_WITHIN, drain).await.is_err() {
+        tracing::warn!("anomaly flags still queued at shutdown were not all written");
     }
 }
 
-/// A store call with [`STORE_CALL_DEADLINE`].
+/// How long shutdown waits for the flags still queued to be written.
+const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Why a store call failed: the store's own refusal, or no answer in time.
+enum Failure {
+    Store(StoreError),
+    Timeout,
+}
+
+impl Failure {
+    /// Whether asking again may work: a database that did not answer or dropped the
+    /// connection, not a refusal such as "the key is revoked" or "no such key".
+    fn transient(&self) -> bool {
+        matches!(self, Self::Timeout | Self::Store(StoreError::Database(_)))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => e.fmt(f),
+            Self::Timeout => f.write_str("no answer from the store in time"),
+        }
+    }
+}
+
+/// A store call with a deadline.
 async fn within<T>(
+    deadline: Duration,
     call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(STORE_CALL_DEADLINE, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Invalid(
-                "no answer from the store in time".into(),
-            ))
-        })
+) -> Result<T, Failure> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.map_err(Failure::Store),
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+/// Sleeps `wait`, or less if `stop` fires; false once it has.
+async fn pause(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        _ = stop.changed() => false,
+    }
 }
 
 async fn record(
@@ -69,7 +110,7 @@ async fn record(
     cache: &KeyCache,
     store: &Store,
     flag: &AnomalyFlag,
-    stop: &watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let entry = NewAudit {
         at_ms: flag.at_ms,
@@ -79,38 +120,58 @@ async fn record(
         detail: flag.to_json().to_string(),
         source: actor().source,
     };
-    if let Err(e) = within(store.insert_audit(&entry)).await {
+    if let Err(e) = within(STORE_CALL_DEADLINE, store.insert_audit(&entry)).await {
         tracing::warn!(key_id = %flag.key_id, error = %e, "could not audit an anomaly flag");
     }
     if flag.action != AnomalyAction::Suspend {
         return;
     }
-    // The suspension is retried until the store takes it (or shutdown): the detector
-    // refuses the key in this process meanwhile, and only a suspension in the store
-    // is what `keys resume` lifts.
+    // The suspension is asked again while the store cannot answer (the detector
+    // refuses the key in this process meanwhile); a refusal (the key revoked or gone)
+    // ends it.
     let reason = format!("unusual usage: {}", flag.kind);
-    let mut wait = Duration::from_millis(500);
     let who = actor();
+    let mut wait = Duration::from_millis(500);
     loop {
-        let suspended = within(store.suspend_key(&flag.key_id, Some(&reason), flag.at_ms, &who));
-        match suspended.await {
-            Ok(_) => break,
-            Err(e) => {
+        let call = store.suspend_key(&flag.key_id, Some(&reason), flag.at_ms, &who);
+        match within(STORE_CALL_DEADLINE, call).await {
+            Ok(newly) => {
+                if newly {
+                    detector.note_suspended();
+                }
+                break;
+            }
+            Err(e) if e.transient() => {
                 tracing::warn!(key_id = %flag.key_id, error = %e, "could not suspend a flagged key in the store; retrying");
-                if *stop.borrow() {
-                    // The in-memory suspension ends with the process; the flag is in
-                    // the log.
+                if !pause(wait, stop).await {
+                    // Shutdown: the in-memory suspension ends with the process.
                     return;
                 }
-                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                tracing::warn!(key_id = %flag.key_id, error = %e, "the store refused to suspend a flagged key");
+                break;
+            }
+        }
+    }
+    // Only once the cache refuses the key (a reload that read the suspension) is the
+    // in-memory suspension lifted, so `keys resume` alone brings it back.
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match within(RELOAD_WITHIN, keys::load_keys(cache, store)).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "key cache reload after a suspension failed; retrying");
+                if !pause(wait, stop).await {
+                    return;
+                }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
-    // The cache refuses the key now (or within the watcher's next reload, if this one
-    // fails); the in-memory suspension can go, so `keys resume` alone brings it back.
-    if let Err(e) = within(keys::load_keys(cache, store)).await {
-        tracing::warn!(error = %e, "key cache reload after a suspension failed");
-    }
     detector.resume(&flag.key_id);
 }
+
+/// How long one reload of the key cache may take here (waiting for one running).
+const RELOAD_WITHIN: Duration = Duration::from_secs(60);

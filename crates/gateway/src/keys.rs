@@ -517,14 +517,21 @@ pub(crate) async fn poll_version<C, CF, R, RF>(
         // the watch for good (a revocation would never take effect).
         match tokio::time::timeout(STORE_CALL_DEADLINE, current()).await {
             Ok(Ok(v)) if v == version => {}
-            Ok(Ok(v)) => match tokio::time::timeout(RELOAD_DEADLINE, reload()).await {
-                Ok(Ok(items)) => {
-                    tracing::info!(items, version = v, "{what} reloaded");
-                    version = v;
+            Ok(Ok(v)) => {
+                // A long reload gives way to shutdown.
+                let reloaded = tokio::select! {
+                    r = tokio::time::timeout(RELOAD_DEADLINE, reload()) => r,
+                    _ = stop.changed() => return,
+                };
+                match reloaded {
+                    Ok(Ok(items)) => {
+                        tracing::info!(items, version = v, "{what} reloaded");
+                        version = v;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "{what} reload failed"),
+                    Err(_) => tracing::warn!("{what} reload timed out; trying again"),
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "{what} reload failed"),
-                Err(_) => tracing::warn!("{what} reload timed out; trying again"),
-            },
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "{what} version check failed"),
             Err(_) => tracing::warn!("{what} version check timed out; trying again"),
         }

@@ -316,9 +316,9 @@ async fn the_admin_api_shows_and_sets_environment_credentials_by_reference() {
 async fn a_slow_new_credential_does_not_hold_up_a_revocation() {
     let mut h = support::start().await;
     assert_eq!(status(&h, &h.key).await.0, 200);
-    // A new environment whose credential takes two seconds to read, and in the same
-    // moment a revocation: the revoked key is refused within the second all the same.
-    let (staging_key, _) = h.mint("staging", Role::Member).await;
+    // A new environment whose credential takes two seconds to read, its first key, and
+    // in the same moment a revocation: the revoked key is refused within the second
+    // all the same.
     h.store
         .set_env_credential(
             "shop",
@@ -329,6 +329,7 @@ async fn a_slow_new_credential_does_not_hold_up_a_revocation() {
         )
         .await
         .unwrap();
+    let (staging_key, _) = h.mint("staging", Role::Member).await;
     h.store
         .revoke_key(&h.key_id, Some("leaked"), support::now_ms())
         .await
@@ -341,24 +342,28 @@ async fn a_slow_new_credential_does_not_hold_up_a_revocation() {
         refused.is_some(),
         "the revocation waited for the credential"
     );
-    // The new environment's key is refused while its credential is read — a 503 the
-    // SDKs retry — then served with it.
-    let res = h
-        .http
-        .post(h.url("/v1/responses"))
-        .bearer_auth(&staging_key)
-        .json(&json!({"model": "gpt-4o-mini", "input": "hi"}))
-        .send()
-        .await
-        .unwrap();
-    if res.status() == 503 {
-        assert_eq!(res.headers()["x-should-retry"], "true");
-        assert_eq!(res.headers()["retry-after"], "1");
-        let v: serde_json::Value = res.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "provider_credential_pending", "{v}");
-    } else {
-        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // The new key is known at once, and refused while its credential is read — a 503
+    // the SDKs retry — then served with it.
+    let call = || async {
+        h.http
+            .post(h.url("/v1/responses"))
+            .bearer_auth(&staging_key)
+            .json(&json!({"model": "gpt-4o-mini", "input": "hi"}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let known_by = std::time::Instant::now() + Duration::from_secs(5);
+    let mut res = call().await;
+    while res.status() == 401 && std::time::Instant::now() < known_by {
+        tokio::task::yield_now().await;
+        res = call().await;
     }
+    assert_eq!(res.status(), 503, "{}", res.text().await.unwrap());
+    assert_eq!(res.headers()["x-should-retry"], "true");
+    assert_eq!(res.headers()["retry-after"], "1");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "provider_credential_pending", "{v}");
     let served = eventually(Duration::from_secs(10), || async {
         status(&h, &staging_key).await.0 == 200
     })

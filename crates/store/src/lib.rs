@@ -1137,9 +1137,9 @@ pub(crate) fn now_ms() -> i64 {
 /// records (an upstream reporting nonsense) cannot overflow.
 pub(crate) const MAX_RECORD_TOKENS: u64 = 1 << 40;
 
-/// The most nano-USD one usage record keeps (2^56 ≈ 72 million USD): above 2^53, so
-/// costs stay exact integers, and 128 such records still sum.
-pub(crate) const MAX_RECORD_COST: u64 = 1 << 56;
+/// The most nano-USD one usage record keeps (2^54 ≈ 18 million USD): above 2^53, so
+/// costs stay exact integers, and 511 such records still sum within `i64`.
+pub(crate) const MAX_RECORD_COST: u64 = 1 << 54;
 
 /// A usage record's token count as stored: at most [`MAX_RECORD_TOKENS`].
 pub(crate) fn record_tokens(v: u64) -> i64 {

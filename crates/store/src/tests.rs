@@ -1861,7 +1861,7 @@ async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb)
         (spend[0].day_usd_nanos, spend[0].month_usd_nanos),
         (cap, 2 * cap)
     );
-    // The usage rows keep at most 2^40 tokens of each count and 2^56 nano-USD, so the
+    // The usage rows keep at most 2^40 tokens of each count and 2^54 nano-USD, so the
     // totals of such records sum without overflowing.
     for id in ["t1", "t2", "t3"] {
         let mut r = priced(id, "key_t", now, u64::MAX);
@@ -1877,7 +1877,7 @@ async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb)
         .unwrap();
     let t = totals.iter().find(|t| t.group == "key_t").unwrap();
     assert_eq!(t.total_tokens, 3 << 40);
-    assert_eq!(t.cost_usd_nanos, Some(3 << 56));
+    assert_eq!(t.cost_usd_nanos, Some(3 << 54));
     // A batch spending under many keys: 7,000 roll-up rows of 5 values each would be
     // past SQLite's 32,766 bound values in one statement.
     let many: Vec<UsageRecord> = (0..7_000)
