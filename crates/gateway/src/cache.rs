@@ -298,6 +298,7 @@ impl Cache {
         endpoint: Endpoint,
         mode: Mode,
         preflight: &Preflight,
+        parts: &http::request::Parts,
     ) -> Option<Plan> {
         let cacheable = matches!(
             endpoint,
@@ -320,7 +321,7 @@ impl Cache {
         if !write {
             return None;
         }
-        let key = key(project, endpoint, preflight)?;
+        let key = key(project, endpoint, preflight, &Varies::of(parts))?;
         let outcome = match mode {
             Mode::Refresh => Some(CacheOutcome::Refresh),
             _ if reads => Some(CacheOutcome::Miss),
@@ -569,9 +570,37 @@ fn served(
     (status, headers, Body::from(entry.body.clone())).into_response()
 }
 
+/// What of the request besides its body goes upstream and may change the answer: the
+/// query string (an Azure `api-version`, say) and `OpenAI-Beta` (which API version of
+/// a beta feature answers).
+#[derive(Debug, Default)]
+struct Varies<'a> {
+    query: &'a str,
+    beta: Vec<&'a [u8]>,
+}
+
+impl<'a> Varies<'a> {
+    fn of(parts: &'a http::request::Parts) -> Self {
+        Self {
+            query: parts.uri.query().unwrap_or(""),
+            beta: parts
+                .headers
+                .get_all("openai-beta")
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect(),
+        }
+    }
+}
+
 /// The key of a request (see the module docs); `None` when the body is not a JSON
 /// object or asks for a background job.
-fn key(project: &str, endpoint: Endpoint, preflight: &Preflight) -> Option<[u8; 32]> {
+fn key(
+    project: &str,
+    endpoint: Endpoint,
+    preflight: &Preflight,
+    varies: &Varies<'_>,
+) -> Option<[u8; 32]> {
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&preflight.body) else {
         return None;
     };
@@ -594,6 +623,14 @@ fn key(project: &str, endpoint: Endpoint, preflight: &Preflight) -> Option<[u8; 
         b"\0as-is\0"
     });
     h.update(&canonical);
+    if !varies.query.is_empty() || !varies.beta.is_empty() {
+        h.update(b"\0query\0");
+        h.update(varies.query.as_bytes());
+        for beta in &varies.beta {
+            h.update(b"\0beta\0");
+            h.update(beta);
+        }
+    }
     Some(h.finalize().into())
 }
 
@@ -721,7 +758,7 @@ mod tests {
 
     #[test]
     fn the_key_ignores_key_order_whitespace_and_labels_but_not_the_output_parameters() {
-        let k = |p: &str, e: Endpoint, b: &str| key(p, e, &pre(b)).unwrap();
+        let k = |p: &str, e: Endpoint, b: &str| key(p, e, &pre(b), &Varies::default()).unwrap();
         let base = k(
             "shop",
             Endpoint::Responses,
@@ -786,11 +823,40 @@ mod tests {
             ..pre(body)
         };
         assert_ne!(
-            key("p", Endpoint::ChatCompletions, &strip),
-            key("p", Endpoint::ChatCompletions, &pre(body))
+            key("p", Endpoint::ChatCompletions, &strip, &Varies::default()),
+            key(
+                "p",
+                Endpoint::ChatCompletions,
+                &pre(body),
+                &Varies::default()
+            )
         );
-        assert!(key("p", Endpoint::Responses, &pre(r#"{"background":true}"#)).is_none());
-        assert!(key("p", Endpoint::Responses, &pre("[1]")).is_none());
+        let none = Varies::default();
+        assert!(key(
+            "p",
+            Endpoint::Responses,
+            &pre(r#"{"background":true}"#),
+            &none
+        )
+        .is_none());
+        assert!(key("p", Endpoint::Responses, &pre("[1]"), &none).is_none());
+        // The query string and OpenAI-Beta go upstream too: they are in the key.
+        let body = pre(r#"{"model":"m","input":"hi"}"#);
+        let plain = key("p", Endpoint::Responses, &body, &none);
+        let query = Varies {
+            query: "api-version=2025-04-01",
+            beta: Vec::new(),
+        };
+        let beta = Varies {
+            query: "",
+            beta: vec![b"assistants=v2".as_slice()],
+        };
+        let keyed = [
+            plain,
+            key("p", Endpoint::Responses, &body, &query),
+            key("p", Endpoint::Responses, &body, &beta),
+        ];
+        assert!(keyed[0] != keyed[1] && keyed[0] != keyed[2] && keyed[1] != keyed[2]);
     }
 
     #[test]

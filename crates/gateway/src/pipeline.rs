@@ -270,7 +270,9 @@ async fn stages(
     guard.hold(admission.reservation);
     guard.hold_budget(admission.budget);
     let mut preflight = preflight;
-    preflight.cache = gw.cache.plan(&principal, endpoint, cache_mode, &preflight);
+    preflight.cache = gw
+        .cache
+        .plan(&principal, endpoint, cache_mode, &preflight, &parts);
     if let Some(hit) = gw.cache.lookup(&preflight, guard.record()).await {
         guard.mark_first_byte();
         return Ok(Outcome::Served(hit));
