@@ -67,7 +67,7 @@ use crate::redis_link::RedisLink;
 /// The request header that chooses, and the response header that tells, what the
 /// cache did.
 pub const HEADER: &str = "x-tollgate-cache";
-const CACHE_HEADER: HeaderName = HeaderName::from_static(HEADER);
+pub(crate) const CACHE_HEADER: HeaderName = HeaderName::from_static(HEADER);
 
 /// Body members left out of the key: they label or route the call (end-user ids,
 /// metadata, upstream storage and prompt-cache routing) but do not change the answer.

@@ -48,7 +48,7 @@ use crate::server::Gateway;
 use crate::throttle::Flight;
 use crate::upstream::Upstream;
 
-const SERVED_BY: HeaderName = HeaderName::from_static("x-tollgate-served-by");
+pub(crate) const SERVED_BY: HeaderName = HeaderName::from_static("x-tollgate-served-by");
 /// `served_by` of an answer the response cache gave for a failed call.
 pub const CACHE: &str = "cache";
 

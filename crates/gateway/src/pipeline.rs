@@ -101,8 +101,20 @@ async fn proxy(
             let res = dispatch::relay(endpoint, &preflight, *reply, guard, own).await;
             gw.cache.fill(&preflight, res).await
         }
-        Ok(Outcome::Served(res)) => {
-            guard.record().status = res.status().as_u16();
+        Ok(Outcome::Served(mut res)) => {
+            let rec = guard.record();
+            rec.status = res.status().as_u16();
+            // An offline answer says what the cache did too (a stored one says it
+            // already).
+            if let Some(c) = rec.cache {
+                let headers = res.headers_mut();
+                if !headers.contains_key(crate::cache::CACHE_HEADER) {
+                    headers.insert(
+                        crate::cache::CACHE_HEADER,
+                        HeaderValue::from_static(c.as_str()),
+                    );
+                }
+            }
             guard.finish().await;
             res
         }
@@ -114,8 +126,22 @@ async fn proxy(
                 rec.attempts = attempts;
             }
             rec.client_disconnected = matches!(e, GatewayError::ClientGone);
+            // An error answer says what the cache did and which target answered, as
+            // any other answer does (and as the record does).
+            let cache = rec.cache.map(|c| HeaderValue::from_static(c.as_str()));
+            let served_by = rec
+                .served_by
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok());
             guard.finish().await;
-            e.into_response()
+            let mut res = e.into_response();
+            if let Some(v) = cache {
+                res.headers_mut().insert(crate::cache::CACHE_HEADER, v);
+            }
+            if let Some(v) = served_by {
+                res.headers_mut().insert(crate::fallback::SERVED_BY, v);
+            }
+            res
         }
     };
     if !limit_headers.is_empty() {

@@ -506,6 +506,7 @@ async fn when_every_target_fails_the_last_error_stands_and_when_all_are_open_a_5
         with_backup(raw, &b, "gpt-4o-mini");
         raw.circuit_breaker.failures = Some(1);
         raw.circuit_breaker.cooldown_ms = Some(60_000);
+        raw.cache.projects = Some(vec!["shop".into()]);
     })
     .await;
     sim_fault(&h.sim, json!({"count": 1, "status": 500})).await;
@@ -526,6 +527,8 @@ async fn when_every_target_fails_the_last_error_stands_and_when_all_are_open_a_5
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
+    // A refusal after the cache stage says what the cache did, as any answer does.
+    assert_eq!(res.headers()["x-tollgate-cache"], "miss");
     let retry_after: u64 = res.headers()["retry-after"]
         .to_str()
         .unwrap()
