@@ -53,13 +53,23 @@ pub struct Breaker {
     opened: AtomicU64,
     half_opened: AtomicU64,
     closed: AtomicU64,
+    /// Probes handed out, numbering them.
+    probes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probe`: the probe call in flight, by its number; a late outcome of an older
+    /// probe (the circuit closed and opened again meanwhile) is not taken for it.
+    HalfOpen {
+        probe: Option<u64>,
+    },
 }
 
 /// What the breaker says about a call that could go elsewhere.
@@ -76,7 +86,8 @@ pub enum Admit {
 #[derive(Debug)]
 pub struct Permit {
     breaker: Arc<Breaker>,
-    probe: bool,
+    /// The probe's number, if this call is the half-open circuit's probe.
+    probe: Option<u64>,
     done: bool,
 }
 
@@ -157,6 +168,7 @@ impl Breaker {
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
         }
     }
 
@@ -188,7 +200,7 @@ impl Breaker {
         if self.healthy.load(Ordering::Relaxed) {
             return Admit::Call(Permit {
                 breaker: self.clone(),
-                probe: false,
+                probe: None,
                 done: false,
             });
         }
@@ -196,21 +208,23 @@ impl Breaker {
         let mut state = self.state.lock();
         let current = *state;
         let probe = match current {
-            State::Closed { .. } => false,
+            State::Closed { .. } => None,
             State::Open { until } if now < until => return Admit::Skip { until },
             State::Open { .. } => {
-                *state = State::HalfOpen { probing: true };
+                let n = self.probes.fetch_add(1, Ordering::Relaxed);
+                *state = State::HalfOpen { probe: Some(n) };
                 drop(state);
                 self.half_opened.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.name, "circuit half-open: one probe call goes through");
-                true
+                Some(n)
             }
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
-                true
+            State::HalfOpen { probe: None } => {
+                let n = self.probes.fetch_add(1, Ordering::Relaxed);
+                *state = State::HalfOpen { probe: Some(n) };
+                Some(n)
             }
             // Someone else is probing; try again shortly.
-            State::HalfOpen { probing: true } => {
+            State::HalfOpen { probe: Some(_) } => {
                 return Admit::Skip {
                     until: now + Duration::from_secs(1),
                 }
@@ -228,7 +242,7 @@ impl Breaker {
         if ok {
             self.succeeded();
         } else {
-            self.failed(false);
+            self.failed(None);
         }
     }
 
@@ -247,7 +261,7 @@ impl Breaker {
         }
     }
 
-    fn failed(&self, probe: bool) {
+    fn failed(&self, probe: Option<u64>) {
         let mut state = self.state.lock();
         self.healthy.store(false, Ordering::Relaxed);
         let current = *state;
@@ -259,7 +273,8 @@ impl Breaker {
                 };
                 false
             }
-            State::HalfOpen { .. } => probe,
+            // Only the current probe's failure opens it again.
+            State::HalfOpen { probe: current } => probe.is_some() && current == probe,
             // Already open: a call that had no alternative failed too; keep the
             // cool-down it has.
             State::Open { .. } => false,
@@ -273,16 +288,16 @@ impl Breaker {
             tracing::warn!(
                 upstream = %self.name,
                 cooldown_ms = self.cfg.cooldown.as_millis() as u64,
-                probe,
+                probe = probe.is_some(),
                 "circuit open: calls skip this upstream until a probe succeeds"
             );
         }
     }
 
-    fn abandon_probe(&self) {
+    fn abandon_probe(&self, probe: u64) {
         let mut state = self.state.lock();
-        if *state == (State::HalfOpen { probing: true }) {
-            *state = State::HalfOpen { probing: false };
+        if *state == (State::HalfOpen { probe: Some(probe) }) {
+            *state = State::HalfOpen { probe: None };
         }
     }
 }
@@ -301,8 +316,8 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done && self.probe {
-            self.breaker.abandon_probe();
+        if let Some(probe) = self.probe.filter(|_| !self.done) {
+            self.breaker.abandon_probe(probe);
         }
     }
 }
@@ -367,6 +382,37 @@ mod tests {
         assert_eq!(b.transitions(Circuit::Open), 2);
         assert_eq!(b.transitions(Circuit::HalfOpen), 2);
         assert_eq!(b.transitions(Circuit::Closed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_outcome_of_an_older_probe_is_not_taken_for_the_current_one() {
+        let b = breaker(1, 1_000);
+        b.observe(false);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let old_probe = call(&b);
+        // Meanwhile a call without an alternative succeeds (closed), then one fails
+        // (open again), and after the cool-down a new probe starts.
+        b.observe(true);
+        b.observe(false);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let probe = call(&b);
+        // The old probe's failure does not reopen the circuit, nor does its caller
+        // leaving free the current probe's slot.
+        old_probe.failure();
+        assert_eq!(b.circuit(), Circuit::HalfOpen);
+        assert!(matches!(b.admit(), Admit::Skip { .. }), "still one probe");
+        probe.success();
+        assert_eq!(b.circuit(), Circuit::Closed);
+        let b = breaker(1, 1_000);
+        b.observe(false);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let old_probe = call(&b);
+        b.observe(true);
+        b.observe(false);
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let _probe = call(&b);
+        drop(old_probe);
+        assert!(matches!(b.admit(), Admit::Skip { .. }), "still one probe");
     }
 
     #[tokio::test(start_paused = true)]
