@@ -397,6 +397,10 @@ pub struct StreamTap {
     decoder: SseDecoder,
     events: Vec<SseEvent>,
     strip_usage: bool,
+    /// When stripping (events re-framed): the `id:` and `retry:` last written, so
+    /// they go out where the upstream's changed, as the upstream sent them.
+    written_id: Option<String>,
+    written_retry: Option<u64>,
     /// The most one event may hold (see [`MAX_EVENT_BYTES`]).
     max_event_bytes: usize,
     /// Whether the stream's last event came: Chat's `[DONE]`, a Responses stream's
@@ -422,6 +426,8 @@ impl StreamTap {
             decoder: SseDecoder::new(),
             events: Vec::new(),
             strip_usage,
+            written_id: None,
+            written_retry: None,
             max_event_bytes: MAX_EVENT_BYTES,
             ended: false,
             observed: Observed::default(),
@@ -447,6 +453,17 @@ impl StreamTap {
             let mut buf = Vec::with_capacity(chunk.len() + 16);
             for ev in &events {
                 if let Some(data) = strip_usage(&ev.data) {
+                    // An OpenAI stream has neither; another upstream's are kept.
+                    if ev.id.is_some() && ev.id != self.written_id {
+                        buf.extend_from_slice(b"id: ");
+                        buf.extend_from_slice(ev.id.as_deref().unwrap_or_default().as_bytes());
+                        buf.push(b'\n');
+                        self.written_id.clone_from(&ev.id);
+                    }
+                    if let Some(retry) = ev.retry.filter(|r| Some(*r) != self.written_retry) {
+                        buf.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+                        self.written_retry = Some(retry);
+                    }
                     tollgate_wire::sse::write_event(&mut buf, ev.event.as_deref(), &data);
                 }
             }
@@ -690,6 +707,23 @@ mod tests {
             assert_eq!(tap.observed.model_served.as_deref(), Some("gpt-4o-mini"));
             assert_eq!(tap.observed.response_id.as_deref(), Some("c1"));
         }
+    }
+
+    #[test]
+    fn stripping_keeps_an_upstreams_event_ids_and_retry() {
+        let upstream = concat!(
+            "retry: 3000\nid: 1\ndata: {\"id\":\"c1\",\"choices\":[],\"usage\":null}\n\n",
+            "id: 2\ndata: {\"id\":\"c1\",\"choices\":[],\"usage\":null}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut tap = StreamTap::new(Endpoint::ChatCompletions, true);
+        let out = tap.pass(Bytes::from_static(upstream.as_bytes()));
+        let events = tollgate_wire::sse::SseDecoder::new().push(&out);
+        let ids: Vec<_> = events.iter().map(|e| e.id.as_deref()).collect();
+        assert_eq!(ids, [Some("1"), Some("2"), Some("2")]);
+        assert!(events.iter().all(|e| e.retry == Some(3000)));
+        assert_eq!(events.len(), 3, "the usage chunk is gone, the rest kept");
     }
 
     #[test]
