@@ -423,7 +423,11 @@ impl StreamTap {
     pub fn new(endpoint: Endpoint, strip_usage: bool) -> Self {
         Self {
             endpoint,
-            decoder: SseDecoder::new(),
+            decoder: if strip_usage {
+                SseDecoder::keeping_comments()
+            } else {
+                SseDecoder::new()
+            },
             events: Vec::new(),
             strip_usage,
             written_id: None,
@@ -451,7 +455,17 @@ impl StreamTap {
         }
         let out = if self.strip_usage {
             let mut buf = Vec::with_capacity(chunk.len() + 16);
-            for ev in &events {
+            // An upstream's comments (keep-alives) go out where they came.
+            let comments = self.decoder.take_comments();
+            let mut comments = comments.iter().peekable();
+            let mut comments_before = |n: usize, buf: &mut Vec<u8>| {
+                while let Some((_, line)) = comments.next_if(|(at, _)| *at <= n) {
+                    buf.extend_from_slice(line.as_bytes());
+                    buf.extend_from_slice(b"\n\n");
+                }
+            };
+            for (n, ev) in events.iter().enumerate() {
+                comments_before(n, &mut buf);
                 if let Some(data) = strip_usage(&ev.data) {
                     // An OpenAI stream has neither; another upstream's are kept.
                     if ev.id.is_some() && ev.id != self.written_id {
@@ -467,6 +481,7 @@ impl StreamTap {
                     tollgate_wire::sse::write_event(&mut buf, ev.event.as_deref(), &data);
                 }
             }
+            comments_before(usize::MAX, &mut buf);
             Bytes::from(buf)
         } else {
             chunk
@@ -710,8 +725,9 @@ mod tests {
     }
 
     #[test]
-    fn stripping_keeps_an_upstreams_event_ids_and_retry() {
+    fn stripping_keeps_an_upstreams_comments_event_ids_and_retry() {
         let upstream = concat!(
+            ": keep-alive\n\n",
             "retry: 3000\nid: 1\ndata: {\"id\":\"c1\",\"choices\":[],\"usage\":null}\n\n",
             "id: 2\ndata: {\"id\":\"c1\",\"choices\":[],\"usage\":null}\n\n",
             "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
@@ -724,6 +740,10 @@ mod tests {
         assert_eq!(ids, [Some("1"), Some("2"), Some("2")]);
         assert!(events.iter().all(|e| e.retry == Some(3000)));
         assert_eq!(events.len(), 3, "the usage chunk is gone, the rest kept");
+        assert!(
+            out.starts_with(b": keep-alive\n\n"),
+            "the comment is passed on first"
+        );
     }
 
     #[test]

@@ -64,12 +64,31 @@ pub struct SseDecoder {
     has_data: bool,
     id: Option<String>,
     retry: Option<u64>,
+    /// Whether comment lines (`: keep-alive`) are kept for [`SseDecoder::take_comments`].
+    keep_comments: bool,
+    /// Comment lines seen, each with how many events of its push came before it.
+    comments: Vec<(usize, String)>,
 }
 
 impl SseDecoder {
     /// A decoder at the start of a stream.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that also keeps the stream's comment lines (a proxy re-framing the
+    /// events passes an upstream's keep-alive comments on).
+    pub fn keeping_comments() -> Self {
+        Self {
+            keep_comments: true,
+            ..Self::default()
+        }
+    }
+
+    /// The comment lines seen since the last call, each with the number of events the
+    /// push that saw it had completed before it (its place among them).
+    pub fn take_comments(&mut self) -> Vec<(usize, String)> {
+        std::mem::take(&mut self.comments)
     }
 
     /// Feeds a chunk and returns the events it completed, in order.
@@ -107,6 +126,11 @@ impl SseDecoder {
             }
             let line = String::from_utf8_lossy(&self.buf[start..line_end]).into_owned();
             start = i;
+            if self.keep_comments && line.starts_with(':') {
+                self.started = true;
+                self.comments.push((events.len(), line));
+                continue;
+            }
             if let Some(ev) = self.line(&line) {
                 events.push(ev);
             }
