@@ -201,7 +201,10 @@ pub async fn relay(
         guard.record().streamed = false;
     }
     if streaming {
-        let tap = Tap::Events(StreamTap::new(endpoint, preflight.strip_stream_usage));
+        let tap = Tap::Events(Box::new(StreamTap::new(
+            endpoint,
+            preflight.strip_stream_usage,
+        )));
         let relay = Relay::new(reply.body, tap, guard);
         return answer(status, headers, Body::from_stream(relay));
     }
@@ -351,9 +354,11 @@ fn relay_headers(upstream: HeaderMap, own_limits: &RateLimitInfo) -> HeaderMap {
     out
 }
 
-/// What watches a relayed answer: a stream's events, or a large plain answer's JSON.
+/// What watches a relayed answer: a stream's events (boxed: the stream tap is several
+/// times the JSON one's size, and a stream lives long enough for one allocation), or
+/// a large plain answer's JSON.
 enum Tap {
-    Events(StreamTap),
+    Events(Box<StreamTap>),
     Json(account::JsonTap, Endpoint, http::StatusCode),
 }
 
