@@ -320,6 +320,8 @@ async fn chained(
     let mut before = 0u32;
     // Upstream attempts of the targets that failed: the record counts every one.
     let mut spent = 0u32;
+    // Why a target could not be called at all, if one could not.
+    let mut unusable: Option<GatewayError> = None;
     for (i, target) in targets.iter().enumerate() {
         let Some(breaker) = fb.breaker(&target.upstream, principal) else {
             continue;
@@ -333,7 +335,17 @@ async fn chained(
                 continue;
             }
         };
-        let client = fb.client(gw, principal, &target.upstream)?;
+        // A target whose credential cannot be had now (the project's own, unreadable
+        // or still being read) is passed over: another upstream may serve.
+        let client = match fb.client(gw, principal, &target.upstream) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(target = %target.label(), error = %e, "target's credential unavailable: target skipped");
+                unusable = Some(e);
+                before += 1;
+                continue;
+            }
+        };
         let mut target_pf = if i == 0 {
             preflight.clone()
         } else {
@@ -436,6 +448,11 @@ async fn chained(
         }
         None => {
             guard.record().fallbacks = before;
+            // Nothing was called: a target whose credential failed says why better
+            // than open circuits would (or than none, if none was open).
+            if let Some(e) = unusable.filter(|_| skipped.is_empty()) {
+                return Err(e);
+            }
             let now = Instant::now();
             let retry_after_ms = skipped
                 .iter()

@@ -606,6 +606,46 @@ async fn a_call_whose_fallbacks_its_project_may_not_use_is_never_refused_by_the_
     h.stop_and_records().await;
 }
 
+#[tokio::test]
+async fn a_project_credential_that_cannot_be_read_passes_the_call_to_another_upstream() {
+    let b = backup().await;
+    let mut h = support::start_with(|raw| with_backup(raw, &b, "gpt-4o-mini")).await;
+    // The key's environment names a credential this server cannot read.
+    h.store
+        .set_env_credential(
+            "shop",
+            "dev",
+            Some("env:TOLLGATE_TEST_SURELY_UNSET_CREDENTIAL"),
+            support::now_ms(),
+            &tollgate_store::Actor::system(),
+        )
+        .await
+        .unwrap();
+    let served = eventually(Duration::from_secs(5), || async {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        served_by(&res) == "backup/gpt-4o-mini" && res.status() == 200
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "the backup, with its own key, did not serve"
+    );
+    // Without an alternative the call says why it could not be sent.
+    let res = h
+        .post("/v1/chat/completions", chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "provider_credential_unavailable", "{v}");
+    h.stop_and_records().await;
+}
+
 fn sse_data(text: &str) -> Vec<Value> {
     text.split("\n\n")
         .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
