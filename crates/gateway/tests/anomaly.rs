@@ -360,3 +360,46 @@ async fn auto_suspend_is_chosen_per_project_and_a_change_applies_without_a_resta
     assert_eq!(status, 403);
     assert!(counted(2).await, "the second suspension was not counted");
 }
+
+#[tokio::test]
+async fn a_burst_of_flags_suspends_every_flagged_key_in_the_store() {
+    let mut h = start_with(|raw| {
+        raw.anomaly.warmup_minutes = Some(0);
+        raw.anomaly.min_requests_per_min = Some(1);
+        raw.anomaly.auto_suspend = Some(true);
+    })
+    .await;
+    // 100 keys, each flagged by its first call: more flags at once than a lossy
+    // hand-over to the store writer kept.
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys.push(h.mint("dev", Role::Member).await);
+    }
+    let loaded = eventually(Duration::from_secs(5), || async {
+        models(&h, &keys[99].0).await.0 != 401
+    })
+    .await;
+    assert!(loaded.is_some(), "the keys were never loaded");
+    let calls = keys.iter().take(99).map(|(secret, _)| models(&h, secret));
+    let refused = futures_util::future::join_all(calls)
+        .await
+        .iter()
+        .filter(|(status, _)| *status == 403)
+        .count();
+    assert_eq!(refused, 99, "each key's first call flags it");
+    let ids: Vec<String> = keys.iter().map(|(_, id)| id.clone()).collect();
+    let all_suspended = eventually(Duration::from_secs(20), || async {
+        let stored = h.store.list_keys().await.unwrap();
+        ids.iter().all(|id| {
+            stored
+                .iter()
+                .any(|k| &k.id == id && k.suspended_at_ms.is_some())
+        })
+    })
+    .await;
+    assert!(
+        all_suspended.is_some(),
+        "some flagged keys never reached the store"
+    );
+    h.stop().await;
+}
