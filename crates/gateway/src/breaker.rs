@@ -384,34 +384,33 @@ mod tests {
         assert_eq!(b.transitions(Circuit::Closed), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_late_outcome_of_an_older_probe_is_not_taken_for_the_current_one() {
-        let b = breaker(1, 1_000);
+    /// A probe left over from an earlier half-open spell, and the current probe: a
+    /// call without an alternative closed the circuit meanwhile, another opened it
+    /// again, and its cool-down passed.
+    async fn stale_and_current_probe(b: &Arc<Breaker>) -> (Permit, Permit) {
         b.observe(false);
         tokio::time::advance(Duration::from_millis(1_001)).await;
-        let old_probe = call(&b);
-        // Meanwhile a call without an alternative succeeds (closed), then one fails
-        // (open again), and after the cool-down a new probe starts.
+        let stale = call(b);
         b.observe(true);
         b.observe(false);
         tokio::time::advance(Duration::from_millis(1_001)).await;
-        let probe = call(&b);
-        // The old probe's failure does not reopen the circuit, nor does its caller
-        // leaving free the current probe's slot.
-        old_probe.failure();
+        (stale, call(b))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_outcome_of_an_older_probe_is_not_taken_for_the_current_one() {
+        // Its failure does not reopen the circuit.
+        let b = breaker(1, 1_000);
+        let (stale, probe) = stale_and_current_probe(&b).await;
+        stale.failure();
         assert_eq!(b.circuit(), Circuit::HalfOpen);
         assert!(matches!(b.admit(), Admit::Skip { .. }), "still one probe");
         probe.success();
         assert_eq!(b.circuit(), Circuit::Closed);
+        // Its caller leaving does not free the current probe's slot.
         let b = breaker(1, 1_000);
-        b.observe(false);
-        tokio::time::advance(Duration::from_millis(1_001)).await;
-        let old_probe = call(&b);
-        b.observe(true);
-        b.observe(false);
-        tokio::time::advance(Duration::from_millis(1_001)).await;
-        let _probe = call(&b);
-        drop(old_probe);
+        let (stale, _probe) = stale_and_current_probe(&b).await;
+        drop(stale);
         assert!(matches!(b.admit(), Admit::Skip { .. }), "still one probe");
     }
 

@@ -468,6 +468,7 @@ async fn admins_set_rate_limits_and_caps_every_role_reads_them_and_the_gateway_h
         (json!({"env": "dev"}), Value::from("rpm")),
         (json!({"env": "Dev!", "rpm": 1}), Value::from("env")),
         (json!({"rpm": 1, "burst": 2}), Value::from("burst")),
+        (json!({"rpm": "many"}), Value::from("rpm")),
     ] {
         let (s, v) = admin(
             &h,
@@ -716,24 +717,9 @@ async fn usage_counts_errors_as_tollgate_usage_does() {
 }
 
 #[tokio::test]
-async fn bad_input_names_the_offending_field() {
+async fn an_unknown_query_parameter_is_named() {
     let h = start().await;
     let (admin_key, _) = key(&h, Role::Admin).await;
-    for (body, param) in [
-        (json!({"rpm": 1, "bogus": 2}), "bogus"),
-        (json!({"rpm": "many"}), "rpm"),
-    ] {
-        let (s, v) = admin(
-            &h,
-            &admin_key,
-            "put",
-            "/admin/v1/limits",
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(s, 400, "{body}: {v}");
-        assert_eq!(v["error"]["param"], param, "{body}: {v}");
-    }
     let (s, v) = admin(
         &h,
         &admin_key,

@@ -59,6 +59,21 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
 }
 
+/// Sets the project's rate limit for one model.
+async fn model_rule(h: &support::Harness, model: &str, rpm: Option<u64>, tpm: Option<u64>) {
+    let scope = tollgate_store::LimitScope {
+        project: "shop".into(),
+        env: None,
+        key_id: None,
+        model: Some(model.into()),
+    };
+    let actor = tollgate_store::Actor::system();
+    h.store
+        .set_rate_limit(&scope, rpm, tpm, support::now_ms(), &actor)
+        .await
+        .unwrap();
+}
+
 fn served_by(res: &reqwest::Response) -> String {
     res.headers()
         .get("x-tollgate-served-by")
@@ -171,22 +186,7 @@ async fn a_fallback_to_another_model_is_admitted_against_that_models_own_limits(
     })
     .await;
     // gpt-4o-mini: 2 requests a minute for the project.
-    let mini = tollgate_store::LimitScope {
-        project: "shop".into(),
-        env: None,
-        key_id: None,
-        model: Some("gpt-4o-mini".into()),
-    };
-    h.store
-        .set_rate_limit(
-            &mini,
-            Some(2),
-            None,
-            support::now_ms(),
-            &tollgate_store::Actor::system(),
-        )
-        .await
-        .unwrap();
+    model_rule(&h, "gpt-4o-mini", Some(2), None).await;
     // Applied once a call to gpt-4o-mini shows it (that call takes one of the two).
     let applied = eventually(Duration::from_secs(5), || async {
         let res = h
@@ -255,22 +255,7 @@ async fn the_requested_models_token_limit_is_not_charged_for_what_another_model_
     })
     .await;
     // gpt-4o: 60 tokens a minute, so a minute's refill is one token a second.
-    let gpt4o = tollgate_store::LimitScope {
-        project: "shop".into(),
-        env: None,
-        key_id: None,
-        model: Some("gpt-4o".into()),
-    };
-    h.store
-        .set_rate_limit(
-            &gpt4o,
-            None,
-            Some(60),
-            support::now_ms(),
-            &tollgate_store::Actor::system(),
-        )
-        .await
-        .unwrap();
+    model_rule(&h, "gpt-4o", None, Some(60)).await;
     let body = json!({"model": "gpt-4o", "max_tokens": 5,
         "messages": [{"role": "user", "content": "hi"}]});
     let remaining = |res: &reqwest::Response| -> i64 {
