@@ -600,15 +600,7 @@ async fn set_env_credential(
         let actor = actor(&p, &req);
         check_env(&env)?;
         let body: serde_json::Map<String, Value> = read_body(req, false).await?;
-        if let Some(other) = body.keys().find(|k| k.as_str() != "ref") {
-            let other: String = other.chars().take(64).collect();
-            return Err(GatewayError::InvalidRequest {
-                message: format!(
-                    "unknown field {other:?}: the body is {{\"ref\": \"env:NAME\" | null}}"
-                ),
-                param: Some(other.into()),
-            });
-        }
+        only_member(&body, "ref", "the body is {\"ref\": \"env:NAME\" | null}")?;
         let reference = match body.get("ref") {
             Some(Value::String(r)) => Some(r.as_str()),
             Some(Value::Null) => None,
@@ -621,12 +613,7 @@ async fn set_env_credential(
             }
         };
         if let Some(r) = reference {
-            // The message never echoes the value: it may be a pasted secret.
-            tollgate_store::validate_secret_ref(r).map_err(|e| invalid(e.to_string(), "ref"))?;
-            // A project's admin may not run commands or read files on the host.
-            if let Some(scheme) = ["exec:", "file:"].into_iter().find(|s| r.starts_with(s)) {
-                return Err(GatewayError::HostCredentialRef { scheme });
-            }
+            api_credential_ref(r, "ref")?;
         }
         gw.store
             .set_env_credential(&p.project, &env, reference, now_ms(), &actor)
@@ -938,6 +925,36 @@ pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
             param,
         }
     })
+}
+
+/// Checks a credential reference given over the admin API: a reference (the message
+/// never echoes the value: it may be a pasted secret), and not one that reads a file
+/// or runs a command on the gateway's host (an operator's, with the CLI there).
+pub(crate) fn api_credential_ref(r: &str, param: &'static str) -> Result<(), GatewayError> {
+    tollgate_store::validate_secret_ref(r).map_err(|e| invalid(e.to_string(), param))?;
+    match ["exec:", "file:"].into_iter().find(|s| r.starts_with(s)) {
+        Some(scheme) => Err(GatewayError::HostCredentialRef { scheme }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a body member other than `only`, naming it in `param` (at most 64
+/// characters of it); `usage` says what the body is.
+pub(crate) fn only_member(
+    body: &serde_json::Map<String, Value>,
+    only: &str,
+    usage: &str,
+) -> Result<(), GatewayError> {
+    match body.keys().find(|k| k.as_str() != only) {
+        Some(other) => {
+            let other: String = other.chars().take(64).collect();
+            Err(GatewayError::InvalidRequest {
+                message: format!("unknown field {other:?}: {usage}"),
+                param: Some(other.into()),
+            })
+        }
+        None => Ok(()),
+    }
 }
 
 /// An audit detail as the admin API shows it: an `exec:` credential reference (in

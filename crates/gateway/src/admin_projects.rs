@@ -103,13 +103,7 @@ async fn create_project(State(gw): State<Arc<Gateway>>, req: Request<Body>) -> R
         let body: CreateProjectBody = admin::read_body(req, false).await?;
         check_name(&body.name)?;
         if let Some(r) = &body.upstream_api_key {
-            // The message never echoes the value: it may be a pasted secret.
-            tollgate_store::validate_secret_ref(r)
-                .map_err(|e| invalid(e.to_string(), "upstream_api_key"))?;
-            // Files and commands on the host are for an operator with the CLI there.
-            if let Some(scheme) = ["exec:", "file:"].into_iter().find(|s| r.starts_with(s)) {
-                return Err(GatewayError::HostCredentialRef { scheme });
-            }
+            admin::api_credential_ref(r, "upstream_api_key")?;
         }
         let max_key_age_ms = body
             .max_key_age
@@ -252,13 +246,7 @@ async fn create_project_key(
 async fn read_settings(req: Request<Body>) -> Result<Option<bool>, GatewayError> {
     let body: serde_json::Map<String, Value> = admin::read_body(req, false).await?;
     let usage = "the body is {\"anomaly_auto_suspend\": true | false | null}";
-    if let Some(other) = body.keys().find(|k| k.as_str() != "anomaly_auto_suspend") {
-        let other: String = other.chars().take(MAX_NAME_CHARS).collect();
-        return Err(GatewayError::InvalidRequest {
-            message: format!("unknown field {other:?}: {usage}"),
-            param: Some(other.into()),
-        });
-    }
+    admin::only_member(&body, "anomaly_auto_suspend", usage)?;
     match body.get("anomaly_auto_suspend") {
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(Value::Null) => Ok(None),
