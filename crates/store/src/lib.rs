@@ -1138,8 +1138,19 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) const MAX_RECORD_TOKENS: u64 = 1 << 40;
 
 /// The most nano-USD one usage record keeps (2^54 ≈ 18 million USD): above 2^53, so
-/// costs stay exact integers, and 511 such records still sum within `i64`.
+/// costs stay exact integers. Totals over many such records saturate at `i64::MAX`
+/// (`usage_totals`) rather than fail.
 pub(crate) const MAX_RECORD_COST: u64 = 1 << 54;
+
+/// The usage columns `usage_totals` sums.
+pub(crate) const SUMMED_USAGE_COLUMNS: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd_nanos",
+];
 
 /// A usage record's token count as stored: at most [`MAX_RECORD_TOKENS`].
 pub(crate) fn record_tokens(v: u64) -> i64 {

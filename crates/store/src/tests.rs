@@ -1890,6 +1890,27 @@ async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb)
         .iter()
         .filter(|s| s.key_id.starts_with("key_0"))
         .all(|s| s.day_usd_nanos == 1));
+    // 600 records at the cap in one group would sum past i64: the totals saturate
+    // instead of failing the whole report (SQLite's integer SUM raised an error).
+    let absurd: Vec<UsageRecord> = (0..600)
+        .map(|i| {
+            let mut r = priced(&format!("x{i}"), "key_x", now, u64::MAX);
+            r.total_tokens = u64::MAX;
+            r
+        })
+        .collect();
+    store.insert_usage(&absurd).await.unwrap();
+    let totals = store
+        .usage_totals(&UsageFilter {
+            group: UsageGroup::Key,
+            since_ms: day,
+        })
+        .await
+        .unwrap();
+    let t = totals.iter().find(|t| t.group == "key_x").unwrap();
+    assert_eq!(t.requests, 600);
+    assert_eq!(t.total_tokens, 600 << 40);
+    assert_eq!(t.cost_usd_nanos, Some(i64::MAX as u64));
 }
 
 async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &TestDb) {

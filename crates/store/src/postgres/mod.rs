@@ -1042,18 +1042,23 @@ impl PostgresStore {
                 "to_char(to_timestamp(created_at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
             }
         };
-        // SUM over BIGINT is NUMERIC in PostgreSQL; cast back so it decodes as i64.
+        // SUM over BIGINT is NUMERIC in PostgreSQL: cast back so it decodes as i64,
+        // saturating at i64::MAX (as the SQLite store's sums do) rather than failing
+        // the whole report. (LEAST would turn the NULL sum of unpriced calls into MAX.)
+        let max = i64::MAX;
+        let sums: String = crate::SUMMED_USAGE_COLUMNS
+            .iter()
+            .map(|c| {
+                format!(
+                    "(CASE WHEN SUM({c}) > {max} THEN {max} ELSE SUM({c}) END)::BIGINT AS {c}, "
+                )
+            })
+            .collect();
         let sql = format!(
             "SELECT ({group}) COLLATE \"C\" AS grp, COUNT(*) AS requests, \
              SUM(CASE WHEN status >= 400 OR client_disconnected OR error_code IS NOT NULL \
              THEN 1 ELSE 0 END)::BIGINT \
-             AS errors, \
-             SUM(input_tokens)::BIGINT AS input_tokens, \
-             SUM(output_tokens)::BIGINT AS output_tokens, \
-             SUM(total_tokens)::BIGINT AS total_tokens, \
-             SUM(cached_tokens)::BIGINT AS cached_tokens, \
-             SUM(reasoning_tokens)::BIGINT AS reasoning_tokens, \
-             SUM(cost_usd_nanos)::BIGINT AS cost_usd_nanos, \
+             AS errors, {sums}\
              SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END)::BIGINT AS unpriced, \
              SUM(CASE WHEN cache IN ('hit', 'stale') THEN 1 ELSE 0 END)::BIGINT AS cache_hits \
              FROM usage WHERE created_at_ms >= $1 GROUP BY grp ORDER BY grp"

@@ -1075,14 +1075,17 @@ impl SqliteStore {
             UsageGroup::Model => "COALESCE(model_served, model_requested, '-')",
             UsageGroup::Day => "strftime('%Y-%m-%d', created_at_ms / 1000, 'unixepoch')",
         };
+        // SQLite's integer SUM fails the whole query on overflow. Each column is summed
+        // in two parts, the bits from 2^20 up and those below, which cannot overflow
+        // (a record keeps less than 2^54), and joined exactly in `get_sum`.
+        let sums: String = crate::SUMMED_USAGE_COLUMNS
+            .iter()
+            .map(|c| format!("SUM({c} >> 20) AS {c}_hi, SUM({c} & 1048575) AS {c}_lo, "))
+            .collect();
         let sql = format!(
             "SELECT {group} AS grp, COUNT(*) AS requests, \
              SUM(CASE WHEN status >= 400 OR client_disconnected = 1 OR error_code IS NOT NULL \
-             THEN 1 ELSE 0 END) AS errors, \
-             SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
-             SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
-             SUM(reasoning_tokens) AS reasoning_tokens, \
-             SUM(cost_usd_nanos) AS cost_usd_nanos, \
+             THEN 1 ELSE 0 END) AS errors, {sums}\
              SUM(CASE WHEN cost_usd_nanos IS NULL THEN 1 ELSE 0 END) AS unpriced, \
              SUM(CASE WHEN cache IN ('hit', 'stale') THEN 1 ELSE 0 END) AS cache_hits \
              FROM usage WHERE created_at_ms >= ? GROUP BY grp ORDER BY grp"
@@ -1097,12 +1100,12 @@ impl SqliteStore {
                     group: r.try_get("grp")?,
                     requests: get_u64(r, "requests")?,
                     errors: get_u64(r, "errors")?,
-                    input_tokens: get_u64(r, "input_tokens")?,
-                    output_tokens: get_u64(r, "output_tokens")?,
-                    total_tokens: get_u64(r, "total_tokens")?,
-                    cached_tokens: get_u64(r, "cached_tokens")?,
-                    reasoning_tokens: get_u64(r, "reasoning_tokens")?,
-                    cost_usd_nanos: get_opt_u64(r, "cost_usd_nanos")?,
+                    input_tokens: get_sum(r, "input_tokens")?.unwrap_or(0),
+                    output_tokens: get_sum(r, "output_tokens")?.unwrap_or(0),
+                    total_tokens: get_sum(r, "total_tokens")?.unwrap_or(0),
+                    cached_tokens: get_sum(r, "cached_tokens")?.unwrap_or(0),
+                    reasoning_tokens: get_sum(r, "reasoning_tokens")?.unwrap_or(0),
+                    cost_usd_nanos: get_sum(r, "cost_usd_nanos")?,
                     unpriced: get_u64(r, "unpriced")?,
                     cache_hits: get_u64(r, "cache_hits")?,
                 })
@@ -1407,6 +1410,17 @@ fn usage_from_row(r: &SqliteRow) -> Result<UsageRecord> {
 fn get_opt_u64(r: &SqliteRow, col: &str) -> Result<Option<u64>> {
     let v: Option<i64> = r.try_get(col)?;
     Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
+}
+
+/// A sum taken in two parts (see `usage_totals`), joined: exact, and at most
+/// `i64::MAX` as the PostgreSQL store's are. `None` when every value was NULL.
+fn get_sum(r: &SqliteRow, col: &str) -> Result<Option<u64>> {
+    let hi: Option<i64> = r.try_get(format!("{col}_hi").as_str())?;
+    let lo: Option<i64> = r.try_get(format!("{col}_lo").as_str())?;
+    Ok(hi.zip(lo).map(|(hi, lo)| {
+        let sum = (i128::from(hi) << 20) + i128::from(lo);
+        u64::try_from(sum.clamp(0, i128::from(i64::MAX))).unwrap_or(0)
+    }))
 }
 
 fn get_u64(r: &SqliteRow, col: &str) -> Result<u64> {
