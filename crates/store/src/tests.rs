@@ -345,6 +345,18 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations(db: &TestDb) {
     let store = db.open().await;
     assert!(store.project_by_name("shop").await.unwrap().is_some());
     store.ping().await.unwrap();
+    // Migrations 13 and 15 dropped the usage indexes no query reads through: their
+    // names are free again (creating an index under a taken name fails), and the one
+    // reports read through is still there.
+    for name in ["usage_served_by", "usage_key"] {
+        db.raw_script(&format!("CREATE INDEX {name} ON usage (status)"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(db
+        .raw_script("CREATE INDEX usage_created ON usage (status)")
+        .await
+        .is_err());
 }
 
 /// Regression: a deferred SQLite transaction that read before writing failed at once

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0012_catalog_models.sql"),
     include_str!("0013_usage_indexes.sql"),
     include_str!("0014_spend_daily.sql"),
+    include_str!("0015_usage_key_index.sql"),
 ];
 
 /// The advisory lock taken while migrating: any constant unique to tollgate will do

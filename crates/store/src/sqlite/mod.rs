@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("0012_catalog_models.sql"),
     include_str!("0013_usage_indexes.sql"),
     include_str!("0014_spend_daily.sql"),
+    include_str!("0015_usage_key_index.sql"),
 ];
 
 const KEY_COLUMNS: &str = "id, project, env, role, name, prefix, digest_hex, created_at_ms, \
