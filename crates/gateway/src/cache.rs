@@ -8,7 +8,8 @@
 //! The key is SHA-256 over the project, the endpoint, whether tollgate strips the
 //! usage chunk from a Chat stream, and the body as it goes upstream (the model alias
 //! already resolved) in a canonical form: parsed as JSON, object keys sorted at every
-//! level, and the members that do not change the answer removed ([`IGNORED`]). The
+//! level, and the members that do not change the answer removed ([`IGNORED`]);
+//! `store` counts as its value with the endpoint's default filled in. The
 //! stream flag and `stream_options` stay in the key: a streamed answer is stored as
 //! the SSE bytes the caller received and replayed as a stream, a plain answer as its
 //! JSON. Two projects never share an entry.
@@ -70,14 +71,8 @@ pub const HEADER: &str = "x-tollgate-cache";
 pub(crate) const CACHE_HEADER: HeaderName = HeaderName::from_static(HEADER);
 
 /// Body members left out of the key: they label or route the call (end-user ids,
-/// metadata, upstream storage and prompt-cache routing) but do not change the answer.
-pub const IGNORED: [&str; 5] = [
-    "user",
-    "metadata",
-    "store",
-    "safety_identifier",
-    "prompt_cache_key",
-];
+/// metadata and prompt-cache routing) but do not change the answer.
+pub const IGNORED: [&str; 4] = ["user", "metadata", "safety_identifier", "prompt_cache_key"];
 
 /// What the caller's `x-tollgate-cache` header asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,10 +605,11 @@ fn key(
     for name in IGNORED {
         body.remove(name);
     }
+    let stored = stored(endpoint, &mut body);
     let mut canonical = Vec::with_capacity(preflight.body.len());
     write_canonical(&Value::Object(body), &mut canonical);
     let mut h = Sha256::new();
-    h.update(b"tollgate-cache-v1\0");
+    h.update(b"tollgate-cache-v2\0");
     h.update(project.as_bytes());
     h.update(b"\0");
     h.update(endpoint.label().as_bytes());
@@ -623,6 +619,9 @@ fn key(
         b"\0as-is\0"
     });
     h.update(&canonical);
+    if let Some(stored) = stored {
+        h.update(if stored { b"\0store:1" } else { b"\0store:0" });
+    }
     if !varies.query.is_empty() || !varies.beta.is_empty() {
         h.update(b"\0query\0");
         h.update(varies.query.as_bytes());
@@ -632,6 +631,34 @@ fn key(
         }
     }
     Some(h.finalize().into())
+}
+
+/// Whether OpenAI keeps the answer (`store`, with the endpoint's default: `true` for
+/// Responses, `false` for Chat), taken out of `body` for the key. A caller that asks
+/// for a kept answer must not be given one whose `id` was never kept (retrieval and
+/// `previous_response_id` would fail), and a Responses answer echoes the value. `None`
+/// for the other endpoints, which have no `store`, and for a value that is not a
+/// boolean (left in the body: the upstream refuses it).
+fn stored(endpoint: Endpoint, body: &mut serde_json::Map<String, Value>) -> Option<bool> {
+    let default = match endpoint {
+        Endpoint::Responses => true,
+        Endpoint::ChatCompletions => false,
+        _ => {
+            body.remove("store");
+            return None;
+        }
+    };
+    if body
+        .get("store")
+        .is_some_and(|v| !v.is_null() && !v.is_boolean())
+    {
+        return None;
+    }
+    Some(
+        body.remove("store")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(default),
+    )
 }
 
 /// Compact JSON with every object's keys sorted.
@@ -773,6 +800,36 @@ mod tests {
                    "user":"u1","metadata":{"a":"b"},"store":true,"safety_identifier":"s",
                    "prompt_cache_key":"k"}"#
             )
+        );
+        // `store` counts as its value with the endpoint's default filled in: true for
+        // Responses, false for Chat; the other endpoints have none.
+        let chat = |b: &str| k("shop", Endpoint::ChatCompletions, b);
+        let chat_base = chat(r#"{"model":"gpt-4o","messages":[]}"#);
+        assert_eq!(
+            chat_base,
+            chat(r#"{"model":"gpt-4o","messages":[],"store":false}"#)
+        );
+        assert_eq!(
+            chat_base,
+            chat(r#"{"model":"gpt-4o","messages":[],"store":null}"#)
+        );
+        assert_ne!(
+            chat_base,
+            chat(r#"{"model":"gpt-4o","messages":[],"store":true}"#)
+        );
+        let resp = |b: &str| k("shop", Endpoint::Responses, b);
+        assert_ne!(
+            base,
+            resp(r#"{"model":"gpt-4o","input":"hi","temperature":0,"store":false}"#)
+        );
+        assert_ne!(
+            base,
+            resp(r#"{"model":"gpt-4o","input":"hi","temperature":0,"store":"yes"}"#)
+        );
+        let embed = |b: &str| k("shop", Endpoint::Embeddings, b);
+        assert_eq!(
+            embed(r#"{"model":"m","input":"hi"}"#),
+            embed(r#"{"model":"m","input":"hi","store":true}"#)
         );
         for other in [
             k(
