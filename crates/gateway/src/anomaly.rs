@@ -267,6 +267,10 @@ struct KeyState {
     /// Known ranges with the minute each was last seen.
     ranges: Vec<(IpRange, i64)>,
     last_flag_ms: [Option<i64>; 3],
+    /// When a flag of any kind last suspended the key: within the cooldown after it,
+    /// flags only notify, so the calls still in flight when an operator resumed the
+    /// key (their tokens counted as they finish) cannot suspend it again at once.
+    last_suspend_ms: Option<i64>,
     suspended: Option<AnomalyKind>,
 }
 
@@ -550,8 +554,12 @@ impl Detector {
             return None;
         }
         *last = Some(now_ms);
-        let action = if self.auto_suspends(&state.project) {
+        let suspended_lately = state
+            .last_suspend_ms
+            .is_some_and(|t| now_ms - t < cooldown_ms);
+        let action = if self.auto_suspends(&state.project) && !suspended_lately {
             state.suspended = Some(kind);
+            state.last_suspend_ms = Some(now_ms);
             AnomalyAction::Suspend
         } else {
             AnomalyAction::Notify
@@ -631,6 +639,7 @@ fn entry<'a>(
                 tokens: Series::default(),
                 ranges: Vec::new(),
                 last_flag_ms: [None; 3],
+                last_suspend_ms: None,
                 suspended: None,
             },
         );
@@ -913,6 +922,35 @@ mod tests {
         assert!(request(&d, at(30, 0)).is_err());
         assert!(d.resume(KEY));
         assert!(request(&d, at(30, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_key_resumed_within_the_cooldown_is_not_suspended_again_by_another_kind() {
+        let d = detector(|c| {
+            c.auto_suspend = true;
+            c.warmup_minutes = 0;
+            c.cooldown_minutes = 10;
+            c.min_requests_per_min = 20;
+            c.min_tokens_per_min = 1_000;
+        });
+        let mut flags = d.flags();
+        for i in 0..19 {
+            request(&d, at(0, i)).unwrap();
+        }
+        assert!(request(&d, at(0, 20)).is_err());
+        assert_eq!(flags.try_recv().unwrap().action, AnomalyAction::Suspend);
+        // The operator resumes it; a call that was in flight reports its tokens.
+        assert!(d.resume(KEY));
+        let late = d.observe_tokens(KEY, 1_000_000, at(0, 40)).unwrap();
+        assert_eq!(late.kind, AnomalyKind::TokenRate);
+        assert_eq!(late.action, AnomalyAction::Notify);
+        assert!(!d.is_suspended(KEY));
+        assert!(request(&d, at(0, 41)).is_ok());
+        // Past the cooldown a flag suspends again.
+        for i in 0..200 {
+            let _ = request(&d, at(12, i / 4));
+        }
+        assert!(d.is_suspended(KEY));
     }
 
     #[test]
