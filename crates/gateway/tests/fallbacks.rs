@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -841,4 +842,89 @@ async fn a_spoiled_structured_answer_from_a_fallback_is_asked_again_of_that_fall
     assert_eq!(recs[0].served_by.as_deref(), Some("backup/gpt-4o-mini"));
     // Every upstream attempt: the primary's, and the backup's two.
     assert_eq!(recs[0].attempts, 3);
+}
+
+/// An upstream that answers every request 503 with a JSON body, keeping each
+/// connection open for the next request, and counts the connections it accepted.
+async fn overloaded_upstream() -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let body = r#"{"error":{"message":"The server is overloaded.","type":"server_error","param":null,"code":null}}"#;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One whole request (head and Content-Length body), then the answer.
+                    let whole = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .and_then(|end| {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            (buf.len() >= end + 4 + length).then_some(end + 4 + length)
+                        });
+                    if let Some(n) = whole {
+                        buf.drain(..n);
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_failed_targets_connection_is_kept_for_the_next_call_not_closed() {
+    let b = backup().await;
+    let (overloaded, accepted) = overloaded_upstream().await;
+    let mut h = support::start_with(|raw| {
+        with_backup(raw, &b, "gpt-4o-mini");
+        raw.upstream.url = Some(format!("http://{overloaded}/v1"));
+        raw.circuit_breaker.failures = Some(100);
+    })
+    .await;
+    let calls = 4;
+    for _ in 0..calls {
+        let res = h
+            .post("/v1/chat/completions", chat("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(served_by(&res), "backup/gpt-4o-mini");
+    }
+    // The client reads an error answer whole (to decide on retries) before the chain
+    // moves on, so the primary's connection goes back to the pool while the backup
+    // serves: one per I/O thread at most, not one per call (an answer dropped unread
+    // would close its connection).
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections for {calls} calls"
+    );
+    let recs = h.stop_and_records().await;
+    assert_eq!(recs.len(), calls);
+    assert!(recs.iter().all(|r| r.fallbacks == 1 && r.attempts == 2));
 }
