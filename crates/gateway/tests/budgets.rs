@@ -356,22 +356,82 @@ async fn a_governed_model_without_a_price_is_refused_and_others_are_not() {
 
 /// A webhook receiver on 127.0.0.1:0 that keeps every JSON body it is sent.
 async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let (url, got, _) = webhook_refusing(0).await;
+    (url, got)
+}
+
+/// How many POSTs a webhook receiver got.
+type Posts = Arc<Mutex<usize>>;
+
+/// A webhook receiver that answers 503 to its first `refusals` POSTs, then keeps every
+/// JSON body it is sent; it also counts the POSTs.
+async fn webhook_refusing(refusals: usize) -> (String, Arc<Mutex<Vec<Value>>>, Posts) {
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = got.clone();
+    let posts: Arc<Mutex<usize>> = Arc::default();
+    let (sink, count) = (got.clone(), posts.clone());
     let app = axum::Router::new().route(
         "/hooks/budgets",
         axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let sink = sink.clone();
+            let (sink, count) = (sink.clone(), count.clone());
             async move {
+                let n = {
+                    let mut c = count.lock();
+                    *c += 1;
+                    *c
+                };
+                if n <= refusals {
+                    return http::StatusCode::SERVICE_UNAVAILABLE;
+                }
                 sink.lock().push(v);
-                "ok"
+                http::StatusCode::OK
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks/budgets", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
+    (url, got, posts)
+}
+
+/// Calls until the dev environment's day budget passes its soft threshold (80 %);
+/// returns the budget's scope.
+async fn reach_the_soft_threshold(h: &Harness) -> BudgetScope {
+    let cost = real_cost(h, 16).await;
+    // The soft threshold (80 %) is reached well before the limit.
+    let day_limit = 20 * cost + 2 * worst(16);
+    let scope = env_scope("dev");
+    set(h, &scope, Some(day_limit), Some(1_000 * day_limit)).await;
+    until_applied(h).await;
+    let soft = |n: u64| n * cost * 100 >= day_limit * 80;
+    let mut calls = 1;
+    while !soft(calls) {
+        let res = h.post("/v1/responses", body(16)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        calls += 1;
+    }
+    scope
+}
+
+#[tokio::test]
+async fn a_notice_the_webhook_refused_is_offered_again_until_taken() {
+    // Three refusals: the first POST and both of the client's own retries.
+    let (url, hooks, posts) = webhook_refusing(3).await;
+    let h = support::start_with(|raw| {
+        pinned_prices(raw);
+        raw.budgets.webhook_url = Some(url);
+    })
+    .await;
+    reach_the_soft_threshold(&h).await;
+    let taken = eventually(Duration::from_secs(30), || async {
+        !hooks.lock().is_empty()
+    })
+    .await;
+    assert!(taken.is_some(), "the notice was not offered again");
+    assert_eq!(*posts.lock(), 4, "three refused, the fourth taken");
+    let hooks = hooks.lock().clone();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["event"], "budget.soft_threshold");
 }
 
 #[tokio::test]
@@ -382,20 +442,7 @@ async fn the_soft_threshold_is_announced_once_per_period() {
         raw.budgets.webhook_url = Some(url);
     })
     .await;
-    let cost = real_cost(&h, 16).await;
-    // The soft threshold (80 %) is reached well before the limit.
-    let day_limit = 20 * cost + 2 * worst(16);
-    let scope = env_scope("dev");
-    set(&h, &scope, Some(day_limit), Some(1_000 * day_limit)).await;
-    until_applied(&h).await;
-    let soft = |n: u64| n * cost * 100 >= day_limit * 80;
-    let mut calls = 1;
-    while !soft(calls) {
-        let res = h.post("/v1/responses", body(16)).send().await.unwrap();
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
-        calls += 1;
-    }
+    let scope = reach_the_soft_threshold(&h).await;
     let announced = eventually(Duration::from_secs(10), || async {
         h.metric("tollgate_budget_soft_threshold_total{period=\"day\"}")
             .await
