@@ -28,6 +28,24 @@ pub struct StateArgs {
     pub database_url: Option<String>,
 }
 
+/// Whether `--data-dir` and `--database-url` were given as flags on the command line
+/// (rather than by their variables): recorded once by `main` from clap's matches.
+static FROM_FLAGS: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+
+/// Records which storage options came as flags (see [`StateArgs::apply`]).
+pub fn note_flag_sources(matches: &clap::ArgMatches) {
+    let flag = |id: &str| {
+        // Global options are found in the innermost subcommand's matches.
+        let mut m = matches;
+        while let Some((_, sub)) = m.subcommand() {
+            m = sub;
+        }
+        m.try_get_raw(id).ok().flatten().is_some()
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let _ = FROM_FLAGS.set((flag("data_dir"), flag("database_url")));
+}
+
 /// A flag's value, or its variable's: `None` when not given or given empty (an empty
 /// `TOLLGATE_*` variable is unset, not a value that overrides the config file).
 pub fn given(value: &Option<String>) -> Option<&str> {
@@ -37,9 +55,18 @@ pub fn given(value: &Option<String>) -> Option<&str> {
 impl StateArgs {
     /// Lays the flags over a raw config. The data directory and the database URL are
     /// one choice: given by a flag or variable, either one replaces whichever the file
-    /// made; given both, the database URL wins (as it does in the file).
+    /// made. Given both, a flag beats a variable (`--data-dir` in a shell that exports
+    /// `TOLLGATE_DATABASE_URL` works on that directory); both flags or both variables:
+    /// the database URL wins, as it does in the file.
     pub fn apply(&self, raw: &mut RawConfig) -> anyhow::Result<()> {
-        match (given(&self.data_dir), given(&self.database_url)) {
+        let (dir_flag, url_flag) = FROM_FLAGS.get().copied().unwrap_or_default();
+        let (dir, url) = (given(&self.data_dir), given(&self.database_url));
+        let (dir, url) = match (dir, url) {
+            (Some(dir), Some(_)) if dir_flag && !url_flag => (Some(dir), None),
+            (Some(_), Some(url)) if url_flag && !dir_flag => (None, Some(url)),
+            other => other,
+        };
+        match (dir, url) {
             (Some(dir), Some(url)) => {
                 raw.data_dir = Some(dir.to_owned());
                 raw.database_url = Some(url.to_owned());

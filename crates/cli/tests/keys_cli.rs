@@ -841,6 +841,29 @@ fn empty_variables_are_unset_and_a_storage_flag_replaces_the_files_choice() {
             &url,
         ],
     ));
+    // A flag beats the other one's variable: --data-dir in a shell that exports
+    // TOLLGATE_DATABASE_URL, and --database-url over TOLLGATE_DATA_DIR.
+    let other_url = format!("sqlite://{}", elsewhere.display());
+    lists_the_key(run(
+        "",
+        &[("TOLLGATE_DATABASE_URL", &other_url)],
+        &["keys", "list", "--json", "--data-dir", &flag_dir],
+    ));
+    assert!(!elsewhere.exists(), "the variable's database was opened");
+    lists_the_key(run(
+        "",
+        &[("TOLLGATE_DATA_DIR", &empty)],
+        &["keys", "list", "--json", "--database-url", &url],
+    ));
+    // Both variables: the database URL wins, as with both flags.
+    lists_the_key(run(
+        "",
+        &[
+            ("TOLLGATE_DATA_DIR", &empty),
+            ("TOLLGATE_DATABASE_URL", &url),
+        ],
+        &["keys", "list", "--json"],
+    ));
 }
 
 #[test]
