@@ -37,15 +37,14 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::GatewayError;
+use crate::webhook::Webhook;
 
 /// The EWMA smoothing factor: each closed minute moves the baseline 20 % of the way
 /// towards that minute's count, so the baseline remembers roughly the last 10 minutes
@@ -308,10 +307,10 @@ impl Detector {
         let Some(url) = url.filter(|_| detector.config.enabled) else {
             return Ok((detector, None));
         };
-        let (client, path) = webhook_client(&url)?;
+        let webhook = Webhook::new(&url)?;
         let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
         detector.webhook_tx = Some(tx);
-        let task = tokio::spawn(deliver(client, path, rx));
+        let task = tokio::spawn(deliver(webhook, rx));
         Ok((detector, Some(task)))
     }
 
@@ -718,47 +717,12 @@ impl fmt::Display for IpRange {
     }
 }
 
-/// A client for the webhook's origin, and the path to POST to.
-pub(crate) fn webhook_client(url: &str) -> Result<(tollgate_client::Client, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| "must start with http:// or https://".to_owned())?;
-    let split = url.len() - rest.len() + rest.find('/').unwrap_or(rest.len());
-    let (origin, path) = url.split_at(split);
-    let client = tollgate_client::Client::builder()
-        .base_url(origin)
-        .timeout(Duration::from_secs(5))
-        .max_retries(2)
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok((client, path.to_owned()))
-}
-
-/// The webhook task: one POST per flag, in order; failures are logged, not retried
-/// beyond the client's own retries.
-async fn deliver(
-    client: tollgate_client::Client,
-    path: String,
-    mut rx: mpsc::Receiver<AnomalyFlag>,
-) {
+/// The webhook task: one POST per flag, in order; a flag the receiver does not take is
+/// offered again meanwhile (`webhook`).
+async fn deliver(webhook: Webhook, mut rx: mpsc::Receiver<AnomalyFlag>) {
     while let Some(flag) = rx.recv().await {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         let body = Bytes::from(flag.to_json().to_string());
-        match client.raw(Method::POST, &path, headers, body).await {
-            Ok(res) if res.status().is_success() => {}
-            Ok(res) => tracing::warn!(
-                key_id = %flag.key_id,
-                status = res.status().as_u16(),
-                "anomaly webhook refused the event"
-            ),
-            Err(e) => tracing::warn!(key_id = %flag.key_id, error = %e, "anomaly webhook failed"),
-        }
+        webhook.send("key_anomaly", body).await;
     }
 }
 
@@ -1059,15 +1023,5 @@ mod tests {
         });
         minute_of(&d, 0, 500);
         assert_eq!(d.flagged_total(), 0);
-    }
-
-    #[test]
-    fn webhook_urls_split_into_origin_and_path() {
-        let (c, p) = webhook_client("http://127.0.0.1:9/hooks/tollgate").unwrap();
-        assert_eq!(c.base_url(), "http://127.0.0.1:9");
-        assert_eq!(p, "/hooks/tollgate");
-        let (_, p) = webhook_client("https://example.com").unwrap();
-        assert_eq!(p, "");
-        assert!(webhook_client("ftp://x").is_err());
     }
 }

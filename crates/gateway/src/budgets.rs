@@ -46,7 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -629,7 +628,7 @@ impl Budgets {
         let webhook = config
             .webhook_url
             .as_deref()
-            .map(crate::anomaly::webhook_client)
+            .map(crate::webhook::Webhook::new)
             .transpose()?;
         let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
         let mut budgets = Self::new(catalog);
@@ -1057,7 +1056,7 @@ pub async fn watch(
 /// duplicate beats silence.
 async fn notify(
     store: Store,
-    webhook: Option<(tollgate_client::Client, String)>,
+    webhook: Option<crate::webhook::Webhook>,
     metrics: Arc<BudgetMetrics>,
     mut rx: mpsc::Receiver<Notice>,
 ) {
@@ -1084,63 +1083,13 @@ async fn notify(
             soft_percent = n.soft_percent,
             "budget soft threshold reached"
         );
-        if let Some((client, path)) = &webhook {
+        if let Some(webhook) = &webhook {
+            // Claimed already, so no other replica sends it: the webhook offers it
+            // again if the receiver does not take it.
             let body = Bytes::from(notice_json(&n).to_string());
-            if !post_notice(client, path, body.clone()).await {
-                // Claimed already, so no other replica sends it: offered again from a
-                // task of its own while later notices go out.
-                tokio::spawn(redeliver(client.clone(), path.clone(), body));
-            }
+            webhook.send("budget.soft_threshold", body).await;
         }
     }
-}
-
-/// How long a notice the webhook did not take is offered again, with backoff
-/// ([`redeliver`]).
-pub const NOTICE_RETRY_FOR: Duration = Duration::from_secs(60 * 60);
-
-/// The first wait before a notice is offered again; it doubles up to 5 minutes.
-const NOTICE_RETRY_FIRST: Duration = Duration::from_secs(2);
-
-/// POSTs a notice (with the client's own retries); true if the receiver took it.
-async fn post_notice(client: &tollgate_client::Client, path: &str, body: Bytes) -> bool {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    match client.raw(Method::POST, path, headers, body).await {
-        Ok(res) if res.status().is_success() => true,
-        Ok(res) => {
-            tracing::warn!(
-                status = res.status().as_u16(),
-                "budget webhook refused the notice; it will be offered again"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "budget webhook failed; the notice will be offered again");
-            false
-        }
-    }
-}
-
-/// Offers a notice the webhook did not take again, waiting 2 s, then twice as long
-/// each time up to 5 minutes, for [`NOTICE_RETRY_FOR`]; then gives up and says so.
-/// (A notice still waiting when the process stops is lost; the log and the metric
-/// have it.)
-async fn redeliver(client: tollgate_client::Client, path: String, body: Bytes) {
-    let until = tokio::time::Instant::now() + NOTICE_RETRY_FOR;
-    let mut wait = NOTICE_RETRY_FIRST;
-    while tokio::time::Instant::now() + wait < until {
-        tokio::time::sleep(wait).await;
-        if post_notice(&client, &path, body.clone()).await {
-            tracing::info!("budget webhook took a notice it had missed");
-            return;
-        }
-        wait = (wait * 2).min(Duration::from_secs(300));
-    }
-    tracing::error!("budget webhook did not take a notice within an hour; giving up");
 }
 
 /// A budget with what its scope has spent in each of its periods, as the store's

@@ -50,6 +50,7 @@ pub mod settle_redis;
 pub mod snapshot;
 pub mod throttle;
 pub mod upstream;
+pub mod webhook;
 
 pub use config::{Config, RawConfig};
 pub use error::GatewayError;
