@@ -34,12 +34,12 @@ static FROM_FLAGS: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new(
 
 /// Records which storage options came as flags (see [`StateArgs::apply`]).
 pub fn note_flag_sources(matches: &clap::ArgMatches) {
+    // Global options are found in the innermost subcommand's matches.
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
     let flag = |id: &str| {
-        // Global options are found in the innermost subcommand's matches.
-        let mut m = matches;
-        while let Some((_, sub)) = m.subcommand() {
-            m = sub;
-        }
         m.try_get_raw(id).ok().flatten().is_some()
             && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     };

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
 /// How long an event the receiver did not take is offered again.
-pub const RETRY_FOR: Duration = Duration::from_secs(60 * 60);
+const RETRY_FOR: Duration = Duration::from_secs(60 * 60);
 
 /// The first wait before an event is offered again; it doubles up to [`RETRY_MAX_WAIT`].
 const RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -102,14 +102,6 @@ impl Webhook {
             event = what,
             "webhook did not take an event within an hour; giving up"
         );
-    }
-}
-
-impl std::fmt::Debug for Webhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhook")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
     }
 }
 

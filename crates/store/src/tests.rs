@@ -1874,36 +1874,14 @@ async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb)
         (cap, 2 * cap)
     );
     // The usage rows keep at most 2^40 tokens of each count and 2^54 nano-USD, so the
-    // totals of such records sum without overflowing.
+    // totals of such records sum without overflowing; 600 of them in one group would
+    // sum past i64, and the totals saturate instead of failing the whole report
+    // (SQLite's integer SUM raised an error).
     for id in ["t1", "t2", "t3"] {
         let mut r = priced(id, "key_t", now, u64::MAX);
         (r.input_tokens, r.output_tokens, r.total_tokens) = (u64::MAX, u64::MAX, u64::MAX);
         store.insert_usage(&[r]).await.unwrap();
     }
-    let totals = store
-        .usage_totals(&UsageFilter {
-            group: UsageGroup::Key,
-            since_ms: day,
-        })
-        .await
-        .unwrap();
-    let t = totals.iter().find(|t| t.group == "key_t").unwrap();
-    assert_eq!(t.total_tokens, 3 << 40);
-    assert_eq!(t.cost_usd_nanos, Some(3 << 54));
-    // A batch spending under many keys: 7,000 roll-up rows of 5 values each would be
-    // past SQLite's 32,766 bound values in one statement.
-    let many: Vec<UsageRecord> = (0..7_000)
-        .map(|i| priced(&format!("m{i}"), &format!("key_{i:05}"), now, 1))
-        .collect();
-    store.insert_usage(&many).await.unwrap();
-    let spend = store.spend_since(day, month, None).await.unwrap();
-    assert_eq!(spend.len(), 7_002);
-    assert!(spend
-        .iter()
-        .filter(|s| s.key_id.starts_with("key_0"))
-        .all(|s| s.day_usd_nanos == 1));
-    // 600 records at the cap in one group would sum past i64: the totals saturate
-    // instead of failing the whole report (SQLite's integer SUM raised an error).
     let absurd: Vec<UsageRecord> = (0..600)
         .map(|i| {
             let mut r = priced(&format!("x{i}"), "key_x", now, u64::MAX);
@@ -1919,10 +1897,25 @@ async fn the_spend_roll_up_saturates_and_takes_batches_of_many_keys(db: &TestDb)
         })
         .await
         .unwrap();
-    let t = totals.iter().find(|t| t.group == "key_x").unwrap();
-    assert_eq!(t.requests, 600);
-    assert_eq!(t.total_tokens, 600 << 40);
-    assert_eq!(t.cost_usd_nanos, Some(i64::MAX as u64));
+    let of = |key: &str| totals.iter().find(|t| t.group == key).unwrap();
+    assert_eq!(of("key_t").total_tokens, 3 << 40);
+    assert_eq!(of("key_t").cost_usd_nanos, Some(3 << 54));
+    assert_eq!(of("key_x").requests, 600);
+    assert_eq!(of("key_x").total_tokens, 600 << 40);
+    assert_eq!(of("key_x").cost_usd_nanos, Some(i64::MAX as u64));
+    // A batch spending under many keys: 7,000 roll-up rows of 5 values each would be
+    // past SQLite's 32,766 bound values in one statement.
+    let many: Vec<UsageRecord> = (0..7_000)
+        .map(|i| priced(&format!("m{i}"), &format!("key_{i:05}"), now, 1))
+        .collect();
+    store.insert_usage(&many).await.unwrap();
+    let spend = store.spend_since(day, month, None).await.unwrap();
+    // key_a, key_t, key_x and the 7,000.
+    assert_eq!(spend.len(), 7_003);
+    assert!(spend
+        .iter()
+        .filter(|s| s.key_id.starts_with("key_0"))
+        .all(|s| s.day_usd_nanos == 1));
 }
 
 async fn spend_is_summed_per_project_env_and_key_since_the_day_and_month(db: &TestDb) {

@@ -1078,7 +1078,7 @@ impl SqliteStore {
         };
         // SQLite's integer SUM fails the whole query on overflow. Each column is summed
         // in two parts, the bits from 2^20 up and those below, which cannot overflow
-        // (a record keeps less than 2^54), and joined exactly in `get_sum`.
+        // (a record keeps at most 2^54), and joined exactly in `get_sum`.
         let sums: String = crate::SUMMED_USAGE_COLUMNS
             .iter()
             .map(|c| format!("SUM({c} >> 20) AS {c}_hi, SUM({c} & 1048575) AS {c}_lo, "))
