@@ -766,7 +766,9 @@ fn estimate(endpoint: Endpoint, preflight: &Preflight, default_output_tokens: u6
 /// The input tokens of a request and the output tokens it allows (also what spend
 /// budgets price). The input is read straight from the body's bytes (no JSON tree, no
 /// copies of its text); counts of text seen before — a system prompt, a tool list —
-/// are remembered per thread. The output is what preflight found (after the caps).
+/// are remembered per thread. Context carried in from an earlier turn
+/// (`Preflight::carried_tokens`) is input too. The output is what preflight found
+/// (after the caps).
 pub fn estimate_parts(
     endpoint: Endpoint,
     preflight: &Preflight,
@@ -785,7 +787,7 @@ fn estimate_from(
     input: Option<usize>,
 ) -> (u64, u64) {
     let Some(input) = input else {
-        return (0, default_output_tokens);
+        return (preflight.carried_tokens, default_output_tokens);
     };
     let output = match endpoint {
         Endpoint::Responses | Endpoint::ChatCompletions => {
@@ -796,7 +798,10 @@ fn estimate_from(
         }
         _ => 0,
     };
-    (input as u64, output)
+    (
+        (input as u64).saturating_add(preflight.carried_tokens),
+        output,
+    )
 }
 
 #[cfg(test)]
@@ -898,6 +903,13 @@ mod tests {
             tollgate_wire::tokens::estimate_input("gpt-4o", &serde_json::from_str(BODY).unwrap())
                 as u64;
         assert_eq!(estimate(Endpoint::Responses, &p, 4096), input + 10);
+        // Context an earlier turn carries in is input too.
+        let continued = Preflight {
+            carried_tokens: 1_234,
+            ..p.clone()
+        };
+        let (carried_input, output) = estimate_parts(Endpoint::Responses, &continued, 4096);
+        assert_eq!((carried_input, output), (input + 1_234, 10));
         let chat = pre(r#"{"model":"gpt-4o","messages":[],"max_tokens":7,"n":3}"#);
         assert!(estimate(Endpoint::ChatCompletions, &chat, 4096) >= 21);
         let none = pre(r#"{"model":"gpt-4o","messages":[]}"#);

@@ -1559,6 +1559,28 @@ mod tests {
     }
 
     #[test]
+    fn context_carried_in_from_an_earlier_turn_is_priced_as_input() {
+        let limit = worst(100) + 1_000 * 2_500;
+        let b = budgets(vec![budget(None, Some("key_1"), Some(limit), None)]);
+        let p = principal("prod", "key_1");
+        let continued = Preflight {
+            carried_tokens: 1_001,
+            ..pre(&body(100))
+        };
+        let refused = block_on(admit(&b, Endpoint::Responses, &p, &continued, 4096, NOW));
+        let Err(GatewayError::BudgetExceeded(r)) = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(r.requested_usd_nanos, worst(100) + 1_001 * 2_500);
+        let fits = Preflight {
+            carried_tokens: 1_000,
+            ..pre(&body(100))
+        };
+        let held = block_on(admit(&b, Endpoint::Responses, &p, &fits, 4096, NOW));
+        assert!(held.unwrap().is_some());
+    }
+
+    #[test]
     fn the_store_spend_seeds_and_resyncs_the_counters() {
         let b = Arc::new(Budgets::new(Arc::default()));
         let spend = |env: &str, key: &str, day: u64, month: u64| tollgate_store::Spend {

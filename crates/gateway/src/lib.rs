@@ -24,6 +24,7 @@ pub mod budgets;
 pub mod budgets_redis;
 pub mod cache;
 pub mod caps;
+pub mod carried;
 pub mod catalog;
 pub mod config;
 pub mod context;

@@ -10,6 +10,7 @@
 //! |   | (caps)       | `caps`           | 400 output or temperature cap      |
 //! |   | (schema)     | `schema`         | 400 invalid schema, `response_format` |
 //! |   | (context)    | `context`        | 400 `context_length_exceeded`      |
+//! |   | (carried)    | `carried`        | — (context an earlier turn carries in) |
 //! |   | (lane)       | `lanes`          | 400 bad `x-tollgate-priority`      |
 //! | 4 | admit        | `admit`, `lanes` | 429 `rate_limit_exceeded` (batch: after waiting its turn), 503 |
 //! |   | (budgets)    | `budgets`        | 429 `insufficient_quota`, 400 (taken with the rate limits, all or nothing) |
@@ -37,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
 use tollgate_store::{Lane, UsageRecord};
 
+use crate::carried::Continues;
 use crate::error::GatewayError;
 use crate::keys::Principal;
 use crate::preflight::{Endpoint, Preflight};
@@ -220,7 +222,32 @@ async fn checked(
     if gw.config.preflight.context_window {
         context::run(&gw.limits.catalog().current(), endpoint, &preflight).await?;
     }
+    let mut preflight = preflight;
+    if endpoint == Endpoint::Responses {
+        carry(gw, &mut preflight, guard);
+    }
     Ok(preflight)
+}
+
+/// A Responses call: counts the context it carries in from an earlier turn (at most
+/// its model's context window), and has its own answer remembered for the next turn.
+fn carry(gw: &Gateway, preflight: &mut Preflight, guard: &mut RecordGuard) {
+    let conversation = match &preflight.continues {
+        Some(from) => {
+            let known = gw.carried.tokens(from);
+            let window = preflight.model.as_deref().and_then(|m| {
+                let catalog = gw.limits.catalog().current();
+                catalog.get(m).and_then(|entry| entry.context_window)
+            });
+            preflight.carried_tokens = window.map_or(known, |w| known.min(w));
+            match from {
+                Continues::Conversation(id) => Some(id.clone()),
+                Continues::Response(_) => None,
+            }
+        }
+        None => None,
+    };
+    guard.carry(gw.carried.clone(), conversation);
 }
 
 /// The `x-ratelimit-*` headers of a call refused before admission, for the model it

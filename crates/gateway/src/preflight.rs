@@ -15,6 +15,7 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::carried::Continues;
 use crate::error::GatewayError;
 use crate::keys::Principal;
 use crate::models::{ModelFilter, ModelRules};
@@ -121,6 +122,12 @@ pub struct Preflight {
     /// The path to call upstream instead of the caller's (`GET /v1/models/{alias}`
     /// goes to the alias's target).
     pub upstream_path: Option<String>,
+    /// The earlier turn a Responses call continues from (`previous_response_id`,
+    /// `conversation`).
+    pub continues: Option<Continues>,
+    /// The tokens that turn carries in as input, as far as this replica knows (set
+    /// after preflight; see `carried`). Estimates add them to the body's input.
+    pub carried_tokens: u64,
 }
 
 impl Preflight {
@@ -222,6 +229,35 @@ struct Peek<'a> {
     response_format: Option<&'a RawValue>,
     #[serde(default, borrow)]
     tools: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    previous_response_id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    conversation: Option<&'a RawValue>,
+}
+
+/// What a Responses body continues from: its `previous_response_id`, else its
+/// `conversation` (an id, or an object with one). Values of another shape are the
+/// upstream's to refuse; they continue from nothing here.
+fn continues(peek: &Peek<'_>) -> Option<Continues> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Conversation {
+        Id(String),
+        Object { id: String },
+    }
+    let nonempty = |id: String| (!id.is_empty()).then_some(id);
+    let previous = peek
+        .previous_response_id
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .and_then(nonempty);
+    if let Some(id) = previous {
+        return Some(Continues::Response(id));
+    }
+    let conversation = peek
+        .conversation
+        .and_then(|raw| serde_json::from_str::<Conversation>(raw.get()).ok())?;
+    let (Conversation::Id(id) | Conversation::Object { id }) = conversation;
+    nonempty(id).map(Continues::Conversation)
 }
 
 /// Checks and prepares a request body for `endpoint`, resolving its model with the
@@ -337,6 +373,9 @@ pub fn run(
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     let inject = endpoint == Endpoint::ChatCompletions && stream && !caller_wants_usage;
+    let continues = (endpoint == Endpoint::Responses)
+        .then(|| continues(&peek))
+        .flatten();
     let body = resolved_body.unwrap_or(body);
     let body = if inject {
         with_include_usage(&body)?
@@ -362,6 +401,8 @@ pub fn run(
         list_filter: None,
         cache: None,
         upstream_path: None,
+        continues,
+        carried_tokens: 0,
     })
 }
 
@@ -807,6 +848,56 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn a_responses_call_notes_the_turn_it_continues() {
+        let continues = |endpoint, body: &'static [u8]| {
+            plain(endpoint, Bytes::from_static(body), None)
+                .unwrap()
+                .continues
+        };
+        let r = |id: &str| Some(Continues::Response(id.into()));
+        let c = |id: &str| Some(Continues::Conversation(id.into()));
+        let responses = Endpoint::Responses;
+        assert_eq!(
+            continues(
+                responses,
+                br#"{"model":"m","previous_response_id":"resp_1"}"#
+            ),
+            r("resp_1")
+        );
+        assert_eq!(
+            continues(responses, br#"{"model":"m","conversation":"conv_1"}"#),
+            c("conv_1")
+        );
+        assert_eq!(
+            continues(
+                responses,
+                br#"{"conversation":{"id":"conv_2"},"input":"x"}"#
+            ),
+            c("conv_2")
+        );
+        // The upstream refuses both at once; the response id is the narrower.
+        assert_eq!(
+            continues(
+                responses,
+                br#"{"conversation":"conv_3","previous_response_id":"resp_3"}"#
+            ),
+            r("resp_3")
+        );
+        for nothing in [
+            &br#"{"model":"m","input":"x"}"#[..],
+            br#"{"previous_response_id":null,"conversation":null}"#,
+            br#"{"previous_response_id":"","conversation":{"id":""}}"#,
+            br#"{"previous_response_id":7,"conversation":[1]}"#,
+        ] {
+            let p = plain(responses, Bytes::from(nothing), None).unwrap();
+            assert_eq!(p.continues, None, "{}", String::from_utf8_lossy(nothing));
+        }
+        // Chat has no such members: a body that names them continues nothing.
+        let chat = br#"{"model":"m","messages":[],"previous_response_id":"resp_1"}"#;
+        assert_eq!(continues(Endpoint::ChatCompletions, chat), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use tollgate_store::{Store, UsageRecord};
 use crate::admit::Reservation;
 use crate::anomaly::Detector;
 use crate::budgets::{BudgetReservation, Budgets};
+use crate::carried::Carried;
 use crate::catalog::{BilledTokens, Catalog, LiveCatalog};
 
 /// Where the pipeline sends usage records. Cheap to clone.
@@ -313,6 +314,9 @@ pub struct RecordGuard {
     /// Whether a fallback target served it with another model than the one asked
     /// for: the requested model's own rules then get their reserved tokens back.
     another_model: bool,
+    /// A Responses call: where its answer's tokens are remembered for calls that
+    /// continue it, and the conversation it belongs to (`carried`).
+    carry: Option<(Arc<Carried>, Option<String>)>,
 }
 
 impl RecordGuard {
@@ -327,7 +331,14 @@ impl RecordGuard {
             body_room: None,
             sent: false,
             another_model: false,
+            carry: None,
         }
+    }
+
+    /// Remembers the answer's tokens in `carried` when the record is finished, under
+    /// its response id and `conversation` (a Responses call).
+    pub fn carry(&mut self, carried: Arc<Carried>, conversation: Option<String>) {
+        self.carry = Some((carried, conversation));
     }
 
     /// Marks the call as sent upstream (dispatch), before the first attempt.
@@ -416,6 +427,9 @@ impl RecordGuard {
         }
         if let Some(b) = self.budget.take() {
             b.settle(&mut rec, self.sent);
+        }
+        if let Some((carried, conversation)) = self.carry.take() {
+            carried.remember(&rec, conversation.as_deref());
         }
         self.body_room = None;
         self.sink.observe(&rec);

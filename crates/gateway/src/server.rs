@@ -82,6 +82,8 @@ pub struct Gateway {
     pub bodies: crate::accept::BodyGate,
     /// Client connections open, and their cap (`server.max_connections`).
     pub connections: Arc<Connections>,
+    /// The context earlier Responses answers carry into calls that continue them.
+    pub carried: Arc<crate::carried::Carried>,
 }
 
 /// Client connections open at once, bounded by `server.max_connections`: each
@@ -327,6 +329,7 @@ pub async fn serve_announced(
         connections: connections.clone(),
         fallbacks,
         cache,
+        carried: Arc::default(),
     });
 
     let app = router(gateway.clone());

@@ -577,3 +577,104 @@ async fn refusals_before_admission_carry_the_headers_and_take_nothing() {
         }
     }
 }
+
+/// The tokens a refused Responses call asked for: "Requested N" of a call larger than
+/// the limit.
+async fn requested(h: &Harness, body: Value) -> u64 {
+    let res = h.post("/v1/responses", body).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    let err: Value = res.json().await.unwrap();
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("Request too large"), "{msg}");
+    let n = msg.split("Requested ").nth(1).unwrap();
+    n[..n.find(|c: char| !c.is_ascii_digit()).unwrap()]
+        .parse()
+        .unwrap()
+}
+
+/// A call that continues an earlier turn (`previous_response_id`, `conversation`) is
+/// estimated with the context that turn carries in: the earlier answer's input plus
+/// output, which OpenAI bills again as input.
+#[tokio::test]
+async fn a_continued_conversation_is_estimated_with_the_context_it_carries() {
+    let h = support::start().await;
+    // Every gpt-4o call is larger than this limit: its refusal tells what it asked for.
+    set(&h, &scope(None, None, Some("gpt-4o")), None, Some(5)).await;
+    until_applied(&h, "gpt-4o", "x-ratelimit-limit-tokens", 5).await;
+    let turn = |extra: Value| {
+        let mut body = json!({"model": "gpt-4o", "input": "Go on", "max_output_tokens": 16});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let alone = requested(&h, turn(json!({}))).await;
+
+    // A first turn on another model (no rule), plain.
+    let first = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "max_output_tokens": 64,
+                   "input": "Tell me about the lighthouse keepers of the northern coast."}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+    let carried = first["usage"]["input_tokens"].as_u64().unwrap()
+        + first["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(carried > 10, "{first}");
+    let next = turn(json!({"previous_response_id": id}));
+    let seen = eventually(Duration::from_secs(5), || async {
+        requested(&h, next.clone()).await == alone + carried
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "previous_response_id: {} vs {alone} + {carried}",
+        requested(&h, next).await
+    );
+    // An id this gateway never saw answer counts the body alone.
+    let unknown = turn(json!({"previous_response_id": "resp_never_seen"}));
+    assert_eq!(requested(&h, unknown).await, alone);
+
+    // A streamed turn of a conversation: its completed usage is remembered under the
+    // conversation's id (either form) and the response's.
+    let res = h
+        .post(
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "stream": true, "conversation": "conv_lighthouse",
+                   "input": "And what did they eat through the winter?"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let done: Value = text
+        .split("\n\n")
+        .filter_map(|ev| ev.split("data: ").nth(1))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "response.completed")
+        .expect("a response.completed event");
+    let usage = &done["response"]["usage"];
+    let carried =
+        usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap();
+    let stream_id = done["response"]["id"].as_str().unwrap().to_owned();
+    let in_conversation = turn(json!({"conversation": {"id": "conv_lighthouse"}}));
+    let seen = eventually(Duration::from_secs(5), || async {
+        requested(&h, in_conversation.clone()).await == alone + carried
+    })
+    .await;
+    assert!(seen.is_some(), "conversation");
+    assert_eq!(
+        requested(&h, turn(json!({"conversation": "conv_lighthouse"}))).await,
+        alone + carried
+    );
+    assert_eq!(
+        requested(&h, turn(json!({"previous_response_id": stream_id}))).await,
+        alone + carried
+    );
+}
